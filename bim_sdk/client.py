@@ -1,0 +1,125 @@
+"""HTTP client for the BIM API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import requests
+
+from .receipts import verify_receipt
+
+TERMINAL = {"settled", "failed", "expired"}
+RETRY_STATUSES = {429, 502, 503, 504}
+
+
+class BimError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"HTTP {status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    job: dict[str, Any]
+    vectors: np.ndarray
+
+    @property
+    def receipt(self) -> dict[str, Any]:
+        return self.job["receipt"]
+
+
+class Client:
+    """Every write carries an idempotency key, so retrying after a timeout or a dropped
+    connection never submits (or pays for) a job twice."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+        registry_key: str | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._registry_key = registry_key
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == self.retries:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES and response.status_code < 500:
+                    break
+                if attempt == self.retries:
+                    break
+            time.sleep(self.backoff * 2**attempt)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            raise BimError(response.status_code, str(body.get("code", "error")), str(body.get("detail", response.text[:200])))
+        return response.json()
+
+    def registry_key(self) -> str:
+        if self._registry_key is None:
+            self._registry_key = self._request("GET", "/api/v1/registry/")["receipt_key"]
+        return self._registry_key
+
+    def submit_embeddings(self, subnet: str, texts: list[str], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        body = {"subnet": subnet, "texts": texts, "idempotency_key": idempotency_key or str(uuid.uuid4())}
+        return self._request("POST", "/api/v1/jobs/", json=body)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/jobs/{job_id}/")
+
+    def jobs(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self._request("GET", "/api/v1/jobs/", params={"limit": limit, "offset": offset})
+
+    def balance(self) -> dict[str, int]:
+        return self._request("GET", "/api/v1/balance/")
+
+    def stream(self, job_id: str, *, timeout: float = 120.0, poll: float = 0.2) -> Iterator[dict[str, Any]]:
+        """Yield the job each time its state changes, ending with a terminal state."""
+        deadline = time.monotonic() + timeout
+        last_state = None
+        while True:
+            job = self.job(job_id)
+            if job["state"] != last_state:
+                last_state = job["state"]
+                yield job
+            if job["state"] in TERMINAL:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+            time.sleep(poll)
+
+    def wait(self, job_id: str, *, timeout: float = 120.0, poll: float = 0.2) -> dict[str, Any]:
+        job: dict[str, Any] = {}
+        for job in self.stream(job_id, timeout=timeout, poll=poll):
+            pass
+        return job
+
+    def embed(self, subnet: str, texts: list[str], *, timeout: float = 120.0, idempotency_key: str | None = None) -> EmbeddingResult:
+        """Submit, wait for settlement and return receipt-verified vectors."""
+        job = self.wait(self.submit_embeddings(subnet, texts, idempotency_key=idempotency_key)["id"], timeout=timeout)
+        if job["state"] != "settled":
+            raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
+        return EmbeddingResult(job=job, vectors=verify_receipt(job, registry_key=self.registry_key(), texts=texts))

@@ -1,0 +1,66 @@
+"""Receipt verification: everything a user can check about a settled job offline, given
+the registry's public key and the job as the API returned it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from registry import protocol
+
+
+class ReceiptInvalid(Exception):
+    pass
+
+
+def verify_receipt(job: dict[str, Any], *, registry_key: str, texts: list[str] | None = None) -> np.ndarray:
+    """Check a settled job's receipt and return its vectors. Raises ReceiptInvalid unless:
+    the registry signed the receipt; the contract, inputs and result hash match it; each
+    node's long-term key certified its session key and that session key signed its result;
+    and the two nodes are distinct."""
+    receipt = job.get("receipt") or {}
+    if job.get("state") != "settled" or not receipt:
+        raise ReceiptInvalid(f"job is {job.get('state')}, not settled")
+    body = {k: v for k, v in receipt.items() if k != "registry_signature"}
+    if body.get("registry_key") != registry_key:
+        raise ReceiptInvalid("receipt is signed by another key than the registry's")
+    if not protocol.signature_valid(registry_key, receipt.get("registry_signature", ""), protocol.receipt_message(body)):
+        raise ReceiptInvalid("registry signature does not verify")
+    if protocol.contract_hash(job["contract"]) != body["contract_hash"]:
+        raise ReceiptInvalid("contract does not match the receipt's contract_hash")
+    if texts is not None and protocol.input_hash({"texts": texts}) != body["input_hash"]:
+        raise ReceiptInvalid("these texts are not the job's inputs")
+    if job["contract"]["input_hash"] != body["input_hash"]:
+        raise ReceiptInvalid("contract input_hash differs from the receipt's")
+    nodes = body["nodes"]
+    if len({n["node_id"] for n in nodes}) != len(nodes) or len(nodes) < 2:
+        raise ReceiptInvalid("a receipt needs two distinct nodes")
+    for node in nodes:
+        _verify_node(node, body)
+    result = job["result"]
+    vectors = np.asarray(result["vectors"], dtype=np.float32)
+    payload = protocol.encode_vectors(vectors)
+    if protocol.sha256_hex(payload) != body["result_hash"] or result["result_hash"] != body["result_hash"]:
+        raise ReceiptInvalid("delivered vectors do not hash to the receipt's result_hash")
+    if body["result_hash"] not in {n["result_hash"] for n in nodes}:
+        raise ReceiptInvalid("delivered result is not one the nodes signed")
+    return vectors
+
+
+def _verify_node(node: dict[str, Any], body: dict[str, Any]) -> None:
+    cert = protocol.hello_message(
+        node_id=node["node_id"], nonce=node["session_nonce"], session_key_pub=node["session_key_pub"]
+    )
+    if not protocol.signature_valid(node["public_key"], node["session_cert"], cert):
+        raise ReceiptInvalid(f"node {node['node_id']}: session key not certified by its long-term key")
+    signed = protocol.result_message(
+        job_id=body["job_id"],
+        assignment_id=node["assignment_id"],
+        contract_hash=body["contract_hash"],
+        input_hash=body["input_hash"],
+        result_hash=node["result_hash"],
+        shape=tuple(node["shape"]),
+    )
+    if not protocol.signature_valid(node["session_key_pub"], node["signature"], signed):
+        raise ReceiptInvalid(f"node {node['node_id']}: result signature does not verify")

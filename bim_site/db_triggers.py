@@ -1,0 +1,74 @@
+"""Database triggers that refuse changes the application must never make (immutable job
+contracts, append-only ledger transfers), for PostgreSQL and SQLite alike: a bug, an admin
+or a raw `QuerySet.update()` cannot get past them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import migrations
+
+_PG_FUNCTION = """
+CREATE OR REPLACE FUNCTION bim_refuse_change() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION '% on % refused: %', TG_OP, TG_TABLE_NAME, TG_ARGV[0]
+        USING ERRCODE = 'integrity_constraint_violation';
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
+def refuse_changes(
+    name: str, table: str, reason: str, *, columns: Sequence[str] = (), refuse_delete: bool = False
+) -> migrations.RunPython:
+    """A migration operation adding trigger `name`: UPDATE of `columns` (all columns when
+    empty) and, with `refuse_delete`, DELETE on `table` raise an integrity error."""
+
+    def forward(apps: object, schema_editor: object) -> None:
+        vendor = schema_editor.connection.vendor
+        if vendor == "postgresql":
+            statements = _postgres(name, table, reason, columns, refuse_delete)
+        elif vendor == "sqlite":
+            statements = _sqlite(name, table, reason, columns, refuse_delete)
+        else:
+            raise NotImplementedError(f"no immutability trigger for {vendor}")
+        for statement in statements:
+            schema_editor.execute(statement, params=None)
+
+    def backward(apps: object, schema_editor: object) -> None:
+        vendor = schema_editor.connection.vendor
+        suffixes = ("", "_delete") if vendor == "sqlite" else ("",)
+        for suffix in suffixes:
+            on_table = f" ON {table}" if vendor == "postgresql" else ""
+            schema_editor.execute(f"DROP TRIGGER IF EXISTS {name}{suffix}{on_table}", params=None)
+
+    return migrations.RunPython(forward, backward)
+
+
+def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:
+    events = "UPDATE" + (f" OF {', '.join(columns)}" if columns else "")
+    if refuse_delete:
+        events += " OR DELETE"
+    changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
+    # WHEN may not mention NEW for DELETE, so only a column list gets a WHEN clause.
+    when = f" WHEN ({changed})" if columns and not refuse_delete else ""
+    return [
+        _PG_FUNCTION,
+        f"CREATE TRIGGER {name} BEFORE {events} ON {table} FOR EACH ROW{when} "
+        f"EXECUTE FUNCTION bim_refuse_change('{reason}')",
+    ]
+
+
+def _sqlite(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:
+    of = f" OF {', '.join(columns)}" if columns else ""
+    when = " WHEN " + " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in columns) if columns else ""
+    statements = [
+        f"CREATE TRIGGER {name} BEFORE UPDATE{of} ON {table} FOR EACH ROW{when} "
+        f"BEGIN SELECT RAISE(ABORT, 'UPDATE on {table} refused: {reason}'); END"
+    ]
+    if refuse_delete:
+        statements.append(
+            f"CREATE TRIGGER {name}_delete BEFORE DELETE ON {table} FOR EACH ROW "
+            f"BEGIN SELECT RAISE(ABORT, 'DELETE on {table} refused: {reason}'); END"
+        )
+    return statements

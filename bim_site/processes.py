@@ -1,0 +1,114 @@
+"""Run the registry (daphne), a Celery worker and contributor nodes as child processes on
+loopback: shared by `make demo`, the end-to-end tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ProcessGroup:
+    """Children started together and stopped together (SIGTERM, then SIGKILL)."""
+
+    log_dir: Path
+    env: dict[str, str]
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("wb")
+        child = subprocess.Popen(list(argv), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.children.append((name, child))
+        return child
+
+    def start_registry(self, port: int) -> str:
+        self.start("registry", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bim_site.asgi:application"])
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/api/v1/registry/", timeout=60, group=self)
+        return url
+
+    def start_worker(self, *, beat: bool = True, concurrency: int = 2) -> None:
+        argv = [sys.executable, "-m", "celery", "-A", "bim_site", "worker", "-l", "warning", "--pool=threads", f"--concurrency={concurrency}"]
+        if beat:
+            argv.append("-B")
+        self.start("worker", argv)
+
+    def start_node(self, name: str, *, registry: str, token: str, subnet: str, state_dir: Path, extra: Sequence[str] = ()) -> None:
+        self.start(
+            name,
+            [
+                sys.executable, "-m", "contributor.node",
+                "--registry", registry,
+                "--token", token,
+                "--subnet", subnet,
+                "--name", name,
+                "--key-file", str(state_dir / f"{name}.key"),
+                "--cache-dir", str(state_dir / "cache" / name),
+                "--accept-license",
+                *extra,
+            ],
+        )
+
+    def check_alive(self) -> None:
+        for name, child in self.children:
+            if child.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {child.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for _, child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, child in self.children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self.children.clear()
+
+
+def wait_http(url: str, *, timeout: float, group: ProcessGroup | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        if group is not None:
+            group.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout} s")
+        time.sleep(0.2)
+
+
+def child_env(**overrides: str | None) -> dict[str, str]:
+    """The current environment with overrides; None removes a variable."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env

@@ -1,0 +1,27 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from registry import api as registry_api
+from subnets import api as subnets_api
+from subnets import views as subnets_views
+
+api_v1 = [
+    path("jobs/", registry_api.JobListCreateApi.as_view(), name="jobs"),
+    path("jobs/<uuid:job_id>/", registry_api.JobDetailApi.as_view(), name="job-detail"),
+    path("balance/", registry_api.BalanceApi.as_view(), name="balance"),
+    path("nodes/", registry_api.NodeRegisterApi.as_view(), name="nodes"),
+    path("registry/", registry_api.RegistryInfoApi.as_view(), name="registry-info"),
+    path("subnets/", subnets_api.SubnetListApi.as_view(), name="subnets"),
+    path("subnets/<slug:slug>/accept-license/", subnets_api.EulaAcceptApi.as_view(), name="accept-license"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("subnets/<slug:slug>/manifest.json", subnets_views.manifest, name="subnet-manifest"),
+    path("artifacts/chunks/<str:sha256>", subnets_views.chunk, name="artifact-chunk"),
+    path("", include("django_prometheus.urls")),
+]

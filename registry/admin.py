@@ -1,0 +1,156 @@
+from django.contrib import admin
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .models import Assignment, Job, JobEvent, Node, NodeSubnet
+
+
+def _link(obj: object, label: str | None = None) -> str:
+    if obj is None:
+        return "-"
+    meta = obj._meta
+    url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, label or str(obj))
+
+
+class NodeSubnetInline(admin.TabularInline):
+    model = NodeSubnet
+    fields = ["subnet", "ready_at", "max_concurrent"]
+    readonly_fields = ["ready_at"]
+    extra = 0
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "owner",
+        "os",
+        "runtime",
+        "backend",
+        "gpu_family",
+        "ip_block",
+        "is_online",
+        "last_seen",
+        "score",
+        "reputation",
+        "strikes",
+    ]
+    list_filter = ["is_online", "os", "runtime", "backend", "gpu_family", "subnets"]
+    search_fields = ["name", "owner__username", "public_key", "ip", "id"]
+    list_select_related = ["owner"]
+    raw_id_fields = ["owner"]
+    readonly_fields = [
+        "id",
+        "public_key",
+        "is_online",
+        "channel_name",
+        "session_key_pub",
+        "session_nonce",
+        "session_cert",
+        "connected_at",
+        "last_seen",
+        "created_at",
+    ]
+    inlines = [NodeSubnetInline]
+
+
+class AssignmentInline(admin.TabularInline):
+    model = Assignment
+    fields = ["role", "node_link", "state", "result_hash", "elapsed_ms", "submitted_at", "failure_reason"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    @admin.display(description="node")
+    def node_link(self, assignment: Assignment) -> str:
+        return _link(assignment.node)
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class JobEventInline(admin.TabularInline):
+    model = JobEvent
+    fields = ["at", "from_state", "to_state", "detail"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "subnet", "user", "state", "item_count", "price_micro", "created_at", "finished_at"]
+    list_filter = ["state", "subnet"]
+    search_fields = ["id", "user__username", "idempotency_key", "contract_hash"]
+    list_select_related = ["subnet", "user"]
+    date_hierarchy = "created_at"
+    # Contracts are immutable (a database trigger refuses updates): nothing here is editable.
+    readonly_fields = [
+        "id",
+        "user",
+        "subnet",
+        "idempotency_key",
+        "state",
+        "contract",
+        "contract_hash",
+        "inputs",
+        "item_count",
+        "price_micro",
+        "verification",
+        "receipt",
+        "failure_reason",
+        "created_at",
+        "expires_at",
+        "dispatched_at",
+        "verifying_at",
+        "finished_at",
+    ]
+    inlines = [AssignmentInline, JobEventInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "job_link", "role", "node", "state", "elapsed_ms", "dispatched_at", "submitted_at"]
+    list_filter = ["state", "role", "job__subnet"]
+    search_fields = ["id", "job__id", "node__name", "result_hash"]
+    list_select_related = ["job", "node"]
+    exclude = ["result"]
+    readonly_fields = [
+        "id",
+        "job",
+        "node",
+        "role",
+        "state",
+        "session_key_pub",
+        "session_nonce",
+        "session_cert",
+        "result_shape",
+        "result_hash",
+        "signature",
+        "elapsed_ms",
+        "failure_reason",
+        "dispatched_at",
+        "submitted_at",
+    ]
+
+    @admin.display(description="job")
+    def job_link(self, assignment: Assignment) -> str:
+        return _link(assignment.job, str(assignment.job_id)[:8])
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

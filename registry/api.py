@@ -1,0 +1,189 @@
+"""User and contributor API (/api/v1/): one view per operation, small serializers,
+business rules in services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Sum
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from bim_site.errors import ServiceError
+from ledger.models import Account, AccountKind
+
+from . import protocol, selectors, services
+from .keys import registry_public_key
+from .models import Job
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Service refusals become {"code", "detail"} with their HTTP status."""
+    if isinstance(exc, ServiceError):
+        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
+    return drf_exception_handler(exc, context)
+
+
+def client_ip(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class JobSubmitSerializer(serializers.Serializer):
+    subnet = serializers.SlugField()
+    texts = serializers.ListField(child=serializers.CharField(trim_whitespace=False), allow_empty=False)
+    idempotency_key = serializers.CharField(max_length=200, required=False)
+    session_key_pub = serializers.CharField(max_length=64, required=False)
+
+
+class JobSummarySerializer(serializers.ModelSerializer):
+    subnet = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "subnet",
+            "state",
+            "item_count",
+            "price_micro",
+            "idempotency_key",
+            "created_at",
+            "expires_at",
+            "finished_at",
+            "failure_reason",
+        ]
+
+
+class JobDetailSerializer(JobSummarySerializer):
+    result = serializers.SerializerMethodField()
+
+    class Meta(JobSummarySerializer.Meta):
+        fields = [*JobSummarySerializer.Meta.fields, "contract", "contract_hash", "verification", "receipt", "result"]
+
+    def get_result(self, job: Job) -> dict[str, Any] | None:
+        assignment = selectors.job_delivered_assignment(job=job)
+        if assignment is None:
+            return None
+        vectors = selectors.assignment_vectors(assignment)
+        # float32 -> Python float -> JSON is exact, so clients can rebuild the bytes and
+        # check them against result_hash.
+        return {
+            "encoding": protocol.VECTOR_ENCODING,
+            "shape": assignment.result_shape,
+            "result_hash": assignment.result_hash,
+            "vectors": vectors.tolist(),
+        }
+
+
+class JobListCreateApi(APIView):
+    @extend_schema(responses=JobSummarySerializer(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(selectors.job_list_for_user(user=request.user), request, view=self)
+        return paginator.get_paginated_response(JobSummarySerializer(page, many=True).data)
+
+    @extend_schema(request=JobSubmitSerializer, responses={201: JobDetailSerializer, 200: JobDetailSerializer})
+    def post(self, request: Request) -> Response:
+        data = JobSubmitSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = data.validated_data.get("idempotency_key") or request.headers.get("Idempotency-Key")
+        if not key:
+            raise ServiceError("idempotency_key_required", "send idempotency_key or an Idempotency-Key header")
+        job, created = services.job_submit(
+            user=request.user,
+            subnet_slug=data.validated_data["subnet"],
+            texts=data.validated_data["texts"],
+            idempotency_key=key,
+            session_key_pub=data.validated_data.get("session_key_pub"),
+        )
+        return Response(
+            JobDetailSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobDetailSerializer)
+    def get(self, request: Request, job_id: str) -> Response:
+        job = get_object_or_404(Job.objects.select_related("subnet"), pk=job_id, user=request.user)
+        return Response(JobDetailSerializer(job).data)
+
+
+class BalanceApi(APIView):
+    @extend_schema(
+        responses=inline_serializer(
+            "Balance",
+            {
+                "credits_micro": serializers.IntegerField(),
+                "held_micro": serializers.IntegerField(),
+                "earnings_micro": serializers.IntegerField(),
+                "escrow_micro": serializers.IntegerField(),
+            },
+        )
+    )
+    def get(self, request: Request) -> Response:
+        def total(**filters: Any) -> int:
+            return Account.objects.filter(**filters).aggregate(s=Sum("balance"))["s"] or 0
+
+        return Response(
+            {
+                "credits_micro": total(kind=AccountKind.USER_CREDITS, user=request.user, node=None),
+                "held_micro": total(kind=AccountKind.USER_HOLD, user=request.user, node=None),
+                "earnings_micro": total(kind=AccountKind.NODE_EARNINGS, node__owner=request.user),
+                "escrow_micro": total(kind=AccountKind.NODE_ESCROW, node__owner=request.user),
+            }
+        )
+
+
+class NodeRegisterSerializer(serializers.Serializer):
+    public_key = serializers.CharField(max_length=64)
+    name = serializers.CharField(max_length=100, allow_blank=True, default="")
+    subnets = serializers.ListField(child=serializers.SlugField(), allow_empty=False)
+    env = serializers.DictField(required=False, default=dict)
+
+
+class NodeOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    public_key = serializers.CharField()
+    os = serializers.CharField()
+    runtime = serializers.CharField()
+    backend = serializers.CharField()
+    gpu_family = serializers.CharField()
+    is_online = serializers.BooleanField()
+    subnets = serializers.SlugRelatedField(slug_field="slug", many=True, read_only=True)
+
+
+class NodeRegisterApi(APIView):
+    @extend_schema(request=NodeRegisterSerializer, responses={201: NodeOutputSerializer, 200: NodeOutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = NodeRegisterSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node, created = services.node_register(
+            owner=request.user,
+            public_key=data.validated_data["public_key"],
+            name=data.validated_data["name"],
+            env=data.validated_data["env"],
+            subnet_slugs=data.validated_data["subnets"],
+            ip=client_ip(request),
+        )
+        return Response(NodeOutputSerializer(node).data, status=201 if created else 200)
+
+
+class RegistryInfoApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
+
+    @extend_schema(
+        responses=inline_serializer(
+            "RegistryInfo", {"protocol": serializers.CharField(), "receipt_key": serializers.CharField()}
+        )
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"protocol": protocol.PROTOCOL_VERSION, "receipt_key": registry_public_key()})

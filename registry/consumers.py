@@ -1,0 +1,197 @@
+"""The node websocket (protocol: docs/protocol.md). Parses, authorizes, calls a service,
+replies. A bad message gets {"type": "error"} and the socket stays open; a failed
+handshake closes it with a code from `registry.protocol`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from . import metrics, protocol, services
+from .models import Node
+
+log = logging.getLogger("bim.registry.ws")
+
+
+@database_sync_to_async
+def _node_owned_by(node_id: str, user: Any) -> Node | None:
+    try:
+        return Node.objects.filter(pk=uuid.UUID(node_id), owner=user).first()
+    except ValueError:
+        return None
+
+
+@database_sync_to_async
+def _welcome_subnets(node: Node) -> list[dict[str, str]]:
+    return [
+        {"slug": s.slug, "model_checksum": s.model_checksum, "manifest_url": f"/subnets/{s.slug}/manifest.json"}
+        for s in node.subnets.filter(is_active=True)
+    ]
+
+
+def _client_ip(scope: dict[str, Any]) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+class NodeConsumer(AsyncJsonWebsocketConsumer):
+    node_id: str | None = None
+
+    async def connect(self) -> None:
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=protocol.CLOSE_UNAUTHENTICATED)
+            return
+        self.nonce = protocol.b64encode(os.urandom(32))
+        await self.send_json({"type": "challenge", "nonce": self.nonce, "protocol": protocol.PROTOCOL_VERSION})
+        self.hello_timer = asyncio.get_running_loop().call_later(
+            settings.NODE_HELLO_TIMEOUT_S, lambda: asyncio.ensure_future(self._hello_timeout())
+        )
+
+    async def _hello_timeout(self) -> None:
+        if self.node_id is None:
+            await self.close(code=protocol.CLOSE_HELLO_TIMEOUT)
+
+    async def disconnect(self, code: int) -> None:
+        timer = getattr(self, "hello_timer", None)
+        if timer is not None:
+            timer.cancel()
+        if self.node_id is not None:
+            await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
+            await database_sync_to_async(services.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            content = json.loads(text_data or "")
+        except ValueError:
+            content = None
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self.close(code=protocol.CLOSE_PROTOCOL_ERROR)
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+        kind = content["type"]
+        if self.node_id is None:
+            if kind != "hello":
+                await self.close(code=protocol.CLOSE_PROTOCOL_ERROR)
+                return
+            await self.on_hello(content)
+            return
+        handler = {
+            "ready": self.on_ready,
+            "heartbeat": self.on_heartbeat,
+            "result": self.on_result,
+            "job_failed": self.on_job_failed,
+        }.get(kind)
+        if handler is None:
+            await self.send_error("bad_message", f"unknown message type {kind!r}")
+            return
+        try:
+            await handler(content)
+        except protocol.ProtocolError as exc:
+            metrics.results_refused.labels(code=exc.code).inc()
+            await self.send_error(exc.code, exc.detail, content.get("assignment_id"))
+
+    async def send_error(self, code: str, detail: str, assignment_id: Any = None) -> None:
+        message = {"type": "error", "code": code, "detail": detail}
+        if assignment_id is not None:
+            message["assignment_id"] = str(assignment_id)
+        await self.send_json(message)
+
+    async def on_hello(self, content: dict[str, Any]) -> None:
+        node_id = str(content.get("node_id", ""))
+        session_key_pub = str(content.get("session_key_pub", ""))
+        signature = str(content.get("signature", ""))
+        node = await _node_owned_by(node_id, self.scope["user"])
+        if node is None:
+            await self.close(code=protocol.CLOSE_UNKNOWN_NODE)
+            return
+        try:
+            protocol.parse_public_key(session_key_pub)
+        except protocol.ProtocolError:
+            await self.close(code=protocol.CLOSE_AUTH_FAILED)
+            return
+        signed = protocol.hello_message(node_id=str(node.id), nonce=self.nonce, session_key_pub=session_key_pub)
+        if not protocol.signature_valid(node.public_key, signature, signed):
+            await self.close(code=protocol.CLOSE_AUTH_FAILED)
+            return
+        self.hello_timer.cancel()
+        replaced = await database_sync_to_async(services.node_connect)(
+            node=node,
+            channel_name=self.channel_name,
+            session_key_pub=session_key_pub,
+            nonce=self.nonce,
+            session_cert=signature,
+            ip=_client_ip(self.scope),
+        )
+        self.node_id = str(node.id)
+        await self.channel_layer.group_add(f"node.{self.node_id}", self.channel_name)
+        if replaced:
+            await self.channel_layer.send(replaced, {"type": "node.replaced"})
+        await self.send_json(
+            {
+                "type": "welcome",
+                "node_id": self.node_id,
+                "heartbeat_s": settings.NODE_HEARTBEAT_S,
+                "subnets": await _welcome_subnets(node),
+            }
+        )
+        log.info("node %s connected from %s", self.node_id, _client_ip(self.scope))
+
+    async def on_ready(self, content: dict[str, Any]) -> None:
+        subnet = str(content.get("subnet", ""))
+        try:
+            max_concurrent = int(content.get("max_concurrent", 1))
+        except (TypeError, ValueError):
+            raise protocol.ProtocolError("bad_message", "max_concurrent must be an integer") from None
+        await database_sync_to_async(services.node_ready)(
+            node_id=self.node_id,
+            subnet_slug=subnet,
+            model_checksum=str(content.get("model_checksum", "")),
+            max_concurrent=max_concurrent,
+        )
+        await self.send_json({"type": "ready_ok", "subnet": subnet})
+
+    async def on_heartbeat(self, content: dict[str, Any]) -> None:
+        alive = await database_sync_to_async(services.node_heartbeat)(
+            node_id=self.node_id, channel_name=self.channel_name
+        )
+        if not alive:
+            await self.close(code=protocol.CLOSE_REPLACED)
+            return
+        await self.send_json({"type": "pong", "time": timezone.now().isoformat()})
+        await database_sync_to_async(services.sweep_if_due)()
+
+    async def on_result(self, content: dict[str, Any]) -> None:
+        assignment = await database_sync_to_async(services.result_record)(node_id=self.node_id, message=content)
+        await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
+
+    async def on_job_failed(self, content: dict[str, Any]) -> None:
+        await database_sync_to_async(services.assignment_give_up)(
+            node_id=self.node_id,
+            assignment_id=str(content.get("assignment_id", "")),
+            reason=str(content.get("reason", ""))[:150],
+        )
+
+    # Events from the channel layer, one handler per type.
+    async def job_offer(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["message"])
+
+    async def job_cancel(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "cancel", "assignment_id": event["assignment_id"]})
+
+    async def node_replaced(self, event: dict[str, Any]) -> None:
+        # disconnect() still leaves the group; node_disconnect ignores this stale channel.
+        await self.close(code=protocol.CLOSE_REPLACED)
+

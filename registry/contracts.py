@@ -1,0 +1,117 @@
+"""The job contract of the paper's Appendix A: built by the registry, validated, immutable.
+
+Pure module (no Django). The schema is Appendix A's, made strict where the sketch was
+loose: hashes are 64 hex digits, keys base64, numbers bounded, unknown fields refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+
+CONTRACT_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "BIMJobContract",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "job_id": {"type": "string", "minLength": 1},
+        "subnet": {"type": "string", "minLength": 1},
+        "task_type": {"enum": ["embedding", "text", "image"]},
+        "model_id": {"type": "string", "minLength": 1},
+        "model_checksum": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "runtime_id": {"type": "string", "minLength": 1},
+        "tokenizer_checksum": {"type": "string", "pattern": "^([0-9a-f]{64})?$"},
+        "determinism": {
+            "type": "object",
+            "properties": {
+                "temperature": {"type": "number", "minimum": 0},
+                "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                "seed": {"type": "integer"},
+            },
+        },
+        "tolerances": {
+            "type": "object",
+            "properties": {
+                "edit_distance": {"type": "integer", "minimum": 0},
+                "cosine_min": {"type": "number", "minimum": -1, "maximum": 1},
+                "ssim_min": {"type": "number", "minimum": -1, "maximum": 1},
+                "norm_tolerance": {"type": "number", "minimum": 0},
+            },
+        },
+        "input_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "limits": {
+            "type": "object",
+            "properties": {
+                "max_items": {"type": "integer", "minimum": 1},
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "max_steps": {"type": "integer", "minimum": 1},
+                "latency_ms": {"type": "integer", "minimum": 1},
+            },
+            "required": ["latency_ms"],
+        },
+        "preprocessing": {"type": "object"},
+        "session_key_pub": {"type": "string", "pattern": "^[A-Za-z0-9+/]{43}=$"},
+    },
+    "required": [
+        "job_id",
+        "model_id",
+        "model_checksum",
+        "runtime_id",
+        "determinism",
+        "tolerances",
+        "input_hash",
+        "limits",
+        "session_key_pub",
+    ],
+}
+
+_VALIDATOR = jsonschema.Draft7Validator(CONTRACT_SCHEMA)
+
+
+class ContractInvalid(ValueError):
+    pass
+
+
+def validate_contract(contract: dict[str, Any]) -> None:
+    errors = sorted(_VALIDATOR.iter_errors(contract), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.path) or "(root)"
+        raise ContractInvalid(f"contract {where}: {first.message}")
+
+
+def build_contract(
+    *,
+    job_id: str,
+    subnet: str,
+    task_type: str,
+    model_id: str,
+    model_checksum: str,
+    runtime_id: str,
+    tokenizer_checksum: str,
+    determinism: dict[str, Any],
+    tolerances: dict[str, Any],
+    preprocessing: dict[str, Any],
+    input_hash: str,
+    limits: dict[str, int],
+    session_key_pub: str,
+) -> dict[str, Any]:
+    contract = {
+        "job_id": job_id,
+        "subnet": subnet,
+        "task_type": task_type,
+        "model_id": model_id,
+        "model_checksum": model_checksum,
+        "runtime_id": runtime_id,
+        "tokenizer_checksum": tokenizer_checksum,
+        "determinism": determinism,
+        "tolerances": tolerances,
+        "preprocessing": preprocessing,
+        "input_hash": input_hash,
+        "limits": limits,
+        "session_key_pub": session_key_pub,
+    }
+    validate_contract(contract)
+    return contract

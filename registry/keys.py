@@ -1,0 +1,31 @@
+"""The registry's own Ed25519 key, which signs receipts.
+
+Read from BIM_REGISTRY_KEY (base64 raw private key) or the file at REGISTRY_KEY_PATH,
+made there on first use so a newcomer's registry signs from its first receipt."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.conf import settings
+
+from . import protocol
+
+
+@cache
+def registry_private_key() -> Ed25519PrivateKey:
+    if configured := os.environ.get("BIM_REGISTRY_KEY"):
+        return protocol.private_key_from_b64(configured)
+    path = settings.REGISTRY_KEY_PATH
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(protocol.private_key_to_b64(protocol.new_private_key()))
+    return protocol.private_key_from_b64(path.read_text().strip())
+
+
+def registry_public_key() -> str:
+    return protocol.public_key_b64(registry_private_key())

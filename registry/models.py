@@ -1,0 +1,190 @@
+"""Registry: contributor nodes, jobs, their assignments and the job state machine."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from subnets.models import Subnet
+
+
+class Node(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="nodes")
+    name = models.CharField(max_length=100)
+    public_key = models.CharField(max_length=64, unique=True, help_text="long-term Ed25519, base64")
+    # Environment fingerprint: what diversity rules and drift statistics are keyed by.
+    os = models.CharField(max_length=50, blank=True)
+    runtime = models.CharField(max_length=50, blank=True)
+    backend = models.CharField(max_length=30, blank=True)
+    gpu_family = models.CharField(max_length=50, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    ip_block = models.CharField(max_length=64, blank=True, help_text="/24 (IPv4) or /48 (IPv6)")
+    asn = models.PositiveIntegerField(null=True, blank=True)
+    subnets = models.ManyToManyField(Subnet, through="NodeSubnet", related_name="nodes")
+    # Routing weight = score x reputation (scores and reputation rules grow in a later issue).
+    score = models.FloatField(default=1.0)
+    reputation = models.FloatField(default=0.5)
+    strikes = models.PositiveIntegerField(default=0)
+    banned_until = models.DateTimeField(null=True, blank=True)
+    # Current websocket session, replaced on every connect.
+    is_online = models.BooleanField(default=False)
+    channel_name = models.CharField(max_length=200, blank=True)
+    session_key_pub = models.CharField(max_length=64, blank=True)
+    session_nonce = models.CharField(max_length=64, blank=True)
+    session_cert = models.CharField(max_length=100, blank=True)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["is_online", "last_seen"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({str(self.id)[:8]})"
+
+
+class NodeSubnet(models.Model):
+    """A node's opt-in to a subnet; `ready_at` is set while it holds the verified model."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE)
+    subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["node", "subnet"], name="node_subnet_unique")]
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    VERIFYING = "verifying"
+    ADJUDICATING = "adjudicating"
+    SETTLED = "settled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+TERMINAL_STATES = frozenset({JobState.SETTLED, JobState.FAILED, JobState.EXPIRED})
+
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    JobState.QUEUED: frozenset({JobState.DISPATCHED, JobState.FAILED, JobState.EXPIRED}),
+    JobState.DISPATCHED: frozenset({JobState.VERIFYING, JobState.FAILED, JobState.EXPIRED}),
+    JobState.VERIFYING: frozenset({JobState.SETTLED, JobState.ADJUDICATING, JobState.FAILED}),
+    JobState.ADJUDICATING: frozenset({JobState.SETTLED, JobState.FAILED, JobState.EXPIRED}),
+    JobState.SETTLED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.EXPIRED: frozenset(),
+}
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    subnet = models.ForeignKey(Subnet, on_delete=models.PROTECT, related_name="jobs")
+    idempotency_key = models.CharField(max_length=200)
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
+    # The Appendix A contract: written once at submit; a database trigger refuses updates.
+    contract = models.JSONField()
+    contract_hash = models.CharField(max_length=64)
+    inputs = models.JSONField()
+    item_count = models.PositiveIntegerField()
+    price_micro = models.PositiveBigIntegerField()
+    verification = models.JSONField(default=dict, blank=True)
+    receipt = models.JSONField(default=dict, blank=True)
+    failure_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    verifying_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "idempotency_key"], name="job_idempotency_key_per_user")
+        ]
+        indexes = [
+            models.Index(fields=["state", "expires_at"]),
+            models.Index(fields=["user", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.id} ({self.state})"
+
+
+class AssignmentRole(models.TextChoices):
+    A = "A"
+    B = "B"
+    C = "C"
+
+
+class AssignmentState(models.TextChoices):
+    DISPATCHED = "dispatched"  # offered to the node, result not yet in
+    SUBMITTED = "submitted"  # signed result recorded, waiting for its partner
+    AGREED = "agreed"  # verified and paid
+    DISAGREED = "disagreed"  # verification failed; nothing paid
+    LOST = "lost"  # node vanished or gave up before answering; role re-dispatched
+    CANCELLED = "cancelled"  # the job ended before this node answered
+
+
+ACTIVE_ASSIGNMENT_STATES = (
+    AssignmentState.DISPATCHED,
+    AssignmentState.SUBMITTED,
+    AssignmentState.AGREED,
+    AssignmentState.DISAGREED,
+)
+
+
+class Assignment(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="assignments")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="assignments")
+    role = models.CharField(max_length=1, choices=AssignmentRole.choices)
+    state = models.CharField(
+        max_length=16, choices=AssignmentState.choices, default=AssignmentState.DISPATCHED
+    )
+    # The node's session as certified at dispatch: lets anyone check the result signature later.
+    session_key_pub = models.CharField(max_length=64)
+    session_nonce = models.CharField(max_length=64)
+    session_cert = models.CharField(max_length=100)
+    result = models.BinaryField(null=True, blank=True)
+    result_shape = models.JSONField(null=True, blank=True)
+    result_hash = models.CharField(max_length=64, blank=True)
+    signature = models.CharField(max_length=100, blank=True)
+    elapsed_ms = models.PositiveIntegerField(null=True, blank=True)
+    failure_reason = models.CharField(max_length=200, blank=True)
+    dispatched_at = models.DateTimeField(auto_now_add=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # A node never runs the same job twice (it would verify itself).
+            models.UniqueConstraint(fields=["job", "node"], name="assignment_node_once_per_job"),
+            models.UniqueConstraint(
+                fields=["job", "role"],
+                condition=Q(state__in=ACTIVE_ASSIGNMENT_STATES),
+                name="assignment_one_active_per_role",
+            ),
+        ]
+        indexes = [models.Index(fields=["node", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.role} of {self.job_id} on {self.node_id}"
+
+
+class JobEvent(models.Model):
+    """Audit trail: one row per state change, written in the same transaction."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    from_state = models.CharField(max_length=16)
+    to_state = models.CharField(max_length=16)
+    detail = models.CharField(max_length=300, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["at", "id"]

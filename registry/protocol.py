@@ -1,0 +1,176 @@
+"""The wire protocol shared by the registry and every contributor node.
+
+Pure module: no Django import, so the headless node (`contributor.node`) and
+the benchmarks use exactly the bytes the registry checks. The browser
+contributor re-implements these few functions in JavaScript; `docs/protocol.md`
+is the normative description and this module its reference implementation.
+
+Signed messages are short ASCII byte strings, one field per line, so that
+WebCrypto (Ed25519) can produce them without a JSON canonicalizer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+PROTOCOL_VERSION = "bim/1"
+VECTOR_ENCODING = "f32le"
+
+# Websocket close codes (4000-4999 are free for applications, RFC 6455 §7.4.2).
+CLOSE_AUTH_FAILED = 4001  # hello signature did not verify
+CLOSE_UNAUTHENTICATED = 4401  # no valid API token (query ?token=) or session cookie
+CLOSE_UNKNOWN_NODE = 4003  # node id unknown, or not owned by the token's user
+CLOSE_PROTOCOL_ERROR = 4400  # malformed frame or message before hello
+CLOSE_HELLO_TIMEOUT = 4408  # no hello within the allowed time
+CLOSE_REPLACED = 4409  # the same node connected again; the older socket goes
+
+# Per-message errors answered with {"type": "error", "code": ...}; the socket stays open.
+ERROR_CODES = (
+    "bad_message",
+    "bad_signature",
+    "bad_input_hash",
+    "bad_result_hash",
+    "bad_shape",
+    "not_assigned",
+    "deadline_passed",
+    "already_submitted",
+    "model_mismatch",
+    "unknown_subnet",
+    "license_not_accepted",
+)
+
+
+class ProtocolError(Exception):
+    """A message a peer sent is invalid; `code` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def canonical_json(value: Any) -> bytes:
+    """UTF-8 JSON with sorted keys and no spaces: the bytes every hash is taken over."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """Strict standard base64; raises ProtocolError on anything else."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError, AttributeError) as exc:
+        raise ProtocolError("bad_message", "invalid base64") from exc
+
+
+def input_hash(inputs: dict[str, Any]) -> str:
+    """The contract's `input_hash`: SHA-256 of the canonical JSON of the job inputs."""
+    return sha256_hex(canonical_json(inputs))
+
+
+def contract_hash(contract: dict[str, Any]) -> str:
+    return sha256_hex(canonical_json(contract))
+
+
+def encode_vectors(vectors: np.ndarray) -> bytes:
+    """Row-major little-endian float32: 4 bytes per value, no header (shape travels apart)."""
+    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def decode_vectors(payload: bytes, shape: tuple[int, int]) -> np.ndarray:
+    rows, dim = shape
+    if rows <= 0 or dim <= 0 or len(payload) != rows * dim * 4:
+        raise ProtocolError("bad_shape", f"{len(payload)} bytes do not hold {rows}x{dim} float32")
+    vectors = np.frombuffer(payload, dtype="<f4").reshape(rows, dim)
+    if not np.all(np.isfinite(vectors)):
+        raise ProtocolError("bad_message", "vectors contain NaN or infinity")
+    return vectors
+
+
+def hello_message(*, node_id: str, nonce: str, session_key_pub: str) -> bytes:
+    """Signed by the node's long-term key: proves the key and certifies the session key."""
+    return f"{PROTOCOL_VERSION}/hello\n{node_id}\n{nonce}\n{session_key_pub}\n".encode("ascii")
+
+
+def result_message(
+    *,
+    job_id: str,
+    assignment_id: str,
+    contract_hash: str,
+    input_hash: str,
+    result_hash: str,
+    shape: tuple[int, int],
+) -> bytes:
+    """Signed by the node's session key for every result it returns."""
+    rows, dim = shape
+    return (
+        f"{PROTOCOL_VERSION}/result\n{job_id}\n{assignment_id}\n{contract_hash}\n"
+        f"{input_hash}\n{result_hash}\n{rows}x{dim}\n"
+    ).encode("ascii")
+
+
+def receipt_message(receipt_body: dict[str, Any]) -> bytes:
+    """Signed by the registry's key: the canonical JSON of a receipt without its signature."""
+    return canonical_json(receipt_body)
+
+
+def new_private_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def public_key_b64(private_key: Ed25519PrivateKey) -> str:
+    raw = private_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return b64encode(raw)
+
+
+def private_key_to_b64(private_key: Ed25519PrivateKey) -> str:
+    raw = private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return b64encode(raw)
+
+
+def private_key_from_b64(text: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(b64decode(text))
+
+
+def sign(private_key: Ed25519PrivateKey, message: bytes) -> str:
+    return b64encode(private_key.sign(message))
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    raw = b64decode(text)
+    if len(raw) != 32:
+        raise ProtocolError("bad_message", "an Ed25519 public key is 32 raw bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def signature_valid(public_key: str, signature: str, message: bytes) -> bool:
+    try:
+        sig = b64decode(signature)
+        parse_public_key(public_key).verify(sig, message)
+    except (InvalidSignature, ProtocolError, ValueError):
+        return False
+    return True

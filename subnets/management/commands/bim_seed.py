@@ -1,0 +1,76 @@
+"""Seed a registry so the demo needs no clicking: the Apache-2.0 license, the default
+embeddings subnet (packaged from its PyPI packages), an operator superuser and, with
+--demo, a paying user and contributor accounts with API tokens and accepted licenses."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from rest_framework.authtoken.models import Token
+
+from ledger.models import MICRO
+from ledger.services import credits_top_up
+from subnets import defaults, services
+from subnets.models import License, Subnet
+
+
+class Command(BaseCommand):
+    help = "Create the default subnet, an admin and (with --demo) demo accounts."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--demo", action="store_true", help="also create demo user and contributors")
+        parser.add_argument("--contributors", default="alice,bob,carol")
+        parser.add_argument("--credits", type=int, default=100, help="demo user's top-up, in credits")
+        parser.add_argument("--json", action="store_true", help="print accounts and tokens as JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        license_, _ = License.objects.get_or_create(
+            slug=defaults.APACHE_2["slug"], version=defaults.APACHE_2["version"], defaults=defaults.APACHE_2
+        )
+        exists = Subnet.objects.filter(slug=defaults.EMBEDDINGS_SLUG).exists()
+        subnet = services.subnet_package(
+            slug=defaults.EMBEDDINGS_SLUG,
+            model=defaults.EMBEDDINGS_MODEL,
+            tokenizer=defaults.EMBEDDINGS_TOKENIZER,
+            # An existing subnet keeps what operators set in admin; only its files are refreshed.
+            defaults=None if exists else {**defaults.embeddings_subnet_settings(), "license": license_},
+        )
+        out: dict[str, Any] = {"subnet": subnet.slug, "model_checksum": subnet.model_checksum}
+        out["admin"] = self._admin()
+        if options["demo"]:
+            out["user"] = self._account("demo-user", credits=options["credits"], subnet=None)
+            out["contributors"] = {
+                name: self._account(name, credits=0, subnet=subnet)
+                for name in options["contributors"].split(",")
+                if name
+            }
+        if options["json"]:
+            self.stdout.write(json.dumps(out))
+        else:
+            self.stdout.write(f"subnet {subnet.slug} ready (model {subnet.model_checksum[:16]}…)")
+            self.stdout.write(f"admin: {out['admin']['username']} / {out['admin']['password'] or '(unchanged)'}")
+
+    def _admin(self) -> dict[str, str]:
+        User = get_user_model()
+        username = os.environ.get("BIM_ADMIN_USER", "admin")
+        user = User.objects.filter(username=username).first()
+        if user is not None:
+            return {"username": username, "password": ""}
+        password = os.environ.get("BIM_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        User.objects.create_superuser(username=username, email="", password=password)
+        return {"username": username, "password": password}
+
+    def _account(self, username: str, *, credits: int, subnet: Subnet | None) -> dict[str, Any]:
+        User = get_user_model()
+        user, _ = User.objects.get_or_create(username=username)
+        token, _ = Token.objects.get_or_create(user=user)
+        if credits:
+            credits_top_up(user=user, amount=credits * MICRO, idempotency_key=f"seed:{username}", reason="demo seed")
+        if subnet is not None:
+            services.eula_accept(user=user, subnet=subnet, license_version=subnet.license.version, ip=None)
+        return {"username": username, "token": token.key}

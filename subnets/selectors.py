@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from bim_site.errors import ServiceError
+
+from .models import Subnet
+
+
+def subnet_list_active() -> QuerySet[Subnet]:
+    return Subnet.objects.filter(is_active=True).select_related("license").order_by("slug")
+
+
+def subnet_get_active(*, slug: str) -> Subnet:
+    subnet = subnet_list_active().filter(slug=slug).first()
+    if subnet is None:
+        raise ServiceError("unknown_subnet", f"no active subnet {slug!r}", status=404)
+    return subnet
