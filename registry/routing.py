@@ -37,7 +37,8 @@ def uniform_hashes(job_key: str, node_hashes: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(30))) * _MIX1
     x = (x ^ (x >> np.uint64(27))) * _MIX2
     x = x ^ (x >> np.uint64(31))
-    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+    # 52 bits + 0.5 is exact in a float64 (53-bit mantissa), so h never rounds to 0 or 1.
+    return ((x >> np.uint64(12)).astype(np.float64) + 0.5) / float(1 << 52)
 
 
 def rendezvous_scores(job_key: str, node_hashes: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
 SUBNET = "minilm-embed"
 JOBS = int(os.environ.get("BIM_DEMO_JOBS", "12"))
 TEXTS_PER_JOB = 7
-STATE = ROOT / "var" / "demo"
+STATE = Path(os.environ.get("BIM_DEMO_DIR", ROOT / "var" / "demo"))
 
 
 def manage(env: dict[str, str], *args: str) -> str:

@@ -458,7 +458,7 @@ class NodeClient:
         try:
             inputs_hash = protocol.input_hash(inputs)
             actual_contract_hash = protocol.contract_hash(contract)
-        except ValueError as exc:  # NaN or infinity: not canonical JSON
+        except ValueError as exc:  # NaN, infinity or a lone surrogate: no canonical JSON
             raise _JobRefusedError("bad_message", str(exc)) from exc
         if inputs_hash != contract.get("input_hash"):
             raise _JobRefusedError("bad_input_hash", "inputs do not hash to contract.input_hash")

@@ -20,7 +20,7 @@ from contributor.node.client import RegistryApi
 from contributor.node.embedder import Embedder
 
 if TYPE_CHECKING:
-    from conftest import HttpRegistry
+    from tests.contributor.conftest import HttpRegistry
 
 
 def _fetch(registry: HttpRegistry, cache: Path, *, checksum: str | None = None) -> ModelBundle:

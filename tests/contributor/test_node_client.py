@@ -283,7 +283,11 @@ def test_it_refuses_a_job_for_another_model_build(pin: str) -> None:
         async with running_node() as node:
             ws = await node.registry.next_connection()
             await handshake(ws)
-            job = job_message(["hello"], **{pin: "cd" * 32})  # consistent hashes, other build
+            other = "cd" * 32  # hashes stay consistent: only the build differs
+            if pin == "checksum":
+                job = job_message(["hello"], checksum=other)
+            else:
+                job = job_message(["hello"], tokenizer_checksum=other)
             await send(ws, job)
             reply = await receive(ws)
             assert reply["type"] == "job_failed"

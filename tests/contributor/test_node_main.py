@@ -18,7 +18,7 @@ from contributor.node.keys import load_or_create_key
 from registry import protocol
 
 if TYPE_CHECKING:
-    from conftest import HttpRegistry
+    from tests.contributor.conftest import HttpRegistry
 
 NODE_ID = str(uuid.UUID(int=42))
 ACCEPT_URL = "/api/v1/subnets/minilm-embed/accept-license/"
@@ -74,6 +74,8 @@ def test_it_accepts_the_license_registers_and_loads_the_verified_model(
     assert client.node_id == NODE_ID
     assert client.env == env
     assert client.model_checksum == registry.manifest()["model_checksum"]
+    tokenizer = registry.manifest()["artifacts"][1]
+    assert (tokenizer["role"], client.tokenizer_checksum) == ("tokenizer", tokenizer["sha256"])
     assert client.ws_url == registry.base_url.replace("http", "ws") + "/ws/node/?token=tok"
     texts = ["a verified model", "computes the same vectors"]
     assert np.array_equal(client.compute(texts), embedder(texts))

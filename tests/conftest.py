@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from bim_site.celery import app as celery_app
+
+
+@pytest.fixture(autouse=True)
+def _ledger_invariants(request: pytest.FixtureRequest):
+    """After every test that touched the database, the ledger's invariants must hold."""
+    uses_db = {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    if uses_db:
+        # Requested here so the check runs before the test's transaction is rolled back.
+        request.getfixturevalue("transactional_db" if "transactional_db" in uses_db else "db")
+    yield
+    if uses_db:
+        from ledger.checks import ledger_violations
+
+        assert ledger_violations() == []
+
+
+@pytest.fixture(autouse=True)
+def _eager_celery():
+    """Unit tests run tasks in-process; the end-to-end tests run a real worker instead."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def _artifact_root(settings, tmp_path_factory):
+    settings.ARTIFACT_ROOT = tmp_path_factory.getbasetemp() / "artifacts"
+    settings.REGISTRY_KEY_PATH = tmp_path_factory.getbasetemp() / "registry.key"

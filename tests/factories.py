@@ -1,0 +1,131 @@
+"""Factories for tests: users, subnets, nodes with real keys, and signed results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import factory
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from ledger.models import MICRO
+from ledger.services import credits_top_up
+from registry import protocol
+from registry.models import Assignment, Job, Node, NodeSubnet
+from subnets.models import EulaAcceptance, License, Subnet
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+
+    username = factory.Sequence(lambda n: f"user{n}")
+
+
+class LicenseFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = License
+        django_get_or_create = ("slug", "version")
+
+    slug = "apache-2.0"
+    version = "2.0"
+    name = "Apache License 2.0"
+
+
+class SubnetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Subnet
+
+    slug = factory.Sequence(lambda n: f"embed-{n}")
+    name = "test embeddings"
+    task_type = "embedding"
+    model_id = "test/minilm"
+    model_checksum = "ab" * 32
+    runtime_id = "onnxruntime/test"
+    tolerances = {"cosine_min": 0.9999, "norm_tolerance": 0.001}
+    preprocessing = {"max_tokens": 256, "pooling": "mean", "normalize": True}
+    price_per_call_micro = 333
+    price_per_item_micro = 1000
+    escrow_share_bp = 1000
+    escrow_required_micro = 1_000_000
+    latency_ms = 60_000
+    license = factory.SubFactory(LicenseFactory)
+
+
+def user_with_credits(credits: int = 10, **kwargs: Any):
+    user = UserFactory(**kwargs)
+    if credits:
+        credits_top_up(user=user, amount=credits * MICRO, idempotency_key=f"test:{user.pk}")
+    return user
+
+
+@dataclass
+class NodeKeys:
+    """A node and the private keys a real node would hold."""
+
+    node: Node
+    long_term: Ed25519PrivateKey
+    session: Ed25519PrivateKey
+
+
+def online_node(subnet: Subnet, owner=None, *, ready: bool = True, ip: str = "127.0.0.1") -> NodeKeys:
+    """A registered node with a live, certified session, ready for `subnet`."""
+    owner = owner or UserFactory()
+    EulaAcceptance.objects.get_or_create(user=owner, license=subnet.license, defaults={"license_version": subnet.license.version})
+    long_term, session = protocol.new_private_key(), protocol.new_private_key()
+    node = Node.objects.create(owner=owner, name=f"node-{owner.username}", public_key=protocol.public_key_b64(long_term))
+    nonce = protocol.b64encode(b"n" * 32)
+    session_pub = protocol.public_key_b64(session)
+    Node.objects.filter(pk=node.pk).update(
+        is_online=True,
+        channel_name=f"test.{node.pk}",
+        session_key_pub=session_pub,
+        session_nonce=nonce,
+        session_cert=protocol.sign(long_term, protocol.hello_message(node_id=str(node.pk), nonce=nonce, session_key_pub=session_pub)),
+        last_seen=timezone.now(),
+        ip=ip,
+    )
+    NodeSubnet.objects.create(node=node, subnet=subnet, ready_at=timezone.now() if ready else None)
+    node.refresh_from_db()
+    return NodeKeys(node=node, long_term=long_term, session=session)
+
+
+def unit_vectors(count: int, dim: int = 384, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def result_message(
+    keys: NodeKeys, job: Job, assignment: Assignment, vectors: np.ndarray, **overrides: Any
+) -> dict[str, Any]:
+    """The `result` message an honest node would send; overrides forge single fields."""
+    payload = protocol.encode_vectors(vectors)
+    fields = {
+        "input_hash": job.contract["input_hash"],
+        "result_hash": protocol.sha256_hex(payload),
+        "shape": list(vectors.shape),
+    }
+    fields.update({k: v for k, v in overrides.items() if k in fields})
+    signed = protocol.result_message(
+        job_id=str(job.id),
+        assignment_id=str(assignment.id),
+        contract_hash=job.contract_hash,
+        input_hash=fields["input_hash"],
+        result_hash=fields["result_hash"],
+        shape=tuple(fields["shape"]),
+    )
+    message = {
+        "type": "result",
+        "assignment_id": str(assignment.id),
+        "job_id": str(job.id),
+        "encoding": "f32le",
+        "data": protocol.b64encode(payload),
+        "elapsed_ms": 5,
+        "signature": protocol.sign(overrides.get("signing_key", keys.session), signed),
+        **fields,
+    }
+    message.update({k: v for k, v in overrides.items() if k in ("data", "job_id", "assignment_id", "signature")})
+    return message
