@@ -74,12 +74,28 @@ class ContractInvalid(ValueError):
     pass
 
 
+def _browser_safe_numbers(value: Any, *, fix: bool, where: str = "") -> Any:
+    """The contract hash is taken over canonical JSON, and JavaScript prints 1.0 as "1" and
+    1e-05 as "0.00001": only numbers both languages print alike may appear (docs/protocol.md).
+    With `fix`, integral floats become ints; otherwise they are refused like exponents."""
+    if isinstance(value, dict):
+        return {k: _browser_safe_numbers(v, fix=fix, where=f"{where}/{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_browser_safe_numbers(v, fix=fix, where=f"{where}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, float) and (value.is_integer() or "e" in repr(value)):
+        if fix and value.is_integer():
+            return int(value)
+        raise ContractInvalid(f"contract {where}: {value!r} prints differently in JavaScript")
+    return value
+
+
 def validate_contract(contract: dict[str, Any]) -> None:
     errors = sorted(_VALIDATOR.iter_errors(contract), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.path) or "(root)"
         raise ContractInvalid(f"contract {where}: {first.message}")
+    _browser_safe_numbers(contract, fix=False)
 
 
 def build_contract(
@@ -98,7 +114,8 @@ def build_contract(
     limits: dict[str, int],
     session_key_pub: str,
 ) -> dict[str, Any]:
-    contract = {
+    contract = _browser_safe_numbers(
+        {
         "job_id": job_id,
         "subnet": subnet,
         "task_type": task_type,
@@ -112,6 +129,8 @@ def build_contract(
         "input_hash": input_hash,
         "limits": limits,
         "session_key_pub": session_key_pub,
-    }
+        },
+        fix=True,
+    )
     validate_contract(contract)
     return contract
