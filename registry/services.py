@@ -500,7 +500,23 @@ def sweep() -> dict[str, int]:
         "id", "channel_name"
     ):
         dropped += node_disconnect(node_id=node_id, channel_name=channel)
-    return {"nodes_dropped": dropped, "jobs_expired": jobs_expire_overdue(), "assignments_made": jobs_dispatch_waiting()}
+    return {
+        "nodes_dropped": dropped,
+        "jobs_expired": jobs_expire_overdue(),
+        "assignments_made": jobs_dispatch_waiting(),
+        "verifications_retried": jobs_verify_stalled(),
+    }
+
+
+def jobs_verify_stalled(*, older_than_s: float = 10.0) -> int:
+    """Verify jobs whose verification task was lost (a worker died between the results
+    and the verdict): both results are in, so the verdict can still be reached."""
+    stalled = Job.objects.filter(
+        state=JobState.VERIFYING, verifying_at__lt=timezone.now() - timedelta(seconds=older_than_s)
+    ).values_list("id", flat=True)[:500]
+    for job_id in stalled:
+        job_verify(job_id=job_id)
+    return len(stalled)
 
 
 # ---------------------------------------------------------------- nodes and presence
