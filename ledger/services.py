@@ -77,7 +77,7 @@ def transfer_create(
 ) -> Transfer:
     """Move `amount` from `debit` to `credit`. A repeat with the same key and the same
     fields returns the first transfer; with different fields it raises IdempotencyConflict."""
-    if not isinstance(amount, int) or amount <= 0:
+    if type(amount) is not int or amount <= 0:  # bool is an int subclass; refuse it
         raise LedgerError(f"amount must be a positive integer, got {amount!r}")
     if debit.pk == credit.pk:
         raise LedgerError("debit and credit accounts are the same")

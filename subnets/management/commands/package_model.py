@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from bim_site.errors import ServiceError
@@ -36,7 +37,10 @@ class Command(BaseCommand):
         parser.add_argument("--settings-json", help="JSON object of Subnet fields to set")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        defaults: dict[str, Any] = json.loads(options["settings_json"]) if options["settings_json"] else {}
+        try:
+            defaults: dict[str, Any] = json.loads(options["settings_json"]) if options["settings_json"] else {}
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--settings-json is not JSON: {exc}") from None
         if options["license"]:
             license_ = License.objects.filter(slug=options["license"]).order_by("-created_at").first()
             if license_ is None:
@@ -52,6 +56,8 @@ class Command(BaseCommand):
             )
         except ServiceError as exc:
             raise CommandError(exc.detail) from None
+        except ValidationError as exc:
+            raise CommandError(f"invalid subnet settings: {exc.message_dict}") from None
         manifest = services.subnet_manifest(subnet)
         for artifact in manifest["artifacts"]:
             self.stdout.write(
