@@ -35,9 +35,19 @@ def client_ip(request: Request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+class StrictCharField(serializers.CharField):
+    """A string, exactly: DRF's CharField would turn 123 into "123", and the job would then
+    be hashed over inputs the client never sent."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class JobSubmitSerializer(serializers.Serializer):
     subnet = serializers.SlugField()
-    texts = serializers.ListField(child=serializers.CharField(trim_whitespace=False), allow_empty=False)
+    texts = serializers.ListField(child=StrictCharField(trim_whitespace=False), allow_empty=False)
     idempotency_key = serializers.CharField(max_length=200, required=False)
     session_key_pub = serializers.CharField(max_length=64, required=False)
 
@@ -157,7 +167,10 @@ class NodeOutputSerializer(serializers.Serializer):
     backend = serializers.CharField()
     gpu_family = serializers.CharField()
     is_online = serializers.BooleanField()
-    subnets = serializers.SlugRelatedField(slug_field="slug", many=True, read_only=True)
+    subnets = serializers.SerializerMethodField()
+
+    def get_subnets(self, node: Any) -> list[str]:
+        return [subnet.slug for subnet in node.subnets.all()]
 
 
 class NodeRegisterApi(APIView):

@@ -32,6 +32,9 @@ def verify_embedding_pair(
     contract's pooling says so) and every item's cosine is at least `cosine_min`."""
     if a.shape != b.shape or a.ndim != 2:
         return Verdict(False, "cosine", None, f"shapes differ: {a.shape} vs {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        # NaN compares false with everything, so it would slip past both checks below.
+        return Verdict(False, "cosine", None, "a result holds NaN or infinity")
     a64 = a.astype(np.float64)
     b64 = b.astype(np.float64)
     norms_a = np.linalg.norm(a64, axis=1)
