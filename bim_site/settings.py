@@ -148,6 +148,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "registry-sweep": {"task": "registry.tasks.sweep", "schedule": 5.0},
+    "ledger-rollup": {"task": "ledger.tasks.pending_rollup", "schedule": 5.0},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -187,6 +188,9 @@ ARTIFACT_ROOT = Path(env_str("BIM_ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 ARTIFACT_CHUNK_SIZE = env_int("BIM_ARTIFACT_CHUNK_SIZE", 1024 * 1024)
 # The registry's Ed25519 key that signs receipts; made on first use when absent.
 REGISTRY_KEY_PATH = Path(env_str("BIM_REGISTRY_KEY_PATH", str(VAR_DIR / "registry.key")))
+
+# Withdrawals below this are refused (1 credit).
+LEDGER_MIN_WITHDRAWAL_MICRO = env_int("BIM_MIN_WITHDRAWAL_MICRO", 1_000_000)
 
 # Presence: a node that has not spoken for this long is treated as gone.
 NODE_HEARTBEAT_S = env_int("BIM_NODE_HEARTBEAT_S", 10)

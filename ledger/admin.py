@@ -6,12 +6,12 @@ from .models import Account, Transfer
 
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
-    list_display = ["id", "kind", "user", "node", "balance", "allow_negative", "created_at"]
+    list_display = ["id", "kind", "user", "node", "balance", "append_only", "created_at"]
     list_filter = ["kind"]
     search_fields = ["user__username", "node__name", "node__id"]
     list_select_related = ["user", "node"]
     # Balances move only through transfers.
-    readonly_fields = ["kind", "user", "node", "balance", "allow_negative", "created_at"]
+    readonly_fields = ["kind", "user", "node", "balance", "append_only", "created_at"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -9,12 +9,15 @@ from django.db.models import Count, Q, Sum
 
 from registry.models import Job, JobState
 
-from .models import Account, AccountKind, Transfer, TransferKind
+from .models import Account, AccountKind, PendingDelta, Transfer, TransferKind
 
 
 def ledger_violations() -> list[str]:
     problems: list[str] = []
-    total = Account.objects.aggregate(s=Sum("balance"))["s"] or 0
+    pending: dict[int, int] = dict(
+        PendingDelta.objects.values("account_id").annotate(s=Sum("amount")).values_list("account_id", "s")
+    )
+    total = (Account.objects.aggregate(s=Sum("balance"))["s"] or 0) + sum(pending.values())
     if total != 0:
         problems.append(f"balances sum to {total}, not 0")
 
@@ -23,15 +26,17 @@ def ledger_violations() -> list[str]:
         movement[account_id] += amount
     for account_id, amount in Transfer.objects.values("debit_id").annotate(s=Sum("amount")).values_list("debit_id", "s"):
         movement[account_id] -= amount
+    clearing = 0
     for account in Account.objects.all():
-        if account.balance != movement.get(account.pk, 0):
-            problems.append(
-                f"account {account.pk} ({account}) stores {account.balance}, transfers give {movement.get(account.pk, 0)}"
-            )
-        if account.balance < 0 and not account.allow_negative:
-            problems.append(f"account {account.pk} ({account}) is negative: {account.balance}")
-
-    clearing = Account.objects.filter(kind=AccountKind.CLEARING).aggregate(s=Sum("balance"))["s"] or 0
+        balance = account.balance + pending.get(account.pk, 0)
+        if balance != movement.get(account.pk, 0):
+            problems.append(f"account {account.pk} ({account}) holds {balance}, transfers give {movement.get(account.pk, 0)}")
+        if account.pk in pending and not account.append_only:
+            problems.append(f"account {account.pk} ({account}) has pending legs but is not append-only")
+        if balance < 0 and not account.append_only:
+            problems.append(f"account {account.pk} ({account}) is negative: {balance}")
+        if account.kind == AccountKind.CLEARING:
+            clearing += balance
     if clearing != 0:
         problems.append(f"clearing holds {clearing}: a captured payment was not paid out")
 

@@ -3,11 +3,18 @@
 Invariants (checked by `ledger.checks`, `manage.py ledger_check` and after every ledger test):
 - every movement of value is one immutable Transfer from a debit account to a credit
   account with amount > 0, so the balances of all accounts always sum to zero;
-- an account's stored balance equals its credits minus its debits;
-- only the external account (top-ups, withdrawals) may go negative;
+- an account's balance (stored balance plus its not yet rolled-up deltas) equals its
+  credits minus its debits;
+- user and node accounts never go negative; only append-only system accounts (external,
+  registry revenue, clearing) may;
 - a transfer is written once: its idempotency key is unique, and database triggers
   refuse UPDATE and DELETE. Corrections are new, reversing transfers.
 Amounts are integer micro-credits (1 credit = 1,000,000 micro-credits).
+
+No hot row: every settlement credits the registry, so system accounts are never locked
+or updated by a transfer. Their legs are appended as PendingDelta rows, which
+`services.pending_rollup` (Celery beat) folds into the stored balance, deleting exactly
+the rows it adds in the same transaction.
 """
 
 from __future__ import annotations
@@ -42,14 +49,16 @@ class Account(models.Model):
     node = models.ForeignKey(
         "registry.Node", null=True, blank=True, on_delete=models.PROTECT, related_name="accounts"
     )
+    unit = models.CharField(max_length=16, default="micro-credit", editable=False)
     balance = models.BigIntegerField(default=0)
-    allow_negative = models.BooleanField(default=False)
+    # System accounts: written through PendingDelta rows, never locked, may go negative.
+    append_only = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=Q(allow_negative=True) | Q(balance__gte=0), name="account_no_overdraft"
+                condition=Q(append_only=True) | Q(balance__gte=0), name="account_no_overdraft"
             ),
             models.UniqueConstraint(
                 fields=["kind", "user"],
@@ -94,6 +103,10 @@ class Transfer(models.Model):
         "registry.Job", null=True, blank=True, on_delete=models.PROTECT, related_name="transfers"
     )
     reason = models.CharField(max_length=300, blank=True)
+    # A correction names the transfer it undoes; each transfer is undone at most once.
+    reverses = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -107,3 +120,75 @@ class Transfer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} {self.debit_id}->{self.credit_id}"
+
+
+class PendingDelta(models.Model):
+    """A leg of a transfer on an append-only account, not yet folded into its balance."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="pending")
+    amount = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["account", "id"])]
+
+
+class WithdrawalState(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class Withdrawal(models.Model):
+    """A node owner's request to take earnings out: pending until an operator decides."""
+
+    node = models.ForeignKey("registry.Node", on_delete=models.PROTECT, related_name="withdrawals")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="withdrawals")
+    amount = models.PositiveBigIntegerField()
+    state = models.CharField(max_length=10, choices=WithdrawalState.choices, default=WithdrawalState.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decision_reason = models.CharField(max_length=300, blank=True)
+    transfer = models.OneToOneField(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    batch = models.ForeignKey(
+        "SettlementBatch", null=True, blank=True, on_delete=models.PROTECT, related_name="withdrawals"
+    )
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="withdrawal_amount_positive")]
+        indexes = [models.Index(fields=["node", "state"])]
+
+    def __str__(self) -> str:
+        return f"withdrawal {self.pk} of {self.amount} ({self.state})"
+
+
+class Slash(models.Model):
+    """Escrow taken from a node on proven fraud, with its evidence and the user's refund."""
+
+    node = models.ForeignKey("registry.Node", on_delete=models.PROTECT, related_name="slashes")
+    job = models.ForeignKey("registry.Job", on_delete=models.PROTECT, related_name="slashes")
+    assignment = models.OneToOneField("registry.Assignment", on_delete=models.PROTECT, related_name="slash")
+    reason = models.CharField(max_length=300)
+    fraction_bp = models.PositiveIntegerField()
+    transfer = models.OneToOneField(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    refund = models.OneToOneField(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"slash of {self.node_id} for job {self.job_id}"
+
+
+class SettlementBatch(models.Model):
+    """Approved withdrawals exported as lines with a SHA-256 Merkle root over them, so an
+    optional on-chain settlement can anchor the batch."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    merkle_root = models.CharField(max_length=64)
+    line_count = models.PositiveIntegerField()
+    total = models.PositiveBigIntegerField()
+    lines = models.TextField()
+
+    def __str__(self) -> str:
+        return f"batch {self.pk} ({self.line_count} lines, root {self.merkle_root[:12]})"

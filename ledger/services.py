@@ -1,17 +1,41 @@
-"""Writes to the ledger. Every balance change is `transfer_create`: one balanced,
-idempotent, immutable transfer inside one transaction, with both account rows
-locked in primary-key order so concurrent transfers cannot deadlock."""
+"""Writes to the ledger.
+
+Every balance change is a posting of one or more legs, each an immutable transfer,
+written by `_post` inside one transaction:
+- idempotent: each leg has a unique key; a posting whose keys exist returns the first
+  transfers when the fields match and raises IdempotencyConflict when they don't;
+- user and node accounts are locked in primary-key order (no deadlocks) and checked
+  for overdraft, then updated by one statement;
+- append-only system accounts get PendingDelta rows instead: never locked, so the
+  registry's revenue is no hot row (see models.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Q, Sum, Value, When
+from django.utils import timezone
 
-from .models import Account, AccountKind, Transfer, TransferKind
+from .models import (
+    Account,
+    AccountKind,
+    PendingDelta,
+    SettlementBatch,
+    Slash,
+    Transfer,
+    TransferKind,
+    Withdrawal,
+    WithdrawalState,
+)
+
+SYSTEM_KINDS = frozenset({AccountKind.EXTERNAL, AccountKind.REGISTRY_REVENUE, AccountKind.CLEARING})
 
 
 class LedgerError(Exception):
@@ -27,6 +51,18 @@ class InsufficientFunds(LedgerError):
 
 class IdempotencyConflict(LedgerError):
     """The key was used before for a different transfer."""
+
+
+@dataclass(frozen=True)
+class Leg:
+    debit: Account
+    credit: Account
+    amount: int
+    kind: str
+    key: str
+    job_id: object | None = None
+    reason: str = ""
+    reverses_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,22 +83,116 @@ def split_amount(total: int, split_bp: tuple[int, int, int]) -> Split:
     return Split(node_a=node_a, node_b=node_b, registry=total - node_a - node_b)
 
 
-def account_get(
-    kind: str, *, user: AbstractBaseUser | None = None, node_id: object | None = None
-) -> Account:
+# ---------------------------------------------------------------- accounts
+
+
+def account_get(kind: str, *, user: AbstractBaseUser | None = None, node_id: object | None = None) -> Account:
     """The one account of a kind for a user, a node or the system; made on first use."""
     account, _ = Account.objects.get_or_create(
         kind=kind,
         user=user if node_id is None else None,
         node_id=node_id,
-        defaults={"allow_negative": kind == AccountKind.EXTERNAL},
+        defaults={"append_only": kind in SYSTEM_KINDS},
     )
     return account
 
 
-def _lock_accounts(ids: Sequence[int]) -> dict[int, Account]:
-    # Fixed (primary-key) order: two transfers touching the same pair never deadlock.
-    return {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
+def accounts_get(specs: Sequence[tuple[str, object | None, object | None]]) -> list[Account]:
+    """Several accounts, given as (kind, user_id, node_id), in one query; made on first use."""
+    match = Q(pk__in=[])
+    for kind, user_id, node_id in specs:
+        match |= Q(kind=kind, user_id=user_id, node_id=node_id)
+    found = {(a.kind, a.user_id, a.node_id): a for a in Account.objects.filter(match)}
+    result = []
+    for kind, user_id, node_id in specs:
+        key = (kind, user_id if node_id is None else None, node_id)
+        if key not in found:
+            found[key], _ = Account.objects.get_or_create(
+                kind=kind, user_id=key[1], node_id=node_id, defaults={"append_only": kind in SYSTEM_KINDS}
+            )
+        result.append(found[key])
+    return result
+
+
+def account_balance(account: Account) -> int:
+    """The balance including legs not yet rolled up."""
+    pending = PendingDelta.objects.filter(account=account).aggregate(s=Sum("amount"))["s"] or 0
+    return Account.objects.values_list("balance", flat=True).get(pk=account.pk) + pending
+
+
+def _lock(ids: Iterable[int]) -> dict[int, Account]:
+    # Fixed (primary-key) order: two postings touching the same accounts never deadlock.
+    return {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=set(ids)).order_by("pk")}
+
+
+# ---------------------------------------------------------------- posting
+
+
+def _post(legs: Sequence[Leg], *, locked: dict[int, Account] | None = None) -> list[Transfer]:
+    """Write `legs` as one atomic posting (see module docstring). `locked` passes accounts
+    the caller already holds locks on."""
+    for leg in legs:
+        if type(leg.amount) is not int or leg.amount <= 0:  # bool is an int subclass; refuse it
+            raise LedgerError(f"amount must be a positive integer, got {leg.amount!r}")
+        if leg.debit.pk == leg.credit.pk:
+            raise LedgerError("debit and credit accounts are the same")
+    with transaction.atomic():
+        lockable = {a.pk for leg in legs for a in (leg.debit, leg.credit) if not a.append_only}
+        accounts = dict(locked or {})
+        accounts.update(_lock(lockable - accounts.keys()))
+        # Checked after the locks: a concurrent twin with these keys has committed by now.
+        existing = {t.idempotency_key: t for t in Transfer.objects.filter(idempotency_key__in=[leg.key for leg in legs])}
+        if existing:
+            return [_same_or_conflict(existing.get(leg.key), leg) for leg in legs]
+        change: dict[int, int] = defaultdict(int)
+        for leg in legs:
+            change[leg.debit.pk] -= leg.amount
+            change[leg.credit.pk] += leg.amount
+        for pk in lockable:
+            if accounts[pk].balance + change[pk] < 0:
+                raise InsufficientFunds(accounts[pk], -change[pk])
+        try:
+            with transaction.atomic():
+                transfers = Transfer.objects.bulk_create(
+                    Transfer(
+                        idempotency_key=leg.key,
+                        debit_id=leg.debit.pk,
+                        credit_id=leg.credit.pk,
+                        amount=leg.amount,
+                        kind=leg.kind,
+                        job_id=leg.job_id,
+                        reason=leg.reason[:300],
+                        reverses_id=leg.reverses_id,
+                    )
+                    for leg in legs
+                )
+        except IntegrityError:
+            # Lost a race on a key against a posting on other accounts.
+            raise IdempotencyConflict(f"idempotency keys {[leg.key for leg in legs]} already used") from None
+        updates = {pk: delta for pk, delta in change.items() if pk in lockable and delta}
+        if updates:
+            Account.objects.filter(pk__in=updates).update(
+                balance=F("balance") + Case(*(When(pk=pk, then=Value(d)) for pk, d in updates.items()))
+            )
+            for pk, delta in updates.items():
+                accounts[pk].balance += delta
+        PendingDelta.objects.bulk_create(
+            PendingDelta(account_id=pk, amount=delta) for pk, delta in change.items() if pk not in lockable and delta
+        )
+        return transfers
+
+
+def _same_or_conflict(existing: Transfer | None, leg: Leg) -> Transfer:
+    same = existing is not None and (
+        existing.debit_id == leg.debit.pk
+        and existing.credit_id == leg.credit.pk
+        and existing.amount == leg.amount
+        and existing.kind == leg.kind
+        and str(existing.job_id) == str(leg.job_id)
+    )
+    if not same:
+        raise IdempotencyConflict(f"idempotency key {leg.key!r} was used for another transfer")
+    return existing
 
 
 def transfer_create(
@@ -77,57 +207,48 @@ def transfer_create(
 ) -> Transfer:
     """Move `amount` from `debit` to `credit`. A repeat with the same key and the same
     fields returns the first transfer; with different fields it raises IdempotencyConflict."""
-    if type(amount) is not int or amount <= 0:  # bool is an int subclass; refuse it
-        raise LedgerError(f"amount must be a positive integer, got {amount!r}")
-    if debit.pk == credit.pk:
-        raise LedgerError("debit and credit accounts are the same")
-    with transaction.atomic():
-        locked = _lock_accounts([debit.pk, credit.pk])
-        # Checked after the lock: a concurrent twin with this key has committed by now.
-        existing = Transfer.objects.filter(idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return _same_or_conflict(existing, debit, credit, amount, kind, job_id)
-        source = locked[debit.pk]
-        if not source.allow_negative and source.balance < amount:
-            raise InsufficientFunds(source, amount)
-        Account.objects.filter(pk=debit.pk).update(balance=F("balance") - amount)
-        Account.objects.filter(pk=credit.pk).update(balance=F("balance") + amount)
-        try:
-            with transaction.atomic():
-                return Transfer.objects.create(
-                    idempotency_key=idempotency_key,
-                    debit_id=debit.pk,
-                    credit_id=credit.pk,
-                    amount=amount,
-                    kind=kind,
-                    job_id=job_id,
-                    reason=reason,
-                )
-        except IntegrityError:
-            # Lost a race on the key against a transfer between other accounts.
-            raise IdempotencyConflict(f"idempotency key {idempotency_key!r} already used") from None
+    leg = Leg(debit=debit, credit=credit, amount=amount, kind=kind, key=idempotency_key, job_id=job_id, reason=reason)
+    return _post([leg])[0]
 
 
-def _same_or_conflict(
-    existing: Transfer, debit: Account, credit: Account, amount: int, kind: str, job_id: object
-) -> Transfer:
-    same = (
-        existing.debit_id == debit.pk
-        and existing.credit_id == credit.pk
-        and existing.amount == amount
-        and existing.kind == kind
-        and str(existing.job_id) == str(job_id)
+def transfer_reverse(*, transfer: Transfer, reason: str, operator: AbstractBaseUser | None = None) -> Transfer:
+    """Undo a transfer with a new one in the opposite direction (transfers are never edited)."""
+    if transfer.reverses_id is not None:
+        raise LedgerError("a reversal is not reversed; post a new adjustment instead")
+    who = f" by {operator}" if operator is not None else ""
+    leg = Leg(
+        debit=transfer.credit,
+        credit=transfer.debit,
+        amount=transfer.amount,
+        kind=TransferKind.ADJUSTMENT,
+        key=f"reverse:{transfer.pk}",
+        job_id=transfer.job_id,
+        reason=f"reverses transfer {transfer.pk}{who}: {reason}",
+        reverses_id=transfer.pk,
     )
-    if not same:
-        raise IdempotencyConflict(
-            f"idempotency key {existing.idempotency_key!r} was used for another transfer"
-        )
-    return existing
+    return _post([leg])[0]
 
 
-def credits_top_up(
-    *, user: AbstractBaseUser, amount: int, idempotency_key: str, reason: str = "top-up"
+def adjustment_create(
+    *, debit: Account, credit: Account, amount: int, reason: str, idempotency_key: str, operator: AbstractBaseUser
 ) -> Transfer:
+    """A manual correction by an operator; it carries its reason and can be reversed."""
+    if not reason.strip():
+        raise LedgerError("an adjustment needs a reason")
+    return transfer_create(
+        debit=debit,
+        credit=credit,
+        amount=amount,
+        kind=TransferKind.ADJUSTMENT,
+        idempotency_key=f"adjustment:{idempotency_key}",
+        reason=f"{operator}: {reason}",
+    )
+
+
+# ---------------------------------------------------------------- users and jobs
+
+
+def credits_top_up(*, user: AbstractBaseUser, amount: int, idempotency_key: str, reason: str = "top-up") -> Transfer:
     return transfer_create(
         debit=account_get(AccountKind.EXTERNAL),
         credit=account_get(AccountKind.USER_CREDITS, user=user),
@@ -179,76 +300,193 @@ def job_settle(
     split_bp: tuple[int, int, int],
     escrow: NodeEscrowRule,
 ) -> list[Transfer]:
-    """Capture the held price and pay it out: node A, node B, registry (remainder included).
-    Part of each node payout goes to that node's escrow until the escrow reaches the rule's
-    requirement. Safe to call twice: every transfer is keyed by job and role."""
+    """Capture the held price and pay it out in one posting: the two agreeing nodes (after
+    a tie-break, the majority pair; the minority gets nothing), the registry (remainder
+    included), and each node's escrow share until its escrow reaches the requirement.
+    Safe to call twice: the second call returns the first call's transfers."""
     split = split_amount(amount, split_bp)
-    clearing = account_get(AccountKind.CLEARING)
-    transfers = [
-        transfer_create(
-            debit=account_get(AccountKind.USER_HOLD, user=user),
-            credit=clearing,
-            amount=amount,
-            kind=TransferKind.CAPTURE,
-            idempotency_key=f"job:{job_id}:capture",
-            job_id=job_id,
-            reason="capture on settle",
-        )
-    ]
-    if split.registry:
-        transfers.append(
-            transfer_create(
-                debit=clearing,
-                credit=account_get(AccountKind.REGISTRY_REVENUE),
-                amount=split.registry,
-                kind=TransferKind.PAYOUT,
-                idempotency_key=f"job:{job_id}:payout:registry",
-                job_id=job_id,
-                reason="registry share",
-            )
-        )
-    for role, node_id, share in (("A", node_ids[0], split.node_a), ("B", node_ids[1], split.node_b)):
-        if not share:
-            continue
-        earnings = account_get(AccountKind.NODE_EARNINGS, node_id=node_id)
-        transfers.append(
-            transfer_create(
-                debit=clearing,
-                credit=earnings,
-                amount=share,
-                kind=TransferKind.PAYOUT,
-                idempotency_key=f"job:{job_id}:payout:{role}",
-                job_id=job_id,
-                reason=f"node {role} share",
-            )
-        )
-        escrow_transfer = _escrow_from_payout(job_id, role, node_id, earnings, share, escrow)
-        if escrow_transfer is not None:
-            transfers.append(escrow_transfer)
-    return transfers
-
-
-def _escrow_from_payout(
-    job_id: object, role: str, node_id: object, earnings: Account, share: int, rule: NodeEscrowRule
-) -> Transfer | None:
-    key = f"job:{job_id}:escrow:{role}"
+    node_a, node_b = node_ids
+    hold, clearing, registry, *node_accounts = accounts_get(
+        [
+            (AccountKind.USER_HOLD, user.pk, None),
+            (AccountKind.CLEARING, None, None),
+            (AccountKind.REGISTRY_REVENUE, None, None),
+            (AccountKind.NODE_EARNINGS, None, node_a),
+            (AccountKind.NODE_EARNINGS, None, node_b),
+            (AccountKind.NODE_ESCROW, None, node_a),
+            (AccountKind.NODE_ESCROW, None, node_b),
+        ]
+    )
+    earnings, escrows = node_accounts[:2], node_accounts[2:]
     with transaction.atomic():
-        # A retry must find the first escrow transfer, not recompute it from a balance
-        # that transfer already raised.
-        existing = Transfer.objects.filter(idempotency_key=key).first()
-        if existing is not None:
-            return existing
-        escrow_account = account_get(AccountKind.NODE_ESCROW, node_id=node_id)
-        held = _lock_accounts([escrow_account.pk])[escrow_account.pk].balance
-        amount = min(share * rule.share_bp // 10_000, rule.required - held)
-        if amount <= 0:
-            return None
-        return transfer_create(
-            debit=earnings,
-            credit=escrow_account,
-            amount=amount,
-            kind=TransferKind.ESCROW,
-            idempotency_key=key,
-            job_id=job_id,
-            reason="escrow from earnings",
+        locked = _lock([hold.pk, *(a.pk for a in earnings), *(a.pk for a in escrows)])
+        done = list(Transfer.objects.filter(job_id=job_id, kind__in=[TransferKind.CAPTURE, TransferKind.PAYOUT, TransferKind.ESCROW]))
+        if done:
+            return done
+        legs = [Leg(hold, clearing, amount, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
+        if split.registry:
+            legs.append(Leg(clearing, registry, split.registry, TransferKind.PAYOUT, f"job:{job_id}:payout:registry", job_id, "registry share"))
+        for role, share, earned, escrowed in zip("AB", (split.node_a, split.node_b), earnings, escrows):
+            if not share:
+                continue
+            legs.append(Leg(clearing, earned, share, TransferKind.PAYOUT, f"job:{job_id}:payout:{role}", job_id, f"node {role} share"))
+            to_escrow = min(share * escrow.share_bp // 10_000, escrow.required - locked[escrowed.pk].balance)
+            if to_escrow > 0:
+                legs.append(Leg(earned, escrowed, to_escrow, TransferKind.ESCROW, f"job:{job_id}:escrow:{role}", job_id, "escrow from earnings"))
+        return _post(legs, locked=locked)
+
+
+# ---------------------------------------------------------------- fraud
+
+
+def escrow_slash(
+    *,
+    node_id: object,
+    job_id: object,
+    assignment_id: object,
+    job_user: AbstractBaseUser,
+    job_price: int,
+    reason: str,
+    fraction_bp: int = 10_000,
+) -> Slash:
+    """On proven fraud take `fraction_bp` of the node's escrow to the registry and refund
+    the affected job's user from registry revenue. One slash per assignment (its evidence)."""
+    if not 0 < fraction_bp <= 10_000:
+        raise LedgerError("fraction_bp must be in (0, 10000]")
+    if not reason.strip():
+        raise LedgerError("a slash names its evidence")
+    escrow_account = account_get(AccountKind.NODE_ESCROW, node_id=node_id)
+    registry = account_get(AccountKind.REGISTRY_REVENUE)
+    with transaction.atomic():
+        locked = _lock([escrow_account.pk])
+        slash = Slash.objects.filter(assignment_id=assignment_id).first()
+        if slash is not None:
+            return slash
+        slash = Slash(node_id=node_id, job_id=job_id, assignment_id=assignment_id, reason=reason[:300], fraction_bp=fraction_bp)
+        taken = locked[escrow_account.pk].balance * fraction_bp // 10_000
+        evidence = f"job {job_id}, assignment {assignment_id}: {reason}"
+        if taken:
+            slash.transfer = _post(
+                [Leg(escrow_account, registry, taken, TransferKind.SLASH, f"slash:{assignment_id}", job_id, evidence)],
+                locked=locked,
+            )[0]
+        captured = Transfer.objects.filter(job_id=job_id, kind=TransferKind.CAPTURE).exists()
+        refunded = Transfer.objects.filter(job_id=job_id, kind=TransferKind.REFUND).exists()
+        if captured and not refunded and job_price:
+            slash.refund = transfer_create(
+                debit=registry,
+                credit=account_get(AccountKind.USER_CREDITS, user=job_user),
+                amount=job_price,
+                kind=TransferKind.REFUND,
+                idempotency_key=f"job:{job_id}:refund",
+                job_id=job_id,
+                reason=f"refund after fraud: {evidence}",
+            )
+        slash.save()
+        return slash
+
+
+# ---------------------------------------------------------------- withdrawals and batches
+
+
+def withdrawal_request(*, node: object, user: AbstractBaseUser, amount: int) -> Withdrawal:
+    """A node owner asks to withdraw earnings; pending requests count against the balance."""
+    if node.owner_id != user.pk:
+        raise LedgerError("only the node's owner may withdraw its earnings")
+    minimum = settings.LEDGER_MIN_WITHDRAWAL_MICRO
+    if type(amount) is not int or amount < minimum:
+        raise LedgerError(f"withdrawals start at {minimum} micro-credits")
+    earnings = account_get(AccountKind.NODE_EARNINGS, node_id=node.pk)
+    with transaction.atomic():
+        balance = _lock([earnings.pk])[earnings.pk].balance
+        pending = (
+            Withdrawal.objects.filter(node=node, state=WithdrawalState.PENDING).aggregate(s=Sum("amount"))["s"] or 0
         )
+        if balance - pending < amount:
+            raise InsufficientFunds(earnings, amount + pending)
+        return Withdrawal.objects.create(node=node, requested_by=user, amount=amount)
+
+
+def withdrawal_decide(*, withdrawal_id: int, approve: bool, operator: AbstractBaseUser, reason: str = "") -> Withdrawal:
+    """An operator approves (earnings leave to the external account) or rejects a request."""
+    with transaction.atomic():
+        withdrawal = Withdrawal.objects.select_for_update().get(pk=withdrawal_id)
+        if withdrawal.state != WithdrawalState.PENDING:
+            return withdrawal
+        if approve:
+            withdrawal.transfer = transfer_create(
+                debit=account_get(AccountKind.NODE_EARNINGS, node_id=withdrawal.node_id),
+                credit=account_get(AccountKind.EXTERNAL),
+                amount=withdrawal.amount,
+                kind=TransferKind.WITHDRAWAL,
+                idempotency_key=f"withdrawal:{withdrawal.pk}",
+                reason=f"approved by {operator}",
+            )
+        withdrawal.state = WithdrawalState.APPROVED if approve else WithdrawalState.REJECTED
+        withdrawal.decided_at = timezone.now()
+        withdrawal.decided_by = operator
+        withdrawal.decision_reason = reason[:300]
+        withdrawal.save()
+        return withdrawal
+
+
+def merkle_root(lines: Sequence[bytes]) -> str:
+    """SHA-256 Merkle root: leaves are sha256(line); an odd level repeats its last node."""
+    level = [hashlib.sha256(line).digest() for line in lines]
+    if not level:
+        return hashlib.sha256(b"").hexdigest()
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [hashlib.sha256(level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+    return level[0].hex()
+
+
+def settlement_batch_create() -> SettlementBatch | None:
+    """Batch every approved, not yet batched withdrawal into net payout lines per node."""
+    with transaction.atomic():
+        withdrawals = list(
+            Withdrawal.objects.select_for_update()
+            .filter(state=WithdrawalState.APPROVED, batch__isnull=True)
+            .select_related("node__owner")
+            .order_by("pk")
+        )
+        if not withdrawals:
+            return None
+        net: dict[tuple[str, str], int] = defaultdict(int)
+        for withdrawal in withdrawals:
+            net[(str(withdrawal.node_id), withdrawal.node.owner.get_username())] += withdrawal.amount
+        lines = [f"{node_id},{owner},{amount}" for (node_id, owner), amount in sorted(net.items())]
+        batch = SettlementBatch.objects.create(
+            merkle_root=merkle_root([line.encode() for line in lines]),
+            line_count=len(lines),
+            total=sum(net.values()),
+            lines="\n".join(lines) + "\n",
+        )
+        Withdrawal.objects.filter(pk__in=[w.pk for w in withdrawals]).update(batch=batch)
+        return batch
+
+
+# ---------------------------------------------------------------- roll-up
+
+
+def pending_rollup(*, limit: int = 10_000) -> int:
+    """Fold append-only accounts' pending legs into their stored balances. The rows added
+    are deleted in the same transaction, so no leg is counted twice or lost."""
+    folded = 0
+    for account_id in PendingDelta.objects.values_list("account_id", flat=True).distinct():
+        with transaction.atomic():
+            Account.objects.select_for_update().filter(pk=account_id).first()
+            rows = list(
+                PendingDelta.objects.select_for_update(skip_locked=True)
+                .filter(account_id=account_id)
+                .order_by("pk")
+                .values_list("pk", "amount")[:limit]
+            )
+            if not rows:
+                continue
+            PendingDelta.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+            Account.objects.filter(pk=account_id).update(balance=F("balance") + sum(a for _, a in rows))
+            folded += len(rows)
+    return folded
+

@@ -152,6 +152,7 @@ def ledger_balances(seed: dict) -> dict:
     _django()
     from ledger.checks import ledger_violations
     from ledger.models import Account, AccountKind
+    from ledger.services import account_balance
 
     nodes: dict[str, dict[str, int]] = {}
     for name in seed["contributors"]:
@@ -165,7 +166,7 @@ def ledger_balances(seed: dict) -> dict:
     return {
         "nodes": nodes,
         "nodes_total": sum(r["earnings"] + r["escrow"] for r in nodes.values()),
-        "registry_revenue": registry.balance if registry else 0,
+        "registry_revenue": account_balance(registry) if registry else 0,
         "ledger_ok": not problems,
         "problems": problems,
     }

@@ -19,6 +19,7 @@ from bim_sdk import Client, verify_receipt
 from bim_site.processes import ROOT, ProcessGroup, child_env, free_port
 from ledger.checks import ledger_violations
 from ledger.models import Account, AccountKind
+from ledger.services import account_balance
 from registry.models import Job, JobState
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -78,8 +79,9 @@ def test_jobs_settle_through_daphne_a_celery_worker_and_two_node_processes(tmp_p
     assert ledger_violations() == []
     spent = sum(Job.objects.values_list("price_micro", flat=True))
     received = sum(
-        Account.objects.filter(kind__in=[AccountKind.NODE_EARNINGS, AccountKind.NODE_ESCROW, AccountKind.REGISTRY_REVENUE]).values_list(
-            "balance", flat=True
+        account_balance(account)
+        for account in Account.objects.filter(
+            kind__in=[AccountKind.NODE_EARNINGS, AccountKind.NODE_ESCROW, AccountKind.REGISTRY_REVENUE]
         )
     )
     assert spent == received > 0

@@ -11,6 +11,7 @@ from ledger.models import MICRO, Account, AccountKind, Transfer, TransferKind
 from ledger.services import (
     InsufficientFunds,
     NodeEscrowRule,
+    account_balance,
     account_get,
     job_release,
     job_settle,
@@ -93,7 +94,7 @@ def settle(job: Job, nodes, subnet) -> list[Transfer]:
 
 
 def balance(kind: str, **owner) -> int:
-    return Account.objects.get(pk=account_get(kind, **owner).pk).balance
+    return account_balance(account_get(kind, **owner))
 
 
 def node_balances(keys) -> tuple[int, int]:
