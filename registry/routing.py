@@ -21,10 +21,20 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 @dataclass(frozen=True)
 class Candidate:
+    """A node as routing sees it. `asn` holds the IP block when the ASN is unknown, so an
+    ASN rule still separates what it can."""
+
     node_id: str
     owner_id: str
     weight: float
     ip_block: str = ""
+    asn: str = ""
+    os: str = ""
+    gpu_family: str = ""
+
+
+# The attributes a subnet's diversity policy may require to differ between a job's nodes.
+DIVERSITY_ATTRIBUTES = ("owner_id", "ip_block", "asn", "os", "gpu_family")
 
 
 def hash64(text: str) -> int:
