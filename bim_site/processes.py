@@ -31,6 +31,7 @@ class ProcessGroup:
     log_dir: Path
     env: dict[str, str]
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    nodes_started: int = 0
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,12 @@ class ProcessGroup:
             argv.append("-B")
         self.start("worker", argv)
 
-    def start_node(self, name: str, *, registry: str, token: str, subnet: str, state_dir: Path, extra: Sequence[str] = ()) -> None:
+    def start_node(
+        self, name: str, *, registry: str, token: str, subnet: str, state_dir: Path, extra: Sequence[str] = ()
+    ) -> None:
+        """A node process; each one connects from its own loopback /24 (127.N.0.1), so the
+        registry's IP-block diversity rule sees distinct networks as it would in the wild."""
+        self.nodes_started += 1
         self.start(
             name,
             [
@@ -63,6 +69,7 @@ class ProcessGroup:
                 "--key-file", str(state_dir / f"{name}.key"),
                 "--cache-dir", str(state_dir / "cache" / name),
                 "--accept-license",
+                "--source-ip", f"127.{self.nodes_started}.0.1",
                 *extra,
             ],
         )

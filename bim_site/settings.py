@@ -149,6 +149,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "registry-sweep": {"task": "registry.tasks.sweep", "schedule": 5.0},
     "ledger-rollup": {"task": "ledger.tasks.pending_rollup", "schedule": 5.0},
+    "registry-benchmarks": {"task": "registry.tasks.benchmarks_due", "schedule": 60.0},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -188,6 +189,11 @@ ARTIFACT_ROOT = Path(env_str("BIM_ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 ARTIFACT_CHUNK_SIZE = env_int("BIM_ARTIFACT_CHUNK_SIZE", 1024 * 1024)
 # The registry's Ed25519 key that signs receipts; made on first use when absent.
 REGISTRY_KEY_PATH = Path(env_str("BIM_REGISTRY_KEY_PATH", str(VAR_DIR / "registry.key")))
+
+# Routing index: dispatchers rebuild their in-memory index of routable nodes when presence
+# changes (a version in Redis, or in-process in embedded mode) or when it is this old.
+INDEX_KEY_PREFIX = env_str("BIM_INDEX_KEY_PREFIX", "bim:nodeindex")
+INDEX_MAX_AGE_S = env_int("BIM_INDEX_MAX_AGE_S", 5)
 
 # Withdrawals below this are refused (1 credit).
 LEDGER_MIN_WITHDRAWAL_MICRO = env_int("BIM_MIN_WITHDRAWAL_MICRO", 1_000_000)

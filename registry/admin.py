@@ -16,8 +16,8 @@ def _link(obj: object, label: str | None = None) -> str:
 
 class NodeSubnetInline(admin.TabularInline):
     model = NodeSubnet
-    fields = ["subnet", "ready_at", "max_concurrent"]
-    readonly_fields = ["ready_at"]
+    fields = ["subnet", "ready_at", "score", "items_per_s", "latency_p50_ms", "latency_p95_ms", "benchmarked_at"]
+    readonly_fields = fields
     extra = 0
 
 
@@ -33,9 +33,11 @@ class NodeAdmin(admin.ModelAdmin):
         "ip_block",
         "is_online",
         "last_seen",
-        "score",
         "reputation",
         "strikes",
+        "banned_until",
+        "jobs_agreed",
+        "jobs_failed",
     ]
     list_filter = ["is_online", "os", "runtime", "backend", "gpu_family", "subnets"]
     search_fields = ["name", "owner__username", "public_key", "ip", "id"]

@@ -19,7 +19,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from bim_site.errors import ServiceError
 from ledger.models import Account, AccountKind
 
-from . import protocol, selectors, services
+from . import nodes, protocol, selectors, services
 from .keys import registry_public_key
 from .models import Job
 
@@ -178,7 +178,7 @@ class NodeRegisterApi(APIView):
     def post(self, request: Request) -> Response:
         data = NodeRegisterSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        node, created = services.node_register(
+        node, created = nodes.node_register(
             owner=request.user,
             public_key=data.validated_data["public_key"],
             name=data.validated_data["name"],

@@ -16,7 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
-from . import metrics, protocol, services
+from . import metrics, nodes, protocol, services
 from .models import Node
 
 log = logging.getLogger("bim.registry.ws")
@@ -68,7 +68,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             timer.cancel()
         if self.node_id is not None:
             await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
-            await database_sync_to_async(services.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
+            await database_sync_to_async(nodes.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -93,6 +93,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             "heartbeat": self.on_heartbeat,
             "result": self.on_result,
             "job_failed": self.on_job_failed,
+            "benchmark_result": self.on_benchmark_result,
         }.get(kind)
         if handler is None:
             await self.send_error("bad_message", f"unknown message type {kind!r}")
@@ -127,7 +128,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=protocol.CLOSE_AUTH_FAILED)
             return
         self.hello_timer.cancel()
-        replaced = await database_sync_to_async(services.node_connect)(
+        replaced = await database_sync_to_async(nodes.node_connect)(
             node=node,
             channel_name=self.channel_name,
             session_key_pub=session_key_pub,
@@ -155,7 +156,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             max_concurrent = int(content.get("max_concurrent", 1))
         except (TypeError, ValueError):
             raise protocol.ProtocolError("bad_message", "max_concurrent must be an integer") from None
-        await database_sync_to_async(services.node_ready)(
+        await database_sync_to_async(nodes.node_ready)(
             node_id=self.node_id,
             subnet_slug=subnet,
             model_checksum=str(content.get("model_checksum", "")),
@@ -164,7 +165,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "ready_ok", "subnet": subnet})
 
     async def on_heartbeat(self, content: dict[str, Any]) -> None:
-        alive = await database_sync_to_async(services.node_heartbeat)(
+        alive = await database_sync_to_async(nodes.node_heartbeat)(
             node_id=self.node_id, channel_name=self.channel_name
         )
         if not alive:
@@ -176,6 +177,17 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
     async def on_result(self, content: dict[str, Any]) -> None:
         assignment = await database_sync_to_async(services.result_record)(node_id=self.node_id, message=content)
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
+
+    async def on_benchmark_result(self, content: dict[str, Any]) -> None:
+        benchmark = await database_sync_to_async(nodes.benchmark_record)(node_id=self.node_id, message=content)
+        await self.send_json(
+            {
+                "type": "benchmark_ok",
+                "benchmark_id": str(benchmark.id),
+                "items_per_s": benchmark.items_per_s,
+                "latency_p50_ms": benchmark.latency_p50_ms,
+            }
+        )
 
     async def on_job_failed(self, content: dict[str, Any]) -> None:
         await database_sync_to_async(services.assignment_give_up)(

@@ -26,11 +26,15 @@ class Node(models.Model):
     ip_block = models.CharField(max_length=64, blank=True, help_text="/24 (IPv4) or /48 (IPv6)")
     asn = models.PositiveIntegerField(null=True, blank=True)
     subnets = models.ManyToManyField(Subnet, through="NodeSubnet", related_name="nodes")
-    # Routing weight = score x reputation (scores and reputation rules grow in a later issue).
-    score = models.FloatField(default=1.0)
-    reputation = models.FloatField(default=0.5)
-    strikes = models.PositiveIntegerField(default=0)
+    # Routing weight = per-subnet benchmark score x reputation (registry.scoring).
+    reputation = models.FloatField(default=0.2)
+    strikes = models.PositiveIntegerField(default=0, help_text="strikes ever given")
     banned_until = models.DateTimeField(null=True, blank=True)
+    jobs_assigned = models.PositiveIntegerField(default=0)
+    jobs_agreed = models.PositiveIntegerField(default=0)
+    jobs_failed = models.PositiveIntegerField(default=0, help_text="lost, given up or disagreed")
+    last_job_at = models.DateTimeField(null=True, blank=True)
+    online_seconds = models.FloatField(default=0.0, help_text="closed sessions only")
     # Current websocket session, replaced on every connect.
     is_online = models.BooleanField(default=False)
     channel_name = models.CharField(max_length=200, blank=True)
@@ -49,12 +53,19 @@ class Node(models.Model):
 
 
 class NodeSubnet(models.Model):
-    """A node's opt-in to a subnet; `ready_at` is set while it holds the verified model."""
+    """A node's opt-in to a subnet; `ready_at` is set while it holds the verified model, and
+    the node is routable once it has also passed the subnet's benchmark (`score` > 0)."""
 
     node = models.ForeignKey(Node, on_delete=models.CASCADE)
     subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE)
     ready_at = models.DateTimeField(null=True, blank=True)
     max_concurrent = models.PositiveIntegerField(default=1)
+    score = models.FloatField(default=0.0)
+    items_per_s = models.FloatField(null=True, blank=True)
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    benchmarked_at = models.DateTimeField(null=True, blank=True)
+    jobs_since_benchmark = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["node", "subnet"], name="node_subnet_unique")]
@@ -188,3 +199,48 @@ class JobEvent(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
+
+
+class BenchmarkState(models.TextChoices):
+    ISSUED = "issued"
+    PASSED = "passed"
+    REFUSED = "refused"
+    EXPIRED = "expired"
+
+
+class Benchmark(models.Model):
+    """One run of the registry's benchmark suite by one node: fixed inputs, several runs,
+    outputs checked against the registry's reference before any figure counts."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="benchmarks")
+    subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE, related_name="benchmarks")
+    state = models.CharField(max_length=10, choices=BenchmarkState.choices, default=BenchmarkState.ISSUED)
+    runs = models.PositiveIntegerField()
+    session_key_pub = models.CharField(max_length=64)
+    timings_ms = models.JSONField(default=list, blank=True)
+    items_per_s = models.FloatField(null=True, blank=True)
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    min_cosine = models.FloatField(null=True, blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+    issued_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["node", "subnet", "-issued_at"])]
+
+
+class Strike(models.Model):
+    """A soft strike: it lowers the node's routing weight while active; enough active
+    strikes ban the node for a while. Operators see and lift them in admin."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="strike_records")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="strikes")
+    reason = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    lifted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["node", "expires_at"])]

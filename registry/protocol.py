@@ -48,6 +48,7 @@ ERROR_CODES = (
     "model_mismatch",
     "unknown_subnet",
     "license_not_accepted",
+    "benchmark_refused",
 )
 
 
@@ -127,6 +128,14 @@ def result_message(
         f"{PROTOCOL_VERSION}/result\n{job_id}\n{assignment_id}\n{contract_hash}\n"
         f"{input_hash}\n{result_hash}\n{rows}x{dim}\n"
     ).encode("ascii")
+
+
+def benchmark_message(*, benchmark_id: str, result_hash: str, shape: tuple[int, int], timings_ms: list[float]) -> bytes:
+    """Signed by the node's session key for a benchmark answer; timings in milliseconds
+    with three decimals, comma-separated, in the order the runs happened."""
+    rows, dim = shape
+    timings = ",".join(f"{t:.3f}" for t in timings_ms)
+    return f"{PROTOCOL_VERSION}/benchmark\n{benchmark_id}\n{result_hash}\n{rows}x{dim}\n{timings}\n".encode("ascii")
 
 
 def receipt_message(receipt_body: dict[str, Any]) -> bytes:

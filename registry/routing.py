@@ -55,6 +55,74 @@ def rendezvous_scores(job_key: str, node_hashes: np.ndarray, weights: np.ndarray
     return -weights / np.log(uniform_hashes(job_key, node_hashes))
 
 
+class NodeIndex:
+    """Candidates as arrays, built once and queried per job: per-node hashes are computed
+    at build time, and each selection is one vectorized scoring pass plus a partial sort."""
+
+    def __init__(self, candidates: Sequence[Candidate]) -> None:
+        self.candidates = [c for c in candidates if c.weight > 0]
+        count = len(self.candidates)
+        self.node_hashes = np.fromiter((hash64(c.node_id) for c in self.candidates), dtype=np.uint64, count=count)
+        self.weights = np.fromiter((c.weight for c in self.candidates), dtype=np.float64, count=count)
+        self.position = {c.node_id: i for i, c in enumerate(self.candidates)}
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def select(
+        self,
+        job_key: str,
+        k: int,
+        *,
+        exclude_node_ids: Iterable[str] = (),
+        exclude_owner_ids: Iterable[str] = (),
+        distinct: Sequence[str] = ("owner_id",),
+        avoid: Sequence[Candidate] = (),
+    ) -> list[Candidate]:
+        """Up to `k` candidates in rank order, no two sharing any attribute named in
+        `distinct` (owners always differ) with each other or with the `avoid` nodes (a
+        job's remaining nodes), none excluded. Fewer when too few qualify."""
+        if not self.candidates or k <= 0:
+            return []
+        scores = rendezvous_scores(job_key, self.node_hashes, self.weights)
+        for node_id in exclude_node_ids:
+            if (i := self.position.get(node_id)) is not None:
+                scores[i] = -np.inf
+        taken: dict[str, set[str]] = {attr: {getattr(c, attr) for c in avoid} for attr in distinct}
+        taken.setdefault("owner_id", set()).update(exclude_owner_ids)
+        taken["owner_id"].update(c.owner_id for c in avoid)
+        # The winners almost always sit among the best few dozen scores: rank those first
+        # and fall back to ranking everything only when diversity rules reject too many.
+        head = min(len(scores), max(64, 32 * k))
+        for limit in (head, len(scores)):
+            chosen = self._greedy(scores, limit, k, {a: set(v) for a, v in taken.items()})
+            if len(chosen) == k or limit == len(scores):
+                return chosen
+        return chosen
+
+    def _greedy(self, scores: np.ndarray, limit: int, k: int, taken: dict[str, set[str]]) -> list[Candidate]:
+        if limit < len(scores):
+            top = np.argpartition(-scores, limit - 1)[:limit]
+            order = top[np.lexsort((top, -scores[top]))]
+        else:
+            order = np.lexsort((np.arange(len(scores)), -scores))
+        chosen: list[Candidate] = []
+        for index in order:
+            if scores[index] == -np.inf:
+                break
+            candidate = self.candidates[int(index)]
+            # An empty attribute is unknown, not shared: it neither blocks nor is blocked.
+            if any((value := getattr(candidate, attr)) and value in values for attr, values in taken.items()):
+                continue
+            chosen.append(candidate)
+            for attr, values in taken.items():
+                if value := getattr(candidate, attr):
+                    values.add(value)
+            if len(chosen) == k:
+                break
+        return chosen
+
+
 def select_nodes(
     job_key: str,
     candidates: Sequence[Candidate],
@@ -64,25 +132,7 @@ def select_nodes(
     exclude_owner_ids: Iterable[str] = (),
     distinct: Sequence[str] = ("owner_id",),
 ) -> list[Candidate]:
-    """Up to `k` candidates in rank order, no two sharing any attribute named in `distinct`
-    (and none sharing an excluded node or owner). Fewer than `k` when too few qualify."""
-    excluded_nodes = set(exclude_node_ids)
-    taken: dict[str, set[str]] = {attr: set() for attr in distinct}
-    taken.setdefault("owner_id", set()).update(exclude_owner_ids)
-    pool = [c for c in candidates if c.node_id not in excluded_nodes and c.weight > 0]
-    if not pool or k <= 0:
-        return []
-    node_hashes = np.fromiter((hash64(c.node_id) for c in pool), dtype=np.uint64, count=len(pool))
-    weights = np.fromiter((c.weight for c in pool), dtype=np.float64, count=len(pool))
-    order = np.argsort(-rendezvous_scores(job_key, node_hashes, weights), kind="stable")
-    chosen: list[Candidate] = []
-    for index in order:
-        candidate = pool[int(index)]
-        if any(getattr(candidate, attr) in values for attr, values in taken.items()):
-            continue
-        chosen.append(candidate)
-        for attr, values in taken.items():
-            values.add(getattr(candidate, attr))
-        if len(chosen) == k:
-            break
-    return chosen
+    """One-off selection over a list of candidates (see NodeIndex.select)."""
+    return NodeIndex(candidates).select(
+        job_key, k, exclude_node_ids=exclude_node_ids, exclude_owner_ids=exclude_owner_ids, distinct=distinct
+    )

@@ -7,7 +7,6 @@ task or message never sees uncommitted state and running a step twice changes no
 
 from __future__ import annotations
 
-import ipaddress
 import time
 import logging
 import uuid
@@ -15,11 +14,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from bim_site.errors import ServiceError
@@ -27,7 +25,7 @@ from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import eula_accepted
 
-from . import metrics, protocol, selectors
+from . import effects, metrics, nodes, protocol, selectors
 from .contracts import build_contract
 from .keys import registry_private_key, registry_public_key
 from .models import (
@@ -42,7 +40,7 @@ from .models import (
     Node,
     NodeSubnet,
 )
-from .routing import select_nodes
+from .routing import DIVERSITY_ATTRIBUTES
 from .verification import Verdict, verify_pair
 
 log = logging.getLogger("bim.registry")
@@ -52,20 +50,6 @@ PAIR_ROLES = (AssignmentRole.A, AssignmentRole.B)
 
 class IllegalTransition(Exception):
     pass
-
-
-# ---------------------------------------------------------------- side effects
-
-
-def _send_to_node(node_id: object, event: dict[str, Any]) -> None:
-    async_to_sync(get_channel_layer().group_send)(f"node.{node_id}", event)
-
-
-def _queue_task(task_name: str, *args: str) -> None:
-    from . import tasks  # tasks import this module
-
-    task = getattr(tasks, task_name)
-    transaction.on_commit(lambda: task.delay(*args))
 
 
 # ---------------------------------------------------------------- state machine
@@ -208,7 +192,7 @@ def _job_create(
                 f"this job costs {price} micro-credits; your balance is {exc.account.balance}",
                 status=402,
             ) from None
-    _queue_task("dispatch_job", str(job.id))
+    effects.queue_task("dispatch_job", str(job.id))
     return job
 
 
@@ -231,19 +215,11 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
         missing = [role for role in PAIR_ROLES if role not in {a.role for a in active}]
         if not missing:
             return []
-        picks = select_nodes(
-            str(job.id),
-            selectors.node_candidates(subnet_id=job.subnet_id),
-            len(missing),
-            exclude_node_ids=[str(a.node_id) for a in assignments],
-            exclude_owner_ids=[str(a.node.owner_id) for a in active],
-        )
+        picks = _pick_nodes(job, assignments, active, len(missing))
         if len(picks) < len(missing) and job.state == JobState.QUEUED:
             return []  # wait for a full pair
-        nodes = Node.objects.in_bulk([p.node_id for p in picks])
         created = []
-        for role, pick in zip(missing, picks):
-            node = nodes[uuid.UUID(pick.node_id)]
+        for role, node in zip(missing, picks):
             created.append(
                 Assignment.objects.create(
                     job=job,
@@ -254,13 +230,33 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
                     session_cert=node.session_cert,
                 )
             )
+        Node.objects.filter(pk__in=[n.pk for n in picks]).update(jobs_assigned=F("jobs_assigned") + 1)
         if created and job.state == JobState.QUEUED:
-            job_transition(job, JobState.DISPATCHED, detail=f"nodes {[p.node_id for p in picks]}")
+            job_transition(job, JobState.DISPATCHED, detail=f"nodes {[str(n.pk) for n in picks]}")
         for assignment in created:
             event = {"type": "job.offer", "message": _job_message(job, assignment)}
             node_id = assignment.node_id
-            transaction.on_commit(lambda n=node_id, e=event: _send_to_node(n, e))
+            effects.send_to_node(node_id, event)
         return created
+
+
+def _pick_nodes(job: Job, assignments: list[Assignment], active: list[Assignment], count: int) -> list[Node]:
+    """Nodes for the missing roles, by weighted rendezvous hashing over the subnet's routing
+    index under its diversity policy: never a node the job had, and nothing the policy
+    names (owner, IP block, ASN, OS, GPU family) shared with the job's other nodes."""
+    distinct = [a for a in job.subnet.routing_policy.get("distinct", []) if a in DIVERSITY_ATTRIBUTES]
+    partners = [nodes.candidate_for(a.node) for a in active]
+    live: list[Node] = []
+    for _ in range(2):
+        picks = nodes.routable_index(job.subnet_id).select(
+            str(job.id), count, exclude_node_ids=[str(a.node_id) for a in assignments], distinct=distinct, avoid=partners
+        )
+        found = Node.objects.filter(is_online=True).in_bulk([uuid.UUID(p.node_id) for p in picks])
+        live = [found[uuid.UUID(p.node_id)] for p in picks if uuid.UUID(p.node_id) in found]
+        if len(live) == len(picks):
+            return live
+        nodes.index_forget(job.subnet_id)  # the index was stale: rebuild it once
+    return live
 
 
 def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
@@ -318,7 +314,7 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         submitted = job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count()
         if submitted == len(PAIR_ROLES):
             job_transition(job, JobState.VERIFYING, detail="both results in")
-            _queue_task("verify_job", str(job.id))
+            effects.queue_task("verify_job", str(job.id))
     metrics.results_received.inc()
     return assignment
 
@@ -375,8 +371,9 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
         ).update(state=AssignmentState.LOST, failure_reason=f"node gave up: {reason}"[:200])
         if not updated:
             raise protocol.ProtocolError("not_assigned", "no open assignment with that id for this node")
+        Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
         job_id = Assignment.objects.values_list("job_id", flat=True).get(pk=assignment_uuid)
-        _queue_task("dispatch_job", str(job_id))
+        effects.queue_task("dispatch_job", str(job_id))
 
 
 # ---------------------------------------------------------------- verification and settlement
@@ -416,6 +413,7 @@ def job_verify(*, job_id: object) -> Job | None:
             ),
         ) if job.price_micro else []
         Assignment.objects.filter(pk__in=[a.pk, b.pk]).update(state=AssignmentState.AGREED)
+        nodes.reputation_record(node_ids=[a.node_id, b.node_id], outcome=1.0, subnet=job.subnet)
         receipt = _receipt_build(job, [a, b], verdict, transfers)
         job_transition(job, JobState.SETTLED, detail="2-of-2 agreement", verification=verification, receipt=receipt)
     metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
@@ -475,7 +473,7 @@ def _job_expire(job: Job) -> None:
     job.assignments.filter(state=AssignmentState.DISPATCHED).update(state=AssignmentState.CANCELLED)
     for assignment_id, node_id in open_assignments:
         event = {"type": "job.cancel", "assignment_id": str(assignment_id)}
-        transaction.on_commit(lambda n=node_id, e=event: _send_to_node(n, e))
+        effects.send_to_node(node_id, event)
 
 
 def jobs_expire_overdue() -> int:
@@ -499,7 +497,7 @@ def sweep() -> dict[str, int]:
     for node_id, channel in Node.objects.filter(is_online=True, last_seen__lt=stale_before).values_list(
         "id", "channel_name"
     ):
-        dropped += node_disconnect(node_id=node_id, channel_name=channel)
+        dropped += nodes.node_disconnect(node_id=node_id, channel_name=channel)
     return {
         "nodes_dropped": dropped,
         "jobs_expired": jobs_expire_overdue(),
@@ -517,140 +515,6 @@ def jobs_verify_stalled(*, older_than_s: float = 10.0) -> int:
     for job_id in stalled:
         job_verify(job_id=job_id)
     return len(stalled)
-
-
-# ---------------------------------------------------------------- nodes and presence
-
-
-def ip_block(ip: str | None) -> str:
-    """The /24 (IPv4) or /48 (IPv6) network an address belongs to."""
-    if not ip:
-        return ""
-    address = ipaddress.ip_address(ip)
-    prefix = 24 if address.version == 4 else 48
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
-
-
-def node_register(
-    *,
-    owner: AbstractBaseUser,
-    public_key: str,
-    name: str,
-    env: dict[str, Any],
-    subnet_slugs: Sequence[str],
-    ip: str | None,
-) -> tuple[Node, bool]:
-    """Register a node by its long-term public key (idempotent per owner) and opt it into
-    subnets whose license the owner has accepted."""
-    try:
-        protocol.parse_public_key(public_key)
-    except protocol.ProtocolError as exc:
-        raise ServiceError("invalid_public_key", exc.detail) from None
-    subnets = list(Subnet.objects.filter(slug__in=subnet_slugs, is_active=True).select_related("license"))
-    unknown = set(subnet_slugs) - {s.slug for s in subnets}
-    if unknown:
-        raise ServiceError("unknown_subnet", f"no active subnet {sorted(unknown)}", status=404)
-    for subnet in subnets:
-        if not eula_accepted(user=owner, subnet=subnet):
-            raise ServiceError(
-                "license_not_accepted",
-                f"accept the license {subnet.license.slug} {subnet.license.version} of subnet {subnet.slug} first",
-                status=403,
-            )
-    fingerprint = {
-        "os": str(env.get("os", ""))[:50],
-        "runtime": str(env.get("runtime", ""))[:50],
-        "backend": str(env.get("backend", ""))[:30],
-        "gpu_family": str(env.get("gpu_family", ""))[:50],
-    }
-    with transaction.atomic():
-        node = Node.objects.select_for_update().filter(public_key=public_key).first()
-        created = node is None
-        if node is None:
-            node = Node(owner=owner, public_key=public_key)
-        elif node.owner_id != owner.pk:
-            raise ServiceError("public_key_taken", "this public key belongs to another account", status=409)
-        node.name = name[:100] or f"node-{public_key[:8]}"
-        for field, value in fingerprint.items():
-            setattr(node, field, value)
-        node.capabilities = {k: v for k, v in env.items() if k not in fingerprint}
-        node.ip = ip
-        node.ip_block = ip_block(ip)
-        node.save()
-        for subnet in subnets:
-            NodeSubnet.objects.get_or_create(node=node, subnet=subnet)
-    return node, created
-
-
-def node_connect(
-    *, node: Node, channel_name: str, session_key_pub: str, nonce: str, session_cert: str, ip: str | None
-) -> str:
-    """Start a node's websocket session; returns the channel of a session it replaces ("" if none).
-    Work given to the replaced session goes back to the pool: its session key is gone."""
-    now = timezone.now()
-    with transaction.atomic():
-        locked = Node.objects.select_for_update().get(pk=node.pk)
-        previous = locked.channel_name if locked.is_online else ""
-        _assignments_lose(locked.pk, "node reconnected")
-        NodeSubnet.objects.filter(node=locked).update(ready_at=None)
-        Node.objects.filter(pk=node.pk).update(
-            is_online=True,
-            channel_name=channel_name,
-            session_key_pub=session_key_pub,
-            session_nonce=nonce,
-            session_cert=session_cert,
-            connected_at=now,
-            last_seen=now,
-            ip=ip,
-            ip_block=ip_block(ip),
-        )
-    return previous if previous != channel_name else ""
-
-
-def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_concurrent: int) -> None:
-    """The node holds the subnet's verified model: it may now receive that subnet's jobs."""
-    link = NodeSubnet.objects.filter(node_id=node_id, subnet__slug=subnet_slug).select_related("subnet").first()
-    if link is None:
-        raise protocol.ProtocolError("unknown_subnet", f"node is not registered for subnet {subnet_slug!r}")
-    if model_checksum != link.subnet.model_checksum:
-        raise protocol.ProtocolError("model_mismatch", "model_checksum differs from the subnet's model")
-    node = link.node
-    if not eula_accepted(user=node.owner, subnet=link.subnet):
-        raise protocol.ProtocolError("license_not_accepted", "the node's owner has not accepted the license")
-    with transaction.atomic():
-        NodeSubnet.objects.filter(pk=link.pk).update(ready_at=timezone.now(), max_concurrent=max(1, max_concurrent))
-        _queue_task("dispatch_waiting", str(link.subnet_id))
-
-
-def node_heartbeat(*, node_id: object, channel_name: str) -> bool:
-    """Record that the node is alive; False when this socket's session was replaced."""
-    return bool(
-        Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(last_seen=timezone.now())
-    )
-
-
-def node_disconnect(*, node_id: object, channel_name: str) -> int:
-    """End a node's session (socket closed or silent too long); its open work is re-dispatched."""
-    with transaction.atomic():
-        ended = Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(
-            is_online=False, channel_name=""
-        )
-        if not ended:
-            return 0  # a newer session owns the node
-        NodeSubnet.objects.filter(node_id=node_id).update(ready_at=None)
-        _assignments_lose(node_id, "node disconnected")
-    return 1
-
-
-def _assignments_lose(node_id: object, reason: str) -> None:
-    lost = list(
-        Assignment.objects.filter(node_id=node_id, state=AssignmentState.DISPATCHED).values_list("pk", "job_id")
-    )
-    if not lost:
-        return
-    Assignment.objects.filter(pk__in=[pk for pk, _ in lost]).update(state=AssignmentState.LOST, failure_reason=reason)
-    for job_id in {job_id for _, job_id in lost}:
-        _queue_task("dispatch_job", str(job_id))
 
 
 _last_sweep = 0.0

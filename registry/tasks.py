@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import services
+from . import nodes, services
 
 
 @shared_task
@@ -23,3 +23,8 @@ def verify_job(job_id: str) -> None:
 @shared_task
 def sweep() -> dict[str, int]:
     return services.sweep()
+
+
+@shared_task
+def benchmarks_due() -> int:
+    return nodes.benchmarks_due()

@@ -128,17 +128,23 @@ def _django() -> None:
 
 
 def wait_for_nodes(count: int, group: ProcessGroup, timeout: float = 180.0) -> None:
-    """Until every node has fetched, verified and loaded the model and said it is ready."""
+    """Until every node has fetched, verified and loaded the model, said it is ready and
+    passed the registry's benchmark."""
     _django()
     from registry.models import NodeSubnet
 
     deadline = time.monotonic() + timeout
-    while (ready := NodeSubnet.objects.filter(ready_at__isnull=False).count()) < count:
+    while (ready := NodeSubnet.objects.filter(ready_at__isnull=False, score__gt=0).count()) < count:
         group.check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {ready} of {count} nodes ready after {timeout} s")
         time.sleep(0.2)
-    print(f"demo: {count} nodes downloaded, verified and loaded the model and are ready")
+    print(f"demo: {count} nodes downloaded, verified and loaded the model and passed the benchmark:")
+    for link in NodeSubnet.objects.select_related("node").order_by("node__name"):
+        print(
+            f"  {link.node.name:<11} {link.node.ip_block:<14} {link.items_per_s:6.1f} items/s"
+            f"  p50 {link.latency_p50_ms:6.1f} ms  p95 {link.latency_p95_ms:6.1f} ms  score {link.score:.3f}"
+        )
 
 
 def node_names() -> dict[str, str]:

@@ -51,3 +51,24 @@ def embeddings_subnet_settings() -> dict[str, Any]:
         "max_chars_per_item": 4000,
         "latency_ms": 60_000,
     }
+
+
+# The benchmark suite's fixed inputs: short and long, several languages, one truncated.
+BENCHMARK_TEXTS = [
+    "A browser tab can contribute spare compute to an inference network.",
+    "Two independent contributors must agree before a result is paid for.",
+    "The registry verifies results under nondeterminism with tolerances.",
+    "Rendezvous hashing spreads jobs over nodes in proportion to their weight.",
+    "Short text.",
+    "Embeddings map sentences to points whose distances reflect meaning.",
+    "Le registre vérifie chaque résultat avant de payer les contributeurs.",
+    "Der Knoten lädt das Modell in Stücken herunter und prüft jede Prüfsumme.",
+    "El nodo firma cada resultado con su clave de sesión.",
+    "東京は日本の首都です。",
+    "Mount Everest is the highest mountain above sea level, on the border of Nepal and China.",
+    " ".join(["A long input that the tokenizer truncates at two hundred and fifty-six tokens."] * 30),
+    "Credits are held on submit, captured on settle and split forty, forty, twenty.",
+    "Honeypot tasks have answers the registry already knows.",
+    "The weather in Lisbon is mild and sunny for most of the year.",
+    "A good night's sleep improves memory and concentration.",
+]

@@ -26,6 +26,10 @@ class License(models.Model):
         return f"{self.name} ({self.version})"
 
 
+def default_routing_policy() -> dict:
+    return {"distinct": ["owner_id", "ip_block", "asn"]}
+
+
 class Subnet(models.Model):
     class TaskType(models.TextChoices):
         EMBEDDING = "embedding", "Embeddings"
@@ -58,6 +62,16 @@ class Subnet(models.Model):
     max_items_per_job = models.PositiveIntegerField(default=64)
     max_chars_per_item = models.PositiveIntegerField(default=4000)
     latency_ms = models.PositiveIntegerField(default=60_000, help_text="job deadline")
+    # Which attributes a job's nodes must not share (registry.routing.DIVERSITY_ATTRIBUTES).
+    routing_policy = models.JSONField(default=default_routing_policy, blank=True)
+    score_policy = models.JSONField(default=dict, blank=True, help_text="registry.scoring.ScorePolicy fields")
+    reputation_policy = models.JSONField(
+        default=dict, blank=True, help_text="registry.scoring.ReputationPolicy fields"
+    )
+    # Re-benchmark after this many jobs or hours.
+    benchmark_every_jobs = models.PositiveIntegerField(default=500)
+    benchmark_max_age_h = models.PositiveIntegerField(default=24)
+    benchmark_runs = models.PositiveIntegerField(default=3)
     license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="subnets")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -150,3 +164,15 @@ class EulaAcceptance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} accepted {self.license}"
+
+
+class BenchmarkReference(models.Model):
+    """The benchmark suite's fixed inputs and the outputs of a trusted run of the subnet's
+    model: a node's benchmark counts only if its outputs match these."""
+
+    subnet = models.OneToOneField(Subnet, on_delete=models.CASCADE, related_name="benchmark_reference")
+    texts = models.JSONField()
+    vectors = models.BinaryField()
+    shape = models.JSONField()
+    model_checksum = models.CharField(max_length=64)
+    computed_at = models.DateTimeField(auto_now=True)

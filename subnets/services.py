@@ -18,7 +18,7 @@ from django.db import transaction
 
 from bim_site.errors import ServiceError
 
-from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet
+from .models import Artifact, ArtifactChunk, BenchmarkReference, Chunk, EulaAcceptance, License, Subnet
 
 log = logging.getLogger("bim.subnets")
 
@@ -150,6 +150,29 @@ def subnet_package(
             chunk_size=chunk_size,
         )
     return subnet
+
+
+def benchmark_reference_compute(*, subnet: Subnet, model: ModelSource, tokenizer: ModelSource, texts: list[str]) -> BenchmarkReference:
+    """Run the subnet's own model files once, here, on the benchmark's fixed inputs: the
+    trusted outputs every node's benchmark answer is compared with."""
+    from contributor.node.embedder import Embedder  # onnxruntime: loaded only when needed
+
+    if subnet.task_type != Subnet.TaskType.EMBEDDING:
+        raise ServiceError("unsupported_task", f"no benchmark runner for {subnet.task_type} subnets yet")
+    embedder = Embedder.from_preprocessing(
+        packaged_file(model.package, model.path), packaged_file(tokenizer.package, tokenizer.path), subnet.preprocessing
+    )
+    vectors = embedder(texts)
+    reference, _ = BenchmarkReference.objects.update_or_create(
+        subnet=subnet,
+        defaults={
+            "texts": texts,
+            "vectors": vectors.astype("<f4").tobytes(),
+            "shape": list(vectors.shape),
+            "model_checksum": subnet.model_checksum,
+        },
+    )
+    return reference
 
 
 def subnet_manifest(subnet: Subnet) -> dict[str, Any]:

@@ -32,6 +32,16 @@ def _eager_celery():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_routing_index():
+    """Each test's database starts over, so no routing index may outlive it."""
+    from registry import nodes
+
+    nodes.index_forget()
+    yield
+    nodes.index_forget()
+
+
+@pytest.fixture(autouse=True)
 def _artifact_root(settings, tmp_path_factory):
     settings.ARTIFACT_ROOT = tmp_path_factory.getbasetemp() / "artifacts"
     settings.REGISTRY_KEY_PATH = tmp_path_factory.getbasetemp() / "registry.key"

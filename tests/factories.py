@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,8 @@ from django.utils import timezone
 
 from ledger.models import MICRO
 from ledger.services import credits_top_up
-from registry import protocol
+from registry import nodes, protocol
+from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
 from subnets.models import EulaAcceptance, License, Subnet
 
@@ -71,8 +73,17 @@ class NodeKeys:
     session: Ed25519PrivateKey
 
 
-def online_node(subnet: Subnet, owner=None, *, ready: bool = True, ip: str = "127.0.0.1") -> NodeKeys:
-    """A registered node with a live, certified session, ready for `subnet`."""
+_addresses = itertools.count(1)
+
+
+def online_node(
+    subnet: Subnet, owner=None, *, ready: bool = True, benchmarked: bool = True, ip: str | None = None, **node_fields: Any
+) -> NodeKeys:
+    """A registered node with a live, certified session, by default ready for `subnet` and
+    with a passed benchmark (score 1). Each node gets its own /24 unless `ip` says otherwise."""
+    if ip is None:
+        n = next(_addresses)
+        ip = f"10.{(n >> 8) & 255}.{n & 255}.7"
     owner = owner or UserFactory()
     EulaAcceptance.objects.get_or_create(user=owner, license=subnet.license, defaults={"license_version": subnet.license.version})
     long_term, session = protocol.new_private_key(), protocol.new_private_key()
@@ -86,10 +97,20 @@ def online_node(subnet: Subnet, owner=None, *, ready: bool = True, ip: str = "12
         session_nonce=nonce,
         session_cert=protocol.sign(long_term, protocol.hello_message(node_id=str(node.pk), nonce=nonce, session_key_pub=session_pub)),
         last_seen=timezone.now(),
+        connected_at=timezone.now(),
         ip=ip,
+        ip_block=ip_block(ip),
+        **node_fields,
     )
-    NodeSubnet.objects.create(node=node, subnet=subnet, ready_at=timezone.now() if ready else None)
+    NodeSubnet.objects.create(
+        node=node,
+        subnet=subnet,
+        ready_at=timezone.now() if ready else None,
+        score=1.0 if benchmarked else 0.0,
+        benchmarked_at=timezone.now() if benchmarked else None,
+    )
     node.refresh_from_db()
+    nodes.index_forget()  # rows written behind presence's back: the index must rebuild
     return NodeKeys(node=node, long_term=long_term, session=session)
 
 

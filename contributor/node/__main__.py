@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--os", default=_default_os(), help="reported OS family")
     parser.add_argument("--gpu-family", default="none", help="reported GPU family")
+    parser.add_argument(
+        "--source-ip", help="local address to connect from (e.g. 127.2.0.1 for a loopback demo)"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.token:
@@ -125,6 +128,7 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
         tokenizer_checksum=bundle.checksums["tokenizer"],
         env=env,
         compute=embedder,
+        source_ip=args.source_ip,
     )
 
 

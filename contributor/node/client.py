@@ -183,6 +183,15 @@ class Job:
     deadline: datetime | None
 
 
+@dataclass(frozen=True)
+class BenchmarkTask:
+    """The registry's benchmark: fixed inputs, run `runs` times, timed one by one."""
+
+    benchmark_id: str
+    texts: list[str]
+    runs: int
+
+
 class _JobRefusedError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -196,7 +205,7 @@ class _Connection:
     ws: ClientConnection
     session_key: Ed25519PrivateKey
     heartbeat_s: float
-    queue: asyncio.Queue[Job]
+    queue: asyncio.Queue[Job | BenchmarkTask]
     cancelled: set[str]
 
 
@@ -218,6 +227,7 @@ class NodeClient:
         handshake_timeout_s: float = 10.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
+        source_ip: str | None = None,
     ) -> None:
         self.ws_url = ws_url
         self.node_id = node_id
@@ -231,6 +241,7 @@ class NodeClient:
         self.handshake_timeout_s = handshake_timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.source_ip = source_ip
         self.ready = asyncio.Event()  # set on ready_ok, cleared when the socket drops
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -303,6 +314,8 @@ class NodeClient:
             open_timeout=self.handshake_timeout_s,
             max_size=MAX_FRAME_BYTES,
             close_timeout=5,
+            # The registry keys diversity rules on the socket's address (IP block, ASN).
+            **({"local_addr": (self.source_ip, 0)} if self.source_ip else {}),
         ) as ws:
             try:
                 await self._serve_connection(ws, welcomed)
@@ -407,6 +420,14 @@ class NodeClient:
             kind = message.get("type")
             if kind == "job":
                 await self._accept_job(conn, message)
+            elif kind == "benchmark":
+                await self._accept_benchmark(conn, message)
+            elif kind == "benchmark_ok":
+                log.info(
+                    "benchmark passed: %.1f items/s, p50 %.0f ms",
+                    message.get("items_per_s") or 0,
+                    message.get("latency_p50_ms") or 0,
+                )
             elif kind == "cancel":
                 conn.cancelled.add(str(message.get("assignment_id")))
             elif kind == "ready_ok":
@@ -436,6 +457,47 @@ class NodeClient:
             await self._job_failed(conn, assignment_id, exc.reason)
             return
         await conn.queue.put(job)
+
+    async def _accept_benchmark(self, conn: _Connection, message: dict[str, Any]) -> None:
+        texts = (message.get("inputs") or {}).get("texts")
+        runs = message.get("runs")
+        if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)) or not (
+            isinstance(runs, int) and 1 <= runs <= 20
+        ):
+            log.warning("ignoring a malformed benchmark: %.200r", message)
+            return
+        # Queued behind accepted jobs: the benchmark measures the node as it serves.
+        await conn.queue.put(BenchmarkTask(str(message.get("benchmark_id")), texts, runs))
+
+    async def _run_benchmark(self, conn: _Connection, task: BenchmarkTask) -> None:
+        loop = asyncio.get_running_loop()
+        timings: list[float] = []
+        vectors = np.empty((0, 0), dtype=np.float32)
+        for _ in range(task.runs):
+            started = time.perf_counter()
+            vectors = await loop.run_in_executor(self._executor, self.compute, task.texts)
+            timings.append(round((time.perf_counter() - started) * 1000, 3))
+        vectors = _checked_vectors(vectors, len(task.texts))
+        payload = protocol.encode_vectors(vectors)
+        result_hash = protocol.sha256_hex(payload)
+        shape = (int(vectors.shape[0]), int(vectors.shape[1]))
+        signed = protocol.benchmark_message(
+            benchmark_id=task.benchmark_id, result_hash=result_hash, shape=shape, timings_ms=timings
+        )
+        await self._send(
+            conn.ws,
+            {
+                "type": "benchmark_result",
+                "benchmark_id": task.benchmark_id,
+                "timings_ms": timings,
+                "shape": list(shape),
+                "encoding": protocol.VECTOR_ENCODING,
+                "data": protocol.b64encode(payload),
+                "result_hash": result_hash,
+                "signature": protocol.sign(conn.session_key, signed),
+            },
+        )
+        log.info("benchmark %s: %d runs, median %.0f ms", task.benchmark_id, task.runs, sorted(timings)[len(timings) // 2])
 
     def _check_job(self, message: dict[str, Any]) -> Job:
         """Everything a node can check before spending compute on a job."""
@@ -489,6 +551,12 @@ class NodeClient:
         loop = asyncio.get_running_loop()
         while True:
             job = await conn.queue.get()
+            if isinstance(job, BenchmarkTask):
+                try:
+                    await self._run_benchmark(conn, job)
+                except Exception:
+                    log.exception("benchmark %s failed to compute", job.benchmark_id)
+                continue
             if job.assignment_id in conn.cancelled:
                 log.info("job %s cancelled before it started", job.job_id)
                 continue

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from bim_site.errors import ServiceError
 from ledger.models import Account, AccountKind, Transfer
+from registry import nodes as presence
 from registry import services
 from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
@@ -108,7 +109,7 @@ def test_a_vanished_node_is_replaced_by_another_owner():
     services.job_dispatch(job_id=job.id)
     gone = job.assignments.get(role="A")
 
-    services.node_disconnect(node_id=gone.node_id, channel_name=f"test.{gone.node_id}")
+    presence.node_disconnect(node_id=gone.node_id, channel_name=f"test.{gone.node_id}")
     services.job_dispatch(job_id=job.id)
 
     gone.refresh_from_db()

@@ -40,6 +40,12 @@ class Command(BaseCommand):
             # An existing subnet keeps what operators set in admin; only its files are refreshed.
             defaults=None if exists else {**defaults.embeddings_subnet_settings(), "license": license_},
         )
+        services.benchmark_reference_compute(
+            subnet=subnet,
+            model=defaults.EMBEDDINGS_MODEL,
+            tokenizer=defaults.EMBEDDINGS_TOKENIZER,
+            texts=defaults.BENCHMARK_TEXTS,
+        )
         out: dict[str, Any] = {"subnet": subnet.slug, "model_checksum": subnet.model_checksum}
         out["admin"] = self._admin()
         if options["demo"]:
