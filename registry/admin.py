@@ -1,9 +1,12 @@
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .models import Assignment, Job, JobEvent, Node, NodeSubnet
+from . import nodes
+from .models import Assignment, Benchmark, Job, JobEvent, Node, NodeSubnet, Strike
 
 
 def _link(obj: object, label: str | None = None) -> str:
@@ -56,6 +59,13 @@ class NodeAdmin(admin.ModelAdmin):
         "created_at",
     ]
     inlines = [NodeSubnetInline]
+    actions = ["lift_ban"]
+
+    @admin.action(description="Lift the ban (and active strikes) of selected nodes")
+    def lift_ban(self, request: HttpRequest, queryset: Any) -> None:
+        for node in queryset:
+            nodes.node_ban_lift(node_id=node.pk, operator=request.user)
+        self.message_user(request, f"lifted {queryset.count()} node(s)")
 
 
 class AssignmentInline(admin.TabularInline):
@@ -155,4 +165,29 @@ class AssignmentAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Benchmark)
+class BenchmarkAdmin(admin.ModelAdmin):
+    list_display = ["id", "node", "subnet", "state", "items_per_s", "latency_p50_ms", "latency_p95_ms", "min_cosine", "issued_at"]
+    list_filter = ["state", "subnet"]
+    search_fields = ["node__name", "=node__id"]
+    list_select_related = ["node", "subnet"]
+    readonly_fields = [f.name for f in Benchmark._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Strike)
+class StrikeAdmin(admin.ModelAdmin):
+    list_display = ["id", "node", "job", "reason", "created_at", "expires_at", "lifted_at"]
+    list_filter = ["lifted_at"]
+    search_fields = ["node__name", "=node__id", "reason"]
+    list_select_related = ["node", "job"]
+    raw_id_fields = ["node", "job"]
+    readonly_fields = ["node", "job", "reason", "created_at", "expires_at", "lifted_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -470,10 +470,27 @@ def _routable_records(subnet_id: int) -> list[Candidate]:
             )
         )
     )
+    score_policy = scoring.ScorePolicy.from_dict(subnet.score_policy)
     return [
-        candidate_for(
-            link.node,
-            scoring.routing_weight(link.score, link.node.reputation, active_strikes=link.active_strikes, policy=policy),
-        )
+        candidate_for(link.node, _routing_weight(link, now, score_policy, policy))
         for link in links
+        if link.items_per_s and link.latency_p50_ms
     ]
+
+
+def _routing_weight(
+    link: NodeSubnet, now: Any, score_policy: scoring.ScorePolicy, policy: scoring.ReputationPolicy
+) -> float:
+    """w = base · R at this moment: benchmark figures decay with their age, reputation
+    with the node's idle time, and each active strike softens the weight."""
+    node = link.node
+    base = scoring.node_score(
+        scoring.BenchmarkFigures(link.items_per_s, link.latency_p50_ms, link.latency_p95_ms or link.latency_p50_ms),
+        uptime=node_uptime(node, now),
+        fail_rate=node.jobs_failed / max(1, node.jobs_assigned),
+        age_h=(now - link.benchmarked_at).total_seconds() / 3600,
+        policy=score_policy,
+    )
+    idle_h = (now - node.last_job_at).total_seconds() / 3600 if node.last_job_at else 0.0
+    reputation = scoring.reputation_after_idle(node.reputation, idle_h=idle_h, policy=policy)
+    return scoring.routing_weight(base, reputation, active_strikes=link.active_strikes, policy=policy)

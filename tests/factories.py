@@ -107,6 +107,9 @@ def online_node(
         subnet=subnet,
         ready_at=timezone.now() if ready else None,
         score=1.0 if benchmarked else 0.0,
+        items_per_s=30.0 if benchmarked else None,
+        latency_p50_ms=250.0 if benchmarked else None,
+        latency_p95_ms=300.0 if benchmarked else None,
         benchmarked_at=timezone.now() if benchmarked else None,
     )
     node.refresh_from_db()
