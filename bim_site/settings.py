@@ -195,6 +195,11 @@ REGISTRY_KEY_PATH = Path(env_str("BIM_REGISTRY_KEY_PATH", str(VAR_DIR / "registr
 INDEX_KEY_PREFIX = env_str("BIM_INDEX_KEY_PREFIX", "bim:nodeindex")
 INDEX_MAX_AGE_S = env_int("BIM_INDEX_MAX_AGE_S", 5)
 
+# On PostgreSQL a ledger posting runs as one call of the bim_ledger_post function (one
+# round trip); the ORM path does the same in several statements (SQLite, and tests that
+# compare the two).
+LEDGER_POST_IN_DATABASE = env_bool("BIM_LEDGER_POST_IN_DATABASE", True)
+
 # Withdrawals below this are refused (1 credit).
 LEDGER_MIN_WITHDRAWAL_MICRO = env_int("BIM_MIN_WITHDRAWAL_MICRO", 1_000_000)
 

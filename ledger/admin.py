@@ -6,7 +6,8 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q, QuerySet, Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
 from . import services
 from .checks import ledger_violations
@@ -136,8 +137,20 @@ class AdjustmentAdmin(admin.ModelAdmin):
             )
         except services.LedgerError as exc:
             messages.error(request, f"adjustment refused: {exc}")
+            obj.refused = True
             return
         obj.pk = created.pk
+
+    def log_addition(self, request: HttpRequest, obj: Transfer, message: Any) -> Any:
+        if getattr(obj, "refused", False):
+            return None
+        return super().log_addition(request, obj, message)
+
+    def response_add(self, request: HttpRequest, obj: Transfer, post_url_continue: str | None = None) -> HttpResponse:
+        if getattr(obj, "refused", False):
+            # Nothing was written: back to the form's list, without Django's "added" message.
+            return HttpResponseRedirect(reverse("admin:ledger_adjustment_changelist"))
+        return super().response_add(request, obj, post_url_continue)
 
 
 @admin.register(Withdrawal)

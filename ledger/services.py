@@ -13,13 +13,14 @@ written by `_post` inside one transaction:
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, Sum, Value, When
 from django.utils import timezone
 
@@ -51,6 +52,10 @@ class InsufficientFunds(LedgerError):
 
 class IdempotencyConflict(LedgerError):
     """The key was used before for a different transfer."""
+
+
+class HoldEnded(LedgerError):
+    """The job's hold was already captured (settled) or released (failed, expired)."""
 
 
 @dataclass(frozen=True)
@@ -97,21 +102,45 @@ def account_get(kind: str, *, user: AbstractBaseUser | None = None, node_id: obj
     return account
 
 
+# (kind, user_id, node_id) -> account, for identity only (pk, append_only): accounts are
+# never deleted, and every balance check re-reads the row under its lock.
+_account_cache: dict[tuple[str, object, object], Account] = {}
+
+
+def account_cache_clear() -> None:
+    """Forget cached account identities (tests start each database over)."""
+    _account_cache.clear()
+
+
 def accounts_get(specs: Sequence[tuple[str, object | None, object | None]]) -> list[Account]:
-    """Several accounts, given as (kind, user_id, node_id), in one query; made on first use."""
-    match = Q(pk__in=[])
-    for kind, user_id, node_id in specs:
-        match |= Q(kind=kind, user_id=user_id, node_id=node_id)
-    found = {(a.kind, a.user_id, a.node_id): a for a in Account.objects.filter(match)}
-    result = []
-    for kind, user_id, node_id in specs:
-        key = (kind, user_id if node_id is None else None, node_id)
-        if key not in found:
-            found[key], _ = Account.objects.get_or_create(
-                kind=kind, user_id=key[1], node_id=node_id, defaults={"append_only": kind in SYSTEM_KINDS}
-            )
-        result.append(found[key])
-    return result
+    """Several accounts, given as (kind, user_id, node_id), from the cache or in one query;
+    made on first use. Their `balance` is not current: read it under a lock."""
+    keys = [
+        (kind, None if node_id is not None else user_id, str(node_id) if node_id is not None else None)
+        for kind, user_id, node_id in specs
+    ]
+    found = {key: _account_cache[key] for key in keys if key in _account_cache}
+    missing = [key for key in keys if key not in found]
+    if missing:
+        match = Q(pk__in=[])
+        for kind, user_id, node_id in missing:
+            match |= Q(kind=kind, user_id=user_id, node_id=node_id)
+        for account in Account.objects.filter(match):
+            found[(account.kind, account.user_id, str(account.node_id) if account.node_id else None)] = account
+        for kind, user_id, node_id in missing:
+            if (kind, user_id, node_id) not in found:
+                found[(kind, user_id, node_id)], _ = Account.objects.get_or_create(
+                    kind=kind, user_id=user_id, node_id=node_id, defaults={"append_only": kind in SYSTEM_KINDS}
+                )
+        # Cached once committed: a row made (or first seen) in a transaction that rolls
+        # back must not outlive it.
+        fresh = {key: found[key] for key in missing}
+        transaction.on_commit(lambda: _account_cache.update(fresh))
+    return [found[key] for key in keys]
+
+
+def _account(kind: str, *, user_id: object | None = None, node_id: object | None = None) -> Account:
+    return accounts_get([(kind, user_id, node_id)])[0]
 
 
 def account_balance(account: Account) -> int:
@@ -121,21 +150,37 @@ def account_balance(account: Account) -> int:
 
 
 def _lock(ids: Iterable[int]) -> dict[int, Account]:
-    # Fixed (primary-key) order: two postings touching the same accounts never deadlock.
-    return {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=set(ids)).order_by("pk")}
+    """Lock accounts in primary-key order (two postings touching the same accounts never
+    deadlock) and read their balances under the lock."""
+    wanted = sorted(set(ids))
+    if connection.vendor != "postgresql":
+        return {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=wanted).order_by("pk")}
+    # On the settlement hot path the ORM's query building costs more than the query.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, balance, append_only FROM ledger_account WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [wanted]
+        )
+        return {pk: Account(id=pk, balance=balance, append_only=append_only) for pk, balance, append_only in cursor}
 
 
 # ---------------------------------------------------------------- posting
 
 
-def _post(legs: Sequence[Leg], *, locked: dict[int, Account] | None = None) -> list[Transfer]:
+def _post(
+    legs: Sequence[Leg], *, locked: dict[int, Account] | None = None, replay: bool = False
+) -> list[Transfer] | None:
     """Write `legs` as one atomic posting (see module docstring). `locked` passes accounts
-    the caller already holds locks on."""
+    the caller already holds locks on. When the posting's keys exist, the first transfers
+    are returned, checked field by field; with `replay` the caller gets None and looks
+    them up itself (a settlement is the same settlement however its retry computes the
+    escrow share)."""
     for leg in legs:
         if type(leg.amount) is not int or leg.amount <= 0:  # bool is an int subclass; refuse it
             raise LedgerError(f"amount must be a positive integer, got {leg.amount!r}")
         if leg.debit.pk == leg.credit.pk:
             raise LedgerError("debit and credit accounts are the same")
+    if settings.LEDGER_POST_IN_DATABASE and connection.vendor == "postgresql":
+        return _post_in_database(legs, replay)
     with transaction.atomic():
         lockable = {a.pk for leg in legs for a in (leg.debit, leg.credit) if not a.append_only}
         accounts = dict(locked or {})
@@ -143,11 +188,13 @@ def _post(legs: Sequence[Leg], *, locked: dict[int, Account] | None = None) -> l
         # Checked after the locks: a concurrent twin with these keys has committed by now.
         existing = {t.idempotency_key: t for t in Transfer.objects.filter(idempotency_key__in=[leg.key for leg in legs])}
         if existing:
-            return [_same_or_conflict(existing.get(leg.key), leg) for leg in legs]
+            return None if replay else [_same_or_conflict(existing.get(leg.key), leg) for leg in legs]
         change: dict[int, int] = defaultdict(int)
         for leg in legs:
             change[leg.debit.pk] -= leg.amount
             change[leg.credit.pk] += leg.amount
+        if _hold_already_ended(legs):
+            raise HoldEnded("the job's hold was already captured or released")
         for pk in lockable:
             if accounts[pk].balance + change[pk] < 0:
                 raise InsufficientFunds(accounts[pk], -change[pk])
@@ -180,6 +227,78 @@ def _post(legs: Sequence[Leg], *, locked: dict[int, Account] | None = None) -> l
             PendingDelta(account_id=pk, amount=delta) for pk, delta in change.items() if pk not in lockable and delta
         )
         return transfers
+
+
+_ENDS_HOLD = {TransferKind.CAPTURE: TransferKind.RELEASE, TransferKind.RELEASE: TransferKind.CAPTURE}
+
+
+def _hold_already_ended(legs: Sequence[Leg]) -> bool:
+    """A job's hold ends once: a capture after a release (or the reverse) is refused."""
+    match = Q(pk__in=[])
+    for leg in legs:
+        if leg.kind in _ENDS_HOLD and leg.job_id is not None:
+            match |= Q(job_id=leg.job_id, kind=_ENDS_HOLD[leg.kind])
+    return Transfer.objects.filter(match).exists()
+
+
+_POST_SQL = (
+    "SELECT * FROM bim_ledger_post(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
+    " %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+)
+
+
+def _post_in_database(legs: Sequence[Leg], replay: bool) -> list[Transfer] | None:
+    """The same posting as the ORM path in one round trip: the `bim_ledger_post` function
+    (migration 0004) locks, checks keys and overdraft, and writes, inside PostgreSQL."""
+    lockable = sorted({a.pk for leg in legs for a in (leg.debit, leg.credit) if not a.append_only})
+    params = [
+        [leg.key for leg in legs],
+        [leg.debit.pk for leg in legs],
+        [leg.credit.pk for leg in legs],
+        [leg.amount for leg in legs],
+        [leg.kind for leg in legs],
+        [str(leg.job_id) if leg.job_id is not None else None for leg in legs],
+        [leg.reason[:300] for leg in legs],
+        [leg.reverses_id for leg in legs],
+        lockable,
+    ]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_POST_SQL, params)
+            rows = cursor.fetchall()
+    except IntegrityError:
+        raise IdempotencyConflict(f"idempotency keys {params[0]} already used") from None
+    status = rows[0][0]
+    if status == "hold_ended":
+        raise HoldEnded("the job's hold was already captured or released")
+    if status == "insufficient":
+        _, _, _, account_id, _, needed, _, balance = rows[0]
+        account = next(a for leg in legs for a in (leg.debit, leg.credit) if a.pk == account_id)
+        account.balance = int(balance)
+        raise InsufficientFunds(account, needed)
+    found = {row[2]: _transfer_from_row(row) for row in rows}
+    if status == "existing":
+        return None if replay else [_same_or_conflict(found.get(leg.key), leg) for leg in legs]
+    for leg in legs:
+        found[leg.key].reason = leg.reason[:300]
+        found[leg.key].reverses_id = leg.reverses_id
+    return [found[leg.key] for leg in legs]
+
+
+def _transfer_from_row(row: tuple) -> Transfer:
+    _, transfer_id, key, debit_id, credit_id, amount, kind, job_id = row
+    transfer = Transfer(
+        id=transfer_id,
+        idempotency_key=key,
+        debit_id=debit_id,
+        credit_id=credit_id,
+        amount=amount,
+        kind=kind,
+        job_id=uuid.UUID(job_id) if job_id else None,
+    )
+    transfer._state.adding = False
+    transfer._state.db = connection.alias
+    return transfer
 
 
 def _same_or_conflict(existing: Transfer | None, leg: Leg) -> Transfer:
@@ -215,6 +334,10 @@ def transfer_reverse(*, transfer: Transfer, reason: str, operator: AbstractBaseU
     """Undo a transfer with a new one in the opposite direction (transfers are never edited)."""
     if transfer.reverses_id is not None:
         raise LedgerError("a reversal is not reversed; post a new adjustment instead")
+    if transfer.kind in (TransferKind.CAPTURE, TransferKind.PAYOUT):
+        # Half a settlement undone would strand value in clearing: a settled job is
+        # corrected by a refund (escrow_slash) or an adjustment, never leg by leg.
+        raise LedgerError("settlement legs are not reversed one by one; refund or adjust instead")
     who = f" by {operator}" if operator is not None else ""
     leg = Leg(
         debit=transfer.credit,
@@ -250,8 +373,8 @@ def adjustment_create(
 
 def credits_top_up(*, user: AbstractBaseUser, amount: int, idempotency_key: str, reason: str = "top-up") -> Transfer:
     return transfer_create(
-        debit=account_get(AccountKind.EXTERNAL),
-        credit=account_get(AccountKind.USER_CREDITS, user=user),
+        debit=_account(AccountKind.EXTERNAL),
+        credit=_account(AccountKind.USER_CREDITS, user_id=user.pk),
         amount=amount,
         kind=TransferKind.TOP_UP,
         idempotency_key=f"top_up:{idempotency_key}",
@@ -262,8 +385,8 @@ def credits_top_up(*, user: AbstractBaseUser, amount: int, idempotency_key: str,
 def job_hold(*, job_id: object, user: AbstractBaseUser, amount: int) -> Transfer:
     """Reserve the job's price from the user's credits; InsufficientFunds when short."""
     return transfer_create(
-        debit=account_get(AccountKind.USER_CREDITS, user=user),
-        credit=account_get(AccountKind.USER_HOLD, user=user),
+        debit=_account(AccountKind.USER_CREDITS, user_id=user.pk),
+        credit=_account(AccountKind.USER_HOLD, user_id=user.pk),
         amount=amount,
         kind=TransferKind.HOLD,
         idempotency_key=f"job:{job_id}:hold",
@@ -275,8 +398,8 @@ def job_hold(*, job_id: object, user: AbstractBaseUser, amount: int) -> Transfer
 def job_release(*, job_id: object, user: AbstractBaseUser, amount: int, reason: str) -> Transfer:
     """Give a failed or expired job's hold back in full."""
     return transfer_create(
-        debit=account_get(AccountKind.USER_HOLD, user=user),
-        credit=account_get(AccountKind.USER_CREDITS, user=user),
+        debit=_account(AccountKind.USER_HOLD, user_id=user.pk),
+        credit=_account(AccountKind.USER_CREDITS, user_id=user.pk),
         amount=amount,
         kind=TransferKind.RELEASE,
         idempotency_key=f"job:{job_id}:release",
@@ -318,11 +441,10 @@ def job_settle(
         ]
     )
     earnings, escrows = node_accounts[:2], node_accounts[2:]
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
+        # One lock statement for every account the posting touches; the escrow balances
+        # read under it decide the escrow legs.
         locked = _lock([hold.pk, *(a.pk for a in earnings), *(a.pk for a in escrows)])
-        done = list(Transfer.objects.filter(job_id=job_id, kind__in=[TransferKind.CAPTURE, TransferKind.PAYOUT, TransferKind.ESCROW]))
-        if done:
-            return done
         legs = [Leg(hold, clearing, amount, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
         if split.registry:
             legs.append(Leg(clearing, registry, split.registry, TransferKind.PAYOUT, f"job:{job_id}:payout:registry", job_id, "registry share"))
@@ -333,7 +455,14 @@ def job_settle(
             to_escrow = min(share * escrow.share_bp // 10_000, escrow.required - locked[escrowed.pk].balance)
             if to_escrow > 0:
                 legs.append(Leg(earned, escrowed, to_escrow, TransferKind.ESCROW, f"job:{job_id}:escrow:{role}", job_id, "escrow from earnings"))
-        return _post(legs, locked=locked)
+        posted = _post(legs, locked=locked, replay=True)
+        if posted is None:  # settled before: the first settlement's transfers, all of them
+            posted = list(
+                Transfer.objects.filter(
+                    job_id=job_id, kind__in=[TransferKind.CAPTURE, TransferKind.PAYOUT, TransferKind.ESCROW]
+                ).order_by("pk")
+            )
+        return posted
 
 
 # ---------------------------------------------------------------- fraud
@@ -355,8 +484,8 @@ def escrow_slash(
         raise LedgerError("fraction_bp must be in (0, 10000]")
     if not reason.strip():
         raise LedgerError("a slash names its evidence")
-    escrow_account = account_get(AccountKind.NODE_ESCROW, node_id=node_id)
-    registry = account_get(AccountKind.REGISTRY_REVENUE)
+    escrow_account = _account(AccountKind.NODE_ESCROW, node_id=node_id)
+    registry = _account(AccountKind.REGISTRY_REVENUE)
     with transaction.atomic():
         locked = _lock([escrow_account.pk])
         slash = Slash.objects.filter(assignment_id=assignment_id).first()
@@ -375,7 +504,7 @@ def escrow_slash(
         if captured and not refunded and job_price:
             slash.refund = transfer_create(
                 debit=registry,
-                credit=account_get(AccountKind.USER_CREDITS, user=job_user),
+                credit=_account(AccountKind.USER_CREDITS, user_id=job_user.pk),
                 amount=job_price,
                 kind=TransferKind.REFUND,
                 idempotency_key=f"job:{job_id}:refund",
@@ -396,7 +525,7 @@ def withdrawal_request(*, node: object, user: AbstractBaseUser, amount: int) -> 
     minimum = settings.LEDGER_MIN_WITHDRAWAL_MICRO
     if type(amount) is not int or amount < minimum:
         raise LedgerError(f"withdrawals start at {minimum} micro-credits")
-    earnings = account_get(AccountKind.NODE_EARNINGS, node_id=node.pk)
+    earnings = _account(AccountKind.NODE_EARNINGS, node_id=node.pk)
     with transaction.atomic():
         balance = _lock([earnings.pk])[earnings.pk].balance
         pending = (
@@ -415,8 +544,8 @@ def withdrawal_decide(*, withdrawal_id: int, approve: bool, operator: AbstractBa
             return withdrawal
         if approve:
             withdrawal.transfer = transfer_create(
-                debit=account_get(AccountKind.NODE_EARNINGS, node_id=withdrawal.node_id),
-                credit=account_get(AccountKind.EXTERNAL),
+                debit=_account(AccountKind.NODE_EARNINGS, node_id=withdrawal.node_id),
+                credit=_account(AccountKind.EXTERNAL),
                 amount=withdrawal.amount,
                 kind=TransferKind.WITHDRAWAL,
                 idempotency_key=f"withdrawal:{withdrawal.pk}",

@@ -10,7 +10,7 @@ weaken the diversity rules that depend on it.
 
 Lookup is longest-prefix match. At load time the nested prefixes of each address family
 are flattened into sorted, non-overlapping intervals (a step function "address -> ASN"),
-so a lookup is one binary search: about a microsecond, whatever the table size.
+so a lookup is one binary search: 1-2 microseconds on a full RouteViews-sized table.
 
 Routing keys a node by `asn_or_block(ip)`: "AS<n>" when the table knows the address,
 otherwise its /24 or /48 block, so an ASN rule still separates what it can.
@@ -59,7 +59,7 @@ def _address_int(text: str) -> tuple[int, int]:
         value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
     except OSError:
         value = int(ipaddress.IPv6Address(text))  # scoped addresses (fe80::1%eth0); raises ValueError
-    if value >> 32 == 0xFFFF:
+    if value & ~0xFFFFFFFF == _V4_MAPPED:
         return 4, value & 0xFFFFFFFF
     return 6, value
 
@@ -67,9 +67,8 @@ def _address_int(text: str) -> tuple[int, int]:
 def ip_block(ip: str | None) -> str:
     """The /24 (IPv4) or /48 (IPv6) network an address belongs to ("" for no address).
 
-    The same strings as `registry.services.ip_block`, except that an IPv4-mapped IPv6
-    address (`::ffff:192.0.2.7`, what a dual-stack socket reports) gets its IPv4 /24
-    rather than the one `::/48` that every such address would otherwise share.
+    An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`, what a dual-stack socket reports)
+    gets its IPv4 /24, not the one `::/48` that every such address would otherwise share.
     """
     if not ip:
         return ""
@@ -250,7 +249,7 @@ def default_resolver() -> AsnResolver:
 
 
 def asn_or_block(ip: str | None, *, resolver: AsnResolver | None = None) -> str:
-    """"AS<n>" for an address the table knows, else its /24 or /48 block ("" for no address)."""
+    """`AS<n>` for an address the table knows, else its /24 or /48 block ("" for no address)."""
     if not ip:
         return ""
     asn = (resolver if resolver is not None else default_resolver()).lookup(ip)

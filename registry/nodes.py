@@ -143,7 +143,8 @@ def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_co
         link.refresh_from_db()
         if _benchmark_due(link):
             benchmark_issue(link=link)
-        else:
+        if link.score > 0:
+            # Routable now (a node due for a re-benchmark keeps serving while it runs it).
             index_bump(link.subnet_id)
             effects.queue_task("dispatch_waiting", str(link.subnet_id))
 
@@ -195,8 +196,8 @@ def node_uptime(node: Node, now: Any) -> float:
     online = node.online_seconds
     if node.is_online and node.connected_at is not None:
         online += (now - node.connected_at).total_seconds()
-    lifetime = max(1.0, (now - node.created_at).total_seconds())
-    return min(1.0, online / lifetime)
+    lifetime = max((now - node.created_at).total_seconds(), online)
+    return 1.0 if lifetime <= 0 else min(1.0, online / lifetime)
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -240,7 +241,15 @@ def benchmark_issue(*, link: NodeSubnet) -> Benchmark | None:
 def benchmark_record(*, node_id: object, message: dict[str, Any]) -> Benchmark:
     """Check a node's benchmark answer: signed by its session, outputs matching the
     registry's reference within the subnet's tolerance. Only then do its timings become
-    the node's score; wrong outputs are refused whatever the timings claim."""
+    the node's score; wrong outputs are refused (recorded, then ProtocolError
+    benchmark_refused) whatever the timings claim."""
+    benchmark = _benchmark_judge(node_id=node_id, message=message)
+    if benchmark.state == BenchmarkState.REFUSED:
+        raise protocol.ProtocolError("benchmark_refused", benchmark.reason)
+    return benchmark
+
+
+def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
     try:
         benchmark_id = uuid.UUID(str(message["benchmark_id"]))
         timings = [float(t) for t in message["timings_ms"]]
@@ -278,10 +287,15 @@ def benchmark_record(*, node_id: object, message: dict[str, Any]) -> Benchmark:
         benchmark.completed_at = now
         if verdict is None or not verdict.passed or len(timings) < benchmark.runs or min(timings) <= 0:
             benchmark.state = BenchmarkState.REFUSED
-            benchmark.reason = (verdict.reason if verdict else "output shape differs from the reference") or "too few runs"
+            if verdict is None:
+                benchmark.reason = "output shape differs from the reference"
+            elif not verdict.passed:
+                benchmark.reason = verdict.reason
+            else:
+                benchmark.reason = f"{len(timings)} positive run times needed, {benchmark.runs} asked"
             benchmark.min_cosine = verdict.worst if verdict else None
             benchmark.save()
-            raise protocol.ProtocolError("benchmark_refused", benchmark.reason)
+            return benchmark  # committed as refused; the caller tells the node
         figures = scoring.benchmark_figures(timings, shape[0])
         node = benchmark.node
         score = scoring.node_score(

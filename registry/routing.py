@@ -111,13 +111,13 @@ class NodeIndex:
             if scores[index] == -np.inf:
                 break
             candidate = self.candidates[int(index)]
-            # An empty attribute is unknown, not shared: it neither blocks nor is blocked.
-            if any((value := getattr(candidate, attr)) and value in values for attr, values in taken.items()):
+            # An empty attribute is a value like any other: a node that reports no OS or GPU
+            # family must not slip past the rule that constrains those who do.
+            if any(getattr(candidate, attr) in values for attr, values in taken.items()):
                 continue
             chosen.append(candidate)
             for attr, values in taken.items():
-                if value := getattr(candidate, attr):
-                    values.add(value)
+                values.add(getattr(candidate, attr))
             if len(chosen) == k:
                 break
         return chosen

@@ -201,8 +201,9 @@ def _job_create(
 
 def job_dispatch(*, job_id: object) -> list[Assignment]:
     """Give every missing role of a queued or dispatched job to a node. A queued job waits
-    until two nodes of different owners are online; a dispatched job whose node vanished
-    gets a replacement that is not a node (or owner) it had before."""
+    until two nodes its subnet's diversity policy allows together are online; a dispatched
+    job whose node vanished gets a replacement that is no node it had before and shares no
+    policy attribute with its remaining node."""
     with transaction.atomic():
         job = _job_locked(job_id)
         if job is None or job.state not in (JobState.QUEUED, JobState.DISPATCHED):

@@ -33,12 +33,15 @@ def _eager_celery():
 
 @pytest.fixture(autouse=True)
 def _fresh_routing_index():
-    """Each test's database starts over, so no routing index may outlive it."""
+    """Each test's database starts over, so no routing index or cached account may outlive it."""
+    from ledger.services import account_cache_clear
     from registry import nodes
 
     nodes.index_forget()
+    account_cache_clear()
     yield
     nodes.index_forget()
+    account_cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ every kind of tampered result refused with a clear error (docs/protocol.md)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,14 @@ def run(coro_fn, *args: Any) -> Any:
     return async_to_sync(coro_fn)(*args)
 
 
+_client_addresses = itertools.count(1)
+
+
 async def connect(token: str | None) -> WebsocketCommunicator:
     path = "/ws/node/" + (f"?token={token}" if token else "")
     socket = WebsocketCommunicator(application, path)
+    # Each socket comes from its own /24, as real nodes do (diversity rules key on it).
+    socket.scope["client"] = (f"10.200.{next(_client_addresses) % 256}.9", 50000)
     connected, _ = await socket.connect(timeout=5)
     assert connected
     return socket
