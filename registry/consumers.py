@@ -14,12 +14,15 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import OperationalError
 from django.utils import timezone
 
 from . import metrics, nodes, protocol, services
 from .models import Node
 
 log = logging.getLogger("bim.registry.ws")
+
+DB_ATTEMPTS = 3
 
 
 @database_sync_to_async
@@ -98,11 +101,21 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             await self.send_error("bad_message", f"unknown message type {kind!r}")
             return
-        try:
-            await handler(content)
-        except protocol.ProtocolError as exc:
-            metrics.results_refused.labels(code=exc.code).inc()
-            await self.send_error(exc.code, exc.detail, content.get("assignment_id"))
+        for attempt in range(DB_ATTEMPTS):
+            try:
+                await handler(content)
+            except protocol.ProtocolError as exc:
+                metrics.results_refused.labels(code=exc.code).inc()
+                await self.send_error(exc.code, exc.detail, content.get("assignment_id"))
+            except OperationalError:
+                # A deadlock or serialization failure rolled the whole step back: try again,
+                # and never let one failed write end a socket that carries other work.
+                if attempt + 1 < DB_ATTEMPTS:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                log.exception("node %s: %s failed %d times", self.node_id, kind, DB_ATTEMPTS)
+                await self.send_error("busy", "the registry could not record this now; send it again", content.get("assignment_id"))
+            return
 
     async def send_error(self, code: str, detail: str, assignment_id: Any = None) -> None:
         message = {"type": "error", "code": code, "detail": detail}

@@ -450,6 +450,23 @@ def index_forget(subnet_id: int | None = None) -> None:
         _indexes.pop(subnet_id, None)
 
 
+def saturated_node_ids(subnet_id: int) -> list[str]:
+    """Nodes of the subnet holding as many unanswered offers as their queue allows
+    (NODE_QUEUE_DEPTH per job they run at once): offering more would only age in a queue."""
+    rows = (
+        Assignment.objects.filter(state=AssignmentState.DISPATCHED, job__subnet_id=subnet_id)
+        .values("node_id")
+        .annotate(open=Count("pk"))
+    )
+    limits = dict(
+        NodeSubnet.objects.filter(subnet_id=subnet_id, node_id__in=[r["node_id"] for r in rows]).values_list(
+            "node_id", "max_concurrent"
+        )
+    )
+    depth = settings.NODE_QUEUE_DEPTH
+    return [str(r["node_id"]) for r in rows if r["open"] >= depth * limits.get(r["node_id"], 1)]
+
+
 def candidate_for(node: Node, weight: float = 0.0) -> Candidate:
     """A node as routing sees it; an unknown ASN stands in as the node's IP block."""
     return Candidate(

@@ -49,6 +49,7 @@ ERROR_CODES = (
     "unknown_subnet",
     "license_not_accepted",
     "benchmark_refused",
+    "busy",
 )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from bim_site.errors import ServiceError
@@ -46,6 +46,7 @@ from .verification import Verdict, verify_pair
 log = logging.getLogger("bim.registry")
 
 PAIR_ROLES = (AssignmentRole.A, AssignmentRole.B)
+OPEN_ASSIGNMENT_STATES = (AssignmentState.DISPATCHED, AssignmentState.SUBMITTED)
 
 
 class IllegalTransition(Exception):
@@ -78,7 +79,14 @@ def job_transition(job: Job, to_state: str, *, detail: str = "", **fields: Any) 
 
 
 def _job_locked(job_id: object) -> Job | None:
-    return Job.objects.select_for_update().select_related("subnet", "user").filter(pk=job_id).first()
+    # Lock the job row only (`of`), and as NO KEY UPDATE so concurrent inserts that
+    # reference the job (assignments, transfers) don't wait on it or deadlock with it.
+    return (
+        Job.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("subnet", "user")
+        .filter(pk=job_id)
+        .first()
+    )
 
 
 # ---------------------------------------------------------------- submit
@@ -212,7 +220,7 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
             _job_expire(job)
             return []
         assignments = list(job.assignments.select_related("node"))
-        active = [a for a in assignments if a.state in (AssignmentState.DISPATCHED, AssignmentState.SUBMITTED)]
+        active = [a for a in assignments if a.state in OPEN_ASSIGNMENT_STATES]
         missing = [role for role in PAIR_ROLES if role not in {a.role for a in active}]
         if not missing:
             return []
@@ -247,10 +255,12 @@ def _pick_nodes(job: Job, assignments: list[Assignment], active: list[Assignment
     names (owner, IP block, ASN, OS, GPU family) shared with the job's other nodes."""
     distinct = [a for a in job.subnet.routing_policy.get("distinct", []) if a in DIVERSITY_ATTRIBUTES]
     partners = [nodes.candidate_for(a.node) for a in active]
+    # Nodes with a full queue get no more offers now; the job waits for them or others.
+    excluded = [str(a.node_id) for a in assignments] + nodes.saturated_node_ids(job.subnet_id)
     live: list[Node] = []
     for _ in range(2):
         picks = nodes.routable_index(job.subnet_id).select(
-            str(job.id), count, exclude_node_ids=[str(a.node_id) for a in assignments], distinct=distinct, avoid=partners
+            str(job.id), count, exclude_node_ids=excluded, distinct=distinct, avoid=partners
         )
         found = Node.objects.filter(is_online=True).in_bulk([uuid.UUID(p.node_id) for p in picks])
         live = [found[uuid.UUID(p.node_id)] for p in picks if uuid.UUID(p.node_id) in found]
@@ -274,8 +284,13 @@ def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
 
 
 def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
-    """Try to place every job that waits for nodes (after a node became ready, or by the sweeper)."""
-    waiting = Job.objects.filter(state__in=(JobState.QUEUED, JobState.DISPATCHED))
+    """Place jobs that wait for nodes: queued ones, and dispatched ones missing a role
+    (after a node vanished). Called when a node becomes routable and by the sweeper."""
+    waiting = (
+        Job.objects.filter(state__in=(JobState.QUEUED, JobState.DISPATCHED))
+        .annotate(open_roles=Count("assignments", filter=Q(assignments__state__in=OPEN_ASSIGNMENT_STATES)))
+        .filter(Q(state=JobState.QUEUED) | Q(open_roles__lt=len(PAIR_ROLES)))
+    )
     if subnet_id is not None:
         waiting = waiting.filter(subnet_id=subnet_id)
     placed = 0
@@ -454,7 +469,7 @@ def _receipt_build(job: Job, pair: list[Assignment], verdict: Verdict, transfers
         "settlement": {
             "price_micro": job.price_micro,
             "transfers": [
-                {"id": t.pk, "kind": t.kind, "amount": t.amount, "to": str(t.credit)} for t in transfers
+                {"id": t.pk, "kind": t.kind, "amount": t.amount, "credit_account": t.credit_id} for t in transfers
             ],
         },
         "settled_at": timezone.now().isoformat(),

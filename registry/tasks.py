@@ -1,30 +1,34 @@
 """Celery tasks: take ids, call one service, safe to run twice."""
 
 from celery import shared_task
+from django.db import OperationalError
 
 from . import nodes, services
 
+# Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
+retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
 
-@shared_task
+
+@retried
 def dispatch_job(job_id: str) -> None:
     services.job_dispatch(job_id=job_id)
 
 
-@shared_task
+@retried
 def dispatch_waiting(subnet_id: str) -> None:
     services.jobs_dispatch_waiting(subnet_id=int(subnet_id))
 
 
-@shared_task
+@retried
 def verify_job(job_id: str) -> None:
     services.job_verify(job_id=job_id)
 
 
-@shared_task
+@retried
 def sweep() -> dict[str, int]:
     return services.sweep()
 
 
-@shared_task
+@retried
 def benchmarks_due() -> int:
     return nodes.benchmarks_due()

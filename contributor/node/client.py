@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -207,6 +207,9 @@ class _Connection:
     heartbeat_s: float
     queue: asyncio.Queue[Job | BenchmarkTask]
     cancelled: set[str]
+    # Results sent and not yet acknowledged, by assignment (or benchmark) id: resent once
+    # when the registry answers `busy`.
+    unacknowledged: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class NodeClient:
@@ -434,8 +437,15 @@ class NodeClient:
                 log.info("ready on subnet %s", message.get("subnet"))
                 self.ready.set()
             elif kind == "error":
+                if message.get("code") == "busy" and (resend := conn.unacknowledged.pop(str(message.get("assignment_id")), None)):
+                    log.warning("registry busy; sending the result for %s again", message.get("assignment_id"))
+                    await asyncio.sleep(0.5)
+                    await self._send(conn.ws, resend)
+                    continue
                 self._on_error(message)
-            elif kind not in ("pong", "result_ok"):
+            elif kind == "result_ok":
+                conn.unacknowledged.pop(str(message.get("assignment_id")), None)
+            elif kind != "pong":
                 log.debug("ignoring message type %r", kind)
 
     def _on_error(self, message: dict[str, Any]) -> None:
@@ -574,7 +584,9 @@ class NodeClient:
             elapsed_ms = round((time.monotonic() - started) * 1000)
             if job.assignment_id in conn.cancelled:
                 continue  # cancelled while running: the registry no longer wants it
-            await self._send(conn.ws, self._result(conn, job, vectors, elapsed_ms))
+            result = self._result(conn, job, vectors, elapsed_ms)
+            conn.unacknowledged[job.assignment_id] = result
+            await self._send(conn.ws, result)
             self.jobs_done += 1
             log.info(
                 "job %s role %s items %d %d ms", job.job_id, job.role, len(job.texts), elapsed_ms

@@ -148,3 +148,24 @@ def test_a_mismatch_is_held_for_adjudication_and_pays_nobody():
     assert job.verification["passed"] is False
     assert not Transfer.objects.filter(job=job, kind__in=["capture", "payout"]).exists()
     assert not Assignment.objects.filter(job=job, state=AssignmentState.AGREED).exists()
+
+
+def test_a_node_with_a_full_queue_gets_no_more_offers_until_it_answers(settings):
+    settings.NODE_QUEUE_DEPTH = 1
+    subnet = SubnetFactory()
+    pool = [online_node(subnet) for _ in range(2)]
+    user = user_with_credits(10)
+    first, second = submit(user, subnet, key="first"), submit(user, subnet, key="second")
+
+    assert len(services.job_dispatch(job_id=first.id)) == 2
+    assert services.job_dispatch(job_id=second.id) == []  # both nodes hold an unanswered offer
+    second.refresh_from_db()
+    assert second.state == JobState.QUEUED
+
+    by_node = {n.node.pk: n for n in pool}
+    for assignment in first.assignments.all():
+        keys = by_node[assignment.node_id]
+        services.result_record(node_id=keys.node.pk, message=result_message(keys, first, assignment, unit_vectors(3)))
+    assert services.jobs_dispatch_waiting(subnet_id=subnet.pk) == 2
+    second.refresh_from_db()
+    assert second.state == JobState.DISPATCHED
