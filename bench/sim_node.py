@@ -1,0 +1,131 @@
+"""A simulated contributor node for benchmarks: the real node minus the model.
+
+It registers through the registry's HTTP API, accepts the subnet's license, connects with
+the real `NodeClient` (challenge, signed hello, `ready` with the subnet's model_checksum,
+signed results) and answers every job at once with vectors precomputed by the real model
+(see `bench/throughput.py`), so a benchmark measures the registry, not the model. It
+skips the artifact download because it runs no model; everything on the wire is what a
+real node sends, so verification passes (or fails) honestly.
+
+    python bench/sim_node.py --registry URL --token TOKEN --subnet minilm-embed \
+        --name sim-a --key-file var/bench/run/nodes/sim-a.key --vectors vectors.npz \
+        --source-ip 127.0.1.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contributor.node import client as node_client  # noqa: E402
+from contributor.node.client import NodeClient, NodeFatalError, RegistryApi, RegistryError, websocket_url  # noqa: E402
+from contributor.node.keys import KeyFileError, load_or_create_key  # noqa: E402
+from registry import protocol  # noqa: E402
+
+log = logging.getLogger("bench.sim_node")
+
+
+class PrecomputedVectors:
+    """`compute(texts)` by lookup: a text that was not precomputed is a compute error
+    (the node answers `job_failed`), never a made-up vector."""
+
+    def __init__(self, path: Path) -> None:
+        with np.load(path) as data:
+            texts = data["texts"].tolist()
+            self.vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+        self.rows = {text: row for row, text in enumerate(texts)}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.vectors[[self.rows[text] for text in texts]]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--subnet", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--key-file", type=Path, required=True)
+    parser.add_argument("--vectors", type=Path, required=True, help=".npz with `texts` and `vectors`")
+    parser.add_argument("--max-concurrent", type=int, default=1, help="as the real node (default 1)")
+    parser.add_argument(
+        "--source-ip",
+        help="connect the websocket from this local address (e.g. 127.0.3.1): nodes on one "
+        "machine then sit in different /24 blocks, as the routing policy wants",
+    )
+    parser.add_argument("--log-level", default="WARNING")
+    return parser.parse_args(argv)
+
+
+def prepare_node(args: argparse.Namespace) -> NodeClient:
+    """What `contributor.node.__main__.prepare_node` does, less the model download."""
+    if args.source_ip:
+        # NodeClient opens its socket with the module's `connect`; bind that to the address.
+        node_client.connect = functools.partial(node_client.connect, local_addr=(args.source_ip, 0))
+    compute = PrecomputedVectors(args.vectors)
+    key = load_or_create_key(args.key_file)
+    api = RegistryApi(args.registry, args.token)
+    subnet = next((s for s in api.subnets() if s.get("slug") == args.subnet), None)
+    if subnet is None:
+        raise NodeFatalError(f"the registry has no subnet {args.subnet!r}")
+    license_: dict[str, Any] = subnet.get("license") or {}
+    api.accept_license(args.subnet, str(license_.get("version")))
+    env = {
+        "os": sys.platform,
+        "runtime": "bench-sim",
+        "backend": "cpu",
+        "gpu_family": "none",
+        "cpu_count": os.cpu_count() or 1,
+    }
+    node = api.register_node(public_key=protocol.public_key_b64(key), name=args.name, subnets=[args.subnet], env=env)
+    log.info("registered as node %s", node["id"])
+    return NodeClient(
+        ws_url=websocket_url(args.registry, args.token),
+        node_id=str(node["id"]),
+        key=key,
+        subnet=args.subnet,
+        # The subnet's checksum, as a real node sends after verifying the download: the
+        # precomputed vectors came from the model with this checksum (bench/throughput.py).
+        model_checksum=str(subnet["model_checksum"]),
+        env=env,
+        compute=compute,
+        max_concurrent=args.max_concurrent,
+    )
+
+
+async def serve(client: NodeClient) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await client.run(stop)
+    log.info("stopped after %d jobs (%d failed)", client.jobs_done, client.jobs_failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(prepare_node(args)))
+    except (RegistryError, KeyFileError, NodeFatalError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
