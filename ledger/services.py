@@ -605,7 +605,8 @@ def pending_rollup(*, limit: int = 10_000) -> int:
     folded = 0
     for account_id in PendingDelta.objects.values_list("account_id", flat=True).distinct():
         with transaction.atomic():
-            Account.objects.select_for_update().filter(pk=account_id).first()
+            # NO KEY UPDATE: postings that reference the account (FK checks) need not wait.
+            Account.objects.select_for_update(no_key=True).filter(pk=account_id).first()
             rows = list(
                 PendingDelta.objects.select_for_update(skip_locked=True)
                 .filter(account_id=account_id)
