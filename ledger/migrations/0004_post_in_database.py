@@ -27,9 +27,10 @@ BEGIN
         RETURN;
     END IF;
     -- A job's hold ends once: captured on settle or released on failure, never both.
-    IF EXISTS (SELECT 1 FROM unnest(p_kinds, p_jobs) AS l(kd, j)
-                 JOIN ledger_transfer t ON t.job_id = l.j::uuid
-                WHERE (l.kd = 'capture' AND t.kind = 'release') OR (l.kd = 'release' AND t.kind = 'capture')) THEN
+    IF ('capture' = ANY(p_kinds) OR 'release' = ANY(p_kinds)) AND EXISTS (
+            SELECT 1 FROM unnest(p_kinds, p_jobs) AS l(kd, j)
+              JOIN ledger_transfer t ON t.job_id = l.j::uuid
+             WHERE (l.kd = 'capture' AND t.kind = 'release') OR (l.kd = 'release' AND t.kind = 'capture')) THEN
         RETURN QUERY SELECT 'hold_ended'::text, NULL::bigint, NULL::text, NULL::bigint, NULL::bigint,
                             NULL::bigint, NULL::text, NULL::text;
         RETURN;
@@ -54,10 +55,12 @@ BEGIN
     UPDATE ledger_account a SET balance = a.balance + c.delta
       FROM unnest(v_accounts, v_deltas) AS c(account, delta)
      WHERE a.id = c.account AND NOT a.append_only AND c.delta <> 0;
-    INSERT INTO ledger_pendingdelta (account_id, amount)
-    SELECT c.account, c.delta FROM unnest(v_accounts, v_deltas) AS c(account, delta)
-      JOIN ledger_account a ON a.id = c.account
-     WHERE a.append_only AND c.delta <> 0;
+    IF array_length(p_lock, 1) IS DISTINCT FROM array_length(v_accounts, 1) THEN
+        -- Some account is append-only (not in the lock list): its legs become pending deltas.
+        INSERT INTO ledger_pendingdelta (account_id, amount)
+        SELECT c.account, c.delta FROM unnest(v_accounts, v_deltas) AS c(account, delta)
+         WHERE c.account <> ALL(p_lock) AND c.delta <> 0;
+    END IF;
     RETURN QUERY
     INSERT INTO ledger_transfer AS t (idempotency_key, debit_id, credit_id, amount, kind, job_id, reason, reverses_id, created_at)
     SELECT u.k, u.d, u.c, u.a, u.kd, u.j::uuid, u.r, u.rv, now()
