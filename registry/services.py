@@ -46,6 +46,11 @@ from .verification import Verdict, verify_pair
 log = logging.getLogger("bim.registry")
 
 PAIR_ROLES = (AssignmentRole.A, AssignmentRole.B)
+ROLES_BY_STATE = {
+    JobState.QUEUED: PAIR_ROLES,
+    JobState.DISPATCHED: PAIR_ROLES,
+    JobState.ADJUDICATING: (AssignmentRole.C,),
+}
 OPEN_ASSIGNMENT_STATES = (AssignmentState.DISPATCHED, AssignmentState.SUBMITTED)
 
 
@@ -208,20 +213,21 @@ def _job_create(
 
 
 def job_dispatch(*, job_id: object) -> list[Assignment]:
-    """Give every missing role of a queued or dispatched job to a node. A queued job waits
-    until two nodes its subnet's diversity policy allows together are online; a dispatched
-    job whose node vanished gets a replacement that is no node it had before and shares no
-    policy attribute with its remaining node."""
+    """Give every missing role of a job to a node. A queued job waits until two nodes its
+    subnet's diversity policy allows together are online; a dispatched job whose node
+    vanished gets a replacement that is no node it had before and shares no policy
+    attribute with its remaining node; a job in adjudication gets its tie-breaker C, which
+    shares no policy attribute with A or B."""
     with transaction.atomic():
         job = _job_locked(job_id)
-        if job is None or job.state not in (JobState.QUEUED, JobState.DISPATCHED):
+        if job is None or job.state not in ROLES_BY_STATE:
             return []
         if job.expires_at <= timezone.now():
             _job_expire(job)
             return []
         assignments = list(job.assignments.select_related("node"))
         active = [a for a in assignments if a.state in OPEN_ASSIGNMENT_STATES]
-        missing = [role for role in PAIR_ROLES if role not in {a.role for a in active}]
+        missing = [role for role in ROLES_BY_STATE[job.state] if role not in {a.role for a in active}]
         if not missing:
             return []
         picks = _pick_nodes(job, assignments, active, len(missing))
@@ -287,9 +293,13 @@ def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
     """Place jobs that wait for nodes: queued ones, and dispatched ones missing a role
     (after a node vanished). Called when a node becomes routable and by the sweeper."""
     waiting = (
-        Job.objects.filter(state__in=(JobState.QUEUED, JobState.DISPATCHED))
+        Job.objects.filter(state__in=ROLES_BY_STATE.keys())
         .annotate(open_roles=Count("assignments", filter=Q(assignments__state__in=OPEN_ASSIGNMENT_STATES)))
-        .filter(Q(state=JobState.QUEUED) | Q(open_roles__lt=len(PAIR_ROLES)))
+        .filter(
+            Q(state=JobState.QUEUED)
+            | Q(state=JobState.DISPATCHED, open_roles__lt=len(PAIR_ROLES))
+            | Q(state=JobState.ADJUDICATING, open_roles__lt=len(PAIR_ROLES) + 1)
+        )
     )
     if subnet_id is not None:
         waiting = waiting.filter(subnet_id=subnet_id)
@@ -316,7 +326,8 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         if assignment.state != AssignmentState.DISPATCHED:
             code = "already_submitted" if assignment.result_hash else "not_assigned"
             raise protocol.ProtocolError(code, f"assignment is {assignment.state}")
-        if job.state != JobState.DISPATCHED or job.expires_at <= timezone.now():
+        accepting = JobState.ADJUDICATING if assignment.role == AssignmentRole.C else JobState.DISPATCHED
+        if job.state != accepting or job.expires_at <= timezone.now():
             raise protocol.ProtocolError("deadline_passed", f"job is {job.state}")
         _check_result(job, assignment, fields)
         assignment.state = AssignmentState.SUBMITTED
@@ -327,8 +338,9 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         assignment.elapsed_ms = fields["elapsed_ms"]
         assignment.submitted_at = timezone.now()
         assignment.save()
-        submitted = job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count()
-        if submitted == len(PAIR_ROLES):
+        if assignment.role == AssignmentRole.C:
+            effects.queue_task("verify_job", str(job.id))  # the tie-breaker is in: adjudicate
+        elif job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES):
             job_transition(job, JobState.VERIFYING, detail="both results in")
             effects.queue_task("verify_job", str(job.id))
     metrics.results_received.inc()
@@ -396,47 +408,105 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
 
 
 def job_verify(*, job_id: object) -> Job | None:
-    """Compare the pair; settle on agreement, otherwise hold the job for adjudication
-    (nothing is paid; the sweeper expires it and refunds the user if nobody settles it)."""
+    """Compare the pair and settle on agreement; on a mismatch send the contract to a
+    tie-breaker (nothing is paid yet). With the tie-breaker's result in, adjudicate."""
     with transaction.atomic():
         job = _job_locked(job_id)
-        if job is None or job.state != JobState.VERIFYING:
-            return job
-        pair = {
-            a.role: a
-            for a in job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).select_related("node")
+        if job is None:
+            return None
+        results = {
+            a.role: a for a in job.assignments.filter(state=AssignmentState.SUBMITTED).select_related("node")
         }
-        a, b = pair[AssignmentRole.A], pair[AssignmentRole.B]
-        verdict = verify_pair(
-            job.subnet.task_type,
-            selectors.assignment_vectors(a),
-            selectors.assignment_vectors(b),
-            job.contract["tolerances"],
-        )
-        metrics.verifications.labels(passed=str(verdict.passed).lower()).inc()
+        if job.state == JobState.ADJUDICATING and AssignmentRole.C in results:
+            return _job_adjudicate(job, results)
+        if job.state != JobState.VERIFYING:
+            return job
+        a, b = results[AssignmentRole.A], results[AssignmentRole.B]
+        verdict = _compare(job, a, b)
         verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
         if not verdict.passed:
             job_transition(job, JobState.ADJUDICATING, detail=verdict.reason, verification=verification)
+            effects.queue_task("dispatch_job", str(job.id))
             return job
-        transfers = ledger.job_settle(
-            job_id=job.id,
-            user=job.user,
-            amount=job.price_micro,
-            node_ids=(a.node_id, b.node_id),
-            split_bp=job.subnet.split_bp,
-            escrow=ledger.NodeEscrowRule(
-                share_bp=job.subnet.escrow_share_bp, required=job.subnet.escrow_required_micro
-            ),
-        ) if job.price_micro else []
-        Assignment.objects.filter(pk__in=[a.pk, b.pk]).update(state=AssignmentState.AGREED)
-        nodes.reputation_record(node_ids=[a.node_id, b.node_id], outcome=1.0, subnet=job.subnet)
-        receipt = _receipt_build(job, [a, b], verdict, transfers)
-        job_transition(job, JobState.SETTLED, detail="2-of-2 agreement", verification=verification, receipt=receipt)
-    metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
+        _job_settle(job, (a, b), (), verdict, verification, detail="2-of-2 agreement")
     return job
 
 
-def _receipt_build(job: Job, pair: list[Assignment], verdict: Verdict, transfers: list[Any]) -> dict[str, Any]:
+def _compare(job: Job, first: Assignment, second: Assignment) -> Verdict:
+    verdict = verify_pair(
+        job.subnet.task_type,
+        selectors.assignment_vectors(first),
+        selectors.assignment_vectors(second),
+        job.contract["tolerances"],
+    )
+    metrics.verifications.labels(passed=str(verdict.passed).lower()).inc()
+    return verdict
+
+
+def _job_adjudicate(job: Job, results: dict[str, Assignment]) -> Job:
+    """2-of-3: the tie-breaker sides with A or B. The majority pair is paid as a normal
+    settlement; the minority gets nothing, a strike and a zero reputation outcome. If C
+    agrees with neither, there is no majority: the job fails and the user is refunded."""
+    a, b, c = results[AssignmentRole.A], results[AssignmentRole.B], results[AssignmentRole.C]
+    with_a, with_b = _compare(job, a, c), _compare(job, b, c)
+    verification = {
+        **job.verification,
+        "path": "2-of-3",
+        "tie_break": {"a_c": with_a.as_dict(), "b_c": with_b.as_dict()},
+    }
+    if not with_a.passed and not with_b.passed:
+        Assignment.objects.filter(pk__in=[a.pk, b.pk, c.pk]).update(state=AssignmentState.DISAGREED)
+        job_transition(job, JobState.FAILED, detail="no majority", failure_reason="no majority", verification=verification)
+        if job.price_micro:
+            ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason="no majority in tie-break")
+        nodes.reputation_record(node_ids=[a.node_id, b.node_id, c.node_id], outcome=0.0, subnet=job.subnet)
+        return job
+    # When C agrees with both, A and B differ only at the edge of tolerance: C sides with
+    # the closer one and nobody is struck.
+    sides_with_a = with_a.passed and (not with_b.passed or (with_a.worst or 0) >= (with_b.worst or 0))
+    majority, minority, verdict = ((a, c), b, with_a) if sides_with_a else ((b, c), a, with_b)
+    struck = () if with_a.passed and with_b.passed else (minority,)
+    verification["majority"] = [x.role for x in majority]
+    _job_settle(job, majority, struck, verdict, verification, detail=f"2-of-3, minority {minority.role}")
+    return job
+
+
+def _job_settle(
+    job: Job,
+    majority: tuple[Assignment, Assignment],
+    struck: tuple[Assignment, ...],
+    verdict: Verdict,
+    verification: dict[str, Any],
+    *,
+    detail: str,
+) -> None:
+    """Pay the agreeing pair, update reputations, sign the receipt, mark the job settled."""
+    transfers = (
+        ledger.job_settle(
+            job_id=job.id,
+            user=job.user,
+            amount=job.price_micro,
+            node_ids=(majority[0].node_id, majority[1].node_id),
+            split_bp=job.subnet.split_bp,
+            escrow=ledger.NodeEscrowRule(share_bp=job.subnet.escrow_share_bp, required=job.subnet.escrow_required_micro),
+        )
+        if job.price_micro
+        else []
+    )
+    Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
+    nodes.reputation_record(node_ids=[x.node_id for x in majority], outcome=1.0, subnet=job.subnet)
+    for loser in struck:
+        Assignment.objects.filter(pk=loser.pk).update(state=AssignmentState.DISAGREED)
+        nodes.reputation_record(node_ids=[loser.node_id], outcome=0.0, subnet=job.subnet)
+        nodes.node_strike(node_id=loser.node_id, reason="minority in a tie-break", job_id=job.id, subnet=job.subnet)
+    receipt = _receipt_build(job, list(majority), verdict, transfers, verification["path"])
+    job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
+    metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
+
+
+def _receipt_build(
+    job: Job, pair: list[Assignment], verdict: Verdict, transfers: list[Any], path: str
+) -> dict[str, Any]:
     body = {
         "version": "bim-receipt/1",
         "job_id": str(job.id),
@@ -446,7 +516,7 @@ def _receipt_build(job: Job, pair: list[Assignment], verdict: Verdict, transfers
         "model_checksum": job.contract["model_checksum"],
         "result_hash": pair[0].result_hash,
         "verification": {
-            "path": "2-of-2",
+            "path": path,
             "metric": verdict.metric,
             "min_cosine": verdict.worst,
             "cosine_min": job.contract["tolerances"].get("cosine_min"),
@@ -525,8 +595,15 @@ def sweep() -> dict[str, int]:
 def jobs_verify_stalled(*, older_than_s: float = 10.0) -> int:
     """Verify jobs whose verification task was lost (a worker died between the results
     and the verdict): both results are in, so the verdict can still be reached."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
     stalled = Job.objects.filter(
-        state=JobState.VERIFYING, verifying_at__lt=timezone.now() - timedelta(seconds=older_than_s)
+        Q(state=JobState.VERIFYING, verifying_at__lt=cutoff)
+        | Q(
+            state=JobState.ADJUDICATING,
+            assignments__role=AssignmentRole.C,
+            assignments__state=AssignmentState.SUBMITTED,
+            assignments__submitted_at__lt=cutoff,
+        )
     ).values_list("id", flat=True)[:500]
     for job_id in stalled:
         job_verify(job_id=job_id)
