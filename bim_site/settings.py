@@ -159,6 +159,7 @@ CELERY_BEAT_SCHEDULE = {
     "registry-sweep": {"task": "registry.tasks.sweep", "schedule": 5.0},
     "ledger-rollup": {"task": "ledger.tasks.pending_rollup", "schedule": 5.0},
     "registry-benchmarks": {"task": "registry.tasks.benchmarks_due", "schedule": 60.0},
+    "registry-honeypots": {"task": "registry.tasks.honeypots_issue_due", "schedule": 60.0},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

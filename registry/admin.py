@@ -6,7 +6,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import nodes
-from .models import Assignment, Benchmark, Job, JobEvent, Node, NodeSubnet, Strike
+from .models import Assignment, Benchmark, Honeypot, Job, JobEvent, Node, NodeSubnet, Strike
 
 
 def _link(obj: object, label: str | None = None) -> str:
@@ -188,6 +188,17 @@ class StrikeAdmin(admin.ModelAdmin):
     list_select_related = ["node", "job"]
     raw_id_fields = ["node", "job"]
     readonly_fields = ["node", "job", "reason", "created_at", "expires_at", "lifted_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Honeypot)
+class HoneypotAdmin(admin.ModelAdmin):
+    list_display = ["id", "subnet", "uses", "model_checksum", "created_at"]
+    list_filter = ["subnet"]
+    readonly_fields = ["subnet", "texts", "shape", "model_checksum", "uses", "created_at"]
+    exclude = ["vectors"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -109,6 +109,10 @@ class Job(models.Model):
     verification = models.JSONField(default=dict, blank=True)
     receipt = models.JSONField(default=dict, blank=True)
     failure_reason = models.CharField(max_length=200, blank=True)
+    # A registry job with a known answer; never on the wire (nodes see an ordinary job).
+    honeypot = models.ForeignKey(
+        "Honeypot", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -244,3 +248,16 @@ class Strike(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["node", "expires_at"])]
+
+
+class Honeypot(models.Model):
+    """Inputs whose answer the registry computed itself with the subnet's model: sent to
+    nodes as ordinary jobs, so a node that forges or skips work is caught."""
+
+    subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE, related_name="honeypots")
+    texts = models.JSONField()
+    vectors = models.BinaryField()
+    shape = models.JSONField()
+    model_checksum = models.CharField(max_length=64)
+    uses = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)

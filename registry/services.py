@@ -25,7 +25,7 @@ from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import eula_accepted
 
-from . import effects, metrics, nodes, protocol, selectors
+from . import effects, honeypots, metrics, nodes, protocol, selectors
 from .contracts import build_contract
 from .keys import registry_private_key, registry_public_key
 from .models import (
@@ -34,11 +34,11 @@ from .models import (
     Assignment,
     AssignmentRole,
     AssignmentState,
+    Honeypot,
     Job,
     JobEvent,
     JobState,
     Node,
-    NodeSubnet,
 )
 from .routing import DIVERSITY_ATTRIBUTES
 from .verification import Verdict, verify_pair
@@ -122,7 +122,9 @@ def job_submit(
         return _same_job_or_conflict(existing, subnet, input_hash), False
     try:
         with transaction.atomic():
-            job = _job_create(user, subnet, inputs, input_hash, idempotency_key, session_key_pub)
+            job = job_create(
+                user=user, subnet=subnet, inputs=inputs, idempotency_key=idempotency_key, session_key_pub=session_key_pub
+            )
     except IntegrityError:
         # A concurrent request with the same key won the insert.
         existing = Job.objects.get(user=user, idempotency_key=idempotency_key)
@@ -154,15 +156,19 @@ def _same_job_or_conflict(job: Job, subnet: Subnet, input_hash: str) -> Job:
     return job
 
 
-def _job_create(
+def job_create(
+    *,
     user: AbstractBaseUser,
     subnet: Subnet,
     inputs: dict[str, Any],
-    input_hash: str,
     idempotency_key: str,
     session_key_pub: str | None,
+    honeypot: Honeypot | None = None,
 ) -> Job:
+    """Write a queued job with its contract, hold its price and queue its dispatch. A
+    honeypot is the registry's own job: free, and otherwise the same in every byte."""
     job_id = uuid.uuid4()
+    input_hash = protocol.input_hash(inputs)
     # The user's session key binds later peer-to-peer delivery to this job; a client that
     # brings none gets a fresh one so every contract names a session key.
     session_key = session_key_pub or protocol.public_key_b64(protocol.new_private_key())
@@ -182,7 +188,7 @@ def _job_create(
         session_key_pub=session_key,
     )
     item_count = len(inputs["texts"])
-    price = subnet.price_for(item_count)
+    price = 0 if honeypot is not None else subnet.price_for(item_count)
     job = Job.objects.create(
         id=job_id,
         user=user,
@@ -193,6 +199,7 @@ def _job_create(
         inputs=inputs,
         item_count=item_count,
         price_micro=price,
+        honeypot=honeypot,
         expires_at=timezone.now() + timedelta(milliseconds=subnet.latency_ms),
     )
     JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, detail="submitted")
@@ -422,6 +429,10 @@ def job_verify(*, job_id: object) -> Job | None:
         if job.state != JobState.VERIFYING:
             return job
         a, b = results[AssignmentRole.A], results[AssignmentRole.B]
+        if job.honeypot_id is not None:
+            verification = honeypots.honeypot_judge(job, [a, b])
+            job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
+            return job
         verdict = _compare(job, a, b)
         verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
         if not verdict.passed:

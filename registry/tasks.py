@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import OperationalError
 
-from . import nodes, services
+from . import honeypots, nodes, services
 
 # Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
 retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
@@ -32,3 +32,8 @@ def sweep() -> dict[str, int]:
 @retried
 def benchmarks_due() -> int:
     return nodes.benchmarks_due()
+
+
+@retried
+def honeypots_issue_due() -> int:
+    return honeypots.honeypots_issue_due()

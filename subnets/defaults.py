@@ -9,6 +9,7 @@ honest drift and far above what another build (or a lazy forgery) reaches.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .services import ModelSource
@@ -72,3 +73,10 @@ BENCHMARK_TEXTS = [
     "The weather in Lisbon is mild and sunny for most of the year.",
     "A good night's sleep improves memory and concentration.",
 ]
+
+
+def honeypot_batches(count: int = 40, size: int = 5) -> list[list[str]]:
+    """Real-looking job inputs for the honeypot pool: batches of everyday sentences drawn
+    from the shipped corpus (subnets/honeypot_texts.txt), rotated so no batch repeats exactly."""
+    lines = [line.strip() for line in (Path(__file__).parent / "honeypot_texts.txt").read_text().splitlines() if line.strip()]
+    return [[lines[(i * 7 + j * 3) % len(lines)] for j in range(size)] for i in range(count)]

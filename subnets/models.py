@@ -72,6 +72,10 @@ class Subnet(models.Model):
     benchmark_every_jobs = models.PositiveIntegerField(default=500)
     benchmark_max_age_h = models.PositiveIntegerField(default=24)
     benchmark_runs = models.PositiveIntegerField(default=3)
+    # Honeypot jobs per 10,000 user jobs (docs/honeypots.md explains the default), and the
+    # share of a node's escrow slashed when it fails one.
+    honeypot_rate_bp = models.PositiveIntegerField(default=500)
+    honeypot_slash_bp = models.PositiveIntegerField(default=5000)
     license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="subnets")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -152,17 +153,26 @@ def subnet_package(
     return subnet
 
 
-def benchmark_reference_compute(*, subnet: Subnet, model: ModelSource, tokenizer: ModelSource, texts: list[str]) -> BenchmarkReference:
-    """Run the subnet's own model files once, here, on the benchmark's fixed inputs: the
-    trusted outputs every node's benchmark answer is compared with."""
+def trusted_embed(subnet: Subnet, texts: list[str]) -> np.ndarray:
+    """Run the subnet's own packaged files here, in the registry: the trusted answers that
+    benchmarks and honeypots are checked against."""
     from contributor.node.embedder import Embedder  # onnxruntime: loaded only when needed
 
     if subnet.task_type != Subnet.TaskType.EMBEDDING:
-        raise ServiceError("unsupported_task", f"no benchmark runner for {subnet.task_type} subnets yet")
-    embedder = Embedder.from_preprocessing(
-        packaged_file(model.package, model.path), packaged_file(tokenizer.package, tokenizer.path), subnet.preprocessing
-    )
-    vectors = embedder(texts)
+        raise ServiceError("unsupported_task", f"no trusted runner for {subnet.task_type} subnets yet")
+    files = {}
+    for artifact in subnet.artifacts.all():
+        package, _, path = artifact.source.partition(":")
+        files[artifact.role] = packaged_file(package, path)
+    if hashlib.sha256(files[Artifact.Role.MODEL].read_bytes()).hexdigest() != subnet.model_checksum:
+        raise ServiceError("model_mismatch", "the packaged model file is not the subnet's model")
+    embedder = Embedder.from_preprocessing(files[Artifact.Role.MODEL], files[Artifact.Role.TOKENIZER], subnet.preprocessing)
+    return embedder(texts)
+
+
+def benchmark_reference_compute(*, subnet: Subnet, texts: list[str]) -> BenchmarkReference:
+    """The benchmark's fixed inputs and the subnet's own outputs for them."""
+    vectors = trusted_embed(subnet, texts)
     reference, _ = BenchmarkReference.objects.update_or_create(
         subnet=subnet,
         defaults={

@@ -15,6 +15,7 @@ from rest_framework.authtoken.models import Token
 
 from ledger.models import MICRO
 from ledger.services import credits_top_up
+from registry.honeypots import honeypot_pool_refresh
 from subnets import defaults, services
 from subnets.models import License, Subnet
 
@@ -40,12 +41,8 @@ class Command(BaseCommand):
             # An existing subnet keeps what operators set in admin; only its files are refreshed.
             defaults=None if exists else {**defaults.embeddings_subnet_settings(), "license": license_},
         )
-        services.benchmark_reference_compute(
-            subnet=subnet,
-            model=defaults.EMBEDDINGS_MODEL,
-            tokenizer=defaults.EMBEDDINGS_TOKENIZER,
-            texts=defaults.BENCHMARK_TEXTS,
-        )
+        services.benchmark_reference_compute(subnet=subnet, texts=defaults.BENCHMARK_TEXTS)
+        honeypot_pool_refresh(subnet=subnet, batches=defaults.honeypot_batches())
         out: dict[str, Any] = {"subnet": subnet.slug, "model_checksum": subnet.model_checksum}
         out["admin"] = self._admin()
         if options["demo"]:

@@ -1,0 +1,131 @@
+"""Honeypots: registry jobs whose answer the registry already knows (docs/honeypots.md).
+
+A honeypot travels exactly like a user's job: same message shape, a fresh job id and
+contract, real-looking inputs from a rotating pool. Each node's result is checked against
+the registry's own answer; a node that fails gets a zero reputation outcome, a strike
+(enough of them ban it) and part of its escrow slashed, with the job and assignment as
+evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from ledger import services as ledger
+from subnets.models import Subnet
+from subnets.services import trusted_embed
+
+from . import nodes, protocol, selectors
+from .models import Assignment, AssignmentState, Honeypot, Job
+from .verification import verify_pair
+
+log = logging.getLogger("bim.registry.honeypots")
+
+HONEYPOT_USERNAME = "bim-honeypots"
+
+
+def honeypot_user() -> AbstractBaseUser:
+    """The registry's own account that honeypot jobs belong to (it cannot log in)."""
+    user, created = get_user_model().objects.get_or_create(username=HONEYPOT_USERNAME, defaults={"is_active": False})
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def honeypot_pool_refresh(*, subnet: Subnet, batches: list[list[str]]) -> int:
+    """Replace the subnet's pool with these inputs and the subnet's own answers to them."""
+    with transaction.atomic():
+        subnet.honeypots.filter(jobs__isnull=True).delete()
+        # One trusted run over every input (loading the model once), then split per batch.
+        vectors = trusted_embed(subnet, [text for texts in batches for text in texts])
+        start = 0
+        for texts in batches:
+            part = vectors[start : start + len(texts)]
+            start += len(texts)
+            Honeypot.objects.create(
+                subnet=subnet,
+                texts=texts,
+                vectors=protocol.encode_vectors(part),
+                shape=list(part.shape),
+                model_checksum=subnet.model_checksum,
+            )
+    return len(batches)
+
+
+def honeypot_issue(*, subnet: Subnet) -> Job | None:
+    """Send one honeypot into the subnet, the least used of its pool for the current model."""
+    from .services import job_create  # services verify honeypots through this module
+
+    with transaction.atomic():
+        honeypot = (
+            Honeypot.objects.select_for_update(skip_locked=True)
+            .filter(subnet=subnet, model_checksum=subnet.model_checksum)
+            .order_by("uses", "?")
+            .first()
+        )
+        if honeypot is None:
+            return None
+        Honeypot.objects.filter(pk=honeypot.pk).update(uses=honeypot.uses + 1)
+        return job_create(
+            user=honeypot_user(),
+            subnet=subnet,
+            inputs={"texts": honeypot.texts},
+            idempotency_key=f"honeypot:{uuid.uuid4()}",
+            session_key_pub=None,
+            honeypot=honeypot,
+        )
+
+
+def honeypots_issue_due(*, window_s: int = 60) -> int:
+    """Beat: for each subnet, issue honeypot_rate × the user jobs of the last window (the
+    fractional part as a coin toss, so low-traffic subnets are still sampled)."""
+    since = timezone.now() - timedelta(seconds=window_s)
+    issued = 0
+    for subnet in Subnet.objects.filter(is_active=True, honeypot_rate_bp__gt=0):
+        user_jobs = Job.objects.filter(subnet=subnet, created_at__gte=since, honeypot__isnull=True).count()
+        expected = user_jobs * subnet.honeypot_rate_bp / 10_000
+        count = int(expected) + (random.random() < expected - int(expected))
+        for _ in range(count):
+            issued += honeypot_issue(subnet=subnet) is not None
+    return issued
+
+
+def honeypot_judge(job: Job, results: list[Assignment]) -> dict:
+    """Check each node's result against the registry's answer; punish each failure.
+    Returns the verification record for the job."""
+    honeypot = job.honeypot
+    expected = protocol.decode_vectors(bytes(honeypot.vectors), tuple(honeypot.shape))
+    outcome = {}
+    for assignment in results:
+        verdict = verify_pair(
+            job.subnet.task_type, selectors.assignment_vectors(assignment), expected, job.contract["tolerances"]
+        )
+        outcome[assignment.role] = verdict.as_dict()
+        if verdict.passed:
+            Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.AGREED)
+            nodes.reputation_record(node_ids=[assignment.node_id], outcome=1.0, subnet=job.subnet)
+            continue
+        Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.DISAGREED)
+        nodes.reputation_record(node_ids=[assignment.node_id], outcome=0.0, subnet=job.subnet)
+        nodes.node_strike(node_id=assignment.node_id, reason="failed a honeypot", job_id=job.id, subnet=job.subnet)
+        ledger.escrow_slash(
+            node_id=assignment.node_id,
+            job_id=job.id,
+            assignment_id=assignment.pk,
+            job_user=job.user,
+            job_price=job.price_micro,
+            reason=f"failed honeypot {honeypot.pk}: {verdict.reason}",
+            fraction_bp=job.subnet.honeypot_slash_bp,
+        )
+        log.warning("node %s failed honeypot job %s: %s", assignment.node_id, job.id, verdict.reason)
+    return {"path": "honeypot", "honeypot": honeypot.pk, "results": outcome}
+
