@@ -160,6 +160,7 @@ CELERY_BEAT_SCHEDULE = {
     "ledger-rollup": {"task": "ledger.tasks.pending_rollup", "schedule": 5.0},
     "registry-benchmarks": {"task": "registry.tasks.benchmarks_due", "schedule": 60.0},
     "registry-honeypots": {"task": "registry.tasks.honeypots_issue_due", "schedule": 60.0},
+    "registry-sentinels": {"task": "registry.tasks.sentinels_run", "schedule": 300.0},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -6,7 +6,19 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import nodes
-from .models import Assignment, Benchmark, Honeypot, Job, JobEvent, Node, NodeSubnet, Strike
+from .models import (
+    AgreementStat,
+    Assignment,
+    Benchmark,
+    Dispute,
+    Honeypot,
+    Job,
+    JobEvent,
+    Node,
+    NodeSubnet,
+    SentinelRun,
+    Strike,
+)
 
 
 def _link(obj: object, label: str | None = None) -> str:
@@ -202,3 +214,50 @@ class HoneypotAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(AgreementStat)
+class AgreementStatAdmin(admin.ModelAdmin):
+    """Where honest nodes drift apart: the data to set a subnet's τ from."""
+
+    list_display = ["subnet", "env_a", "env_b", "samples", "passed", "min_similarity", "mean"]
+    list_filter = ["subnet"]
+    search_fields = ["env_a", "env_b"]
+    readonly_fields = ["subnet", "env_a", "env_b", "samples", "passed", "min_similarity", "sum_similarity"]
+
+    @admin.display(description="mean similarity")
+    def mean(self, stat: AgreementStat) -> str:
+        return "-" if stat.mean_similarity is None else f"{stat.mean_similarity:.9f}"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(SentinelRun)
+class SentinelRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "job", "similarity", "passed", "ran_at"]
+    list_filter = ["passed"]
+    list_select_related = ["job"]
+    readonly_fields = ["job", "similarity", "passed", "detail", "ran_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Dispute)
+class DisputeAdmin(admin.ModelAdmin):
+    list_display = ["id", "job", "reason", "opened_at", "resolved_at"]
+    list_filter = ["resolved_at"]
+    list_select_related = ["job"]
+    readonly_fields = ["job", "sentinel", "reason", "opened_at", "resolved_at"]
+    fields = ["job", "sentinel", "reason", "opened_at", "resolved_at", "resolution"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Dispute, form: Any, change: bool) -> None:
+        # Writing a resolution resolves the dispute, through the service.
+        if obj.resolution and obj.resolved_at is None:
+            from .sentinels import dispute_resolve
+
+            dispute_resolve(dispute=obj, resolution=f"{request.user}: {obj.resolution}")

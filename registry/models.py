@@ -261,3 +261,49 @@ class Honeypot(models.Model):
     model_checksum = models.CharField(max_length=64)
     uses = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+class AgreementStat(models.Model):
+    """How closely verified results of two environments agree, per subnet: every compared
+    pair adds one sample, so operators set τ from data (WebGPU vs WASM vs native)."""
+
+    subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE, related_name="agreement_stats")
+    env_a = models.CharField(max_length=160, help_text="runtime/backend/GPU family")
+    env_b = models.CharField(max_length=160, help_text="runtime/backend/GPU family (env_a <= env_b)")
+    samples = models.PositiveBigIntegerField(default=0)
+    passed = models.PositiveBigIntegerField(default=0)
+    min_similarity = models.FloatField(null=True, blank=True)
+    sum_similarity = models.FloatField(default=0.0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subnet", "env_a", "env_b"], name="agreement_stat_per_env_pair")
+        ]
+
+    @property
+    def mean_similarity(self) -> float | None:
+        return self.sum_similarity / self.samples if self.samples else None
+
+
+class SentinelRun(models.Model):
+    """A settled job re-run by the registry's trusted runner, and how far the settled result
+    drifted from it."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="sentinel_runs")
+    similarity = models.FloatField(null=True, blank=True)
+    passed = models.BooleanField()
+    detail = models.CharField(max_length=200, blank=True)
+    ran_at = models.DateTimeField(auto_now_add=True)
+
+
+class Dispute(models.Model):
+    """A settled result the registry no longer believes (a sentinel drifted beyond tolerance):
+    open until an operator resolves it."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="dispute")
+    sentinel = models.ForeignKey(SentinelRun, on_delete=models.PROTECT, related_name="disputes")
+    reason = models.CharField(max_length=300)
+    opened_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=300, blank=True)

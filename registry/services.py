@@ -17,7 +17,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, Value
+from django.db.models.functions import Coalesce, Least
 from django.utils import timezone
 
 from bim_site.errors import ServiceError
@@ -30,6 +31,7 @@ from .contracts import build_contract
 from .keys import registry_private_key, registry_public_key
 from .models import (
     ALLOWED_TRANSITIONS,
+    AgreementStat,
     TERMINAL_STATES,
     Assignment,
     AssignmentRole,
@@ -451,7 +453,26 @@ def _compare(job: Job, first: Assignment, second: Assignment) -> Verdict:
         job.contract["tolerances"],
     )
     metrics.verifications.labels(passed=str(verdict.passed).lower()).inc()
+    agreement_record(subnet=job.subnet, nodes=(first.node, second.node), verdict=verdict)
     return verdict
+
+
+def node_environment(node: Node) -> str:
+    return f"{node.runtime or '?'}/{node.backend or '?'}/{node.gpu_family or '?'}"
+
+
+def agreement_record(*, subnet: Subnet, nodes: tuple[Node, Node], verdict: Verdict) -> None:
+    """Add one compared pair to its environments' agreement statistics."""
+    if verdict.worst is None:
+        return
+    env_a, env_b = sorted(node_environment(n) for n in nodes)
+    stat, _ = AgreementStat.objects.get_or_create(subnet=subnet, env_a=env_a, env_b=env_b)
+    AgreementStat.objects.filter(pk=stat.pk).update(
+        samples=F("samples") + 1,
+        passed=F("passed") + int(verdict.passed),
+        sum_similarity=F("sum_similarity") + verdict.worst,
+        min_similarity=Coalesce(Least("min_similarity", Value(verdict.worst)), Value(verdict.worst)),
+    )
 
 
 def _job_adjudicate(job: Job, results: dict[str, Assignment]) -> Job:

@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import OperationalError
 
-from . import honeypots, nodes, services
+from . import honeypots, nodes, sentinels, services
 
 # Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
 retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
@@ -37,3 +37,8 @@ def benchmarks_due() -> int:
 @retried
 def honeypots_issue_due() -> int:
     return honeypots.honeypots_issue_due()
+
+
+@retried
+def sentinels_run() -> int:
+    return sentinels.sentinels_run()

@@ -1,0 +1,83 @@
+"""Sentinel re-runs catch a settled result that drifted (two colluders agreeing on a forgery),
+and every verified pair feeds the per-environment agreement statistics."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from registry import services, sentinels
+from registry.models import AgreementStat, Dispute, Job, JobState, SentinelRun
+from subnets.models import Subnet
+from subnets.services import trusted_embed
+from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
+
+pytestmark = pytest.mark.django_db
+
+TEXTS = ["Owls hunt mostly at night.", "The bridge inspection found no structural damage."]
+
+
+def settle(subnet, vectors_a, vectors_b, envs=({}, {})) -> Job:
+    pool = {k.node.pk: k for k in (online_node(subnet, **env) for env in envs)}
+    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="s")
+    services.job_dispatch(job_id=job.id)
+    for assignment in job.assignments.all():
+        keys = pool[assignment.node_id]
+        vectors = vectors_a if assignment.role == "A" else vectors_b
+        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    services.job_verify(job_id=job.id)
+    job.refresh_from_db()
+    return job
+
+
+@pytest.fixture
+def real_subnet():
+    with open(os.devnull, "w") as quiet:
+        call_command("bim_seed", stdout=quiet)
+    return Subnet.objects.get(slug="minilm-embed")
+
+
+def test_a_sentinel_confirms_an_honest_settlement(real_subnet):
+    honest = trusted_embed(real_subnet, TEXTS)
+    job = settle(real_subnet, honest, honest.copy())
+    assert job.state == JobState.SETTLED
+
+    assert sentinels.sentinels_run() == 1
+    run = SentinelRun.objects.get(job=job)
+    assert run.passed and run.similarity >= 0.9999
+    assert not Dispute.objects.exists()
+    assert sentinels.sentinels_run() == 0  # each settled job is checked once
+
+
+def test_a_colluding_pair_is_caught_by_a_sentinel_and_disputed(real_subnet):
+    forged = unit_vectors(len(TEXTS), seed=3)
+    job = settle(real_subnet, forged, forged.copy())  # two colluders agree: 2-of-2 passes
+    assert job.state == JobState.SETTLED
+
+    run = sentinels.sentinel_check(job=job)
+
+    assert not run.passed
+    dispute = Dispute.objects.get(job=job)
+    assert "drifted" in dispute.reason and dispute.resolved_at is None
+    sentinels.dispute_resolve(dispute=dispute, resolution="nodes slashed by hand")
+    dispute.refresh_from_db()
+    assert dispute.resolved_at is not None
+
+
+def test_every_compared_pair_feeds_its_environment_statistics():
+    subnet = SubnetFactory()
+    vectors = unit_vectors(2, seed=4)
+    nudged = vectors + np.float32(1e-4) * unit_vectors(2, seed=5)
+    nudged /= np.linalg.norm(nudged, axis=1, keepdims=True)
+    envs = ({"runtime": "onnxruntime-1.32", "backend": "cpu"}, {"runtime": "ort-web-1.30", "backend": "wasm"})
+    job = settle(subnet, vectors, nudged.astype(np.float32), envs)
+    assert job.state == JobState.SETTLED
+
+    stat = AgreementStat.objects.get(subnet=subnet)
+    assert {stat.env_a, stat.env_b} == {"onnxruntime-1.32/cpu/?", "ort-web-1.30/wasm/?"}
+    assert (stat.samples, stat.passed) == (1, 1)
+    assert stat.min_similarity == pytest.approx(job.verification["worst"])
+    assert 0.9999 <= stat.mean_similarity < 1.0
