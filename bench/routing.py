@@ -68,8 +68,8 @@ def main() -> None:
         index = NodeIndex(nodes)
         build_ms = (time.perf_counter() - started) * 1000
         for k in (2, 3):
-            indexed = timed(lambda key: index.select(key, k, distinct=POLICY), repeats)
-            scanned = timed(lambda key: select_nodes(key, nodes, k, distinct=POLICY), baseline_repeats)
+            indexed = timed(lambda key, index=index, k=k: index.select(key, k, distinct=POLICY), repeats)
+            scanned = timed(lambda key, nodes=nodes, k=k: select_nodes(key, nodes, k, distinct=POLICY), baseline_repeats)
             # The same picks either way: the index is an optimisation, not another rule.
             assert [c.node_id for c in index.select("job-x", k, distinct=POLICY)] == [
                 c.node_id for c in select_nodes("job-x", nodes, k, distinct=POLICY)

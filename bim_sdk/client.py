@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,10 +113,8 @@ class Client:
             time.sleep(poll)
 
     def wait(self, job_id: str, *, timeout: float = 120.0, poll: float = 0.2) -> dict[str, Any]:
-        job: dict[str, Any] = {}
-        for job in self.stream(job_id, timeout=timeout, poll=poll):
-            pass
-        return job
+        # The last state the stream yields is the terminal one.
+        return deque(self.stream(job_id, timeout=timeout, poll=poll), maxlen=1)[0]
 
     def embed(self, subnet: str, texts: list[str], *, timeout: float = 120.0, idempotency_key: str | None = None) -> EmbeddingResult:
         """Submit, wait for settlement and return receipt-verified vectors."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet

@@ -7,8 +7,8 @@ task or message never sees uncommitted state and running a step twice changes no
 
 from __future__ import annotations
 
-import time
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -24,15 +24,14 @@ from django.utils import timezone
 from bim_site.errors import ServiceError
 from ledger import services as ledger
 from subnets.models import Subnet
-from subnets.services import eula_accepted
 
 from . import effects, honeypots, metrics, nodes, protocol, selectors
 from .contracts import build_contract
 from .keys import registry_private_key, registry_public_key
 from .models import (
     ALLOWED_TRANSITIONS,
-    AgreementStat,
     TERMINAL_STATES,
+    AgreementStat,
     Assignment,
     AssignmentRole,
     AssignmentState,

@@ -65,6 +65,6 @@ def test_admin_cannot_change_a_transfer_or_a_job_contract(operator, settled_job)
 
 def test_metrics_count_submitted_and_settled_jobs(client, settled_job):
     body = client.get("/metrics").content.decode()
-    assert 'bim_jobs_settled_total{subnet="%s"}' % settled_job.subnet.slug in body
+    assert f'bim_jobs_settled_total{{subnet="{settled_job.subnet.slug}"}}' in body
     assert "bim_jobs_submitted_total" in body
     assert "django_http_requests_total_by_method_total" in body

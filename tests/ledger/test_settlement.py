@@ -8,10 +8,9 @@ from django.db import transaction
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ledger.models import MICRO, Account, AccountKind, Transfer, TransferKind
+from ledger.models import MICRO, AccountKind, Transfer, TransferKind
 from ledger.services import (
     HoldEnded,
-    InsufficientFunds,
     NodeEscrowRule,
     account_balance,
     account_get,

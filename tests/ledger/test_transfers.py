@@ -9,7 +9,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
 
 from ledger.checks import ledger_violations
-from ledger.models import PendingDelta, MICRO, Account, AccountKind, Transfer, TransferKind
+from ledger.models import MICRO, Account, AccountKind, PendingDelta, Transfer, TransferKind
 from ledger.services import (
     IdempotencyConflict,
     InsufficientFunds,

@@ -17,7 +17,15 @@ from bim_site.asgi import application
 from ledger.models import Transfer
 from registry import protocol, services
 from registry.models import Assignment, AssignmentState, Job, JobState
-from tests.factories import NodeKeys, SubnetFactory, UserFactory, online_node, result_message, unit_vectors, user_with_credits
+from tests.factories import (
+    NodeKeys,
+    SubnetFactory,
+    UserFactory,
+    online_node,
+    result_message,
+    unit_vectors,
+    user_with_credits,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

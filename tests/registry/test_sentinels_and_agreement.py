@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from registry import services, sentinels
+from registry import sentinels, services
 from registry.models import AgreementStat, Dispute, Job, JobState, SentinelRun
 from subnets.models import Subnet
 from subnets.services import trusted_embed
