@@ -23,6 +23,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from bim_site.errors import ServiceError
+from ledger.models import Account, AccountKind
 from subnets.models import BenchmarkReference, Subnet
 from subnets.services import eula_accepted
 
@@ -452,19 +453,36 @@ def index_forget(subnet_id: int | None = None) -> None:
 
 def saturated_node_ids(subnet_id: int) -> list[str]:
     """Nodes of the subnet holding as many unanswered offers as their queue allows
-    (NODE_QUEUE_DEPTH per job they run at once): offering more would only age in a queue."""
-    rows = (
+    (NODE_QUEUE_DEPTH per job they run at once): offering more would only age in a queue.
+    Where the subnet's policy says so (`queue_depth_below_escrow` > 0), a node whose escrow
+    is still below the requirement gets that shorter queue: until it has something to lose,
+    it carries less work."""
+    rows = list(
         Assignment.objects.filter(state=AssignmentState.DISPATCHED, job__subnet_id=subnet_id)
         .values("node_id")
         .annotate(open=Count("pk"))
     )
+    if not rows:
+        return []
+    busy = [r["node_id"] for r in rows]
     limits = dict(
-        NodeSubnet.objects.filter(subnet_id=subnet_id, node_id__in=[r["node_id"] for r in rows]).values_list(
-            "node_id", "max_concurrent"
+        NodeSubnet.objects.filter(subnet_id=subnet_id, node_id__in=busy).values_list("node_id", "max_concurrent")
+    )
+    required, short_depth = Subnet.objects.values_list("escrow_required_micro", "queue_depth_below_escrow").get(
+        pk=subnet_id
+    )
+    escrowed = set(
+        Account.objects.filter(kind=AccountKind.NODE_ESCROW, node_id__in=busy, balance__gte=required).values_list(
+            "node_id", flat=True
         )
     )
-    depth = settings.NODE_QUEUE_DEPTH
-    return [str(r["node_id"]) for r in rows if r["open"] >= depth * limits.get(r["node_id"], 1)]
+    saturated = []
+    for row in rows:
+        restricted = short_depth and required and row["node_id"] not in escrowed
+        depth = short_depth if restricted else settings.NODE_QUEUE_DEPTH
+        if row["open"] >= depth * limits.get(row["node_id"], 1):
+            saturated.append(str(row["node_id"]))
+    return saturated
 
 
 def candidate_for(node: Node, weight: float = 0.0) -> Candidate:

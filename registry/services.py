@@ -311,9 +311,14 @@ def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
     )
     if subnet_id is not None:
         waiting = waiting.filter(subnet_id=subnet_id)
-    placed = 0
+    placed = misses = 0
     for job_id in waiting.order_by("created_at").values_list("id", flat=True)[:500]:
-        placed += len(job_dispatch(job_id=job_id))
+        made = len(job_dispatch(job_id=job_id))
+        placed += made
+        # Oldest first; once a few in a row find no capacity, the rest will not either.
+        misses = 0 if made else misses + 1
+        if misses == 3:
+            break
     return placed
 
 
@@ -346,6 +351,9 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         assignment.elapsed_ms = fields["elapsed_ms"]
         assignment.submitted_at = timezone.now()
         assignment.save()
+        if Job.objects.filter(subnet_id=job.subnet_id, state=JobState.QUEUED).exists():
+            # This answer frees a slot in the node's queue: place jobs that wait for one.
+            effects.queue_task("dispatch_waiting", str(job.subnet_id))
         if assignment.role == AssignmentRole.C:
             effects.queue_task("verify_job", str(job.id))  # the tie-breaker is in: adjudicate
         elif job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES):

@@ -48,6 +48,7 @@ def embeddings_subnet_settings() -> dict[str, Any]:
         "split_registry_bp": 2000,
         "escrow_share_bp": 1000,
         "escrow_required_micro": 1_000_000,
+        "queue_depth_below_escrow": 16,
         "max_items_per_job": 64,
         "max_chars_per_item": 4000,
         "latency_ms": 60_000,

@@ -59,6 +59,9 @@ class Subnet(models.Model):
     # Escrow rule: this share of each node payout goes to escrow until it reaches the requirement.
     escrow_share_bp = models.PositiveIntegerField(default=1000)
     escrow_required_micro = models.PositiveBigIntegerField(default=0)
+    # Escrow policy: while a node's escrow is below the requirement, at most this many
+    # unanswered offers per job it runs at once (0: no restriction).
+    queue_depth_below_escrow = models.PositiveIntegerField(default=0)
     max_items_per_job = models.PositiveIntegerField(default=64)
     max_chars_per_item = models.PositiveIntegerField(default=4000)
     latency_ms = models.PositiveIntegerField(default=60_000, help_text="job deadline")

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from bim_site.errors import ServiceError
 from ledger.models import Account, AccountKind, Transfer
+from ledger.services import account_get, transfer_create
 from registry import nodes as presence
 from registry import services
 from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState
@@ -169,3 +170,27 @@ def test_a_node_with_a_full_queue_gets_no_more_offers_until_it_answers(settings)
     assert services.jobs_dispatch_waiting(subnet_id=subnet.pk) == 2
     second.refresh_from_db()
     assert second.state == JobState.DISPATCHED
+
+
+def test_a_node_below_its_escrow_requirement_carries_a_shorter_queue(settings):
+    settings.NODE_QUEUE_DEPTH = 5
+    subnet = SubnetFactory(escrow_required_micro=1_000, queue_depth_below_escrow=1)
+    pool = [online_node(subnet) for _ in range(2)]
+    user = user_with_credits(10)
+    jobs = [submit(user, subnet, key=f"k{i}") for i in range(3)]
+
+    assert len(services.job_dispatch(job_id=jobs[0].id)) == 2
+    assert services.job_dispatch(job_id=jobs[1].id) == []  # no escrow yet: one open offer each
+
+    # Escrow filled (as settlements would fill it): the full queue applies again.
+    for keys in pool:
+        transfer_create(
+            debit=account_get(AccountKind.USER_CREDITS, user=user),
+            credit=account_get(AccountKind.NODE_ESCROW, node_id=keys.node.pk),
+            amount=1_000,
+            kind="adjustment",
+            idempotency_key=f"escrow:{keys.node.pk}",
+            reason="test escrow",
+        )
+    assert len(services.job_dispatch(job_id=jobs[1].id)) == 2
+    assert len(services.job_dispatch(job_id=jobs[2].id)) == 2
