@@ -15,7 +15,8 @@ def job_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Job]:
 
 
 def job_delivered_assignment(*, job: Job) -> Assignment | None:
-    """The agreed result the user receives (role A's, which B matched)."""
+    """The agreed result the user receives: the first agreeing role (A, or B when A lost a
+    tie-break), the one the receipt's result_hash names."""
     return (
         job.assignments.filter(state=AssignmentState.AGREED).order_by("role").first()
         if job.state == "settled"
