@@ -68,6 +68,7 @@ class JobSummarySerializer(serializers.ModelSerializer):
             "expires_at",
             "finished_at",
             "failure_reason",
+            "warnings",
         ]
 
 

@@ -109,6 +109,7 @@ class Job(models.Model):
     verification = models.JSONField(default=dict, blank=True)
     receipt = models.JSONField(default=dict, blank=True)
     failure_reason = models.CharField(max_length=200, blank=True)
+    warnings = models.JSONField(default=list, blank=True, help_text="told to the user at submit")
     # A registry job with a known answer; never on the wire (nodes see an ordinary job).
     honeypot = models.ForeignKey(
         "Honeypot", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"

@@ -24,6 +24,7 @@ from django.utils import timezone
 from bim_site.errors import ServiceError
 from ledger import services as ledger
 from subnets.models import Subnet
+from subnets.services import input_coverage_warnings
 
 from . import effects, honeypots, metrics, nodes, protocol, selectors
 from .contracts import build_contract
@@ -201,6 +202,7 @@ def job_create(
         item_count=item_count,
         price_micro=price,
         honeypot=honeypot,
+        warnings=input_coverage_warnings(subnet, inputs["texts"]) if honeypot is None else [],
         expires_at=timezone.now() + timedelta(milliseconds=subnet.latency_ms),
     )
     JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, detail="submitted")

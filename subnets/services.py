@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -168,6 +169,41 @@ def trusted_embed(subnet: Subnet, texts: list[str]) -> np.ndarray:
         raise ServiceError("model_mismatch", "the packaged model file is not the subnet's model")
     embedder = Embedder.from_preprocessing(files[Artifact.Role.MODEL], files[Artifact.Role.TOKENIZER], subnet.preprocessing)
     return embedder(texts)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str, checksum: str) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(path)
+    # The shipped tokenizer.json pads to 128: count only the text's own tokens.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def input_coverage_warnings(subnet: Subnet, texts: list[str], *, threshold: float = 0.5) -> list[str]:
+    """Texts the subnet's tokenizer mostly maps to its unknown token. Their embeddings
+    barely depend on their content, so no cosine check can tell one such text's vector
+    from another's: the user is warned at submit (honeypots and sentinels remain the guard)."""
+    artifact = subnet.artifacts.filter(role=Artifact.Role.TOKENIZER).first()
+    if artifact is None:
+        return []
+    package, _, path = artifact.source.partition(":")
+    tokenizer = _tokenizer(str(packaged_file(package, path)), artifact.sha256)
+    unknown = tokenizer.token_to_id("[UNK]")
+    warnings = []
+    for index, text in enumerate(texts):
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        if unknown is None or not encoding.ids:
+            continue
+        share = encoding.ids.count(unknown) / len(encoding.ids)
+        if share >= threshold:
+            warnings.append(
+                f"texts[{index}]: {share:.0%} of its tokens are unknown to the model's tokenizer; its embedding "
+                "barely depends on its content and verification cannot tell it from another such text"
+            )
+    return warnings
 
 
 def benchmark_reference_compute(*, subnet: Subnet, texts: list[str]) -> BenchmarkReference:

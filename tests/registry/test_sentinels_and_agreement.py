@@ -81,3 +81,11 @@ def test_every_compared_pair_feeds_its_environment_statistics():
     assert (stat.samples, stat.passed) == (1, 1)
     assert stat.min_similarity == pytest.approx(job.verification["worst"])
     assert 0.9999 <= stat.mean_similarity < 1.0
+
+
+def test_texts_the_tokenizer_cannot_read_are_flagged_at_submit(real_subnet):
+    user = user_with_credits(5)
+    texts = ["The bridge inspection found no structural damage.", "ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ ᛇᛈᛉᛊᛏᛒ"]
+    job, _ = services.job_submit(user=user, subnet_slug=real_subnet.slug, texts=texts, idempotency_key="runes")
+    assert len(job.warnings) == 1 and job.warnings[0].startswith("texts[1]:")
+    assert "unknown to the model's tokenizer" in job.warnings[0]
