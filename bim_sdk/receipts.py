@@ -18,7 +18,7 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, texts: list[str] |
     """Check a settled job's receipt and return its vectors. Raises ReceiptInvalid unless:
     the registry signed the receipt; the contract, inputs and result hash match it; each
     node's long-term key certified its session key and that session key signed its result;
-    and the two nodes are distinct."""
+    and the nodes are distinct (two of them, unless the receipt's path is "solo")."""
     receipt = job.get("receipt") or {}
     if job.get("state") != "settled" or not receipt:
         raise ReceiptInvalid(f"job is {job.get('state')}, not settled")
@@ -34,8 +34,11 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, texts: list[str] |
     if job["contract"]["input_hash"] != body["input_hash"]:
         raise ReceiptInvalid("contract input_hash differs from the receipt's")
     nodes = body["nodes"]
-    if len({n["node_id"] for n in nodes}) != len(nodes) or len(nodes) < 2:
-        raise ReceiptInvalid("a receipt needs two distinct nodes")
+    # A solo job (adaptive replication) has one trusted node and says so; any other path
+    # needs two distinct nodes that agreed.
+    needed = 1 if body["verification"]["path"] == "solo" else 2
+    if len({n["node_id"] for n in nodes}) != len(nodes) or len(nodes) < needed:
+        raise ReceiptInvalid(f"a {body['verification']['path']} receipt needs {needed} distinct node(s)")
     for node in nodes:
         _verify_node(node, body)
     result = job["result"]

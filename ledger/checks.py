@@ -43,16 +43,22 @@ def ledger_violations() -> list[str]:
     per_job = Job.objects.filter(price_micro__gt=0).annotate(
         holds=Count("transfers", filter=Q(transfers__kind=TransferKind.HOLD)),
         captures=Count("transfers", filter=Q(transfers__kind=TransferKind.CAPTURE)),
+        captured=Sum("transfers__amount", filter=Q(transfers__kind=TransferKind.CAPTURE)),
         releases=Count("transfers", filter=Q(transfers__kind=TransferKind.RELEASE)),
+        released=Sum("transfers__amount", filter=Q(transfers__kind=TransferKind.RELEASE)),
         payouts=Sum("transfers__amount", filter=Q(transfers__kind=TransferKind.PAYOUT)),
     )
     for job in per_job:
         if job.holds != 1:
             problems.append(f"job {job.id} has {job.holds} holds")
-        if job.state == JobState.SETTLED and (job.captures != 1 or job.releases or job.payouts != job.price_micro):
-            problems.append(
-                f"settled job {job.id}: {job.captures} captures, {job.releases} releases, payouts {job.payouts}"
-            )
+        if job.state == JobState.SETTLED:
+            # Captured and paid out; a settlement for less than the hold releases the rest.
+            accounted = (job.captured or 0) + (job.released or 0)
+            if job.captures != 1 or job.releases > 1 or job.payouts != job.captured or accounted != job.price_micro:
+                problems.append(
+                    f"settled job {job.id}: {job.captures} captures of {job.captured}, {job.releases} releases, "
+                    f"payouts {job.payouts}, hold {job.price_micro}"
+                )
         if job.state in (JobState.FAILED, JobState.EXPIRED) and (job.releases != 1 or job.captures):
             problems.append(f"{job.state} job {job.id}: {job.releases} releases, {job.captures} captures")
         if job.state not in (JobState.SETTLED, JobState.FAILED, JobState.EXPIRED) and (job.captures or job.releases):

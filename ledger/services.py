@@ -419,33 +419,38 @@ def job_settle(
     job_id: object,
     user: AbstractBaseUser,
     amount: int,
-    node_ids: tuple[object, object],
+    node_ids: Sequence[object],
     split_bp: tuple[int, int, int],
     escrow: NodeEscrowRule,
+    held: int | None = None,
 ) -> list[Transfer]:
-    """Capture the held price and pay it out in one posting: the two agreeing nodes (after
-    a tie-break, the majority pair; the minority gets nothing), the registry (remainder
-    included), and each node's escrow share until its escrow reaches the requirement.
-    Safe to call twice: the second call returns the first call's transfers."""
+    """Capture `amount` of the job's hold and pay it out in one posting: the agreeing nodes
+    (after a tie-break, the majority pair; the minority gets nothing; one node for a solo
+    job, whose split gives node B nothing), the registry (remainder included), and each
+    node's escrow share until its escrow reaches the requirement. When `held` is more than
+    `amount`, the rest of the hold is released in the same posting. Safe to call twice:
+    the second call returns the first call's transfers."""
+    if not 1 <= len(node_ids) <= 2 or (len(node_ids) == 1 and split_bp[1]):
+        raise LedgerError("one or two nodes are paid, and a single node's split gives node B nothing")
     split = split_amount(amount, split_bp)
-    node_a, node_b = node_ids
-    hold, clearing, registry, *node_accounts = accounts_get(
+    hold, clearing, registry, credits, *node_accounts = accounts_get(
         [
             (AccountKind.USER_HOLD, user.pk, None),
             (AccountKind.CLEARING, None, None),
             (AccountKind.REGISTRY_REVENUE, None, None),
-            (AccountKind.NODE_EARNINGS, None, node_a),
-            (AccountKind.NODE_EARNINGS, None, node_b),
-            (AccountKind.NODE_ESCROW, None, node_a),
-            (AccountKind.NODE_ESCROW, None, node_b),
+            (AccountKind.USER_CREDITS, user.pk, None),
+            *((AccountKind.NODE_EARNINGS, None, node) for node in node_ids),
+            *((AccountKind.NODE_ESCROW, None, node) for node in node_ids),
         ]
     )
-    earnings, escrows = node_accounts[:2], node_accounts[2:]
+    earnings, escrows = node_accounts[: len(node_ids)], node_accounts[len(node_ids) :]
     with transaction.atomic(savepoint=False):
         # One lock statement for every account the posting touches; the escrow balances
         # read under it decide the escrow legs.
-        locked = _lock([hold.pk, *(a.pk for a in earnings), *(a.pk for a in escrows)])
+        locked = _lock([hold.pk, credits.pk, *(a.pk for a in earnings), *(a.pk for a in escrows)])
         legs = [Leg(hold, clearing, amount, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
+        if held is not None and held > amount:
+            legs.append(Leg(hold, credits, held - amount, TransferKind.RELEASE, f"job:{job_id}:release", job_id, "rest of the hold"))
         if split.registry:
             legs.append(Leg(clearing, registry, split.registry, TransferKind.PAYOUT, f"job:{job_id}:payout:registry", job_id, "registry share"))
         for role, share, earned, escrowed in zip("AB", (split.node_a, split.node_b), earnings, escrows):
@@ -459,7 +464,8 @@ def job_settle(
         if posted is None:  # settled before: the first settlement's transfers, all of them
             posted = list(
                 Transfer.objects.filter(
-                    job_id=job_id, kind__in=[TransferKind.CAPTURE, TransferKind.PAYOUT, TransferKind.ESCROW]
+                    job_id=job_id,
+                    kind__in=[TransferKind.CAPTURE, TransferKind.PAYOUT, TransferKind.ESCROW, TransferKind.RELEASE],
                 ).order_by("pk")
             )
         return posted

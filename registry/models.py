@@ -110,6 +110,8 @@ class Job(models.Model):
     receipt = models.JSONField(default=dict, blank=True)
     failure_reason = models.CharField(max_length=200, blank=True)
     warnings = models.JSONField(default=list, blank=True, help_text="told to the user at submit")
+    # Decided at dispatch under adaptive replication: one trusted node ("solo") or two.
+    solo = models.BooleanField(default=False)
     # A registry job with a known answer; never on the wire (nodes see an ordinary job).
     honeypot = models.ForeignKey(
         "Honeypot", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"

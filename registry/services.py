@@ -8,6 +8,7 @@ task or message never sees uncommitted state and running a step twice changes no
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -237,10 +238,18 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
             return []
         assignments = list(job.assignments.select_related("node"))
         active = [a for a in assignments if a.state in OPEN_ASSIGNMENT_STATES]
+        if job.solo and job.state == JobState.DISPATCHED:
+            # Its trusted node vanished: a replacement is not trusted, so back to a pair.
+            job.solo = False
+            job.save(update_fields=["solo"])
         missing = [role for role in ROLES_BY_STATE[job.state] if role not in {a.role for a in active}]
         if not missing:
             return []
         picks = _pick_nodes(job, assignments, active, len(missing))
+        if job.state == JobState.QUEUED and picks and _runs_solo(job, picks[0]):
+            job.solo = True
+            job.save(update_fields=["solo"])
+            missing, picks = missing[:1], picks[:1]
         if len(picks) < len(missing) and job.state == JobState.QUEUED:
             return []  # wait for a full pair
         created = []
@@ -263,6 +272,21 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
             node_id = assignment.node_id
             effects.send_to_node(node_id, event)
         return created
+
+
+def _runs_solo(job: Job, node: Node) -> bool:
+    """Adaptive replication: a node with a long clean record runs the job alone unless the
+    job's check coin (p = adaptive_check_bp, fixed per job id) sends it a second node."""
+    subnet = job.subnet
+    if not subnet.adaptive_replication:
+        return False
+    trusted = (
+        node.jobs_agreed >= subnet.adaptive_min_jobs
+        and node.reputation >= subnet.adaptive_min_reputation
+        and (node.banned_until is None or node.banned_until < timezone.now())
+        and not node.strike_records.filter(expires_at__gt=timezone.now(), lifted_at__isnull=True).exists()
+    )
+    return trusted and random.Random(job.id.int).random() * 10_000 >= subnet.adaptive_check_bp
 
 
 def _pick_nodes(job: Job, assignments: list[Assignment], active: list[Assignment], count: int) -> list[Node]:
@@ -358,6 +382,9 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
             effects.queue_task("dispatch_waiting", str(job.subnet_id))
         if assignment.role == AssignmentRole.C:
             effects.queue_task("verify_job", str(job.id))  # the tie-breaker is in: adjudicate
+        elif job.solo:
+            job_transition(job, JobState.VERIFYING, detail="solo result in")
+            effects.queue_task("verify_job", str(job.id))
         elif job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES):
             job_transition(job, JobState.VERIFYING, detail="both results in")
             effects.queue_task("verify_job", str(job.id))
@@ -439,6 +466,9 @@ def job_verify(*, job_id: object) -> Job | None:
             return _job_adjudicate(job, results)
         if job.state != JobState.VERIFYING:
             return job
+        if job.solo:
+            _job_settle_solo(job, results[AssignmentRole.A])
+            return job
         a, b = results[AssignmentRole.A], results[AssignmentRole.B]
         if job.honeypot_id is not None:
             verification = honeypots.honeypot_judge(job, [a, b])
@@ -512,6 +542,34 @@ def _job_adjudicate(job: Job, results: dict[str, Assignment]) -> Job:
     return job
 
 
+def _job_settle_solo(job: Job, solo: Assignment) -> None:
+    """A trusted node's unchecked result: the user pays solo_price_bp of the pair price (the
+    rest of the hold is released), the node earns what it would in a pair, the registry the
+    remainder. No reputation is earned by unchecked work."""
+    subnet = job.subnet
+    amount = job.price_micro * subnet.solo_price_bp // 10_000
+    node_bp = min(10_000, subnet.split_node_a_bp * 10_000 // max(1, subnet.solo_price_bp))
+    transfers = (
+        ledger.job_settle(
+            job_id=job.id,
+            user=job.user,
+            amount=amount,
+            held=job.price_micro,
+            node_ids=(solo.node_id,),
+            split_bp=(node_bp, 0, 10_000 - node_bp),
+            escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
+        )
+        if amount
+        else []
+    )
+    Assignment.objects.filter(pk=solo.pk).update(state=AssignmentState.AGREED)
+    verdict = Verdict(True, "unchecked", None, "trusted node, not replicated")
+    verification = {"path": "solo", **verdict.as_dict(), "price_micro": amount}
+    receipt = _receipt_build(job, [solo], verdict, transfers, "solo")
+    job_transition(job, JobState.SETTLED, detail="solo (adaptive replication)", verification=verification, receipt=receipt)
+    metrics.jobs_settled.labels(subnet=subnet.slug).inc()
+
+
 def _job_settle(
     job: Job,
     majority: tuple[Assignment, Assignment],
@@ -578,7 +636,7 @@ def _receipt_build(
             for a in pair
         ],
         "settlement": {
-            "price_micro": job.price_micro,
+            "price_micro": next((t.amount for t in transfers if t.kind == "capture"), 0),
             "transfers": [
                 {"id": t.pk, "kind": t.kind, "amount": t.amount, "credit_account": t.credit_id} for t in transfers
             ],

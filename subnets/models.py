@@ -78,6 +78,14 @@ class Subnet(models.Model):
     # Honeypot jobs per 10,000 user jobs (docs/honeypots.md explains the default), and the
     # share of a node's escrow slashed when it fails one.
     honeypot_rate_bp = models.PositiveIntegerField(default=500)
+    # Adaptive replication (beyond the paper): a trusted node runs a job alone with
+    # probability 1 - p and is checked by a second node with probability p; the user pays
+    # solo_price_bp of the pair price for a solo job.
+    adaptive_replication = models.BooleanField(default=False)
+    adaptive_check_bp = models.PositiveIntegerField(default=1000)
+    adaptive_min_jobs = models.PositiveIntegerField(default=200)
+    adaptive_min_reputation = models.FloatField(default=0.8)
+    solo_price_bp = models.PositiveIntegerField(default=6000)
     honeypot_slash_bp = models.PositiveIntegerField(default=5000)
     license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="subnets")
     is_active = models.BooleanField(default=True)
