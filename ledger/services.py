@@ -447,9 +447,12 @@ def job_settle(
     with transaction.atomic(savepoint=False):
         # One lock statement for every account the posting touches; the escrow balances
         # read under it decide the escrow legs.
-        locked = _lock([hold.pk, credits.pk, *(a.pk for a in earnings), *(a.pk for a in escrows)])
+        releasing = held is not None and held > amount
+        locked = _lock(
+            [hold.pk, *([credits.pk] if releasing else []), *(a.pk for a in earnings), *(a.pk for a in escrows)]
+        )
         legs = [Leg(hold, clearing, amount, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
-        if held is not None and held > amount:
+        if releasing:
             legs.append(Leg(hold, credits, held - amount, TransferKind.RELEASE, f"job:{job_id}:release", job_id, "rest of the hold"))
         if split.registry:
             legs.append(Leg(clearing, registry, split.registry, TransferKind.PAYOUT, f"job:{job_id}:payout:registry", job_id, "registry share"))
