@@ -118,3 +118,25 @@ def test_a_tie_breaker_close_to_both_sides_settles_without_a_strike():
     job.refresh_from_db()
     assert job.state == JobState.SETTLED
     assert not Strike.objects.filter(job=job).exists()
+
+
+def test_a_dispute_nobody_can_break_expires_and_refunds_the_user():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    subnet = SubnetFactory()
+    pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(2))}  # no third node
+    user = user_with_credits(10)
+    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="stuck")
+    services.job_dispatch(job_id=job.id)
+    answer(job, pool, "A", unit_vectors(3, seed=1))
+    answer(job, pool, "B", unit_vectors(3, seed=2))
+    services.job_verify(job_id=job.id)
+    assert services.job_dispatch(job_id=job.id) == []  # nobody may break the tie
+    Job.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    assert services.jobs_expire_overdue() == 1
+    job.refresh_from_db()
+    assert job.state == JobState.EXPIRED
+    assert account_balance(Account.objects.get(kind=AccountKind.USER_CREDITS, user=user)) == 10_000_000
