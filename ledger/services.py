@@ -92,14 +92,10 @@ def split_amount(total: int, split_bp: tuple[int, int, int]) -> Split:
 
 
 def account_get(kind: str, *, user: AbstractBaseUser | None = None, node_id: object | None = None) -> Account:
-    """The one account of a kind for a user, a node or the system; made on first use."""
-    account, _ = Account.objects.get_or_create(
-        kind=kind,
-        user=user if node_id is None else None,
-        node_id=node_id,
-        defaults={"append_only": kind in SYSTEM_KINDS},
-    )
-    return account
+    """The one account of a kind for a user, a node or the system (made on first use),
+    read fresh: its stored balance is current."""
+    found = _account(kind, user_id=user.pk if user is not None else None, node_id=node_id)
+    return Account.objects.get(pk=found.pk)
 
 
 # (kind, user_id, node_id) -> account, for identity only (pk, append_only): accounts are
