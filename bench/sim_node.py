@@ -38,7 +38,7 @@ log = logging.getLogger("bench.sim_node")
 
 
 class PrecomputedVectors:
-    """`compute(texts)` by lookup: a text that was not precomputed is a compute error
+    """`compute(inputs)` by lookup: a text that was not precomputed is a compute error
     (the node answers `job_failed`), never a made-up vector."""
 
     def __init__(self, path: Path) -> None:
@@ -47,8 +47,8 @@ class PrecomputedVectors:
             self.vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
         self.rows = {text: row for row, text in enumerate(texts)}
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        return self.vectors[[self.rows[text] for text in texts]]
+    def __call__(self, inputs: dict[str, list[str]]) -> np.ndarray:
+        return self.vectors[[self.rows[text] for text in inputs["texts"]]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -636,7 +636,7 @@ class Baseline:
                     self.refresh_presence(forget_index=False)
                     heard = job_began
                 job, _ = services.job_submit(
-                    user=self.user, subnet_slug=BASELINE_SUBNET, texts=texts, idempotency_key=f"{prefix}{index}"
+                    user=self.user, subnet_slug=BASELINE_SUBNET, inputs={"texts": texts}, idempotency_key=f"{prefix}{index}"
                 )
                 services.job_dispatch(job_id=job.id)
                 # Read back rather than trust the return value: beat's sweeper may have

@@ -84,9 +84,14 @@ class Client:
             self._registry_key = self._request("GET", "/api/v1/registry/")["receipt_key"]
         return self._registry_key
 
-    def submit_embeddings(self, subnet: str, texts: list[str], *, idempotency_key: str | None = None) -> dict[str, Any]:
-        body = {"subnet": subnet, "texts": texts, "idempotency_key": idempotency_key or str(uuid.uuid4())}
+    def submit(self, subnet: str, inputs: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit a job with inputs as the subnet's task family takes them; the same
+        idempotency key (a fresh one when none is given) makes retries safe."""
+        body = {"subnet": subnet, "inputs": inputs, "idempotency_key": idempotency_key or str(uuid.uuid4())}
         return self._request("POST", "/api/v1/jobs/", json=body)
+
+    def submit_embeddings(self, subnet: str, texts: list[str], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        return self.submit(subnet, {"texts": texts}, idempotency_key=idempotency_key)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/api/v1/jobs/{job_id}/")
@@ -121,4 +126,5 @@ class Client:
         job = self.wait(self.submit_embeddings(subnet, texts, idempotency_key=idempotency_key)["id"], timeout=timeout)
         if job["state"] != "settled":
             raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
-        return EmbeddingResult(job=job, vectors=verify_receipt(job, registry_key=self.registry_key(), texts=texts))
+        vectors = verify_receipt(job, registry_key=self.registry_key(), inputs={"texts": texts})
+        return EmbeddingResult(job=job, vectors=vectors)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from registry import protocol
+from registry import families, protocol
 
 
 class ReceiptInvalid(Exception):
     pass
 
 
-def verify_receipt(job: dict[str, Any], *, registry_key: str, texts: list[str] | None = None) -> np.ndarray:
-    """Check a settled job's receipt and return its vectors. Raises ReceiptInvalid unless:
+def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, Any] | None = None) -> Any:
+    """Check a settled job's receipt and return its result, decoded by the job's task family
+    (vectors for embeddings). Raises ReceiptInvalid unless:
     the registry signed the receipt; the contract, inputs and result hash match it; each
     node's long-term key certified its session key and that session key signed its result;
     and the nodes are distinct (two of them, unless the receipt's path is "solo")."""
@@ -29,8 +28,8 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, texts: list[str] |
         raise ReceiptInvalid("registry signature does not verify")
     if protocol.contract_hash(job["contract"]) != body["contract_hash"]:
         raise ReceiptInvalid("contract does not match the receipt's contract_hash")
-    if texts is not None and protocol.input_hash({"texts": texts}) != body["input_hash"]:
-        raise ReceiptInvalid("these texts are not the job's inputs")
+    if inputs is not None and protocol.input_hash(inputs) != body["input_hash"]:
+        raise ReceiptInvalid("these inputs are not the job's inputs")
     if job["contract"]["input_hash"] != body["input_hash"]:
         raise ReceiptInvalid("contract input_hash differs from the receipt's")
     nodes = body["nodes"]
@@ -41,14 +40,15 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, texts: list[str] |
         raise ReceiptInvalid(f"a {body['verification']['path']} receipt needs {needed} distinct node(s)")
     for node in nodes:
         _verify_node(node, body)
-    result = job["result"]
-    vectors = np.asarray(result["vectors"], dtype=np.float32)
-    payload = protocol.encode_vectors(vectors)
-    if protocol.sha256_hex(payload) != body["result_hash"] or result["result_hash"] != body["result_hash"]:
-        raise ReceiptInvalid("delivered vectors do not hash to the receipt's result_hash")
+    delivered = job["result"]
+    family = families.family_for(job["contract"]["task_type"])
+    result = family.result_from_user(delivered)
+    payload, _shape = family.encode_result(result)
+    if protocol.sha256_hex(payload) != body["result_hash"] or delivered["result_hash"] != body["result_hash"]:
+        raise ReceiptInvalid("delivered result does not hash to the receipt's result_hash")
     if body["result_hash"] not in {n["result_hash"] for n in nodes}:
         raise ReceiptInvalid("delivered result is not one the nodes signed")
-    return vectors
+    return result
 
 
 def _verify_node(node: dict[str, Any], body: dict[str, Any]) -> None:

@@ -209,8 +209,8 @@ class StrikeAdmin(admin.ModelAdmin):
 class HoneypotAdmin(admin.ModelAdmin):
     list_display = ["id", "subnet", "uses", "model_checksum", "created_at"]
     list_filter = ["subnet"]
-    readonly_fields = ["subnet", "texts", "shape", "model_checksum", "uses", "created_at"]
-    exclude = ["vectors"]
+    readonly_fields = ["subnet", "inputs", "shape", "model_checksum", "uses", "created_at"]
+    exclude = ["result"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -19,7 +19,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from bim_site.errors import ServiceError
 from ledger.models import Account, AccountKind
 
-from . import nodes, protocol, selectors, services
+from . import families, nodes, protocol, selectors, services
 from .keys import registry_public_key
 from .models import Job
 
@@ -35,19 +35,11 @@ def client_ip(request: Request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-class StrictCharField(serializers.CharField):
-    """A string, exactly: DRF's CharField would turn 123 into "123", and the job would then
-    be hashed over inputs the client never sent."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
 class JobSubmitSerializer(serializers.Serializer):
     subnet = serializers.SlugField()
-    texts = serializers.ListField(child=StrictCharField(trim_whitespace=False), allow_empty=False)
+    inputs = serializers.DictField(
+        help_text='as the subnet\'s task family takes them: embeddings {"texts": [...]}'
+    )
     idempotency_key = serializers.CharField(max_length=200, required=False)
     session_key_pub = serializers.CharField(max_length=64, required=False)
 
@@ -82,14 +74,12 @@ class JobDetailSerializer(JobSummarySerializer):
         assignment = selectors.job_delivered_assignment(job=job)
         if assignment is None:
             return None
-        vectors = selectors.assignment_vectors(assignment)
-        # float32 -> Python float -> JSON is exact, so clients can rebuild the bytes and
-        # check them against result_hash.
+        family = families.family_for(job.contract["task_type"])
         return {
-            "encoding": protocol.VECTOR_ENCODING,
+            "encoding": family.encoding,
             "shape": assignment.result_shape,
             "result_hash": assignment.result_hash,
-            "vectors": vectors.tolist(),
+            **family.result_for_user(selectors.assignment_result(assignment)),
         }
 
 
@@ -110,7 +100,7 @@ class JobListCreateApi(APIView):
         job, created = services.job_submit(
             user=request.user,
             subnet_slug=data.validated_data["subnet"],
-            texts=data.validated_data["texts"],
+            inputs=data.validated_data["inputs"],
             idempotency_key=key,
             session_key_pub=data.validated_data.get("session_key_pub"),
         )

@@ -13,6 +13,7 @@ import logging
 import random
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -21,9 +22,9 @@ from django.utils import timezone
 
 from ledger import services as ledger
 from subnets.models import Subnet
-from subnets.services import trusted_embed
+from subnets.services import trusted_run
 
-from . import nodes, protocol, selectors
+from . import families, nodes, selectors
 from .models import Assignment, AssignmentState, Honeypot, Job
 from .verification import verify_pair
 
@@ -41,24 +42,17 @@ def honeypot_user() -> AbstractBaseUser:
     return user
 
 
-def honeypot_pool_refresh(*, subnet: Subnet, batches: list[list[str]]) -> int:
-    """Replace the subnet's pool with these inputs and the subnet's own answers to them."""
+def honeypot_pool_refresh(*, subnet: Subnet, pool: list[dict[str, Any]]) -> int:
+    """Replace the subnet's pool with these job inputs and the subnet's own answers to them."""
+    family = families.family_for(subnet.task_type)
+    answers = [family.encode_result(trusted_run(subnet, inputs)) for inputs in pool]
     with transaction.atomic():
         subnet.honeypots.filter(jobs__isnull=True).delete()
-        # One trusted run over every input (loading the model once), then split per batch.
-        vectors = trusted_embed(subnet, [text for texts in batches for text in texts])
-        start = 0
-        for texts in batches:
-            part = vectors[start : start + len(texts)]
-            start += len(texts)
+        for inputs, (payload, shape) in zip(pool, answers, strict=True):
             Honeypot.objects.create(
-                subnet=subnet,
-                texts=texts,
-                vectors=protocol.encode_vectors(part),
-                shape=list(part.shape),
-                model_checksum=subnet.model_checksum,
+                subnet=subnet, inputs=inputs, result=payload, shape=list(shape), model_checksum=subnet.model_checksum
             )
-    return len(batches)
+    return len(pool)
 
 
 def honeypot_issue(*, subnet: Subnet) -> Job | None:
@@ -78,7 +72,7 @@ def honeypot_issue(*, subnet: Subnet) -> Job | None:
         return job_create(
             user=honeypot_user(),
             subnet=subnet,
-            inputs={"texts": honeypot.texts},
+            inputs=honeypot.inputs,
             idempotency_key=f"honeypot:{uuid.uuid4()}",
             session_key_pub=None,
             honeypot=honeypot,
@@ -103,11 +97,13 @@ def honeypot_judge(job: Job, results: list[Assignment]) -> dict:
     """Check each node's result against the registry's answer; punish each failure.
     Returns the verification record for the job."""
     honeypot = job.honeypot
-    expected = protocol.decode_vectors(bytes(honeypot.vectors), tuple(honeypot.shape))
+    expected = families.family_for(job.subnet.task_type).decode_result(
+        bytes(honeypot.result), tuple(honeypot.shape), honeypot.inputs
+    )
     outcome = {}
     for assignment in results:
         verdict = verify_pair(
-            job.subnet.task_type, selectors.assignment_vectors(assignment), expected, job.contract["tolerances"]
+            job.subnet.task_type, selectors.assignment_result(assignment), expected, job.contract["tolerances"]
         )
         outcome[assignment.role] = verdict.as_dict()
         if verdict.passed:

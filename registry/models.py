@@ -258,8 +258,8 @@ class Honeypot(models.Model):
     nodes as ordinary jobs, so a node that forges or skips work is caught."""
 
     subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE, related_name="honeypots")
-    texts = models.JSONField()
-    vectors = models.BinaryField()
+    inputs = models.JSONField(help_text="job inputs, as a user of the subnet's task family sends them")
+    result = models.BinaryField(help_text="the trusted answer, encoded as the task family's nodes encode it")
     shape = models.JSONField()
     model_checksum = models.CharField(max_length=64)
     uses = models.PositiveIntegerField(default=0)

@@ -27,7 +27,7 @@ from ledger.models import Account, AccountKind
 from subnets.models import BenchmarkReference, Subnet
 from subnets.services import eula_accepted
 
-from . import effects, protocol, scoring
+from . import effects, families, protocol, scoring
 from .asn import asn_or_block, ip_block
 from .models import (
     Assignment,
@@ -231,7 +231,7 @@ def benchmark_issue(*, link: NodeSubnet) -> Benchmark | None:
                 "type": "benchmark",
                 "benchmark_id": str(benchmark.id),
                 "subnet": link.subnet.slug,
-                "inputs": {"texts": reference.texts},
+                "inputs": reference.inputs,
                 "runs": benchmark.runs,
             },
         },
@@ -254,13 +254,14 @@ def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
     try:
         benchmark_id = uuid.UUID(str(message["benchmark_id"]))
         timings = [float(t) for t in message["timings_ms"]]
-        shape = (int(message["shape"][0]), int(message["shape"][1]))
         result_hash = str(message["result_hash"])
         signature = str(message["signature"])
-        if message.get("encoding") != protocol.VECTOR_ENCODING or not timings:
-            raise ValueError("encoding must be f32le and timings non-empty")
+        encoding = str(message.get("encoding", ""))
+        if not timings:
+            raise ValueError("timings must be non-empty")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise protocol.ProtocolError("bad_message", f"malformed benchmark result: {exc}") from None
+    shape = protocol.parse_shape(message.get("shape"))
     payload = protocol.b64decode(str(message.get("data", "")))
     with transaction.atomic():
         benchmark = (
@@ -278,11 +279,21 @@ def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
             raise protocol.ProtocolError("bad_signature", "benchmark signature does not verify with the session key")
         if protocol.sha256_hex(payload) != result_hash:
             raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
+        family = families.family_for(benchmark.subnet.task_type)
+        if encoding != family.encoding:
+            raise protocol.ProtocolError("bad_message", f"a {family.task_type} result is encoded {family.encoding}")
         reference = BenchmarkReference.objects.get(subnet=benchmark.subnet)
-        expected = protocol.decode_vectors(bytes(reference.vectors), tuple(reference.shape))
-        verdict = verify_pair(
-            benchmark.subnet.task_type, protocol.decode_vectors(payload, shape), expected, benchmark.subnet.tolerances
-        ) if shape == tuple(reference.shape) else None
+        expected = family.decode_result(bytes(reference.result), tuple(reference.shape), reference.inputs)
+        verdict = (
+            verify_pair(
+                family.task_type,
+                family.decode_result(payload, shape, reference.inputs),
+                expected,
+                benchmark.subnet.tolerances,
+            )
+            if shape == tuple(reference.shape)
+            else None
+        )
         now = timezone.now()
         benchmark.timings_ms = timings[:100]
         benchmark.completed_at = now
@@ -297,7 +308,7 @@ def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
             benchmark.min_cosine = verdict.worst if verdict else None
             benchmark.save()
             return benchmark  # committed as refused; the caller tells the node
-        figures = scoring.benchmark_figures(timings, shape[0])
+        figures = scoring.benchmark_figures(timings, family.item_count(reference.inputs))
         node = benchmark.node
         score = scoring.node_score(
             figures,

@@ -109,6 +109,21 @@ def decode_vectors(payload: bytes, shape: tuple[int, int]) -> np.ndarray:
     return vectors
 
 
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A result's shape as signed: its dimensions joined by "x" ("7x384" for seven
+    embeddings, "512x512x3" for an image)."""
+    return "x".join(str(int(d)) for d in shape)
+
+
+def parse_shape(raw: Any) -> tuple[int, ...]:
+    """A shape from a message: a list of 1 to 4 positive integers."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= 4:
+        raise ProtocolError("bad_message", "shape must be a list of 1 to 4 integers")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in raw):
+        raise ProtocolError("bad_message", "shape must hold positive integers")
+    return tuple(raw)
+
+
 def hello_message(*, node_id: str, nonce: str, session_key_pub: str) -> bytes:
     """Signed by the node's long-term key: proves the key and certifies the session key."""
     return f"{PROTOCOL_VERSION}/hello\n{node_id}\n{nonce}\n{session_key_pub}\n".encode("ascii")
@@ -121,22 +136,24 @@ def result_message(
     contract_hash: str,
     input_hash: str,
     result_hash: str,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
 ) -> bytes:
     """Signed by the node's session key for every result it returns."""
-    rows, dim = shape
     return (
         f"{PROTOCOL_VERSION}/result\n{job_id}\n{assignment_id}\n{contract_hash}\n"
-        f"{input_hash}\n{result_hash}\n{rows}x{dim}\n"
+        f"{input_hash}\n{result_hash}\n{shape_text(shape)}\n"
     ).encode("ascii")
 
 
-def benchmark_message(*, benchmark_id: str, result_hash: str, shape: tuple[int, int], timings_ms: list[float]) -> bytes:
+def benchmark_message(
+    *, benchmark_id: str, result_hash: str, shape: tuple[int, ...], timings_ms: list[float]
+) -> bytes:
     """Signed by the node's session key for a benchmark answer; timings in milliseconds
     with three decimals, comma-separated, in the order the runs happened."""
-    rows, dim = shape
     timings = ",".join(f"{t:.3f}" for t in timings_ms)
-    return f"{PROTOCOL_VERSION}/benchmark\n{benchmark_id}\n{result_hash}\n{rows}x{dim}\n{timings}\n".encode("ascii")
+    return (
+        f"{PROTOCOL_VERSION}/benchmark\n{benchmark_id}\n{result_hash}\n{shape_text(shape)}\n{timings}\n"
+    ).encode("ascii")
 
 
 def receipt_message(receipt_body: dict[str, Any]) -> bytes:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from . import protocol
+from . import families
 from .models import Assignment, AssignmentState, Job
 
 
@@ -24,5 +25,9 @@ def job_delivered_assignment(*, job: Job) -> Assignment | None:
     )
 
 
-def assignment_vectors(assignment: Assignment) -> np.ndarray:
-    return protocol.decode_vectors(bytes(assignment.result), tuple(assignment.result_shape))
+def assignment_result(assignment: Assignment) -> Any:
+    """A submitted result decoded by its job's task family (vectors, a generation, an image)."""
+    job = assignment.job
+    return families.family_for(job.contract["task_type"]).decode_result(
+        bytes(assignment.result), tuple(assignment.result_shape), job.inputs
+    )

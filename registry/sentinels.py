@@ -9,7 +9,7 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from subnets.services import trusted_embed
+from subnets.services import trusted_run
 
 from . import selectors
 from .models import Dispute, Job, JobState, SentinelRun
@@ -23,9 +23,9 @@ def sentinel_check(*, job: Job) -> SentinelRun:
     delivered = selectors.job_delivered_assignment(job=job)
     if delivered is None:
         raise ValueError(f"job {job.id} has no delivered result to check")
-    trusted = trusted_embed(job.subnet, job.inputs["texts"])
+    trusted = trusted_run(job.subnet, job.inputs)
     verdict = verify_pair(
-        job.subnet.task_type, selectors.assignment_vectors(delivered), trusted, job.contract["tolerances"]
+        job.subnet.task_type, selectors.assignment_result(delivered), trusted, job.contract["tolerances"]
     )
     with transaction.atomic():
         run = SentinelRun.objects.create(job=job, similarity=verdict.worst, passed=verdict.passed, detail=verdict.reason[:200])

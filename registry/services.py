@@ -11,7 +11,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +26,7 @@ from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import input_coverage_warnings
 
-from . import effects, honeypots, metrics, nodes, protocol, selectors
+from . import effects, families, honeypots, metrics, nodes, protocol, selectors
 from .contracts import build_contract
 from .keys import registry_private_key, registry_public_key
 from .models import (
@@ -104,16 +103,16 @@ def job_submit(
     *,
     user: AbstractBaseUser,
     subnet_slug: str,
-    texts: Sequence[str],
+    inputs: dict[str, Any],
     idempotency_key: str,
     session_key_pub: str | None = None,
 ) -> tuple[Job, bool]:
-    """Create an embeddings job and hold its price. A repeated idempotency key returns the
-    first job (created=False); the same key with different inputs is refused."""
+    """Create a job of the subnet's task family and hold its price. A repeated idempotency
+    key returns the first job (created=False); the same key with different inputs is refused."""
     subnet = Subnet.objects.filter(slug=subnet_slug, is_active=True).select_related("license").first()
     if subnet is None:
         raise ServiceError("unknown_subnet", f"no active subnet {subnet_slug!r}", status=404)
-    inputs = {"texts": _validated_texts(subnet, texts)}
+    inputs = _validated_inputs(subnet, inputs)
     input_hash = protocol.input_hash(inputs)
     if session_key_pub is not None:
         try:
@@ -136,19 +135,11 @@ def job_submit(
     return job, True
 
 
-def _validated_texts(subnet: Subnet, texts: Sequence[str]) -> list[str]:
-    if subnet.task_type != Subnet.TaskType.EMBEDDING:
-        raise ServiceError("unsupported_task", f"subnet {subnet.slug} runs {subnet.task_type} jobs")
-    if not isinstance(texts, list) or not texts:
-        raise ServiceError("invalid_input", "texts must be a non-empty list of strings")
-    if len(texts) > subnet.max_items_per_job:
-        raise ServiceError("invalid_input", f"at most {subnet.max_items_per_job} texts per job")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ServiceError("invalid_input", f"texts[{index}] must be a non-empty string")
-        if len(text) > subnet.max_chars_per_item:
-            raise ServiceError("invalid_input", f"texts[{index}] exceeds {subnet.max_chars_per_item} characters")
-    return list(texts)
+def _validated_inputs(subnet: Subnet, inputs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return families.family_for(subnet.task_type).validate_inputs(inputs, subnet.limits())
+    except families.InputInvalid as exc:
+        raise ServiceError("invalid_input", str(exc)) from None
 
 
 def _same_job_or_conflict(job: Job, subnet: Subnet, input_hash: str) -> Job:
@@ -190,8 +181,9 @@ def job_create(
         limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
         session_key_pub=session_key,
     )
-    item_count = len(inputs["texts"])
-    price = 0 if honeypot is not None else subnet.price_for(item_count)
+    family = families.family_for(subnet.task_type)
+    item_count = family.item_count(inputs)
+    price = 0 if honeypot is not None else subnet.price_for(family.price_units(inputs))
     job = Job.objects.create(
         id=job_id,
         user=user,
@@ -203,7 +195,7 @@ def job_create(
         item_count=item_count,
         price_micro=price,
         honeypot=honeypot,
-        warnings=input_coverage_warnings(subnet, inputs["texts"]) if honeypot is None else [],
+        warnings=input_coverage_warnings(subnet, inputs) if honeypot is None else [],
         expires_at=timezone.now() + timedelta(milliseconds=subnet.latency_ms),
     )
     JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, detail="submitted")
@@ -394,32 +386,31 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
 
 def _result_fields(message: dict[str, Any]) -> dict[str, Any]:
     try:
-        shape = message["shape"]
         fields = {
             "assignment_id": str(uuid.UUID(str(message["assignment_id"]))),
             "job_id": str(uuid.UUID(str(message["job_id"]))),
             "input_hash": str(message["input_hash"]),
             "result_hash": str(message["result_hash"]),
-            "shape": (int(shape[0]), int(shape[1])),
+            "encoding": str(message.get("encoding", "")),
             "signature": str(message["signature"]),
             "elapsed_ms": max(0, int(message.get("elapsed_ms") or 0)),
         }
-        if len(shape) != 2 or message.get("encoding") != protocol.VECTOR_ENCODING:
-            raise ValueError("shape must be [rows, dim] and encoding f32le")
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise protocol.ProtocolError("bad_message", f"malformed result: {exc}") from None
+    fields["shape"] = protocol.parse_shape(message.get("shape"))
     fields["payload"] = protocol.b64decode(str(message.get("data", "")))
     return fields
 
 
 def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
+    family = families.family_for(job.contract["task_type"])
+    if fields["encoding"] != family.encoding:
+        raise protocol.ProtocolError("bad_message", f"a {family.task_type} result is encoded {family.encoding}")
     if fields["input_hash"] != job.contract["input_hash"]:
         raise protocol.ProtocolError("bad_input_hash", "input_hash does not match the job contract")
     if protocol.sha256_hex(fields["payload"]) != fields["result_hash"]:
         raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
-    if fields["shape"][0] != job.item_count:
-        raise protocol.ProtocolError("bad_shape", f"{job.item_count} vectors expected")
-    protocol.decode_vectors(fields["payload"], fields["shape"])
+    family.decode_result(fields["payload"], fields["shape"], job.inputs)
     signed = protocol.result_message(
         job_id=str(job.id),
         assignment_id=str(assignment.id),
@@ -487,8 +478,8 @@ def job_verify(*, job_id: object) -> Job | None:
 def _compare(job: Job, first: Assignment, second: Assignment) -> Verdict:
     verdict = verify_pair(
         job.subnet.task_type,
-        selectors.assignment_vectors(first),
-        selectors.assignment_vectors(second),
+        selectors.assignment_result(first),
+        selectors.assignment_result(second),
         job.contract["tolerances"],
     )
     metrics.verifications.labels(passed=str(verdict.passed).lower()).inc()

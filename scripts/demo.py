@@ -81,7 +81,7 @@ def run_jobs(url: str, seed: dict, group: ProcessGroup) -> dict:
             print(f"  job {final['id'][:8]} {final['state']}: {final['failure_reason']}")
             continue
         settled += 1
-        vectors = verify_receipt(final, registry_key=client.registry_key(), texts=batch)
+        vectors = verify_receipt(final, registry_key=client.registry_key(), inputs={"texts": batch})
         verified += 1
         receipt = final["receipt"]
         node_ids = [n["node_id"] for n in receipt["nodes"]]

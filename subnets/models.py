@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from registry.families import SubnetLimits
+
 
 class License(models.Model):
     slug = models.SlugField(max_length=64)
@@ -112,8 +114,15 @@ class Subnet(models.Model):
     def split_bp(self) -> tuple[int, int, int]:
         return (self.split_node_a_bp, self.split_node_b_bp, self.split_registry_bp)
 
-    def price_for(self, items: int) -> int:
-        return self.price_per_call_micro + self.price_per_item_micro * items
+    def price_for(self, units: int) -> int:
+        """Per call plus per unit: an item (a text, an image) or a generated token, as the
+        subnet's task family counts them."""
+        return self.price_per_call_micro + self.price_per_item_micro * units
+
+    def limits(self) -> SubnetLimits:
+        return SubnetLimits(
+            max_items=self.max_items_per_job, max_chars=self.max_chars_per_item, preprocessing=self.preprocessing
+        )
 
 
 class Chunk(models.Model):
@@ -186,8 +195,8 @@ class BenchmarkReference(models.Model):
     model: a node's benchmark counts only if its outputs match these."""
 
     subnet = models.OneToOneField(Subnet, on_delete=models.CASCADE, related_name="benchmark_reference")
-    texts = models.JSONField()
-    vectors = models.BinaryField()
+    inputs = models.JSONField(help_text="job inputs, as a user of the subnet's task family sends them")
+    result = models.BinaryField(help_text="the trusted answer, encoded as the task family's nodes encode it")
     shape = models.JSONField()
     model_checksum = models.CharField(max_length=64)
     computed_at = models.DateTimeField(auto_now=True)

@@ -6,6 +6,7 @@ import base64
 import functools
 import hashlib
 import importlib.resources
+import json
 import logging
 import os
 import tempfile
@@ -13,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from bim_site.errors import ServiceError
+from registry.families import family_for
 
 from .models import Artifact, ArtifactChunk, BenchmarkReference, Chunk, EulaAcceptance, License, Subnet
 
@@ -154,21 +155,32 @@ def subnet_package(
     return subnet
 
 
-def trusted_embed(subnet: Subnet, texts: list[str]) -> np.ndarray:
-    """Run the subnet's own packaged files here, in the registry: the trusted answers that
-    benchmarks and honeypots are checked against."""
-    from contributor.node.embedder import Embedder  # onnxruntime: loaded only when needed
+def trusted_run(subnet: Subnet, inputs: dict[str, Any]) -> Any:
+    """Run the subnet's own packaged files here, in the registry, with the runner nodes
+    use: the trusted answers that benchmarks, honeypots and sentinels are checked against."""
+    sources = tuple(sorted(subnet.artifacts.values_list("role", "source", "sha256")))
+    preprocessing = json.dumps(subnet.preprocessing, sort_keys=True)
+    return _trusted_runner(subnet.slug, subnet.task_type, subnet.model_checksum, sources, preprocessing)(inputs)
 
-    if subnet.task_type != Subnet.TaskType.EMBEDDING:
-        raise ServiceError("unsupported_task", f"no trusted runner for {subnet.task_type} subnets yet")
+
+@functools.lru_cache(maxsize=4)
+def _trusted_runner(slug: str, task_type: str, model_checksum: str, sources: tuple, preprocessing: str) -> Any:
+    """One loaded model per subnet build, kept for the process: honeypot pools and
+    sentinels run many inputs, and loading costs more than running."""
+    from contributor.node.runners import runner_load  # model runtimes: loaded only when needed
+
     files = {}
-    for artifact in subnet.artifacts.all():
-        package, _, path = artifact.source.partition(":")
-        files[artifact.role] = packaged_file(package, path)
-    if hashlib.sha256(files[Artifact.Role.MODEL].read_bytes()).hexdigest() != subnet.model_checksum:
+    for role, source, _sha256 in sources:
+        package, _, path = source.partition(":")
+        files[role] = packaged_file(package, path)
+    if Artifact.Role.MODEL not in files:
+        raise ServiceError("model_mismatch", f"subnet {slug} has no packaged model")
+    if hashlib.sha256(files[Artifact.Role.MODEL].read_bytes()).hexdigest() != model_checksum:
         raise ServiceError("model_mismatch", "the packaged model file is not the subnet's model")
-    embedder = Embedder.from_preprocessing(files[Artifact.Role.MODEL], files[Artifact.Role.TOKENIZER], subnet.preprocessing)
-    return embedder(texts)
+    try:
+        return runner_load(task_type, files, json.loads(preprocessing))
+    except ValueError as exc:
+        raise ServiceError("unsupported_task", f"subnet {slug}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -182,12 +194,14 @@ def _tokenizer(path: str, checksum: str) -> Any:
     return tokenizer
 
 
-def input_coverage_warnings(subnet: Subnet, texts: list[str], *, threshold: float = 0.5) -> list[str]:
-    """Texts the subnet's tokenizer mostly maps to its unknown token. Their embeddings
-    barely depend on their content, so no cosine check can tell one such text's vector
-    from another's: the user is warned at submit (honeypots and sentinels remain the guard)."""
+def input_coverage_warnings(subnet: Subnet, inputs: dict[str, Any], *, threshold: float = 0.5) -> list[str]:
+    """Texts of an embedding job that the subnet's tokenizer mostly maps to its unknown
+    token. Their embeddings barely depend on their content, so no cosine check can tell one
+    such text's vector from another's: the user is warned at submit (honeypots and
+    sentinels remain the guard)."""
+    texts = inputs.get("texts")
     artifact = subnet.artifacts.filter(role=Artifact.Role.TOKENIZER).first()
-    if artifact is None:
+    if subnet.task_type != Subnet.TaskType.EMBEDDING or not texts or artifact is None:
         return []
     package, _, path = artifact.source.partition(":")
     tokenizer = _tokenizer(str(packaged_file(package, path)), artifact.sha256)
@@ -206,15 +220,15 @@ def input_coverage_warnings(subnet: Subnet, texts: list[str], *, threshold: floa
     return warnings
 
 
-def benchmark_reference_compute(*, subnet: Subnet, texts: list[str]) -> BenchmarkReference:
+def benchmark_reference_compute(*, subnet: Subnet, inputs: dict[str, Any]) -> BenchmarkReference:
     """The benchmark's fixed inputs and the subnet's own outputs for them."""
-    vectors = trusted_embed(subnet, texts)
+    payload, shape = family_for(subnet.task_type).encode_result(trusted_run(subnet, inputs))
     reference, _ = BenchmarkReference.objects.update_or_create(
         subnet=subnet,
         defaults={
-            "texts": texts,
-            "vectors": vectors.astype("<f4").tobytes(),
-            "shape": list(vectors.shape),
+            "inputs": inputs,
+            "result": payload,
+            "shape": list(shape),
             "model_checksum": subnet.model_checksum,
         },
     )

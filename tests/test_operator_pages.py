@@ -26,7 +26,7 @@ def operator(client):
 def settled_job():
     subnet = SubnetFactory()
     nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
-    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, texts=["a", "b"], idempotency_key="op")
+    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="op")
     services.job_dispatch(job_id=job.id)
     for assignment in job.assignments.all():
         keys = nodes[assignment.node_id]

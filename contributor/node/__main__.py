@@ -76,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
 def prepare_node(args: argparse.Namespace) -> NodeClient:
     """Everything before the websocket: key, registration, verified model."""
     # Imported here so that `--help` does not pay for loading onnxruntime.
-    from .embedder import RUNTIME, Embedder
+    from .runners import runner_load, runtime_for
 
     key = load_or_create_key(args.key_file)
     api = RegistryApi(args.registry, args.token)
 
     subnet = _find_subnet(api.subnets(), args.subnet)
-    if subnet.get("task_type", "embedding") != "embedding":
-        raise NodeFatalError(f"subnet {args.subnet!r} is {subnet['task_type']!r}; this node embeds")
+    task_type = str(subnet.get("task_type", "embedding"))
+    try:
+        runtime = runtime_for(task_type)
+    except ValueError as exc:
+        raise NodeFatalError(f"subnet {args.subnet!r}: {exc}") from None
     if args.accept_license:
         license_ = subnet.get("license") or {}
         log.info(
@@ -96,7 +99,7 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
 
     env = {
         "os": args.os,
-        "runtime": RUNTIME,
+        "runtime": runtime,
         "backend": "cpu",
         "gpu_family": args.gpu_family,
         "cpu_count": os.cpu_count() or 1,
@@ -110,14 +113,10 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
     bundle = fetch_model(
         api, subnet["manifest_url"], args.cache_dir, expected_checksum=subnet["model_checksum"]
     )
-    if "tokenizer" not in bundle.files:
-        raise ArtifactError("the manifest lists no artifact with role 'tokenizer'")
-    embedder = Embedder.from_preprocessing(
-        bundle.files["model"],
-        bundle.files["tokenizer"],
-        bundle.preprocessing,
-        threads=args.threads,
-    )
+    try:
+        compute = runner_load(task_type, bundle.files, bundle.preprocessing, threads=args.threads)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
     log.info("loaded model %s (%s)", bundle.model_id, bundle.model_checksum)
     return NodeClient(
         ws_url=websocket_url(args.registry, args.token),
@@ -125,9 +124,10 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
         key=key,
         subnet=args.subnet,
         model_checksum=bundle.model_checksum,
-        tokenizer_checksum=bundle.checksums["tokenizer"],
+        tokenizer_checksum=bundle.checksums.get("tokenizer"),
         env=env,
-        compute=embedder,
+        compute=compute,
+        task_type=task_type,
         source_ip=args.source_ip,
     )
 

@@ -1,8 +1,9 @@
 """Talking to the registry: its HTTP API (`RegistryApi`) and the node websocket (`NodeClient`).
 
-`NodeClient` knows nothing about models: it is given a `compute(texts) -> (n, d)
-float32 array` callable, so the real embedder, a benchmark's simulated node with
-precomputed vectors and the tests' trivial function all run through the same
+`NodeClient` knows nothing about models: it is given a `compute(inputs) -> result`
+callable and the subnet's task type, whose family (`registry.families`) encodes the
+result exactly as the registry decodes it. So the real runners, a benchmark's simulated
+node with precomputed vectors and the tests' trivial functions all run through the same
 protocol code. docs/protocol.md is the normative description of the messages.
 """
 
@@ -21,17 +22,16 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import numpy as np
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from registry import protocol
+from registry import families, protocol
 
 log = logging.getLogger(__name__)
 
-ComputeFn = Callable[[list[str]], np.ndarray]
+ComputeFn = Callable[[dict[str, Any]], Any]
 
 # Close codes after which reconnecting cannot help: the key or node id is wrong,
 # or another process runs this same node (two of them would evict each other forever).
@@ -179,7 +179,7 @@ class Job:
     role: str
     contract: dict[str, Any]
     contract_hash: str
-    texts: list[str]
+    inputs: dict[str, Any]
     deadline: datetime | None
 
 
@@ -188,7 +188,7 @@ class BenchmarkTask:
     """The registry's benchmark: fixed inputs, run `runs` times, timed one by one."""
 
     benchmark_id: str
-    texts: list[str]
+    inputs: dict[str, Any]
     runs: int
 
 
@@ -225,6 +225,7 @@ class NodeClient:
         model_checksum: str,
         env: dict[str, Any],
         compute: ComputeFn,
+        task_type: str = "embedding",
         tokenizer_checksum: str | None = None,
         max_concurrent: int = 1,
         handshake_timeout_s: float = 10.0,
@@ -240,6 +241,7 @@ class NodeClient:
         self.tokenizer_checksum = tokenizer_checksum
         self.env = env
         self.compute = compute
+        self.family = families.family_for(task_type)
         self.max_concurrent = max_concurrent
         self.handshake_timeout_s = handshake_timeout_s
         self.backoff_initial_s = backoff_initial_s
@@ -469,28 +471,24 @@ class NodeClient:
         await conn.queue.put(job)
 
     async def _accept_benchmark(self, conn: _Connection, message: dict[str, Any]) -> None:
-        texts = (message.get("inputs") or {}).get("texts")
+        inputs = message.get("inputs")
         runs = message.get("runs")
-        if not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)) or not (
-            isinstance(runs, int) and 1 <= runs <= 20
-        ):
+        if not (isinstance(inputs, dict) and inputs and isinstance(runs, int) and 1 <= runs <= 20):
             log.warning("ignoring a malformed benchmark: %.200r", message)
             return
         # Queued behind accepted jobs: the benchmark measures the node as it serves.
-        await conn.queue.put(BenchmarkTask(str(message.get("benchmark_id")), texts, runs))
+        await conn.queue.put(BenchmarkTask(str(message.get("benchmark_id")), inputs, runs))
 
     async def _run_benchmark(self, conn: _Connection, task: BenchmarkTask) -> None:
         loop = asyncio.get_running_loop()
         timings: list[float] = []
-        vectors = np.empty((0, 0), dtype=np.float32)
+        result = None
         for _ in range(task.runs):
             started = time.perf_counter()
-            vectors = await loop.run_in_executor(self._executor, self.compute, task.texts)
+            result = await loop.run_in_executor(self._executor, self.compute, task.inputs)
             timings.append(round((time.perf_counter() - started) * 1000, 3))
-        vectors = _checked_vectors(vectors, len(task.texts))
-        payload = protocol.encode_vectors(vectors)
+        payload, shape = self._encoded(result, task.inputs)
         result_hash = protocol.sha256_hex(payload)
-        shape = (int(vectors.shape[0]), int(vectors.shape[1]))
         signed = protocol.benchmark_message(
             benchmark_id=task.benchmark_id, result_hash=result_hash, shape=shape, timings_ms=timings
         )
@@ -501,7 +499,7 @@ class NodeClient:
                 "benchmark_id": task.benchmark_id,
                 "timings_ms": timings,
                 "shape": list(shape),
-                "encoding": protocol.VECTOR_ENCODING,
+                "encoding": self.family.encoding,
                 "data": protocol.b64encode(payload),
                 "result_hash": result_hash,
                 "signature": protocol.sign(conn.session_key, signed),
@@ -522,11 +520,22 @@ class NodeClient:
             raise _JobRefusedError(
                 "bad_message", "job lacks contract, contract_hash, job_id or inputs"
             )
-        texts = inputs.get("texts")
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise _JobRefusedError(
-                "bad_message", "inputs.texts must be a non-empty list of strings"
+        if contract.get("task_type", "embedding") != self.family.task_type:
+            raise _JobRefusedError("bad_message", f"this node runs {self.family.task_type} jobs")
+        limits = contract.get("limits") if isinstance(contract.get("limits"), dict) else {}
+        try:
+            # The registry validated the inputs against the subnet's limits; the node only
+            # makes sure they have the family's shape before spending compute on them.
+            self.family.validate_inputs(
+                inputs,
+                families.SubnetLimits(
+                    max_items=int(limits.get("max_items") or 2**31),
+                    max_chars=2**31,
+                    preprocessing=dict(contract.get("preprocessing") or {}),
+                ),
             )
+        except (families.InputInvalid, TypeError, ValueError) as exc:
+            raise _JobRefusedError("bad_message", str(exc)) from None
         try:
             inputs_hash = protocol.input_hash(inputs)
             actual_contract_hash = protocol.contract_hash(contract)
@@ -553,7 +562,7 @@ class NodeClient:
             role=str(message.get("role", "")),
             contract=contract,
             contract_hash=contract_hash,
-            texts=texts,
+            inputs=inputs,
             deadline=_parse_deadline(message.get("deadline")),
         )
 
@@ -575,8 +584,8 @@ class NodeClient:
                 continue
             started = time.monotonic()
             try:
-                vectors = await loop.run_in_executor(self._executor, self.compute, job.texts)
-                vectors = _checked_vectors(vectors, len(job.texts))
+                result = await loop.run_in_executor(self._executor, self.compute, job.inputs)
+                payload, shape = self._encoded(result, job.inputs)
             except Exception:
                 log.exception("job %s failed to compute", job.job_id)
                 await self._job_failed(conn, job.assignment_id, "compute_error")
@@ -584,20 +593,26 @@ class NodeClient:
             elapsed_ms = round((time.monotonic() - started) * 1000)
             if job.assignment_id in conn.cancelled:
                 continue  # cancelled while running: the registry no longer wants it
-            result = self._result(conn, job, vectors, elapsed_ms)
-            conn.unacknowledged[job.assignment_id] = result
-            await self._send(conn.ws, result)
+            message = self._result(conn, job, payload, shape, elapsed_ms)
+            conn.unacknowledged[job.assignment_id] = message
+            await self._send(conn.ws, message)
             self.jobs_done += 1
-            log.info(
-                "job %s role %s items %d %d ms", job.job_id, job.role, len(job.texts), elapsed_ms
-            )
+            log.info("job %s role %s %s %d ms", job.job_id, job.role, protocol.shape_text(shape), elapsed_ms)
+
+    def _encoded(self, result: Any, inputs: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
+        """The result as its family encodes it, checked the way the registry will check it,
+        so a broken runner fails here instead of earning the node a refusal."""
+        payload, shape = self.family.encode_result(result)
+        try:
+            self.family.decode_result(payload, shape, inputs)
+        except protocol.ProtocolError as exc:
+            raise ValueError(f"compute returned a result the registry would refuse: {exc}") from None
+        return payload, shape
 
     def _result(
-        self, conn: _Connection, job: Job, vectors: np.ndarray, elapsed_ms: int
+        self, conn: _Connection, job: Job, payload: bytes, shape: tuple[int, ...], elapsed_ms: int
     ) -> dict[str, Any]:
-        payload = protocol.encode_vectors(vectors)
         result_hash = protocol.sha256_hex(payload)
-        shape = (int(vectors.shape[0]), int(vectors.shape[1]))
         input_hash = str(job.contract["input_hash"])
         signed = protocol.result_message(
             job_id=job.job_id,
@@ -614,7 +629,7 @@ class NodeClient:
             "input_hash": input_hash,
             "result_hash": result_hash,
             "shape": list(shape),
-            "encoding": protocol.VECTOR_ENCODING,
+            "encoding": self.family.encoding,
             "data": protocol.b64encode(payload),
             "elapsed_ms": elapsed_ms,
             "signature": protocol.sign(conn.session_key, signed),
@@ -665,10 +680,3 @@ def _parse_deadline(value: Any) -> datetime | None:
     return deadline if deadline.tzinfo else deadline.replace(tzinfo=UTC)
 
 
-def _checked_vectors(vectors: Any, rows: int) -> np.ndarray:
-    array = np.asarray(vectors, dtype=np.float32)
-    if array.ndim != 2 or array.shape[0] != rows or array.shape[1] == 0:
-        raise ValueError(f"compute returned shape {array.shape} for {rows} inputs")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("compute returned NaN or infinity")
-    return array

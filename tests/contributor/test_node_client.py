@@ -68,6 +68,7 @@ class Harness:
 async def running_node(
     compute: Callable[[list[str]], np.ndarray] = fake_vectors, **options: Any
 ) -> AsyncIterator[Harness]:
+    """A node whose runner embeds with `compute(texts)`."""
     registry = FakeRegistry()
     async with serve(registry.handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
@@ -84,7 +85,7 @@ async def running_node(
             model_checksum=CHECKSUM,
             tokenizer_checksum=TOKENIZER_CHECKSUM,
             env=ENV,
-            compute=compute,
+            compute=lambda inputs: compute(inputs["texts"]),
             **(settings | options),
         )
         stop = asyncio.Event()

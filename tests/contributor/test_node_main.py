@@ -78,7 +78,7 @@ def test_it_accepts_the_license_registers_and_loads_the_verified_model(
     assert (tokenizer["role"], client.tokenizer_checksum) == ("tokenizer", tokenizer["sha256"])
     assert client.ws_url == registry.base_url.replace("http", "ws") + "/ws/node/?token=tok"
     texts = ["a verified model", "computes the same vectors"]
-    assert np.array_equal(client.compute(texts), embedder(texts))
+    assert np.array_equal(client.compute({"texts": texts}), embedder(texts))
 
 
 def test_a_restart_reuses_the_key_and_the_cache(registry: HttpRegistry, tmp_path: Path) -> None:
@@ -103,16 +103,16 @@ def test_it_exits_1_naming_the_subnets_there_are(
     assert "no subnet 'nope' (it has: minilm-embed)" in caplog.text
 
 
-def test_it_refuses_a_subnet_of_another_task(
+def test_it_refuses_a_subnet_of_a_task_it_has_no_runner_for(
     registry: HttpRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     subnets = json.loads(registry.routes["/api/v1/subnets/"])
-    subnets[0]["task_type"] = "text"
+    subnets[0]["task_type"] = "audio"
     registry.routes["/api/v1/subnets/"] = json.dumps(subnets).encode()
 
     with caplog.at_level(logging.ERROR):
         assert main(_argv(registry, tmp_path)) == 1
-    assert "is 'text'; this node embeds" in caplog.text
+    assert "this node cannot run 'audio' jobs" in caplog.text
     assert registry.posted == []
 
 

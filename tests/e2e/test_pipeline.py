@@ -70,7 +70,7 @@ def test_jobs_settle_through_daphne_a_celery_worker_and_two_node_processes(tmp_p
 
     for final, texts in zip(finals, TEXTS):
         assert final["state"] == "settled", final
-        vectors = verify_receipt(final, registry_key=registry_key, texts=texts)
+        vectors = verify_receipt(final, registry_key=registry_key, inputs={"texts": texts})
         assert vectors.shape == (len(texts), 384)
         receipt = final["receipt"]
         assert len({n["node_id"] for n in receipt["nodes"]}) == 2

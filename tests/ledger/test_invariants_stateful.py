@@ -261,15 +261,15 @@ class LedgerMachine(RuleBasedStateMachine):
         price = PER_CALL + PER_ITEM * items
         if self.credits[owner.pk] < price:
             with pytest.raises(ServiceError) as refused:
-                registry.job_submit(user=owner, subnet_slug=self.subnet.slug, texts=texts, idempotency_key=key)
+                registry.job_submit(user=owner, subnet_slug=self.subnet.slug, inputs={"texts": texts}, idempotency_key=key)
             assert refused.value.status == 402
             assert not Job.objects.filter(user=owner, idempotency_key=key).exists()
             OUTCOMES["submit refused"] += 1
             return
-        job, created = registry.job_submit(user=owner, subnet_slug=self.subnet.slug, texts=texts, idempotency_key=key)
+        job, created = registry.job_submit(user=owner, subnet_slug=self.subnet.slug, inputs={"texts": texts}, idempotency_key=key)
         assert created and job.price_micro == price and job.state == JobState.QUEUED
         if retry:
-            again, created = registry.job_submit(user=owner, subnet_slug=self.subnet.slug, texts=texts, idempotency_key=key)
+            again, created = registry.job_submit(user=owner, subnet_slug=self.subnet.slug, inputs={"texts": texts}, idempotency_key=key)
             assert not created and again.pk == job.pk
         assert Transfer.objects.filter(job=job, kind=TransferKind.HOLD).count() == 1
         self.credits[owner.pk] -= price
@@ -634,9 +634,9 @@ def test_a_refused_first_submission_leaves_no_phantom_account_behind():
 
     with pytest.raises(Rollback), transaction.atomic():  # undone, so the check after the test sees sound books
         with pytest.raises(ServiceError):
-            registry.job_submit(user=user, subnet_slug=subnet.slug, texts=["a"], idempotency_key="k1")
+            registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["a"]}, idempotency_key="k1")
         top_up = credits_top_up(user=user, amount=1_000_000, idempotency_key="t1")
-        job, created = registry.job_submit(user=user, subnet_slug=subnet.slug, texts=["a"], idempotency_key="k2")
+        job, created = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["a"]}, idempotency_key="k2")
         hold = Transfer.objects.get(job=job, kind=TransferKind.HOLD)
         used = {top_up.credit_id, hold.debit_id, hold.credit_id}
         existing = set(Account.objects.filter(pk__in=used, user=user).values_list("pk", flat=True))

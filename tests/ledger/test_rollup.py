@@ -56,7 +56,7 @@ def settle_jobs():
         nodes = [online_node(subnet).node, online_node(subnet).node]
         jobs = []
         for n in range(count):
-            job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key=f"k{n}")
+            job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=f"k{n}")
             job_settle(
                 job_id=job.pk,
                 user=user,

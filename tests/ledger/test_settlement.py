@@ -73,7 +73,7 @@ def test_it_refuses_a_split_that_is_not_100_percent(split_bp):
 
 
 def submit(user, subnet, key: str, texts=TEXTS) -> Job:
-    job, created = registry.job_submit(user=user, subnet_slug=subnet.slug, texts=texts, idempotency_key=key)
+    job, created = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": texts}, idempotency_key=key)
     assert created
     return job
 

@@ -46,7 +46,7 @@ def nodes(subnet):
 
 def settled_job(subnet, nodes, user, key: str) -> Job:
     """A job through the registry: submit, dispatch, both nodes' signed results, 2-of-2 settle."""
-    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key=key)
+    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=key)
     registry.job_dispatch(job_id=job.pk)
     by_node = {keys.node.pk: keys for keys in nodes}
     vectors = unit_vectors(len(TEXTS))
@@ -172,7 +172,7 @@ def test_a_job_that_was_never_captured_is_not_refunded(subnet, nodes):
     """Fraud proven on an open job: its hold is still there, so there is nothing to refund."""
     user = user_with_credits(10)
     settled_job(subnet, nodes, user, "k1")  # gives the nodes escrow
-    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="open")
+    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="open")
     registry.job_dispatch(job_id=job.pk)
     assignment = job.assignments.get(role="A")
 

@@ -196,7 +196,7 @@ def test_earnings_from_settled_jobs_can_be_withdrawn(operator):
     nodes = [online_node(subnet).node, online_node(subnet).node]
     user = user_with_credits(20)
     for n in range(2):
-        job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, texts=["a", "b", "c"], idempotency_key=f"k{n}")
+        job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["a", "b", "c"]}, idempotency_key=f"k{n}")
         job_settle(
             job_id=job.pk,
             user=user,

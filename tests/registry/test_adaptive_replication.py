@@ -30,7 +30,7 @@ def veteran(subnet, **fields):
 
 
 def submit(user, subnet, key="k"):
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key=key)
+    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=key)
     return job
 
 
@@ -60,7 +60,7 @@ def test_a_trusted_node_runs_a_job_alone_and_the_user_pays_the_solo_price(client
     client.defaults["HTTP_AUTHORIZATION"] = f"Token {Token.objects.create(user=user).key}"
     body = client.get(f"/api/v1/jobs/{job.id}/").json()
     assert body["receipt"]["verification"]["path"] == "solo" and len(body["receipt"]["nodes"]) == 1
-    verify_receipt(body, registry_key=registry_public_key(), texts=TEXTS)
+    verify_receipt(body, registry_key=registry_public_key(), inputs={"texts": TEXTS})
 
 
 def test_a_newcomer_never_runs_alone():

@@ -30,7 +30,7 @@ def disputed_job(honest: np.ndarray, forged: np.ndarray, *, forger: str = "B"):
     subnet = SubnetFactory()
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(4))}
     user = user_with_credits(10)
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="dispute")
+    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="dispute")
     services.job_dispatch(job_id=job.id)
     answer(job, pool, "A", forged if forger == "A" else honest)
     answer(job, pool, "B", forged if forger == "B" else honest)
@@ -83,7 +83,7 @@ def test_the_majority_may_be_b_and_c_and_the_receipt_verifies(client):
 
     client.defaults["HTTP_AUTHORIZATION"] = f"Token {Token.objects.create(user=user).key}"
     body = client.get(f"/api/v1/jobs/{job.id}/").json()
-    vectors = verify_receipt(body, registry_key=registry_public_key(), texts=TEXTS)
+    vectors = verify_receipt(body, registry_key=registry_public_key(), inputs={"texts": TEXTS})
     assert np.allclose(vectors, honest)
 
 
@@ -128,7 +128,7 @@ def test_a_dispute_nobody_can_break_expires_and_refunds_the_user():
     subnet = SubnetFactory()
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(2))}  # no third node
     user = user_with_credits(10)
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="stuck")
+    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="stuck")
     services.job_dispatch(job_id=job.id)
     answer(job, pool, "A", unit_vectors(3, seed=1))
     answer(job, pool, "B", unit_vectors(3, seed=2))

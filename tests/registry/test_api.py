@@ -39,7 +39,7 @@ def api(user=None) -> APIClient:
 
 
 def submit(client: APIClient, subnet, *, key: str | None = "k1", texts: Any = TEXTS, **extra: Any):
-    body: dict[str, Any] = {"subnet": subnet if isinstance(subnet, str) else subnet.slug, "texts": texts}
+    body: dict[str, Any] = {"subnet": subnet if isinstance(subnet, str) else subnet.slug, "inputs": {"texts": texts}}
     if key is not None:
         body["idempotency_key"] = key
     return client.post("/api/v1/jobs/", body, format="json", **extra)
@@ -324,7 +324,7 @@ def test_a_settled_job_delivers_vectors_that_hash_to_its_result_hash(settled):
 
 
 def test_a_settled_jobs_receipt_verifies_offline(settled):
-    vectors = verify_receipt(settled["job"], registry_key=settled["registry_key"], texts=TEXTS)
+    vectors = verify_receipt(settled["job"], registry_key=settled["registry_key"], inputs={"texts": TEXTS})
     assert np.array_equal(vectors, settled["vectors_a"])
 
 
@@ -386,14 +386,14 @@ def test_a_tampered_job_fails_receipt_verification(settled, tamper):
     job = json.loads(json.dumps(settled["job"]))
     tamper(job)
     with pytest.raises(ReceiptInvalid):
-        verify_receipt(job, registry_key=settled["registry_key"], texts=TEXTS)
+        verify_receipt(job, registry_key=settled["registry_key"], inputs={"texts": TEXTS})
 
 
 def test_a_receipt_fails_for_other_texts_or_another_registry_key(settled):
     with pytest.raises(ReceiptInvalid):
-        verify_receipt(settled["job"], registry_key=settled["registry_key"], texts=[*TEXTS[:2], "swapped"])
+        verify_receipt(settled["job"], registry_key=settled["registry_key"], inputs={"texts": [*TEXTS[:2], "swapped"]})
     with pytest.raises(ReceiptInvalid):
-        verify_receipt(settled["job"], registry_key=protocol.public_key_b64(protocol.new_private_key()), texts=TEXTS)
+        verify_receipt(settled["job"], registry_key=protocol.public_key_b64(protocol.new_private_key()), inputs={"texts": TEXTS})
 
 
 def test_balances_after_settlement(settled):

@@ -30,8 +30,8 @@ def reference_for(subnet) -> np.ndarray:
     vectors = unit_vectors(len(BENCH_TEXTS), seed=REFERENCE_SEED)
     BenchmarkReference.objects.create(
         subnet=subnet,
-        texts=BENCH_TEXTS,
-        vectors=np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
+        inputs={"texts": BENCH_TEXTS},
+        result=np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
         shape=list(vectors.shape),
         model_checksum=subnet.model_checksum,
     )
@@ -385,7 +385,7 @@ def test_over_the_socket_a_new_node_is_benchmarked_then_given_a_waiting_job():
     partner = online_node(subnet)  # already benchmarked and routable, but alone
     newcomer = online_node(subnet, ready=False, benchmarked=False)
     job, _ = services.job_submit(
-        user=user_with_credits(10), subnet_slug=subnet.slug, texts=["wait for a pair"], idempotency_key="bench-socket"
+        user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["wait for a pair"]}, idempotency_key="bench-socket"
     )
     job.refresh_from_db()
     assert job.state == JobState.QUEUED

@@ -126,7 +126,7 @@ def test_the_contract_hash_does_not_depend_on_key_order():
 def submitted_job(**job_kwargs: Any) -> Job:
     subnet = SubnetFactory(tokenizer_checksum="ef" * 32, determinism={"temperature": 0, "top_p": 1, "seed": 0})
     job, _ = job_submit(
-        user=user_with_credits(10), subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="k1", **job_kwargs
+        user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="k1", **job_kwargs
     )
     return Job.objects.get(pk=job.pk)  # as stored, not as built
 

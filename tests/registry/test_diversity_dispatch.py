@@ -47,7 +47,7 @@ def shared(a: Node, b: Node, policy=DEFAULT_POLICY) -> list[str]:
 
 
 def submit(subnet, user, key: str) -> Job:
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, texts=["diversity"], idempotency_key=key)
+    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["diversity"]}, idempotency_key=key)
     services.job_dispatch(job_id=job.id)
     job.refresh_from_db()
     return job

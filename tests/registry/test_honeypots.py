@@ -22,8 +22,8 @@ def subnet():
     subnet = SubnetFactory(honeypot_rate_bp=10_000, honeypot_slash_bp=5_000)
     Honeypot.objects.create(
         subnet=subnet,
-        texts=TEXTS,
-        vectors=unit_vectors(3, seed=11).astype("<f4").tobytes(),
+        inputs={"texts": TEXTS},
+        result=unit_vectors(3, seed=11).astype("<f4").tobytes(),
         shape=[3, 384],
         model_checksum=subnet.model_checksum,
     )
@@ -60,7 +60,7 @@ def with_escrow(keys, amount: int = 1_000_000) -> None:
 def test_a_honeypot_looks_like_any_job_on_the_wire(subnet):
     for _ in range(2):
         online_node(subnet)
-    user_job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="u")
+    user_job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="u")
     trap = honeypots.honeypot_issue(subnet=subnet)
     services.job_dispatch(job_id=user_job.id)
     services.job_dispatch(job_id=trap.id)
@@ -118,6 +118,6 @@ def test_repeated_honeypot_failures_ban_the_node(subnet):
 def test_the_beat_issues_honeypots_at_the_subnet_rate(subnet):
     user = user_with_credits(5)
     for i in range(4):
-        services.job_submit(user=user, subnet_slug=subnet.slug, texts=[f"text {i}"], idempotency_key=f"k{i}")
+        services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": [f"text {i}"]}, idempotency_key=f"k{i}")
     assert honeypots.honeypots_issue_due() == 4  # rate 100 % in this subnet
     assert Job.objects.filter(honeypot__isnull=False).count() == 4

@@ -22,7 +22,7 @@ TEXTS = ["one small text", "another text", "a third one"]
 
 
 def submit(user, subnet, key="k1", texts=TEXTS) -> Job:
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, texts=texts, idempotency_key=key)
+    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": texts}, idempotency_key=key)
     return job
 
 
@@ -78,7 +78,7 @@ def test_a_repeated_idempotency_key_returns_the_first_job():
     subnet = SubnetFactory()
     user = user_with_credits(10)
     first = submit(user, subnet, key="same")
-    again, created = services.job_submit(user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="same")
+    again, created = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="same")
     assert not created and again.pk == first.pk
     assert Transfer.objects.filter(kind="hold").count() == 1
     with pytest.raises(ServiceError) as conflict:

@@ -97,7 +97,7 @@ async def paired_job(subnet) -> tuple[Job, dict[str, tuple[NodeKeys, WebsocketCo
         sockets.append(socket)
     user = await database_sync_to_async(user_with_credits)(10)
     job, _ = await database_sync_to_async(services.job_submit)(
-        user=user, subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="socket-test"
+        user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="socket-test"
     )
     offers = {}
     for keys, socket in zip(nodes, sockets):

@@ -157,8 +157,8 @@ def due_for_re_benchmark(subnet, why: str) -> NodeKeys:
     vectors = unit_vectors(4, seed=3)
     BenchmarkReference.objects.create(
         subnet=subnet,
-        texts=["a", "b", "c", "d"],
-        vectors=vectors.astype("<f4").tobytes(),
+        inputs={"texts": ["a", "b", "c", "d"]},
+        result=vectors.astype("<f4").tobytes(),
         shape=list(vectors.shape),
         model_checksum=subnet.model_checksum,
     )
@@ -211,7 +211,7 @@ def test_a_node_gone_offline_after_the_index_was_built_is_not_dispatched(subnet)
     pool = [online_node(subnet) for _ in range(3)]
     settled(*pool)
     job, _ = services.job_submit(
-        user=user_with_credits(10), subnet_slug=subnet.slug, texts=["stale"], idempotency_key="stale"
+        user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["stale"]}, idempotency_key="stale"
     )
     stale = nodes.routable_index(subnet.pk)
     favourite = stale.select(str(job.id), 2, distinct=subnet.routing_policy["distinct"])[0]

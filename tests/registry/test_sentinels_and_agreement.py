@@ -12,7 +12,7 @@ from django.core.management import call_command
 from registry import sentinels, services
 from registry.models import AgreementStat, Dispute, Job, JobState, SentinelRun
 from subnets.models import Subnet
-from subnets.services import trusted_embed
+from subnets.services import trusted_run
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +22,7 @@ TEXTS = ["Owls hunt mostly at night.", "The bridge inspection found no structura
 
 def settle(subnet, vectors_a, vectors_b, envs=({}, {})) -> Job:
     pool = {k.node.pk: k for k in (online_node(subnet, **env) for env in envs)}
-    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, texts=TEXTS, idempotency_key="s")
+    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="s")
     services.job_dispatch(job_id=job.id)
     for assignment in job.assignments.all():
         keys = pool[assignment.node_id]
@@ -41,7 +41,7 @@ def real_subnet():
 
 
 def test_a_sentinel_confirms_an_honest_settlement(real_subnet):
-    honest = trusted_embed(real_subnet, TEXTS)
+    honest = trusted_run(real_subnet, {"texts": TEXTS})
     job = settle(real_subnet, honest, honest.copy())
     assert job.state == JobState.SETTLED
 
@@ -86,6 +86,6 @@ def test_every_compared_pair_feeds_its_environment_statistics():
 def test_texts_the_tokenizer_cannot_read_are_flagged_at_submit(real_subnet):
     user = user_with_credits(5)
     texts = ["The bridge inspection found no structural damage.", "ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ ᛇᛈᛉᛊᛏᛒ"]
-    job, _ = services.job_submit(user=user, subnet_slug=real_subnet.slug, texts=texts, idempotency_key="runes")
+    job, _ = services.job_submit(user=user, subnet_slug=real_subnet.slug, inputs={"texts": texts}, idempotency_key="runes")
     assert len(job.warnings) == 1 and job.warnings[0].startswith("texts[1]:")
     assert "unknown to the model's tokenizer" in job.warnings[0]

@@ -36,7 +36,7 @@ def strike(keys: NodeKeys, subnet, capture, reason: str = "minority in adjudicat
 
 
 def job_nodes(subnet, user, key: str) -> set:
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, texts=["strike test"], idempotency_key=key)
+    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["strike test"]}, idempotency_key=key)
     services.job_dispatch(job_id=job.id)
     return set(job.assignments.values_list("node_id", flat=True))
 

@@ -41,8 +41,8 @@ class Command(BaseCommand):
             # An existing subnet keeps what operators set in admin; only its files are refreshed.
             defaults=None if exists else {**defaults.embeddings_subnet_settings(), "license": license_},
         )
-        services.benchmark_reference_compute(subnet=subnet, texts=defaults.BENCHMARK_TEXTS)
-        honeypot_pool_refresh(subnet=subnet, batches=defaults.honeypot_batches())
+        services.benchmark_reference_compute(subnet=subnet, inputs={"texts": defaults.BENCHMARK_TEXTS})
+        honeypot_pool_refresh(subnet=subnet, pool=defaults.honeypot_pool())
         out: dict[str, Any] = {"subnet": subnet.slug, "model_checksum": subnet.model_checksum}
         out["admin"] = self._admin()
         if options["demo"]:
