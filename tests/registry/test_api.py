@@ -203,6 +203,24 @@ def test_it_refuses_texts_that_are_not_a_short_list_of_strings(texts):
     assert Job.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        pytest.param("texts", id="not-an-object"),
+        pytest.param({"texts": ["a"], "prompt": "b"}, id="another-family-field"),
+        pytest.param({}, id="empty"),
+    ],
+)
+def test_it_refuses_inputs_that_are_not_of_the_subnet_family(inputs):
+    subnet = SubnetFactory()
+    client = api(user_with_credits(10))
+
+    response = client.post("/api/v1/jobs/", {"subnet": subnet.slug, "inputs": inputs, "idempotency_key": "k"}, format="json")
+
+    assert response.status_code == 400, response.json()
+    assert Job.objects.count() == 0
+
+
 def test_it_accepts_exactly_the_maximum_number_of_texts():
     subnet = SubnetFactory()
     response = submit(api(user_with_credits(10)), subnet, texts=[f"t{i}" for i in range(64)])
