@@ -94,13 +94,16 @@ class TransferKind(models.TextChoices):
 
 
 class Transfer(models.Model):
-    idempotency_key = models.CharField(max_length=200, unique=True)
+    # Unique by a constraint in Meta, not `unique=True`: on PostgreSQL that would add a
+    # second (pattern-matching) index that no query uses, written on every transfer.
+    idempotency_key = models.CharField(max_length=200)
     debit = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="debits")
     credit = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credits")
     amount = models.PositiveBigIntegerField()
     kind = models.CharField(max_length=16, choices=TransferKind.choices)
+    # No index of its own: the (job, kind) index serves look-ups by job.
     job = models.ForeignKey(
-        "registry.Job", null=True, blank=True, on_delete=models.PROTECT, related_name="transfers"
+        "registry.Job", null=True, blank=True, on_delete=models.PROTECT, related_name="transfers", db_index=False
     )
     reason = models.CharField(max_length=300, blank=True)
     # A correction names the transfer it undoes; each transfer is undone at most once.
@@ -115,6 +118,7 @@ class Transfer(models.Model):
             models.CheckConstraint(
                 condition=~Q(debit=models.F("credit")), name="transfer_distinct_accounts"
             ),
+            models.UniqueConstraint(fields=["idempotency_key"], name="transfer_unique_idempotency_key"),
         ]
         indexes = [models.Index(fields=["job", "kind"])]
 
@@ -125,7 +129,8 @@ class Transfer(models.Model):
 class PendingDelta(models.Model):
     """A leg of a transfer on an append-only account, not yet folded into its balance."""
 
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="pending")
+    # No index of its own: the (account, id) index serves look-ups by account.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="pending", db_index=False)
     amount = models.BigIntegerField()
 
     class Meta:

@@ -7,20 +7,25 @@ written by `_post` inside one transaction:
 - user and node accounts are locked in primary-key order (no deadlocks) and checked
   for overdraft, then updated by one statement;
 - append-only system accounts get PendingDelta rows instead: never locked, so the
-  registry's revenue is no hot row (see models.py).
+  registry's revenue is no hot row (see models.py);
+- a leg may be capped: it shrinks to what its credit account may still take, read under
+  the lock (a node's escrow fills up to its requirement), and is dropped when nothing fits.
+On PostgreSQL the whole posting is one call of the `bim_ledger_post` function (migration
+0006); elsewhere (SQLite) the same steps run through the ORM.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Case, F, Q, Sum, Value, When
 from django.utils import timezone
 
@@ -68,6 +73,8 @@ class Leg:
     job_id: object | None = None
     reason: str = ""
     reverses_id: int | None = None
+    # The most the credit account may hold after this leg (balances read under the lock).
+    cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -165,18 +172,23 @@ def _lock(ids: Iterable[int]) -> dict[int, Account]:
 def _post(
     legs: Sequence[Leg], *, locked: dict[int, Account] | None = None, replay: bool = False
 ) -> list[Transfer] | None:
-    """Write `legs` as one atomic posting (see module docstring). `locked` passes accounts
-    the caller already holds locks on. When the posting's keys exist, the first transfers
-    are returned, checked field by field; with `replay` the caller gets None and looks
-    them up itself (a settlement is the same settlement however its retry computes the
-    escrow share)."""
+    """Write `legs` as one atomic posting (see module docstring) and return its transfers
+    (a capped leg that was dropped has none). `locked` passes accounts the caller already
+    holds locks on. When the posting's keys exist, the first transfers are returned,
+    checked field by field; with `replay` the caller gets None and looks them up itself
+    (a settlement is the same settlement however its retry computes the escrow share).
+    Capped legs need `replay`: their amount depends on balances, so a retry's fields may
+    differ from the first posting's."""
     for leg in legs:
         if type(leg.amount) is not int or leg.amount <= 0:  # bool is an int subclass; refuse it
             raise LedgerError(f"amount must be a positive integer, got {leg.amount!r}")
         if leg.debit.pk == leg.credit.pk:
             raise LedgerError("debit and credit accounts are the same")
-    if settings.LEDGER_POST_IN_DATABASE and connection.vendor == "postgresql":
-        return _post_in_database(legs, replay)
+        if leg.cap is not None and (leg.credit.append_only or not replay):
+            raise LedgerError("a capped leg credits a user or node account, in a replayed posting")
+    db = connections[DEFAULT_DB_ALIAS]  # looked up once: each `connection.x` is a lookup of its own
+    if settings.LEDGER_POST_IN_DATABASE and db.vendor == "postgresql":
+        return _post_in_database(db, legs, replay)
     with transaction.atomic():
         lockable = {a.pk for leg in legs for a in (leg.debit, leg.credit) if not a.append_only}
         accounts = dict(locked or {})
@@ -185,6 +197,11 @@ def _post(
         existing = {t.idempotency_key: t for t in Transfer.objects.filter(idempotency_key__in=[leg.key for leg in legs])}
         if existing:
             return None if replay else [_same_or_conflict(existing.get(leg.key), leg) for leg in legs]
+        legs = [
+            leg if leg.cap is None else replace(leg, amount=min(leg.amount, leg.cap - accounts[leg.credit.pk].balance))
+            for leg in legs
+        ]
+        legs = [leg for leg in legs if leg.amount > 0]
         change: dict[int, int] = defaultdict(int)
         for leg in legs:
             change[leg.debit.pk] -= leg.amount
@@ -237,64 +254,71 @@ def _hold_already_ended(legs: Sequence[Leg]) -> bool:
     return Transfer.objects.filter(match).exists()
 
 
+# %b: binary parameters, cheaper to dump than text arrays (no quoting of each element).
 _POST_SQL = (
-    "SELECT * FROM bim_ledger_post(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
-    " %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+    "SELECT * FROM bim_ledger_post(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::text[],"
+    " %b::uuid[], %b::text[], %b::bigint[], %b::bigint[])"
 )
 
 
-def _post_in_database(legs: Sequence[Leg], replay: bool) -> list[Transfer] | None:
+def _bound_cursor(db: BaseDatabaseWrapper) -> CursorWrapper:
+    """A Django cursor that sends parameters apart from the SQL text (server-side binding).
+    Django's default inlines them as literals: quoting each array element cost the client
+    more than the rest of the posting, and parsing the literals cost the server about as
+    much again (bench/ledger.py)."""
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    db.ensure_connection()
+    db.validate_thread_sharing()
+    cursor = ServerBindingCursor(db.connection)
+    return db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
+
+
+def _post_in_database(db: BaseDatabaseWrapper, legs: Sequence[Leg], replay: bool) -> list[Transfer] | None:
     """The same posting as the ORM path in one round trip: the `bim_ledger_post` function
-    (migration 0004) locks, checks keys and overdraft, and writes, inside PostgreSQL."""
-    lockable = sorted({a.pk for leg in legs for a in (leg.debit, leg.credit) if not a.append_only})
+    (migration 0006) locks, checks keys, the hold and overdraft, applies caps, and writes,
+    inside PostgreSQL. It reads which accounts are append-only from their rows."""
+    keys = [leg.key for leg in legs]
+    reasons = [leg.reason[:300] for leg in legs]
+    reverses = [leg.reverses_id for leg in legs]
+    caps = [leg.cap for leg in legs]
     params = [
-        [leg.key for leg in legs],
+        keys,
         [leg.debit.pk for leg in legs],
         [leg.credit.pk for leg in legs],
         [leg.amount for leg in legs],
         [leg.kind for leg in legs],
-        [str(leg.job_id) if leg.job_id is not None else None for leg in legs],
-        [leg.reason[:300] for leg in legs],
-        [leg.reverses_id for leg in legs],
-        lockable,
+        [leg.job_id for leg in legs],
+        reasons,
+        # A column of NULLs goes as one NULL (its elements read as NULL): cheaper to send.
+        reverses if any(r is not None for r in reverses) else None,
+        caps if any(c is not None for c in caps) else None,
     ]
     try:
-        with connection.cursor() as cursor:
+        with _bound_cursor(db) as cursor:
             cursor.execute(_POST_SQL, params)
-            rows = cursor.fetchall()
+            status, ids, amounts, posted_at, short_account, short_balance, short_needed = cursor.fetchone()
     except IntegrityError:
-        raise IdempotencyConflict(f"idempotency keys {params[0]} already used") from None
-    status = rows[0][0]
+        # Lost a race on a key against a posting on other accounts.
+        raise IdempotencyConflict(f"idempotency keys {keys} already used") from None
+    if status == "created":
+        transfers, next_id = [], iter(ids).__next__
+        for leg, amount, reason in zip(legs, amounts, reasons):
+            if amount:  # 0: a capped leg with nothing left to take
+                # In Transfer's field order: from_db skips the keyword handling of Model.__init__.
+                values = (next_id(), leg.key, leg.debit.pk, leg.credit.pk, amount, leg.kind, leg.job_id, reason)
+                transfers.append(Transfer.from_db(db.alias, None, (*values, leg.reverses_id, posted_at)))
+        return transfers
+    if status == "existing":
+        if replay:
+            return None
+        existing = {t.idempotency_key: t for t in Transfer.objects.filter(idempotency_key__in=keys)}
+        return [_same_or_conflict(existing.get(leg.key), leg) for leg in legs]
     if status == "hold_ended":
         raise HoldEnded("the job's hold was already captured or released")
-    if status == "insufficient":
-        _, _, _, account_id, _, needed, _, balance = rows[0]
-        account = next(a for leg in legs for a in (leg.debit, leg.credit) if a.pk == account_id)
-        account.balance = int(balance)
-        raise InsufficientFunds(account, needed)
-    found = {row[2]: _transfer_from_row(row) for row in rows}
-    if status == "existing":
-        return None if replay else [_same_or_conflict(found.get(leg.key), leg) for leg in legs]
-    for leg in legs:
-        found[leg.key].reason = leg.reason[:300]
-        found[leg.key].reverses_id = leg.reverses_id
-    return [found[leg.key] for leg in legs]
-
-
-def _transfer_from_row(row: tuple) -> Transfer:
-    _, transfer_id, key, debit_id, credit_id, amount, kind, job_id = row
-    transfer = Transfer(
-        id=transfer_id,
-        idempotency_key=key,
-        debit_id=debit_id,
-        credit_id=credit_id,
-        amount=amount,
-        kind=kind,
-        job_id=uuid.UUID(job_id) if job_id else None,
-    )
-    transfer._state.adding = False
-    transfer._state.db = connection.alias
-    return transfer
+    account = next(a for leg in legs for a in (leg.debit, leg.credit) if a.pk == short_account)
+    account.balance = short_balance
+    raise InsufficientFunds(account, short_needed)
 
 
 def _same_or_conflict(existing: Transfer | None, leg: Leg) -> Transfer:
@@ -380,9 +404,10 @@ def credits_top_up(*, user: AbstractBaseUser, amount: int, idempotency_key: str,
 
 def job_hold(*, job_id: object, user: AbstractBaseUser, amount: int) -> Transfer:
     """Reserve the job's price from the user's credits; InsufficientFunds when short."""
+    credits, hold = accounts_get([(AccountKind.USER_CREDITS, user.pk, None), (AccountKind.USER_HOLD, user.pk, None)])
     return transfer_create(
-        debit=_account(AccountKind.USER_CREDITS, user_id=user.pk),
-        credit=_account(AccountKind.USER_HOLD, user_id=user.pk),
+        debit=credits,
+        credit=hold,
         amount=amount,
         kind=TransferKind.HOLD,
         idempotency_key=f"job:{job_id}:hold",
@@ -440,34 +465,29 @@ def job_settle(
         ]
     )
     earnings, escrows = node_accounts[: len(node_ids)], node_accounts[len(node_ids) :]
-    with transaction.atomic(savepoint=False):
-        # One lock statement for every account the posting touches; the escrow balances
-        # read under it decide the escrow legs.
-        releasing = held is not None and held > amount
-        locked = _lock(
-            [hold.pk, *([credits.pk] if releasing else []), *(a.pk for a in earnings), *(a.pk for a in escrows)]
+    legs = [Leg(hold, clearing, amount, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
+    if held is not None and held > amount:
+        legs.append(Leg(hold, credits, held - amount, TransferKind.RELEASE, f"job:{job_id}:release", job_id, "rest of the hold"))
+    if split.registry:
+        legs.append(Leg(clearing, registry, split.registry, TransferKind.PAYOUT, f"job:{job_id}:payout:registry", job_id, "registry share"))
+    for role, share, earned, escrowed in zip("AB", (split.node_a, split.node_b), earnings, escrows):
+        if not share:
+            continue
+        legs.append(Leg(clearing, earned, share, TransferKind.PAYOUT, f"job:{job_id}:payout:{role}", job_id, f"node {role} share"))
+        to_escrow = share * escrow.share_bp // 10_000
+        if to_escrow > 0:
+            # Up to the requirement: the posting reads the escrow's balance under its lock.
+            key = f"job:{job_id}:escrow:{role}"
+            legs.append(Leg(earned, escrowed, to_escrow, TransferKind.ESCROW, key, job_id, "escrow from earnings", cap=escrow.required))
+    posted = _post(legs, replay=True)
+    if posted is None:  # settled before: the first settlement's transfers, all of them
+        posted = list(
+            Transfer.objects.filter(
+                job_id=job_id,
+                kind__in=[TransferKind.CAPTURE, TransferKind.PAYOUT, TransferKind.ESCROW, TransferKind.RELEASE],
+            ).order_by("pk")
         )
-        legs = [Leg(hold, clearing, amount, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
-        if releasing:
-            legs.append(Leg(hold, credits, held - amount, TransferKind.RELEASE, f"job:{job_id}:release", job_id, "rest of the hold"))
-        if split.registry:
-            legs.append(Leg(clearing, registry, split.registry, TransferKind.PAYOUT, f"job:{job_id}:payout:registry", job_id, "registry share"))
-        for role, share, earned, escrowed in zip("AB", (split.node_a, split.node_b), earnings, escrows):
-            if not share:
-                continue
-            legs.append(Leg(clearing, earned, share, TransferKind.PAYOUT, f"job:{job_id}:payout:{role}", job_id, f"node {role} share"))
-            to_escrow = min(share * escrow.share_bp // 10_000, escrow.required - locked[escrowed.pk].balance)
-            if to_escrow > 0:
-                legs.append(Leg(earned, escrowed, to_escrow, TransferKind.ESCROW, f"job:{job_id}:escrow:{role}", job_id, "escrow from earnings"))
-        posted = _post(legs, locked=locked, replay=True)
-        if posted is None:  # settled before: the first settlement's transfers, all of them
-            posted = list(
-                Transfer.objects.filter(
-                    job_id=job_id,
-                    kind__in=[TransferKind.CAPTURE, TransferKind.PAYOUT, TransferKind.ESCROW, TransferKind.RELEASE],
-                ).order_by("pk")
-            )
-        return posted
+    return posted
 
 
 # ---------------------------------------------------------------- fraud

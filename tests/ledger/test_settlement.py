@@ -11,9 +11,13 @@ from hypothesis import strategies as st
 from ledger.models import MICRO, AccountKind, Transfer, TransferKind
 from ledger.services import (
     HoldEnded,
+    LedgerError,
+    Leg,
     NodeEscrowRule,
+    _post,
     account_balance,
     account_get,
+    accounts_get,
     job_release,
     job_settle,
     split_amount,
@@ -26,6 +30,14 @@ TEXTS = ["one small text", "another text", "a third one"]  # 333 + 3 x 1,000 = 3
 
 # Only the database tests ask for `db`: the conftest's ledger check runs after each of them.
 with_db = pytest.mark.usefixtures("db")
+
+
+@pytest.fixture(params=[True, False], ids=["posted-in-database", "posted-by-orm"])
+def posting_path(request, settings):
+    """Both ways a posting is written: on PostgreSQL the bim_ledger_post function, or the
+    ORM path that SQLite uses (on SQLite both run the ORM path)."""
+    settings.LEDGER_POST_IN_DATABASE = request.param
+    return request.param
 
 
 # ---------------------------------------------------------------- split_amount (pure)
@@ -103,7 +115,7 @@ def node_balances(keys) -> tuple[int, int]:
     return balance(AccountKind.NODE_EARNINGS, node_id=node_id), balance(AccountKind.NODE_ESCROW, node_id=node_id)
 
 
-@with_db
+@pytest.mark.usefixtures("db", "posting_path")
 def test_a_settled_job_pays_40_40_20_and_escrows_a_share_of_each_node_payout():
     subnet = SubnetFactory()  # 40/40/20, 10 % escrow until 1 credit
     user = user_with_credits(10)
@@ -131,7 +143,7 @@ def test_a_settled_job_pays_40_40_20_and_escrows_a_share_of_each_node_payout():
     assert node_balances(nodes[0]) == node_balances(nodes[1]) == (1_333 - 133, 133)
 
 
-@with_db
+@pytest.mark.usefixtures("db", "posting_path")
 def test_escrow_fills_up_to_the_requirement_and_stops_there():
     subnet = SubnetFactory(escrow_required_micro=300)
     user = user_with_credits(10)
@@ -150,7 +162,7 @@ def test_escrow_fills_up_to_the_requirement_and_stops_there():
         assert node_balances(keys) == (4 * 1_333 - 300, 300)
 
 
-@with_db
+@pytest.mark.usefixtures("db", "posting_path")
 def test_a_node_already_holding_its_escrow_keeps_its_whole_payout():
     subnet = SubnetFactory(escrow_required_micro=0)
     nodes = [online_node(subnet), online_node(subnet)]
@@ -163,7 +175,54 @@ def test_a_node_already_holding_its_escrow_keeps_its_whole_payout():
     assert node_balances(nodes[0]) == (1_333, 0)
 
 
+TRANSFER_FIELDS = ["id", "idempotency_key", "debit_id", "credit_id", "amount", "kind", "job_id", "reason", "reverses_id", "created_at"]
+
+
+@pytest.mark.usefixtures("db", "posting_path")
+def test_a_settlement_returns_its_transfers_as_stored():
+    subnet = SubnetFactory(escrow_required_micro=133)  # one settlement fills a node's escrow
+    user = user_with_credits(10)
+    full, fresh, other = online_node(subnet), online_node(subnet), online_node(subnet)
+    settle_first = submit(user, subnet, "k1")
+    settle(settle_first, (full, other), subnet)
+    finish(settle_first, JobState.SETTLED)
+    job = submit(user, subnet, "k2")
+
+    # Node A's escrow is full, so its escrow leg (the fourth of six) is dropped in the posting.
+    transfers = settle(job, (full, fresh), subnet)
+    finish(job, JobState.SETTLED)
+
+    assert [(t.kind, t.amount) for t in transfers] == [
+        (TransferKind.CAPTURE, 3_333),
+        (TransferKind.PAYOUT, 667),
+        (TransferKind.PAYOUT, 1_333),
+        (TransferKind.PAYOUT, 1_333),
+        (TransferKind.ESCROW, 133),
+    ]
+    returned = [{field: getattr(t, field) for field in TRANSFER_FIELDS} for t in transfers]
+    stored = list(Transfer.objects.filter(job=job).exclude(kind=TransferKind.HOLD).order_by("pk").values(*TRANSFER_FIELDS))
+    assert returned == stored
+    assert all(not t._state.adding for t in transfers)
+
+
 @with_db
+def test_a_capped_leg_is_refused_where_a_retry_could_not_tell_it_apart():
+    subnet = SubnetFactory()
+    user = user_with_credits(10)
+    job = submit(user, subnet, "k1")
+    hold, registry, credits = accounts_get(
+        [(AccountKind.USER_HOLD, user.pk, None), (AccountKind.REGISTRY_REVENUE, None, None), (AccountKind.USER_CREDITS, user.pk, None)]
+    )
+
+    # A capped leg's amount depends on balances, so only a posting its caller replays may have one,
+    # and the cap reads a locked balance: an append-only account has none.
+    with pytest.raises(LedgerError):
+        _post([Leg(hold, credits, 10, TransferKind.RELEASE, "k:release", job.pk, cap=100)])
+    with pytest.raises(LedgerError):
+        _post([Leg(hold, registry, 10, TransferKind.PAYOUT, "k:payout", job.pk, cap=100)], replay=True)
+
+
+@pytest.mark.usefixtures("db", "posting_path")
 def test_a_retried_settlement_pays_once():
     subnet = SubnetFactory(escrow_required_micro=200)
     user = user_with_credits(10)
