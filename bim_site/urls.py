@@ -26,4 +26,5 @@ urlpatterns = [
     path("subnets/<slug:slug>/manifest.json", subnets_views.manifest, name="subnet-manifest"),
     path("artifacts/chunks/<str:sha256>", subnets_views.chunk, name="artifact-chunk"),
     path("", include("django_prometheus.urls")),
+    path("", include("contributor.urls")),
 ]

@@ -1,0 +1,47 @@
+"""Cross-origin isolation for the browser contributor.
+
+WASM threads need SharedArrayBuffer, which a browser only grants to a cross-origin
+isolated page: the document and every worker script it starts must be served with
+`Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy: require-corp`,
+and each subresource it loads must be same-origin or say it may be embedded
+(`Cross-Origin-Resource-Policy`). Everything the registry serves is same-origin, so the
+headers go on every response (pages, static files, manifests, chunks) except the few
+paths that load third-party resources by design (the Swagger UI).
+
+Static files bypass Django's middleware (the staticfiles handlers answer before it runs),
+so `isolation_headers` is shared with `bim_site.asgi`'s static handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase
+
+# Pages that pull scripts from elsewhere would break under require-corp.
+NOT_ISOLATED_PREFIXES = ("/api/docs/",)
+# Subresources the isolated pages fetch: same-origin only.
+RESOURCE_PREFIXES = ("/artifacts/chunks/", "/subnets/")
+
+
+def isolation_headers(path: str, response: HttpResponseBase) -> HttpResponseBase:
+    if path.startswith(NOT_ISOLATED_PREFIXES):
+        return response
+    response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    response.headers.setdefault("Cross-Origin-Embedder-Policy", "require-corp")
+    static_url = settings.STATIC_URL or "/static/"
+    if path.startswith(static_url) or path.startswith(RESOURCE_PREFIXES):
+        response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    if path.startswith(static_url) and path.endswith("/sw.js"):
+        # The Service Worker lives under /static/ but serves chunk URLs at /artifacts/.
+        response.headers["Service-Worker-Allowed"] = "/"
+    return response
+
+
+class CrossOriginIsolationMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        return isolation_headers(request.path, self.get_response(request))

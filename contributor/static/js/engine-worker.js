@@ -1,0 +1,187 @@
+// The browser contributor's compute: a module Web Worker that loads the subnet's verified
+// model (js/model-store.js), tokenizes with @huggingface/tokenizers and runs onnxruntime-web
+// (WebGPU or WASM). The math is contributor/node/embedder.py's: the tokenizer.json's own
+// truncation and padding are overridden (the first max_tokens-1 ids, then [SEP]), inputs
+// padded with [PAD] per batch, mean pooling over the attention mask, L2 normalization,
+// float32 out. Messages: {id, op, args} in; {id, ok, result|error} or {type: "progress"} out.
+import { modelLoad, DEFAULT_BUDGET_BYTES } from "./model-store.js";
+
+const VENDOR = new URL("../vendor/", import.meta.url);
+let batchSize = 32;
+
+let ort = null;
+let session = null;
+let tokenizer = null;
+let state = null;
+let lowercases = false;
+
+function normalizerLowercases(normalizer) {
+  if (!normalizer) return false;
+  if (normalizer.type === "Lowercase") return true;
+  if (normalizer.type === "BertNormalizer") return normalizer.lowercase !== false;
+  if (normalizer.type === "Sequence") return (normalizer.normalizers || []).some(normalizerLowercases);
+  return false;
+} // {maxTokens, normalize, clsId, sepId, padId, inputNames, outputName}
+
+async function pickBackend(requested) {
+  if (requested === "wasm" || requested === "webgpu") return requested;
+  if (requested !== "auto") throw new Error(`unknown backend ${JSON.stringify(requested)}`);
+  try {
+    if (self.navigator.gpu && (await self.navigator.gpu.requestAdapter())) return "webgpu";
+  } catch (err) {
+    console.info("bim engine: no WebGPU adapter", err);
+  }
+  return "wasm";
+}
+
+async function init({ manifestUrl, backend = "auto", threads = 1, budgetBytes = DEFAULT_BUDGET_BYTES, expectedChecksum = "", batch = 32 }) {
+  batchSize = Math.max(1, batch | 0);
+  const progress = (p) => self.postMessage({ type: "progress", progress: p });
+  const loaded = await modelLoad(new URL(manifestUrl, self.location.href).href, { budgetBytes, expectedChecksum, onProgress: progress });
+  const { manifest, files } = loaded;
+  if (manifest.task_type !== "embedding") throw new Error(`this engine runs embedding subnets, not ${manifest.task_type}`);
+  if (!files.tokenizer) throw new Error("the manifest has no tokenizer artifact");
+  const prep = manifest.preprocessing || {};
+  if ((prep.pooling || "mean") !== "mean") throw new Error(`pooling ${JSON.stringify(prep.pooling)} is not supported (only "mean")`);
+
+  progress({ phase: "load", done: 0, total: 2, fromCache: loaded.cache.fromCache });
+  const { Tokenizer } = await import(new URL("tokenizers/tokenizers.min.mjs", VENDOR).href);
+  const tokenizerJson = JSON.parse(new TextDecoder().decode(files.tokenizer));
+  tokenizer = new Tokenizer(tokenizerJson, {});
+  lowercases = normalizerLowercases(tokenizerJson.normalizer);
+  const id = (token, fallback) => {
+    const value = tokenizer.token_to_id(token);
+    return value === undefined ? fallback : value;
+  };
+
+  const used = await pickBackend(backend);
+  // The WebGPU build also carries the WASM backend; the WASM-only build is the smaller
+  // download and the binary whose output was measured against native onnxruntime.
+  ort = await import(new URL(used === "webgpu" ? "ort/ort.webgpu.min.mjs" : "ort/ort.wasm.min.mjs", VENDOR).href);
+  ort.env.wasm.wasmPaths = new URL("ort/", VENDOR).href;
+  ort.env.wasm.proxy = false;
+  const usedThreads = self.crossOriginIsolated ? Math.max(1, threads | 0) : 1;
+  ort.env.wasm.numThreads = usedThreads;
+  ort.env.logLevel = "error";
+  session = await ort.InferenceSession.create(new Uint8Array(files.model), {
+    executionProviders: [used],
+    // Pinned like the Python node: the optimization level changes the last bits.
+    graphOptimizationLevel: "all",
+    executionMode: "sequential",
+    interOpNumThreads: 1,
+  });
+  state = {
+    maxTokens: Number(prep.max_tokens ?? 256),
+    normalize: prep.normalize === undefined ? true : Boolean(prep.normalize),
+    clsId: id("[CLS]", 101),
+    sepId: id("[SEP]", 102),
+    padId: id("[PAD]", 0),
+    inputNames: new Set(session.inputNames),
+    outputName: session.outputNames[0],
+  };
+  // One warm-up run: learns the output width and keeps first-run costs out of benchmarks.
+  state.dim = (await embed({ texts: ["warm up"] })).dim;
+  progress({ phase: "load", done: 2, total: 2, fromCache: loaded.cache.fromCache });
+  const versions = ort.env.versions || {};
+  return {
+    runtime: `onnxruntime-web-${versions.web || versions.common || "unknown"}`,
+    backend: used,
+    threads: used === "wasm" ? usedThreads : 1,
+    modelChecksum: manifest.model_checksum,
+    cache: loaded.cache,
+    manifest: { ...manifest, artifacts: undefined },
+  };
+}
+
+function tokenize(texts) {
+  const { maxTokens, sepId } = state;
+  return texts.map((text) => {
+    // JavaScript's toLowerCase maps a word-final capital sigma to "ς" (Unicode's Final_Sigma
+    // rule); the Rust tokenizers lowercase letter by letter ("σ"), and the ids differ.
+    // Lowering Σ first gives the Rust result in both.
+    const input = lowercases ? String(text).replaceAll("\u03a3", "\u03c3") : String(text);
+    const ids = tokenizer.encode(input, { add_special_tokens: true }).ids;
+    // The Python node truncates to max_tokens keeping [CLS] ... [SEP]: the same ids as the
+    // first max_tokens-1 ids followed by [SEP].
+    return ids.length > maxTokens ? [...ids.slice(0, maxTokens - 1), sepId] : ids;
+  });
+}
+
+async function embedBatch(rows, out, indices, dim) {
+  const width = Math.max(...rows.map((r) => r.length));
+  const n = rows.length;
+  const inputIds = new BigInt64Array(n * width).fill(BigInt(state.padId));
+  const mask = new BigInt64Array(n * width);
+  rows.forEach((row, r) => {
+    for (let t = 0; t < row.length; t++) {
+      inputIds[r * width + t] = BigInt(row[t]);
+      mask[r * width + t] = 1n;
+    }
+  });
+  const feeds = {};
+  const shape = [n, width];
+  if (state.inputNames.has("input_ids")) feeds.input_ids = new ort.Tensor("int64", inputIds, shape);
+  if (state.inputNames.has("attention_mask")) feeds.attention_mask = new ort.Tensor("int64", mask, shape);
+  if (state.inputNames.has("token_type_ids")) feeds.token_type_ids = new ort.Tensor("int64", new BigInt64Array(n * width), shape);
+  const results = await session.run(feeds, [state.outputName]);
+  const hidden = results[state.outputName];
+  const hiddenData = hidden.data instanceof Float32Array ? hidden.data : await hidden.getData();
+  const d = hidden.dims[2];
+  if (dim.value === 0) dim.value = d;
+  for (let r = 0; r < n; r++) {
+    // float32 accumulation like numpy's sum over the token axis of a float32 array.
+    const pooled = new Float32Array(d);
+    const len = rows[r].length;
+    for (let t = 0; t < len; t++) {
+      const base = (r * width + t) * d;
+      for (let k = 0; k < d; k++) pooled[k] += hiddenData[base + k];
+    }
+    for (let k = 0; k < d; k++) pooled[k] /= Math.max(len, 1e-9);
+    if (state.normalize) {
+      let sq = 0;
+      for (let k = 0; k < d; k++) sq += pooled[k] * pooled[k];
+      const norm = Math.max(Math.sqrt(sq), 1e-12);
+      for (let k = 0; k < d; k++) pooled[k] /= norm;
+    }
+    out.set(indices[r], pooled);
+  }
+  if (hidden.dispose) hidden.dispose();
+}
+
+async function embed({ texts }) {
+  if (!session) throw new Error("engine not initialised");
+  if (!Array.isArray(texts) || texts.some((t) => typeof t !== "string")) throw new Error("texts must be a list of strings");
+  if (texts.length === 0) return { data: new Float32Array(0), rows: 0, dim: state.dim || 0 };
+  const encodings = tokenize(texts);
+  // Sorted by length so that batches carry little padding (as the Python node does).
+  const order = encodings.map((_, i) => i).sort((a, b) => encodings[a].length - encodings[b].length);
+  const rowsOut = new Map();
+  const dim = { value: 0 };
+  for (let start = 0; start < order.length; start += batchSize) {
+    const batch = order.slice(start, start + batchSize);
+    await embedBatch(batch.map((i) => encodings[i]), rowsOut, batch, dim);
+  }
+  const data = new Float32Array(texts.length * dim.value);
+  for (let i = 0; i < texts.length; i++) data.set(rowsOut.get(i), i * dim.value);
+  return { data, rows: texts.length, dim: dim.value };
+}
+
+async function close() {
+  if (session) await session.release();
+  session = null;
+  return true;
+}
+
+const handlers = { init, embed, close, tokenize: ({ texts }) => tokenize(texts) };
+
+self.onmessage = async (event) => {
+  const { id, op, args } = event.data;
+  try {
+    if (!handlers[op]) throw new Error(`unknown op ${op}`);
+    const result = await handlers[op](args || {});
+    const transfer = result && result.data instanceof Float32Array ? [result.data.buffer] : [];
+    self.postMessage({ id, ok: true, result }, transfer);
+  } catch (err) {
+    self.postMessage({ id, ok: false, error: String(err && err.stack ? err.stack : err), message: String(err && err.message ? err.message : err) });
+  }
+};

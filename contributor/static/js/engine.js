@@ -1,0 +1,122 @@
+// The browser contributor's engine: the page-side wrapper around js/engine-worker.js.
+// See js/ENGINE.md. Interface (the dashboard codes against it; keep it stable):
+//
+//   createEngine({manifestUrl, backend = "auto", threads, onProgress, budgetBytes, expectedChecksum})
+//     backend: "auto" (webgpu when navigator.gpu gives an adapter, else wasm) | "wasm" | "webgpu"
+//     onProgress({phase: "manifest"|"chunks"|"load"|"ready", done, total, fromCache})
+//     -> {runtime, backend, threads, modelChecksum, cache: {fromCache, chunkRequests, bytes},
+//         async embed(texts) -> {data: Float32Array (rows*dim, row-major), rows, dim},
+//         async tokenize(texts) -> number[][] (the ids the model sees), async close()}
+//   environment() -> {crossOriginIsolated, webgpu (navigator.gpu exists; an adapter may still be
+//                     missing: "auto" asks for one), hardwareConcurrency, userAgent}
+//   registerServiceWorker() -> the registration, or null where Service Workers are unavailable
+
+const SW_URL = new URL("../sw.js", import.meta.url);
+
+export function environment() {
+  return {
+    crossOriginIsolated: globalThis.crossOriginIsolated === true,
+    webgpu: typeof navigator !== "undefined" && Boolean(navigator.gpu),
+    hardwareConcurrency: (typeof navigator !== "undefined" && navigator.hardwareConcurrency) || 1,
+    userAgent: (typeof navigator !== "undefined" && navigator.userAgent) || "",
+  };
+}
+
+/** Register sw.js (scope "/") so chunk URLs are answered from IndexedDB. Best effort: the
+ * engine verifies and caches chunks itself without it. */
+export async function registerServiceWorker({ timeoutMs = 3000 } = {}) {
+  if (typeof navigator === "undefined" || !("serviceWorker" in navigator) || !globalThis.isSecureContext) return null;
+  try {
+    const registration = await navigator.serviceWorker.register(SW_URL.href, { scope: "/", type: "module" });
+    await Promise.race([navigator.serviceWorker.ready, new Promise((resolve) => setTimeout(resolve, timeoutMs))]);
+    return registration;
+  } catch (err) {
+    console.warn("bim: Service Worker not registered", err);
+    return null;
+  }
+}
+
+function defaultThreads() {
+  if (!globalThis.crossOriginIsolated) return 1;
+  return Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1));
+}
+
+export async function createEngine({ manifestUrl, backend = "auto", threads, onProgress = () => {}, budgetBytes, expectedChecksum = "", batch } = {}) {
+  if (!manifestUrl) throw new Error("createEngine needs a manifestUrl");
+  await registerServiceWorker();
+  // Ask that the model cache not be dropped under storage pressure (best effort; the
+  // browser may say no, and the engine then simply downloads again next time).
+  try { await navigator.storage?.persist?.(); } catch { /* not granted */ }
+  const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { type: "module", name: "bim-engine" });
+  const pending = new Map();
+  let nextId = 1;
+  let closed = false;
+  worker.onmessage = (event) => {
+    const msg = event.data;
+    if (msg.type === "progress") {
+      try { onProgress(msg.progress); } catch (err) { console.error(err); }
+      return;
+    }
+    const waiter = pending.get(msg.id);
+    if (!waiter) return;
+    pending.delete(msg.id);
+    if (msg.ok) waiter.resolve(msg.result);
+    else {
+      const error = new Error(msg.message);
+      error.workerStack = msg.error;
+      waiter.reject(error);
+    }
+  };
+  worker.onerror = (event) => {
+    const error = new Error(`engine worker failed: ${event.message || "error"}`);
+    for (const waiter of pending.values()) waiter.reject(error);
+    pending.clear();
+  };
+  const call = (op, args) => {
+    if (closed) return Promise.reject(new Error("engine closed"));
+    return new Promise((resolve, reject) => {
+      const id = nextId++;
+      pending.set(id, { resolve, reject });
+      worker.postMessage({ id, op, args });
+    });
+  };
+
+  let info;
+  try {
+    info = await call("init", {
+      manifestUrl: new URL(manifestUrl, location.href).href,
+      backend,
+      threads: threads ?? defaultThreads(),
+      budgetBytes,
+      expectedChecksum,
+      batch,
+    });
+  } catch (err) {
+    worker.terminate();
+    throw err;
+  }
+  const cache = { fromCache: info.cache.fromCache, chunkRequests: info.cache.chunkRequests, bytes: info.cache.bytes };
+  onProgress({ phase: "ready", done: 1, total: 1, fromCache: cache.fromCache });
+  return {
+    runtime: info.runtime,
+    backend: info.backend,
+    threads: info.threads,
+    modelChecksum: info.modelChecksum,
+    cache,
+    manifest: info.manifest,
+    async embed(texts) {
+      return call("embed", { texts });
+    },
+    async tokenize(texts) {
+      return call("tokenize", { texts });
+    },
+    async close() {
+      if (closed) return;
+      try { await call("close", {}); } catch { /* terminating anyway */ }
+      closed = true;
+      worker.terminate();
+      for (const waiter of pending.values()) waiter.reject(new Error("engine closed"));
+      pending.clear();
+    },
+  };
+}
