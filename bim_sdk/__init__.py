@@ -1,7 +1,7 @@
 """Python SDK for BIM users: submit jobs with idempotency keys and retries, follow them,
 and verify their receipts without trusting the transport."""
 
-from .client import BimError, Client, EmbeddingResult
+from .client import BimError, Client, EmbeddingResult, ImageResult, TextDelta, TextResult
 from .receipts import ReceiptInvalid, verify_receipt
 
-__all__ = ["BimError", "Client", "EmbeddingResult", "ReceiptInvalid", "verify_receipt"]
+__all__ = ["BimError", "Client", "EmbeddingResult", "ImageResult", "ReceiptInvalid", "TextDelta", "TextResult", "verify_receipt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from collections import deque
@@ -11,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import requests
+
+from registry import families, protocol
 
 from .receipts import verify_receipt
 
@@ -30,6 +33,36 @@ class BimError(Exception):
 class EmbeddingResult:
     job: dict[str, Any]
     vectors: np.ndarray
+
+    @property
+    def receipt(self) -> dict[str, Any]:
+        return self.job["receipt"]
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    job: dict[str, Any]
+    pixels: np.ndarray  # uint8 (2H, 2W, 3), the pixels the receipt's result_hash names
+    png: bytes  # the same pixels as the registry delivered them, a lossless PNG
+
+    @property
+    def receipt(self) -> dict[str, Any]:
+        return self.job["receipt"]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Text a node streamed while generating: unverified, shown as it arrives."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TextResult:
+    job: dict[str, Any]
+    text: str  # the verified text, the one the receipt's result_hash names
+    tokens: list[int]
+    finish: str  # "stop" (the model ended its answer) or "length" (max_tokens reached)
 
     @property
     def receipt(self) -> dict[str, Any]:
@@ -128,3 +161,72 @@ class Client:
             raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
         vectors = verify_receipt(job, registry_key=self.registry_key(), inputs={"texts": texts})
         return EmbeddingResult(job=job, vectors=vectors)
+
+    def upscale(self, subnet: str, png: bytes, *, timeout: float = 120.0, idempotency_key: str | None = None) -> ImageResult:
+        """Submit an image to a 2x super-resolution subnet, wait for settlement and return
+        the receipt-verified result. The subnet takes 8-bit RGB PNGs: any other image
+        Pillow reads (palette, grey, alpha, 16-bit, JPEG) is converted first, alpha dropped."""
+        inputs = {"image": protocol.b64encode(_rgb_png(png))}
+        job = self.wait(self.submit(subnet, inputs, idempotency_key=idempotency_key)["id"], timeout=timeout)
+        if job["state"] != "settled":
+            raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
+        pixels = verify_receipt(job, registry_key=self.registry_key(), inputs=inputs)
+        return ImageResult(job=job, pixels=pixels, png=protocol.b64decode(job["result"]["image"]))
+
+    def generate(
+        self,
+        subnet: str,
+        prompt: str,
+        max_tokens: int,
+        *,
+        stream: bool = False,
+        timeout: float = 120.0,
+        poll: float = 0.1,
+        idempotency_key: str | None = None,
+    ) -> TextResult | Iterator[TextDelta | TextResult]:
+        """Generate text on a text subnet. Without `stream`, wait and return the
+        receipt-verified result. With it, return an iterator of `TextDelta`s (the text a
+        node streams, unverified) ending with the verified `TextResult`; the deltas are
+        a preview and may differ from the verified text, which is the only answer paid for."""
+        inputs = {"prompt": prompt, "max_tokens": max_tokens}
+        job_id = self.submit(subnet, inputs, idempotency_key=idempotency_key)["id"]
+        events = self._generate_events(job_id, inputs, timeout=timeout, poll=poll)
+        if stream:
+            return events
+        return deque(events, maxlen=1)[0]
+
+    def _generate_events(
+        self, job_id: str, inputs: dict[str, Any], *, timeout: float, poll: float
+    ) -> Iterator[TextDelta | TextResult]:
+        deadline = time.monotonic() + timeout
+        shown = ""
+        while True:
+            job = self.job(job_id)
+            if job["state"] in TERMINAL:
+                break
+            partial = (job.get("partial") or {}).get("text", "")
+            # Only growth is shown: when the stream switches to the other node (or a
+            # replacement), its text may not extend what was shown, and is skipped.
+            if partial.startswith(shown) and len(partial) > len(shown):
+                yield TextDelta(partial[len(shown) :])
+                shown = partial
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+            time.sleep(poll)
+        if job["state"] != "settled":
+            raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
+        result = verify_receipt(job, registry_key=self.registry_key(), inputs=inputs)
+        yield TextResult(job=job, text=result["text"], tokens=list(result["tokens"]), finish=result["finish"])
+
+
+def _rgb_png(image: bytes) -> bytes:
+    """An 8-bit RGB PNG goes as it is (its base64 is the input the receipt hashes); any other
+    image is converted once, here, so the user can check the receipt against what was sent."""
+    try:
+        families.png_size(image)
+        return image
+    except families.InputInvalid:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(image)) as opened:
+            return families.png_encode(np.asarray(opened.convert("RGB")))

@@ -17,7 +17,7 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, 
     (vectors for embeddings). Raises ReceiptInvalid unless:
     the registry signed the receipt; the contract, inputs and result hash match it; each
     node's long-term key certified its session key and that session key signed its result;
-    and the nodes are distinct (two of them, unless the receipt's path is "solo")."""
+    and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored")."""
     receipt = job.get("receipt") or {}
     if job.get("state") != "settled" or not receipt:
         raise ReceiptInvalid(f"job is {job.get('state')}, not settled")
@@ -33,16 +33,20 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, 
     if job["contract"]["input_hash"] != body["input_hash"]:
         raise ReceiptInvalid("contract input_hash differs from the receipt's")
     nodes = body["nodes"]
-    # A solo job (adaptive replication) has one trusted node and says so; any other path
-    # needs two distinct nodes that agreed.
-    needed = 1 if body["verification"]["path"] == "solo" else 2
+    # A solo job (adaptive replication) has one trusted node and says so, and so does a text
+    # job whose mismatch the registry settled by re-scoring with one sequence accepted; any
+    # other path needs two distinct nodes that agreed.
+    needed = 1 if body["verification"]["path"] in ("solo", "rescored") else 2
     if len({n["node_id"] for n in nodes}) != len(nodes) or len(nodes) < needed:
         raise ReceiptInvalid(f"a {body['verification']['path']} receipt needs {needed} distinct node(s)")
     for node in nodes:
         _verify_node(node, body)
     delivered = job["result"]
     family = families.family_for(job["contract"]["task_type"])
-    result = family.result_from_user(delivered)
+    try:
+        result = family.result_from_user(delivered)
+    except (families.InputInvalid, protocol.ProtocolError) as exc:  # e.g. a delivered image that does not decode
+        raise ReceiptInvalid(f"delivered result does not decode: {exc}") from None
     payload, _shape = family.encode_result(result)
     if protocol.sha256_hex(payload) != body["result_hash"] or delivered["result_hash"] != body["result_hash"]:
         raise ReceiptInvalid("delivered result does not hash to the receipt's result_hash")

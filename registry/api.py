@@ -66,9 +66,17 @@ class JobSummarySerializer(serializers.ModelSerializer):
 
 class JobDetailSerializer(JobSummarySerializer):
     result = serializers.SerializerMethodField()
+    partial = serializers.SerializerMethodField(
+        help_text="while a text job runs: the text a node has streamed so far, unverified (verified: false)"
+    )
 
     class Meta(JobSummarySerializer.Meta):
-        fields = [*JobSummarySerializer.Meta.fields, "contract", "contract_hash", "verification", "receipt", "result"]
+        fields = [
+            *JobSummarySerializer.Meta.fields, "contract", "contract_hash", "verification", "receipt", "result", "partial"
+        ]
+
+    def get_partial(self, job: Job) -> dict[str, Any] | None:
+        return selectors.job_partial(job=job)
 
     def get_result(self, job: Job) -> dict[str, Any] | None:
         assignment = selectors.job_delivered_assignment(job=job)

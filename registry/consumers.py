@@ -97,6 +97,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             "result": self.on_result,
             "job_failed": self.on_job_failed,
             "benchmark_result": self.on_benchmark_result,
+            "partial": self.on_partial,
         }.get(kind)
         if handler is None:
             await self.send_error("bad_message", f"unknown message type {kind!r}")
@@ -190,6 +191,10 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
     async def on_result(self, content: dict[str, Any]) -> None:
         assignment = await database_sync_to_async(services.result_record)(node_id=self.node_id, message=content)
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
+
+    async def on_partial(self, content: dict[str, Any]) -> None:
+        # Unacknowledged: a lost partial is overtaken by the next one, which holds all the text.
+        await database_sync_to_async(services.partial_record)(node_id=self.node_id, message=content)
 
     async def on_benchmark_result(self, content: dict[str, Any]) -> None:
         benchmark = await database_sync_to_async(nodes.benchmark_record)(node_id=self.node_id, message=content)

@@ -34,9 +34,13 @@ CONTRACT_SCHEMA: dict[str, Any] = {
         "tolerances": {
             "type": "object",
             "properties": {
-                "edit_distance": {"type": "integer", "minimum": 0},
+                # Text: normalized edit distance over token ids (0..1, recorded, see
+                # verify_text_pair) and the re-scoring rule's logit margin.
+                "edit_distance": {"type": "number", "minimum": 0, "maximum": 1},
+                "logit_margin": {"type": "number", "minimum": 0},
                 "cosine_min": {"type": "number", "minimum": -1, "maximum": 1},
                 "ssim_min": {"type": "number", "minimum": -1, "maximum": 1},
+                "phash_max": {"type": "integer", "minimum": 0, "maximum": 64},
                 "norm_tolerance": {"type": "number", "minimum": 0},
             },
         },

@@ -20,6 +20,7 @@ task type. A new family is one class here, one verifier there, and a runner in t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -125,9 +126,199 @@ class EmbeddingFamily(TaskFamily):
         return np.asarray(delivered["vectors"], dtype=np.float32)
 
 
+TEXT_ENCODING = "json"
+TEXT_FINISHES = ("stop", "length")
+
+
+class TextFamily(TaskFamily):
+    """Text generation: inputs {"prompt": str, "max_tokens": int}; the result is the
+    generated token ids (ending with the stop token when generation stopped by itself),
+    their text and why generation ended, as canonical JSON: {"finish", "text", "tokens"}.
+
+    The hold covers max_tokens; settlement captures the tokens actually generated. The
+    prompt is bounded in UTF-8 bytes (the subnet's max_chars), not characters: the model's
+    byte-level BPE makes at most one token per byte, so the bound keeps every accepted
+    prompt inside the context the subnet pins."""
+
+    task_type = "text"
+    encoding = TEXT_ENCODING
+
+    def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
+        unknown = set(raw) - {"prompt", "max_tokens"}
+        if unknown:
+            raise InputInvalid(f"a text job takes only prompt and max_tokens, not {', '.join(sorted(unknown))}")
+        prompt, max_tokens = raw.get("prompt"), raw.get("max_tokens")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputInvalid("prompt must be a non-empty string")
+        if len(prompt.encode("utf-8", errors="replace")) > limits.max_chars:
+            raise InputInvalid(f"prompt exceeds {limits.max_chars} bytes of UTF-8")
+        ceiling = int(limits.preprocessing.get("max_new_tokens", 256))
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= ceiling:
+            raise InputInvalid(f"max_tokens must be an integer from 1 to {ceiling}")
+        return {"prompt": prompt, "max_tokens": max_tokens}
+
+    def item_count(self, inputs: dict[str, Any]) -> int:
+        return 1
+
+    def price_units(self, inputs: dict[str, Any]) -> int:
+        return int(inputs["max_tokens"])
+
+    def used_units(self, inputs: dict[str, Any], result: dict[str, Any]) -> int:
+        # The stop token took a forward pass like any other, so it is paid for.
+        return min(len(result["tokens"]), self.price_units(inputs))
+
+    def encode_result(self, result: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
+        body = {"finish": result["finish"], "text": result["text"], "tokens": [int(t) for t in result["tokens"]]}
+        return protocol.canonical_json(body), (len(body["tokens"]),)
+
+    def decode_result(self, payload: bytes, shape: tuple[int, ...], inputs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise protocol.ProtocolError("bad_message", "a text result is UTF-8 JSON") from None
+        if not isinstance(result, dict) or set(result) != {"finish", "text", "tokens"}:
+            raise protocol.ProtocolError("bad_message", "a text result holds exactly finish, text and tokens")
+        tokens, finish = result["tokens"], result["finish"]
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens
+        ):
+            raise protocol.ProtocolError("bad_message", "tokens must be a list of token ids")
+        if not isinstance(result["text"], str) or finish not in TEXT_FINISHES:
+            raise protocol.ProtocolError("bad_message", f"text must be a string and finish one of {TEXT_FINISHES}")
+        if len(shape) != 1 or shape[0] != len(tokens):
+            raise protocol.ProtocolError("bad_shape", "a text result's shape is [number of tokens]")
+        max_tokens = int(inputs["max_tokens"])
+        if len(tokens) > max_tokens or (finish == "length" and len(tokens) != max_tokens):
+            raise protocol.ProtocolError("bad_shape", f"{len(tokens)} tokens for max_tokens {max_tokens} and finish {finish}")
+        if protocol.canonical_json(result) != payload:
+            # One result, one byte string: the hash both nodes sign must not depend on spacing.
+            raise protocol.ProtocolError("bad_message", "a text result must be canonical JSON")
+        return result
+
+    def result_for_user(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {"text": result["text"], "tokens": list(result["tokens"]), "finish": result["finish"]}
+
+    def result_from_user(self, delivered: dict[str, Any]) -> dict[str, Any]:
+        return {"finish": delivered["finish"], "text": delivered["text"], "tokens": list(delivered["tokens"])}
+
+
+IMAGE_ENCODING = "rgb8"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE_MIN_SIDE = 4  # a 2x result of 8 px still has room for SSIM's window
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(height, width) from a PNG's header, without decoding it (so an oversized image is
+    refused before it costs memory). Only 8-bit truecolor (RGB, no alpha) is accepted:
+    every decoder, browser or Python, then sees the same samples."""
+    if len(png) < 33 or png[:8] != PNG_SIGNATURE or png[12:16] != b"IHDR":
+        raise InputInvalid("image must be a PNG file")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    bit_depth, color_type = png[24], png[25]
+    if (bit_depth, color_type) != (8, 2):
+        raise InputInvalid("image must be an 8-bit RGB PNG (no alpha, palette, grey or 16-bit)")
+    return height, width
+
+
+def png_decode(png: bytes) -> np.ndarray:
+    """The PNG's pixels as uint8 (H, W, 3). Raw samples: gamma and colour profiles in the
+    file are ignored, as the contract's nodes ignore them."""
+    import io
+
+    from PIL import Image  # only image jobs pay for Pillow
+
+    height, width = png_size(png)
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputInvalid(f"image does not decode: {exc}") from None
+    if pixels.shape != (height, width, 3):
+        raise InputInvalid(f"image decodes to {pixels.shape}, not its header's {(height, width, 3)}")
+    return pixels
+
+
+def png_encode(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+def _image_pixels(result: Any) -> np.ndarray:
+    pixels = np.asarray(result)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"an image result is uint8 (H, W, 3), got {pixels.dtype} {pixels.shape}")
+    return pixels
+
+
+class ImageFamily(TaskFamily):
+    """2x super-resolution: inputs {"image": base64 of an 8-bit RGB PNG}, at most the
+    subnet's `max_side` pixels a side; the result is the upscaled image.
+
+    On the wire (what nodes sign and the registry stores) a result is raw uint8 samples,
+    row-major (H, W, 3) with shape [2h, 2w, 3], not PNG: the same pixels are then the same
+    bytes whatever encoder a node (or browser) has, so result_hash names the pixels and
+    the SDK can re-derive it. A 384 x 384 result is 432 KiB (576 KiB base64), inside a 1 MiB
+    websocket message; the subnet's max_side keeps it there. The user receives a lossless
+    PNG of those pixels, which the SDK decodes to check the receipt's hash."""
+
+    task_type = "image"
+    encoding = IMAGE_ENCODING
+
+    def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
+        unknown = set(raw) - {"image"}
+        if unknown:
+            raise InputInvalid(f"an image job takes only image, not {', '.join(sorted(unknown))}")
+        text = raw.get("image")
+        if not isinstance(text, str) or not text:
+            raise InputInvalid("image must be a base64 string of a PNG file")
+        if len(text) > limits.max_chars:
+            raise InputInvalid(f"image exceeds {limits.max_chars} characters of base64")
+        try:
+            png = protocol.b64decode(text)
+        except protocol.ProtocolError:
+            raise InputInvalid("image is not standard base64 (RFC 4648, with padding)") from None
+        height, width = png_size(png)
+        max_side = int(limits.preprocessing.get("max_side", 256))
+        if not IMAGE_MIN_SIDE <= min(height, width) or max(height, width) > max_side:
+            raise InputInvalid(f"image is {width}x{height}; each side must be {IMAGE_MIN_SIDE} to {max_side} px")
+        png_decode(png)  # refuse a corrupt file now, not on two nodes later
+        return {"image": text}
+
+    def item_count(self, inputs: dict[str, Any]) -> int:
+        return 1
+
+    def encode_result(self, result: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
+        pixels = _image_pixels(result)
+        return np.ascontiguousarray(pixels).tobytes(), (int(pixels.shape[0]), int(pixels.shape[1]), 3)
+
+    def decode_result(self, payload: bytes, shape: tuple[int, ...], inputs: dict[str, Any]) -> np.ndarray:
+        try:
+            height, width = png_size(protocol.b64decode(inputs["image"]))
+        except InputInvalid as exc:
+            raise protocol.ProtocolError("bad_message", str(exc)) from None
+        expected = (2 * height, 2 * width, 3)
+        if tuple(shape) != expected:
+            raise protocol.ProtocolError("bad_shape", f"a 2x image of {width}x{height} has shape {list(expected)}")
+        if len(payload) != expected[0] * expected[1] * 3:
+            raise protocol.ProtocolError("bad_shape", "payload length does not match the shape")
+        return np.frombuffer(payload, dtype=np.uint8).reshape(expected)
+
+    def result_for_user(self, result: np.ndarray) -> dict[str, Any]:
+        return {"image": protocol.b64encode(png_encode(result))}
+
+    def result_from_user(self, delivered: dict[str, Any]) -> np.ndarray:
+        return png_decode(protocol.b64decode(delivered["image"]))
+
+
 FAMILIES: dict[str, TaskFamily] = {
     family.task_type: family
-    for family in (EmbeddingFamily(),)
+    for family in (EmbeddingFamily(), TextFamily(), ImageFamily())
 }
 
 

@@ -26,7 +26,7 @@ from subnets.services import trusted_run
 
 from . import families, nodes, selectors
 from .models import Assignment, AssignmentState, Honeypot, Job
-from .verification import verify_pair
+from .verification import Verdict, verify_pair
 
 log = logging.getLogger("bim.registry.honeypots")
 
@@ -93,9 +93,12 @@ def honeypots_issue_due(*, window_s: int = 60) -> int:
     return issued
 
 
-def honeypot_judge(job: Job, results: list[Assignment]) -> dict:
+def honeypot_judge(job: Job, results: list[Assignment], *, rescored: dict[str, dict] | None = None) -> dict:
     """Check each node's result against the registry's answer; punish each failure.
-    Returns the verification record for the job."""
+    `rescored` (text: re-scoring evidence by result hash, see services._text_rescoring)
+    clears a result that differs from the answer but whose every token is within the
+    subnet's logit margin: honest nondeterminism, not a forgery. Returns the verification
+    record for the job."""
     honeypot = job.honeypot
     expected = families.family_for(job.subnet.task_type).decode_result(
         bytes(honeypot.result), tuple(honeypot.shape), honeypot.inputs
@@ -106,6 +109,12 @@ def honeypot_judge(job: Job, results: list[Assignment]) -> dict:
             job.subnet.task_type, selectors.assignment_result(assignment), expected, job.contract["tolerances"]
         )
         outcome[assignment.role] = verdict.as_dict()
+        evidence = (rescored or {}).get(assignment.result_hash)
+        if not verdict.passed and evidence is not None:
+            outcome[assignment.role]["rescoring"] = evidence
+            if evidence["accepted"]:
+                verdict = Verdict(True, verdict.metric, verdict.worst, "differs, but re-scoring accepted every token")
+                outcome[assignment.role].update(verdict.as_dict())
         if verdict.passed:
             Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.AGREED)
             nodes.reputation_record(node_ids=[assignment.node_id], outcome=1.0, subnet=job.subnet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db.models import QuerySet
 
 from . import families
@@ -31,3 +32,17 @@ def assignment_result(assignment: Assignment) -> Any:
     return families.family_for(job.contract["task_type"]).decode_result(
         bytes(assignment.result), tuple(assignment.result_shape), job.inputs
     )
+
+
+def partial_key(job_id: object) -> str:
+    """Where services.partial_record keeps a running job's streamed text."""
+    return f"bim:job-partial:{job_id}"
+
+
+def job_partial(*, job: Job) -> dict[str, Any] | None:
+    """The text a node has streamed so far for a running job, unverified; None once the job
+    is finished (its verified result replaces it) or when nothing was streamed."""
+    if job.finished_at is not None:
+        return None
+    partial = cache.get(partial_key(job.id))
+    return None if partial is None else {**partial, "verified": False}

@@ -8,6 +8,7 @@ task or message never sees uncommitted state and running a step twice changes no
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q, Value
 from django.db.models.functions import Coalesce, Least
@@ -24,7 +26,7 @@ from django.utils import timezone
 from bim_site.errors import ServiceError
 from ledger import services as ledger
 from subnets.models import Subnet
-from subnets.services import input_coverage_warnings
+from subnets.services import input_coverage_warnings, trusted_rescore
 
 from . import effects, families, honeypots, metrics, nodes, protocol, selectors
 from .contracts import build_contract
@@ -43,7 +45,7 @@ from .models import (
     Node,
 )
 from .routing import DIVERSITY_ATTRIBUTES
-from .verification import Verdict, verify_pair
+from .verification import Verdict, judge_rescored, verify_pair
 
 log = logging.getLogger("bim.registry")
 
@@ -423,6 +425,38 @@ def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> N
         raise protocol.ProtocolError("bad_signature", "result signature does not verify with the session key")
 
 
+PARTIAL_TTL_S = 600
+PARTIAL_MAX_CHARS = 64_000
+
+
+def partial_record(*, node_id: object, message: dict[str, Any]) -> None:
+    """Keep the latest text a node streams while it generates (the cache, never the
+    database: one write per few tokens). Unsigned and unverified: the user sees it marked
+    so, and only the settled result carries a receipt. Of two nodes streaming the same job
+    the one further ahead is shown; a partial for an assignment no longer open is dropped."""
+    try:
+        assignment_id = uuid.UUID(str(message["assignment_id"]))
+        text, tokens = message["text"], message["tokens"]
+        if not isinstance(text, str) or not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ValueError("text must be a string and tokens a count")
+    except (KeyError, ValueError) as exc:
+        raise protocol.ProtocolError("bad_message", f"malformed partial: {exc}") from None
+    if len(text) > PARTIAL_MAX_CHARS:
+        raise protocol.ProtocolError("bad_message", f"a partial holds at most {PARTIAL_MAX_CHARS} characters")
+    open_assignment = (
+        Assignment.objects.filter(pk=assignment_id, node_id=node_id, state=AssignmentState.DISPATCHED)
+        .values("job_id", "role")
+        .first()
+    )
+    if open_assignment is None:
+        return
+    key = selectors.partial_key(open_assignment["job_id"])
+    current = cache.get(key)
+    if current is None or tokens >= current["tokens"]:
+        # Read then write without a lock: two nodes racing can only swap which one is shown.
+        cache.set(key, {"text": text, "tokens": tokens, "role": open_assignment["role"]}, PARTIAL_TTL_S)
+
+
 def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> None:
     """A node declines or fails a job before answering: its role goes to another node."""
     try:
@@ -445,7 +479,10 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
 
 def job_verify(*, job_id: object) -> Job | None:
     """Compare the pair and settle on agreement; on a mismatch send the contract to a
-    tie-breaker (nothing is paid yet). With the tie-breaker's result in, adjudicate."""
+    tie-breaker (nothing is paid yet). With the tie-breaker's result in, adjudicate. A text
+    pair that differs is re-scored instead, on the registry's own runner, before the job
+    row is locked (a model pass takes a second or more) and settled on that evidence."""
+    rescored = _text_rescoring(job_id)
     with transaction.atomic():
         job = _job_locked(job_id)
         if job is None:
@@ -462,17 +499,100 @@ def job_verify(*, job_id: object) -> Job | None:
             return job
         a, b = results[AssignmentRole.A], results[AssignmentRole.B]
         if job.honeypot_id is not None:
-            verification = honeypots.honeypot_judge(job, [a, b])
+            verification = honeypots.honeypot_judge(job, [a, b], rescored=rescored or {})
             job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
             return job
         verdict = _compare(job, a, b)
         verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
+        if not verdict.passed and rescored is not None and {a.result_hash, b.result_hash} <= rescored.keys():
+            _job_settle_rescored(job, (a, b), verdict, verification, rescored)
+            return job
         if not verdict.passed:
             job_transition(job, JobState.ADJUDICATING, detail=verdict.reason, verification=verification)
             effects.queue_task("dispatch_job", str(job.id))
             return job
         _job_settle(job, (a, b), (), verdict, verification, detail="2-of-2 agreement")
     return job
+
+
+def _text_rescoring(job_id: object) -> dict[str, dict[str, Any]] | None:
+    """The evidence that settles a text pair that differs, keyed by result hash: each
+    claimed sequence re-scored in one teacher-forced pass on the registry's trusted runner
+    (no third node to find and wait for, and a forged token is caught, where a third node's
+    vote could only outnumber it). For a honeypot, each result that is not the registry's
+    own answer is re-scored, so an honest node whose CPU flipped a near-tie is not punished.
+    None when there is nothing to re-score, or no runner here (the job then goes to a third
+    node). Reads without locks: job_verify re-checks the hashes."""
+    job = (
+        Job.objects.select_related("subnet", "honeypot")
+        .filter(pk=job_id, state=JobState.VERIFYING, solo=False)
+        .first()
+    )
+    if job is None or job.subnet.task_type != Subnet.TaskType.TEXT:
+        return None
+    pair = list(job.assignments.filter(state=AssignmentState.SUBMITTED, role__in=PAIR_ROLES))
+    if job.honeypot is not None:
+        known = protocol.sha256_hex(bytes(job.honeypot.result))
+        pair = [x for x in pair if x.result_hash != known]
+    elif len(pair) != 2 or pair[0].result_hash == pair[1].result_hash:
+        return None
+    if not pair:
+        return None
+    margin = float(job.contract["tolerances"]["logit_margin"])
+    evidence = {}
+    for assignment in pair:
+        try:
+            rescoring = trusted_rescore(job.subnet, job.inputs, selectors.assignment_result(assignment))
+        except ServiceError as exc:
+            log.warning("job %s: cannot re-score here (%s); a third node will break the tie", job.id, exc.detail)
+            return None
+        within, failing = judge_rescored(rescoring.positions, margin)
+        gaps = [top - claimed for claimed, top in rescoring.positions]
+        worst_gap = max(gaps, default=0.0)
+        evidence[assignment.result_hash] = {
+            "accepted": within and not rescoring.problems,
+            "tokens": len(rescoring.positions),
+            "max_gap": round(worst_gap, 4) if math.isfinite(worst_gap) else None,
+            "failing_positions": failing[:20],
+            "problems": rescoring.problems,
+        }
+    return evidence
+
+
+def _job_settle_rescored(
+    job: Job,
+    pair: tuple[Assignment, Assignment],
+    verdict: Verdict,
+    verification: dict[str, Any],
+    evidence: dict[str, dict[str, Any]],
+) -> None:
+    """Settle a text pair on re-scoring: both sequences within the margin is honest
+    nondeterminism (a near-tie flipped): both are paid, nobody is struck. One within it:
+    its node is paid as the majority (the registry, which did the tie-breaker's work, takes
+    the tie-breaker's share) and the other gets nothing and a strike. Neither: the job
+    fails, the user is refunded and both nodes are struck."""
+    verification = {
+        **verification,
+        "path": "rescored",
+        "rescoring": {x.role: evidence[x.result_hash] for x in pair},
+    }
+    accepted = tuple(x for x in pair if evidence[x.result_hash]["accepted"])
+    rejected = tuple(x for x in pair if not evidence[x.result_hash]["accepted"])
+    verification["majority"] = [x.role for x in accepted]
+    if not accepted:
+        Assignment.objects.filter(pk__in=[x.pk for x in pair]).update(state=AssignmentState.DISAGREED)
+        why = "re-scoring accepted neither sequence"
+        job_transition(job, JobState.FAILED, detail=why, failure_reason=why, verification=verification)
+        if job.price_micro:
+            ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason=why)
+        nodes.reputation_record(node_ids=[x.node_id for x in pair], outcome=0.0, subnet=job.subnet)
+        for loser in pair:
+            nodes.node_strike(node_id=loser.node_id, reason="re-scoring rejected its tokens", job_id=job.id, subnet=job.subnet)
+        return
+    detail = "rescored: both within the margin" if not rejected else f"rescored: {rejected[0].role} rejected"
+    reason = "" if not rejected else f"re-scoring rejected {rejected[0].role}"
+    settled = Verdict(True, "tokens", verdict.worst, reason)
+    _job_settle(job, accepted, rejected, settled, verification, detail=detail, strike_reason="re-scoring rejected its tokens")
 
 
 def _compare(job: Job, first: Assignment, second: Assignment) -> Verdict:
@@ -538,7 +658,7 @@ def _job_settle_solo(job: Job, solo: Assignment) -> None:
     rest of the hold is released), the node earns what it would in a pair, the registry the
     remainder. No reputation is earned by unchecked work."""
     subnet = job.subnet
-    amount = job.price_micro * subnet.solo_price_bp // 10_000
+    amount = _price_captured(job, solo) * subnet.solo_price_bp // 10_000
     node_bp = min(10_000, subnet.split_node_a_bp * 10_000 // max(1, subnet.solo_price_bp))
     transfers = (
         ledger.job_settle(
@@ -563,24 +683,31 @@ def _job_settle_solo(job: Job, solo: Assignment) -> None:
 
 def _job_settle(
     job: Job,
-    majority: tuple[Assignment, Assignment],
+    majority: tuple[Assignment, ...],
     struck: tuple[Assignment, ...],
     verdict: Verdict,
     verification: dict[str, Any],
     *,
     detail: str,
+    strike_reason: str = "minority in a tie-break",
 ) -> None:
-    """Pay the agreeing pair, update reputations, sign the receipt, mark the job settled."""
+    """Pay the agreeing pair, update reputations, sign the receipt, mark the job settled.
+    A majority of one (a text pair settled by re-scoring) is paid node A's share; the
+    registry, which re-scored, keeps the rest."""
+    subnet = job.subnet
+    split_bp = subnet.split_bp if len(majority) == 2 else (subnet.split_node_a_bp, 0, 10_000 - subnet.split_node_a_bp)
+    amount = _price_captured(job, majority[0])
     transfers = (
         ledger.job_settle(
             job_id=job.id,
             user=job.user,
-            amount=job.price_micro,
-            node_ids=(majority[0].node_id, majority[1].node_id),
-            split_bp=job.subnet.split_bp,
-            escrow=ledger.NodeEscrowRule(share_bp=job.subnet.escrow_share_bp, required=job.subnet.escrow_required_micro),
+            amount=amount,
+            held=job.price_micro,
+            node_ids=tuple(x.node_id for x in majority),
+            split_bp=split_bp,
+            escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
         )
-        if job.price_micro
+        if amount
         else []
     )
     Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
@@ -588,15 +715,39 @@ def _job_settle(
     for loser in struck:
         Assignment.objects.filter(pk=loser.pk).update(state=AssignmentState.DISAGREED)
         nodes.reputation_record(node_ids=[loser.node_id], outcome=0.0, subnet=job.subnet)
-        nodes.node_strike(node_id=loser.node_id, reason="minority in a tie-break", job_id=job.id, subnet=job.subnet)
-    receipt = _receipt_build(job, list(majority), verdict, transfers, verification["path"])
+        nodes.node_strike(node_id=loser.node_id, reason=strike_reason, job_id=job.id, subnet=job.subnet)
+    receipt = _receipt_build(
+        job, list(majority), verdict, transfers, verification["path"], verification.get("rescoring")
+    )
     job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
     metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
 
 
+def _price_captured(job: Job, delivered: Assignment) -> int:
+    """What the user pays: the held price, or less when the delivered result used fewer
+    units than the hold covers (a text job holds max_tokens and pays for the tokens
+    generated); settlement releases the rest. Never more than the hold."""
+    family = families.family_for(job.subnet.task_type)
+    used = family.used_units(job.inputs, selectors.assignment_result(delivered))
+    if not job.price_micro or used >= family.price_units(job.inputs):
+        return job.price_micro
+    return min(job.price_micro, job.subnet.price_for(used))
+
+
 def _receipt_build(
-    job: Job, pair: list[Assignment], verdict: Verdict, transfers: list[Any], path: str
+    job: Job,
+    pair: list[Assignment],
+    verdict: Verdict,
+    transfers: list[Any],
+    path: str,
+    rescoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    tolerances = job.contract["tolerances"]
+    measured = (
+        {"min_cosine": verdict.worst, "cosine_min": tolerances.get("cosine_min")}
+        if job.subnet.task_type == Subnet.TaskType.EMBEDDING
+        else {"worst": verdict.worst, "tolerances": tolerances}
+    )
     body = {
         "version": "bim-receipt/1",
         "job_id": str(job.id),
@@ -608,8 +759,9 @@ def _receipt_build(
         "verification": {
             "path": path,
             "metric": verdict.metric,
-            "min_cosine": verdict.worst,
-            "cosine_min": job.contract["tolerances"].get("cosine_min"),
+            **measured,
+            # A text pair settled by re-scoring: per role, accepted or not and the worst gap.
+            **({"rescoring": rescoring} if rescoring else {}),
         },
         "nodes": [
             {

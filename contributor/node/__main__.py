@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="accept the subnet's model license on this user's behalf",
     )
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="compute threads (onnxruntime intra-op, llama.cpp)")
     parser.add_argument("--os", default=_default_os(), help="reported OS family")
     parser.add_argument("--gpu-family", default="none", help="reported GPU family")
     parser.add_argument(

