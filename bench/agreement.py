@@ -343,11 +343,15 @@ def _tokenizer_bytes() -> bytes:
     return (importlib.resources.files(defaults.EMBEDDINGS_TOKENIZER.package) / defaults.EMBEDDINGS_TOKENIZER.path).read_bytes()
 
 
-def _embedder_runner(*, threads: int = 1, batch_size: int = 32, optimization: OPT = OPT.ORT_ENABLE_ALL) -> Callable[[], Runner]:
+def _embedder_runner(
+    *, threads: int = 1, batch_size: int = 32, optimization: OPT = OPT.ORT_ENABLE_ALL, model_file: Path | None = None
+) -> Callable[[], Runner]:
     def factory() -> Runner:
         from contributor.node.embedder import Embedder
 
-        model = Path(str(importlib.resources.files(defaults.EMBEDDINGS_MODEL.package) / defaults.EMBEDDINGS_MODEL.path))
+        model = model_file or Path(
+            str(importlib.resources.files(defaults.EMBEDDINGS_MODEL.package) / defaults.EMBEDDINGS_MODEL.path)
+        )
         settings = defaults.embeddings_subnet_settings()["preprocessing"]
         embedder = Embedder(
             model,
@@ -394,6 +398,10 @@ def embedding_family(args: argparse.Namespace) -> FamilyBench:
         ctx.extra["collides"] = same.sum(axis=1) > 1
         similarity[same] = -2.0
         ctx.extra["nearest"] = similarity.argmax(axis=1)
+        if args.fp32_model.exists():
+            # An honest node running another file of the same network: the fp32 weights the
+            # int8 build was quantized from (bench/export_fp32_minilm.py makes it).
+            ctx.extra["fp32_build"] = _embedder_runner(model_file=args.fp32_model)()(texts)
 
     def other_input(i: int, ctx: Context) -> np.ndarray:
         pool = [j for j in range(len(texts)) if categories[j] == categories[i] and token_ids[j] != token_ids[i]]
@@ -424,6 +432,11 @@ def embedding_family(args: argparse.Namespace) -> FamilyBench:
             "perturbed_just_outside_tau": lambda i, ctx: _rotated(ctx.truth[i], tau - margin, ctx.rng),
             "lazy_copy_partner_visible": lambda i, ctx: ctx.truth[i].copy(),
             "lazy_copy_blind": lambda i, ctx: ctx.truth[ctx.previous_index(i)],
+            **(
+                {"fp32_build_of_the_model": lambda i, ctx: ctx.extra["fp32_build"][i]}
+                if args.fp32_model.exists()
+                else {}
+            ),
         },
         colluders="other_input",
         setup=setup,
@@ -434,6 +447,7 @@ def embedding_family(args: argparse.Namespace) -> FamilyBench:
             "perturbed_just_inside_tau": f"cosine tau + {margin}: within the subnet's definition of agreement",
             "lazy_copy_partner_visible": "hypothetical: BIM never sends a partner's result to a node; the copy is the right answer, paid for no work",
             "lazy_copy_blind": "what a copier can do in BIM: nothing to copy, so it replays",
+            "fp32_build_of_the_model": "an honest node running the fp32 file instead of the subnet's int8 one: why a subnet pins one model file by checksum",
         },
     )
 
@@ -601,6 +615,7 @@ def image_family(args: argparse.Namespace) -> FamilyBench:
             "patch_2px_plus_40": "a square of output pixels brightened by 40; saves the forger no compute",
             "lazy_copy_partner_visible": "hypothetical: BIM never sends a partner's result to a node",
             "lazy_copy_blind": "what a copier can do in BIM: nothing to copy, so it replays",
+            "fp32_build_of_the_model": "an honest node running the fp32 file instead of the subnet's int8 one: why a subnet pins one model file by checksum",
         },
     )
 
@@ -875,6 +890,12 @@ def main() -> None:
     parser.add_argument("--image-boundary-probes", type=int, default=30, help="inputs that get a bisection")
     parser.add_argument("--text-prompts", type=int, default=240)
     parser.add_argument("--text-max-tokens", type=int, default=24)
+    parser.add_argument(
+        "--fp32-model",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "var" / "minilm-fp32.onnx",
+        help="fp32 MiniLM ONNX (bench/export_fp32_minilm.py); its row is left out when the file is missing",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="few inputs: a smoke run")
     args = parser.parse_args()
