@@ -30,6 +30,18 @@ APACHE_2 = {
 }
 
 
+# Every demo subnet's economics: the paper's 40/40/20 split, 10 % of each node payout into
+# escrow until it holds 1 credit, and at most 16 queued jobs for a node below that.
+MARKET_TERMS: dict[str, int] = {
+    "split_node_a_bp": 4000,
+    "split_node_b_bp": 4000,
+    "split_registry_bp": 2000,
+    "escrow_share_bp": 1000,
+    "escrow_required_micro": 1_000_000,
+    "queue_depth_below_escrow": 16,
+}
+
+
 def embeddings_subnet_settings() -> dict[str, Any]:
     return {
         "name": "all-MiniLM-L6-v2 embeddings (int8, 384-d)",
@@ -44,12 +56,7 @@ def embeddings_subnet_settings() -> dict[str, Any]:
         # 10 texts cost 10,333 micro-credits; the odd call price shows the rounding rule.
         "price_per_call_micro": 333,
         "price_per_item_micro": 1_000,
-        "split_node_a_bp": 4000,
-        "split_node_b_bp": 4000,
-        "split_registry_bp": 2000,
-        "escrow_share_bp": 1000,
-        "escrow_required_micro": 1_000_000,
-        "queue_depth_below_escrow": 16,
+        **MARKET_TERMS,
         "max_items_per_job": 64,
         "max_chars_per_item": 4000,
         "latency_ms": 60_000,
@@ -128,12 +135,7 @@ def image_subnet_settings() -> dict[str, Any]:
         # One image of up to 192x192 costs ~10 embedding texts of compute.
         "price_per_call_micro": 1_000,
         "price_per_item_micro": 10_000,
-        "split_node_a_bp": 4000,
-        "split_node_b_bp": 4000,
-        "split_registry_bp": 2000,
-        "escrow_share_bp": 1000,
-        "escrow_required_micro": 1_000_000,
-        "queue_depth_below_escrow": 16,
+        **MARKET_TERMS,
         "max_items_per_job": 1,
         # An image travels as base64 PNG: a 192x192 photo is ~150,000 characters at worst.
         "max_chars_per_item": 200_000,
@@ -229,12 +231,7 @@ def text_subnet_settings() -> dict[str, Any]:
         # A token costs a node about what one embedded text does (~1/50 s of a core).
         "price_per_call_micro": 333,
         "price_per_item_micro": 1_000,
-        "split_node_a_bp": 4000,
-        "split_node_b_bp": 4000,
-        "split_registry_bp": 2000,
-        "escrow_share_bp": 1000,
-        "escrow_required_micro": 1_000_000,
-        "queue_depth_below_escrow": 16,
+        **MARKET_TERMS,
         "max_items_per_job": 1,
         "max_chars_per_item": 1_600,
         "benchmark_runs": 2,

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from ledger.models import MICRO
 from ledger.services import credits_top_up
-from registry import nodes, protocol
+from registry import families, nodes, protocol
 from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
 from subnets.models import EulaAcceptance, License, Subnet
@@ -123,14 +123,16 @@ def unit_vectors(count: int, dim: int = 384, seed: int = 0) -> np.ndarray:
 
 
 def result_message(
-    keys: NodeKeys, job: Job, assignment: Assignment, vectors: np.ndarray, **overrides: Any
+    keys: NodeKeys, job: Job, assignment: Assignment, result: Any, **overrides: Any
 ) -> dict[str, Any]:
-    """The `result` message an honest node would send; overrides forge single fields."""
-    payload = protocol.encode_vectors(vectors)
+    """The `result` message an honest node would send with `result` (vectors, a generation,
+    pixels: what the job's task family encodes); overrides forge single fields."""
+    family = families.family_for(job.contract["task_type"])
+    payload, shape = family.encode_result(result)
     fields = {
         "input_hash": job.contract["input_hash"],
         "result_hash": protocol.sha256_hex(payload),
-        "shape": list(vectors.shape),
+        "shape": list(shape),
     }
     fields.update({k: v for k, v in overrides.items() if k in fields})
     signed = protocol.result_message(
@@ -145,7 +147,7 @@ def result_message(
         "type": "result",
         "assignment_id": str(assignment.id),
         "job_id": str(job.id),
-        "encoding": "f32le",
+        "encoding": family.encoding,
         "data": protocol.b64encode(payload),
         "elapsed_ms": 5,
         "signature": protocol.sign(overrides.get("signing_key", keys.session), signed),

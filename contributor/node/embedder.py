@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-RUNTIME = f"onnxruntime-{ort.__version__}"
+from .onnx_session import pinned_session
 
 
 class Embedder:
@@ -53,18 +53,7 @@ class Embedder:
         pad_id = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = 0 if pad_id is None else pad_id
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Pinned rather than left to the default: the optimization level changes
-        # the last bits of the output, and nodes of one subnet must match (other levels
-        # are for bench/agreement.py, which measures by how much).
-        options.graph_optimization_level = optimization
-        source = str(model) if isinstance(model, Path) else model
-        self.session = ort.InferenceSession(
-            source, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self.session = pinned_session(model, threads=threads, optimization=optimization)
         self.input_names = {i.name for i in self.session.get_inputs()}
         output = self.session.get_outputs()[0]  # last_hidden_state: batch x seq x dim
         self.output_name = output.name

@@ -23,8 +23,8 @@ def _embedding_runner(files: dict[str, bytes | Path], preprocessing: dict[str, A
     return lambda inputs: embedder(inputs["texts"])
 
 
-def _embedding_runtime() -> str:
-    from .embedder import RUNTIME
+def _onnx_runtime() -> str:
+    from .onnx_session import RUNTIME
 
     return RUNTIME
 
@@ -51,21 +51,15 @@ def _image_runner(files: dict[str, bytes | Path], preprocessing: dict[str, Any],
     return lambda inputs: upscaler(png_decode(b64decode(inputs["image"])))
 
 
-def _image_runtime() -> str:
-    from .upscaler import RUNTIME
-
-    return RUNTIME
-
-
 RUNNER_LOADERS: dict[str, Callable[[dict[str, bytes | Path], dict[str, Any], int], Runner]] = {
     "embedding": _embedding_runner,
     "text": _text_runner,
     "image": _image_runner,
 }
 RUNTIMES: dict[str, Callable[[], str]] = {
-    "embedding": _embedding_runtime,
+    "embedding": _onnx_runtime,
     "text": _text_runtime,
-    "image": _image_runtime,
+    "image": _onnx_runtime,
 }
 
 

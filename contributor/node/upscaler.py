@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-RUNTIME = f"onnxruntime-{ort.__version__}"
+from .onnx_session import pinned_session
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,7 @@ class Upscaler:
             raise ValueError(f"{variant} needs a tile size that is a multiple of {self.variant.multiple}")
         self.tile = tile
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Pinned like the embedder's: the default may change between runtime versions
-        # (other levels move a few values by one step, SSIM >= 0.999999; bench/agreement.py).
-        options.graph_optimization_level = optimization
-        source = str(model) if isinstance(model, Path) else model
-        self.session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+        self.session = pinned_session(model, threads=threads, optimization=optimization)
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod

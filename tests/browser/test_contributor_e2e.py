@@ -13,22 +13,18 @@ docs/contributor-dashboard.png."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings
-from django.core.management import call_command
-from django.db import connection
 
 from bim_sdk import Client, verify_receipt
-from bim_site.processes import ROOT, ProcessGroup, child_env, free_port
+from bim_site.processes import ROOT, ProcessGroup
 from ledger.checks import ledger_violations
 from ledger.models import Account, AccountKind
 from registry.models import Assignment, AssignmentState, Node
+from tests.market import running_market
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -42,41 +38,14 @@ TEXTS = [
 ]
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 @pytest.fixture
 def registry(tmp_path):
     """Seeded database, the registry and a worker as child processes, and one Python node
     (bob) on 127.1.0.1; yields (url, tokens, group). The test is transactional: the child
     processes must see committed rows, and the flush afterwards leaves nothing behind (the
     package's live_registry seeds again when it finds the subnet gone)."""
-    assert connection.vendor == "postgresql", "this test is about PostgreSQL + Redis"
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    call_command("bim_seed", "--demo", "--contributors", "bob", "--json", stdout=open(os.devnull, "w"))
-    from rest_framework.authtoken.models import Token
-
-    tokens = dict(Token.objects.values_list("user__username", "key"))
-    run_id = uuid.uuid4().hex[:8]
-    env = child_env(
-        DATABASE_URL=_database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        BIM_CHANNEL_PREFIX=f"e2eb{run_id}",
-        BIM_INDEX_KEY_PREFIX=f"e2eb{run_id}:index",
-        BIM_ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
-        BIM_REGISTRY_KEY_PATH=str(settings.REGISTRY_KEY_PATH),
-        BIM_NODE_HEARTBEAT_S="2",
-    )
-    group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
-    try:
-        url = group.start_registry(free_port())
-        group.start_worker(beat=True)
-        group.start_node("bob", registry=url, token=tokens["bob"], subnet="minilm-embed", state_dir=tmp_path / "nodes")
+    with running_market(tmp_path, contributors="bob", nodes={"bob": "minilm-embed"}) as (url, tokens, group):
         yield url, tokens, group
-    finally:
-        group.stop()
 
 
 def _is_online(node_id) -> bool:

@@ -6,7 +6,6 @@ session cookie, and the dashboard script's protocol bytes against registry/proto
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from datetime import timedelta
 
@@ -291,7 +290,6 @@ def test_the_session_socket_refuses_a_foreign_origin_and_no_session(client):
 # ------------------------------------------------------------------ the dashboard script's bytes
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the dashboard's module")
 def test_the_dashboard_script_hashes_encodes_and_signs_exactly_like_registry_protocol(tmp_path):
     """app.js under Node's WebCrypto, given the same seeds, must produce the bytes
     registry/protocol.py produces: canonical JSON hashes (non-ASCII, emoji, CJK, control

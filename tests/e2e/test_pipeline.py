@@ -4,23 +4,18 @@ PostgreSQL, and two contributor node processes running the real model on loopbac
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import uuid
 
 import pytest
-import redis
-from django.conf import settings
-from django.core.management import call_command
-from django.db import connection
 
 from bim_sdk import Client, verify_receipt
-from bim_site.processes import ROOT, ProcessGroup, child_env, free_port
+from bim_site.processes import ROOT, child_env
 from ledger.checks import ledger_violations
 from ledger.models import Account, AccountKind
 from ledger.services import account_balance
 from registry.models import Job, JobState
+from tests.market import running_market
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -31,42 +26,16 @@ TEXTS = [
 ]
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 @pytest.mark.django_db(transaction=True)
-def test_jobs_settle_through_daphne_a_celery_worker_and_two_node_processes(tmp_path, capsys):
-    assert connection.vendor == "postgresql", "this test is about PostgreSQL + Redis"
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    with capsys.disabled():
-        call_command("bim_seed", "--demo", "--contributors", "alice,bob", "--json", stdout=open(os.devnull, "w"))
-    from rest_framework.authtoken.models import Token
-
-    tokens = dict(Token.objects.values_list("user__username", "key"))
-    env = child_env(
-        DATABASE_URL=_database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        BIM_CHANNEL_PREFIX=f"e2e{uuid.uuid4().hex[:8]}",
-        BIM_ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
-        BIM_REGISTRY_KEY_PATH=str(settings.REGISTRY_KEY_PATH),
-        BIM_NODE_HEARTBEAT_S="2",
-    )
-    group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
-    try:
-        url = group.start_registry(free_port())
-        group.start_worker(beat=True)
-        for name in ("alice", "bob"):
-            group.start_node(name, registry=url, token=tokens[name], subnet="minilm-embed", state_dir=tmp_path / "nodes")
+def test_jobs_settle_through_daphne_a_celery_worker_and_two_node_processes(tmp_path):
+    pair = {name: "minilm-embed" for name in ("alice", "bob")}
+    with running_market(tmp_path, contributors="alice,bob", nodes=pair) as (url, tokens, _):
         client = Client(url, tokens["demo-user"], timeout=30)
         jobs = [client.submit_embeddings("minilm-embed", texts, idempotency_key=f"e2e-{i}") for i, texts in enumerate(TEXTS)]
         # A retry of the first submit is the same job, not a second charge.
         assert client.submit_embeddings("minilm-embed", TEXTS[0], idempotency_key="e2e-0")["id"] == jobs[0]["id"]
         finals = [client.wait(job["id"], timeout=180) for job in jobs]
         registry_key = client.registry_key()
-    finally:
-        group.stop()
 
     for final, texts in zip(finals, TEXTS):
         assert final["state"] == "settled", final

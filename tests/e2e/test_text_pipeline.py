@@ -4,63 +4,30 @@ generated and then receives the receipt-verified text."""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
-import redis
-from django.conf import settings
-from django.core.management import call_command
-from django.db import connection
 
 from bim_sdk import Client, TextDelta, TextResult
-from bim_site.processes import ProcessGroup, child_env, free_port
 from contributor.node.generator import Generator
 from ledger.checks import ledger_violations
 from ledger.models import Transfer
 from registry.models import Job, JobState
 from subnets import defaults
 from subnets.services import packaged_file
+from tests.market import running_market
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 PROMPTS = [("Give me a one-sentence greeting.", 32), ("Write a short poem about the sea.", 24)]
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 @pytest.mark.django_db(transaction=True)
-def test_text_jobs_stream_tokens_and_settle_with_verified_receipts(tmp_path, capsys):
-    assert connection.vendor == "postgresql", "this test is about PostgreSQL + Redis"
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    with capsys.disabled():
-        call_command("bim_seed", "--demo", "--contributors", "alice,bob", "--json", stdout=open(os.devnull, "w"))
-    from rest_framework.authtoken.models import Token
-
-    tokens = dict(Token.objects.values_list("user__username", "key"))
-    env = child_env(
-        DATABASE_URL=_database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        BIM_CHANNEL_PREFIX=f"e2e{uuid.uuid4().hex[:8]}",
-        BIM_ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
-        BIM_REGISTRY_KEY_PATH=str(settings.REGISTRY_KEY_PATH),
-        BIM_NODE_HEARTBEAT_S="2",
-    )
-    group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
-    try:
-        url = group.start_registry(free_port())
-        group.start_worker(beat=True)
-        for name in ("alice", "bob"):
-            group.start_node(name, registry=url, token=tokens[name], subnet=defaults.TEXT_SLUG, state_dir=tmp_path / "nodes")
+def test_text_jobs_stream_tokens_and_settle_with_verified_receipts(tmp_path):
+    pair = {name: defaults.TEXT_SLUG for name in ("alice", "bob")}
+    with running_market(tmp_path, contributors="alice,bob", nodes=pair) as (url, tokens, _):
         client = Client(url, tokens["demo-user"], timeout=30)
         prompt, max_tokens = PROMPTS[0]
         events = list(client.generate(defaults.TEXT_SLUG, prompt, max_tokens, stream=True, timeout=180))
         plain = client.generate(defaults.TEXT_SLUG, *PROMPTS[1], timeout=180)
-    finally:
-        group.stop()
 
     *deltas, streamed = events
     assert all(isinstance(delta, TextDelta) for delta in deltas) and isinstance(streamed, TextResult)

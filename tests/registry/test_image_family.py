@@ -22,7 +22,7 @@ from registry import families, protocol, services
 from registry.families import InputInvalid, SubnetLimits, png_decode, png_encode
 from registry.models import Job
 from subnets import defaults
-from tests.factories import SubnetFactory, online_node, user_with_credits
+from tests.factories import SubnetFactory, online_node, result_message, user_with_credits
 from tests.images import sample_image, waifu2x_model
 
 IMAGE = families.family_for("image")
@@ -155,31 +155,6 @@ def image_subnet():
     )
 
 
-def image_result_message(keys, job: Job, assignment, pixels: np.ndarray) -> dict[str, Any]:
-    payload, shape = IMAGE.encode_result(pixels)
-    result_hash = protocol.sha256_hex(payload)
-    signed = protocol.result_message(
-        job_id=str(job.id),
-        assignment_id=str(assignment.id),
-        contract_hash=job.contract_hash,
-        input_hash=job.contract["input_hash"],
-        result_hash=result_hash,
-        shape=shape,
-    )
-    return {
-        "type": "result",
-        "assignment_id": str(assignment.id),
-        "job_id": str(job.id),
-        "input_hash": job.contract["input_hash"],
-        "result_hash": result_hash,
-        "shape": list(shape),
-        "encoding": "rgb8",
-        "data": protocol.b64encode(payload),
-        "elapsed_ms": 5,
-        "signature": protocol.sign(keys.session, signed),
-    }
-
-
 def run_job(client: APIClient, subnet, nodes, inputs, results: dict[str, np.ndarray]) -> dict[str, Any]:
     response = client.post("/api/v1/jobs/", {"subnet": subnet.slug, "inputs": inputs, "idempotency_key": "img-1"}, format="json")
     assert response.status_code == 201, response.content
@@ -187,7 +162,7 @@ def run_job(client: APIClient, subnet, nodes, inputs, results: dict[str, np.ndar
     services.job_dispatch(job_id=job.id)
     by_node = {n.node.pk: n for n in nodes}
     for assignment in job.assignments.all():
-        message = image_result_message(by_node[assignment.node_id], job, assignment, results[assignment.role])
+        message = result_message(by_node[assignment.node_id], job, assignment, results[assignment.role])
         services.result_record(node_id=assignment.node_id, message=message)
     services.job_verify(job_id=job.id)
     return client.get(f"/api/v1/jobs/{job.id}/").json()

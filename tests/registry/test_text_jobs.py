@@ -15,11 +15,11 @@ from ledger.services import account_balance
 from registry import families, honeypots, nodes, protocol, services
 from registry.honeypots import honeypot_pool_refresh
 from registry.keys import registry_public_key
-from registry.models import AssignmentState, BenchmarkState, Job, JobState, NodeSubnet, Strike
+from registry.models import AssignmentState, BenchmarkState, JobState, NodeSubnet, Strike
 from subnets import defaults
 from subnets.models import Artifact
 from subnets.services import benchmark_reference_compute, packaged_file, trusted_rescore, trusted_run
-from tests.factories import LicenseFactory, SubnetFactory, online_node, user_with_credits
+from tests.factories import LicenseFactory, SubnetFactory, online_node, result_message, user_with_credits
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(300)]
 
@@ -50,31 +50,6 @@ def text_subnet(**overrides):
     return subnet
 
 
-def text_message(keys, job: Job, assignment, result: dict) -> dict:
-    payload, shape = TEXT.encode_result(result)
-    result_hash = protocol.sha256_hex(payload)
-    signed = protocol.result_message(
-        job_id=str(job.id),
-        assignment_id=str(assignment.id),
-        contract_hash=job.contract_hash,
-        input_hash=job.contract["input_hash"],
-        result_hash=result_hash,
-        shape=shape,
-    )
-    return {
-        "type": "result",
-        "assignment_id": str(assignment.id),
-        "job_id": str(job.id),
-        "input_hash": job.contract["input_hash"],
-        "result_hash": result_hash,
-        "shape": list(shape),
-        "encoding": TEXT.encoding,
-        "data": protocol.b64encode(payload),
-        "elapsed_ms": 5,
-        "signature": protocol.sign(keys.session, signed),
-    }
-
-
 def run_pair(subnet, a_result: dict, b_result: dict, inputs: dict = INPUTS):
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(3))}
     user = user_with_credits(10)
@@ -83,7 +58,7 @@ def run_pair(subnet, a_result: dict, b_result: dict, inputs: dict = INPUTS):
     for role, result in (("A", a_result), ("B", b_result)):
         assignment = job.assignments.get(role=role, state=AssignmentState.DISPATCHED)
         keys = pool[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=text_message(keys, job, assignment, result))
+        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, result))
     services.job_verify(job_id=job.id)
     job.refresh_from_db()
     return job, user
@@ -249,7 +224,7 @@ def test_the_streamed_text_is_shown_unverified_while_the_job_runs(client):
     result = honest(subnet)
     for assignment in (a, b):
         keys = pool[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=text_message(keys, job, assignment, result))
+        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, result))
     services.job_verify(job_id=job.id)
     body = client.get(f"/api/v1/jobs/{job.id}/").json()
     assert body["state"] == "settled" and body["partial"] is None
@@ -267,7 +242,7 @@ def run_text_honeypot(subnet):
     for assignment in job.assignments.all():
         claimed = answer if assignment.role == "A" else with_token(subnet, answer, 1, 1000)
         keys = pool[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=text_message(keys, job, assignment, claimed))
+        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, claimed))
     services.job_verify(job_id=job.id)
     job.refresh_from_db()
     assert job.verification["path"] == "honeypot"
