@@ -2,7 +2,7 @@
 
 For each task family: honest nodes in different configurations (thread counts, batch sizes,
 graph-optimization levels, tiling) run the same real inputs, and each result is compared
-with the pinned configuration's result through `registry.verification.verify_pair` under
+with the pinned configuration's result through `bim_core.verification.verify_pair` under
 the subnet's real tolerances (honest agreement rate, false rejects). Then adversarial nodes
 answer the same inputs against an honest partner (false accepts per strategy), and a
 colluding pair answers with the same forgery (accepted by 2-of-2; what catches it is the
@@ -12,7 +12,7 @@ A family is one entry in FAMILIES: a builder returning a FamilyBench (inputs wit
 category each, honest configurations, adversaries). Text adds two registry steps the others
 lack: a forged result must pass submit-time decoding (`admit`), and a pair that differs is
 settled by re-scoring each claimed sequence on the registry's trusted runner (`rescore`,
-`registry.services._text_rescoring`), so a result's verdict is 2-of-2 agreement or, failing
+`registry.verify._text_rescoring`), so a result's verdict is 2-of-2 agreement or, failing
 that, re-scoring's.
 
     .venv/bin/python bench/agreement.py [--families embedding,image,text] [--quick]
@@ -51,7 +51,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from registry.verification import verify_pair  # noqa: E402
+from bim_core.verification import verify_pair  # noqa: E402
 from subnets import defaults  # noqa: E402
 
 OPT = ort.GraphOptimizationLevel
@@ -347,7 +347,7 @@ def _embedder_runner(
     *, threads: int = 1, batch_size: int = 32, optimization: OPT = OPT.ORT_ENABLE_ALL, model_file: Path | None = None
 ) -> Callable[[], Runner]:
     def factory() -> Runner:
-        from contributor.node.embedder import Embedder
+        from bim_core.runtimes.embedder import Embedder
 
         model = model_file or Path(
             str(importlib.resources.files(defaults.EMBEDDINGS_MODEL.package) / defaults.EMBEDDINGS_MODEL.path)
@@ -495,7 +495,7 @@ def _waifu2x_file(path: str) -> Path:
 
 def _upscaler_runner(path: str = defaults.IMAGE_MODEL.path, **options: Any) -> Callable[[], Runner]:
     def factory() -> Runner:
-        from contributor.node.upscaler import Upscaler
+        from bim_core.runtimes.upscaler import Upscaler
 
         preprocessing = defaults.image_subnet_settings()["preprocessing"]
         settings = {"variant": preprocessing["variant"], "pad": preprocessing["pad"], "tile": preprocessing["tile"]}
@@ -658,7 +658,7 @@ def _text_runner(*, threads: int = 1, n_batch: int | None = None) -> Callable[[]
     1 = the prompt evaluated token by token)."""
 
     def factory() -> Runner:
-        from contributor.node.runners import runner_load
+        from bim_core.runtimes.runners import runner_load
 
         preprocessing = dict(defaults.text_subnet_settings()["preprocessing"])
         if n_batch is not None:
@@ -670,9 +670,9 @@ def _text_runner(*, threads: int = 1, n_batch: int | None = None) -> Callable[[]
 
 
 def text_family(args: argparse.Namespace) -> FamilyBench:
-    from contributor.node.runners import runner_load
-    from registry import families, protocol
-    from registry.verification import judge_rescored
+    from bim_core import families, protocol
+    from bim_core.runtimes.runners import runner_load
+    from bim_core.verification import judge_rescored
 
     settings = defaults.text_subnet_settings()
     tolerances = settings["tolerances"]
@@ -904,7 +904,7 @@ def main() -> None:
         args.text_prompts, args.text_max_tokens = 12, 12
     out: dict[str, Any] = {"onnxruntime": ort.__version__, "families": {}}
     if "text" in args.families.split(","):
-        from contributor.node.generator import RUNTIME
+        from bim_core.runtimes.generator import RUNTIME
 
         out["text_runtime"] = RUNTIME
     for name in args.families.split(","):

@@ -118,7 +118,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
     from tokenizers import Tokenizer
 
-    from contributor.node.embedder import Embedder
+    from bim_core.runtimes.embedder import Embedder
     from subnets.defaults import embeddings_subnet_settings
 
     settings_ = embeddings_subnet_settings()

@@ -11,7 +11,7 @@ This measures P(both picks are the adversary's) for three routing policies:
 
 Each number comes two ways:
 
-  * Monte Carlo with the real picking rules: `registry.routing.rendezvous_scores` for
+  * Monte Carlo with the real picking rules: `bim_core.selection.rendezvous_scores` for
     every (job, node), then the greedy rule of `select_nodes` (rank order, ties by
     candidate order; A = best node, B = best node differing from A in every attribute of
     the policy). Vectorized: per job only the best few dozen honest and Sybil scores are
@@ -76,7 +76,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from registry.routing import Candidate, hash64, rendezvous_scores, select_nodes  # noqa: E402
+from bim_core.selection import Candidate, hash64, rendezvous_scores, select_nodes  # noqa: E402
 
 POLICIES: dict[str, tuple[str, ...]] = {
     "a": ("owner_id",),

@@ -164,10 +164,10 @@ def build_world(args: argparse.Namespace) -> dict[str, Any]:
     settlements touch (made here, so neither path creates accounts while timed)."""
     from django.contrib.auth import get_user_model
 
+    from bim_core import protocol
+    from bim_core.contracts import build_contract
     from ledger.models import AccountKind
     from ledger.services import accounts_get, credits_top_up
-    from registry import protocol
-    from registry.contracts import build_contract
     from registry.models import Node
     from subnets.models import License, Subnet
 
@@ -230,7 +230,7 @@ def make_jobs(world: dict[str, Any], tag: str, per_client_users: list[list[int]]
     The same seed gives the same prices and node pairs (so ORM and raw runs match)."""
     from django.utils import timezone
 
-    from registry import protocol
+    from bim_core import protocol
     from registry.models import Job, JobState
 
     rng = random.Random(seed)

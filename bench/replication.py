@@ -4,7 +4,7 @@ false-accept rate of each, on the same simulated population (issue 5, "beyond th
 Population (100 nodes, so each earns trust within the run): honest nodes always return the right answer; a share of "sleepers" behave until
 they are trusted (adaptive_min_jobs agreed jobs) and then forge with probability `cheat`
 (the strongest attack on adaptive replication: earn trust, then exploit solo jobs). Both
-policies run the same honeypot rate and the same strike/ban rules (registry.scoring's
+policies run the same honeypot rate and the same strike/ban rules (bim_core.scoring's
 reputation update, 3 active strikes = ban). Forgers collude: two forgers on one job agree.
 
 Policies: (a) every job on two nodes, a third on a mismatch (2-of-3); (b) adaptive: a
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from registry.scoring import ReputationPolicy, reputation_after_job  # noqa: E402
+from bim_core.scoring import ReputationPolicy, reputation_after_job  # noqa: E402
 
 POLICY = ReputationPolicy()
 

@@ -1,5 +1,5 @@
 """Routing benchmark: median time to pick 2 (and 3) nodes out of 1,000 / 10,000 / 100,000
-online nodes with the registry's in-memory index (`registry.routing.NodeIndex`) under the
+online nodes with the registry's in-memory index (`bim_core.selection.NodeIndex`) under the
 default diversity policy (distinct owner, /24 block and ASN).
 
 Baseline, measured in the same run: `select_nodes` over a plain candidate list, which
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from registry.routing import Candidate, NodeIndex, select_nodes  # noqa: E402
+from bim_core.selection import Candidate, NodeIndex, select_nodes  # noqa: E402
 
 POLICY = ("owner_id", "ip_block", "asn")
 

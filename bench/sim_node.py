@@ -29,10 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from contributor.node import client as node_client  # noqa: E402
-from contributor.node.client import NodeClient, NodeFatalError, RegistryApi, RegistryError, websocket_url  # noqa: E402
-from contributor.node.keys import KeyFileError, load_or_create_key  # noqa: E402
-from registry import protocol  # noqa: E402
+from bim_core import protocol  # noqa: E402
+from bim_node import client as node_client  # noqa: E402
+from bim_node.client import NodeClient, NodeFatalError, RegistryApi, RegistryError, websocket_url  # noqa: E402
+from bim_node.keys import KeyFileError, load_or_create_key  # noqa: E402
 
 log = logging.getLogger("bench.sim_node")
 
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_node(args: argparse.Namespace) -> NodeClient:
-    """What `contributor.node.__main__.prepare_node` does, less the model download."""
+    """What `bim_node.__main__.prepare_node` does, less the model download."""
     if args.source_ip:
         # NodeClient opens its socket with the module's `connect`; bind that to the address.
         node_client.connect = functools.partial(node_client.connect, local_addr=(args.source_ip, 0))

@@ -31,7 +31,7 @@ import django  # noqa: E402
 
 django.setup()  # subnets.defaults names the model through the subnets app
 
-from contributor.node.generator import Generator  # noqa: E402
+from bim_core.runtimes.generator import Generator  # noqa: E402
 from subnets import defaults  # noqa: E402
 from subnets.services import packaged_file  # noqa: E402
 

@@ -194,7 +194,7 @@ def bench_vectors(texts: list[str]) -> Path:
     path = CACHE_DIR / f"vectors-{key}.npz"
     if path.exists():
         return path
-    from contributor.node.embedder import Embedder
+    from bim_core.runtimes.embedder import Embedder
 
     model = packaged_file(defaults.EMBEDDINGS_MODEL.package, defaults.EMBEDDINGS_MODEL.path)
     tokenizer = packaged_file(defaults.EMBEDDINGS_TOKENIZER.package, defaults.EMBEDDINGS_TOKENIZER.path)
@@ -604,19 +604,19 @@ class Baseline:
         # Routing skips, and beat's sweeper drops, nodes silent for NODE_STALE_S.
         from django.utils import timezone
 
-        from registry import nodes
+        from registry import routing_index
         from registry.models import Node, NodeSubnet
 
         now = timezone.now()
         Node.objects.filter(pk__in=self.keys).update(is_online=True, last_seen=now)
         NodeSubnet.objects.filter(node_id__in=self.keys).update(ready_at=now)
         if forget_index:
-            nodes.index_forget()  # this process's routing index: rebuild it from the rows above
+            routing_index.index_forget()  # this process's routing index: rebuild it from the rows above
 
     def run(
         self, *, batches: list[list[str]], prefix: str, vectors: dict[str, np.ndarray], meter: CpuMeter
     ) -> dict[str, Any]:
-        from registry import effects, services
+        from registry import dispatch, effects, results, submit, verify
         from registry.models import Assignment, AssignmentState, JobState
         from tests.factories import result_message
 
@@ -635,17 +635,17 @@ class Baseline:
                 if job_began - heard > HEARTBEAT_S:  # stand-in for the nodes' heartbeats
                     self.refresh_presence(forget_index=False)
                     heard = job_began
-                job, _ = services.job_submit(
+                job, _ = submit.job_submit(
                     user=self.user, subnet_slug=BASELINE_SUBNET, inputs={"texts": texts}, idempotency_key=f"{prefix}{index}"
                 )
-                services.job_dispatch(job_id=job.id)
+                dispatch.job_dispatch(job_id=job.id)
                 # Read back rather than trust the return value: beat's sweeper may have
                 # dispatched the job first.
                 batch_vectors = np.stack([vectors[text] for text in texts])
                 for assignment in Assignment.objects.filter(job=job, state=AssignmentState.DISPATCHED):
                     message = result_message(self.keys[assignment.node_id], job, assignment, batch_vectors)
-                    services.result_record(node_id=assignment.node_id, message=message)
-                job = services.job_verify(job_id=job.id)
+                    results.result_record(node_id=assignment.node_id, message=message)
+                job = verify.job_verify(job_id=job.id)
                 if job is None or job.state != JobState.SETTLED:
                     raise RuntimeError(f"in-process job {index} ended {job and job.state}")
                 per_job.append(time.perf_counter() - job_began)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from registry import families, protocol
+from bim_core import families, protocol
 
 from .receipts import verify_receipt
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry import families, protocol
+from bim_core import families, protocol
 
 
 class ReceiptInvalid(Exception):

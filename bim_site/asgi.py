@@ -13,7 +13,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from bim_site.middleware import isolation_headers  # noqa: E402
 from registry.auth import NodeSocketStack  # noqa: E402
-from registry.routing_ws import websocket_urlpatterns  # noqa: E402
+from registry.routing import websocket_urlpatterns  # noqa: E402
 
 
 class IsolatedStaticFilesHandler(ASGIStaticFilesHandler):

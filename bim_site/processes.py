@@ -61,7 +61,7 @@ class ProcessGroup:
         self.start(
             name,
             [
-                sys.executable, "-m", "contributor.node",
+                sys.executable, "-m", "bim_node",
                 "--registry", registry,
                 "--token", token,
                 "--subnet", subnet,

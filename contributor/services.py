@@ -1,7 +1,7 @@
 """Contributor writes: opting into a subnet (its license) and registering this browser as a
 node of the logged-in user. Views only parse and call these; the registry's own rules
 (license accepted before registration and before `ready`, one owner per public key) live in
-`registry.nodes` and `subnets.services` and are not repeated here."""
+`registry.presence` and `subnets.services` and are not repeated here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 
-from registry import nodes
+from registry import presence
 from registry.models import Node
 from subnets import selectors as subnet_selectors
 from subnets import services as subnet_services
@@ -62,7 +62,7 @@ def browser_node_register(
 ) -> tuple[Node, bool]:
     """Register (or find again: the same browser keeps its key in IndexedDB) the browser's
     long-term key as a node of `owner` for subnets whose license the owner accepted."""
-    return nodes.node_register(
+    return presence.node_register(
         owner=owner,
         public_key=public_key,
         name=name or f"browser-{public_key[:8]}",

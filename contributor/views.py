@@ -17,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from bim_site.errors import ServiceError
+from bim_core.errors import ServiceError
 
 from . import selectors, services
 from .forms import OptInForm, SignUpForm

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bim_site.errors import ServiceError
+from bim_core.errors import ServiceError
 from registry.models import Node
 
 from . import services

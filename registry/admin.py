@@ -5,7 +5,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import nodes
+from . import reputation
 from .models import (
     AgreementStat,
     Assignment,
@@ -19,6 +19,7 @@ from .models import (
     SentinelRun,
     Strike,
 )
+from .sentinels import dispute_resolve
 
 
 def _link(obj: object, label: str | None = None) -> str:
@@ -76,7 +77,7 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.action(description="Lift the ban (and active strikes) of selected nodes")
     def lift_ban(self, request: HttpRequest, queryset: Any) -> None:
         for node in queryset:
-            nodes.node_ban_lift(node_id=node.pk, operator=request.user)
+            reputation.node_ban_lift(node_id=node.pk, operator=request.user)
         self.message_user(request, f"lifted {queryset.count()} node(s)")
 
 
@@ -258,6 +259,4 @@ class DisputeAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Dispute, form: Any, change: bool) -> None:
         # Writing a resolution resolves the dispute, through the service.
         if obj.resolution and obj.resolved_at is None:
-            from .sentinels import dispute_resolve
-
             dispute_resolve(dispute=obj, resolution=f"{request.user}: {obj.resolution}")

@@ -16,10 +16,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from bim_site.errors import ServiceError
+from bim_core import families, protocol
+from bim_core.errors import ServiceError
 from ledger.models import Account, AccountKind
 
-from . import families, nodes, protocol, selectors, services
+from . import presence, selectors, submit
 from .keys import registry_public_key
 from .models import Job
 
@@ -105,7 +106,7 @@ class JobListCreateApi(APIView):
         key = data.validated_data.get("idempotency_key") or request.headers.get("Idempotency-Key")
         if not key:
             raise ServiceError("idempotency_key_required", "send idempotency_key or an Idempotency-Key header")
-        job, created = services.job_submit(
+        job, created = submit.job_submit(
             user=request.user,
             subnet_slug=data.validated_data["subnet"],
             inputs=data.validated_data["inputs"],
@@ -177,7 +178,7 @@ class NodeRegisterApi(APIView):
     def post(self, request: Request) -> Response:
         data = NodeRegisterSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        node, created = nodes.node_register(
+        node, created = presence.node_register(
             owner=request.user,
             public_key=data.validated_data["public_key"],
             name=data.validated_data["name"],

@@ -1,6 +1,6 @@
 """The node websocket (protocol: docs/protocol.md). Parses, authorizes, calls a service,
 replies. A bad message gets {"type": "error"} and the socket stays open; a failed
-handshake closes it with a code from `registry.protocol`."""
+handshake closes it with a code from `bim_core.protocol`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
-from . import metrics, nodes, protocol, services
+from bim_core import protocol
+
+from . import benchmarks, metrics, presence, results, sweeper
 from .models import Node
 
 log = logging.getLogger("bim.registry.ws")
@@ -71,7 +73,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             timer.cancel()
         if self.node_id is not None:
             await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
-            await database_sync_to_async(nodes.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
+            await database_sync_to_async(presence.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -142,7 +144,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=protocol.CLOSE_AUTH_FAILED)
             return
         self.hello_timer.cancel()
-        replaced = await database_sync_to_async(nodes.node_connect)(
+        replaced = await database_sync_to_async(presence.node_connect)(
             node=node,
             channel_name=self.channel_name,
             session_key_pub=session_key_pub,
@@ -170,7 +172,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             max_concurrent = int(content.get("max_concurrent", 1))
         except (TypeError, ValueError):
             raise protocol.ProtocolError("bad_message", "max_concurrent must be an integer") from None
-        await database_sync_to_async(nodes.node_ready)(
+        await database_sync_to_async(presence.node_ready)(
             node_id=self.node_id,
             subnet_slug=subnet,
             model_checksum=str(content.get("model_checksum", "")),
@@ -179,25 +181,25 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "ready_ok", "subnet": subnet})
 
     async def on_heartbeat(self, content: dict[str, Any]) -> None:
-        alive = await database_sync_to_async(nodes.node_heartbeat)(
+        alive = await database_sync_to_async(presence.node_heartbeat)(
             node_id=self.node_id, channel_name=self.channel_name
         )
         if not alive:
             await self.close(code=protocol.CLOSE_REPLACED)
             return
         await self.send_json({"type": "pong", "time": timezone.now().isoformat()})
-        await database_sync_to_async(services.sweep_if_due)()
+        await database_sync_to_async(sweeper.sweep_if_due)()
 
     async def on_result(self, content: dict[str, Any]) -> None:
-        assignment = await database_sync_to_async(services.result_record)(node_id=self.node_id, message=content)
+        assignment = await database_sync_to_async(results.result_record)(node_id=self.node_id, message=content)
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
 
     async def on_partial(self, content: dict[str, Any]) -> None:
         # Unacknowledged: a lost partial is overtaken by the next one, which holds all the text.
-        await database_sync_to_async(services.partial_record)(node_id=self.node_id, message=content)
+        await database_sync_to_async(results.partial_record)(node_id=self.node_id, message=content)
 
     async def on_benchmark_result(self, content: dict[str, Any]) -> None:
-        benchmark = await database_sync_to_async(nodes.benchmark_record)(node_id=self.node_id, message=content)
+        benchmark = await database_sync_to_async(benchmarks.benchmark_record)(node_id=self.node_id, message=content)
         await self.send_json(
             {
                 "type": "benchmark_ok",
@@ -208,7 +210,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def on_job_failed(self, content: dict[str, Any]) -> None:
-        await database_sync_to_async(services.assignment_give_up)(
+        await database_sync_to_async(results.assignment_give_up)(
             node_id=self.node_id,
             assignment_id=str(content.get("assignment_id", "")),
             reason=str(content.get("reason", ""))[:150],

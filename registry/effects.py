@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from celery import current_app
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -16,8 +17,9 @@ def send_to_node(node_id: object, event: dict[str, Any]) -> None:
 
 
 def queue_task(task_name: str, *args: str) -> None:
-    """After commit, queue a registry task (run inline in eager mode)."""
-    from . import tasks  # tasks import the services that call this
+    """After commit, queue a registry task (run inline in eager mode).
 
-    task = getattr(tasks, task_name)
+    The task is looked up by name in Celery's registry, the way `send_task` addresses it,
+    so the services that queue tasks never import the tasks that call them."""
+    task = current_app.tasks[f"registry.tasks.{task_name}"]
     transaction.on_commit(lambda: task.delay(*args))

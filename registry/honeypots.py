@@ -20,13 +20,15 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from bim_core import families
+from bim_core.verification import Verdict, verify_pair
 from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import trusted_run
 
-from . import families, nodes, selectors
+from . import reputation, selectors
 from .models import Assignment, AssignmentState, Honeypot, Job
-from .verification import Verdict, verify_pair
+from .submit import job_create
 
 log = logging.getLogger("bim.registry.honeypots")
 
@@ -57,7 +59,6 @@ def honeypot_pool_refresh(*, subnet: Subnet, pool: list[dict[str, Any]]) -> int:
 
 def honeypot_issue(*, subnet: Subnet) -> Job | None:
     """Send one honeypot into the subnet, the least used of its pool for the current model."""
-    from .services import job_create  # services verify honeypots through this module
 
     with transaction.atomic():
         honeypot = (
@@ -117,11 +118,11 @@ def honeypot_judge(job: Job, results: list[Assignment], *, rescored: dict[str, d
                 outcome[assignment.role].update(verdict.as_dict())
         if verdict.passed:
             Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.AGREED)
-            nodes.reputation_record(node_ids=[assignment.node_id], outcome=1.0, subnet=job.subnet)
+            reputation.reputation_record(node_ids=[assignment.node_id], outcome=1.0, subnet=job.subnet)
             continue
         Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.DISAGREED)
-        nodes.reputation_record(node_ids=[assignment.node_id], outcome=0.0, subnet=job.subnet)
-        nodes.node_strike(node_id=assignment.node_id, reason="failed a honeypot", job_id=job.id, subnet=job.subnet)
+        reputation.reputation_record(node_ids=[assignment.node_id], outcome=0.0, subnet=job.subnet)
+        reputation.node_strike(node_id=assignment.node_id, reason="failed a honeypot", job_id=job.id, subnet=job.subnet)
         ledger.escrow_slash(
             node_id=assignment.node_id,
             job_id=job.id,

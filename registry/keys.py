@@ -12,7 +12,7 @@ from functools import cache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
-from . import protocol
+from bim_core import protocol
 
 
 @cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -26,7 +27,7 @@ class Node(models.Model):
     ip_block = models.CharField(max_length=64, blank=True, help_text="/24 (IPv4) or /48 (IPv6)")
     asn = models.PositiveIntegerField(null=True, blank=True)
     subnets = models.ManyToManyField(Subnet, through="NodeSubnet", related_name="nodes")
-    # Routing weight = per-subnet benchmark score x reputation (registry.scoring).
+    # Routing weight = per-subnet benchmark score x reputation (bim_core.scoring).
     reputation = models.FloatField(default=0.2)
     strikes = models.PositiveIntegerField(default=0, help_text="strikes ever given")
     banned_until = models.DateTimeField(null=True, blank=True)
@@ -50,6 +51,15 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({str(self.id)[:8]})"
+
+
+    def uptime(self, now: Any) -> float:
+        """Share of the node's life it has spent connected."""
+        online = self.online_seconds
+        if self.is_online and self.connected_at is not None:
+            online += (now - self.connected_at).total_seconds()
+        lifetime = max((now - self.created_at).total_seconds(), online)
+        return 1.0 if lifetime <= 0 else min(1.0, online / lifetime)
 
 
 class NodeSubnet(models.Model):

@@ -8,7 +8,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.db.models import QuerySet
 
-from . import families
+from bim_core import families
+
 from .models import Assignment, AssignmentState, Job
 
 

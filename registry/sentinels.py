@@ -9,11 +9,11 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
+from bim_core.verification import verify_pair
 from subnets.services import trusted_run
 
 from . import selectors
 from .models import Dispute, Job, JobState, SentinelRun
-from .verification import verify_pair
 
 log = logging.getLogger("bim.registry.sentinels")
 

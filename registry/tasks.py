@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.db import OperationalError
 
-from . import honeypots, nodes, sentinels, services
+from . import benchmarks, dispatch, honeypots, sentinels, sweeper, verify
 
 # Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
 retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
@@ -11,27 +11,27 @@ retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_
 
 @retried
 def dispatch_job(job_id: str) -> None:
-    services.job_dispatch(job_id=job_id)
+    dispatch.job_dispatch(job_id=job_id)
 
 
 @retried
 def dispatch_waiting(subnet_id: str) -> None:
-    services.jobs_dispatch_waiting(subnet_id=int(subnet_id))
+    dispatch.jobs_dispatch_waiting(subnet_id=int(subnet_id))
 
 
 @retried
 def verify_job(job_id: str) -> None:
-    services.job_verify(job_id=job_id)
+    verify.job_verify(job_id=job_id)
 
 
 @retried
 def sweep() -> dict[str, int]:
-    return services.sweep()
+    return sweeper.sweep()
 
 
 @retried
 def benchmarks_due() -> int:
-    return nodes.benchmarks_due()
+    return benchmarks.benchmarks_due()
 
 
 @retried

@@ -130,7 +130,7 @@ def image_subnet_settings() -> dict[str, Any]:
         # pad: UpConv7's receptive-field radius; tile: input pixels per model call (the
         # contract fixes it because other models' seams depend on it); max_side bounds a
         # job's compute (192 px: ~0.25 s per node on one core) and its raw result: 432 KiB,
-        # 576 KiB of base64, inside daphne's 1 MiB websocket message (registry.families).
+        # 576 KiB of base64, inside daphne's 1 MiB websocket message (bim_core.families).
         "preprocessing": {"variant": IMAGE_VARIANT, "pad": 7, "tile": 128, "max_side": 192},
         # One image of up to 192x192 costs ~10 embedding texts of compute.
         "price_per_call_micro": 1_000,
@@ -148,8 +148,8 @@ def _photo_crop_inputs(photo: str, top: int, left: int, height: int, width: int,
     coffee, rocket), as a user of the image subnet sends them."""
     from skimage import data
 
-    from registry.families import png_encode
-    from registry.protocol import b64encode
+    from bim_core.families import png_encode
+    from bim_core.protocol import b64encode
 
     pixels = getattr(data, photo)()[top : top + height, left : left + width]
     return {"image": b64encode(png_encode(pixels[:, ::-1] if flip else pixels))}
@@ -216,7 +216,7 @@ def text_subnet_settings() -> dict[str, Any]:
         "determinism": {"temperature": 0, "top_p": 1, "seed": 0},
         "tolerances": {"edit_distance": 0.1, "logit_margin": 1.5},
         # The prompt tokens are part of what nodes agree on: the chat template and system
-        # prompt (contributor/node/generator.py), the context and the prompt batch size.
+        # prompt (bim_core/runtimes/generator.py), the context and the prompt batch size.
         # max_chars_per_item counts the prompt's UTF-8 bytes (at most one token each):
         # 1,600 + ~40 template tokens + 256 new tokens fit the 2,048-token context.
         "preprocessing": {

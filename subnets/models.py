@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from registry.families import SubnetLimits
+from bim_core.families import SubnetLimits
 
 
 class License(models.Model):
@@ -67,11 +67,11 @@ class Subnet(models.Model):
     max_items_per_job = models.PositiveIntegerField(default=64)
     max_chars_per_item = models.PositiveIntegerField(default=4000)
     latency_ms = models.PositiveIntegerField(default=60_000, help_text="job deadline")
-    # Which attributes a job's nodes must not share (registry.routing.DIVERSITY_ATTRIBUTES).
+    # Which attributes a job's nodes must not share (bim_core.selection.DIVERSITY_ATTRIBUTES).
     routing_policy = models.JSONField(default=default_routing_policy, blank=True)
-    score_policy = models.JSONField(default=dict, blank=True, help_text="registry.scoring.ScorePolicy fields")
+    score_policy = models.JSONField(default=dict, blank=True, help_text="bim_core.scoring.ScorePolicy fields")
     reputation_policy = models.JSONField(
-        default=dict, blank=True, help_text="registry.scoring.ReputationPolicy fields"
+        default=dict, blank=True, help_text="bim_core.scoring.ReputationPolicy fields"
     )
     # Re-benchmark after this many jobs or hours.
     benchmark_every_jobs = models.PositiveIntegerField(default=500)

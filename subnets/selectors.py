@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from bim_site.errors import ServiceError
+from bim_core.errors import ServiceError
 
 from .models import Subnet
 

@@ -18,8 +18,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from bim_site.errors import ServiceError
-from registry.families import family_for
+from bim_core.errors import ServiceError
+from bim_core.families import family_for
 
 from .models import Artifact, ArtifactChunk, BenchmarkReference, Chunk, EulaAcceptance, License, Subnet
 
@@ -167,7 +167,7 @@ def trusted_run(subnet: Subnet, inputs: dict[str, Any]) -> Any:
 
 def trusted_rescore(subnet: Subnet, inputs: dict[str, Any], result: Any) -> Any:
     """Re-score a node's claimed result with the subnet's own files (text: one
-    teacher-forced pass, `contributor.node.generator.Rescoring`): the registry's evidence
+    teacher-forced pass, `bim_core.runtimes.generator.Rescoring`): the registry's evidence
     when two nodes' generations differ. Slow (a model pass): call it outside transactions."""
     runner = _trusted_runner_for(subnet)
     if not hasattr(runner, "rescore"):
@@ -185,7 +185,7 @@ def _trusted_runner_for(subnet: Subnet) -> Any:
 def _trusted_runner(slug: str, task_type: str, model_checksum: str, sources: tuple, preprocessing: str) -> Any:
     """One loaded model per subnet build, kept for the process: honeypot pools and
     sentinels run many inputs, and loading costs more than running."""
-    from contributor.node.runners import runner_load  # model runtimes: loaded only when needed
+    from bim_core.runtimes.runners import runner_load  # model runtimes: loaded only when needed
 
     files = {}
     for role, source, _sha256 in sources:

@@ -7,7 +7,7 @@ import re
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
-from bim_site.errors import ServiceError
+from bim_core.errors import ServiceError
 
 from . import selectors, services
 

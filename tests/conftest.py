@@ -35,12 +35,12 @@ def _eager_celery():
 def _fresh_routing_index():
     """Each test's database starts over, so no routing index or cached account may outlive it."""
     from ledger.services import account_cache_clear
-    from registry import nodes
+    from registry import routing_index
 
-    nodes.index_forget()
+    routing_index.index_forget()
     account_cache_clear()
     yield
-    nodes.index_forget()
+    routing_index.index_forget()
     account_cache_clear()
 
 

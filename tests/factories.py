@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from bim_core import families, protocol
 from ledger.models import MICRO
 from ledger.services import credits_top_up
-from registry import families, nodes, protocol
+from registry import routing_index
 from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
 from subnets.models import EulaAcceptance, License, Subnet
@@ -113,7 +114,7 @@ def online_node(
         benchmarked_at=timezone.now() if benchmarked else None,
     )
     node.refresh_from_db()
-    nodes.index_forget()  # rows written behind presence's back: the index must rebuild
+    routing_index.index_forget()  # rows written behind presence's back: the index must rebuild
     return NodeKeys(node=node, long_term=long_term, session=session)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contributor.node.upscaler import VARIANTS
+from bim_core.runtimes.upscaler import VARIANTS
 
 
 def waifu2x_model(variant: str = "upconv7") -> Path:

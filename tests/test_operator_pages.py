@@ -8,8 +8,9 @@ from django.contrib import admin
 from django.urls import reverse
 
 from ledger.models import Transfer
-from registry import services
+from registry import dispatch, submit, verify
 from registry.models import Job
+from registry.results import result_record
 from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -26,12 +27,12 @@ def operator(client):
 def settled_job():
     subnet = SubnetFactory()
     nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
-    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="op")
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="op")
+    dispatch.job_dispatch(job_id=job.id)
     for assignment in job.assignments.all():
         keys = nodes[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(2)))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(2)))
+    verify.job_verify(job_id=job.id)
     return Job.objects.get(pk=job.pk)
 
 

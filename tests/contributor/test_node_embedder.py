@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contributor.node.embedder import Embedder
+from bim_core.runtimes.embedder import Embedder
 
 TEXTS = [
     "A man is playing a guitar on stage.",

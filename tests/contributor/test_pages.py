@@ -1,7 +1,7 @@
 """The contributor site: sign-up, log in and out, the dashboard, per-subnet opt-in (the
 license acceptance recorded with its version and time before any job can reach the
 browser), the browser's node registration and status endpoints, the node websocket on the
-session cookie, and the dashboard script's protocol bytes against registry/protocol.py."""
+session cookie, and the dashboard script's protocol bytes against bim_core/protocol.py."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from bim_core import protocol
 from bim_site.asgi import application
 from bim_site.processes import ROOT
 from ledger.models import Account, AccountKind
-from registry import protocol, services
+from registry import dispatch, submit, verify
 from registry.models import Node, NodeSubnet
+from registry.results import result_record
 from subnets.models import EulaAcceptance
 from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors, user_with_credits
 
@@ -190,12 +192,12 @@ def test_registration_needs_the_session_and_the_csrf_token(subnet):
 def test_status_returns_the_owners_ledger_balances_and_the_nodes_work(client, contributor, subnet):
     ours, theirs = online_node(subnet, owner=contributor), online_node(subnet)
     keys = {k.node.pk: k for k in (ours, theirs)}
-    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="s")
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="s")
+    dispatch.job_dispatch(job_id=job.id)
     for assignment in job.assignments.all():
         k = keys[assignment.node_id]
-        services.result_record(node_id=k.node.pk, message=result_message(k, job, assignment, unit_vectors(2)))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=k.node.pk, message=result_message(k, job, assignment, unit_vectors(2)))
+    verify.job_verify(job_id=job.id)
 
     body = client.get(reverse("contributor:status"), {"node": str(ours.node.pk)}).json()
     earnings = Account.objects.get(kind=AccountKind.NODE_EARNINGS, node=ours.node).balance
@@ -292,7 +294,7 @@ def test_the_session_socket_refuses_a_foreign_origin_and_no_session(client):
 
 def test_the_dashboard_script_hashes_encodes_and_signs_exactly_like_registry_protocol(tmp_path):
     """app.js under Node's WebCrypto, given the same seeds, must produce the bytes
-    registry/protocol.py produces: canonical JSON hashes (non-ASCII, emoji, CJK, control
+    bim_core/protocol.py produces: canonical JSON hashes (non-ASCII, emoji, CJK, control
     characters), f32le vectors, and the hello, result and benchmark signatures."""
     long_seed, session_seed = bytes(range(32)), bytes(range(32, 64))
     long_key = protocol.private_key_from_b64(protocol.b64encode(long_seed))

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from bim_core.families import png_encode
+from bim_core.runtimes.upscaler import Upscaler
+from bim_core.verification import verify_image_pair
 from bim_sdk import Client
-from contributor.node.upscaler import Upscaler
 from ledger.checks import ledger_violations
-from registry.families import png_encode
 from registry.models import Job, JobState
-from registry.verification import verify_image_pair
 from subnets import defaults
 from tests.images import sample_image, waifu2x_model
 from tests.market import running_market

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from bim_core.runtimes.generator import Generator
 from bim_sdk import Client, TextDelta, TextResult
-from contributor.node.generator import Generator
 from ledger.checks import ledger_violations
 from ledger.models import Transfer
 from registry.models import Job, JobState

@@ -42,7 +42,7 @@ from ledger.services import (
     withdrawal_decide,
     withdrawal_request,
 )
-from registry import services as registry
+from registry import submit
 from registry.models import Job, JobState
 from tests.factories import SubnetFactory, UserFactory, online_node, user_with_credits
 
@@ -83,7 +83,7 @@ def test_interleaved_settles_retries_and_withdrawals_keep_the_books_exact(settin
     nodes = [online_node(subnet, ready=False, ip=f"10.{n}.0.1").node for n in range(4)]
     operator = UserFactory(is_staff=True, is_superuser=True)
     jobs = [
-        registry.job_submit(user=users[n % 4], subnet_slug=subnet.slug, inputs={"texts": [f"text {n}"]}, idempotency_key=f"c{n}")[0]
+        submit.job_submit(user=users[n % 4], subnet_slug=subnet.slug, inputs={"texts": [f"text {n}"]}, idempotency_key=f"c{n}")[0]
         for n in range(JOBS)
     ]
     assert {j.price_micro for j in jobs} == {PRICE}
@@ -267,7 +267,7 @@ def test_the_same_settlement_sent_by_many_threads_at_once_pays_once():
     subnet = SubnetFactory(price_per_call_micro=0, price_per_item_micro=PRICE)
     user = user_with_credits(1)
     nodes = [online_node(subnet, ready=False, ip=f"10.{n}.0.1").node for n in range(2)]
-    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["one"]}, idempotency_key="k")
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["one"]}, idempotency_key="k")
     barrier = threading.Barrier(THREADS)
     results: list[frozenset[int]] = []
     errors: list[str] = []
@@ -313,7 +313,7 @@ def two_held_jobs(db):
     user = user_with_credits(1)
     nodes = [online_node(subnet, ready=False, ip=f"10.{n}.0.1").node for n in range(2)]
     jobs = [
-        registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["one"]}, idempotency_key=key)[0]
+        submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["one"]}, idempotency_key=key)[0]
         for key in ("first", "second")
     ]
     settle = lambda job: job_settle(
@@ -374,7 +374,7 @@ def test_a_retried_settlement_returns_the_first_settlement_in_full(db):
     subnet = SubnetFactory(price_per_call_micro=0, price_per_item_micro=PRICE, escrow_required_micro=4_000)
     user = user_with_credits(1)
     nodes = [online_node(subnet, ready=False, ip=f"10.{n}.0.1").node for n in range(2)]
-    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["one"]}, idempotency_key="k")
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["one"]}, idempotency_key="k")
 
     def settle() -> list[Transfer]:
         return job_settle(

@@ -21,7 +21,7 @@ from ledger.services import (
     transfer_create,
     transfer_reverse,
 )
-from registry import services as registry
+from registry import submit
 from registry.models import Job, JobState
 from tests.factories import SubnetFactory, UserFactory, online_node, user_with_credits
 
@@ -142,7 +142,7 @@ def test_reversing_one_leg_of_a_settlement_keeps_the_books_sound_or_is_refused(o
     subnet = SubnetFactory()
     user = user_with_credits(10)
     nodes = [online_node(subnet).node, online_node(subnet).node]
-    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="k1")
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="k1")
     transfers = job_settle(
         job_id=job.pk,
         user=user,

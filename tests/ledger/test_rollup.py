@@ -21,7 +21,7 @@ from ledger.services import (
     job_settle,
     pending_rollup,
 )
-from registry import services as registry
+from registry import submit
 from registry.models import Job, JobState
 from tests.factories import SubnetFactory, online_node, user_with_credits
 
@@ -56,7 +56,7 @@ def settle_jobs():
         nodes = [online_node(subnet).node, online_node(subnet).node]
         jobs = []
         for n in range(count):
-            job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=f"k{n}")
+            job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=f"k{n}")
             job_settle(
                 job_id=job.pk,
                 user=user,

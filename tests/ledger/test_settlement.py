@@ -22,8 +22,8 @@ from ledger.services import (
     job_settle,
     split_amount,
 )
-from registry import services as registry
 from registry.models import Job, JobState
+from registry.submit import job_submit
 from tests.factories import SubnetFactory, online_node, user_with_credits
 
 TEXTS = ["one small text", "another text", "a third one"]  # 333 + 3 x 1,000 = 3,333 micro-credits
@@ -85,7 +85,7 @@ def test_it_refuses_a_split_that_is_not_100_percent(split_bp):
 
 
 def submit(user, subnet, key: str, texts=TEXTS) -> Job:
-    job, created = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": texts}, idempotency_key=key)
+    job, created = job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": texts}, idempotency_key=key)
     assert created
     return job
 

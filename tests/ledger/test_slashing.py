@@ -8,8 +8,9 @@ import pytest
 
 from ledger.models import MICRO, AccountKind, Slash, Transfer, TransferKind
 from ledger.services import LedgerError, account_balance, account_get, escrow_slash
-from registry import services as registry
+from registry import dispatch, submit, verify
 from registry.models import Assignment, Job, JobState
+from registry.results import result_record
 from tests.factories import (
     SubnetFactory,
     online_node,
@@ -46,14 +47,14 @@ def nodes(subnet):
 
 def settled_job(subnet, nodes, user, key: str) -> Job:
     """A job through the registry: submit, dispatch, both nodes' signed results, 2-of-2 settle."""
-    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=key)
-    registry.job_dispatch(job_id=job.pk)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=key)
+    dispatch.job_dispatch(job_id=job.pk)
     by_node = {keys.node.pk: keys for keys in nodes}
     vectors = unit_vectors(len(TEXTS))
     for assignment in job.assignments.all():
         keys = by_node[assignment.node_id]
-        registry.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
-    registry.job_verify(job_id=job.pk)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    verify.job_verify(job_id=job.pk)
     job.refresh_from_db()
     assert job.state == JobState.SETTLED
     return job
@@ -172,8 +173,8 @@ def test_a_job_that_was_never_captured_is_not_refunded(subnet, nodes):
     """Fraud proven on an open job: its hold is still there, so there is nothing to refund."""
     user = user_with_credits(10)
     settled_job(subnet, nodes, user, "k1")  # gives the nodes escrow
-    job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="open")
-    registry.job_dispatch(job_id=job.pk)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="open")
+    dispatch.job_dispatch(job_id=job.pk)
     assignment = job.assignments.get(role="A")
 
     result = slash(assignment, job)

@@ -35,7 +35,7 @@ from ledger.services import (
     withdrawal_decide,
     withdrawal_request,
 )
-from registry import services as registry
+from registry import submit
 from registry.models import Job, JobState
 from tests.factories import SubnetFactory, UserFactory, online_node, user_with_credits
 
@@ -196,7 +196,7 @@ def test_earnings_from_settled_jobs_can_be_withdrawn(operator):
     nodes = [online_node(subnet).node, online_node(subnet).node]
     user = user_with_credits(20)
     for n in range(2):
-        job, _ = registry.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["a", "b", "c"]}, idempotency_key=f"k{n}")
+        job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["a", "b", "c"]}, idempotency_key=f"k{n}")
         job_settle(
             job_id=job.pk,
             user=user,

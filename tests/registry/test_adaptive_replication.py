@@ -9,10 +9,11 @@ from rest_framework.authtoken.models import Token
 from bim_sdk import verify_receipt
 from ledger.models import AccountKind, Transfer
 from ledger.services import account_balance, account_get
-from registry import nodes as presence
-from registry import services
+from registry import dispatch, presence, reputation, verify
 from registry.keys import registry_public_key
 from registry.models import JobState
+from registry.results import result_record
+from registry.submit import job_submit
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +31,7 @@ def veteran(subnet, **fields):
 
 
 def submit(user, subnet, key="k"):
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=key)
+    job, _ = job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key=key)
     return job
 
 
@@ -40,12 +41,12 @@ def test_a_trusted_node_runs_a_job_alone_and_the_user_pays_the_solo_price(client
     user = user_with_credits(1)
     job = submit(user, subnet)
 
-    assert len(services.job_dispatch(job_id=job.id)) == 1
+    assert len(dispatch.job_dispatch(job_id=job.id)) == 1
     job.refresh_from_db()
     assert job.solo
     assignment = job.assignments.get()
-    services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(3)))
-    services.job_verify(job_id=job.id)
+    result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(3)))
+    verify.job_verify(job_id=job.id)
 
     job.refresh_from_db()
     assert job.state == JobState.SETTLED and job.verification["path"] == "solo"
@@ -68,7 +69,7 @@ def test_a_newcomer_never_runs_alone():
     online_node(subnet)
     online_node(subnet)
     job = submit(user_with_credits(1), subnet)
-    assert len(services.job_dispatch(job_id=job.id)) == 2
+    assert len(dispatch.job_dispatch(job_id=job.id)) == 2
     job.refresh_from_db()
     assert not job.solo
 
@@ -78,30 +79,30 @@ def test_the_check_coin_sends_a_second_node():
     veteran(subnet)
     veteran(subnet)
     job = submit(user_with_credits(1), subnet)
-    assert len(services.job_dispatch(job_id=job.id)) == 2
+    assert len(dispatch.job_dispatch(job_id=job.id)) == 2
 
 
 def test_a_struck_node_loses_its_solo_privilege():
     subnet = adaptive_subnet()
     keys = veteran(subnet)
     online_node(subnet)
-    presence.node_strike(node_id=keys.node.pk, reason="minority in a tie-break")
+    reputation.node_strike(node_id=keys.node.pk, reason="minority in a tie-break")
     job = submit(user_with_credits(1), subnet)
-    assert len(services.job_dispatch(job_id=job.id)) == 2
+    assert len(dispatch.job_dispatch(job_id=job.id)) == 2
 
 
 def test_a_solo_job_whose_node_vanishes_goes_back_to_a_pair():
     subnet = adaptive_subnet()
     keys = veteran(subnet)
     job = submit(user_with_credits(1), subnet)
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     job.refresh_from_db()
     assert job.solo
     online_node(subnet)
     online_node(subnet)
 
     presence.node_disconnect(node_id=keys.node.pk, channel_name=f"test.{keys.node.pk}")
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
 
     job.refresh_from_db()
     assert not job.solo

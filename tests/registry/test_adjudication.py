@@ -9,9 +9,10 @@ import pytest
 from bim_sdk import verify_receipt
 from ledger.models import Account, AccountKind, Transfer
 from ledger.services import account_balance
-from registry import services
+from registry import dispatch, submit, sweeper, verify
 from registry.keys import registry_public_key
 from registry.models import AssignmentState, Job, JobState, Strike
+from registry.results import result_record
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +23,7 @@ TEXTS = ["one", "two", "three"]
 def answer(job: Job, pool, role: str, vectors: np.ndarray) -> None:
     assignment = job.assignments.get(role=role, state=AssignmentState.DISPATCHED)
     keys = pool[assignment.node_id]
-    services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
 
 
 def disputed_job(honest: np.ndarray, forged: np.ndarray, *, forger: str = "B"):
@@ -30,14 +31,14 @@ def disputed_job(honest: np.ndarray, forged: np.ndarray, *, forger: str = "B"):
     subnet = SubnetFactory()
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(4))}
     user = user_with_credits(10)
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="dispute")
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="dispute")
+    dispatch.job_dispatch(job_id=job.id)
     answer(job, pool, "A", forged if forger == "A" else honest)
     answer(job, pool, "B", forged if forger == "B" else honest)
-    services.job_verify(job_id=job.id)
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     assert job.state == JobState.ADJUDICATING
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     return job, pool, user
 
 
@@ -56,7 +57,7 @@ def test_a_tie_breaker_settles_with_the_majority_and_strikes_the_minority():
     assert c.node.ip_block not in {a.node.ip_block, b.node.ip_block}
 
     answer(job, pool, "C", honest)
-    services.job_verify(job_id=job.id)
+    verify.job_verify(job_id=job.id)
 
     job.refresh_from_db()
     assert job.state == JobState.SETTLED
@@ -75,7 +76,7 @@ def test_the_majority_may_be_b_and_c_and_the_receipt_verifies(client):
     honest, forged = unit_vectors(3, seed=3), unit_vectors(3, seed=4)
     job, pool, user = disputed_job(honest, forged, forger="A")
     answer(job, pool, "C", honest)
-    services.job_verify(job_id=job.id)
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     assert job.state == JobState.SETTLED and job.verification["majority"] == ["B", "C"]
 
@@ -90,7 +91,7 @@ def test_the_majority_may_be_b_and_c_and_the_receipt_verifies(client):
 def test_no_majority_fails_the_job_and_refunds_the_user():
     job, pool, user = disputed_job(unit_vectors(3, seed=5), unit_vectors(3, seed=6))
     answer(job, pool, "C", unit_vectors(3, seed=7))
-    services.job_verify(job_id=job.id)
+    verify.job_verify(job_id=job.id)
 
     job.refresh_from_db()
     assert job.state == JobState.FAILED and job.failure_reason == "no majority"
@@ -114,7 +115,7 @@ def test_a_tie_breaker_close_to_both_sides_settles_without_a_strike():
 
     job, pool, user = disputed_job(a_side.astype(np.float32), b_side.astype(np.float32), forger="B")
     answer(job, pool, "C", base)
-    services.job_verify(job_id=job.id)
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     assert job.state == JobState.SETTLED
     assert not Strike.objects.filter(job=job).exists()
@@ -128,15 +129,15 @@ def test_a_dispute_nobody_can_break_expires_and_refunds_the_user():
     subnet = SubnetFactory()
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(2))}  # no third node
     user = user_with_credits(10)
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="stuck")
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="stuck")
+    dispatch.job_dispatch(job_id=job.id)
     answer(job, pool, "A", unit_vectors(3, seed=1))
     answer(job, pool, "B", unit_vectors(3, seed=2))
-    services.job_verify(job_id=job.id)
-    assert services.job_dispatch(job_id=job.id) == []  # nobody may break the tie
+    verify.job_verify(job_id=job.id)
+    assert dispatch.job_dispatch(job_id=job.id) == []  # nobody may break the tie
     Job.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert services.jobs_expire_overdue() == 1
+    assert sweeper.jobs_expire_overdue() == 1
     job.refresh_from_db()
     assert job.state == JobState.EXPIRED
     assert account_balance(Account.objects.get(kind=AccountKind.USER_CREDITS, user=user)) == 10_000_000

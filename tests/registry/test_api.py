@@ -16,11 +16,13 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from bim_core import protocol
 from bim_sdk import ReceiptInvalid, verify_receipt
 from ledger.models import MICRO, Transfer
 from ledger.services import credits_top_up
-from registry import protocol, services
+from registry import dispatch, verify
 from registry.models import Job, Node
+from registry.results import result_record
 from subnets.models import EulaAcceptance
 from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors, user_with_credits
 
@@ -54,13 +56,13 @@ def balance(client: APIClient) -> dict[str, int]:
 def settle(job_id: str, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> None:
     """Run a submitted job through dispatch, both nodes' signed results and verification."""
     job = Job.objects.get(pk=job_id)
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     by_node = {n.node.pk: n for n in nodes}
     for assignment in job.assignments.all():
         vectors = vectors_a if assignment.role == "A" else vectors_b
         keys = by_node[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    verify.job_verify(job_id=job.id)
 
 
 # ---------------------------------------------------------------- submit

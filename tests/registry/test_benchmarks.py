@@ -13,7 +13,8 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from registry import nodes, protocol, services
+from bim_core import protocol
+from registry import benchmarks, presence, reputation, routing_index, submit
 from registry.models import Benchmark, BenchmarkState, JobState, Node, NodeSubnet
 from subnets.models import BenchmarkReference
 from tests.factories import NodeKeys, SubnetFactory, online_node, unit_vectors, user_with_credits
@@ -69,13 +70,13 @@ def benchmark_answer(
 
 def make_ready(keys: NodeKeys, subnet, django_capture_on_commit_callbacks) -> None:
     with django_capture_on_commit_callbacks(execute=True):
-        nodes.node_ready(
+        presence.node_ready(
             node_id=keys.node.pk, subnet_slug=subnet.slug, model_checksum=subnet.model_checksum, max_concurrent=1
         )
 
 
 def routable_ids(subnet) -> set[str]:
-    return {c.node_id for c in nodes.routable_index(subnet.pk).candidates}
+    return {c.node_id for c in routing_index.routable_index(subnet.pk).candidates}
 
 
 def link_of(keys: NodeKeys, subnet) -> NodeSubnet:
@@ -146,7 +147,7 @@ def test_a_correct_signed_answer_scores_the_node_and_makes_it_routable(
     keys, benchmark = newcomer
     assert str(keys.node.pk) not in routable_ids(subnet)  # the index is built and cached here
     with django_capture_on_commit_callbacks(execute=True):
-        passed = nodes.benchmark_record(
+        passed = benchmarks.benchmark_record(
             node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference.copy())
         )
 
@@ -170,7 +171,7 @@ def test_an_answer_within_tolerance_but_not_bit_exact_passes(subnet, reference, 
     drifted = reference + np.float32(1e-5) * unit_vectors(len(BENCH_TEXTS), seed=99)
     drifted = (drifted / np.linalg.norm(drifted, axis=1, keepdims=True)).astype(np.float32)
     assert not np.array_equal(drifted, reference)
-    nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, drifted))
+    benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, drifted))
     assert link_of(keys, subnet).score > 0
 
 
@@ -180,7 +181,7 @@ def test_a_faster_node_scores_higher_than_a_slower_one(subnet, reference, django
         keys = online_node(subnet, ready=False, benchmarked=False)
         make_ready(keys, subnet, django_capture_on_commit_callbacks)
         benchmark = Benchmark.objects.get(node=keys.node)
-        nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference, timings))
+        benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference, timings))
         scores.append(link_of(keys, subnet).score)
     assert 0 < scores[0] < scores[1]
 
@@ -193,7 +194,7 @@ def test_outputs_of_other_inputs_are_refused_whatever_the_timings(subnet, refere
     other_inputs = unit_vectors(len(BENCH_TEXTS), seed=REFERENCE_SEED + 1)
 
     with pytest.raises(protocol.ProtocolError) as refused:
-        nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, other_inputs, timings))
+        benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, other_inputs, timings))
 
     assert refused.value.code == "benchmark_refused"
     link = link_of(keys, subnet)
@@ -207,7 +208,7 @@ def test_a_refused_benchmark_is_recorded_as_refused(subnet, reference, newcomer,
     keys, benchmark = newcomer
     other_inputs = unit_vectors(len(BENCH_TEXTS), seed=REFERENCE_SEED + 1)
     with pytest.raises(protocol.ProtocolError):
-        nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, other_inputs))
+        benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, other_inputs))
 
     benchmark.refresh_from_db()
     assert benchmark.state == BenchmarkState.REFUSED
@@ -216,13 +217,13 @@ def test_a_refused_benchmark_is_recorded_as_refused(subnet, reference, newcomer,
 
     # The refused benchmark is closed: the right outputs come too late for it...
     with pytest.raises(protocol.ProtocolError) as closed:
-        nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference))
+        benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference))
     assert closed.value.code == "not_assigned"
     assert link_of(keys, subnet).score == 0
     # ...and the node's next ready is sent a new one.
     make_ready(keys, subnet, django_capture_on_commit_callbacks)
     renewed = Benchmark.objects.get(node=keys.node, state=BenchmarkState.ISSUED)
-    nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, renewed, reference))
+    benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, renewed, reference))
     assert link_of(keys, subnet).score > 0
 
 
@@ -233,7 +234,7 @@ def test_outputs_of_another_shape_are_refused(subnet, reference, newcomer, shape
     keys, benchmark = newcomer
     vectors = unit_vectors(shape[0], dim=shape[1], seed=REFERENCE_SEED)
     with pytest.raises(protocol.ProtocolError) as refused:
-        nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, vectors))
+        benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, vectors))
     assert refused.value.code == "benchmark_refused"
     assert link_of(keys, subnet).score == 0
 
@@ -242,7 +243,7 @@ def test_fewer_runs_than_the_subnet_asks_for_are_refused(subnet, reference, newc
     keys, benchmark = newcomer
     assert subnet.benchmark_runs == 3
     with pytest.raises(protocol.ProtocolError) as refused:
-        nodes.benchmark_record(
+        benchmarks.benchmark_record(
             node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference, (100.0, 100.0))
         )
     assert refused.value.code == "benchmark_refused"
@@ -266,11 +267,11 @@ def test_forged_answers_are_refused_and_the_honest_one_still_counts(subnet, refe
     ]
     for code, forged in forgeries:
         with pytest.raises(protocol.ProtocolError) as refused:
-            nodes.benchmark_record(node_id=keys.node.pk, message=forged)
+            benchmarks.benchmark_record(node_id=keys.node.pk, message=forged)
         assert refused.value.code == code, forged
         assert link_of(keys, subnet).score == 0
 
-    nodes.benchmark_record(node_id=keys.node.pk, message=honest)
+    benchmarks.benchmark_record(node_id=keys.node.pk, message=honest)
     assert link_of(keys, subnet).score > 0
 
 
@@ -280,7 +281,7 @@ def test_a_benchmark_of_another_node_is_not_assigned(subnet, reference, newcomer
     make_ready(intruder, subnet, django_capture_on_commit_callbacks)
     # The intruder answers the newcomer's benchmark with a perfect, self-signed answer.
     with pytest.raises(protocol.ProtocolError) as refused:
-        nodes.benchmark_record(node_id=intruder.node.pk, message=benchmark_answer(intruder, benchmark, reference))
+        benchmarks.benchmark_record(node_id=intruder.node.pk, message=benchmark_answer(intruder, benchmark, reference))
     assert refused.value.code == "not_assigned"
     assert link_of(intruder, subnet).score == 0
     benchmark.refresh_from_db()
@@ -289,10 +290,10 @@ def test_a_benchmark_of_another_node_is_not_assigned(subnet, reference, newcomer
 
 def test_a_passed_benchmark_cannot_be_answered_again(subnet, reference, newcomer):
     keys, benchmark = newcomer
-    nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference))
+    benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference))
     first = link_of(keys, subnet)
     with pytest.raises(protocol.ProtocolError) as refused:
-        nodes.benchmark_record(
+        benchmarks.benchmark_record(
             node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference, (1.0, 1.0, 1.0))
         )
     assert refused.value.code == "not_assigned"
@@ -307,7 +308,7 @@ def benchmarked(subnet, reference, django_capture_on_commit_callbacks) -> NodeKe
     keys = online_node(subnet, ready=False, benchmarked=False)
     make_ready(keys, subnet, django_capture_on_commit_callbacks)
     benchmark = Benchmark.objects.get(node=keys.node)
-    nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference))
+    benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, reference))
     return keys
 
 
@@ -316,32 +317,32 @@ def test_a_node_is_re_benchmarked_after_the_subnets_number_of_jobs(django_captur
     reference = reference_for(subnet)
     keys = benchmarked(subnet, reference, django_capture_on_commit_callbacks)
     for _ in range(2):
-        nodes.reputation_record(node_ids=[keys.node.pk], outcome=1.0, subnet=subnet)
+        reputation.reputation_record(node_ids=[keys.node.pk], outcome=1.0, subnet=subnet)
     assert link_of(keys, subnet).jobs_since_benchmark == 2
-    assert nodes.benchmarks_due() == 0
+    assert benchmarks.benchmarks_due() == 0
 
-    nodes.reputation_record(node_ids=[keys.node.pk], outcome=1.0, subnet=subnet)
-    assert nodes.benchmarks_due() == 1
+    reputation.reputation_record(node_ids=[keys.node.pk], outcome=1.0, subnet=subnet)
+    assert benchmarks.benchmarks_due() == 1
     assert Benchmark.objects.filter(node=keys.node, state=BenchmarkState.ISSUED).count() == 1
-    assert nodes.benchmarks_due() == 0  # one open benchmark at a time
+    assert benchmarks.benchmarks_due() == 0  # one open benchmark at a time
     # A node keeps its jobs while it re-benchmarks.
-    nodes.index_forget()
+    routing_index.index_forget()
     assert str(keys.node.pk) in routable_ids(subnet)
 
     renewed = Benchmark.objects.get(node=keys.node, state=BenchmarkState.ISSUED)
-    nodes.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, renewed, reference))
+    benchmarks.benchmark_record(node_id=keys.node.pk, message=benchmark_answer(keys, renewed, reference))
     assert link_of(keys, subnet).jobs_since_benchmark == 0
-    assert nodes.benchmarks_due() == 0
+    assert benchmarks.benchmarks_due() == 0
 
 
 def test_a_node_is_re_benchmarked_when_its_benchmark_is_too_old(subnet, reference, django_capture_on_commit_callbacks):
     keys = benchmarked(subnet, reference, django_capture_on_commit_callbacks)
     max_age = timedelta(hours=subnet.benchmark_max_age_h)
     NodeSubnet.objects.filter(node=keys.node).update(benchmarked_at=timezone.now() - max_age + timedelta(minutes=5))
-    assert nodes.benchmarks_due() == 0
+    assert benchmarks.benchmarks_due() == 0
 
     NodeSubnet.objects.filter(node=keys.node).update(benchmarked_at=timezone.now() - max_age - timedelta(minutes=5))
-    assert nodes.benchmarks_due() == 1
+    assert benchmarks.benchmarks_due() == 1
     assert Benchmark.objects.filter(node=keys.node, state=BenchmarkState.ISSUED).count() == 1
 
 
@@ -350,8 +351,8 @@ def test_offline_or_unready_nodes_are_not_re_benchmarked(subnet, reference):
     offline = online_node(subnet)
     unready = online_node(subnet, ready=False)
     NodeSubnet.objects.update(benchmarked_at=old)
-    nodes.node_disconnect(node_id=offline.node.pk, channel_name=f"test.{offline.node.pk}")
-    assert nodes.benchmarks_due() == 0
+    presence.node_disconnect(node_id=offline.node.pk, channel_name=f"test.{offline.node.pk}")
+    assert benchmarks.benchmarks_due() == 0
     assert not Benchmark.objects.filter(node__in=[offline.node, unready.node]).exists()
 
 
@@ -359,11 +360,11 @@ def test_a_disconnect_expires_the_open_benchmark_and_the_next_ready_gets_a_new_o
     subnet, newcomer, django_capture_on_commit_callbacks
 ):
     keys, benchmark = newcomer
-    nodes.node_disconnect(node_id=keys.node.pk, channel_name=f"test.{keys.node.pk}")
+    presence.node_disconnect(node_id=keys.node.pk, channel_name=f"test.{keys.node.pk}")
     benchmark.refresh_from_db()
     assert benchmark.state == BenchmarkState.EXPIRED and benchmark.completed_at is not None
     with pytest.raises(protocol.ProtocolError) as refused:
-        nodes.benchmark_record(
+        benchmarks.benchmark_record(
             node_id=keys.node.pk, message=benchmark_answer(keys, benchmark, unit_vectors(8, seed=REFERENCE_SEED))
         )
     assert refused.value.code == "not_assigned"
@@ -384,7 +385,7 @@ def test_over_the_socket_a_new_node_is_benchmarked_then_given_a_waiting_job():
     reference = reference_for(subnet)
     partner = online_node(subnet)  # already benchmarked and routable, but alone
     newcomer = online_node(subnet, ready=False, benchmarked=False)
-    job, _ = services.job_submit(
+    job, _ = submit.job_submit(
         user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["wait for a pair"]}, idempotency_key="bench-socket"
     )
     job.refresh_from_db()

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from registry import protocol
-from registry.contracts import CONTRACT_SCHEMA, ContractInvalid, build_contract, validate_contract
+from bim_core import protocol
+from bim_core.contracts import CONTRACT_SCHEMA, ContractInvalid, build_contract, validate_contract
 from registry.models import Job, JobState
-from registry.services import job_submit
+from registry.submit import job_submit
 from tests.factories import SubnetFactory, user_with_credits
 
 TEXTS = ["one small text", "another text", "a third one"]

@@ -12,9 +12,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from registry import nodes, services
+from bim_core.selection import Candidate
+from registry import dispatch, presence, routing_index
 from registry.models import AssignmentState, Job, JobState, Node
-from registry.routing import Candidate
+from registry.submit import job_submit
 from tests.factories import NodeKeys, SubnetFactory, UserFactory, online_node, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -37,18 +38,18 @@ def settled(*all_keys: NodeKeys) -> None:
     """Connected for their whole hour-long lives: uptime exactly 1, weights stable over time."""
     an_hour_ago = timezone.now() - timedelta(hours=1)
     Node.objects.filter(pk__in=[k.node.pk for k in all_keys]).update(created_at=an_hour_ago, connected_at=an_hour_ago)
-    nodes.index_forget()
+    routing_index.index_forget()
 
 
 def shared(a: Node, b: Node, policy=DEFAULT_POLICY) -> list[str]:
     """The policy attributes two nodes share, as routing sees them."""
-    ca, cb = nodes.candidate_for(a), nodes.candidate_for(b)
+    ca, cb = routing_index.candidate_for(a), routing_index.candidate_for(b)
     return [attr for attr in policy if getattr(ca, attr) == getattr(cb, attr)]
 
 
 def submit(subnet, user, key: str) -> Job:
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["diversity"]}, idempotency_key=key)
-    services.job_dispatch(job_id=job.id)
+    job, _ = job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["diversity"]}, idempotency_key=key)
+    dispatch.job_dispatch(job_id=job.id)
     job.refresh_from_db()
     return job
 
@@ -90,7 +91,7 @@ def test_two_nodes_sharing_owner_block_or_asn_never_pair(pair, user):
     assert job.state == JobState.QUEUED and not job.assignments.exists()
 
     third = node(subnet, block=9, asn=64999)
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     job.refresh_from_db()
     assert job.state == JobState.DISPATCHED
     picked = active_nodes(job)
@@ -105,7 +106,7 @@ def test_when_only_same_block_nodes_are_online_the_job_stays_queued(user):
         node(subnet, block=7)  # four owners, four addresses, one /24
     job = submit(subnet, user, "one-block")
     assert job.state == JobState.QUEUED
-    assert services.jobs_dispatch_waiting(subnet_id=subnet.pk) == 0
+    assert dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk) == 0
     assert not job.assignments.exists()
 
 
@@ -124,7 +125,7 @@ def test_nodes_with_an_unknown_asn_are_kept_apart_by_their_block(user):
     unknown = node(subnet, block=12)  # no ASN: routing keys it by its /24
     job = submit(subnet, user, "unknown-asn")
     assert {n.pk for n in active_nodes(job)} == {known.node.pk, unknown.node.pk}
-    assert nodes.candidate_for(unknown.node).asn == unknown.node.ip_block == "172.16.12.0/24"
+    assert routing_index.candidate_for(unknown.node).asn == unknown.node.ip_block == "172.16.12.0/24"
 
 
 # ---------------------------------------------------------------- a stricter policy
@@ -147,7 +148,7 @@ def test_a_policy_naming_os_and_gpu_family_keeps_them_apart(attribute, user):
     assert job.state == JobState.QUEUED
 
     third = node(subnet, block=3, asn=64503, os="macos", gpu="apple-m3")
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     job.refresh_from_db()
     picked = active_nodes(job)
     assert len(picked) == 2 and third.node in picked
@@ -167,7 +168,7 @@ def test_nodes_that_report_no_os_or_gpu_family_do_not_slip_past_the_rule(attribu
 
     # A node that does report the field pairs with one that does not.
     third = node(subnet, block=3, asn=64503, os="macos", gpu="apple-m3")
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     job.refresh_from_db()
     assert job.state == JobState.DISPATCHED and third.node in active_nodes(job)
 
@@ -193,9 +194,9 @@ def test_a_replacement_differs_from_the_remaining_partner_in_every_policy_attrib
         assert len(shared(spare.node, p, FULL_POLICY)) == 1
     eligible = node(subnet, block=30, asn=64530, os="macos", gpu="apple-m3")
 
-    nodes.node_disconnect(node_id=gone.node.pk, channel_name=f"test.{gone.node.pk}")
+    presence.node_disconnect(node_id=gone.node.pk, channel_name=f"test.{gone.node.pk}")
     for job in jobs:
-        services.job_dispatch(job_id=job.id)
+        dispatch.job_dispatch(job_id=job.id)
         picked = active_nodes(job)
         assert {n.pk for n in picked} == {partner.node.pk, eligible.node.pk}, job
         assert shared(*picked, FULL_POLICY) == []
@@ -209,8 +210,8 @@ def test_a_vanished_node_with_no_eligible_replacement_leaves_its_role_open(user)
     job = submit(subnet, user, "no-replacement")
     node(subnet, block=3, asn=64503, os="windows", gpu="gpu-3")  # shares the partner's OS
 
-    nodes.node_disconnect(node_id=gone.node.pk, channel_name=f"test.{gone.node.pk}")
-    assert services.job_dispatch(job_id=job.id) == []
+    presence.node_disconnect(node_id=gone.node.pk, channel_name=f"test.{gone.node.pk}")
+    assert dispatch.job_dispatch(job_id=job.id) == []
     job.refresh_from_db()
     assert job.state == JobState.DISPATCHED
     assert [n.pk for n in active_nodes(job)] == [partner.node.pk]
@@ -263,21 +264,21 @@ def test_the_same_job_key_gets_the_same_picks_while_the_node_set_is_unchanged():
     def picks(index) -> list[list[str]]:
         return [[c.node_id for c in index.select(key, 2, distinct=FULL_POLICY)] for key in keys]
 
-    index = nodes.routable_index(subnet.pk)
+    index = routing_index.routable_index(subnet.pk)
     first = picks(index)
     assert picks(index) == first
     assert all(len(p) == 2 for p in first)
     assert len({tuple(p) for p in first}) > 3
 
-    nodes.index_forget(subnet.pk)
-    rebuilt = nodes.routable_index(subnet.pk)
+    routing_index.index_forget(subnet.pk)
+    rebuilt = routing_index.routable_index(subnet.pk)
     assert rebuilt is not index
     assert picks(rebuilt) == first
 
     # A node joining moves only the jobs it wins.
     newcomer = node(subnet, block=99, asn=64999, os="freebsd", gpu="intel-arc")
     settled(newcomer)
-    joined = picks(nodes.routable_index(subnet.pk))
+    joined = picks(routing_index.routable_index(subnet.pk))
     for before, after in zip(first, joined, strict=True):
         if str(newcomer.node.pk) not in after:
             assert after == before
@@ -293,7 +294,7 @@ def test_owners_with_equal_total_weight_get_equal_shares():
         for i in range(count):
             all_keys.append(node(subnet, owner, block=60 + 3 * block + i, reputation=reputation))
     settled(*all_keys)
-    index = nodes.routable_index(subnet.pk)
+    index = routing_index.routable_index(subnet.pk)
     by_owner = {c.node_id: c.owner_id for c in index.candidates}
     assert {round(sum(c.weight for c in index.candidates if c.owner_id == str(o.pk)), 9) for o in owners} == {0.6}
 
@@ -308,7 +309,7 @@ def test_weights_show_up_as_win_shares_between_nodes():
     heavy = node(subnet, block=80, reputation=0.6)
     light = node(subnet, block=81, reputation=0.2)
     settled(heavy, light)
-    index = nodes.routable_index(subnet.pk)
+    index = routing_index.routable_index(subnet.pk)
     draws = 4000
     wins = Counter(index.select(f"job-{i}", 1)[0].node_id for i in range(draws))
     assert wins[str(heavy.node.pk)] / draws == pytest.approx(0.75, abs=0.03)
@@ -317,7 +318,7 @@ def test_weights_show_up_as_win_shares_between_nodes():
 def test_candidates_carry_the_node_attributes_routing_compares():
     subnet = SubnetFactory()
     keys = node(subnet, block=90, asn=64590, os="linux", gpu="nvidia-ada")
-    (candidate,) = nodes.routable_index(subnet.pk).candidates
+    (candidate,) = routing_index.routable_index(subnet.pk).candidates
     assert candidate == Candidate(
         node_id=str(keys.node.pk),
         owner_id=str(keys.node.owner_id),

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from registry import families, protocol
-from registry.families import InputInvalid, SubnetLimits
+from bim_core import families, protocol
+from bim_core.families import InputInvalid, SubnetLimits
 
 LIMITS = SubnetLimits(max_items=3, max_chars=10, preprocessing={})
 EMBEDDING = families.family_for("embedding")

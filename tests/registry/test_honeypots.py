@@ -8,8 +8,9 @@ from django.utils import timezone
 
 from ledger.models import AccountKind, Slash, Transfer
 from ledger.services import account_balance, account_get
-from registry import honeypots, services
+from registry import dispatch, honeypots, submit, verify
 from registry.models import AssignmentState, Honeypot, Job, JobState, Node, Strike
+from registry.results import result_record
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -32,12 +33,12 @@ def subnet():
 
 def run_honeypot(subnet, pool, vectors_by_role) -> Job:
     job = honeypots.honeypot_issue(subnet=subnet)
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     for assignment in job.assignments.all():
         keys = pool[assignment.node_id]
         vectors = vectors_by_role[assignment.role]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     return job
 
@@ -60,13 +61,13 @@ def with_escrow(keys, amount: int = 1_000_000) -> None:
 def test_a_honeypot_looks_like_any_job_on_the_wire(subnet):
     for _ in range(2):
         online_node(subnet)
-    user_job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="u")
+    user_job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="u")
     trap = honeypots.honeypot_issue(subnet=subnet)
-    services.job_dispatch(job_id=user_job.id)
-    services.job_dispatch(job_id=trap.id)
+    dispatch.job_dispatch(job_id=user_job.id)
+    dispatch.job_dispatch(job_id=trap.id)
 
-    user_message = services._job_message(user_job, user_job.assignments.first())
-    trap_message = services._job_message(trap, trap.assignments.first())
+    user_message = dispatch._job_message(user_job, user_job.assignments.first())
+    trap_message = dispatch._job_message(trap, trap.assignments.first())
     assert user_message.keys() == trap_message.keys()
     assert user_message["contract"].keys() == trap_message["contract"].keys()
     assert trap_message["job_id"] != user_message["job_id"]
@@ -118,6 +119,6 @@ def test_repeated_honeypot_failures_ban_the_node(subnet):
 def test_the_beat_issues_honeypots_at_the_subnet_rate(subnet):
     user = user_with_credits(5)
     for i in range(4):
-        services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": [f"text {i}"]}, idempotency_key=f"k{i}")
+        submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": [f"text {i}"]}, idempotency_key=f"k{i}")
     assert honeypots.honeypots_issue_due() == 4  # rate 100 % in this subnet
     assert Job.objects.filter(honeypot__isnull=False).count() == 4

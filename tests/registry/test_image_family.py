@@ -15,12 +15,14 @@ import pytest
 from PIL import Image
 from rest_framework.test import APIClient
 
+from bim_core import families, protocol
+from bim_core.families import InputInvalid, SubnetLimits, png_decode, png_encode
+from bim_core.runtimes.upscaler import Upscaler
 from bim_sdk import ReceiptInvalid, verify_receipt
 from bim_sdk.client import _rgb_png
-from contributor.node.upscaler import Upscaler
-from registry import families, protocol, services
-from registry.families import InputInvalid, SubnetLimits, png_decode, png_encode
+from registry import dispatch, verify
 from registry.models import Job
+from registry.results import result_record
 from subnets import defaults
 from tests.factories import SubnetFactory, online_node, result_message, user_with_credits
 from tests.images import sample_image, waifu2x_model
@@ -124,7 +126,7 @@ def test_the_sdk_converts_other_images_to_rgb_png_and_keeps_rgb_pngs_as_they_are
 
 
 def test_the_runner_decodes_the_png_and_upscales_it():
-    from contributor.node.runners import runner_load
+    from bim_core.runtimes.runners import runner_load
 
     compute = runner_load("image", {"model": waifu2x_model().read_bytes()}, {"variant": "upconv7", "pad": 7, "tile": 128})
     out = compute({"image": b64_png(sample_image(height=12, width=16))})
@@ -159,12 +161,12 @@ def run_job(client: APIClient, subnet, nodes, inputs, results: dict[str, np.ndar
     response = client.post("/api/v1/jobs/", {"subnet": subnet.slug, "inputs": inputs, "idempotency_key": "img-1"}, format="json")
     assert response.status_code == 201, response.content
     job = Job.objects.get(pk=response.json()["id"])
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     by_node = {n.node.pk: n for n in nodes}
     for assignment in job.assignments.all():
         message = result_message(by_node[assignment.node_id], job, assignment, results[assignment.role])
-        services.result_record(node_id=assignment.node_id, message=message)
-    services.job_verify(job_id=job.id)
+        result_record(node_id=assignment.node_id, message=message)
+    verify.job_verify(job_id=job.id)
     return client.get(f"/api/v1/jobs/{job.id}/").json()
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from contributor.node.upscaler import Upscaler
-from registry.verification import verify_image_pair, verify_pair
+from bim_core.runtimes.upscaler import Upscaler
+from bim_core.verification import verify_image_pair, verify_pair
 from tests.images import sample_image, waifu2x_model
 
 TOLERANCES = {"ssim_min": 0.9999, "phash_max": 8}  # the image subnet's (subnets/defaults.py)

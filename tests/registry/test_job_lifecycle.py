@@ -8,12 +8,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from bim_site.errors import ServiceError
+from bim_core.errors import ServiceError
 from ledger.models import Account, AccountKind, Transfer
 from ledger.services import account_get, transfer_create
-from registry import nodes as presence
-from registry import services
+from registry import dispatch, presence, sweeper, verify
 from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState
+from registry.results import result_record
+from registry.submit import job_submit
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -22,18 +23,18 @@ TEXTS = ["one small text", "another text", "a third one"]
 
 
 def submit(user, subnet, key="k1", texts=TEXTS) -> Job:
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": texts}, idempotency_key=key)
+    job, _ = job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": texts}, idempotency_key=key)
     return job
 
 
 def run_pair(job: Job, nodes, vectors_a, vectors_b) -> Job:
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     by_node = {n.node.pk: n for n in nodes}
     for assignment in job.assignments.all():
         vectors = vectors_a if assignment.role == "A" else vectors_b
         keys = by_node[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     return job
 
@@ -78,7 +79,7 @@ def test_a_repeated_idempotency_key_returns_the_first_job():
     subnet = SubnetFactory()
     user = user_with_credits(10)
     first = submit(user, subnet, key="same")
-    again, created = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="same")
+    again, created = job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="same")
     assert not created and again.pk == first.pk
     assert Transfer.objects.filter(kind="hold").count() == 1
     with pytest.raises(ServiceError) as conflict:
@@ -93,12 +94,12 @@ def test_a_job_waits_queued_until_two_owners_are_online():
     online_node(subnet, owner)  # same owner: may never verify itself
     job = submit(user_with_credits(10), subnet)
 
-    assert services.job_dispatch(job_id=job.id) == []
+    assert dispatch.job_dispatch(job_id=job.id) == []
     job.refresh_from_db()
     assert job.state == JobState.QUEUED
 
     online_node(subnet)
-    assert len(services.job_dispatch(job_id=job.id)) == 2
+    assert len(dispatch.job_dispatch(job_id=job.id)) == 2
     job.refresh_from_db()
     assert job.state == JobState.DISPATCHED
 
@@ -107,11 +108,11 @@ def test_a_vanished_node_is_replaced_by_another_owner():
     subnet = SubnetFactory()
     nodes = [online_node(subnet) for _ in range(3)]
     job = submit(user_with_credits(10), subnet)
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     gone = job.assignments.get(role="A")
 
     presence.node_disconnect(node_id=gone.node_id, channel_name=f"test.{gone.node_id}")
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
 
     gone.refresh_from_db()
     assert gone.state == AssignmentState.LOST
@@ -125,10 +126,10 @@ def test_an_overdue_job_expires_and_its_hold_is_released():
     user = user_with_credits(10)
     [online_node(subnet) for _ in range(2)]
     job = submit(user, subnet)
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     Job.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert services.jobs_expire_overdue() == 1
+    assert sweeper.jobs_expire_overdue() == 1
 
     job.refresh_from_db()
     assert job.state == JobState.EXPIRED
@@ -158,16 +159,16 @@ def test_a_node_with_a_full_queue_gets_no_more_offers_until_it_answers(settings)
     user = user_with_credits(10)
     first, second = submit(user, subnet, key="first"), submit(user, subnet, key="second")
 
-    assert len(services.job_dispatch(job_id=first.id)) == 2
-    assert services.job_dispatch(job_id=second.id) == []  # both nodes hold an unanswered offer
+    assert len(dispatch.job_dispatch(job_id=first.id)) == 2
+    assert dispatch.job_dispatch(job_id=second.id) == []  # both nodes hold an unanswered offer
     second.refresh_from_db()
     assert second.state == JobState.QUEUED
 
     by_node = {n.node.pk: n for n in pool}
     for assignment in first.assignments.all():
         keys = by_node[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, first, assignment, unit_vectors(3)))
-    assert services.jobs_dispatch_waiting(subnet_id=subnet.pk) == 2
+        result_record(node_id=keys.node.pk, message=result_message(keys, first, assignment, unit_vectors(3)))
+    assert dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk) == 2
     second.refresh_from_db()
     assert second.state == JobState.DISPATCHED
 
@@ -179,8 +180,8 @@ def test_a_node_below_its_escrow_requirement_carries_a_shorter_queue(settings):
     user = user_with_credits(10)
     jobs = [submit(user, subnet, key=f"k{i}") for i in range(3)]
 
-    assert len(services.job_dispatch(job_id=jobs[0].id)) == 2
-    assert services.job_dispatch(job_id=jobs[1].id) == []  # no escrow yet: one open offer each
+    assert len(dispatch.job_dispatch(job_id=jobs[0].id)) == 2
+    assert dispatch.job_dispatch(job_id=jobs[1].id) == []  # no escrow yet: one open offer each
 
     # Escrow filled (as settlements would fill it): the full queue applies again.
     for keys in pool:
@@ -192,5 +193,5 @@ def test_a_node_below_its_escrow_requirement_carries_a_shorter_queue(settings):
             idempotency_key=f"escrow:{keys.node.pk}",
             reason="test escrow",
         )
-    assert len(services.job_dispatch(job_id=jobs[1].id)) == 2
-    assert len(services.job_dispatch(job_id=jobs[2].id)) == 2
+    assert len(dispatch.job_dispatch(job_id=jobs[1].id)) == 2
+    assert len(dispatch.job_dispatch(job_id=jobs[2].id)) == 2

@@ -13,9 +13,10 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
 
+from bim_core import protocol
 from bim_site.asgi import application
 from ledger.models import Transfer
-from registry import protocol, services
+from registry import submit
 from registry.models import Assignment, AssignmentState, Job, JobState
 from tests.factories import (
     NodeKeys,
@@ -96,7 +97,7 @@ async def paired_job(subnet) -> tuple[Job, dict[str, tuple[NodeKeys, WebsocketCo
         await ready(socket, subnet)
         sockets.append(socket)
     user = await database_sync_to_async(user_with_credits)(10)
-    job, _ = await database_sync_to_async(services.job_submit)(
+    job, _ = await database_sync_to_async(submit.job_submit)(
         user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="socket-test"
     )
     offers = {}

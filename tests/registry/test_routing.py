@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from registry.routing import Candidate, hash64, rendezvous_scores, select_nodes, uniform_hashes
+from bim_core.selection import Candidate, hash64, rendezvous_scores, select_nodes, uniform_hashes
 
 JOB_KEYS = [f"job-{i}" for i in range(20_000)]
 MASK64 = (1 << 64) - 1

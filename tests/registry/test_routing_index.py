@@ -13,7 +13,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from registry import nodes, services
+from registry import dispatch, presence, routing_index, submit
 from registry.models import Benchmark, BenchmarkState, Node, NodeSubnet
 from subnets.models import BenchmarkReference
 from tests.factories import NodeKeys, SubnetFactory, online_node, unit_vectors, user_with_credits
@@ -34,11 +34,11 @@ def settled(*all_keys: NodeKeys) -> None:
     """Connected for their whole hour-long lives: uptime exactly 1, weights stable over time."""
     an_hour_ago = timezone.now() - timedelta(hours=1)
     Node.objects.filter(pk__in=[k.node.pk for k in all_keys]).update(created_at=an_hour_ago, connected_at=an_hour_ago)
-    nodes.index_forget()
+    routing_index.index_forget()
 
 
 def weights(subnet) -> dict[str, float]:
-    return {c.node_id: c.weight for c in nodes.routable_index(subnet.pk).candidates}
+    return {c.node_id: c.weight for c in routing_index.routable_index(subnet.pk).candidates}
 
 
 @pytest.fixture
@@ -51,89 +51,89 @@ def subnet():
 
 def test_the_index_is_reused_while_nothing_changes(subnet):
     online_node(subnet)
-    first = nodes.routable_index(subnet.pk)
-    assert nodes.routable_index(subnet.pk) is first
+    first = routing_index.routable_index(subnet.pk)
+    assert routing_index.routable_index(subnet.pk) is first
     assert len(first) == 1
 
 
 def test_a_committed_bump_increments_the_redis_version_and_rebuilds(subnet, django_capture_on_commit_callbacks):
     keys = online_node(subnet)
-    first = nodes.routable_index(subnet.pk)
-    version = nodes.index_version(subnet.pk)
+    first = routing_index.routable_index(subnet.pk)
+    version = routing_index.index_version(subnet.pk)
 
     with django_capture_on_commit_callbacks(execute=True):
-        nodes.index_bump(subnet.pk)
-        assert nodes.index_version(subnet.pk) == version  # not before the commit
+        routing_index.index_bump(subnet.pk)
+        assert routing_index.index_version(subnet.pk) == version  # not before the commit
 
-    assert nodes.index_version(subnet.pk) == version + 1
-    rebuilt = nodes.routable_index(subnet.pk)
+    assert routing_index.index_version(subnet.pk) == version + 1
+    rebuilt = routing_index.routable_index(subnet.pk)
     assert rebuilt is not first
     assert [c.node_id for c in rebuilt.candidates] == [str(keys.node.pk)]
-    assert nodes.routable_index(subnet.pk) is rebuilt
+    assert routing_index.routable_index(subnet.pk) is rebuilt
 
 
 def test_a_rolled_back_change_does_not_bump(subnet, django_capture_on_commit_callbacks):
-    version = nodes.index_version(subnet.pk)
+    version = routing_index.index_version(subnet.pk)
     with (
         django_capture_on_commit_callbacks(execute=True) as callbacks,
         pytest.raises(RuntimeError),
         transaction.atomic(),
     ):
-        nodes.index_bump(subnet.pk)
+        routing_index.index_bump(subnet.pk)
         raise RuntimeError("roll back")
     assert callbacks == []
-    assert nodes.index_version(subnet.pk) == version
+    assert routing_index.index_version(subnet.pk) == version
 
 
 def test_the_version_is_per_subnet(subnet, django_capture_on_commit_callbacks):
     other = SubnetFactory()
     online_node(subnet)
-    first = nodes.routable_index(subnet.pk)
+    first = routing_index.routable_index(subnet.pk)
     with django_capture_on_commit_callbacks(execute=True):
-        nodes.index_bump(other.pk)
-    assert nodes.routable_index(subnet.pk) is first
+        routing_index.index_bump(other.pk)
+    assert routing_index.routable_index(subnet.pk) is first
 
 
 def test_the_index_is_rebuilt_once_older_than_the_maximum_age(subnet, settings, monkeypatch):
     settings.INDEX_MAX_AGE_S = 5
     clock = [1000.0]
-    monkeypatch.setattr(nodes, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(routing_index, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     online_node(subnet)
-    first = nodes.routable_index(subnet.pk)
+    first = routing_index.routable_index(subnet.pk)
     clock[0] += 4.9
-    assert nodes.routable_index(subnet.pk) is first
+    assert routing_index.routable_index(subnet.pk) is first
     clock[0] += 0.2
-    second = nodes.routable_index(subnet.pk)
+    second = routing_index.routable_index(subnet.pk)
     assert second is not first
-    assert nodes.routable_index(subnet.pk) is second
+    assert routing_index.routable_index(subnet.pk) is second
 
 
 def test_a_zero_maximum_age_rebuilds_every_time(subnet, settings):
     settings.INDEX_MAX_AGE_S = 0
     online_node(subnet)
-    assert nodes.routable_index(subnet.pk) is not nodes.routable_index(subnet.pk)
+    assert routing_index.routable_index(subnet.pk) is not routing_index.routable_index(subnet.pk)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_presence_changes_bump_the_version_when_they_commit():
     subnet = SubnetFactory()
     staying, leaving = online_node(subnet), online_node(subnet)
-    first = nodes.routable_index(subnet.pk)
+    first = routing_index.routable_index(subnet.pk)
     assert len(first) == 2
-    version = nodes.index_version(subnet.pk)
+    version = routing_index.index_version(subnet.pk)
 
-    nodes.node_disconnect(node_id=leaving.node.pk, channel_name=f"test.{leaving.node.pk}")
+    presence.node_disconnect(node_id=leaving.node.pk, channel_name=f"test.{leaving.node.pk}")
 
-    assert nodes.index_version(subnet.pk) == version + 1
-    rebuilt = nodes.routable_index(subnet.pk)
+    assert routing_index.index_version(subnet.pk) == version + 1
+    rebuilt = routing_index.routable_index(subnet.pk)
     assert [c.node_id for c in rebuilt.candidates] == [str(staying.node.pk)]
 
     Node.objects.filter(pk=leaving.node.pk).update(is_online=True, channel_name="test.back")
-    nodes.node_ready(
+    presence.node_ready(
         node_id=leaving.node.pk, subnet_slug=subnet.slug, model_checksum=subnet.model_checksum, max_concurrent=1
     )
-    assert nodes.index_version(subnet.pk) == version + 2
-    assert len(nodes.routable_index(subnet.pk)) == 2
+    assert routing_index.index_version(subnet.pk) == version + 2
+    assert len(routing_index.routable_index(subnet.pk)) == 2
 
 
 # ---------------------------------------------------------------- who is in it
@@ -148,8 +148,8 @@ def test_only_ready_benchmarked_online_fresh_unbanned_nodes_are_routable(subnet)
     Node.objects.filter(pk=silent.node.pk).update(last_seen=timezone.now() - timedelta(minutes=5))
     offline = online_node(subnet)
     Node.objects.filter(pk=offline.node.pk).update(is_online=False)
-    nodes.index_forget()
-    assert [c.node_id for c in nodes.routable_index(subnet.pk).candidates] == [str(routable.node.pk)]
+    routing_index.index_forget()
+    assert [c.node_id for c in routing_index.routable_index(subnet.pk).candidates] == [str(routable.node.pk)]
 
 
 def due_for_re_benchmark(subnet, why: str) -> NodeKeys:
@@ -177,12 +177,12 @@ def test_a_node_due_for_re_benchmark_keeps_routing_while_it_re_benchmarks(
 ):
     keys = due_for_re_benchmark(subnet, why)
     with django_capture_on_commit_callbacks(execute=True):
-        nodes.node_ready(
+        presence.node_ready(
             node_id=keys.node.pk, subnet_slug=subnet.slug, model_checksum=subnet.model_checksum, max_concurrent=1
         )
     assert Benchmark.objects.filter(node=keys.node, state=BenchmarkState.ISSUED).count() == 1
-    nodes.index_forget()
-    assert [c.node_id for c in nodes.routable_index(subnet.pk).candidates] == [str(keys.node.pk)]
+    routing_index.index_forget()
+    assert [c.node_id for c in routing_index.routable_index(subnet.pk).candidates] == [str(keys.node.pk)]
 
 
 @pytest.mark.parametrize("why", ["too-old", "enough-jobs"])
@@ -192,16 +192,16 @@ def test_a_node_due_for_re_benchmark_that_reports_ready_bumps_the_index(
     """Reporting ready makes such a node routable (it keeps its jobs while it re-benchmarks),
     so dispatchers must learn it at once, as they do for a node with a fresh benchmark."""
     keys = due_for_re_benchmark(subnet, why)
-    assert len(nodes.routable_index(subnet.pk)) == 0
-    version = nodes.index_version(subnet.pk)
+    assert len(routing_index.routable_index(subnet.pk)) == 0
+    version = routing_index.index_version(subnet.pk)
 
     with django_capture_on_commit_callbacks(execute=True):
-        nodes.node_ready(
+        presence.node_ready(
             node_id=keys.node.pk, subnet_slug=subnet.slug, model_checksum=subnet.model_checksum, max_concurrent=1
         )
 
-    assert nodes.index_version(subnet.pk) > version
-    assert [c.node_id for c in nodes.routable_index(subnet.pk).candidates] == [str(keys.node.pk)]
+    assert routing_index.index_version(subnet.pk) > version
+    assert [c.node_id for c in routing_index.routable_index(subnet.pk).candidates] == [str(keys.node.pk)]
 
 
 # ---------------------------------------------------------------- dispatch with a stale index
@@ -210,20 +210,20 @@ def test_a_node_due_for_re_benchmark_that_reports_ready_bumps_the_index(
 def test_a_node_gone_offline_after_the_index_was_built_is_not_dispatched(subnet):
     pool = [online_node(subnet) for _ in range(3)]
     settled(*pool)
-    job, _ = services.job_submit(
+    job, _ = submit.job_submit(
         user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["stale"]}, idempotency_key="stale"
     )
-    stale = nodes.routable_index(subnet.pk)
+    stale = routing_index.routable_index(subnet.pk)
     favourite = stale.select(str(job.id), 2, distinct=subnet.routing_policy["distinct"])[0]
     # Offline behind the index's back: no bump, the cached index still lists it.
     Node.objects.filter(pk=favourite.node_id).update(is_online=False)
-    assert nodes.routable_index(subnet.pk) is stale
+    assert routing_index.routable_index(subnet.pk) is stale
 
-    created = services.job_dispatch(job_id=job.id)
+    created = dispatch.job_dispatch(job_id=job.id)
 
     assert len(created) == 2
     assert {str(a.node_id) for a in created} == {str(k.node.pk) for k in pool} - {favourite.node_id}
-    rebuilt = nodes.routable_index(subnet.pk)
+    rebuilt = routing_index.routable_index(subnet.pk)
     assert rebuilt is not stale and favourite.node_id not in {c.node_id for c in rebuilt.candidates}
 
 
@@ -274,7 +274,7 @@ def test_failures_and_downtime_lower_the_weight(subnet):
     half = online_node(subnet)
     two_hours_ago, an_hour_ago = timezone.now() - timedelta(hours=2), timezone.now() - timedelta(hours=1)
     Node.objects.filter(pk=half.node.pk).update(created_at=two_hours_ago, connected_at=an_hour_ago)
-    nodes.index_forget()
+    routing_index.index_forget()
     w = weights(subnet)
     assert w[str(flaky.node.pk)] == pytest.approx(w[str(steady.node.pk)] * (1 - 0.1 / 2))
     assert w[str(half.node.pk)] == pytest.approx(w[str(steady.node.pk)] * (1 - 0.2 / 2), rel=1e-3)

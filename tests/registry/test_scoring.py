@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.scoring import (
+from bim_core.scoring import (
     BenchmarkFigures,
     ReputationPolicy,
     ScorePolicy,

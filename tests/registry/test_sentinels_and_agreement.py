@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from registry import sentinels, services
+from registry import dispatch, sentinels, submit, verify
 from registry.models import AgreementStat, Dispute, Job, JobState, SentinelRun
+from registry.results import result_record
 from subnets.models import Subnet
 from subnets.services import trusted_run
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
@@ -22,13 +23,13 @@ TEXTS = ["Owls hunt mostly at night.", "The bridge inspection found no structura
 
 def settle(subnet, vectors_a, vectors_b, envs=({}, {})) -> Job:
     pool = {k.node.pk: k for k in (online_node(subnet, **env) for env in envs)}
-    job, _ = services.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="s")
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="s")
+    dispatch.job_dispatch(job_id=job.id)
     for assignment in job.assignments.all():
         keys = pool[assignment.node_id]
         vectors = vectors_a if assignment.role == "A" else vectors_b
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     return job
 
@@ -86,6 +87,6 @@ def test_every_compared_pair_feeds_its_environment_statistics():
 def test_texts_the_tokenizer_cannot_read_are_flagged_at_submit(real_subnet):
     user = user_with_credits(5)
     texts = ["The bridge inspection found no structural damage.", "ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ ᛇᛈᛉᛊᛏᛒ"]
-    job, _ = services.job_submit(user=user, subnet_slug=real_subnet.slug, inputs={"texts": texts}, idempotency_key="runes")
+    job, _ = submit.job_submit(user=user, subnet_slug=real_subnet.slug, inputs={"texts": texts}, idempotency_key="runes")
     assert len(job.warnings) == 1 and job.warnings[0].startswith("texts[1]:")
     assert "unknown to the model's tokenizer" in job.warnings[0]

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from registry import nodes, services
+from registry import dispatch, reputation, routing_index, submit
 from registry.models import Node, Strike
 from tests.factories import NodeKeys, SubnetFactory, UserFactory, online_node, user_with_credits
 
@@ -21,23 +21,23 @@ def settled(keys: NodeKeys) -> NodeKeys:
     """Connected for its whole hour-long life: uptime exactly 1, so weights compare exactly."""
     an_hour_ago = timezone.now() - timedelta(hours=1)
     Node.objects.filter(pk=keys.node.pk).update(created_at=an_hour_ago, connected_at=an_hour_ago)
-    nodes.index_forget()
+    routing_index.index_forget()
     return keys
 
 
 def weights(subnet) -> dict[str, float]:
-    return {c.node_id: c.weight for c in nodes.routable_index(subnet.pk).candidates}
+    return {c.node_id: c.weight for c in routing_index.routable_index(subnet.pk).candidates}
 
 
 def strike(keys: NodeKeys, subnet, capture, reason: str = "minority in adjudication") -> Strike:
     """A strike, committed: its index bump reaches the routing index."""
     with capture(execute=True):
-        return nodes.node_strike(node_id=keys.node.pk, reason=reason, subnet=subnet)
+        return reputation.node_strike(node_id=keys.node.pk, reason=reason, subnet=subnet)
 
 
 def job_nodes(subnet, user, key: str) -> set:
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["strike test"]}, idempotency_key=key)
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["strike test"]}, idempotency_key=key)
+    dispatch.job_dispatch(job_id=job.id)
     return set(job.assignments.values_list("node_id", flat=True))
 
 
@@ -84,7 +84,7 @@ def test_expired_and_lifted_strikes_do_not_lower_the_weight(subnet, django_captu
     lifted = strike(struck, subnet, django_capture_on_commit_callbacks)
     Strike.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     Strike.objects.filter(pk=lifted.pk).update(lifted_at=timezone.now())
-    nodes.index_forget()
+    routing_index.index_forget()
     after = weights(subnet)
     assert after[str(struck.node.pk)] == pytest.approx(after[str(clean.node.pk)])
 
@@ -147,7 +147,7 @@ def test_a_ban_is_time_boxed(subnet, django_capture_on_commit_callbacks):
     assert str(keys.node.pk) not in weights(subnet)
 
     Node.objects.filter(pk=keys.node.pk).update(banned_until=timezone.now() - timedelta(seconds=1))
-    nodes.index_forget()  # the index is rebuilt at the latest after INDEX_MAX_AGE_S
+    routing_index.index_forget()  # the index is rebuilt at the latest after INDEX_MAX_AGE_S
 
     after = weights(subnet)
     assert str(keys.node.pk) in after
@@ -164,7 +164,7 @@ def test_lifting_a_ban_restores_the_node_at_full_weight(subnet, django_capture_o
     assert str(keys.node.pk) not in weights(subnet)
 
     with django_capture_on_commit_callbacks(execute=True):
-        nodes.node_ban_lift(node_id=keys.node.pk, operator=UserFactory(is_staff=True))
+        reputation.node_ban_lift(node_id=keys.node.pk, operator=UserFactory(is_staff=True))
 
     keys.node.refresh_from_db()
     assert keys.node.banned_until is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry import families, protocol
+from bim_core import families, protocol
 
 TEXT = families.family_for("text")
 LIMITS = families.SubnetLimits(max_items=1, max_chars=100, preprocessing={"max_new_tokens": 64})

@@ -9,13 +9,15 @@ import hashlib
 
 import pytest
 
+from bim_core import families, protocol
 from bim_sdk import verify_receipt
 from ledger.models import Account, AccountKind, Transfer
 from ledger.services import account_balance
-from registry import families, honeypots, nodes, protocol, services
+from registry import benchmarks, dispatch, honeypots, submit, verify
 from registry.honeypots import honeypot_pool_refresh
 from registry.keys import registry_public_key
 from registry.models import AssignmentState, BenchmarkState, JobState, NodeSubnet, Strike
+from registry.results import partial_record, result_record
 from subnets import defaults
 from subnets.models import Artifact
 from subnets.services import benchmark_reference_compute, packaged_file, trusted_rescore, trusted_run
@@ -53,13 +55,13 @@ def text_subnet(**overrides):
 def run_pair(subnet, a_result: dict, b_result: dict, inputs: dict = INPUTS):
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(3))}
     user = user_with_credits(10)
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs=inputs, idempotency_key="text")
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs=inputs, idempotency_key="text")
+    dispatch.job_dispatch(job_id=job.id)
     for role, result in (("A", a_result), ("B", b_result)):
         assignment = job.assignments.get(role=role, state=AssignmentState.DISPATCHED)
         keys = pool[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, result))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, result))
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     return job, user
 
@@ -191,20 +193,20 @@ def test_rescoring_an_honest_generation_finds_every_token_within_the_margin():
 def test_submit_refuses_more_tokens_than_the_subnet_allows_and_prompts_over_its_byte_bound():
     subnet = text_subnet()
     user = user_with_credits(1)
-    from bim_site.errors import ServiceError
+    from bim_core.errors import ServiceError
 
     with pytest.raises(ServiceError, match="max_tokens must be an integer from 1 to 256"):
-        services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"prompt": "hi", "max_tokens": 257}, idempotency_key="k1")
+        submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"prompt": "hi", "max_tokens": 257}, idempotency_key="k1")
     with pytest.raises(ServiceError, match="1600 bytes"):
-        services.job_submit(user=user, subnet_slug=subnet.slug, inputs={"prompt": "東" * 600, "max_tokens": 8}, idempotency_key="k2")
+        submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"prompt": "東" * 600, "max_tokens": 8}, idempotency_key="k2")
 
 
 def test_the_streamed_text_is_shown_unverified_while_the_job_runs(client):
     subnet = text_subnet()
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(3))}
     user = user_with_credits(1)
-    job, _ = services.job_submit(user=user, subnet_slug=subnet.slug, inputs=INPUTS, idempotency_key="stream")
-    services.job_dispatch(job_id=job.id)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs=INPUTS, idempotency_key="stream")
+    dispatch.job_dispatch(job_id=job.id)
     a, b = job.assignments.get(role="A"), job.assignments.get(role="B")
     outsider = online_node(subnet)
 
@@ -212,20 +214,20 @@ def test_the_streamed_text_is_shown_unverified_while_the_job_runs(client):
 
     client.defaults["HTTP_AUTHORIZATION"] = f"Token {Token.objects.create(user=user).key}"
     assert client.get(f"/api/v1/jobs/{job.id}/").json()["partial"] is None
-    services.partial_record(node_id=a.node_id, message={"assignment_id": str(a.id), "text": "The answer", "tokens": 2})
-    services.partial_record(node_id=b.node_id, message={"assignment_id": str(b.id), "text": "The", "tokens": 1})
+    partial_record(node_id=a.node_id, message={"assignment_id": str(a.id), "text": "The answer", "tokens": 2})
+    partial_record(node_id=b.node_id, message={"assignment_id": str(b.id), "text": "The", "tokens": 1})
     # Another node's assignment id: ignored, like a partial for a closed assignment.
-    services.partial_record(node_id=outsider.node.pk, message={"assignment_id": str(a.id), "text": "spam", "tokens": 99})
+    partial_record(node_id=outsider.node.pk, message={"assignment_id": str(a.id), "text": "spam", "tokens": 99})
     partial = client.get(f"/api/v1/jobs/{job.id}/").json()["partial"]
     assert partial == {"text": "The answer", "tokens": 2, "role": "A", "verified": False}
     with pytest.raises(protocol.ProtocolError, match="malformed partial"):
-        services.partial_record(node_id=a.node_id, message={"assignment_id": str(a.id), "text": 5, "tokens": 1})
+        partial_record(node_id=a.node_id, message={"assignment_id": str(a.id), "text": 5, "tokens": 1})
 
     result = honest(subnet)
     for assignment in (a, b):
         keys = pool[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, result))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, result))
+    verify.job_verify(job_id=job.id)
     body = client.get(f"/api/v1/jobs/{job.id}/").json()
     assert body["state"] == "settled" and body["partial"] is None
     assert verify_receipt(body, registry_key=registry_public_key(), inputs=INPUTS)["text"] == result["text"]
@@ -237,13 +239,13 @@ def run_text_honeypot(subnet):
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(3))}
     job = honeypots.honeypot_issue(subnet=subnet)
     assert job.price_micro == 0 and job.inputs == defaults.text_honeypot_pool()[0]
-    services.job_dispatch(job_id=job.id)
+    dispatch.job_dispatch(job_id=job.id)
     answer = honest(subnet, job.inputs)
     for assignment in job.assignments.all():
         claimed = answer if assignment.role == "A" else with_token(subnet, answer, 1, 1000)
         keys = pool[assignment.node_id]
-        services.result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, claimed))
-    services.job_verify(job_id=job.id)
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, claimed))
+    verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     assert job.verification["path"] == "honeypot"
     return job
@@ -273,7 +275,7 @@ def test_a_text_node_passes_the_benchmark_only_with_the_registrys_own_tokens(dja
     for claimed, passes in ((expected, True), (with_token(subnet, expected, 2, 1000), False)):
         keys = online_node(subnet, benchmarked=False)
         with django_capture_on_commit_callbacks(execute=True):
-            benchmark = nodes.benchmark_issue(link=NodeSubnet.objects.get(node=keys.node, subnet=subnet))
+            benchmark = benchmarks.benchmark_issue(link=NodeSubnet.objects.get(node=keys.node, subnet=subnet))
         payload, shape = TEXT.encode_result(claimed)
         signed = protocol.benchmark_message(
             benchmark_id=str(benchmark.id), result_hash=protocol.sha256_hex(payload), shape=shape, timings_ms=[900.0, 800.0]
@@ -289,7 +291,7 @@ def test_a_text_node_passes_the_benchmark_only_with_the_registrys_own_tokens(dja
             "signature": protocol.sign(keys.session, signed),
         }
         if passes:
-            assert nodes.benchmark_record(node_id=keys.node.pk, message=message).state == BenchmarkState.PASSED
+            assert benchmarks.benchmark_record(node_id=keys.node.pk, message=message).state == BenchmarkState.PASSED
         else:
             with pytest.raises(protocol.ProtocolError, match="benchmark_refused"):
-                nodes.benchmark_record(node_id=keys.node.pk, message=message)
+                benchmarks.benchmark_record(node_id=keys.node.pk, message=message)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from registry.verification import judge_rescored, token_edit_distance, verify_pair, verify_text_pair
+from bim_core.verification import judge_rescored, token_edit_distance, verify_pair, verify_text_pair
 
 TOLERANCES = {"edit_distance": 0.1, "logit_margin": 0.5}
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registry import protocol
-from registry.verification import Verdict, verify_embedding_pair, verify_pair
+from bim_core import protocol
+from bim_core.verification import Verdict, verify_embedding_pair, verify_pair
 from tests.factories import unit_vectors
 
 TAU = 0.9999

@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
 
-from bim_site.errors import ServiceError
+from bim_core.errors import ServiceError
 from ledger.models import MICRO, AccountKind, Transfer, TransferKind
 from ledger.services import account_get
 from subnets import defaults

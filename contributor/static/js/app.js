@@ -4,9 +4,9 @@
 // browser is the same node on its next visit) is registered for the logged-in user; the
 // engine (./engine.js: Service Worker model cache + onnxruntime-web in a Web Worker) loads
 // the subnet's verified model; then the page speaks the node websocket exactly like the
-// Python node (contributor/node/client.py): hello with a fresh session key certified by
+// Python node (bim_node/client.py): hello with a fresh session key certified by
 // the long-term key, ready, the registry's benchmark, jobs, results signed with the
-// session key. Every hashed or signed byte string is built the way registry/protocol.py
+// session key. Every hashed or signed byte string is built the way bim_core/protocol.py
 // builds it; the pure functions below are exported so tests can check them against the
 // protocol's worked example under Node.
 

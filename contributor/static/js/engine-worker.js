@@ -1,6 +1,6 @@
 // The browser contributor's compute: a module Web Worker that loads the subnet's verified
 // model (js/model-store.js), tokenizes with @huggingface/tokenizers and runs onnxruntime-web
-// (WebGPU or WASM). The math is contributor/node/embedder.py's: the tokenizer.json's own
+// (WebGPU or WASM). The math is bim_core/runtimes/embedder.py's: the tokenizer.json's own
 // truncation and padding are overridden (the first max_tokens-1 ids, then [SEP]), inputs
 // padded with [PAD] per batch, mean pooling over the attention mask, L2 normalization,
 // float32 out. Messages: {id, op, args} in; {id, ok, result|error} or {type: "progress"} out.

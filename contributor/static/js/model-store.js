@@ -1,6 +1,6 @@
 // Model delivery in the browser: the subnet manifest, content-addressed chunks verified
 // before they are stored or used, IndexedDB as the cache, LRU eviction under a byte budget.
-// Follows docs/protocol.md §3.4 step by step, like contributor/node/artifacts.py.
+// Follows docs/protocol.md §3.4 step by step, like bim_node/artifacts.py.
 //
 // Who does what:
 // - This module (imported by the engine's Web Worker, by sw.js and by test pages) does the

@@ -19,7 +19,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from bim_site.errors import ServiceError
+from bim_core.errors import ServiceError
 from subnets import services
 from subnets.models import License
 

@@ -11,17 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from registry import protocol
+from bim_core import protocol
 
 from .artifacts import ArtifactError, fetch_model
 from .client import NodeClient, NodeFatalError, RegistryApi, RegistryError, websocket_url
 from .keys import KeyFileError, load_or_create_key
 
-log = logging.getLogger("contributor.node")
+log = logging.getLogger("bim_node")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m contributor.node", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bim_node", description=__doc__)
     parser.add_argument("--registry", required=True, help="e.g. http://127.0.0.1:8000")
     parser.add_argument(
         "--token", default=os.environ.get("BIM_TOKEN"), help="API token (default: $BIM_TOKEN)"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from registry import protocol
+from bim_core import protocol
 
 
 class KeyFileError(Exception):

@@ -1,7 +1,7 @@
 """Talking to the registry: its HTTP API (`RegistryApi`) and the node websocket (`NodeClient`).
 
 `NodeClient` knows nothing about models: it is given a `compute(inputs) -> result`
-callable and the subnet's task type, whose family (`registry.families`) encodes the
+callable and the subnet's task type, whose family (`bim_core.families`) encodes the
 result exactly as the registry decodes it. So the real runners, a benchmark's simulated
 node with precomputed vectors and the tests' trivial functions all run through the same
 protocol code. docs/protocol.md is the normative description of the messages.
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from registry import families, protocol
+from bim_core import families, protocol
 
 log = logging.getLogger(__name__)
 

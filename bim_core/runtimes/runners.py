@@ -42,8 +42,8 @@ def _text_runtime() -> str:
 
 
 def _image_runner(files: dict[str, bytes | Path], preprocessing: dict[str, Any], threads: int) -> Runner:
-    from registry.families import png_decode
-    from registry.protocol import b64decode
+    from bim_core.families import png_decode
+    from bim_core.protocol import b64decode
 
     from .upscaler import Upscaler  # onnxruntime: loaded only when a node needs it
 

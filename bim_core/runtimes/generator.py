@@ -19,7 +19,7 @@ identical, so each is pinned by the subnet rather than left to a default:
 `rescore` runs the prompt and a claimed continuation through the model in one
 teacher-forced pass and returns, per claimed token, its logit and the top logit at that
 position: the registry's evidence when two nodes' sequences differ
-(`registry.verification.judge_rescored`).
+(`bim_core.verification.judge_rescored`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ what the model does:
 - what the user receives (`result_for_user`), in a form the SDK can re-encode to check the
   receipt's result hash.
 
-Comparison of two decoded results is `registry.verification.verify_pair`, keyed by the same
+Comparison of two decoded results is `bim_core.verification.verify_pair`, keyed by the same
 task type. A new family is one class here, one verifier there, and a runner in the node.
 """
 

@@ -1,6 +1,6 @@
 """The wire protocol shared by the registry and every contributor node.
 
-Pure module: no Django import, so the headless node (`contributor.node`) and
+Pure module: no Django import, so the headless node (`bim_node`) and
 the benchmarks use exactly the bytes the registry checks. The browser
 contributor re-implements these few functions in JavaScript; `docs/protocol.md`
 is the normative description and this module its reference implementation.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from registry import protocol
+from bim_core import protocol
 
 log = logging.getLogger(__name__)
 

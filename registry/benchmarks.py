@@ -1,0 +1,171 @@
+"""Benchmarks: issue a subnet's benchmark to a node, judge its answer against the subnet's
+reference, and re-benchmark nodes whose measurement is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from bim_core import families, protocol, scoring
+from bim_core.verification import verify_pair
+from subnets.models import BenchmarkReference
+
+from . import effects
+from .models import (
+    Benchmark,
+    BenchmarkState,
+    NodeSubnet,
+)
+from .routing_index import index_bump
+
+log = logging.getLogger("bim.registry.benchmarks")
+
+
+def benchmark_due(link: NodeSubnet) -> bool:
+    if link.benchmarked_at is None or link.score <= 0:
+        return True
+    too_old = timezone.now() - link.benchmarked_at > timedelta(hours=link.subnet.benchmark_max_age_h)
+    return too_old or link.jobs_since_benchmark >= link.subnet.benchmark_every_jobs
+
+
+def benchmark_issue(*, link: NodeSubnet) -> Benchmark | None:
+    """Send the subnet's benchmark suite to an online node (one open benchmark at a time)."""
+    reference = BenchmarkReference.objects.filter(subnet_id=link.subnet_id).first()
+    if reference is None:
+        log.warning("subnet %s has no benchmark reference; node %s cannot be scored", link.subnet_id, link.node_id)
+        return None
+    if Benchmark.objects.filter(node_id=link.node_id, subnet_id=link.subnet_id, state=BenchmarkState.ISSUED).exists():
+        return None
+    node = link.node
+    benchmark = Benchmark.objects.create(
+        node_id=link.node_id, subnet_id=link.subnet_id, runs=link.subnet.benchmark_runs, session_key_pub=node.session_key_pub
+    )
+    effects.send_to_node(
+        link.node_id,
+        {
+            "type": "job.offer",
+            "message": {
+                "type": "benchmark",
+                "benchmark_id": str(benchmark.id),
+                "subnet": link.subnet.slug,
+                "inputs": reference.inputs,
+                "runs": benchmark.runs,
+            },
+        },
+    )
+    return benchmark
+
+
+def benchmark_record(*, node_id: object, message: dict[str, Any]) -> Benchmark:
+    """Check a node's benchmark answer: signed by its session, outputs matching the
+    registry's reference within the subnet's tolerance. Only then do its timings become
+    the node's score; wrong outputs are refused (recorded, then ProtocolError
+    benchmark_refused) whatever the timings claim."""
+    benchmark = _benchmark_judge(node_id=node_id, message=message)
+    if benchmark.state == BenchmarkState.REFUSED:
+        raise protocol.ProtocolError("benchmark_refused", benchmark.reason)
+    return benchmark
+
+
+def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
+    try:
+        benchmark_id = uuid.UUID(str(message["benchmark_id"]))
+        timings = [float(t) for t in message["timings_ms"]]
+        result_hash = str(message["result_hash"])
+        signature = str(message["signature"])
+        encoding = str(message.get("encoding", ""))
+        if not timings:
+            raise ValueError("timings must be non-empty")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise protocol.ProtocolError("bad_message", f"malformed benchmark result: {exc}") from None
+    shape = protocol.parse_shape(message.get("shape"))
+    payload = protocol.b64decode(str(message.get("data", "")))
+    with transaction.atomic():
+        benchmark = (
+            Benchmark.objects.select_for_update()
+            .select_related("subnet", "node")
+            .filter(pk=benchmark_id, node_id=node_id)
+            .first()
+        )
+        if benchmark is None or benchmark.state != BenchmarkState.ISSUED:
+            raise protocol.ProtocolError("not_assigned", "no open benchmark with that id for this node")
+        signed = protocol.benchmark_message(
+            benchmark_id=str(benchmark.id), result_hash=result_hash, shape=shape, timings_ms=timings
+        )
+        if not protocol.signature_valid(benchmark.session_key_pub, signature, signed):
+            raise protocol.ProtocolError("bad_signature", "benchmark signature does not verify with the session key")
+        if protocol.sha256_hex(payload) != result_hash:
+            raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
+        family = families.family_for(benchmark.subnet.task_type)
+        if encoding != family.encoding:
+            raise protocol.ProtocolError("bad_message", f"a {family.task_type} result is encoded {family.encoding}")
+        reference = BenchmarkReference.objects.get(subnet=benchmark.subnet)
+        expected = family.decode_result(bytes(reference.result), tuple(reference.shape), reference.inputs)
+        verdict = (
+            verify_pair(
+                family.task_type,
+                family.decode_result(payload, shape, reference.inputs),
+                expected,
+                benchmark.subnet.tolerances,
+            )
+            if shape == tuple(reference.shape)
+            else None
+        )
+        now = timezone.now()
+        benchmark.timings_ms = timings[:100]
+        benchmark.completed_at = now
+        if verdict is None or not verdict.passed or len(timings) < benchmark.runs or min(timings) <= 0:
+            benchmark.state = BenchmarkState.REFUSED
+            if verdict is None:
+                benchmark.reason = "output shape differs from the reference"
+            elif not verdict.passed:
+                benchmark.reason = verdict.reason
+            else:
+                benchmark.reason = f"{len(timings)} positive run times needed, {benchmark.runs} asked"
+            benchmark.min_cosine = verdict.worst if verdict else None
+            benchmark.save()
+            return benchmark  # committed as refused; the caller tells the node
+        figures = scoring.benchmark_figures(timings, family.item_count(reference.inputs))
+        node = benchmark.node
+        score = scoring.node_score(
+            figures,
+            uptime=node.uptime(now),
+            fail_rate=node.jobs_failed / max(1, node.jobs_assigned),
+            age_h=0.0,
+            policy=scoring.ScorePolicy.from_dict(benchmark.subnet.score_policy),
+        )
+        benchmark.state = BenchmarkState.PASSED
+        benchmark.min_cosine = verdict.worst
+        benchmark.items_per_s = figures.items_per_s
+        benchmark.latency_p50_ms = figures.latency_p50_ms
+        benchmark.latency_p95_ms = figures.latency_p95_ms
+        benchmark.save()
+        NodeSubnet.objects.filter(node_id=node_id, subnet=benchmark.subnet).update(
+            score=score,
+            items_per_s=figures.items_per_s,
+            latency_p50_ms=figures.latency_p50_ms,
+            latency_p95_ms=figures.latency_p95_ms,
+            benchmarked_at=now,
+            jobs_since_benchmark=0,
+        )
+        index_bump(benchmark.subnet_id)
+        effects.queue_task("dispatch_waiting", str(benchmark.subnet_id))
+        return benchmark
+
+
+def benchmarks_due() -> int:
+    """Beat: re-benchmark ready nodes every N jobs or after the subnet's maximum age, and
+    let stale scores decay meanwhile (a node keeps its jobs while it re-benchmarks)."""
+    issued = 0
+    links = NodeSubnet.objects.filter(ready_at__isnull=False, node__is_online=True).select_related("subnet", "node")
+    for link in links:
+        if benchmark_due(link):
+            with transaction.atomic():
+                issued += benchmark_issue(link=link) is not None
+    return issued

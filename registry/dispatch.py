@@ -1,0 +1,149 @@
+"""Dispatch: give each missing role of a job to a node chosen by weighted rendezvous hashing
+over the subnet's routing index, under its diversity policy and adaptive replication.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from bim_core.selection import DIVERSITY_ATTRIBUTES
+
+from . import effects, routing_index
+from .jobs import OPEN_ASSIGNMENT_STATES, PAIR_ROLES, ROLES_BY_STATE, job_expire, job_locked, job_transition
+from .models import (
+    Assignment,
+    Job,
+    JobState,
+    Node,
+)
+
+
+def job_dispatch(*, job_id: object) -> list[Assignment]:
+    """Give every missing role of a job to a node. A queued job waits until two nodes its
+    subnet's diversity policy allows together are online; a dispatched job whose node
+    vanished gets a replacement that is no node it had before and shares no policy
+    attribute with its remaining node; a job in adjudication gets its tie-breaker C, which
+    shares no policy attribute with A or B."""
+    with transaction.atomic():
+        job = job_locked(job_id)
+        if job is None or job.state not in ROLES_BY_STATE:
+            return []
+        if job.expires_at <= timezone.now():
+            job_expire(job)
+            return []
+        assignments = list(job.assignments.select_related("node"))
+        active = [a for a in assignments if a.state in OPEN_ASSIGNMENT_STATES]
+        if job.solo and job.state == JobState.DISPATCHED:
+            # Its trusted node vanished: a replacement is not trusted, so back to a pair.
+            job.solo = False
+            job.save(update_fields=["solo"])
+        missing = [role for role in ROLES_BY_STATE[job.state] if role not in {a.role for a in active}]
+        if not missing:
+            return []
+        picks = _pick_nodes(job, assignments, active, len(missing))
+        if job.state == JobState.QUEUED and picks and _runs_solo(job, picks[0]):
+            job.solo = True
+            job.save(update_fields=["solo"])
+            missing, picks = missing[:1], picks[:1]
+        if len(picks) < len(missing) and job.state == JobState.QUEUED:
+            return []  # wait for a full pair
+        created = []
+        for role, node in zip(missing, picks):
+            created.append(
+                Assignment.objects.create(
+                    job=job,
+                    node=node,
+                    role=role,
+                    session_key_pub=node.session_key_pub,
+                    session_nonce=node.session_nonce,
+                    session_cert=node.session_cert,
+                )
+            )
+        Node.objects.filter(pk__in=[n.pk for n in picks]).update(jobs_assigned=F("jobs_assigned") + 1)
+        if created and job.state == JobState.QUEUED:
+            job_transition(job, JobState.DISPATCHED, detail=f"nodes {[str(n.pk) for n in picks]}")
+        for assignment in created:
+            event = {"type": "job.offer", "message": _job_message(job, assignment)}
+            node_id = assignment.node_id
+            effects.send_to_node(node_id, event)
+        return created
+
+
+def _runs_solo(job: Job, node: Node) -> bool:
+    """Adaptive replication: a node with a long clean record runs the job alone unless the
+    job's check coin (p = adaptive_check_bp, fixed per job id) sends it a second node."""
+    subnet = job.subnet
+    if not subnet.adaptive_replication:
+        return False
+    trusted = (
+        node.jobs_agreed >= subnet.adaptive_min_jobs
+        and node.reputation >= subnet.adaptive_min_reputation
+        and (node.banned_until is None or node.banned_until < timezone.now())
+        and not node.strike_records.filter(expires_at__gt=timezone.now(), lifted_at__isnull=True).exists()
+    )
+    return trusted and random.Random(job.id.int).random() * 10_000 >= subnet.adaptive_check_bp
+
+
+def _pick_nodes(job: Job, assignments: list[Assignment], active: list[Assignment], count: int) -> list[Node]:
+    """Nodes for the missing roles, by weighted rendezvous hashing over the subnet's routing
+    index under its diversity policy: never a node the job had, and nothing the policy
+    names (owner, IP block, ASN, OS, GPU family) shared with the job's other nodes."""
+    distinct = [a for a in job.subnet.routing_policy.get("distinct", []) if a in DIVERSITY_ATTRIBUTES]
+    partners = [routing_index.candidate_for(a.node) for a in active]
+    # Nodes with a full queue get no more offers now; the job waits for them or others.
+    excluded = [str(a.node_id) for a in assignments] + routing_index.saturated_node_ids(job.subnet_id)
+    live: list[Node] = []
+    for _ in range(2):
+        picks = routing_index.routable_index(job.subnet_id).select(
+            str(job.id), count, exclude_node_ids=excluded, distinct=distinct, avoid=partners
+        )
+        found = Node.objects.filter(is_online=True).in_bulk([uuid.UUID(p.node_id) for p in picks])
+        live = [found[uuid.UUID(p.node_id)] for p in picks if uuid.UUID(p.node_id) in found]
+        if len(live) == len(picks):
+            return live
+        routing_index.index_forget(job.subnet_id)  # the index was stale: rebuild it once
+    return live
+
+
+def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
+    return {
+        "type": "job",
+        "assignment_id": str(assignment.id),
+        "job_id": str(job.id),
+        "role": assignment.role,
+        "contract": job.contract,
+        "contract_hash": job.contract_hash,
+        "inputs": job.inputs,
+        "deadline": job.expires_at.isoformat(),
+    }
+
+
+def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
+    """Place jobs that wait for nodes: queued ones, and dispatched ones missing a role
+    (after a node vanished). Called when a node becomes routable and by the sweeper."""
+    waiting = (
+        Job.objects.filter(state__in=ROLES_BY_STATE.keys())
+        .annotate(open_roles=Count("assignments", filter=Q(assignments__state__in=OPEN_ASSIGNMENT_STATES)))
+        .filter(
+            Q(state=JobState.QUEUED)
+            | Q(state=JobState.DISPATCHED, open_roles__lt=len(PAIR_ROLES))
+            | Q(state=JobState.ADJUDICATING, open_roles__lt=len(PAIR_ROLES) + 1)
+        )
+    )
+    if subnet_id is not None:
+        waiting = waiting.filter(subnet_id=subnet_id)
+    placed = misses = 0
+    for job_id in waiting.order_by("created_at").values_list("id", flat=True)[:500]:
+        made = len(job_dispatch(job_id=job_id))
+        placed += made
+        # Oldest first; once a few in a row find no capacity, the rest will not either.
+        misses = 0 if made else misses + 1
+        if misses == 3:
+            break
+    return placed

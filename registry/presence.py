@@ -1,0 +1,179 @@
+"""Node registration and presence: register, connect, ready, heartbeat, disconnect.
+
+A node becomes routable for a subnet when it is online, holds the subnet's verified model
+(`ready`) and has passed the subnet's benchmark (its score > 0). Presence changes bump the
+subnet's routing index version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from bim_core import protocol
+from bim_core.errors import ServiceError
+from subnets.models import Subnet
+from subnets.services import eula_accepted
+
+from . import effects
+from .asn import asn_or_block, ip_block
+from .benchmarks import benchmark_due, benchmark_issue
+from .models import (
+    Assignment,
+    AssignmentState,
+    Benchmark,
+    BenchmarkState,
+    Node,
+    NodeSubnet,
+)
+from .routing_index import index_bump
+
+log = logging.getLogger("bim.registry.presence")
+
+
+def node_register(
+    *,
+    owner: AbstractBaseUser,
+    public_key: str,
+    name: str,
+    env: dict[str, Any],
+    subnet_slugs: Sequence[str],
+    ip: str | None,
+) -> tuple[Node, bool]:
+    """Register a node by its long-term public key (idempotent per owner) and opt it into
+    subnets whose license the owner has accepted."""
+    try:
+        protocol.parse_public_key(public_key)
+    except protocol.ProtocolError as exc:
+        raise ServiceError("invalid_public_key", exc.detail) from None
+    subnets = list(Subnet.objects.filter(slug__in=subnet_slugs, is_active=True).select_related("license"))
+    unknown = set(subnet_slugs) - {s.slug for s in subnets}
+    if unknown:
+        raise ServiceError("unknown_subnet", f"no active subnet {sorted(unknown)}", status=404)
+    for subnet in subnets:
+        if not eula_accepted(user=owner, subnet=subnet):
+            raise ServiceError(
+                "license_not_accepted",
+                f"accept the license {subnet.license.slug} {subnet.license.version} of subnet {subnet.slug} first",
+                status=403,
+            )
+    fingerprint = {
+        "os": str(env.get("os", ""))[:50],
+        "runtime": str(env.get("runtime", ""))[:50],
+        "backend": str(env.get("backend", ""))[:30],
+        "gpu_family": str(env.get("gpu_family", ""))[:50],
+    }
+    with transaction.atomic():
+        node = Node.objects.select_for_update().filter(public_key=public_key).first()
+        created = node is None
+        if node is None:
+            node = Node(owner=owner, public_key=public_key)
+        elif node.owner_id != owner.pk:
+            raise ServiceError("public_key_taken", "this public key belongs to another account", status=409)
+        node.name = name[:100] or f"node-{public_key[:8]}"
+        for field, value in fingerprint.items():
+            setattr(node, field, value)
+        node.capabilities = {k: v for k, v in env.items() if k not in fingerprint}
+        node.ip = ip
+        node.ip_block = ip_block(ip)
+        node.save()
+        for subnet in subnets:
+            NodeSubnet.objects.get_or_create(node=node, subnet=subnet)
+    return node, created
+
+
+def node_connect(
+    *, node: Node, channel_name: str, session_key_pub: str, nonce: str, session_cert: str, ip: str | None
+) -> str:
+    """Start a node's websocket session; returns the channel of a session it replaces ("" if none).
+    Work given to the replaced session goes back to the pool: its session key is gone."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().get(pk=node.pk)
+        previous = locked.channel_name if locked.is_online else ""
+        if previous:
+            _session_close(locked, now)
+        _assignments_lose(locked.pk, "node reconnected")
+        asn = asn_or_block(ip)
+        Node.objects.filter(pk=node.pk).update(
+            is_online=True,
+            channel_name=channel_name,
+            session_key_pub=session_key_pub,
+            session_nonce=nonce,
+            session_cert=session_cert,
+            connected_at=now,
+            last_seen=now,
+            ip=ip,
+            ip_block=ip_block(ip),
+            asn=int(asn[2:]) if asn.startswith("AS") else None,
+        )
+    return previous if previous != channel_name else ""
+
+
+def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_concurrent: int) -> None:
+    """The node holds the subnet's verified model. It receives jobs once its benchmark
+    passed; a node without a fresh benchmark is sent one now."""
+    link = NodeSubnet.objects.filter(node_id=node_id, subnet__slug=subnet_slug).select_related("subnet", "node").first()
+    if link is None:
+        raise protocol.ProtocolError("unknown_subnet", f"node is not registered for subnet {subnet_slug!r}")
+    if model_checksum != link.subnet.model_checksum:
+        raise protocol.ProtocolError("model_mismatch", "model_checksum differs from the subnet's model")
+    if not eula_accepted(user=link.node.owner, subnet=link.subnet):
+        raise protocol.ProtocolError("license_not_accepted", "the node's owner has not accepted the license")
+    with transaction.atomic():
+        NodeSubnet.objects.filter(pk=link.pk).update(ready_at=timezone.now(), max_concurrent=max(1, max_concurrent))
+        link.refresh_from_db()
+        if benchmark_due(link):
+            benchmark_issue(link=link)
+        if link.score > 0:
+            # Routable now (a node due for a re-benchmark keeps serving while it runs it).
+            index_bump(link.subnet_id)
+            effects.queue_task("dispatch_waiting", str(link.subnet_id))
+
+
+def node_heartbeat(*, node_id: object, channel_name: str) -> bool:
+    """Record that the node is alive; False when this socket's session was replaced."""
+    return bool(
+        Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(last_seen=timezone.now())
+    )
+
+
+def node_disconnect(*, node_id: object, channel_name: str) -> int:
+    """End a node's session (socket closed or silent too long); its open work is re-dispatched."""
+    with transaction.atomic():
+        node = Node.objects.select_for_update().filter(pk=node_id, channel_name=channel_name, is_online=True).first()
+        if node is None:
+            return 0  # a newer session owns the node
+        _session_close(node, timezone.now())
+        Node.objects.filter(pk=node_id).update(is_online=False, channel_name="", online_seconds=node.online_seconds)
+        _assignments_lose(node_id, "node disconnected")
+    return 1
+
+
+def _session_close(node: Node, now: Any) -> None:
+    if node.connected_at is not None:
+        node.online_seconds += max(0.0, ((node.last_seen or now) - node.connected_at).total_seconds())
+    for subnet_id in NodeSubnet.objects.filter(node=node, ready_at__isnull=False).values_list("subnet_id", flat=True):
+        index_bump(subnet_id)
+    NodeSubnet.objects.filter(node=node).update(ready_at=None)
+    Benchmark.objects.filter(node=node, state=BenchmarkState.ISSUED).update(
+        state=BenchmarkState.EXPIRED, reason="session ended", completed_at=now
+    )
+
+
+def _assignments_lose(node_id: object, reason: str) -> None:
+    lost = list(
+        Assignment.objects.filter(node_id=node_id, state=AssignmentState.DISPATCHED).values_list("pk", "job_id")
+    )
+    if not lost:
+        return
+    Assignment.objects.filter(pk__in=[pk for pk, _ in lost]).update(state=AssignmentState.LOST, failure_reason=reason)
+    Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + len(lost))
+    for job_id in {job_id for _, job_id in lost}:
+        effects.queue_task("dispatch_job", str(job_id))

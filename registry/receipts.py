@@ -1,0 +1,74 @@
+"""Receipts: the registry-signed record of a settled job that a user verifies offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from bim_core import protocol
+from bim_core.verification import Verdict
+from subnets.models import Subnet
+
+from .keys import registry_private_key, registry_public_key
+from .models import (
+    Assignment,
+    Job,
+)
+
+
+def receipt_build(
+    job: Job,
+    pair: list[Assignment],
+    verdict: Verdict,
+    transfers: list[Any],
+    path: str,
+    rescoring: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    tolerances = job.contract["tolerances"]
+    measured = (
+        {"min_cosine": verdict.worst, "cosine_min": tolerances.get("cosine_min")}
+        if job.subnet.task_type == Subnet.TaskType.EMBEDDING
+        else {"worst": verdict.worst, "tolerances": tolerances}
+    )
+    body = {
+        "version": "bim-receipt/1",
+        "job_id": str(job.id),
+        "subnet": job.subnet.slug,
+        "contract_hash": job.contract_hash,
+        "input_hash": job.contract["input_hash"],
+        "model_checksum": job.contract["model_checksum"],
+        "result_hash": pair[0].result_hash,
+        "verification": {
+            "path": path,
+            "metric": verdict.metric,
+            **measured,
+            # A text pair settled by re-scoring: per role, accepted or not and the worst gap.
+            **({"rescoring": rescoring} if rescoring else {}),
+        },
+        "nodes": [
+            {
+                "role": a.role,
+                "node_id": str(a.node_id),
+                "public_key": a.node.public_key,
+                "assignment_id": str(a.id),
+                "session_key_pub": a.session_key_pub,
+                "session_nonce": a.session_nonce,
+                "session_cert": a.session_cert,
+                "result_hash": a.result_hash,
+                "shape": a.result_shape,
+                "signature": a.signature,
+            }
+            for a in pair
+        ],
+        "settlement": {
+            "price_micro": next((t.amount for t in transfers if t.kind == "capture"), 0),
+            "transfers": [
+                {"id": t.pk, "kind": t.kind, "amount": t.amount, "credit_account": t.credit_id} for t in transfers
+            ],
+        },
+        "settled_at": timezone.now().isoformat(),
+        "registry_key": registry_public_key(),
+    }
+    return {**body, "registry_signature": protocol.sign(registry_private_key(), protocol.receipt_message(body))}

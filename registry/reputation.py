@@ -1,0 +1,71 @@
+"""Reputation, strikes and bans: the outcomes of verified jobs move a node's reputation;
+strikes expire; enough of them ban the node for a while.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from bim_core import scoring
+from subnets.models import Subnet
+
+from .models import (
+    Node,
+    NodeSubnet,
+    Strike,
+)
+from .routing_index import index_bump_for_node
+
+log = logging.getLogger("bim.registry.reputation")
+
+
+def reputation_record(*, node_ids: Sequence[object], outcome: float, subnet: Subnet) -> None:
+    """Apply one job's outcome (1 consensus winner, 0 minority or failed honeypot)."""
+    policy = scoring.ReputationPolicy.from_dict(subnet.reputation_policy)
+    now = timezone.now()
+    for node in Node.objects.select_for_update().filter(pk__in=node_ids).order_by("pk"):
+        idle_h = (now - node.last_job_at).total_seconds() / 3600 if node.last_job_at else 0.0
+        reputation = scoring.reputation_after_idle(node.reputation, idle_h=idle_h, policy=policy)
+        agreed = node.jobs_agreed + (1 if outcome >= 1 else 0)
+        node.reputation = scoring.reputation_after_job(reputation, outcome, jobs_done=agreed, policy=policy)
+        node.jobs_agreed = agreed
+        node.jobs_failed += 0 if outcome >= 1 else 1
+        node.last_job_at = now
+        node.save(update_fields=["reputation", "jobs_agreed", "jobs_failed", "last_job_at"])
+    NodeSubnet.objects.filter(node_id__in=node_ids, subnet=subnet).update(jobs_since_benchmark=F("jobs_since_benchmark") + 1)
+
+
+def node_strike(*, node_id: object, reason: str, job_id: object | None = None, subnet: Subnet | None = None) -> Strike:
+    """A soft strike; reaching the policy's number of active strikes bans the node for a time."""
+    policy = scoring.ReputationPolicy.from_dict(subnet.reputation_policy if subnet else None)
+    now = timezone.now()
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node_id)
+        strike = Strike.objects.create(
+            node=node, job_id=job_id, reason=reason[:200], expires_at=now + timedelta(hours=policy.strike_ttl_h)
+        )
+        node.strikes += 1
+        active = Strike.objects.filter(node=node, expires_at__gt=now, lifted_at__isnull=True).count()
+        if active >= policy.strikes_to_ban:
+            node.banned_until = now + timedelta(hours=policy.ban_h)
+            log.warning("node %s banned until %s after %d active strikes", node.pk, node.banned_until, active)
+        node.save(update_fields=["strikes", "banned_until"])
+        index_bump_for_node(node.pk)
+    return strike
+
+
+def node_ban_lift(*, node_id: object, operator: AbstractBaseUser) -> None:
+    """An operator ends a ban early and lifts the strikes that caused it."""
+    now = timezone.now()
+    with transaction.atomic():
+        Node.objects.filter(pk=node_id).update(banned_until=None)
+        Strike.objects.filter(node_id=node_id, lifted_at__isnull=True, expires_at__gt=now).update(lifted_at=now)
+        index_bump_for_node(node_id)
+    log.info("ban of node %s lifted by %s", node_id, operator)

@@ -1,0 +1,157 @@
+"""What nodes send back about a job: signed results, streamed partial text, and giving up.
+Every check refuses with a protocol error code the node is told.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from bim_core import families, protocol
+
+from . import effects, metrics, selectors
+from .jobs import PAIR_ROLES, job_locked, job_transition
+from .models import (
+    Assignment,
+    AssignmentRole,
+    AssignmentState,
+    Job,
+    JobState,
+    Node,
+)
+
+
+def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
+    """Check and store a node's signed result; raises protocol.ProtocolError with a code
+    the node is told. When the pair is complete, verification is queued."""
+    fields = _result_fields(message)
+    with transaction.atomic():
+        assignment = (
+            Assignment.objects.select_for_update().filter(pk=fields["assignment_id"], node_id=node_id).first()
+        )
+        if assignment is None or str(assignment.job_id) != fields["job_id"]:
+            raise protocol.ProtocolError("not_assigned", "this job is not assigned to this node")
+        job = job_locked(assignment.job_id)
+        if assignment.state != AssignmentState.DISPATCHED:
+            code = "already_submitted" if assignment.result_hash else "not_assigned"
+            raise protocol.ProtocolError(code, f"assignment is {assignment.state}")
+        accepting = JobState.ADJUDICATING if assignment.role == AssignmentRole.C else JobState.DISPATCHED
+        if job.state != accepting or job.expires_at <= timezone.now():
+            raise protocol.ProtocolError("deadline_passed", f"job is {job.state}")
+        _check_result(job, assignment, fields)
+        assignment.state = AssignmentState.SUBMITTED
+        assignment.result = fields["payload"]
+        assignment.result_shape = list(fields["shape"])
+        assignment.result_hash = fields["result_hash"]
+        assignment.signature = fields["signature"]
+        assignment.elapsed_ms = fields["elapsed_ms"]
+        assignment.submitted_at = timezone.now()
+        assignment.save()
+        if Job.objects.filter(subnet_id=job.subnet_id, state=JobState.QUEUED).exists():
+            # This answer frees a slot in the node's queue: place jobs that wait for one.
+            effects.queue_task("dispatch_waiting", str(job.subnet_id))
+        if assignment.role == AssignmentRole.C:
+            effects.queue_task("verify_job", str(job.id))  # the tie-breaker is in: adjudicate
+        elif job.solo:
+            job_transition(job, JobState.VERIFYING, detail="solo result in")
+            effects.queue_task("verify_job", str(job.id))
+        elif job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES):
+            job_transition(job, JobState.VERIFYING, detail="both results in")
+            effects.queue_task("verify_job", str(job.id))
+    metrics.results_received.inc()
+    return assignment
+
+
+def _result_fields(message: dict[str, Any]) -> dict[str, Any]:
+    try:
+        fields = {
+            "assignment_id": str(uuid.UUID(str(message["assignment_id"]))),
+            "job_id": str(uuid.UUID(str(message["job_id"]))),
+            "input_hash": str(message["input_hash"]),
+            "result_hash": str(message["result_hash"]),
+            "encoding": str(message.get("encoding", "")),
+            "signature": str(message["signature"]),
+            "elapsed_ms": max(0, int(message.get("elapsed_ms") or 0)),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise protocol.ProtocolError("bad_message", f"malformed result: {exc}") from None
+    fields["shape"] = protocol.parse_shape(message.get("shape"))
+    fields["payload"] = protocol.b64decode(str(message.get("data", "")))
+    return fields
+
+
+def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
+    family = families.family_for(job.contract["task_type"])
+    if fields["encoding"] != family.encoding:
+        raise protocol.ProtocolError("bad_message", f"a {family.task_type} result is encoded {family.encoding}")
+    if fields["input_hash"] != job.contract["input_hash"]:
+        raise protocol.ProtocolError("bad_input_hash", "input_hash does not match the job contract")
+    if protocol.sha256_hex(fields["payload"]) != fields["result_hash"]:
+        raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
+    family.decode_result(fields["payload"], fields["shape"], job.inputs)
+    signed = protocol.result_message(
+        job_id=str(job.id),
+        assignment_id=str(assignment.id),
+        contract_hash=job.contract_hash,
+        input_hash=fields["input_hash"],
+        result_hash=fields["result_hash"],
+        shape=fields["shape"],
+    )
+    if not protocol.signature_valid(assignment.session_key_pub, fields["signature"], signed):
+        raise protocol.ProtocolError("bad_signature", "result signature does not verify with the session key")
+
+
+PARTIAL_TTL_S = 600
+
+
+PARTIAL_MAX_CHARS = 64_000
+
+
+def partial_record(*, node_id: object, message: dict[str, Any]) -> None:
+    """Keep the latest text a node streams while it generates (the cache, never the
+    database: one write per few tokens). Unsigned and unverified: the user sees it marked
+    so, and only the settled result carries a receipt. Of two nodes streaming the same job
+    the one further ahead is shown; a partial for an assignment no longer open is dropped."""
+    try:
+        assignment_id = uuid.UUID(str(message["assignment_id"]))
+        text, tokens = message["text"], message["tokens"]
+        if not isinstance(text, str) or not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ValueError("text must be a string and tokens a count")
+    except (KeyError, ValueError) as exc:
+        raise protocol.ProtocolError("bad_message", f"malformed partial: {exc}") from None
+    if len(text) > PARTIAL_MAX_CHARS:
+        raise protocol.ProtocolError("bad_message", f"a partial holds at most {PARTIAL_MAX_CHARS} characters")
+    open_assignment = (
+        Assignment.objects.filter(pk=assignment_id, node_id=node_id, state=AssignmentState.DISPATCHED)
+        .values("job_id", "role")
+        .first()
+    )
+    if open_assignment is None:
+        return
+    key = selectors.partial_key(open_assignment["job_id"])
+    current = cache.get(key)
+    if current is None or tokens >= current["tokens"]:
+        # Read then write without a lock: two nodes racing can only swap which one is shown.
+        cache.set(key, {"text": text, "tokens": tokens, "role": open_assignment["role"]}, PARTIAL_TTL_S)
+
+
+def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> None:
+    """A node declines or fails a job before answering: its role goes to another node."""
+    try:
+        assignment_uuid = uuid.UUID(str(assignment_id))
+    except ValueError:
+        raise protocol.ProtocolError("bad_message", "assignment_id is not a UUID") from None
+    with transaction.atomic():
+        updated = Assignment.objects.filter(
+            pk=assignment_uuid, node_id=node_id, state=AssignmentState.DISPATCHED
+        ).update(state=AssignmentState.LOST, failure_reason=f"node gave up: {reason}"[:200])
+        if not updated:
+            raise protocol.ProtocolError("not_assigned", "no open assignment with that id for this node")
+        Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
+        job_id = Assignment.objects.values_list("job_id", flat=True).get(pk=assignment_uuid)
+        effects.queue_task("dispatch_job", str(job_id))

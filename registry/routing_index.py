@@ -1,0 +1,188 @@
+"""The routing index every dispatch reads: a subnet's routable nodes with their weights,
+built in memory and rebuilt when presence changes (a version counter in Redis, or in
+process memory in embedded mode) or when it is older than INDEX_MAX_AGE_S.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from bim_core import scoring
+from bim_core.selection import Candidate, NodeIndex
+from ledger.models import Account, AccountKind
+from subnets.models import Subnet
+
+from .models import (
+    Assignment,
+    AssignmentState,
+    Node,
+    NodeSubnet,
+)
+
+
+def index_bump_for_node(node_id: object) -> None:
+    for subnet_id in NodeSubnet.objects.filter(node_id=node_id).values_list("subnet_id", flat=True):
+        index_bump(subnet_id)
+
+
+# Per process: index versions when there is no Redis (embedded mode: one process), the
+# built indexes, and the Redis client that shares versions between processes.
+_local_versions: dict[int, int] = {}
+
+
+_indexes: dict[int, tuple[int, float, NodeIndex]] = {}
+
+
+_client: Any = None
+
+
+def index_version(subnet_id: int) -> int:
+    client = _redis_client()
+    if client is None:
+        return _local_versions.get(subnet_id, 0)
+    return int(client.get(f"{settings.INDEX_KEY_PREFIX}:{subnet_id}") or 0)
+
+
+def index_bump(subnet_id: int) -> None:
+    """After commit, tell every dispatcher that the subnet's routable set changed."""
+
+    def bump() -> None:
+        client = _redis_client()
+        if client is None:
+            _local_versions[subnet_id] = _local_versions.get(subnet_id, 0) + 1
+        else:
+            client.incr(f"{settings.INDEX_KEY_PREFIX}:{subnet_id}")
+
+    transaction.on_commit(bump)
+
+
+def _redis_client() -> Any:
+    if not settings.REDIS_URL:
+        return None
+    global _client
+    if _client is None:
+        import redis
+
+        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    return _client
+
+
+def routable_index(subnet_id: int) -> NodeIndex:
+    """The subnet's routable nodes as an in-memory index: rebuilt when presence changed
+    (version bump) or when older than INDEX_MAX_AGE_S (reputations drift job by job)."""
+    version = index_version(subnet_id)
+    cached = _indexes.get(subnet_id)
+    if cached is not None and cached[0] == version and time.monotonic() - cached[1] < settings.INDEX_MAX_AGE_S:
+        return cached[2]
+    index = NodeIndex(_routable_records(subnet_id))
+    _indexes[subnet_id] = (version, time.monotonic(), index)
+    return index
+
+
+def index_forget(subnet_id: int | None = None) -> None:
+    """Drop a cached index (or all): the next selection rebuilds it from the database."""
+    if subnet_id is None:
+        _indexes.clear()
+    else:
+        _indexes.pop(subnet_id, None)
+
+
+def saturated_node_ids(subnet_id: int) -> list[str]:
+    """Nodes of the subnet holding as many unanswered offers as their queue allows
+    (NODE_QUEUE_DEPTH per job they run at once): offering more would only age in a queue.
+    Where the subnet's policy says so (`queue_depth_below_escrow` > 0), a node whose escrow
+    is still below the requirement gets that shorter queue: until it has something to lose,
+    it carries less work."""
+    rows = list(
+        Assignment.objects.filter(state=AssignmentState.DISPATCHED, job__subnet_id=subnet_id)
+        .values("node_id")
+        .annotate(open=Count("pk"))
+    )
+    if not rows:
+        return []
+    busy = [r["node_id"] for r in rows]
+    limits = dict(
+        NodeSubnet.objects.filter(subnet_id=subnet_id, node_id__in=busy).values_list("node_id", "max_concurrent")
+    )
+    required, short_depth = Subnet.objects.values_list("escrow_required_micro", "queue_depth_below_escrow").get(
+        pk=subnet_id
+    )
+    escrowed = set(
+        Account.objects.filter(kind=AccountKind.NODE_ESCROW, node_id__in=busy, balance__gte=required).values_list(
+            "node_id", flat=True
+        )
+    )
+    saturated = []
+    for row in rows:
+        restricted = short_depth and required and row["node_id"] not in escrowed
+        depth = short_depth if restricted else settings.NODE_QUEUE_DEPTH
+        if row["open"] >= depth * limits.get(row["node_id"], 1):
+            saturated.append(str(row["node_id"]))
+    return saturated
+
+
+def candidate_for(node: Node, weight: float = 0.0) -> Candidate:
+    """A node as routing sees it; an unknown ASN stands in as the node's IP block."""
+    return Candidate(
+        node_id=str(node.pk),
+        owner_id=str(node.owner_id),
+        weight=weight,
+        ip_block=node.ip_block,
+        asn=f"AS{node.asn}" if node.asn else node.ip_block,
+        os=node.os,
+        gpu_family=node.gpu_family,
+    )
+
+
+def _routable_records(subnet_id: int) -> list[Candidate]:
+    now = timezone.now()
+    subnet = Subnet.objects.get(pk=subnet_id)
+    policy = scoring.ReputationPolicy.from_dict(subnet.reputation_policy)
+    links = (
+        NodeSubnet.objects.filter(
+            subnet_id=subnet_id,
+            ready_at__isnull=False,
+            score__gt=0,
+            node__is_online=True,
+            node__last_seen__gte=now - timedelta(seconds=settings.NODE_STALE_S),
+        )
+        .filter(Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now))
+        .select_related("node")
+        .annotate(
+            active_strikes=Count(
+                "node__strike_records",
+                filter=Q(node__strike_records__expires_at__gt=now, node__strike_records__lifted_at__isnull=True),
+            )
+        )
+    )
+    score_policy = scoring.ScorePolicy.from_dict(subnet.score_policy)
+    return [
+        candidate_for(link.node, _routing_weight(link, now, score_policy, policy))
+        for link in links
+        if link.items_per_s and link.latency_p50_ms
+    ]
+
+
+def _routing_weight(
+    link: NodeSubnet, now: Any, score_policy: scoring.ScorePolicy, policy: scoring.ReputationPolicy
+) -> float:
+    """w = base · R at this moment: benchmark figures decay with their age, reputation
+    with the node's idle time, and each active strike softens the weight."""
+    node = link.node
+    base = scoring.node_score(
+        scoring.BenchmarkFigures(link.items_per_s, link.latency_p50_ms, link.latency_p95_ms or link.latency_p50_ms),
+        uptime=node.uptime(now),
+        fail_rate=node.jobs_failed / max(1, node.jobs_assigned),
+        age_h=(now - link.benchmarked_at).total_seconds() / 3600,
+        policy=score_policy,
+    )
+    idle_h = (now - node.last_job_at).total_seconds() / 3600 if node.last_job_at else 0.0
+    reputation = scoring.reputation_after_idle(node.reputation, idle_h=idle_h, policy=policy)
+    return scoring.routing_weight(base, reputation, active_strikes=link.active_strikes, policy=policy)

@@ -1,0 +1,138 @@
+"""Settlement paths: pay an agreeing pair, a trusted solo node or a re-scored text pair;
+strike the minority; fail and refund when nobody can be trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bim_core import families
+from bim_core.verification import Verdict
+from ledger import services as ledger
+
+from . import metrics, reputation, selectors
+from .jobs import job_transition
+from .models import (
+    Assignment,
+    AssignmentState,
+    Job,
+    JobState,
+)
+from .receipts import receipt_build
+
+
+def job_settle_rescored(
+    job: Job,
+    pair: tuple[Assignment, Assignment],
+    verdict: Verdict,
+    verification: dict[str, Any],
+    evidence: dict[str, dict[str, Any]],
+) -> None:
+    """Settle a text pair on re-scoring: both sequences within the margin is honest
+    nondeterminism (a near-tie flipped): both are paid, nobody is struck. One within it:
+    its node is paid as the majority (the registry, which did the tie-breaker's work, takes
+    the tie-breaker's share) and the other gets nothing and a strike. Neither: the job
+    fails, the user is refunded and both nodes are struck."""
+    verification = {
+        **verification,
+        "path": "rescored",
+        "rescoring": {x.role: evidence[x.result_hash] for x in pair},
+    }
+    accepted = tuple(x for x in pair if evidence[x.result_hash]["accepted"])
+    rejected = tuple(x for x in pair if not evidence[x.result_hash]["accepted"])
+    verification["majority"] = [x.role for x in accepted]
+    if not accepted:
+        Assignment.objects.filter(pk__in=[x.pk for x in pair]).update(state=AssignmentState.DISAGREED)
+        why = "re-scoring accepted neither sequence"
+        job_transition(job, JobState.FAILED, detail=why, failure_reason=why, verification=verification)
+        if job.price_micro:
+            ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason=why)
+        reputation.reputation_record(node_ids=[x.node_id for x in pair], outcome=0.0, subnet=job.subnet)
+        for loser in pair:
+            reputation.node_strike(node_id=loser.node_id, reason="re-scoring rejected its tokens", job_id=job.id, subnet=job.subnet)
+        return
+    detail = "rescored: both within the margin" if not rejected else f"rescored: {rejected[0].role} rejected"
+    reason = "" if not rejected else f"re-scoring rejected {rejected[0].role}"
+    settled = Verdict(True, "tokens", verdict.worst, reason)
+    job_settle_agreed(job, accepted, rejected, settled, verification, detail=detail, strike_reason="re-scoring rejected its tokens")
+
+
+def job_settle_solo(job: Job, solo: Assignment) -> None:
+    """A trusted node's unchecked result: the user pays solo_price_bp of the pair price (the
+    rest of the hold is released), the node earns what it would in a pair, the registry the
+    remainder. No reputation is earned by unchecked work."""
+    subnet = job.subnet
+    amount = _price_captured(job, solo) * subnet.solo_price_bp // 10_000
+    node_bp = min(10_000, subnet.split_node_a_bp * 10_000 // max(1, subnet.solo_price_bp))
+    transfers = (
+        ledger.job_settle(
+            job_id=job.id,
+            user=job.user,
+            amount=amount,
+            held=job.price_micro,
+            node_ids=(solo.node_id,),
+            split_bp=(node_bp, 0, 10_000 - node_bp),
+            escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
+        )
+        if amount
+        else []
+    )
+    Assignment.objects.filter(pk=solo.pk).update(state=AssignmentState.AGREED)
+    verdict = Verdict(True, "unchecked", None, "trusted node, not replicated")
+    verification = {"path": "solo", **verdict.as_dict(), "price_micro": amount}
+    receipt = receipt_build(job, [solo], verdict, transfers, "solo")
+    job_transition(job, JobState.SETTLED, detail="solo (adaptive replication)", verification=verification, receipt=receipt)
+    metrics.jobs_settled.labels(subnet=subnet.slug).inc()
+
+
+def job_settle_agreed(
+    job: Job,
+    majority: tuple[Assignment, ...],
+    struck: tuple[Assignment, ...],
+    verdict: Verdict,
+    verification: dict[str, Any],
+    *,
+    detail: str,
+    strike_reason: str = "minority in a tie-break",
+) -> None:
+    """Pay the agreeing pair, update reputations, sign the receipt, mark the job settled.
+    A majority of one (a text pair settled by re-scoring) is paid node A's share; the
+    registry, which re-scored, keeps the rest."""
+    subnet = job.subnet
+    split_bp = subnet.split_bp if len(majority) == 2 else (subnet.split_node_a_bp, 0, 10_000 - subnet.split_node_a_bp)
+    amount = _price_captured(job, majority[0])
+    transfers = (
+        ledger.job_settle(
+            job_id=job.id,
+            user=job.user,
+            amount=amount,
+            held=job.price_micro,
+            node_ids=tuple(x.node_id for x in majority),
+            split_bp=split_bp,
+            escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
+        )
+        if amount
+        else []
+    )
+    Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
+    reputation.reputation_record(node_ids=[x.node_id for x in majority], outcome=1.0, subnet=job.subnet)
+    for loser in struck:
+        Assignment.objects.filter(pk=loser.pk).update(state=AssignmentState.DISAGREED)
+        reputation.reputation_record(node_ids=[loser.node_id], outcome=0.0, subnet=job.subnet)
+        reputation.node_strike(node_id=loser.node_id, reason=strike_reason, job_id=job.id, subnet=job.subnet)
+    receipt = receipt_build(
+        job, list(majority), verdict, transfers, verification["path"], verification.get("rescoring")
+    )
+    job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
+    metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
+
+
+def _price_captured(job: Job, delivered: Assignment) -> int:
+    """What the user pays: the held price, or less when the delivered result used fewer
+    units than the hold covers (a text job holds max_tokens and pays for the tokens
+    generated); settlement releases the rest. Never more than the hold."""
+    family = families.family_for(job.subnet.task_type)
+    used = family.used_units(job.inputs, selectors.assignment_result(delivered))
+    if not job.price_micro or used >= family.price_units(job.inputs):
+        return job.price_micro
+    return min(job.price_micro, job.subnet.price_for(used))

@@ -1,0 +1,91 @@
+"""The registry's clock: drop silent nodes, expire overdue jobs, place waiting jobs and
+verify jobs whose verification task was lost.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import presence
+from .dispatch import jobs_dispatch_waiting
+from .jobs import job_expire, job_locked
+from .models import (
+    ALLOWED_TRANSITIONS,
+    TERMINAL_STATES,
+    AssignmentRole,
+    AssignmentState,
+    Job,
+    JobState,
+    Node,
+)
+from .verify import job_verify
+
+
+def jobs_expire_overdue() -> int:
+    overdue = Job.objects.filter(state__in=ALLOWED_TRANSITIONS.keys() - TERMINAL_STATES, expires_at__lte=timezone.now())
+    expired = 0
+    for job_id in overdue.values_list("id", flat=True)[:1000]:
+        with transaction.atomic():
+            job = job_locked(job_id)
+            if job is not None and job.state not in TERMINAL_STATES and job.expires_at <= timezone.now():
+                if JobState.EXPIRED in ALLOWED_TRANSITIONS[job.state]:
+                    job_expire(job)
+                    expired += 1
+                # A verifying job has both results: let verification finish it.
+    return expired
+
+
+def sweep() -> dict[str, int]:
+    """The registry's clock: drop silent nodes, expire overdue jobs, place waiting jobs."""
+    stale_before = timezone.now() - timedelta(seconds=settings.NODE_STALE_S)
+    dropped = 0
+    for node_id, channel in Node.objects.filter(is_online=True, last_seen__lt=stale_before).values_list(
+        "id", "channel_name"
+    ):
+        dropped += presence.node_disconnect(node_id=node_id, channel_name=channel)
+    return {
+        "nodes_dropped": dropped,
+        "jobs_expired": jobs_expire_overdue(),
+        "assignments_made": jobs_dispatch_waiting(),
+        "verifications_retried": jobs_verify_stalled(),
+    }
+
+
+def jobs_verify_stalled(*, older_than_s: float = 10.0) -> int:
+    """Verify jobs whose verification task was lost (a worker died between the results
+    and the verdict): both results are in, so the verdict can still be reached."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    stalled = Job.objects.filter(
+        Q(state=JobState.VERIFYING, verifying_at__lt=cutoff)
+        | Q(
+            state=JobState.ADJUDICATING,
+            assignments__role=AssignmentRole.C,
+            assignments__state=AssignmentState.SUBMITTED,
+            assignments__submitted_at__lt=cutoff,
+        )
+    ).values_list("id", flat=True)[:500]
+    for job_id in stalled:
+        job_verify(job_id=job_id)
+    return len(stalled)
+
+
+_last_sweep = 0.0
+
+
+def sweep_if_due(*, interval_s: float = 2.0) -> None:
+    """Embedded mode has no Celery beat: node heartbeats drive the sweeper instead, at most
+    once per interval per process. With a real worker, beat runs `tasks.sweep`."""
+    global _last_sweep
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        return
+    now = time.monotonic()
+    if now - _last_sweep < interval_s:
+        return
+    _last_sweep = now
+    sweep()

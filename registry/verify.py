@@ -1,0 +1,175 @@
+"""Verification: compare a job's results under its subnet's tolerances, re-score a text
+pair that differs, send a mismatch to a tie-breaker and adjudicate 2-of-3.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce, Least
+
+from bim_core import protocol
+from bim_core.errors import ServiceError
+from bim_core.verification import Verdict, judge_rescored, verify_pair
+from ledger import services as ledger
+from subnets.models import Subnet
+from subnets.services import trusted_rescore
+
+from . import effects, honeypots, metrics, reputation, selectors
+from .jobs import PAIR_ROLES, job_locked, job_transition
+from .models import (
+    AgreementStat,
+    Assignment,
+    AssignmentRole,
+    AssignmentState,
+    Job,
+    JobState,
+    Node,
+)
+from .settlement import job_settle_agreed, job_settle_rescored, job_settle_solo
+
+log = logging.getLogger("bim.registry.verify")
+
+
+def job_verify(*, job_id: object) -> Job | None:
+    """Compare the pair and settle on agreement; on a mismatch send the contract to a
+    tie-breaker (nothing is paid yet). With the tie-breaker's result in, adjudicate. A text
+    pair that differs is re-scored instead, on the registry's own runner, before the job
+    row is locked (a model pass takes a second or more) and settled on that evidence."""
+    rescored = _text_rescoring(job_id)
+    with transaction.atomic():
+        job = job_locked(job_id)
+        if job is None:
+            return None
+        results = {
+            a.role: a for a in job.assignments.filter(state=AssignmentState.SUBMITTED).select_related("node")
+        }
+        if job.state == JobState.ADJUDICATING and AssignmentRole.C in results:
+            return job_adjudicate(job, results)
+        if job.state != JobState.VERIFYING:
+            return job
+        if job.solo:
+            job_settle_solo(job, results[AssignmentRole.A])
+            return job
+        a, b = results[AssignmentRole.A], results[AssignmentRole.B]
+        if job.honeypot_id is not None:
+            verification = honeypots.honeypot_judge(job, [a, b], rescored=rescored or {})
+            job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
+            return job
+        verdict = _compare(job, a, b)
+        verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
+        if not verdict.passed and rescored is not None and {a.result_hash, b.result_hash} <= rescored.keys():
+            job_settle_rescored(job, (a, b), verdict, verification, rescored)
+            return job
+        if not verdict.passed:
+            job_transition(job, JobState.ADJUDICATING, detail=verdict.reason, verification=verification)
+            effects.queue_task("dispatch_job", str(job.id))
+            return job
+        job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement")
+    return job
+
+
+def _text_rescoring(job_id: object) -> dict[str, dict[str, Any]] | None:
+    """The evidence that settles a text pair that differs, keyed by result hash: each
+    claimed sequence re-scored in one teacher-forced pass on the registry's trusted runner
+    (no third node to find and wait for, and a forged token is caught, where a third node's
+    vote could only outnumber it). For a honeypot, each result that is not the registry's
+    own answer is re-scored, so an honest node whose CPU flipped a near-tie is not punished.
+    None when there is nothing to re-score, or no runner here (the job then goes to a third
+    node). Reads without locks: job_verify re-checks the hashes."""
+    job = (
+        Job.objects.select_related("subnet", "honeypot")
+        .filter(pk=job_id, state=JobState.VERIFYING, solo=False)
+        .first()
+    )
+    if job is None or job.subnet.task_type != Subnet.TaskType.TEXT:
+        return None
+    pair = list(job.assignments.filter(state=AssignmentState.SUBMITTED, role__in=PAIR_ROLES))
+    if job.honeypot is not None:
+        known = protocol.sha256_hex(bytes(job.honeypot.result))
+        pair = [x for x in pair if x.result_hash != known]
+    elif len(pair) != 2 or pair[0].result_hash == pair[1].result_hash:
+        return None
+    if not pair:
+        return None
+    margin = float(job.contract["tolerances"]["logit_margin"])
+    evidence = {}
+    for assignment in pair:
+        try:
+            rescoring = trusted_rescore(job.subnet, job.inputs, selectors.assignment_result(assignment))
+        except ServiceError as exc:
+            log.warning("job %s: cannot re-score here (%s); a third node will break the tie", job.id, exc.detail)
+            return None
+        within, failing = judge_rescored(rescoring.positions, margin)
+        gaps = [top - claimed for claimed, top in rescoring.positions]
+        worst_gap = max(gaps, default=0.0)
+        evidence[assignment.result_hash] = {
+            "accepted": within and not rescoring.problems,
+            "tokens": len(rescoring.positions),
+            "max_gap": round(worst_gap, 4) if math.isfinite(worst_gap) else None,
+            "failing_positions": failing[:20],
+            "problems": rescoring.problems,
+        }
+    return evidence
+
+
+def _compare(job: Job, first: Assignment, second: Assignment) -> Verdict:
+    verdict = verify_pair(
+        job.subnet.task_type,
+        selectors.assignment_result(first),
+        selectors.assignment_result(second),
+        job.contract["tolerances"],
+    )
+    metrics.verifications.labels(passed=str(verdict.passed).lower()).inc()
+    agreement_record(subnet=job.subnet, nodes=(first.node, second.node), verdict=verdict)
+    return verdict
+
+
+def node_environment(node: Node) -> str:
+    return f"{node.runtime or '?'}/{node.backend or '?'}/{node.gpu_family or '?'}"
+
+
+def agreement_record(*, subnet: Subnet, nodes: tuple[Node, Node], verdict: Verdict) -> None:
+    """Add one compared pair to its environments' agreement statistics."""
+    if verdict.worst is None:
+        return
+    env_a, env_b = sorted(node_environment(n) for n in nodes)
+    stat, _ = AgreementStat.objects.get_or_create(subnet=subnet, env_a=env_a, env_b=env_b)
+    AgreementStat.objects.filter(pk=stat.pk).update(
+        samples=F("samples") + 1,
+        passed=F("passed") + int(verdict.passed),
+        sum_similarity=F("sum_similarity") + verdict.worst,
+        min_similarity=Coalesce(Least("min_similarity", Value(verdict.worst)), Value(verdict.worst)),
+    )
+
+
+def job_adjudicate(job: Job, results: dict[str, Assignment]) -> Job:
+    """2-of-3: the tie-breaker sides with A or B. The majority pair is paid as a normal
+    settlement; the minority gets nothing, a strike and a zero reputation outcome. If C
+    agrees with neither, there is no majority: the job fails and the user is refunded."""
+    a, b, c = results[AssignmentRole.A], results[AssignmentRole.B], results[AssignmentRole.C]
+    with_a, with_b = _compare(job, a, c), _compare(job, b, c)
+    verification = {
+        **job.verification,
+        "path": "2-of-3",
+        "tie_break": {"a_c": with_a.as_dict(), "b_c": with_b.as_dict()},
+    }
+    if not with_a.passed and not with_b.passed:
+        Assignment.objects.filter(pk__in=[a.pk, b.pk, c.pk]).update(state=AssignmentState.DISAGREED)
+        job_transition(job, JobState.FAILED, detail="no majority", failure_reason="no majority", verification=verification)
+        if job.price_micro:
+            ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason="no majority in tie-break")
+        reputation.reputation_record(node_ids=[a.node_id, b.node_id, c.node_id], outcome=0.0, subnet=job.subnet)
+        return job
+    # When C agrees with both, A and B differ only at the edge of tolerance: C sides with
+    # the closer one and nobody is struck.
+    sides_with_a = with_a.passed and (not with_b.passed or (with_a.worst or 0) >= (with_b.worst or 0))
+    majority, minority, verdict = ((a, c), b, with_a) if sides_with_a else ((b, c), a, with_b)
+    struck = () if with_a.passed and with_b.passed else (minority,)
+    verification["majority"] = [x.role for x in majority]
+    job_settle_agreed(job, majority, struck, verdict, verification, detail=f"2-of-3, minority {minority.role}")
+    return job
