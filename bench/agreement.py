@@ -697,7 +697,7 @@ def text_family(args: argparse.Namespace) -> FamilyBench:
         return ""
 
     def rescore(i: int, result: dict[str, Any]) -> dict[str, Any]:
-        """services._text_rescoring for one claimed result, memoized per (input, result)."""
+        """registry.verify._text_rescoring for one claimed result, memoized per (input, result)."""
         key = (i, family.encode_result(result)[0])
         if key not in memo:
             rescoring = trusted.rescore(inputs[i], result)

@@ -33,7 +33,7 @@ progress goes to stderr. The database
 (`bim_ledger_bench` on postgres://postgres@127.0.0.1:5432 by default) is dropped and
 recreated on each invocation and dropped at the end (unless --keep-db). Run it as
 
-    cd /work/main && .venv/bin/python bench/ledger.py [--quick]
+    .venv/bin/python bench/ledger.py [--quick]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ import uuid
 import zlib
 from pathlib import Path
 from typing import Any
+
+from bim_core.money import split_amount
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -166,8 +168,9 @@ def build_world(args: argparse.Namespace) -> dict[str, Any]:
 
     from bim_core import protocol
     from bim_core.contracts import build_contract
+    from ledger.accounts import accounts_get
     from ledger.models import AccountKind
-    from ledger.services import accounts_get, credits_top_up
+    from ledger.services import credits_top_up
     from registry.models import Node
     from subnets.models import License, Subnet
 
@@ -265,7 +268,7 @@ def make_jobs(world: dict[str, Any], tag: str, per_client_users: list[list[int]]
 
 def expected_rows(plans: list[list[tuple]]) -> dict[str, int]:
     """Transfers per kind and PendingDelta rows the plans must leave behind."""
-    from ledger.services import split_amount
+
 
     expected = {"hold": 0, "capture": 0, "payout": 0, "escrow": 0, "pending_delta": 0}
     for plan in plans:
@@ -350,7 +353,7 @@ class Settler:
     def _legs(self, spec: tuple, accounts: tuple, balance: dict[int, int]) -> tuple[list[tuple], dict[int, int]]:
         """The legs job_hold + job_settle post, as (key, debit, credit, amount, kind, reason),
         and the net change per account; raises when a locked account would go negative."""
-        from ledger.services import split_amount
+
 
         job_id, _, price, _, _ = spec
         credits, hold, earn_a, escrow_a, earn_b, escrow_b = accounts

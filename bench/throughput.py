@@ -51,6 +51,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from bim_core.money import MICRO
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -160,7 +162,6 @@ def extra_users(count: int, credits: int) -> list[str]:
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
-    from ledger.models import MICRO
     from ledger.services import credits_top_up
 
     tokens = []

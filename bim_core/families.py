@@ -45,6 +45,11 @@ class SubnetLimits:
 class TaskFamily:
     task_type: ClassVar[str]
     encoding: ClassVar[str]
+    # A pair that differs is re-scored by the registry's own runner (teacher forcing)
+    # before any third node is asked: where nondeterminism flips near-ties, not numbers.
+    rescored_on_mismatch: ClassVar[bool] = False
+    # Inputs whose tokens the subnet's tokenizer mostly cannot read are flagged at submit.
+    tokenized_texts: ClassVar[bool] = False
 
     def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
         raise NotImplementedError
@@ -75,6 +80,10 @@ class TaskFamily:
         """Inverse of `result_for_user`: what the SDK re-encodes to check the result hash."""
         raise NotImplementedError
 
+    def receipt_measured(self, worst: float | None, tolerances: dict[str, Any]) -> dict[str, Any]:
+        """What a receipt says was measured against which tolerance."""
+        return {"worst": worst, "tolerances": tolerances}
+
 
 def _text_list(raw: Any, name: str, limits: SubnetLimits) -> list[str]:
     if not isinstance(raw, list) or not raw:
@@ -94,6 +103,7 @@ class EmbeddingFamily(TaskFamily):
 
     task_type = "embedding"
     encoding = protocol.VECTOR_ENCODING
+    tokenized_texts = True
 
     def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
         unknown = set(raw) - {"texts"}
@@ -125,6 +135,9 @@ class EmbeddingFamily(TaskFamily):
     def result_from_user(self, delivered: dict[str, Any]) -> np.ndarray:
         return np.asarray(delivered["vectors"], dtype=np.float32)
 
+    def receipt_measured(self, worst: float | None, tolerances: dict[str, Any]) -> dict[str, Any]:
+        return {"min_cosine": worst, "cosine_min": tolerances.get("cosine_min")}
+
 
 TEXT_ENCODING = "json"
 TEXT_FINISHES = ("stop", "length")
@@ -142,6 +155,7 @@ class TextFamily(TaskFamily):
 
     task_type = "text"
     encoding = TEXT_ENCODING
+    rescored_on_mismatch = True
 
     def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
         unknown = set(raw) - {"prompt", "max_tokens"}

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 def prepare_node(args: argparse.Namespace) -> NodeClient:
     """Everything before the websocket: key, registration, verified model."""
     # Imported here so that `--help` does not pay for loading onnxruntime.
-    from .runners import runner_load, runtime_for
+    from bim_core.runtimes.runners import runner_load, runtime_for
 
     key = load_or_create_key(args.key_file)
     api = RegistryApi(args.registry, args.token)

@@ -45,6 +45,24 @@ def refuse_changes(
     return migrations.RunPython(forward, backward)
 
 
+def refuse_changes_after_remake(
+    name: str, table: str, reason: str, *, columns: Sequence[str] = (), refuse_delete: bool = False
+) -> migrations.RunPython:
+    """Put trigger `name` back on SQLite after a migration that altered `table`: SQLite
+    alters a column by copying the table into a new one, which drops the old table's
+    triggers. PostgreSQL alters in place and keeps them, so there this does nothing."""
+
+    def forward(apps: object, schema_editor: object) -> None:
+        if schema_editor.connection.vendor != "sqlite":
+            return
+        for suffix in ("", "_delete"):
+            schema_editor.execute(f"DROP TRIGGER IF EXISTS {name}{suffix}", params=None)
+        for statement in _sqlite(name, table, reason, columns, refuse_delete):
+            schema_editor.execute(statement, params=None)
+
+    return migrations.RunPython(forward, migrations.RunPython.noop)
+
+
 def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:
     events = "UPDATE" + (f" OF {', '.join(columns)}" if columns else "")
     if refuse_delete:

@@ -2,7 +2,6 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from ledger import api as ledger_api
 from registry import api as registry_api
 from subnets import api as subnets_api
 from subnets import views as subnets_views
@@ -11,7 +10,7 @@ api_v1 = [
     path("jobs/", registry_api.JobListCreateApi.as_view(), name="jobs"),
     path("jobs/<uuid:job_id>/", registry_api.JobDetailApi.as_view(), name="job-detail"),
     path("balance/", registry_api.BalanceApi.as_view(), name="balance"),
-    path("withdrawals/", ledger_api.WithdrawalListCreateApi.as_view(), name="withdrawals"),
+    path("withdrawals/", registry_api.WithdrawalListCreateApi.as_view(), name="withdrawals"),
     path("nodes/", registry_api.NodeRegisterApi.as_view(), name="nodes"),
     path("registry/", registry_api.RegistryInfoApi.as_view(), name="registry-info"),
     path("subnets/", subnets_api.SubnetListApi.as_view(), name="subnets"),

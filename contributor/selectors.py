@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Sum
+from django.db.models import Count
 
-from ledger.models import Account, AccountKind
+from ledger import selectors as ledger_selectors
+from registry import selectors as registry_selectors
 from registry.models import Assignment, AssignmentState, Node, NodeSubnet
 from subnets import selectors as subnet_selectors
 from subnets.models import EulaAcceptance, Subnet
@@ -36,16 +37,12 @@ def subnet_for_opt_in(*, slug: str) -> Subnet:
 def owner_balances(*, user: AbstractBaseUser, node: Node | None = None) -> dict[str, int]:
     """Earnings and escrow of all the user's nodes, and of `node` alone when given."""
 
-    def total(**filters: Any) -> int:
-        return Account.objects.filter(**filters).aggregate(s=Sum("balance"))["s"] or 0
-
-    balances = {
-        "earnings_micro": total(kind=AccountKind.NODE_EARNINGS, node__owner=user),
-        "escrow_micro": total(kind=AccountKind.NODE_ESCROW, node__owner=user),
-    }
+    everything = ledger_selectors.balance_totals(node_ids=registry_selectors.node_ids_of_owner(user=user))
+    balances = {"earnings_micro": everything["earnings_micro"], "escrow_micro": everything["escrow_micro"]}
     if node is not None:
-        balances["node_earnings_micro"] = total(kind=AccountKind.NODE_EARNINGS, node=node)
-        balances["node_escrow_micro"] = total(kind=AccountKind.NODE_ESCROW, node=node)
+        one = ledger_selectors.balance_totals(node_ids=[node.pk])
+        balances["node_earnings_micro"] = one["earnings_micro"]
+        balances["node_escrow_micro"] = one["escrow_micro"]
     return balances
 
 

@@ -18,13 +18,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from bim_core.errors import ServiceError
+from bim_core.net import client_ip
+from subnets import selectors as subnet_selectors
 
 from . import selectors, services
 from .forms import OptInForm, SignUpForm
-
-
-def _client_ip(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def _json_error(code: str, detail: str, status: int) -> JsonResponse:
@@ -72,7 +70,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 "name": row["subnet"].name,
                 "task_type": row["subnet"].task_type,
                 "model_checksum": row["subnet"].model_checksum,
-                "manifest_url": reverse("subnet-manifest", args=[row["subnet"].slug]),
+                "manifest_url": subnet_selectors.manifest_url(row["subnet"]),
                 "opted_in": row["acceptance"] is not None,
             }
             for row in subnets
@@ -99,7 +97,7 @@ def subnet_opt_in(request: HttpRequest, slug: str) -> HttpResponse:
                 user=request.user,
                 subnet_slug=slug,
                 license_version=form.cleaned_data["license_version"],
-                ip=_client_ip(request),
+                ip=client_ip(request.META),
             )
         except ServiceError as exc:
             form.add_error(None, exc.detail)
@@ -133,7 +131,7 @@ def node_register(request: HttpRequest) -> JsonResponse:
             public_key=body["public_key"],
             env=env,
             subnet_slugs=slugs,
-            ip=_client_ip(request),
+            ip=client_ip(request.META),
             name=str(body.get("name") or ""),
         )
     except ServiceError as exc:

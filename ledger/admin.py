@@ -9,7 +9,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
-from . import services
+from . import errors, services, withdrawals
 from .checks import ledger_violations
 from .models import Account, PendingDelta, SettlementBatch, Slash, Transfer, Withdrawal, WithdrawalState
 
@@ -43,10 +43,10 @@ class ReadOnlyMixin:
 
 @admin.register(Account)
 class AccountAdmin(HealthLineMixin, ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["id", "kind", "user", "node", "current_balance", "unit", "append_only", "created_at"]
+    list_display = ["id", "kind", "user", "node_id", "current_balance", "unit", "append_only", "created_at"]
     list_filter = ["kind", "append_only"]
-    search_fields = ["user__username", "node__name", "=node__id", "=id"]
-    list_select_related = ["user", "node"]
+    search_fields = ["user__username", "=node_id", "=id"]
+    list_select_related = ["user"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Account]:
         return super().get_queryset(request).annotate(pending_sum=Sum("pending__amount"))
@@ -73,10 +73,10 @@ class AccountFilter(admin.SimpleListFilter):
 
 @admin.register(Transfer)
 class TransferAdmin(HealthLineMixin, ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["id", "kind", "amount", "debit", "credit", "job", "reason", "created_at"]
+    list_display = ["id", "kind", "amount", "debit", "credit", "job_id", "reason", "created_at"]
     list_filter = ["kind", AccountFilter, "debit__kind", "credit__kind"]
-    search_fields = ["idempotency_key", "=job__id", "reason"]
-    list_select_related = ["debit", "credit", "job"]
+    search_fields = ["idempotency_key", "=job_id", "reason"]
+    list_select_related = ["debit", "credit"]
     actions = ["reverse_selected"]
 
     @admin.action(description="Reverse selected transfers (posts reversing adjustments)")
@@ -84,7 +84,7 @@ class TransferAdmin(HealthLineMixin, ReadOnlyMixin, admin.ModelAdmin):
         for transfer in queryset.select_related("debit", "credit"):
             try:
                 services.transfer_reverse(transfer=transfer, reason="operator reversal", operator=request.user)
-            except services.LedgerError as exc:
+            except errors.LedgerError as exc:
                 messages.error(request, f"transfer {transfer.pk}: {exc}")
             else:
                 messages.success(request, f"transfer {transfer.pk} reversed")
@@ -135,7 +135,7 @@ class AdjustmentAdmin(admin.ModelAdmin):
                 idempotency_key=str(uuid.uuid4()),
                 operator=request.user,
             )
-        except services.LedgerError as exc:
+        except errors.LedgerError as exc:
             messages.error(request, f"adjustment refused: {exc}")
             obj.refused = True
             return
@@ -155,10 +155,10 @@ class AdjustmentAdmin(admin.ModelAdmin):
 
 @admin.register(Withdrawal)
 class WithdrawalAdmin(HealthLineMixin, admin.ModelAdmin):
-    list_display = ["id", "node", "requested_by", "amount", "state", "created_at", "decided_by", "decided_at", "batch"]
+    list_display = ["id", "node_id", "requested_by", "amount", "state", "created_at", "decided_by", "decided_at", "batch"]
     list_filter = ["state"]
-    search_fields = ["requested_by__username", "node__name"]
-    list_select_related = ["node", "requested_by", "decided_by", "batch"]
+    search_fields = ["requested_by__username", "=node_id"]
+    list_select_related = ["requested_by", "decided_by", "batch"]
     readonly_fields = [f.name for f in Withdrawal._meta.fields]
     actions = ["approve", "reject"]
 
@@ -171,8 +171,8 @@ class WithdrawalAdmin(HealthLineMixin, admin.ModelAdmin):
     def _decide(self, request: HttpRequest, queryset: QuerySet[Withdrawal], approve: bool) -> None:
         for withdrawal in queryset.filter(state=WithdrawalState.PENDING):
             try:
-                services.withdrawal_decide(withdrawal_id=withdrawal.pk, approve=approve, operator=request.user)
-            except services.LedgerError as exc:
+                withdrawals.withdrawal_decide(withdrawal_id=withdrawal.pk, approve=approve, operator=request.user)
+            except errors.LedgerError as exc:
                 messages.error(request, f"withdrawal {withdrawal.pk}: {exc}")
 
     @admin.action(description="Approve selected pending withdrawals")
@@ -186,9 +186,9 @@ class WithdrawalAdmin(HealthLineMixin, admin.ModelAdmin):
 
 @admin.register(Slash)
 class SlashAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["id", "node", "job", "assignment", "fraction_bp", "transfer", "refund", "reason", "created_at"]
-    search_fields = ["=job__id", "node__name", "reason"]
-    list_select_related = ["node", "job", "transfer", "refund"]
+    list_display = ["id", "node_id", "job_id", "assignment_id", "fraction_bp", "transfer", "refund", "reason", "created_at"]
+    search_fields = ["=job_id", "=node_id", "reason"]
+    list_select_related = ["transfer", "refund"]
 
 
 @admin.register(SettlementBatch)

@@ -1,15 +1,30 @@
 """The ledger's invariants, checked in full: used by `manage.py ledger_check` and after
-every ledger test. Returns the violations found (empty when the books are sound)."""
+every ledger test. Returns the violations found (empty when the books are sound).
+
+Each priced job's hold must end exactly once, the way its job ended. The ledger knows jobs
+only by id, so the registry tells it how its jobs ended through `job_outcomes_register`."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Literal
 
-from django.db.models import Count, Q, Sum
-
-from registry.models import Job, JobState
+from django.db.models import Count, Sum
 
 from .models import Account, AccountKind, PendingDelta, Transfer, TransferKind
+
+# How a priced job ended, as far as its hold is concerned.
+JobOutcome = Literal["open", "settled", "ended"]
+JobOutcomes = Callable[[], Iterable[tuple[object, int, JobOutcome]]]
+
+_job_outcomes: JobOutcomes | None = None
+
+
+def job_outcomes_register(source: JobOutcomes) -> None:
+    """Give the checks the (job id, price held, outcome) of every priced job."""
+    global _job_outcomes
+    _job_outcomes = source
 
 
 def ledger_violations() -> list[str]:
@@ -40,27 +55,36 @@ def ledger_violations() -> list[str]:
     if clearing != 0:
         problems.append(f"clearing holds {clearing}: a captured payment was not paid out")
 
-    per_job = Job.objects.filter(price_micro__gt=0).annotate(
-        holds=Count("transfers", filter=Q(transfers__kind=TransferKind.HOLD)),
-        captures=Count("transfers", filter=Q(transfers__kind=TransferKind.CAPTURE)),
-        captured=Sum("transfers__amount", filter=Q(transfers__kind=TransferKind.CAPTURE)),
-        releases=Count("transfers", filter=Q(transfers__kind=TransferKind.RELEASE)),
-        released=Sum("transfers__amount", filter=Q(transfers__kind=TransferKind.RELEASE)),
-        payouts=Sum("transfers__amount", filter=Q(transfers__kind=TransferKind.PAYOUT)),
-    )
-    for job in per_job:
-        if job.holds != 1:
-            problems.append(f"job {job.id} has {job.holds} holds")
-        if job.state == JobState.SETTLED:
-            # Captured and paid out; a settlement for less than the hold releases the rest.
-            accounted = (job.captured or 0) + (job.released or 0)
-            if job.captures != 1 or job.releases > 1 or job.payouts != job.captured or accounted != job.price_micro:
+    if _job_outcomes is not None:
+        problems.extend(_job_hold_violations(_job_outcomes()))
+    return problems
+
+
+def _job_hold_violations(jobs: Iterable[tuple[object, int, JobOutcome]]) -> list[str]:
+    """A priced job has one hold; a settled one one capture, paid out in full, with the
+    rest of the hold (if any) released once; a failed or expired one one release and no
+    capture; an open one neither yet."""
+    count: dict[tuple[str, str], int] = defaultdict(int)
+    total: dict[tuple[str, str], int] = defaultdict(int)
+    rows = Transfer.objects.filter(job_id__isnull=False).values("job_id", "kind").annotate(n=Count("id"), s=Sum("amount"))
+    for row in rows:
+        count[(str(row["job_id"]), row["kind"])] = row["n"]
+        total[(str(row["job_id"]), row["kind"])] = row["s"]
+    problems = []
+    for job_id, price, outcome in jobs:
+        job = str(job_id)
+        holds, captures, releases = (count[(job, k)] for k in (TransferKind.HOLD, TransferKind.CAPTURE, TransferKind.RELEASE))
+        captured, released, payouts = (total[(job, k)] for k in (TransferKind.CAPTURE, TransferKind.RELEASE, TransferKind.PAYOUT))
+        if holds != 1:
+            problems.append(f"job {job} has {holds} holds")
+        if outcome == "settled":
+            if captures != 1 or releases > 1 or payouts != captured or captured + released != price:
                 problems.append(
-                    f"settled job {job.id}: {job.captures} captures of {job.captured}, {job.releases} releases, "
-                    f"payouts {job.payouts}, hold {job.price_micro}"
+                    f"settled job {job}: {captures} captures of {captured}, {releases} releases, "
+                    f"payouts {payouts}, hold {price}"
                 )
-        if job.state in (JobState.FAILED, JobState.EXPIRED) and (job.releases != 1 or job.captures):
-            problems.append(f"{job.state} job {job.id}: {job.releases} releases, {job.captures} captures")
-        if job.state not in (JobState.SETTLED, JobState.FAILED, JobState.EXPIRED) and (job.captures or job.releases):
-            problems.append(f"open job {job.id} ({job.state}) already has captures or releases")
+        elif outcome == "ended" and (releases != 1 or captures):
+            problems.append(f"ended job {job}: {releases} releases, {captures} captures")
+        elif outcome == "open" and (captures or releases):
+            problems.append(f"open job {job} already has captures or releases")
     return problems

@@ -11,6 +11,10 @@ Invariants (checked by `ledger.checks`, `manage.py ledger_check` and after every
   refuse UPDATE and DELETE. Corrections are new, reversing transfers.
 Amounts are integer micro-credits (1 credit = 1,000,000 micro-credits).
 
+The ledger knows jobs, assignments and nodes only as the opaque ids its callers pass in
+(`job_id`, `assignment_id`, `node_id`): no foreign key or import reaches into the
+registry, which checks ownership before it asks the ledger to move anything.
+
 No hot row: every settlement credits the registry, so system accounts are never locked
 or updated by a transfer. Their legs are appended as PendingDelta rows, which
 `services.pending_rollup` (Celery beat) folds into the stored balance, deleting exactly
@@ -22,8 +26,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-
-MICRO = 1_000_000
 
 
 class AccountKind(models.TextChoices):
@@ -46,9 +48,9 @@ class Account(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts"
     )
-    node = models.ForeignKey(
-        "registry.Node", null=True, blank=True, on_delete=models.PROTECT, related_name="accounts"
-    )
+    # A node's earnings or escrow: the registry's node id. Look-ups go by (kind, node_id),
+    # the unique index below, so the column needs no index of its own.
+    node_id = models.UUIDField(null=True, blank=True)
     unit = models.CharField(max_length=16, default="micro-credit", editable=False)
     balance = models.BigIntegerField(default=0)
     # System accounts: written through PendingDelta rows, never locked, may go negative.
@@ -62,15 +64,15 @@ class Account(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["kind", "user"],
-                condition=Q(user__isnull=False, node__isnull=True),
+                condition=Q(user__isnull=False, node_id__isnull=True),
                 name="account_unique_per_user",
             ),
             models.UniqueConstraint(
-                fields=["kind", "node"], condition=Q(node__isnull=False), name="account_unique_per_node"
+                fields=["kind", "node_id"], condition=Q(node_id__isnull=False), name="account_unique_per_node"
             ),
             models.UniqueConstraint(
                 fields=["kind"],
-                condition=Q(user__isnull=True, node__isnull=True),
+                condition=Q(user__isnull=True, node_id__isnull=True),
                 name="account_unique_system",
             ),
         ]
@@ -101,10 +103,9 @@ class Transfer(models.Model):
     credit = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credits")
     amount = models.PositiveBigIntegerField()
     kind = models.CharField(max_length=16, choices=TransferKind.choices)
-    # No index of its own: the (job, kind) index serves look-ups by job.
-    job = models.ForeignKey(
-        "registry.Job", null=True, blank=True, on_delete=models.PROTECT, related_name="transfers", db_index=False
-    )
+    # The job a transfer belongs to (the registry's job id). No index of its own: the
+    # (job_id, kind) index serves look-ups by job.
+    job_id = models.UUIDField(null=True, blank=True)
     reason = models.CharField(max_length=300, blank=True)
     # A correction names the transfer it undoes; each transfer is undone at most once.
     reverses = models.OneToOneField(
@@ -120,7 +121,7 @@ class Transfer(models.Model):
             ),
             models.UniqueConstraint(fields=["idempotency_key"], name="transfer_unique_idempotency_key"),
         ]
-        indexes = [models.Index(fields=["job", "kind"])]
+        indexes = [models.Index(fields=["job_id", "kind"], name="ledger_tran_job_id_6c6e83_idx")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} {self.debit_id}->{self.credit_id}"
@@ -146,7 +147,8 @@ class WithdrawalState(models.TextChoices):
 class Withdrawal(models.Model):
     """A node owner's request to take earnings out: pending until an operator decides."""
 
-    node = models.ForeignKey("registry.Node", on_delete=models.PROTECT, related_name="withdrawals")
+    node_id = models.UUIDField()
+    # The node's owner, who asked (the registry checked the ownership).
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="withdrawals")
     amount = models.PositiveBigIntegerField()
     state = models.CharField(max_length=10, choices=WithdrawalState.choices, default=WithdrawalState.PENDING)
@@ -163,7 +165,7 @@ class Withdrawal(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="withdrawal_amount_positive")]
-        indexes = [models.Index(fields=["node", "state"])]
+        indexes = [models.Index(fields=["node_id", "state"], name="ledger_with_node_id_951407_idx")]
 
     def __str__(self) -> str:
         return f"withdrawal {self.pk} of {self.amount} ({self.state})"
@@ -172,9 +174,10 @@ class Withdrawal(models.Model):
 class Slash(models.Model):
     """Escrow taken from a node on proven fraud, with its evidence and the user's refund."""
 
-    node = models.ForeignKey("registry.Node", on_delete=models.PROTECT, related_name="slashes")
-    job = models.ForeignKey("registry.Job", on_delete=models.PROTECT, related_name="slashes")
-    assignment = models.OneToOneField("registry.Assignment", on_delete=models.PROTECT, related_name="slash")
+    node_id = models.UUIDField(db_index=True)
+    job_id = models.UUIDField(db_index=True)
+    # The evidence: one slash per assignment.
+    assignment_id = models.UUIDField(unique=True)
     reason = models.CharField(max_length=300)
     fraction_bp = models.PositiveIntegerField()
     transfer = models.OneToOneField(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")

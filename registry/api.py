@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Sum
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -18,11 +17,12 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from bim_core import families, protocol
 from bim_core.errors import ServiceError
-from ledger.models import Account, AccountKind
+from bim_core.net import client_ip
+from ledger import selectors as ledger_selectors
 
-from . import presence, selectors, submit
+from . import presence, selectors, submit, withdrawals
 from .keys import registry_public_key
-from .models import Job
+from .models import Job, Node
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -30,10 +30,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, ServiceError):
         return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
     return drf_exception_handler(exc, context)
-
-
-def client_ip(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 class JobSubmitSerializer(serializers.Serializer):
@@ -138,17 +134,8 @@ class BalanceApi(APIView):
         )
     )
     def get(self, request: Request) -> Response:
-        def total(**filters: Any) -> int:
-            return Account.objects.filter(**filters).aggregate(s=Sum("balance"))["s"] or 0
-
-        return Response(
-            {
-                "credits_micro": total(kind=AccountKind.USER_CREDITS, user=request.user, node=None),
-                "held_micro": total(kind=AccountKind.USER_HOLD, user=request.user, node=None),
-                "earnings_micro": total(kind=AccountKind.NODE_EARNINGS, node__owner=request.user),
-                "escrow_micro": total(kind=AccountKind.NODE_ESCROW, node__owner=request.user),
-            }
-        )
+        node_ids = selectors.node_ids_of_owner(user=request.user)
+        return Response(ledger_selectors.balance_totals(user=request.user, node_ids=node_ids))
 
 
 class NodeRegisterSerializer(serializers.Serializer):
@@ -184,7 +171,7 @@ class NodeRegisterApi(APIView):
             name=data.validated_data["name"],
             env=data.validated_data["env"],
             subnet_slugs=data.validated_data["subnets"],
-            ip=client_ip(request),
+            ip=client_ip(request.META),
         )
         return Response(NodeOutputSerializer(node).data, status=201 if created else 200)
 
@@ -200,3 +187,37 @@ class RegistryInfoApi(APIView):
     )
     def get(self, request: Request) -> Response:
         return Response({"protocol": protocol.PROTOCOL_VERSION, "receipt_key": registry_public_key()})
+
+
+class WithdrawalRequestSerializer(serializers.Serializer):
+    node = serializers.UUIDField()
+    amount_micro = serializers.IntegerField(min_value=1)
+
+
+class WithdrawalSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    node = serializers.UUIDField(source="node_id")
+    amount = serializers.IntegerField()
+    state = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField(allow_null=True)
+    decision_reason = serializers.CharField()
+
+
+class WithdrawalListCreateApi(APIView):
+    """Contributors' earnings: request a withdrawal for one of my nodes, list mine."""
+
+    @extend_schema(responses=WithdrawalSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        mine = ledger_selectors.withdrawal_list_for_user(user=request.user)[:200]
+        return Response(WithdrawalSerializer(mine, many=True).data)
+
+    @extend_schema(request=WithdrawalRequestSerializer, responses={201: WithdrawalSerializer})
+    def post(self, request: Request) -> Response:
+        data = WithdrawalRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = get_object_or_404(Node, pk=data.validated_data["node"], owner=request.user)
+        withdrawal = withdrawals.node_withdrawal_request(
+            node=node, user=request.user, amount=data.validated_data["amount_micro"]
+        )
+        return Response(WithdrawalSerializer(withdrawal).data, status=201)

@@ -12,7 +12,11 @@ class RegistryConfig(AppConfig):
     def ready(self) -> None:
         # Services queue tasks by name (effects.queue_task); every process that runs them,
         # eager or not, needs them registered. Imported here, once the models are loaded.
-        from . import tasks  # noqa: F401
+        from ledger.checks import job_outcomes_register
+
+        from . import selectors, tasks  # noqa: F401
+
+        job_outcomes_register(selectors.job_hold_outcomes)
 
         # A full prefix-to-ASN table takes seconds to load: pay that at start-up, not
         # inside the first node's websocket handshake.

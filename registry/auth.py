@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from rest_framework.authtoken.models import Token
 
@@ -45,6 +46,4 @@ class BrowserOriginValidator(OriginValidator):
 
 
 def NodeSocketStack(inner: Any) -> Any:  # noqa: N802
-    from django.conf import settings
-
     return BrowserOriginValidator(TokenAuthMiddlewareStack(inner), settings.ALLOWED_HOSTS)

@@ -18,6 +18,8 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from bim_core import protocol
+from bim_core.net import client_ip
+from subnets import selectors as subnet_selectors
 
 from . import benchmarks, metrics, presence, results, sweeper
 from .models import Node
@@ -38,14 +40,9 @@ def _node_owned_by(node_id: str, user: Any) -> Node | None:
 @database_sync_to_async
 def _welcome_subnets(node: Node) -> list[dict[str, str]]:
     return [
-        {"slug": s.slug, "model_checksum": s.model_checksum, "manifest_url": f"/subnets/{s.slug}/manifest.json"}
+        {"slug": s.slug, "model_checksum": s.model_checksum, "manifest_url": subnet_selectors.manifest_url(s)}
         for s in node.subnets.filter(is_active=True)
     ]
-
-
-def _client_ip(scope: dict[str, Any]) -> str | None:
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 class NodeConsumer(AsyncJsonWebsocketConsumer):
@@ -150,7 +147,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             session_key_pub=session_key_pub,
             nonce=self.nonce,
             session_cert=signature,
-            ip=_client_ip(self.scope),
+            ip=client_ip(self.scope),
         )
         self.node_id = str(node.id)
         await self.channel_layer.group_add(f"node.{self.node_id}", self.channel_name)
@@ -164,7 +161,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
                 "subnets": await _welcome_subnets(node),
             }
         )
-        log.info("node %s connected from %s", self.node_id, _client_ip(self.scope))
+        log.info("node %s connected from %s", self.node_id, client_ip(self.scope))
 
     async def on_ready(self, content: dict[str, Any]) -> None:
         subnet = str(content.get("subnet", ""))

@@ -96,7 +96,7 @@ def honeypots_issue_due(*, window_s: int = 60) -> int:
 
 def honeypot_judge(job: Job, results: list[Assignment], *, rescored: dict[str, dict] | None = None) -> dict:
     """Check each node's result against the registry's answer; punish each failure.
-    `rescored` (text: re-scoring evidence by result hash, see services._text_rescoring)
+    `rescored` (text: re-scoring evidence by result hash, see verify._text_rescoring)
     clears a result that differs from the answer but whose every token is within the
     subnet's logit margin: honest nondeterminism, not a forgery. Returns the verification
     record for the job."""

@@ -7,9 +7,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from bim_core import protocol
+from bim_core import families, protocol
 from bim_core.verification import Verdict
-from subnets.models import Subnet
 
 from .keys import registry_private_key, registry_public_key
 from .models import (
@@ -26,11 +25,8 @@ def receipt_build(
     path: str,
     rescoring: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    tolerances = job.contract["tolerances"]
-    measured = (
-        {"min_cosine": verdict.worst, "cosine_min": tolerances.get("cosine_min")}
-        if job.subnet.task_type == Subnet.TaskType.EMBEDDING
-        else {"worst": verdict.worst, "tolerances": tolerances}
+    measured = families.family_for(job.contract["task_type"]).receipt_measured(
+        verdict.worst, job.contract["tolerances"]
     )
     body = {
         "version": "bim-receipt/1",

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from bim_core import scoring
 from bim_core.selection import Candidate, NodeIndex
-from ledger.models import Account, AccountKind
+from ledger import selectors as ledger_selectors
 from subnets.models import Subnet
 
 from .models import (
@@ -114,11 +114,7 @@ def saturated_node_ids(subnet_id: int) -> list[str]:
     required, short_depth = Subnet.objects.values_list("escrow_required_micro", "queue_depth_below_escrow").get(
         pk=subnet_id
     )
-    escrowed = set(
-        Account.objects.filter(kind=AccountKind.NODE_ESCROW, node_id__in=busy, balance__gte=required).values_list(
-            "node_id", flat=True
-        )
-    )
+    escrowed = ledger_selectors.nodes_with_escrow(node_ids=busy, required=required)
     saturated = []
     for row in rows:
         restricted = short_depth and required and row["node_id"] not in escrowed

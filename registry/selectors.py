@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 
 from bim_core import families
 
-from .models import Assignment, AssignmentState, Job
+from .models import Assignment, AssignmentState, Job, JobState, Node
 
 
 def job_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Job]:
@@ -47,3 +47,16 @@ def job_partial(*, job: Job) -> dict[str, Any] | None:
         return None
     partial = cache.get(partial_key(job.id))
     return None if partial is None else {**partial, "verified": False}
+
+
+def node_ids_of_owner(*, user: AbstractBaseUser) -> list[object]:
+    return list(Node.objects.filter(owner=user).values_list("pk", flat=True))
+
+
+def job_hold_outcomes() -> list[tuple[object, int, str]]:
+    """Every priced job with its hold and how it ended, for the ledger's checks."""
+    ended = {JobState.SETTLED: "settled", JobState.FAILED: "ended", JobState.EXPIRED: "ended"}
+    return [
+        (job_id, price, ended.get(state, "open"))
+        for job_id, price, state in Job.objects.filter(price_micro__gt=0).values_list("id", "price_micro", "state")
+    ]

@@ -64,19 +64,7 @@ def job_settle_solo(job: Job, solo: Assignment) -> None:
     subnet = job.subnet
     amount = _price_captured(job, solo) * subnet.solo_price_bp // 10_000
     node_bp = min(10_000, subnet.split_node_a_bp * 10_000 // max(1, subnet.solo_price_bp))
-    transfers = (
-        ledger.job_settle(
-            job_id=job.id,
-            user=job.user,
-            amount=amount,
-            held=job.price_micro,
-            node_ids=(solo.node_id,),
-            split_bp=(node_bp, 0, 10_000 - node_bp),
-            escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
-        )
-        if amount
-        else []
-    )
+    transfers = _pay(job, amount, (solo,), (node_bp, 0, 10_000 - node_bp))
     Assignment.objects.filter(pk=solo.pk).update(state=AssignmentState.AGREED)
     verdict = Verdict(True, "unchecked", None, "trusted node, not replicated")
     verification = {"path": "solo", **verdict.as_dict(), "price_micro": amount}
@@ -101,19 +89,7 @@ def job_settle_agreed(
     subnet = job.subnet
     split_bp = subnet.split_bp if len(majority) == 2 else (subnet.split_node_a_bp, 0, 10_000 - subnet.split_node_a_bp)
     amount = _price_captured(job, majority[0])
-    transfers = (
-        ledger.job_settle(
-            job_id=job.id,
-            user=job.user,
-            amount=amount,
-            held=job.price_micro,
-            node_ids=tuple(x.node_id for x in majority),
-            split_bp=split_bp,
-            escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
-        )
-        if amount
-        else []
-    )
+    transfers = _pay(job, amount, majority, split_bp)
     Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
     reputation.reputation_record(node_ids=[x.node_id for x in majority], outcome=1.0, subnet=job.subnet)
     for loser in struck:
@@ -125,6 +101,23 @@ def job_settle_agreed(
     )
     job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
     metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
+
+
+def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[int, int, int]) -> list[Any]:
+    """Capture `amount` of the job's hold (releasing the rest) and pay it out to the paid
+    nodes and the registry by `split_bp`, the subnet's escrow rule applied: one posting."""
+    if not amount:
+        return []
+    subnet = job.subnet
+    return ledger.job_settle(
+        job_id=job.id,
+        user=job.user,
+        amount=amount,
+        held=job.price_micro,
+        node_ids=tuple(x.node_id for x in paid),
+        split_bp=split_bp,
+        escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
+    )
 
 
 def _price_captured(job: Job, delivered: Assignment) -> int:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from bim_core import families, protocol
 from bim_core.contracts import build_contract
 from bim_core.errors import ServiceError
+from ledger import errors as ledger_errors
 from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import input_coverage_warnings
@@ -131,7 +132,7 @@ def job_create(
     if price:
         try:
             ledger.job_hold(job_id=job.id, user=user, amount=price)
-        except ledger.InsufficientFunds as exc:
+        except ledger_errors.InsufficientFunds as exc:
             raise ServiceError(
                 "insufficient_credits",
                 f"this job costs {price} micro-credits; your balance is {exc.account.balance}",

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Least
 
-from bim_core import protocol
+from bim_core import families, protocol
 from bim_core.errors import ServiceError
 from bim_core.verification import Verdict, judge_rescored, verify_pair
 from ledger import services as ledger
@@ -86,7 +86,7 @@ def _text_rescoring(job_id: object) -> dict[str, dict[str, Any]] | None:
         .filter(pk=job_id, state=JobState.VERIFYING, solo=False)
         .first()
     )
-    if job is None or job.subnet.task_type != Subnet.TaskType.TEXT:
+    if job is None or not families.family_for(job.subnet.task_type).rescored_on_mismatch:
         return None
     pair = list(job.assignments.filter(state=AssignmentState.SUBMITTED, role__in=PAIR_ROLES))
     if job.honeypot is not None:

@@ -246,17 +246,16 @@ def node_names() -> dict[str, str]:
 
 def ledger_balances(seed: dict) -> dict:
     _django()
+    from ledger.accounts import account_balance
     from ledger.checks import ledger_violations
     from ledger.models import Account, AccountKind
-    from ledger.services import account_balance
+    from ledger.selectors import balance_totals
+    from registry.models import Node
 
     nodes: dict[str, dict[str, int]] = {}
     for name in seed["contributors"]:
-        rows = Account.objects.filter(node__owner__username=name)
-        nodes[name] = {
-            "earnings": sum(a.balance for a in rows if a.kind == AccountKind.NODE_EARNINGS),
-            "escrow": sum(a.balance for a in rows if a.kind == AccountKind.NODE_ESCROW),
-        }
+        totals = balance_totals(node_ids=Node.objects.filter(owner__username=name).values_list("pk", flat=True))
+        nodes[name] = {"earnings": totals["earnings_micro"], "escrow": totals["escrow_micro"]}
     registry = Account.objects.filter(kind=AccountKind.REGISTRY_REVENUE).first()
     problems = ledger_violations()
     return {

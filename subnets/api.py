@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from registry.api import client_ip
+from bim_core.net import client_ip
 
 from . import selectors, services
 
@@ -35,7 +35,7 @@ class SubnetSerializer(serializers.Serializer):
     license = LicenseSerializer()
 
     def get_manifest_url(self, subnet: object) -> str:
-        return f"/subnets/{subnet.slug}/manifest.json"
+        return selectors.manifest_url(subnet)
 
 
 class SubnetListApi(APIView):
@@ -57,7 +57,7 @@ class EulaAcceptApi(APIView):
             user=request.user,
             subnet=selectors.subnet_get_active(slug=slug),
             license_version=data.validated_data["license_version"],
-            ip=client_ip(request),
+            ip=client_ip(request.META),
         )
         return Response(
             {"license": acceptance.license.slug, "version": acceptance.license_version, "accepted_at": acceptance.accepted_at},

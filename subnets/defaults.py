@@ -3,7 +3,7 @@
 tau: honest runs of this one model file agree to cosine >= 0.9999998 across threads,
 batches and sessions, >= 0.99999988 across graph-optimization levels and between browser
 WASM and native onnxruntime, while an fp32 build of the same model drops to 0.996
-(shared/notes/models.md). cosine_min = 0.9999 sits three orders of magnitude below the
+(docs/verification.md; bench/agreement.py measures it). cosine_min = 0.9999 sits three orders of magnitude below the
 honest drift and far above what another build (or a lazy forgery) reaches.
 """
 
@@ -12,6 +12,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 from typing import Any
+
+from bim_core.families import png_encode
+from bim_core.protocol import b64encode
 
 from .services import ModelSource
 
@@ -146,10 +149,7 @@ def image_subnet_settings() -> dict[str, Any]:
 def _photo_crop_inputs(photo: str, top: int, left: int, height: int, width: int, flip: bool = False) -> dict[str, str]:
     """Job inputs for a crop of one of scikit-image's bundled photos (astronaut, chelsea,
     coffee, rocket), as a user of the image subnet sends them."""
-    from skimage import data
-
-    from bim_core.families import png_encode
-    from bim_core.protocol import b64encode
+    from skimage import data  # scikit-image's photos load only when an image subnet is seeded
 
     pixels = getattr(data, photo)()[top : top + height, left : left + width]
     return {"image": b64encode(png_encode(pixels[:, ::-1] if flip else pixels))}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.urls import reverse
 
 from bim_core.errors import ServiceError
 
@@ -16,3 +17,8 @@ def subnet_get_active(*, slug: str) -> Subnet:
     if subnet is None:
         raise ServiceError("unknown_subnet", f"no active subnet {slug!r}", status=404)
     return subnet
+
+
+def manifest_url(subnet: Subnet) -> str:
+    """Where nodes and browsers read the subnet's manifest (its URL route, `subnet-manifest`)."""
+    return reverse("subnet-manifest", args=[subnet.slug])

@@ -20,6 +20,7 @@ from django.db import transaction
 
 from bim_core.errors import ServiceError
 from bim_core.families import family_for
+from bim_core.runtimes.runners import runner_load
 
 from .models import Artifact, ArtifactChunk, BenchmarkReference, Chunk, EulaAcceptance, License, Subnet
 
@@ -141,20 +142,12 @@ def subnet_package(
         subnet.tokenizer_checksum = hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
     subnet.full_clean(exclude=["license"] if subnet.license_id else None)
     subnet.save()
-    artifact_package(
-        subnet=subnet,
-        role=Artifact.Role.MODEL,
-        source=model_file,
-        source_label=f"{model.package}:{model.path}",
-        chunk_size=chunk_size,
-    )
+    files = [(Artifact.Role.MODEL, model_file, model)]
     if tokenizer is not None:
+        files.append((Artifact.Role.TOKENIZER, tokenizer_file, tokenizer))
+    for role, source, origin in files:
         artifact_package(
-            subnet=subnet,
-            role=Artifact.Role.TOKENIZER,
-            source=tokenizer_file,
-            source_label=f"{tokenizer.package}:{tokenizer.path}",
-            chunk_size=chunk_size,
+            subnet=subnet, role=role, source=source, source_label=f"{origin.package}:{origin.path}", chunk_size=chunk_size
         )
     return subnet
 
@@ -185,8 +178,6 @@ def _trusted_runner_for(subnet: Subnet) -> Any:
 def _trusted_runner(slug: str, task_type: str, model_checksum: str, sources: tuple, preprocessing: str) -> Any:
     """One loaded model per subnet build, kept for the process: honeypot pools and
     sentinels run many inputs, and loading costs more than running."""
-    from bim_core.runtimes.runners import runner_load  # model runtimes: loaded only when needed
-
     files = {}
     for role, source, _sha256 in sources:
         package, _, path = source.partition(":")
@@ -219,7 +210,7 @@ def input_coverage_warnings(subnet: Subnet, inputs: dict[str, Any], *, threshold
     sentinels remain the guard)."""
     texts = inputs.get("texts")
     artifact = subnet.artifacts.filter(role=Artifact.Role.TOKENIZER).first()
-    if subnet.task_type != Subnet.TaskType.EMBEDDING or not texts or artifact is None:
+    if not family_for(subnet.task_type).tokenized_texts or not texts or artifact is None:
         return []
     package, _, path = artifact.source.partition(":")
     tokenizer = _tokenizer(str(packaged_file(package, path)), artifact.sha256)

@@ -34,7 +34,7 @@ def _eager_celery():
 @pytest.fixture(autouse=True)
 def _fresh_routing_index():
     """Each test's database starts over, so no routing index or cached account may outlive it."""
-    from ledger.services import account_cache_clear
+    from ledger.accounts import account_cache_clear
     from registry import routing_index
 
     routing_index.index_forget()

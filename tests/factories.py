@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from bim_core import families, protocol
-from ledger.models import MICRO
+from bim_core.money import MICRO
 from ledger.services import credits_top_up
 from registry import routing_index
 from registry.asn import ip_block

@@ -56,7 +56,7 @@ def _request():
 
 
 def test_admin_cannot_change_a_transfer_or_a_job_contract(operator, settled_job):
-    transfer = Transfer.objects.filter(job=settled_job).first()
+    transfer = Transfer.objects.filter(job_id=settled_job.pk).first()
     url = reverse("admin:ledger_transfer_change", args=[transfer.pk])
     assert operator.post(url, {"amount": transfer.amount + 1}).status_code == 403
     assert Transfer.objects.get(pk=transfer.pk).amount == transfer.amount

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bim_core.families import png_decode
+from bim_core.protocol import b64decode
+
 Runner = Callable[[dict[str, Any]], Any]
 
 
@@ -42,9 +45,6 @@ def _text_runtime() -> str:
 
 
 def _image_runner(files: dict[str, bytes | Path], preprocessing: dict[str, Any], threads: int) -> Runner:
-    from bim_core.families import png_decode
-    from bim_core.protocol import b64decode
-
     from .upscaler import Upscaler  # onnxruntime: loaded only when a node needs it
 
     upscaler = Upscaler.from_preprocessing(files["model"], preprocessing, threads=threads)

@@ -127,7 +127,7 @@ def test_a_browser_signs_up_opts_in_caches_benchmarks_and_earns_from_verified_jo
         assert int(page.locator("[data-testid=jobs-verified]").inner_text()) >= len(TEXTS)
         assert page.locator("#jobs-body tr .state-agreed").count() >= len(TEXTS)
         earned = page.evaluate("bim.balances.earnings_micro")
-        assert earned == Account.objects.get(kind=AccountKind.NODE_EARNINGS, node=browser_node).balance
+        assert earned == Account.objects.get(kind=AccountKind.NODE_EARNINGS, node_id=browser_node.pk).balance
         assert Assignment.objects.filter(node=browser_node, state=AssignmentState.AGREED).count() >= len(TEXTS)
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)

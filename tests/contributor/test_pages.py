@@ -200,8 +200,8 @@ def test_status_returns_the_owners_ledger_balances_and_the_nodes_work(client, co
     verify.job_verify(job_id=job.id)
 
     body = client.get(reverse("contributor:status"), {"node": str(ours.node.pk)}).json()
-    earnings = Account.objects.get(kind=AccountKind.NODE_EARNINGS, node=ours.node).balance
-    escrow = Account.objects.get(kind=AccountKind.NODE_ESCROW, node=ours.node).balance
+    earnings = Account.objects.get(kind=AccountKind.NODE_EARNINGS, node_id=ours.node.pk).balance
+    escrow = Account.objects.get(kind=AccountKind.NODE_ESCROW, node_id=ours.node.pk).balance
     assert earnings > 0 and escrow > 0
     assert body["balances"] == {
         "earnings_micro": earnings,

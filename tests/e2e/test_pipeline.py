@@ -11,9 +11,9 @@ import pytest
 
 from bim_sdk import Client, verify_receipt
 from bim_site.processes import ROOT, child_env
+from ledger.accounts import account_balance
 from ledger.checks import ledger_violations
 from ledger.models import Account, AccountKind
-from ledger.services import account_balance
 from registry.models import Job, JobState
 from tests.market import running_market
 

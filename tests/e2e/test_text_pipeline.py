@@ -45,7 +45,7 @@ def test_text_jobs_stream_tokens_and_settle_with_verified_receipts(tmp_path):
         generation = local.generate(prompt, max_tokens)
         assert (result.tokens, result.text, result.finish) == (generation.tokens, generation.text, generation.finish)
         job = Job.objects.get(pk=result.job["id"])
-        capture = Transfer.objects.get(job=job, kind="capture").amount
+        capture = Transfer.objects.get(job_id=job.pk, kind="capture").amount
         assert capture == 333 + 1_000 * len(result.tokens) <= job.price_micro
     assert Job.objects.filter(state=JobState.SETTLED, subnet__slug=defaults.TEXT_SLUG, user__username="demo-user").count() == 2
     assert ledger_violations() == []

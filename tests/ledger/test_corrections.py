@@ -7,20 +7,13 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
+from bim_core.money import MICRO
+from ledger.accounts import account_balance, account_get
 from ledger.checks import ledger_violations
-from ledger.models import MICRO, AccountKind, Transfer, TransferKind
-from ledger.services import (
-    InsufficientFunds,
-    LedgerError,
-    NodeEscrowRule,
-    account_balance,
-    account_get,
-    adjustment_create,
-    credits_top_up,
-    job_settle,
-    transfer_create,
-    transfer_reverse,
-)
+from ledger.errors import InsufficientFunds, LedgerError
+from ledger.models import AccountKind, Transfer, TransferKind
+from ledger.posting import transfer_create
+from ledger.services import NodeEscrowRule, adjustment_create, credits_top_up, job_settle, transfer_reverse
 from registry import submit
 from registry.models import Job, JobState
 from tests.factories import SubnetFactory, UserFactory, online_node, user_with_credits

@@ -15,21 +15,12 @@ from django.db import transaction
 from django.db.models import F
 from django.urls import reverse
 
-from ledger.models import (
-    MICRO,
-    Account,
-    AccountKind,
-    Transfer,
-    TransferKind,
-    WithdrawalState,
-)
-from ledger.services import (
-    account_balance,
-    account_get,
-    credits_top_up,
-    transfer_create,
-    withdrawal_request,
-)
+from bim_core.money import MICRO
+from ledger.accounts import account_balance, account_get
+from ledger.models import Account, AccountKind, Transfer, TransferKind, WithdrawalState
+from ledger.posting import transfer_create
+from ledger.services import credits_top_up
+from ledger.withdrawals import withdrawal_request
 from tests.factories import SubnetFactory, UserFactory, online_node, user_with_credits
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -154,7 +145,7 @@ def test_the_approve_action_approves_a_pending_withdrawal_once(admin_client):
         kind=TransferKind.ADJUSTMENT,
         idempotency_key="earn",
     )
-    withdrawal = withdrawal_request(node=node, user=node.owner, amount=2 * MICRO)
+    withdrawal = withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO)
     url = reverse("admin:ledger_withdrawal_changelist")
 
     for _ in range(2):  # a second click changes nothing
@@ -177,7 +168,7 @@ def test_the_reject_action_rejects_and_leaves_the_earnings(admin_client):
         kind=TransferKind.ADJUSTMENT,
         idempotency_key="earn",
     )
-    withdrawal = withdrawal_request(node=node, user=node.owner, amount=2 * MICRO)
+    withdrawal = withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO)
 
     admin_client.post(reverse("admin:ledger_withdrawal_changelist"), {"action": "reject", "_selected_action": [withdrawal.pk]})
 
@@ -196,7 +187,7 @@ def test_withdrawals_cannot_be_edited_in_admin(admin_client):
         kind=TransferKind.ADJUSTMENT,
         idempotency_key="earn",
     )
-    withdrawal = withdrawal_request(node=node, user=node.owner, amount=2 * MICRO)
+    withdrawal = withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO)
 
     admin_client.post(
         reverse("admin:ledger_withdrawal_change", args=[withdrawal.pk]), {"state": "approved", "amount": 5 * MICRO}

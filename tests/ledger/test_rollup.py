@@ -10,17 +10,12 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
 
+from bim_core.money import MICRO
 from ledger import tasks
+from ledger.accounts import account_balance, account_get
 from ledger.checks import ledger_violations
-from ledger.models import MICRO, Account, AccountKind, PendingDelta, Transfer
-from ledger.services import (
-    NodeEscrowRule,
-    account_balance,
-    account_get,
-    credits_top_up,
-    job_settle,
-    pending_rollup,
-)
+from ledger.models import Account, AccountKind, PendingDelta, Transfer
+from ledger.services import NodeEscrowRule, credits_top_up, job_settle, pending_rollup
 from registry import submit
 from registry.models import Job, JobState
 from tests.factories import SubnetFactory, online_node, user_with_credits
@@ -215,7 +210,7 @@ def test_ledger_check_fails_when_a_rolled_up_balance_is_tampered_with(settle_job
 
 def test_ledger_check_fails_when_a_node_balance_is_tampered_with(settle_jobs, capsys):
     jobs = settle_jobs(1)
-    earnings = Transfer.objects.filter(job=jobs[0], kind="payout", credit__kind=AccountKind.NODE_EARNINGS).first().credit
+    earnings = Transfer.objects.filter(job_id=jobs[0].pk, kind="payout", credit__kind=AccountKind.NODE_EARNINGS).first().credit
 
     with pytest.raises(Rollback), transaction.atomic():
         Account.objects.filter(pk=earnings.pk).update(balance=F("balance") + 5)
@@ -227,7 +222,7 @@ def test_ledger_check_fails_when_a_node_balance_is_tampered_with(settle_jobs, ca
 
 def test_the_database_refuses_to_tamper_with_a_transfer(settle_jobs):
     jobs = settle_jobs(1)
-    capture = Transfer.objects.get(job=jobs[0], kind="capture")
+    capture = Transfer.objects.get(job_id=jobs[0].pk, kind="capture")
     with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE ledger_transfer SET amount = amount + 1 WHERE id = %s", [capture.pk])
     capture.refresh_from_db()
@@ -238,7 +233,7 @@ def test_ledger_check_fails_when_a_transfer_is_tampered_with_behind_the_trigger(
     """Someone with the table owner's rights can switch the trigger off; the check still sees it."""
     assert connection.vendor == "postgresql", "this test disables a PostgreSQL trigger"
     jobs = settle_jobs(1)
-    capture = Transfer.objects.get(job=jobs[0], kind="capture")
+    capture = Transfer.objects.get(job_id=jobs[0].pk, kind="capture")
 
     with pytest.raises(Rollback), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # ALTER TABLE refuses while deferred FK checks wait

@@ -8,17 +8,13 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
 
+from bim_core.money import MICRO
+from ledger.accounts import account_balance, account_get
 from ledger.checks import ledger_violations
-from ledger.models import MICRO, Account, AccountKind, PendingDelta, Transfer, TransferKind
-from ledger.services import (
-    IdempotencyConflict,
-    InsufficientFunds,
-    LedgerError,
-    account_balance,
-    account_get,
-    credits_top_up,
-    transfer_create,
-)
+from ledger.errors import IdempotencyConflict, InsufficientFunds, LedgerError
+from ledger.models import Account, AccountKind, PendingDelta, Transfer, TransferKind
+from ledger.posting import transfer_create
+from ledger.services import credits_top_up
 from tests.factories import UserFactory, user_with_credits
 
 # `usefixtures("db")` rather than the django_db mark alone: the conftest's ledger check only

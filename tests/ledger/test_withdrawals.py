@@ -13,30 +13,17 @@ from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from ledger.models import (
-    MICRO,
-    AccountKind,
-    SettlementBatch,
-    Transfer,
-    TransferKind,
-    Withdrawal,
-    WithdrawalState,
-)
-from ledger.services import (
-    InsufficientFunds,
-    LedgerError,
-    NodeEscrowRule,
-    account_balance,
-    account_get,
-    job_settle,
-    merkle_root,
-    settlement_batch_create,
-    transfer_create,
-    withdrawal_decide,
-    withdrawal_request,
-)
+from bim_core.errors import ServiceError
+from bim_core.money import MICRO
+from ledger.accounts import account_balance, account_get
+from ledger.errors import InsufficientFunds, LedgerError
+from ledger.models import AccountKind, SettlementBatch, Transfer, TransferKind, Withdrawal, WithdrawalState
+from ledger.posting import transfer_create
+from ledger.services import NodeEscrowRule, job_settle
+from ledger.withdrawals import merkle_root, settlement_batch_create, withdrawal_decide, withdrawal_request
 from registry import submit
 from registry.models import Job, JobState
+from registry.withdrawals import node_withdrawal_request
 from tests.factories import SubnetFactory, UserFactory, online_node, user_with_credits
 
 # `usefixtures("db")`: the conftest's ledger check runs after every test that names `db`.
@@ -87,7 +74,7 @@ def node():
 
 
 def test_an_owner_requests_a_withdrawal_and_it_waits_pending(node):
-    withdrawal = withdrawal_request(node=node, user=node.owner, amount=2 * MICRO)
+    withdrawal = withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO)
 
     assert (withdrawal.state, withdrawal.amount, withdrawal.requested_by_id) == ("pending", 2 * MICRO, node.owner_id)
     assert withdrawal.transfer is None and withdrawal.decided_at is None
@@ -95,13 +82,13 @@ def test_an_owner_requests_a_withdrawal_and_it_waits_pending(node):
 
 
 def test_the_minimum_itself_is_accepted(node):
-    assert withdrawal_request(node=node, user=node.owner, amount=MINIMUM).state == WithdrawalState.PENDING
+    assert withdrawal_request(node_id=node.pk, user=node.owner, amount=MINIMUM).state == WithdrawalState.PENDING
 
 
 @pytest.mark.parametrize("amount", [MINIMUM - 1, 1, 0, -MICRO, float(2 * MICRO), True])
 def test_it_refuses_an_amount_below_the_minimum_or_not_an_integer(node, amount):
     with pytest.raises(LedgerError):
-        withdrawal_request(node=node, user=node.owner, amount=amount)
+        withdrawal_request(node_id=node.pk, user=node.owner, amount=amount)
     assert not Withdrawal.objects.exists()
 
 
@@ -109,46 +96,47 @@ def test_the_minimum_is_configured(node, settings):
     settings.LEDGER_MIN_WITHDRAWAL_MICRO = 3 * MICRO
 
     with pytest.raises(LedgerError, match=str(3 * MICRO)):
-        withdrawal_request(node=node, user=node.owner, amount=3 * MICRO - 1)
-    assert withdrawal_request(node=node, user=node.owner, amount=3 * MICRO).amount == 3 * MICRO
+        withdrawal_request(node_id=node.pk, user=node.owner, amount=3 * MICRO - 1)
+    assert withdrawal_request(node_id=node.pk, user=node.owner, amount=3 * MICRO).amount == 3 * MICRO
 
 
 def test_it_refuses_more_than_the_earnings(node):
     with pytest.raises(InsufficientFunds):
-        withdrawal_request(node=node, user=node.owner, amount=5 * MICRO + 1)
+        withdrawal_request(node_id=node.pk, user=node.owner, amount=5 * MICRO + 1)
     assert not Withdrawal.objects.exists()
 
 
 def test_pending_requests_count_against_the_earnings(node):
-    withdrawal_request(node=node, user=node.owner, amount=3 * MICRO)
+    withdrawal_request(node_id=node.pk, user=node.owner, amount=3 * MICRO)
 
     with pytest.raises(InsufficientFunds):
-        withdrawal_request(node=node, user=node.owner, amount=2 * MICRO + 1)
+        withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO + 1)
     # Exactly the rest is still available.
-    withdrawal_request(node=node, user=node.owner, amount=2 * MICRO)
+    withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO)
     with pytest.raises(InsufficientFunds):
-        withdrawal_request(node=node, user=node.owner, amount=MINIMUM)
+        withdrawal_request(node_id=node.pk, user=node.owner, amount=MINIMUM)
 
     assert Withdrawal.objects.filter(state=WithdrawalState.PENDING).count() == 2
 
 
 def test_a_rejected_request_frees_its_amount_again(node, operator):
-    first = withdrawal_request(node=node, user=node.owner, amount=5 * MICRO)
+    first = withdrawal_request(node_id=node.pk, user=node.owner, amount=5 * MICRO)
     withdrawal_decide(withdrawal_id=first.pk, approve=False, operator=operator)
 
-    assert withdrawal_request(node=node, user=node.owner, amount=5 * MICRO).state == WithdrawalState.PENDING
+    assert withdrawal_request(node_id=node.pk, user=node.owner, amount=5 * MICRO).state == WithdrawalState.PENDING
 
 
 def test_a_node_without_earnings_cannot_withdraw():
     keys = online_node(SubnetFactory())
     with pytest.raises(InsufficientFunds):
-        withdrawal_request(node=keys.node, user=keys.node.owner, amount=MINIMUM)
+        withdrawal_request(node_id=keys.node.pk, user=keys.node.owner, amount=MINIMUM)
 
 
 def test_it_refuses_a_foreign_node(node):
     outsider = UserFactory()
-    with pytest.raises(LedgerError, match="owner"):
-        withdrawal_request(node=node, user=outsider, amount=MINIMUM)
+    with pytest.raises(ServiceError, match="owner") as refused:
+        node_withdrawal_request(node=node, user=outsider, amount=MINIMUM)
+    assert (refused.value.code, refused.value.status) == ("not_owner", 403)
     assert not Withdrawal.objects.exists()
 
 
@@ -156,7 +144,7 @@ def test_it_refuses_a_foreign_node(node):
 
 
 def test_approval_moves_the_amount_from_earnings_to_external_once(node, operator):
-    withdrawal = withdrawal_request(node=node, user=node.owner, amount=2 * MICRO)
+    withdrawal = withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO)
     outside = external()
 
     approved = withdrawal_decide(withdrawal_id=withdrawal.pk, approve=True, operator=operator, reason="paid by bank")
@@ -179,7 +167,7 @@ def test_approval_moves_the_amount_from_earnings_to_external_once(node, operator
 
 
 def test_rejection_leaves_the_earnings(node, operator):
-    withdrawal = withdrawal_request(node=node, user=node.owner, amount=2 * MICRO)
+    withdrawal = withdrawal_request(node_id=node.pk, user=node.owner, amount=2 * MICRO)
 
     rejected = withdrawal_decide(withdrawal_id=withdrawal.pk, approve=False, operator=operator, reason="kyc missing")
     approved_late = withdrawal_decide(withdrawal_id=withdrawal.pk, approve=True, operator=operator)
@@ -210,8 +198,8 @@ def test_earnings_from_settled_jobs_can_be_withdrawn(operator):
     assert earnings(nodes[0]) == 2 * 1_200_000 - 100_000
 
     with pytest.raises(InsufficientFunds):
-        withdrawal_request(node=nodes[0], user=nodes[0].owner, amount=2_300_001)
-    withdrawal = withdrawal_request(node=nodes[0], user=nodes[0].owner, amount=2_300_000)
+        withdrawal_request(node_id=nodes[0].pk, user=nodes[0].owner, amount=2_300_001)
+    withdrawal = withdrawal_request(node_id=nodes[0].pk, user=nodes[0].owner, amount=2_300_000)
     withdrawal_decide(withdrawal_id=withdrawal.pk, approve=True, operator=operator)
 
     assert earnings(nodes[0]) == 0
@@ -284,8 +272,8 @@ def test_the_api_refuses_an_anonymous_request(node):
 def test_the_api_lists_only_my_withdrawals(node):
     other = online_node(SubnetFactory()).node
     earn(other, 5 * MICRO, "other")
-    mine = withdrawal_request(node=node, user=node.owner, amount=MINIMUM)
-    withdrawal_request(node=other, user=other.owner, amount=MINIMUM)
+    mine = withdrawal_request(node_id=node.pk, user=node.owner, amount=MINIMUM)
+    withdrawal_request(node_id=other.pk, user=other.owner, amount=MINIMUM)
 
     response = api(node.owner).get("/api/v1/withdrawals/")
 
@@ -331,7 +319,7 @@ def test_the_merkle_root_depends_on_every_line_and_its_order():
 
 
 def approved(node, amount: int, operator) -> Withdrawal:
-    withdrawal = withdrawal_request(node=node, user=node.owner, amount=amount)
+    withdrawal = withdrawal_request(node_id=node.pk, user=node.owner, amount=amount)
     return withdrawal_decide(withdrawal_id=withdrawal.pk, approve=True, operator=operator)
 
 
@@ -341,8 +329,8 @@ def test_a_batch_nets_approved_withdrawals_per_node_and_records_its_root(node, o
     first = approved(node, MICRO, operator)
     second = approved(node, 2 * MICRO, operator)
     third = approved(other, 3 * MICRO, operator)
-    pending = withdrawal_request(node=other, user=other.owner, amount=MICRO)
-    rejected = withdrawal_request(node=node, user=node.owner, amount=MICRO)
+    pending = withdrawal_request(node_id=other.pk, user=other.owner, amount=MICRO)
+    rejected = withdrawal_request(node_id=node.pk, user=node.owner, amount=MICRO)
     withdrawal_decide(withdrawal_id=rejected.pk, approve=False, operator=operator)
 
     batch = settlement_batch_create()
@@ -374,7 +362,7 @@ def test_a_second_batch_takes_nothing_already_batched(node, operator):
 
 
 def test_no_batch_without_approved_withdrawals(node):
-    withdrawal_request(node=node, user=node.owner, amount=MICRO)
+    withdrawal_request(node_id=node.pk, user=node.owner, amount=MICRO)
     assert settlement_batch_create() is None
     assert not SettlementBatch.objects.exists()
 

@@ -7,8 +7,8 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from bim_sdk import verify_receipt
+from ledger.accounts import account_balance, account_get
 from ledger.models import AccountKind, Transfer
-from ledger.services import account_balance, account_get
 from registry import dispatch, presence, reputation, verify
 from registry.keys import registry_public_key
 from registry.models import JobState
@@ -52,8 +52,8 @@ def test_a_trusted_node_runs_a_job_alone_and_the_user_pays_the_solo_price(client
     assert job.state == JobState.SETTLED and job.verification["path"] == "solo"
     solo_price = PRICE * 6000 // 10_000
     assert account_balance(account_get(AccountKind.USER_CREDITS, user=user)) == 1_000_000 - solo_price
-    assert Transfer.objects.get(job=job, kind="capture").amount == solo_price
-    assert Transfer.objects.get(job=job, kind="release").amount == PRICE - solo_price
+    assert Transfer.objects.get(job_id=job.pk, kind="capture").amount == solo_price
+    assert Transfer.objects.get(job_id=job.pk, kind="release").amount == PRICE - solo_price
     # The node earns what it would have in a pair (40 % of the pair price, floored).
     assert account_balance(account_get(AccountKind.NODE_EARNINGS, node_id=keys.node.pk)) == solo_price * (
         4000 * 10_000 // 6000

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bim_sdk import verify_receipt
+from ledger.accounts import account_balance
 from ledger.models import Account, AccountKind, Transfer
-from ledger.services import account_balance
 from registry import dispatch, submit, sweeper, verify
 from registry.keys import registry_public_key
 from registry.models import AssignmentState, Job, JobState, Strike
@@ -95,8 +95,8 @@ def test_no_majority_fails_the_job_and_refunds_the_user():
 
     job.refresh_from_db()
     assert job.state == JobState.FAILED and job.failure_reason == "no majority"
-    assert not Transfer.objects.filter(job=job, kind__in=["capture", "payout"]).exists()
-    assert Transfer.objects.filter(job=job, kind="release").count() == 1
+    assert not Transfer.objects.filter(job_id=job.pk, kind__in=["capture", "payout"]).exists()
+    assert Transfer.objects.filter(job_id=job.pk, kind="release").count() == 1
     assert account_balance(Account.objects.get(kind=AccountKind.USER_CREDITS, user=user)) == 10_000_000
     assert set(job.assignments.values_list("state", flat=True)) == {AssignmentState.DISAGREED}
 

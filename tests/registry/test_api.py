@@ -17,8 +17,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from bim_core import protocol
+from bim_core.money import MICRO
 from bim_sdk import ReceiptInvalid, verify_receipt
-from ledger.models import MICRO, Transfer
+from ledger.models import Transfer
 from ledger.services import credits_top_up
 from registry import dispatch, verify
 from registry.models import Job, Node

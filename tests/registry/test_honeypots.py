@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
+from ledger.accounts import account_balance, account_get
 from ledger.models import AccountKind, Slash, Transfer
-from ledger.services import account_balance, account_get
 from registry import dispatch, honeypots, submit, verify
 from registry.models import AssignmentState, Honeypot, Job, JobState, Node, Strike
 from registry.results import result_record
@@ -45,7 +45,7 @@ def run_honeypot(subnet, pool, vectors_by_role) -> Job:
 
 def with_escrow(keys, amount: int = 1_000_000) -> None:
     """Give a node escrow the way operators would correct a balance: a reasoned transfer."""
-    from ledger.services import transfer_create
+    from ledger.posting import transfer_create
 
     sponsor = user_with_credits(5)
     transfer_create(
@@ -72,7 +72,7 @@ def test_a_honeypot_looks_like_any_job_on_the_wire(subnet):
     assert user_message["contract"].keys() == trap_message["contract"].keys()
     assert trap_message["job_id"] != user_message["job_id"]
     assert "honeypot" not in str(trap_message).lower()
-    assert trap.price_micro == 0 and not Transfer.objects.filter(job=trap).exists()
+    assert trap.price_micro == 0 and not Transfer.objects.filter(job_id=trap.pk).exists()
 
 
 def test_honest_nodes_pass_a_honeypot_untouched(subnet):
@@ -98,7 +98,7 @@ def test_a_node_that_fails_a_honeypot_is_struck_and_slashed(subnet):
     honest = job.assignments.get(role="A")
     assert cheat.state == AssignmentState.DISAGREED and honest.state == AssignmentState.AGREED
     assert Strike.objects.filter(node_id=cheat.node_id, job=job, reason="failed a honeypot").count() == 1
-    slash = Slash.objects.get(assignment=cheat)
+    slash = Slash.objects.get(assignment_id=cheat.pk)
     assert "failed honeypot" in slash.reason and slash.job_id == job.id
     assert account_balance(account_get(AccountKind.NODE_ESCROW, node_id=cheat.node_id)) == 500_000
     assert account_balance(account_get(AccountKind.NODE_ESCROW, node_id=honest.node_id)) == 1_000_000

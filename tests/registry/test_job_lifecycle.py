@@ -9,8 +9,9 @@ import pytest
 from django.utils import timezone
 
 from bim_core.errors import ServiceError
+from ledger.accounts import account_get
 from ledger.models import Account, AccountKind, Transfer
-from ledger.services import account_get, transfer_create
+from ledger.posting import transfer_create
 from registry import dispatch, presence, sweeper, verify
 from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState
 from registry.results import result_record
@@ -55,14 +56,14 @@ def test_it_settles_a_job_two_nodes_agree_on():
     assert {a.state for a in assigned} == {AssignmentState.AGREED}
     assert job.verification["passed"] is True
     # 3,333 micro-credits: 40 % floors to 1,333 per node; the registry's 667 includes the remainder.
-    payouts = Transfer.objects.filter(job=job, kind="payout")
+    payouts = Transfer.objects.filter(job_id=job.pk, kind="payout")
     assert sorted(t.amount for t in payouts) == [667, 1333, 1333]
     assert [e.to_state for e in JobEvent.objects.filter(job=job)] == ["queued", "dispatched", "verifying", "settled"]
     receipt = job.receipt
     assert receipt["verification"]["path"] == "2-of-2"
     assert {n["node_id"] for n in receipt["nodes"]} == {str(a.node_id) for a in assigned}
     assert sorted(t["id"] for t in receipt["settlement"]["transfers"]) == sorted(
-        Transfer.objects.filter(job=job).exclude(kind="hold").values_list("id", flat=True)
+        Transfer.objects.filter(job_id=job.pk).exclude(kind="hold").values_list("id", flat=True)
     )
 
 
@@ -148,7 +149,7 @@ def test_a_mismatch_is_held_for_adjudication_and_pays_nobody():
 
     assert job.state == JobState.ADJUDICATING
     assert job.verification["passed"] is False
-    assert not Transfer.objects.filter(job=job, kind__in=["capture", "payout"]).exists()
+    assert not Transfer.objects.filter(job_id=job.pk, kind__in=["capture", "payout"]).exists()
     assert not Assignment.objects.filter(job=job, state=AssignmentState.AGREED).exists()
 
 

@@ -240,7 +240,7 @@ def test_a_node_answering_for_another_input_fails_verification_and_is_not_paid()
     job.refresh_from_db()
     assert job.state == JobState.ADJUDICATING
     assert job.verification["passed"] is False
-    assert not Transfer.objects.filter(job=job, kind__in=["capture", "payout"]).exists()
+    assert not Transfer.objects.filter(job_id=job.pk, kind__in=["capture", "payout"]).exists()
 
 
 def test_a_settled_pair_over_the_socket_pays_both_nodes():
@@ -260,7 +260,7 @@ def test_a_settled_pair_over_the_socket_pays_both_nodes():
     job = run(scenario)
     job.refresh_from_db()
     assert job.state == JobState.SETTLED
-    paid_nodes = set(Transfer.objects.filter(job=job, kind="payout", credit__node__isnull=False).values_list("credit__node", flat=True))
+    paid_nodes = set(Transfer.objects.filter(job_id=job.pk, kind="payout", credit__node_id__isnull=False).values_list("credit__node_id", flat=True))
     assert paid_nodes == set(job.assignments.values_list("node_id", flat=True))
     assert np.isclose(job.verification["worst"], 1.0)
 

@@ -11,8 +11,8 @@ import pytest
 
 from bim_core import families, protocol
 from bim_sdk import verify_receipt
+from ledger.accounts import account_balance
 from ledger.models import Account, AccountKind, Transfer
-from ledger.services import account_balance
 from registry import benchmarks, dispatch, honeypots, submit, verify
 from registry.honeypots import honeypot_pool_refresh
 from registry.keys import registry_public_key
@@ -93,8 +93,8 @@ def test_a_text_job_holds_max_tokens_and_captures_the_tokens_generated():
     assert job.price_micro == 333 + 1_000 * 48
     used = len(result["tokens"])
     assert result["finish"] == "stop" and used < 48  # the model stops by itself here
-    capture = Transfer.objects.get(job=job, kind="capture")
-    release = Transfer.objects.get(job=job, kind="release")
+    capture = Transfer.objects.get(job_id=job.pk, kind="capture")
+    release = Transfer.objects.get(job_id=job.pk, kind="release")
     assert capture.amount == 333 + 1_000 * used
     assert release.amount == job.price_micro - capture.amount
     assert account_balance(Account.objects.get(kind=AccountKind.USER_CREDITS, user=user)) == 10_000_000 - capture.amount
@@ -118,7 +118,7 @@ def test_a_forged_token_is_caught_by_rescoring_and_the_honest_node_is_paid_alone
     assert (a.state, b.state) == (AssignmentState.AGREED, AssignmentState.DISAGREED)
     assert Strike.objects.filter(node_id=b.node_id, job=job).count() == 1
     assert node_income(b.node_id) == 0
-    capture = Transfer.objects.get(job=job, kind="capture").amount
+    capture = Transfer.objects.get(job_id=job.pk, kind="capture").amount
     # A earns node A's share; the registry, which re-scored, keeps the tie-breaker's.
     assert node_income(a.node_id) == capture * 4000 // 10_000
 
@@ -154,7 +154,7 @@ def test_neither_sequence_within_the_margin_fails_the_job_and_refunds_the_user()
 
     assert job.state == JobState.FAILED and job.verification["path"] == "rescored"
     assert job.verification["majority"] == []
-    assert not Transfer.objects.filter(job=job, kind__in=["capture", "payout"]).exists()
+    assert not Transfer.objects.filter(job_id=job.pk, kind__in=["capture", "payout"]).exists()
     assert account_balance(Account.objects.get(kind=AccountKind.USER_CREDITS, user=user)) == 10_000_000
     assert Strike.objects.filter(job=job).count() == 2
 

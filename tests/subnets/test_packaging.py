@@ -20,8 +20,9 @@ from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
 
 from bim_core.errors import ServiceError
-from ledger.models import MICRO, AccountKind, Transfer, TransferKind
-from ledger.services import account_get
+from bim_core.money import MICRO
+from ledger.accounts import account_get
+from ledger.models import AccountKind, Transfer, TransferKind
 from subnets import defaults
 from subnets.models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet
 from subnets.services import (

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from ledger.services import settlement_batch_create
+from ledger.withdrawals import settlement_batch_create
 
 
 class Command(BaseCommand):

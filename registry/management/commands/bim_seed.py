@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.authtoken.models import Token
 
-from ledger.models import MICRO
+from bim_core.money import MICRO
 from ledger.services import credits_top_up
 from registry.honeypots import honeypot_pool_refresh
 from subnets import defaults, services
@@ -69,39 +70,52 @@ class Command(BaseCommand):
     def _text_subnet(self) -> Subnet:
         """The SmolLM2 text subnet, with its benchmark and honeypot answers from the
         registry's own generation (about ten seconds on one core)."""
-        license_, _ = License.objects.get_or_create(
-            slug=defaults.SMOLLM2_LICENSE["slug"],
-            version=defaults.SMOLLM2_LICENSE["version"],
-            defaults=defaults.SMOLLM2_LICENSE,
-        )
-        exists = Subnet.objects.filter(slug=defaults.TEXT_SLUG).exists()
-        subnet = services.subnet_package(
+        return self._subnet(
+            license_terms=defaults.SMOLLM2_LICENSE,
             slug=defaults.TEXT_SLUG,
             model=defaults.TEXT_MODEL,
-            tokenizer=None,  # inside the GGUF, covered by the model checksum
-            defaults=None if exists else {**defaults.text_subnet_settings(), "license": license_},
+            settings=defaults.text_subnet_settings,
+            benchmark_inputs=defaults.TEXT_BENCHMARK_INPUTS,
+            honeypots=defaults.text_honeypot_pool,
         )
-        services.benchmark_reference_compute(subnet=subnet, inputs=defaults.TEXT_BENCHMARK_INPUTS)
-        honeypot_pool_refresh(subnet=subnet, pool=defaults.text_honeypot_pool())
-        return subnet
 
     def _image_subnet(self) -> Subnet:
         """The waifu2x UpConv7 2x subnet (an ONNX model, no tokenizer), with its benchmark
         and honeypot answers from the registry's own runs (a few seconds on one core)."""
-        license_, _ = License.objects.get_or_create(
-            slug=defaults.WAIFU2X_LICENSE["slug"],
-            version=defaults.WAIFU2X_LICENSE["version"],
-            defaults=defaults.WAIFU2X_LICENSE,
-        )
-        exists = Subnet.objects.filter(slug=defaults.IMAGE_SLUG).exists()
-        subnet = services.subnet_package(
+        return self._subnet(
+            license_terms=defaults.WAIFU2X_LICENSE,
             slug=defaults.IMAGE_SLUG,
             model=defaults.IMAGE_MODEL,
-            tokenizer=None,
-            defaults=None if exists else {**defaults.image_subnet_settings(), "license": license_},
+            settings=defaults.image_subnet_settings,
+            benchmark_inputs=defaults.image_benchmark_inputs(),
+            honeypots=defaults.image_honeypot_pool,
         )
-        services.benchmark_reference_compute(subnet=subnet, inputs=defaults.image_benchmark_inputs())
-        honeypot_pool_refresh(subnet=subnet, pool=defaults.image_honeypot_pool())
+
+    def _subnet(
+        self,
+        *,
+        license_terms: dict[str, Any],
+        slug: str,
+        model: Any,
+        settings: Callable[[], dict[str, Any]],
+        benchmark_inputs: dict[str, Any],
+        honeypots: Callable[[], list[dict[str, Any]]],
+    ) -> Subnet:
+        """A subnet with no tokenizer file (none, or inside the model, covered by its
+        checksum): packaged, benchmark reference computed, honeypot pool refreshed."""
+        license_, _ = License.objects.get_or_create(
+            slug=license_terms["slug"], version=license_terms["version"], defaults=license_terms
+        )
+        exists = Subnet.objects.filter(slug=slug).exists()
+        subnet = services.subnet_package(
+            slug=slug,
+            model=model,
+            tokenizer=None,
+            # An existing subnet keeps what operators set in admin; only its files are refreshed.
+            defaults=None if exists else {**settings(), "license": license_},
+        )
+        services.benchmark_reference_compute(subnet=subnet, inputs=benchmark_inputs)
+        honeypot_pool_refresh(subnet=subnet, pool=honeypots())
         return subnet
 
     def _admin(self) -> dict[str, str]:

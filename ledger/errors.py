@@ -1,0 +1,27 @@
+"""What the ledger refuses, as exceptions its callers catch.
+"""
+
+from __future__ import annotations
+
+from .models import (
+    Account,
+)
+
+
+class LedgerError(Exception):
+    pass
+
+
+class InsufficientFunds(LedgerError):
+    def __init__(self, account: Account, needed: int) -> None:
+        super().__init__(f"{account} holds {account.balance} micro-credits, {needed} needed")
+        self.account = account
+        self.needed = needed
+
+
+class IdempotencyConflict(LedgerError):
+    """The key was used before for a different transfer."""
+
+
+class HoldEnded(LedgerError):
+    """The job's hold was already captured (settled) or released (failed, expired)."""

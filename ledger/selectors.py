@@ -1,0 +1,45 @@
+"""Reads of the ledger for the layers above it: balances by owner, escrow levels, a user's
+withdrawals. Nodes are named by the opaque ids the caller holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet, Sum
+
+from .models import Account, AccountKind, Withdrawal
+
+
+def balance_totals(*, user: AbstractBaseUser | None = None, node_ids: Iterable[object] = ()) -> dict[str, int]:
+    """Summed balances in micro-credits: the user's credits and hold, and the earnings and
+    escrow of the given nodes (stored balances: user and node accounts have no pending legs)."""
+    totals = {"credits_micro": 0, "held_micro": 0, "earnings_micro": 0, "escrow_micro": 0}
+    names = {
+        AccountKind.USER_CREDITS: "credits_micro",
+        AccountKind.USER_HOLD: "held_micro",
+        AccountKind.NODE_EARNINGS: "earnings_micro",
+        AccountKind.NODE_ESCROW: "escrow_micro",
+    }
+    node_ids = list(node_ids)
+    if user is not None:
+        rows = Account.objects.filter(user=user, node_id__isnull=True, kind__in=names).values("kind")
+        for kind, total in rows.annotate(s=Sum("balance")).values_list("kind", "s"):
+            totals[names[kind]] += total
+    if node_ids:
+        rows = Account.objects.filter(node_id__in=node_ids, kind__in=names).values("kind")
+        for kind, total in rows.annotate(s=Sum("balance")).values_list("kind", "s"):
+            totals[names[kind]] += total
+    return totals
+
+
+def nodes_with_escrow(*, node_ids: Iterable[object], required: int) -> set[object]:
+    """Those of the nodes whose escrow has reached `required` micro-credits."""
+    return set(
+        Account.objects.filter(kind=AccountKind.NODE_ESCROW, node_id__in=list(node_ids), balance__gte=required)
+        .values_list("node_id", flat=True)
+    )
+
+
+def withdrawal_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Withdrawal]:
+    return Withdrawal.objects.filter(requested_by=user).order_by("-created_at")
