@@ -86,10 +86,10 @@ class HttpClient:
                     raise
                 failure = type(exc).__name__
             else:
-                if response.status_code >= 400 and (last or not retryable(response.status_code)):
-                    raise self.error(response.status_code, *error_code_and_detail(response))
                 if response.status_code < 400:
                     return response
+                if last or not retryable(response.status_code):
+                    raise self.error(response.status_code, *error_code_and_detail(response))
                 failure = f"HTTP {response.status_code}"
             delay = self.backoff_s * 2**attempt
             log.warning("%s %s failed (%s); retrying in %.1f s", method, url, failure, delay)
