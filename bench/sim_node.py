@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -30,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bim_core import protocol  # noqa: E402
-from bim_node import client as node_client  # noqa: E402
-from bim_node.client import NodeClient, NodeFatalError, RegistryApi, RegistryError, websocket_url  # noqa: E402
 from bim_node.keys import KeyFileError, load_or_create_key  # noqa: E402
+from bim_node.registry_api import RegistryApi, RegistryError, websocket_url  # noqa: E402
+from bim_node.session import NodeClient, NodeFatalError  # noqa: E402
 
 log = logging.getLogger("bench.sim_node")
 
@@ -71,9 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_node(args: argparse.Namespace) -> NodeClient:
     """What `bim_node.__main__.prepare_node` does, less the model download."""
-    if args.source_ip:
-        # NodeClient opens its socket with the module's `connect`; bind that to the address.
-        node_client.connect = functools.partial(node_client.connect, local_addr=(args.source_ip, 0))
     compute = PrecomputedVectors(args.vectors)
     key = load_or_create_key(args.key_file)
     api = RegistryApi(args.registry, args.token)
@@ -102,6 +98,7 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
         env=env,
         compute=compute,
         max_concurrent=args.max_concurrent,
+        source_ip=args.source_ip,
     )
 
 

@@ -1,4 +1,5 @@
-"""Command line: register, fetch and verify the model, then serve jobs until stopped."""
+"""The headless contributor node (`bim-node`, or `python -m bim_node`): register with the
+registry, fetch and verify the subnet's model, then serve jobs until stopped."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from typing import Any
 from bim_core import protocol
 
 from .artifacts import ArtifactError, fetch_model
-from .client import NodeClient, NodeFatalError, RegistryApi, RegistryError, websocket_url
 from .keys import KeyFileError, load_or_create_key
+from .registry_api import RegistryApi, RegistryError, websocket_url
+from .session import NodeClient, NodeFatalError
 
 log = logging.getLogger("bim_node")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bim_node", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bim-node", description=__doc__)
     parser.add_argument("--registry", required=True, help="e.g. http://127.0.0.1:8000")
     parser.add_argument(
         "--token", default=os.environ.get("BIM_TOKEN"), help="API token (default: $BIM_TOKEN)"

@@ -30,7 +30,7 @@ class ArtifactError(Exception):
 
 
 class Fetcher(Protocol):
-    """What model delivery needs from the registry's HTTP API (see client.RegistryApi)."""
+    """What model delivery needs from the registry's HTTP API (see registry_api.RegistryApi)."""
 
     def get_json(self, url: str) -> Any: ...
 

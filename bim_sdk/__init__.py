@@ -1,5 +1,6 @@
 """Python SDK for BIM users: submit jobs with idempotency keys and retries, follow them,
-and verify their receipts without trusting the transport."""
+and verify their receipts without trusting the transport. `bim --help` (`cli`) is the same
+on the command line."""
 
 from .client import BimError, Client, EmbeddingResult, ImageResult, TextDelta, TextResult
 from .receipts import ReceiptInvalid, verify_receipt

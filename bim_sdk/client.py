@@ -11,22 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import requests
 
 from bim_core import families, protocol
+from bim_core.http import HttpClient, HttpError
 
 from .receipts import verify_receipt
 
 TERMINAL = {"settled", "failed", "expired"}
-RETRY_STATUSES = {429, 502, 503, 504}
 
 
-class BimError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"HTTP {status} {code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
+class BimError(HttpError):
+    """The API refused a request (`status`, and its `code` and `detail`), or a job ended
+    unsettled (status 409, code `job_failed` or `job_expired`)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,9 @@ class TextResult:
 
 class Client:
     """Every write carries an idempotency key, so retrying after a timeout or a dropped
-    connection never submits (or pays for) a job twice."""
+    connection never submits (or pays for) a job twice. Connection errors, timeouts, 5xx
+    and 429 are retried `retries` times with exponential backoff (`bim_core.http`); when
+    the last try gets no answer, its `requests` exception is raised as it is."""
 
     def __init__(
         self,
@@ -83,34 +81,11 @@ class Client:
         backoff: float = 0.25,
         registry_key: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
+        self.http = HttpClient(base_url, token, timeout=timeout, retries=retries, backoff_s=backoff, error=BimError)
         self._registry_key = registry_key
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
-            except (requests.ConnectionError, requests.Timeout):
-                if attempt == self.retries:
-                    raise
-            else:
-                if response.status_code not in RETRY_STATUSES and response.status_code < 500:
-                    break
-                if attempt == self.retries:
-                    break
-            time.sleep(self.backoff * 2**attempt)
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {}
-            raise BimError(response.status_code, str(body.get("code", "error")), str(body.get("detail", response.text[:200])))
-        return response.json()
+        return self.http.request(method, path, **kwargs).json()
 
     def registry_key(self) -> str:
         if self._registry_key is None:

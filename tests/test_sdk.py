@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-import bim_sdk.client
+import bim_core.http
 from bim_sdk import BimError, Client
 
 TOKEN = "t0ken"
@@ -93,7 +93,7 @@ def server() -> Iterator[Server]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Backoff sleeps the client asked for, without waiting them out."""
     asked: list[float] = []
-    monkeypatch.setattr(bim_sdk.client.time, "sleep", asked.append)
+    monkeypatch.setattr(bim_core.http.time, "sleep", asked.append)
     return asked
 
 

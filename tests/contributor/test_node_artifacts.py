@@ -17,7 +17,7 @@ from bim_node.artifacts import (
     fetch_model,
     sri_for,
 )
-from bim_node.client import RegistryApi
+from bim_node.registry_api import RegistryApi
 
 if TYPE_CHECKING:
     from tests.contributor.conftest import HttpRegistry

@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from bim_core import protocol
-from bim_node.client import NodeClient, NodeFatalError
+from bim_node.session import NodeClient, NodeFatalError
 
 pytestmark = pytest.mark.timeout(30)
 

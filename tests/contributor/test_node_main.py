@@ -73,12 +73,12 @@ def test_it_accepts_the_license_registers_and_loads_the_verified_model(
 
     assert client.node_id == NODE_ID
     assert client.env == env
-    assert client.model_checksum == registry.manifest()["model_checksum"]
+    assert client.model.checksum == registry.manifest()["model_checksum"]
     tokenizer = registry.manifest()["artifacts"][1]
-    assert (tokenizer["role"], client.tokenizer_checksum) == ("tokenizer", tokenizer["sha256"])
+    assert (tokenizer["role"], client.model.tokenizer_checksum) == ("tokenizer", tokenizer["sha256"])
     assert client.ws_url == registry.base_url.replace("http", "ws") + "/ws/node/?token=tok"
     texts = ["a verified model", "computes the same vectors"]
-    assert np.array_equal(client.compute({"texts": texts}), embedder(texts))
+    assert np.array_equal(client.model.compute({"texts": texts}), embedder(texts))
 
 
 def test_a_restart_reuses_the_key_and_the_cache(registry: HttpRegistry, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bim_node.client import RegistryApi, RegistryError, websocket_url
+from bim_node.registry_api import RegistryApi, RegistryError, websocket_url
 
 
 class Recorder:

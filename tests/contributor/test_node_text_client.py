@@ -17,7 +17,7 @@ from websockets.asyncio.server import serve
 
 from bim_core import families, protocol
 from bim_core.runtimes.generator import determinism_refusal
-from bim_node.client import NodeClient
+from bim_node.session import NodeClient
 from tests.contributor.test_node_client import (
     CHECKSUM,
     ENV,

@@ -1,0 +1,253 @@
+"""`bim`: the SDK on the command line. Every result it prints was verified against its receipt.
+
+    bim embed SUBNET TEXT...
+    bim generate SUBNET PROMPT [--max-tokens N]
+    bim upscale SUBNET IN.png OUT.png
+    bim job JOB_ID
+    bim balance
+    bim receipt verify FILE.json [--registry-key KEY] [--inputs INPUTS.json]
+
+Commands that call the registry take --url and --token (default: $BIM_URL, $BIM_TOKEN).
+With --json a command prints JSON on stdout: the job as the API returned it for embed,
+generate, upscale and job (so `bim receipt verify` can check it later), and errors as
+{"error": {...}}. Exit status: 0 done, 1 refused by the registry or the job failed,
+2 usage, 3 no answer (unreachable, or the job did not finish in time), 4 receipt invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import requests
+
+from bim_core import protocol
+
+from .client import BimError, Client, TextDelta
+from .receipts import ReceiptInvalid, verify_receipt
+
+# Exit statuses: argparse exits 2 for usage errors itself.
+EXIT_REFUSED = 1  # the registry refused the request, or the job ended unsettled
+EXIT_UNREACHABLE = 3  # no answer from the registry, or the job did not finish in time
+EXIT_RECEIPT_INVALID = 4
+
+
+class CliError(Exception):
+    """An error the command line reports as it is and exits with `exit_code`."""
+
+    def __init__(self, exit_code: int, code: str, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.exit_code = exit_code
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bim",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Options go after the command (`bim job ID --json`): each command takes those it uses.
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON on stdout, errors included")
+    api = argparse.ArgumentParser(add_help=False, parents=[output])
+    api.add_argument("--url", default=os.environ.get("BIM_URL"), help="registry URL (default: $BIM_URL)")
+    api.add_argument("--token", default=os.environ.get("BIM_TOKEN"), help="API token (default: $BIM_TOKEN)")
+    api.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a job (default 120)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = commands.add_parser("embed", parents=[api], help="embed texts on an embedding subnet")
+    embed.add_argument("subnet", metavar="SUBNET")
+    embed.add_argument("texts", nargs="+", metavar="TEXT")
+    embed.set_defaults(run=_embed)
+
+    generate = commands.add_parser(
+        "generate", parents=[api], help="generate text: streamed to stderr, the verified text on stdout"
+    )
+    generate.add_argument("subnet", metavar="SUBNET")
+    generate.add_argument("prompt", metavar="PROMPT")
+    generate.add_argument("--max-tokens", type=int, default=64, help="default 64")
+    generate.set_defaults(run=_generate)
+
+    upscale = commands.add_parser("upscale", parents=[api], help="upscale an image 2x on an image subnet")
+    upscale.add_argument("subnet", metavar="SUBNET")
+    upscale.add_argument("source", type=Path, metavar="IN.png")
+    upscale.add_argument("target", type=Path, metavar="OUT.png")
+    upscale.set_defaults(run=_upscale)
+
+    job = commands.add_parser("job", parents=[api], help="show a job")
+    job.add_argument("job_id", metavar="JOB_ID")
+    job.set_defaults(run=_job)
+
+    balance = commands.add_parser("balance", parents=[api], help="show your balances (micro-credits)")
+    balance.set_defaults(run=_balance)
+
+    receipt = commands.add_parser("receipt", help="check receipts")
+    receipt_commands = receipt.add_subparsers(dest="receipt_command", required=True, metavar="COMMAND")
+    verify = receipt_commands.add_parser(
+        "verify", parents=[output], help="verify a settled job's receipt offline (the job as `bim job ID --json` prints it)"
+    )
+    verify.add_argument("file", type=Path, metavar="FILE.json")
+    verify.add_argument(
+        "--registry-key",
+        default=os.environ.get("BIM_REGISTRY_KEY"),
+        help="the registry's receipt key, from /api/v1/registry/ (default: $BIM_REGISTRY_KEY; "
+        "without one the receipt is checked against the key it names, which proves less)",
+    )
+    verify.add_argument("--inputs", type=Path, metavar="INPUTS.json", help="also check these were the job's inputs")
+    verify.set_defaults(run=_receipt_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "url"):  # a command that talks to the registry
+        if not args.url:
+            parser.error("--url (or $BIM_URL) is required")
+        if not args.token:
+            parser.error("--token (or $BIM_TOKEN) is required")
+    try:
+        output = args.run(args)
+    except CliError as exc:
+        return _fail(args, exc)
+    except BimError as exc:
+        return _fail(args, CliError(EXIT_REFUSED, exc.code, exc.detail, exc.status))
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        # requests' own message is a nested repr; the retries' warnings said what failed.
+        return _fail(args, CliError(EXIT_UNREACHABLE, "unreachable", f"no answer from {args.url} ({type(exc).__name__})"))
+    except TimeoutError as exc:
+        return _fail(args, CliError(EXIT_UNREACHABLE, "timeout", str(exc)))
+    except ReceiptInvalid as exc:
+        return _fail(args, CliError(EXIT_RECEIPT_INVALID, "receipt_invalid", str(exc)))
+    data, text = output
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+def _fail(args: argparse.Namespace, error: CliError) -> int:
+    if args.json:
+        print(json.dumps({"error": {"code": error.code, "detail": error.detail, "status": error.status}}))
+    else:
+        status = f"HTTP {error.status} " if error.status else ""
+        print(f"bim: {status}{error.code}: {error.detail}", file=sys.stderr)
+    return error.exit_code
+
+
+# Each command returns (what --json prints, what is printed otherwise).
+Output = tuple[Any, str]
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.token)
+
+
+def _embed(args: argparse.Namespace) -> Output:
+    result = _client(args).embed(args.subnet, args.texts, timeout=args.timeout)
+    rows = [
+        f"{text[:40]!r}: [{', '.join(f'{v:.4f}' for v in vector[:4])}, ...] ({len(vector)} dims)"
+        for text, vector in zip(args.texts, result.vectors, strict=True)
+    ]
+    return result.job, "\n".join([_settled_line(result.job), *rows])
+
+
+def _generate(args: argparse.Namespace) -> Output:
+    events = _client(args).generate(
+        args.subnet, args.prompt, args.max_tokens, stream=True, timeout=args.timeout
+    )
+    for event in events:
+        if isinstance(event, TextDelta):
+            if not args.json:  # the unverified preview, as the node streams it
+                print(event.text, end="", file=sys.stderr, flush=True)
+            continue
+        if not args.json:
+            print(file=sys.stderr)
+        return event.job, event.text
+    raise AssertionError("unreachable: a generation ends with its verified result")
+
+
+def _upscale(args: argparse.Namespace) -> Output:
+    png = _read(args.source, "the image", Path.read_bytes)
+    result = _client(args).upscale(args.subnet, png, timeout=args.timeout)
+    args.target.write_bytes(result.png)
+    height, width = result.pixels.shape[:2]
+    return result.job, f"{_settled_line(result.job)}\nwrote {args.target} ({width}x{height})"
+
+
+def _job(args: argparse.Namespace) -> Output:
+    job = _client(args).job(args.job_id)
+    lines = [f"{key}: {job.get(key)}" for key in ("id", "subnet", "state", "price_micro", "created_at", "finished_at")]
+    if job.get("failure_reason"):
+        lines.append(f"failure_reason: {job['failure_reason']}")
+    return job, "\n".join(lines)
+
+
+def _balance(args: argparse.Namespace) -> Output:
+    balance = _client(args).balance()
+    return balance, "\n".join(f"{key}: {value}" for key, value in balance.items())
+
+
+def _receipt_verify(args: argparse.Namespace) -> Output:
+    job = _read(args.file, "the job", _read_json)
+    inputs = _read(args.inputs, "the inputs", _read_json) if args.inputs else None
+    if not isinstance(job, dict):
+        raise CliError(EXIT_RECEIPT_INVALID, "receipt_invalid", f"{args.file} holds no job object")
+    named_key = (job.get("receipt") or {}).get("registry_key")
+    registry_key = args.registry_key or named_key
+    try:
+        verify_receipt(job, registry_key=str(registry_key), inputs=inputs)
+    except (KeyError, TypeError, ValueError, protocol.ProtocolError) as exc:
+        # A file that is not a job as the API returns it does not verify either.
+        raise ReceiptInvalid(f"malformed job or receipt: {type(exc).__name__}: {exc}") from None
+    receipt = job["receipt"]
+    checked = {
+        "valid": True,
+        "job_id": receipt.get("job_id"),
+        "result_hash": receipt.get("result_hash"),
+        "path": receipt["verification"]["path"],
+        "nodes": [node["node_id"] for node in receipt["nodes"]],
+        "registry_key": registry_key,
+        "registry_key_given": bool(args.registry_key),
+        "inputs_checked": inputs is not None,
+    }
+    lines = [
+        f"receipt valid: job {checked['job_id']}, result {checked['result_hash']}",
+        f"verified by {checked['path']} on {len(checked['nodes'])} node(s); signed by registry key {registry_key}",
+    ]
+    if not args.registry_key:
+        lines.append("note: checked against the key the receipt names; pass --registry-key to pin the registry's")
+    return checked, "\n".join(lines)
+
+
+def _settled_line(job: dict[str, Any]) -> str:
+    return f"job {job['id']} settled on {job['subnet']}, {job['price_micro']} micro-credits, receipt verified"
+
+
+def _read(path: Path, what: str, reader: Callable[[Path], Any]) -> Any:
+    try:
+        return reader(path)
+    except OSError as exc:
+        _usage_error(f"cannot read {what} {path}: {exc.strerror}")
+    except ValueError as exc:
+        _usage_error(f"{path} is not JSON: {exc}")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"bim: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
