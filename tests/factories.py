@@ -15,9 +15,10 @@ from django.utils import timezone
 from bim_core import families, protocol
 from bim_core.money import MICRO
 from ledger.services import credits_top_up
-from registry import routing_index
+from registry import dispatch, routing_index, verify
 from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
+from registry.results import result_record
 from subnets.models import EulaAcceptance, License, Subnet
 
 
@@ -156,3 +157,15 @@ def result_message(
     }
     message.update({k: v for k, v in overrides.items() if k in ("data", "job_id", "assignment_id", "signature")})
     return message
+
+
+def settle(job_id: str, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> None:
+    """Run a submitted job through dispatch, both nodes' signed results and verification."""
+    job = Job.objects.get(pk=job_id)
+    dispatch.job_dispatch(job_id=job.id)
+    by_node = {n.node.pk: n for n in nodes}
+    for assignment in job.assignments.all():
+        vectors = vectors_a if assignment.role == "A" else vectors_b
+        keys = by_node[assignment.node_id]
+        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+    verify.job_verify(job_id=job.id)

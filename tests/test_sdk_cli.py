@@ -21,11 +21,10 @@ from rest_framework.authtoken.models import Token
 
 import bim_core.http
 from bim_core import protocol
+from bim_core.money import MICRO
 from bim_sdk.cli import EXIT_RECEIPT_INVALID, EXIT_REFUSED, EXIT_UNREACHABLE, main
-from ledger.models import MICRO
 from registry.models import Job
-from tests.factories import SubnetFactory, online_node, unit_vectors, user_with_credits
-from tests.registry.test_api import settle
+from tests.factories import SubnetFactory, online_node, settle, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.timeout(120)
 

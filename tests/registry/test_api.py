@@ -21,11 +21,16 @@ from bim_core.money import MICRO
 from bim_sdk import ReceiptInvalid, verify_receipt
 from ledger.models import Transfer
 from ledger.services import credits_top_up
-from registry import dispatch, verify
 from registry.models import Job, Node
-from registry.results import result_record
 from subnets.models import EulaAcceptance
-from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors, user_with_credits
+from tests.factories import (
+    SubnetFactory,
+    UserFactory,
+    online_node,
+    settle,
+    unit_vectors,
+    user_with_credits,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -52,18 +57,6 @@ def balance(client: APIClient) -> dict[str, int]:
     response = client.get("/api/v1/balance/")
     assert response.status_code == 200
     return response.json()
-
-
-def settle(job_id: str, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> None:
-    """Run a submitted job through dispatch, both nodes' signed results and verification."""
-    job = Job.objects.get(pk=job_id)
-    dispatch.job_dispatch(job_id=job.id)
-    by_node = {n.node.pk: n for n in nodes}
-    for assignment in job.assignments.all():
-        vectors = vectors_a if assignment.role == "A" else vectors_b
-        keys = by_node[assignment.node_id]
-        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
-    verify.job_verify(job_id=job.id)
 
 
 # ---------------------------------------------------------------- submit
