@@ -1,7 +1,8 @@
 """The contributor site: sign-up, log in and out, the dashboard, per-subnet opt-in (the
 license acceptance recorded with its version and time before any job can reach the
 browser), the browser's node registration and status endpoints, the node websocket on the
-session cookie, and the dashboard script's protocol bytes against bim_core/protocol.py."""
+session cookie, and the dashboard's protocol bytes (contributor/static/js/protocol.js and
+jobs.js) against bim_core/protocol.py."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from subnets.models import EulaAcceptance
 from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors, user_with_credits
 
 PASSWORD = "a long enough passphrase 7"
-APP_JS = ROOT / "contributor" / "static" / "js" / "app.js"
+DASHBOARD_JS = ROOT / "contributor" / "static" / "js"
 
 
 @pytest.fixture
@@ -293,7 +294,8 @@ def test_the_session_socket_refuses_a_foreign_origin_and_no_session(client):
 
 
 def test_the_dashboard_script_hashes_encodes_and_signs_exactly_like_registry_protocol(tmp_path):
-    """app.js under Node's WebCrypto, given the same seeds, must produce the bytes
+    """The dashboard's protocol.js and jobs.js under Node's WebCrypto, given the same seeds,
+    must produce the bytes
     bim_core/protocol.py produces: canonical JSON hashes (non-ASCII, emoji, CJK, control
     characters), f32le vectors, and the hello, result and benchmark signatures."""
     long_seed, session_seed = bytes(range(32)), bytes(range(32, 64))
@@ -329,18 +331,20 @@ def test_the_dashboard_script_hashes_encodes_and_signs_exactly_like_registry_pro
     script = tmp_path / "check.mjs"
     script.write_text(
         f"""
-import * as app from {json.dumps(APP_JS.as_uri())};
+import * as protocol from {json.dumps((DASHBOARD_JS / "protocol.js").as_uri())};
+import * as jobs from {json.dumps((DASHBOARD_JS / "jobs.js").as_uri())};
 const c = JSON.parse(process.argv[2]);
 const pkcs8 = (seed) => Uint8Array.from([...Buffer.from("302e020100300506032b657004220420", "hex"), ...seed]);
 const load = (seed) => crypto.subtle.importKey("pkcs8", pkcs8(seed), {{name: "Ed25519"}}, false, ["sign"]);
 const longKey = await load(c.long_seed), sessionKey = await load(c.session_seed);
 const sessionPub = {json.dumps(protocol.public_key_b64(session_key))};
-const job = await app.checkJob({{type: "job", assignment_id: c.assignment_id, job_id: c.contract.job_id, role: "A",
+const job = await jobs.checkJob({{type: "job", assignment_id: c.assignment_id, job_id: c.contract.job_id, role: "A",
   contract: c.contract, contract_hash: c.contract_hash, inputs: c.inputs, deadline: "2999-01-01T00:00:00+00:00"}},
   {{modelChecksum: c.contract.model_checksum}});
 const output = {{data: Float32Array.from(c.vectors), rows: c.shape[0], dim: c.shape[1]}};
-const result = await app.buildResult(job, output, sessionKey, 41.6);
-const bench = await app.buildBenchmarkResult("0f0e0d0c-0b0a-4908-8706-050403020100", output, c.timings.map(app.roundMs), sessionKey);
+const result = await jobs.buildResult(job, output, sessionKey, 41.6);
+const benchmark = {{kind: "benchmark", benchmarkId: "0f0e0d0c-0b0a-4908-8706-050403020100", texts: c.inputs.texts, runs: c.timings.length}};
+const bench = await jobs.buildBenchmarkResult(benchmark, output, c.timings.map(protocol.roundMs), sessionKey);
 const honest = {{type: "job", assignment_id: c.assignment_id, job_id: c.contract.job_id, contract: c.contract,
   contract_hash: c.contract_hash, inputs: c.inputs}};
 const tampered = [
@@ -352,15 +356,15 @@ const tampered = [
 ];
 const refused = [];
 for (const change of tampered) {{
-  try {{ await app.checkJob({{...honest, ...change}}, {{modelChecksum: c.contract.model_checksum}}); refused.push(null); }}
+  try {{ await jobs.checkJob({{...honest, ...change}}, {{modelChecksum: c.contract.model_checksum}}); refused.push(null); }}
   catch (e) {{ refused.push(e.reason); }}
 }}
-try {{ await app.checkJob(honest, {{modelChecksum: "cd".repeat(32)}}); refused.push(null); }}
+try {{ await jobs.checkJob(honest, {{modelChecksum: "cd".repeat(32)}}); refused.push(null); }}
 catch (e) {{ refused.push(e.reason); }}
 console.log(JSON.stringify({{
-  input_hash: await app.inputHash(c.inputs),
-  canonical: app.canonicalJson(c.contract),
-  hello: await app.signB64(longKey, app.helloMessage(c.node_id, c.nonce, sessionPub)),
+  input_hash: await protocol.inputHash(c.inputs),
+  canonical: protocol.canonicalJson(c.contract),
+  hello: await protocol.signB64(longKey, protocol.helloMessage(c.node_id, c.nonce, sessionPub)),
   result, bench, refused,
 }}));
 """

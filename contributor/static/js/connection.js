@@ -1,0 +1,237 @@
+// The node websocket as this page speaks it, like the Python node (bim_node/client.py):
+// challenge → hello with a fresh certified session key → welcome → ready, then the
+// registry's benchmark and jobs, one at a time, answered with session-signed results;
+// heartbeats; reconnection with capped backoff; the close codes and errors after which
+// retrying cannot help (docs/protocol.md §4, §6.1, §7).
+//
+// No DOM: what the person sees goes through `view` (./view.js in the page, a recorder in
+// tests/js/connection.test.mjs), what tests and the curious read through `state`
+// (window.bim). The socket class is a parameter so Node can drive the whole machine. The
+// work each socket carries is ./session.js's.
+
+import { JobRefused, benchmarkTask, checkJob } from "./jobs.js";
+import { sessionKeyCertified } from "./keystore.js";
+import { PROTOCOL } from "./protocol.js";
+import { Session, errorText } from "./session.js";
+
+// Close codes after which reconnecting cannot help (docs/protocol.md §6.1).
+export const FATAL_CLOSE = {
+  4401: "the registry did not accept this session (log in again)",
+  4001: "the registry rejected this browser's hello signature",
+  4003: "the registry does not know this browser's node for your account",
+  4409: "this node connected from another tab or window; this one stopped",
+};
+// Errors answered to `ready` that need the person, not a retry.
+const FATAL_ERRORS = new Set(["license_not_accepted", "unknown_subnet", "model_mismatch"]);
+const DEFAULT_HEARTBEAT_S = 10;
+const BUSY_RESEND_MS = 500;
+
+/** Capped exponential backoff with jitter (§7): 1 s × 2^failures, at most 60 s, times a
+ * random factor in [0.5, 1). */
+export const reconnectDelayMs = (failures, random = Math.random) =>
+  Math.min(60_000, 1000 * 2 ** failures) * (0.5 + random() / 2);
+
+export class NodeConnection {
+  /** `state` holds nodeId, key (the long-term pair), env, subnet and engine when connect()
+   * is first called; `url` is the websocket's. */
+  constructor({ state, view, url, WebSocketImpl = globalThis.WebSocket }) {
+    Object.assign(this, { state, view, url, WebSocketImpl, current: null, failures: 0, reconnectTimer: null });
+  }
+
+  log(text, cls) { this.state.log.push(this.view.log(text, cls)); }
+
+  setPhase(text, dot) { this.state.phase = text; this.view.showConnection(text, dot); }
+
+  count(name) {
+    this.state.counts[name] += 1;
+    this.view.showCount(name, this.state.counts[name]);
+  }
+
+  connect() {
+    const { state } = this;
+    if (state.paused || state.stopped || this.current) return;
+    clearTimeout(this.reconnectTimer);
+    this.setPhase("connecting", "busy");
+    // No ?token=: the registry authenticates this socket by the session cookie (and Origin).
+    const session = new Session(new this.WebSocketImpl(this.url), {
+      engine: state.engine,
+      report: { view: this.view, log: (text, cls) => this.log(text, cls), count: (name) => this.count(name) },
+      // Pausing waits for the running task; the socket closes once the queue is dry.
+      onIdle: () => { if (state.paused && this.current === session) session.ws.close(1000, "paused"); },
+    });
+    this.current = session;
+    state.connects += 1;
+    session.ws.onmessage = (event) => {
+      let message = null;
+      try { message = JSON.parse(event.data); } catch { /* not JSON: ignored below */ }
+      if (message === null || typeof message !== "object" || typeof message.type !== "string") {
+        this.log("ignored a frame that is not a JSON object", "warn");
+        return;
+      }
+      // Computing happens apart (the work loop), so the inbox never waits for a model run.
+      session.inbox = session.inbox.then(() => this.handle(session, message)).catch((err) => this.log(`error: ${errorText(err)}`, "bad"));
+    };
+    session.ws.onclose = (event) => this.closed(session, event);
+    session.ws.onerror = () => this.log("websocket error", "warn");
+  }
+
+  /** Finish the running job, leave queued ones to the registry, then close with 1000. */
+  pause() {
+    this.state.paused = true;
+    clearTimeout(this.reconnectTimer);
+    this.log("paused: finishing the running job, then disconnecting");
+    if (!this.current) {
+      // Between connections (waiting to reconnect): nothing to finish.
+      this.setPhase("paused", "off");
+      return;
+    }
+    this.current.abandonQueued();
+    if (!this.current.working) this.current.ws.close(1000, "paused");
+    this.setPhase("pausing", "busy");
+  }
+
+  /** A new connection, so a new session key. */
+  resume() {
+    this.state.paused = false;
+    this.log("resumed");
+    this.failures = 0;
+    this.connect();
+  }
+
+  stop(reason) {
+    this.state.stopped = reason;
+    this.setPhase("stopped", "off");
+    this.view.notice("Contributing stopped", reason);
+    this.log(reason, "bad");
+    this.view.pauseButton({ enabled: false });
+    if (this.current) this.current.ws.close(1000, "stopping");
+  }
+
+  closed(session, event) {
+    session.open = false;
+    clearInterval(session.heartbeat);
+    if (this.current === session) this.current = null;
+    // Jobs queued or running die with the socket: the next session key could not sign them,
+    // and the registry re-dispatches them.
+    session.abandonQueued();
+    if (FATAL_CLOSE[event.code]) {
+      this.stop(`Closed by the registry (${event.code}): ${FATAL_CLOSE[event.code]}.`);
+      return;
+    }
+    if (this.state.paused || this.state.stopped) {
+      this.setPhase(this.state.paused ? "paused" : "stopped", "off");
+      return;
+    }
+    const delay = reconnectDelayMs(this.failures);
+    this.failures += 1;
+    this.setPhase(`disconnected (${event.code}); reconnecting in ${(delay / 1000).toFixed(1)} s`, "off");
+    this.reconnectTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  async handle(session, message) {
+    switch (message.type) {
+      case "challenge": return this.onChallenge(session, message);
+      case "welcome": return this.onWelcome(session, message);
+      case "ready_ok":
+        this.setPhase(`ready on ${message.subnet}`, "on");
+        this.log(`ready on ${message.subnet}`);
+        return;
+      case "benchmark": return this.onBenchmark(session, message);
+      case "benchmark_ok":
+        this.state.benchmark = { passed: true, itemsPerS: message.items_per_s, p50: message.latency_p50_ms, id: message.benchmark_id };
+        this.view.showBenchmark("passed: outputs match the registry's reference", "ok");
+        this.view.showBenchmarkScore(message.items_per_s, message.latency_p50_ms);
+        this.log(`benchmark passed: ${Number(message.items_per_s).toFixed(1)} texts/s`, "ok");
+        return;
+      case "job": return this.onJob(session, message);
+      case "cancel":
+        session.cancelled.add(String(message.assignment_id));
+        this.view.jobMark(String(message.assignment_id), "cancelled");
+        return;
+      case "result_ok": {
+        const id = String(message.assignment_id);
+        if (session.unacknowledged.delete(id)) this.count("accepted");
+        this.view.jobMark(id, "submitted");
+        return;
+      }
+      case "error": return this.onError(session, message);
+      default: return; // pong, and message types nodes do not know
+    }
+  }
+
+  async onChallenge(session, message) {
+    if (message.protocol !== PROTOCOL) {
+      this.stop(`The registry speaks ${message.protocol}, this page ${PROTOCOL}: reload the page.`);
+      return;
+    }
+    if (typeof message.nonce !== "string") throw new Error("challenge without a nonce");
+    const { nodeId, key, env } = this.state;
+    // A fresh session key for every connection; the long-term key certifies it.
+    const certified = await sessionKeyCertified(key.privateKey, nodeId, message.nonce);
+    session.sessionKey = certified.privateKey;
+    session.send({ type: "hello", node_id: nodeId, session_key_pub: certified.sessionKeyPub, signature: certified.signature, env });
+  }
+
+  onWelcome(session, message) {
+    const { subnet, engine } = this.state;
+    this.failures = 0;
+    const offered = (message.subnets || []).find((s) => s && s.slug === subnet.slug);
+    if (!offered) { this.stop(`The registry does not serve ${subnet.slug} to this node.`); return; }
+    if (offered.model_checksum !== engine.modelChecksum) {
+      this.stop(`${subnet.slug} now runs another model (${String(offered.model_checksum).slice(0, 12)}…): reload the page to fetch it.`);
+      return;
+    }
+    const seconds = Number(message.heartbeat_s) > 0 ? Number(message.heartbeat_s) : DEFAULT_HEARTBEAT_S;
+    session.heartbeat = setInterval(() => session.send({ type: "heartbeat" }), seconds * 1000);
+    this.setPhase("connected; reporting ready", "busy");
+    session.send({ type: "ready", subnet: subnet.slug, model_checksum: engine.modelChecksum, max_concurrent: 1 });
+    this.view.pauseButton({ enabled: true });
+  }
+
+  onBenchmark(session, message) {
+    const task = benchmarkTask(message);
+    if (!task) {
+      this.log("ignored a malformed benchmark", "warn");
+      return;
+    }
+    this.view.showBenchmark(`queued: ${task.runs} runs of ${task.texts.length} texts`);
+    session.enqueue(task);
+  }
+
+  async onJob(session, message) {
+    const assignmentId = message.assignment_id;
+    if (typeof assignmentId !== "string") { this.log("dropped a job without an assignment id", "warn"); return; }
+    const { engine } = this.state;
+    try {
+      const job = await checkJob(message, { modelChecksum: engine.modelChecksum, tokenizerChecksum: engine.manifest?.tokenizer_checksum });
+      this.view.jobAdd(job);
+      session.enqueue(job);
+    } catch (err) {
+      if (!(err instanceof JobRefused)) throw err;
+      this.log(`refused job ${assignmentId.slice(0, 8)}: ${err.message}`, "warn");
+      session.failJob(assignmentId, err.reason);
+    }
+  }
+
+  onError(session, message) {
+    const id = message.assignment_id == null ? null : String(message.assignment_id);
+    const pending = id ? session.unacknowledged.get(id) : undefined;
+    if (message.code === "busy" && pending && !pending.resent) {
+      // Nothing was recorded: the same signed result once more, after a short pause.
+      pending.resent = true;
+      this.log("registry busy; sending the result again", "warn");
+      setTimeout(() => session.send(pending.message), BUSY_RESEND_MS);
+      return;
+    }
+    if (message.code === "benchmark_refused") {
+      this.state.benchmark = { passed: false, reason: message.detail };
+      this.view.showBenchmark(`refused: ${message.detail}`, "bad");
+    }
+    if (!id && FATAL_ERRORS.has(message.code)) {
+      this.stop(`The registry refused this node: ${message.code} (${message.detail}).`);
+      return;
+    }
+    if (id) { session.unacknowledged.delete(id); this.view.jobMark(id, `refused: ${message.code}`); }
+    this.log(`registry error ${message.code}${id ? ` (${id.slice(0, 8)})` : ""}: ${message.detail}`, "warn");
+  }
+}

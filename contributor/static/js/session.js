@@ -1,0 +1,114 @@
+// One websocket session of the node (./connection.js opens and closes them): its session
+// key, and the work the registry sends over it, run one task at a time on the engine
+// (max_concurrent 1: the model already uses every thread it has) and answered with messages
+// that session key signs. Everything here dies with the socket: the next session key could
+// not sign these results, and the registry re-dispatches the jobs (docs/protocol.md §4.4).
+
+import { buildBenchmarkResult, buildResult } from "./jobs.js";
+import { roundMs } from "./protocol.js";
+
+const SOCKET_OPEN = 1; // WebSocket.OPEN
+
+export const errorText = (err) => String(err?.message || err);
+
+export class Session {
+  sessionKey = null; // set by the hello
+  queue = []; // tasks from ./jobs.js: {kind: "job", ...} and {kind: "benchmark", ...}
+  cancelled = new Set();
+  unacknowledged = new Map(); // assignment id -> {message, resent}: results sent, not yet result_ok
+  inbox = Promise.resolve(); // the registry's messages, handled one at a time in arrival order
+  heartbeat = null;
+  working = false;
+  open = true;
+
+  /** `report` is what the person sees: {view, log(text, cls), count(name)}; `onIdle` runs
+   * whenever the queue has run dry. */
+  constructor(ws, { engine, report, onIdle }) {
+    Object.assign(this, { ws, engine, report, onIdle });
+  }
+
+  send(message) {
+    if (this.open && this.ws.readyState === SOCKET_OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  enqueue(task) {
+    this.queue.push(task);
+    if (!this.working) this.work();
+  }
+
+  /** Drops the queued jobs (pause, or the socket closed): the registry re-dispatches them. */
+  abandonQueued() {
+    for (const task of this.queue) if (task.kind === "job") this.report.view.jobMark(task.assignmentId, "abandoned");
+    this.queue.length = 0;
+  }
+
+  failJob(assignmentId, reason) {
+    this.report.count("failed");
+    this.report.view.jobMark(assignmentId, `failed: ${reason}`);
+    this.send({ type: "job_failed", assignment_id: assignmentId, reason });
+  }
+
+  async work() {
+    this.working = true;
+    try {
+      while (this.open && this.queue.length) {
+        const task = this.queue.shift();
+        if (task.kind === "benchmark") await this.runBenchmark(task);
+        else await this.runJob(task);
+      }
+    } finally {
+      this.working = false;
+      this.onIdle();
+    }
+  }
+
+  async runBenchmark(task) {
+    const { view, log } = this.report;
+    view.showBenchmark(`running: ${task.runs} runs of ${task.texts.length} texts`);
+    const timings = [];
+    let output = null;
+    try {
+      for (let i = 0; i < task.runs; i++) {
+        const started = performance.now();
+        output = await this.engine.embed(task.texts);
+        timings.push(roundMs(performance.now() - started));
+      }
+      const message = await buildBenchmarkResult(task, output, timings, this.sessionKey);
+      view.showBenchmarkRuns(timings);
+      view.showBenchmark("sent; the registry is checking the outputs");
+      this.send(message);
+    } catch (err) {
+      view.showBenchmark(`failed to compute: ${errorText(err)}`, "bad");
+      log(`benchmark failed: ${errorText(err)}`, "bad");
+    }
+  }
+
+  async runJob(job) {
+    const { view, log, count } = this.report;
+    if (this.cancelled.has(job.assignmentId)) return;
+    if (job.deadline !== null && job.deadline <= Date.now()) { this.failJob(job.assignmentId, "deadline_passed"); return; }
+    view.jobMark(job.assignmentId, "computing");
+    const started = performance.now();
+    let message;
+    try {
+      const output = await this.engine.embed(job.texts);
+      message = await buildResult(job, output, this.sessionKey, performance.now() - started);
+    } catch (err) {
+      log(`job ${job.jobId.slice(0, 8)} failed to compute: ${errorText(err)}`, "bad");
+      this.failJob(job.assignmentId, "compute_error");
+      return;
+    }
+    if (this.cancelled.has(job.assignmentId)) return;
+    if (!this.open) {
+      // The socket (and its session key) went while this ran: the registry re-dispatches it.
+      view.jobMark(job.assignmentId, "abandoned");
+      return;
+    }
+    this.unacknowledged.set(job.assignmentId, { message, resent: false });
+    this.send(message);
+    count("done");
+    view.jobMark(job.assignmentId, "sent", message.elapsed_ms);
+    const n = job.texts.length;
+    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${n} text${n > 1 ? "s" : ""} in ${message.elapsed_ms} ms, signed and sent`);
+  }
+}

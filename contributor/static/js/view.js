@@ -1,0 +1,155 @@
+// The dashboard's DOM (templates/contributor/dashboard.html): every read of the page and
+// every update of its elements, by id. No protocol here: ./app.js and ./connection.js say
+// what to show, and the jobs table only keeps a registry verdict over later local events.
+
+const $ = (id) => document.getElementById(id);
+const MAX_LOG_LINES = 60;
+const MAX_JOB_ROWS = 50;
+// Labels that differ from the status word itself.
+const JOB_LABELS = { agreed: "verified ✓", submitted: "accepted, awaiting partner" };
+// Registry verdicts are final: a late local event never overwrites them.
+const FINAL_JOB_STATES = new Set(["agreed", "disagreed"]);
+const MODEL_PHASES = {
+  manifest: "fetching the manifest", chunks: "fetching and verifying chunks", load: "loading the model", ready: "ready",
+};
+
+/** Whether this page is the contributor dashboard (the module is loaded by it only, but
+ * being sure costs nothing). */
+export const isDashboard = () => typeof document !== "undefined" && Boolean($("bim-dashboard"));
+
+/** The template's json_script: {username, register_url, status_url, socket_path, subnets}. */
+export const pageConfig = () => JSON.parse($("bim-config").textContent);
+export const csrfToken = () => $("csrf").value;
+
+function setText(id, text, cls) {
+  const el = $(id);
+  if (!el) return;
+  el.textContent = text;
+  if (cls !== undefined) el.className = cls;
+}
+
+const credits = (micro) => `${(micro / 1e6).toFixed(6).replace(/\.?0+$/, "")} credits`;
+
+/** Prepends a timestamped line to the page's log; returns the line. */
+export function log(text, cls = "") {
+  const line = `${new Date().toISOString().slice(11, 19)} ${text}`;
+  const list = $("log");
+  if (!list) return line;
+  const li = document.createElement("li");
+  li.textContent = line;
+  if (cls) li.className = cls;
+  list.prepend(li);
+  while (list.children.length > MAX_LOG_LINES) list.lastChild.remove();
+  return line;
+}
+
+export function notice(title, text, kind = "blocking") {
+  const box = $("notice");
+  box.hidden = false;
+  box.className = `card wide notice ${kind}`;
+  $("notice-title").textContent = title;
+  $("notice-text").textContent = text;
+}
+
+/** The connection line: its text and the dot's colour class ("on", "busy", "off"). */
+export function showConnection(text, dot) {
+  setText("conn-state", text);
+  $("conn-dot").className = `dot ${dot}`;
+}
+
+export function pauseButton({ onClick, enabled, label }) {
+  const button = $("pause");
+  if (onClick) button.addEventListener("click", onClick);
+  if (enabled !== undefined) button.disabled = !enabled;
+  if (label) button.textContent = label;
+}
+
+export function showCapabilities(caps) {
+  setText("cap-ed25519", caps.ed25519 ? "yes" : "missing", caps.ed25519 ? "ok" : "bad");
+  setText("cap-wasm", caps.wasm ? "yes" : "missing", caps.wasm ? "ok" : "bad");
+  setText("cap-isolated", caps.isolated ? "yes (WASM threads)" : "no (single-threaded WASM)", caps.isolated ? "ok" : "warn");
+  const adapter = caps.webgpuAdapter !== null;
+  setText("cap-webgpu", adapter ? `adapter: ${caps.webgpuAdapter || "unknown vendor"}` : caps.webgpu ? "no adapter" : "not available",
+    adapter ? "ok" : "muted");
+}
+
+export function showNotIsolated() {
+  const note = $("cap-note");
+  note.hidden = false;
+  note.textContent = "This page is not cross-origin isolated (COOP/COEP headers missing), so WASM cannot use " +
+    "threads: the model runs on one thread, slower but still verified.";
+}
+
+/** The engine's onProgress: {phase, done, total, fromCache}. */
+export function showModelProgress({ phase, done, total, fromCache }) {
+  setText("model-phase", `${MODEL_PHASES[phase] || phase}${total ? ` ${done}/${total}` : ""}${fromCache ? " (cache)" : ""}`);
+  const bar = $("model-progress");
+  if (total) { bar.max = total; bar.value = done; }
+}
+
+export function showModelLoaded(engine) {
+  const cache = engine.cache || {};
+  setText("model-phase", "verified and loaded", "ok");
+  const bar = $("model-progress");
+  bar.max = 1; bar.value = 1;
+  setText("model-cache", cache.fromCache
+    ? `from this browser's cache (${cache.chunkRequests ?? 0} chunk downloads)`
+    : `downloaded ${cache.chunkRequests ?? "?"} chunks${cache.bytes ? `, ${(cache.bytes / 2 ** 20).toFixed(1)} MiB` : ""}, now cached`);
+  setText("model-checksum", `${engine.modelChecksum.slice(0, 16)}…`);
+  setText("backend", `${engine.backend}${engine.threads ? `, ${engine.threads} thread${engine.threads > 1 ? "s" : ""}` : ""} (${engine.runtime})`);
+}
+
+export const showNodeId = (nodeId) => setText("node-id", nodeId);
+
+/** The benchmark's state line; `cls` "ok" or "bad" once it is decided. */
+export const showBenchmark = (text, cls) => setText("bench-state", text, cls);
+
+export function showBenchmarkScore(itemsPerS, latencyP50Ms, note = "") {
+  setText("bench-ips", `${Number(itemsPerS).toFixed(1)} texts/s${note}`);
+  setText("bench-p50", `${Number(latencyP50Ms).toFixed(0)} ms`);
+}
+
+export const showBenchmarkRuns = (timings) => setText("bench-runs", timings.map((t) => t.toFixed(0)).join(", ") + " ms");
+
+/** One of the job counters: "done", "accepted", "verified", "disagreed", "failed". */
+export const showCount = (name, value) => setText(`jobs-${name}`, String(value));
+
+export function showBalances(balances) {
+  setText("earnings", credits(balances.earnings_micro));
+  setText("escrow", credits(balances.escrow_micro));
+}
+
+// ------------------------------------------------------------------ the jobs table
+
+const jobRows = new Map(); // assignment id -> {tr, status}
+
+export function jobAdd(job) {
+  const body = $("jobs-body");
+  body.querySelector("tr.empty")?.remove();
+  const tr = document.createElement("tr");
+  tr.dataset.assignment = job.assignmentId;
+  for (const text of [job.jobId.slice(0, 8), job.role, String(job.texts.length), "–", "queued"]) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.append(td);
+  }
+  tr.children[0].title = job.jobId;
+  body.prepend(tr);
+  jobRows.set(job.assignmentId, { tr, status: "queued" });
+  while (body.children.length > MAX_JOB_ROWS) {
+    jobRows.delete(body.lastChild.dataset.assignment);
+    body.lastChild.remove();
+  }
+}
+
+/** A job's status ("computing", "sent", "refused: not_assigned", a registry verdict, ...),
+ * with its compute time once known. */
+export function jobMark(assignmentId, status, elapsedMs) {
+  const row = jobRows.get(assignmentId);
+  if (!row || FINAL_JOB_STATES.has(row.status)) return;
+  row.status = status;
+  const cells = row.tr.children;
+  if (elapsedMs != null) cells[3].textContent = `${elapsedMs} ms`;
+  cells[4].textContent = JOB_LABELS[status] || status;
+  cells[4].className = `state-${status.split(":")[0]}`;
+}
