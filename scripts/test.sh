@@ -7,7 +7,7 @@ VENV_PY=.venv/bin/python
 
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache
-[ ! -f scripts/test_js.sh ] || bash scripts/test_js.sh
+bash scripts/test_js.sh
 
 source scripts/services.sh
 trap bim_services_stop EXIT
