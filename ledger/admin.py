@@ -79,7 +79,11 @@ class TransferAdmin(HealthLineMixin, ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ["debit", "credit"]
     actions = ["reverse_selected"]
 
-    @admin.action(description="Reverse selected transfers (posts reversing adjustments)")
+    def has_reverse_permission(self, request: HttpRequest) -> bool:
+        # A reversal posts an adjustment: the same permission as a manual adjustment.
+        return request.user.has_perm("ledger.add_adjustment")
+
+    @admin.action(description="Reverse selected transfers (posts reversing adjustments)", permissions=["reverse"])
     def reverse_selected(self, request: HttpRequest, queryset: QuerySet[Transfer]) -> None:
         for transfer in queryset.select_related("debit", "credit"):
             try:
@@ -120,7 +124,7 @@ class AdjustmentAdmin(admin.ModelAdmin):
         return super().get_queryset(request).filter(kind="adjustment")
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return obj is None
+        return False  # posted transfers are never edited; the list needs only the view permission
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
@@ -168,6 +172,9 @@ class WithdrawalAdmin(HealthLineMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("ledger.change_withdrawal")
+
     def _decide(self, request: HttpRequest, queryset: QuerySet[Withdrawal], approve: bool) -> None:
         for withdrawal in queryset.filter(state=WithdrawalState.PENDING):
             try:
@@ -175,11 +182,11 @@ class WithdrawalAdmin(HealthLineMixin, admin.ModelAdmin):
             except errors.LedgerError as exc:
                 messages.error(request, f"withdrawal {withdrawal.pk}: {exc}")
 
-    @admin.action(description="Approve selected pending withdrawals")
+    @admin.action(description="Approve selected pending withdrawals", permissions=["decide"])
     def approve(self, request: HttpRequest, queryset: QuerySet[Withdrawal]) -> None:
         self._decide(request, queryset, approve=True)
 
-    @admin.action(description="Reject selected pending withdrawals")
+    @admin.action(description="Reject selected pending withdrawals", permissions=["decide"])
     def reject(self, request: HttpRequest, queryset: QuerySet[Withdrawal]) -> None:
         self._decide(request, queryset, approve=False)
 

@@ -12,7 +12,17 @@ from typing import Literal
 
 from django.db.models import Count, Sum
 
-from .models import Account, AccountKind, PendingDelta, Transfer, TransferKind
+from .models import (
+    Account,
+    AccountKind,
+    PendingDelta,
+    SettlementBatch,
+    Transfer,
+    TransferKind,
+    Withdrawal,
+    WithdrawalState,
+)
+from .withdrawals import merkle_root
 
 # How a priced job ended, as far as its hold is concerned.
 JobOutcome = Literal["open", "settled", "ended"]
@@ -55,8 +65,79 @@ def ledger_violations() -> list[str]:
     if clearing != 0:
         problems.append(f"clearing holds {clearing}: a captured payment was not paid out")
 
+    problems.extend(_withdrawal_violations())
+    problems.extend(_batch_violations())
     if _job_outcomes is not None:
         problems.extend(_job_hold_violations(_job_outcomes()))
+    return problems
+
+
+def _withdrawal_violations() -> list[str]:
+    """An approved withdrawal has exactly one transfer, of kind withdrawal, of its amount,
+    from its node's earnings to the external account, and not reversed; a pending or
+    rejected one has none and is in no batch. Every withdrawal transfer belongs to a
+    withdrawal. Otherwise the balances can add up while a batch pays out money that never
+    left the earnings, or pays it twice."""
+    problems = []
+    claimed: set[int] = set()
+    for withdrawal in Withdrawal.objects.select_related("transfer__debit", "transfer__credit", "transfer__reversed_by"):
+        transfer = withdrawal.transfer
+        label = f"withdrawal {withdrawal.pk} ({withdrawal.state})"
+        if transfer is not None:
+            claimed.add(transfer.pk)
+        if withdrawal.state != WithdrawalState.APPROVED:
+            if transfer is not None:
+                problems.append(f"{label} has transfer {transfer.pk}")
+            if withdrawal.batch_id is not None:
+                problems.append(f"{label} is in batch {withdrawal.batch_id}")
+            continue
+        if transfer is None:
+            problems.append(f"{label} has no transfer")
+            continue
+        debit, credit = transfer.debit, transfer.credit
+        if (
+            transfer.kind != TransferKind.WITHDRAWAL
+            or transfer.amount != withdrawal.amount
+            or (debit.kind, debit.node_id) != (AccountKind.NODE_EARNINGS, withdrawal.node_id)
+            or credit.kind != AccountKind.EXTERNAL
+        ):
+            problems.append(
+                f"{label} of {withdrawal.amount} from node {withdrawal.node_id} has transfer {transfer.pk}: "
+                f"{transfer.kind} of {transfer.amount} from {debit} to {credit}"
+            )
+        if hasattr(transfer, "reversed_by"):
+            problems.append(f"{label}: its transfer {transfer.pk} was reversed by {transfer.reversed_by.pk}")
+    strays = Transfer.objects.filter(kind=TransferKind.WITHDRAWAL).exclude(pk__in=claimed).values_list("pk", flat=True)
+    problems.extend(f"withdrawal transfer {pk} belongs to no withdrawal" for pk in strays)
+    return problems
+
+
+def _batch_violations() -> list[str]:
+    """Each exported line (`node_id,owner,amount`) is the sum of the batch's withdrawals of
+    that node, and the batch's count, total and Merkle root are those of its lines."""
+    in_batch: dict[tuple[int, str], int] = defaultdict(int)
+    for batch_id, node_id, amount in Withdrawal.objects.filter(batch__isnull=False).values_list("batch_id", "node_id", "amount"):
+        in_batch[(batch_id, str(node_id))] += amount
+    problems = []
+    for batch in SettlementBatch.objects.order_by("pk"):
+        lines = batch.lines.splitlines()
+        exported: dict[str, int] = defaultdict(int)
+        for line in lines:
+            fields = line.split(",")
+            if len(fields) != 3 or not fields[2].isdigit():
+                problems.append(f"batch {batch.pk} has a malformed line {line!r}")
+                continue
+            exported[fields[0]] += int(fields[2])
+        withdrawn = {node: total for (batch_id, node), total in in_batch.items() if batch_id == batch.pk}
+        if exported != withdrawn:
+            problems.append(f"batch {batch.pk} exports {dict(exported)}, its withdrawals sum to {withdrawn}")
+        if (batch.line_count, batch.total) != (len(lines), sum(exported.values())):
+            problems.append(
+                f"batch {batch.pk} records {batch.line_count} lines of {batch.total}, "
+                f"holds {len(lines)} of {sum(exported.values())}"
+            )
+        if batch.merkle_root != merkle_root([line.encode() for line in lines]):
+            problems.append(f"batch {batch.pk}: its Merkle root is not that of its lines")
     return problems
 
 

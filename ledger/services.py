@@ -35,6 +35,10 @@ def transfer_reverse(*, transfer: Transfer, reason: str, operator: AbstractBaseU
         # Half a settlement undone would strand value in clearing: a settled job is
         # corrected by a refund (escrow_slash) or an adjustment, never leg by leg.
         raise LedgerError("settlement legs are not reversed one by one; refund or adjust instead")
+    if transfer.kind == TransferKind.WITHDRAWAL:
+        # Its withdrawal would stay approved and be exported (paid) again while the
+        # earnings came back: a withdrawal changes state only through its own services.
+        raise LedgerError("a withdrawal's transfer is not reversed as a plain transfer; its withdrawal stays approved")
     who = f" by {operator}" if operator is not None else ""
     leg = Leg(
         debit=transfer.credit,

@@ -30,11 +30,33 @@ def _link(obj: object, label: str | None = None) -> str:
     return format_html('<a href="{}">{}</a>', url, label or str(obj))
 
 
+class HistoryAdmin(admin.ModelAdmin):
+    """A record of what happened (jobs, assignments, strikes, benchmarks, statistics,
+    sentinel runs): shown, never added, edited or deleted in admin, not even by a
+    superuser. An edit rewrites the past behind the services' back (a honeypot set on a
+    settled job strikes and slashes its honest nodes); a deletion hides it."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 class NodeSubnetInline(admin.TabularInline):
+    """A node's readiness and benchmark results per subnet: earned by benchmarks, not typed in."""
+
     model = NodeSubnet
     fields = ["subnet", "ready_at", "score", "items_per_s", "latency_p50_ms", "latency_p95_ms", "benchmarked_at"]
     readonly_fields = fields
     extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Node)
@@ -59,8 +81,20 @@ class NodeAdmin(admin.ModelAdmin):
     search_fields = ["name", "owner__username", "public_key", "ip", "id"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
+    # The owner is who the node's earnings belong to: changing it would move them with no
+    # transfer. Standing and counters come from the node's history; a ban is lifted by the
+    # action below, which lifts its strikes with it.
     readonly_fields = [
         "id",
+        "owner",
+        "reputation",
+        "strikes",
+        "banned_until",
+        "jobs_assigned",
+        "jobs_agreed",
+        "jobs_failed",
+        "last_job_at",
+        "online_seconds",
         "public_key",
         "is_online",
         "channel_name",
@@ -74,7 +108,13 @@ class NodeAdmin(admin.ModelAdmin):
     inlines = [NodeSubnetInline]
     actions = ["lift_ban"]
 
-    @admin.action(description="Lift the ban (and active strikes) of selected nodes")
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # its earnings, escrow and history name it
+
+    def has_lift_ban_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("registry.change_node")
+
+    @admin.action(description="Lift the ban (and active strikes) of selected nodes", permissions=["lift_ban"])
     def lift_ban(self, request: HttpRequest, queryset: Any) -> None:
         for node in queryset:
             reputation.node_ban_lift(node_id=node.pk, operator=request.user)
@@ -109,13 +149,14 @@ class JobEventInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(HistoryAdmin):
     list_display = ["id", "subnet", "user", "state", "item_count", "price_micro", "created_at", "finished_at"]
     list_filter = ["state", "subnet"]
     search_fields = ["id", "user__username", "idempotency_key", "contract_hash"]
     list_select_related = ["subnet", "user"]
     date_hierarchy = "created_at"
-    # Contracts are immutable (a database trigger refuses updates): nothing here is editable.
+    # Contracts are immutable (a database trigger refuses updates), and the rest is the job's
+    # history, written by its state machine: nothing here is editable.
     readonly_fields = [
         "id",
         "user",
@@ -130,6 +171,9 @@ class JobAdmin(admin.ModelAdmin):
         "verification",
         "receipt",
         "failure_reason",
+        "warnings",
+        "solo",
+        "honeypot",
         "created_at",
         "expires_at",
         "dispatched_at",
@@ -138,15 +182,9 @@ class JobAdmin(admin.ModelAdmin):
     ]
     inlines = [AssignmentInline, JobEventInline]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(HistoryAdmin):
     list_display = ["id", "job_link", "role", "node", "state", "elapsed_ms", "dispatched_at", "submitted_at"]
     list_filter = ["state", "role", "job__subnet"]
     search_fields = ["id", "job__id", "node__name", "result_hash"]
@@ -174,36 +212,24 @@ class AssignmentAdmin(admin.ModelAdmin):
     def job_link(self, assignment: Assignment) -> str:
         return _link(assignment.job, str(assignment.job_id)[:8])
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
 
 @admin.register(Benchmark)
-class BenchmarkAdmin(admin.ModelAdmin):
+class BenchmarkAdmin(HistoryAdmin):
     list_display = ["id", "node", "subnet", "state", "items_per_s", "latency_p50_ms", "latency_p95_ms", "min_cosine", "issued_at"]
     list_filter = ["state", "subnet"]
     search_fields = ["node__name", "=node__id"]
     list_select_related = ["node", "subnet"]
     readonly_fields = [f.name for f in Benchmark._meta.fields]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
 
 @admin.register(Strike)
-class StrikeAdmin(admin.ModelAdmin):
+class StrikeAdmin(HistoryAdmin):
     list_display = ["id", "node", "job", "reason", "created_at", "expires_at", "lifted_at"]
     list_filter = ["lifted_at"]
     search_fields = ["node__name", "=node__id", "reason"]
     list_select_related = ["node", "job"]
     raw_id_fields = ["node", "job"]
     readonly_fields = ["node", "job", "reason", "created_at", "expires_at", "lifted_at"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(Honeypot)
@@ -218,7 +244,7 @@ class HoneypotAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgreementStat)
-class AgreementStatAdmin(admin.ModelAdmin):
+class AgreementStatAdmin(HistoryAdmin):
     """Where honest nodes drift apart: the data to set a subnet's τ from."""
 
     list_display = ["subnet", "env_a", "env_b", "samples", "passed", "min_similarity", "mean"]
@@ -230,19 +256,13 @@ class AgreementStatAdmin(admin.ModelAdmin):
     def mean(self, stat: AgreementStat) -> str:
         return "-" if stat.mean_similarity is None else f"{stat.mean_similarity:.9f}"
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
 
 @admin.register(SentinelRun)
-class SentinelRunAdmin(admin.ModelAdmin):
+class SentinelRunAdmin(HistoryAdmin):
     list_display = ["id", "job", "similarity", "passed", "ran_at"]
     list_filter = ["passed"]
     list_select_related = ["job"]
     readonly_fields = ["job", "similarity", "passed", "detail", "ran_at"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(Dispute)
@@ -253,7 +273,15 @@ class DisputeAdmin(admin.ModelAdmin):
     readonly_fields = ["job", "sentinel", "reason", "opened_at", "resolved_at"]
     fields = ["job", "sentinel", "reason", "opened_at", "resolved_at", "resolution"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Dispute | None = None) -> list[str]:
+        # A resolution stands once written: the form offers it only while the dispute is open.
+        resolved = obj is not None and obj.resolved_at is not None
+        return [*self.readonly_fields, "resolution"] if resolved else self.readonly_fields
+
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
     def save_model(self, request: HttpRequest, obj: Dispute, form: Any, change: bool) -> None:

@@ -81,3 +81,14 @@ class EulaAcceptanceAdmin(admin.ModelAdmin):
     list_select_related = ["user", "license"]
     raw_id_fields = ["user"]
     readonly_fields = ["user", "license", "license_version", "accepted_at", "ip"]
+
+    # The record that a user agreed to a model's terms (and from where): shown, never
+    # written, edited or deleted by hand; users accept through the opt-in page.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
