@@ -74,6 +74,28 @@ class ProcessGroup:
             ],
         )
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one child, as a crash would: no shutdown handler of its runs."""
+        for entry in [c for c in self.children if c[0] == name]:
+            entry[1].kill()
+            entry[1].wait()
+            self.children.remove(entry)
+
+    def start_redis(self, port: int) -> str:
+        """A throwaway Redis on loopback that keeps nothing on disk (a restart loses all)."""
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        self.start("redis", argv)
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return url
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis on port {port} did not start") from None
+                time.sleep(0.1)
+
     def check_alive(self) -> None:
         for name, child in self.children:
             if child.poll() is not None:

@@ -21,12 +21,14 @@ from bim_site.processes import ProcessGroup, child_env, free_port
 
 @contextmanager
 def running_market(
-    tmp_path: Path, *, contributors: str, nodes: Mapping[str, str]
+    tmp_path: Path, *, contributors: str, nodes: Mapping[str, str], redis_url: str | None = None, **env_overrides: str
 ) -> Iterator[tuple[str, dict[str, str], ProcessGroup]]:
     """Yield (registry url, API tokens by username, the process group) with one node process
-    per `nodes` entry (owner name -> subnet slug); everything is stopped on exit."""
+    per `nodes` entry (owner name -> subnet slug); everything is stopped on exit. The
+    registry uses the test's Redis unless given another (a fault test's own, to kill)."""
     assert connection.vendor == "postgresql", "this test is about PostgreSQL + Redis"
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    redis_url = redis_url or settings.REDIS_URL
+    redis.Redis.from_url(redis_url).flushdb()
     with open(os.devnull, "w") as quiet:
         call_command("bim_seed", "--demo", "--contributors", contributors, "--json", stdout=quiet)
     from rest_framework.authtoken.models import Token
@@ -36,12 +38,13 @@ def running_market(
     run_id = uuid.uuid4().hex[:8]
     env = child_env(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        REDIS_URL=settings.REDIS_URL,
+        REDIS_URL=redis_url,
         BIM_CHANNEL_PREFIX=f"e2e{run_id}",
         BIM_INDEX_KEY_PREFIX=f"e2e{run_id}:index",
         BIM_ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
         BIM_REGISTRY_KEY_PATH=str(settings.REGISTRY_KEY_PATH),
         BIM_NODE_HEARTBEAT_S="2",
+        **env_overrides,
     )
     group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
     try:
