@@ -97,6 +97,10 @@ def test_forged_timings_do_not_outweigh_an_honest_node_of_the_same_real_speed(dj
     assert weight_of(subnet, nodes["forger"]) <= weight_of(subnet, nodes["honest"]) * 1.0001
 
 
+def backdate_offer(assignment_id: str, seconds: float) -> None:
+    Assignment.objects.filter(pk=assignment_id).update(dispatched_at=timezone.now() - timedelta(seconds=seconds))
+
+
 @pytest.mark.django_db(transaction=True)
 def test_routing_follows_the_speed_the_registry_observes_on_real_jobs():
     subnet = SubnetFactory()
@@ -106,11 +110,7 @@ def test_routing_follows_the_speed_the_registry_observes_on_real_jobs():
         for role, (keys, socket, offer) in offers.items():
             # A took 0.2 s from offer to result, B 4 s: whatever their benchmarks said.
             seconds = 0.2 if role == "A" else 4.0
-            await database_sync_to_async(
-                lambda: Assignment.objects.filter(pk=offer["assignment_id"]).update(
-                    dispatched_at=timezone.now() - timedelta(seconds=seconds)
-                )
-            )()
+            await database_sync_to_async(backdate_offer)(offer["assignment_id"], seconds)
             assignment = await database_sync_to_async(Assignment.objects.get)(pk=offer["assignment_id"])
             await socket.send_json_to(
                 await database_sync_to_async(result_message)(keys, job, assignment, unit_vectors(len(TEXTS)))

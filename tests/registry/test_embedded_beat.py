@@ -8,8 +8,8 @@ import pytest
 
 from registry import benchmarks, honeypots, sentinels, tasks
 from tests.factories import SubnetFactory, online_node
-from tests.registry.test_protocol_hygiene import still_open, welcomed
 from tests.registry.test_node_socket import run
+from tests.registry.test_protocol_hygiene import still_open, welcomed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

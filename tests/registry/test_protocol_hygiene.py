@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
 from bim_core import protocol
 from bim_core.errors import ServiceError
@@ -19,7 +20,7 @@ from registry.models import Assignment, Node
 from subnets.models import EulaAcceptance
 from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors
 from tests.registry.test_benchmarks import reference_for
-from tests.registry.test_node_socket import TEXTS, closed_with, handshake, paired_job, ready, run
+from tests.registry.test_node_socket import TEXTS, closed_with, connect, handshake, paired_job, ready, run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -125,9 +126,6 @@ def test_a_session_key_is_refused_the_second_time_by_the_same_or_another_node():
     async def scenario():
         socket = await welcomed(first, subnet)  # the session key is now used
         await socket.disconnect()
-        from tests.registry.test_node_socket import connect
-        from rest_framework.authtoken.models import Token
-
         for keys in (first, second):
             token = await database_sync_to_async(lambda k=keys: Token.objects.get_or_create(user=k.node.owner)[0].key)()
             again = await connect(token)
