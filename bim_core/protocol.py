@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,18 @@ CLOSE_UNKNOWN_NODE = 4003  # node id unknown, or not owned by the token's user
 CLOSE_PROTOCOL_ERROR = 4400  # malformed frame or message before hello
 CLOSE_HELLO_TIMEOUT = 4408  # no hello within the allowed time
 CLOSE_REPLACED = 4409  # the same node connected again; the older socket goes
+CLOSE_SESSION_KEY_REUSED = 4002  # hello with a session key this or any node used before
+CLOSE_RATE_LIMITED = 4429  # kept sending faster than the connection's message rate
+# RFC 6455's own code for a message the endpoint will not take: the frame limit is the
+# transport's business, so the standard code, not an application one.
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+# Bounds on the numbers a node sends: outside them a message is refused with
+# `out_of_range` (the database would refuse them anyway, with a crash instead of a code).
+MAX_CONCURRENT = 1024  # `ready.max_concurrent`
+MAX_ELAPSED_MS = 86_400_000  # `result.elapsed_ms`: a day
+MAX_TIMING_MS = 3_600_000.0  # one benchmark run: an hour
+MAX_TIMING_RUNS = 100
 
 # Per-message errors answered with {"type": "error", "code": ...}; the socket stays open.
 ERROR_CODES = (
@@ -50,6 +63,8 @@ ERROR_CODES = (
     "license_not_accepted",
     "benchmark_refused",
     "busy",
+    "out_of_range",
+    "rate_limited",
 )
 
 
@@ -124,6 +139,67 @@ def parse_shape(raw: Any) -> tuple[int, ...]:
     return tuple(raw)
 
 
+def _number(raw: Any, name: str, *, integer: bool) -> int | float:
+    """A JSON number of the right kind: booleans, strings, NaN and infinities are not."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(raw, bool) or not isinstance(raw, kinds) or (isinstance(raw, float) and not math.isfinite(raw)):
+        raise ProtocolError("bad_message", f"{name} must be a finite {'integer' if integer else 'number'}")
+    return raw
+
+
+def parse_int(raw: Any, name: str, *, low: int, high: int) -> int:
+    value = int(_number(raw, name, integer=True))
+    if not low <= value <= high:
+        raise ProtocolError("out_of_range", f"{name} must be between {low} and {high}")
+    return value
+
+
+def parse_elapsed_ms(raw: Any) -> int:
+    """`result.elapsed_ms`: optional, a number of milliseconds from 0 to a day."""
+    if raw is None:
+        return 0
+    value = _number(raw, "elapsed_ms", integer=False)
+    if not 0 <= value <= MAX_ELAPSED_MS:
+        raise ProtocolError("out_of_range", f"elapsed_ms must be between 0 and {MAX_ELAPSED_MS}")
+    return int(value)
+
+
+def parse_timings(raw: Any) -> list[float]:
+    """`benchmark_result.timings_ms`: 1 to 100 run times, each above 0 and at most an hour.
+    A NaN or infinite time is out of range, not a malformed message: json.loads reads them."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_TIMING_RUNS:
+        raise ProtocolError("bad_message", f"timings_ms must be a list of 1 to {MAX_TIMING_RUNS} numbers")
+    timings = []
+    for value in raw:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError("bad_message", "timings_ms must hold numbers")
+        if not (math.isfinite(value) and 0 < value <= MAX_TIMING_MS):
+            raise ProtocolError("out_of_range", f"each timing must be above 0 and at most {MAX_TIMING_MS:.0f} ms")
+        timings.append(float(value))
+    return timings
+
+
+class TokenBucket:
+    """A per-connection message budget: `rate` tokens a second up to `burst`. A message
+    over budget is refused and still costs a token, so the bucket goes into debt; a sender
+    that keeps flooding reaches `-burst` and is cut off (`exhausted`)."""
+
+    def __init__(self, *, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        allowed = self.tokens >= 1
+        self.tokens -= 1
+        return allowed
+
+    @property
+    def exhausted(self) -> bool:
+        return self.tokens <= -self.burst
+
+
 def hello_message(*, node_id: str, nonce: str, session_key_pub: str) -> bytes:
     """Signed by the node's long-term key: proves the key and certifies the session key."""
     return f"{PROTOCOL_VERSION}/hello\n{node_id}\n{nonce}\n{session_key_pub}\n".encode("ascii")
@@ -192,6 +268,14 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
     if len(raw) != 32:
         raise ProtocolError("bad_message", "an Ed25519 public key is 32 raw bytes")
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def canonical_public_key(text: str) -> str:
+    """The one spelling of a public key: strict base64 still lets the two unused trailing
+    bits vary, so a key is stored and compared as the base64 of its decoded bytes."""
+    raw = b64decode(text)
+    parse_public_key(text)
+    return b64encode(raw)
 
 
 def signature_valid(public_key: str, signature: str, message: bytes) -> bool:

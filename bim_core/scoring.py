@@ -57,6 +57,22 @@ def benchmark_figures(timings_ms: Sequence[float], items: int) -> BenchmarkFigur
     return BenchmarkFigures(items_per_s=items * 1000.0 / median, latency_p50_ms=median, latency_p95_ms=p95)
 
 
+def ewma(previous: float | None, sample: float, alpha: float) -> float:
+    """Exponentially weighted average; the first sample stands alone."""
+    return sample if previous is None else (1 - alpha) * previous + alpha * sample
+
+
+def benchmark_figures_bounded(
+    timings_ms: Sequence[float], items: int, *, observed_ms: float, transport_ms: float
+) -> BenchmarkFigures:
+    """Figures from a node's reported run times, bounded by the registry's own clock: the
+    runs happened between issue and answer, so together they took at least what the
+    registry observed less a transport allowance. Each run reported faster than its share
+    of that is clamped up to it; a node cannot be faster than the registry saw it be."""
+    floor = max(0.0, observed_ms - transport_ms) / max(1, len(timings_ms))
+    return benchmark_figures([max(float(t), floor) for t in timings_ms], items)
+
+
 def node_score(
     figures: BenchmarkFigures,
     *,

@@ -233,6 +233,22 @@ NODE_STALE_S = env_int("BIM_NODE_STALE_S", 35)
 NODE_HELLO_TIMEOUT_S = env_int("BIM_NODE_HELLO_TIMEOUT_S", 10)
 # Unanswered offers a node may hold per job it runs at once.
 NODE_QUEUE_DEPTH = env_int("BIM_NODE_QUEUE_DEPTH", 64)
+# Hostile nodes (docs/protocol.md §4.5). Largest websocket message the consumer takes (a
+# 384 x 384 image result is 576 KiB of base64); larger closes with 1009. Daphne's own limit
+# (--websocket_max_message_size, 1 MiB by default) must be above it, or daphne drops the TCP
+# connection without a close frame.
+NODE_MAX_MESSAGE_BYTES = env_int("BIM_NODE_MAX_MESSAGE_BYTES", 1024 * 1024 - 1024)
+# Per-connection message budget (token bucket): a node streams partials at 10/s per job it
+# runs, so the rate leaves room for several jobs at once.
+NODE_RATE_PER_S = float(env_int("BIM_NODE_RATE_PER_S", 50))
+NODE_RATE_BURST = float(env_int("BIM_NODE_RATE_BURST", 200))
+# Heartbeats update presence in the cache; the node's row gets last_seen at most this often.
+NODE_LAST_SEEN_DB_INTERVAL_S = env_int("BIM_NODE_LAST_SEEN_DB_INTERVAL_S", 300)
+# A benchmark's reported run times may not add up to less than the registry observed
+# (issue to answer, its own clock) minus this allowance for transport; less is clamped up.
+NODE_BENCHMARK_TRANSPORT_MS = env_int("BIM_NODE_BENCHMARK_TRANSPORT_MS", 50)
+# Weight of the latest job in a node's observed speed (exponentially weighted average).
+NODE_SPEED_EWMA_ALPHA = 0.2
 
 LOGGING = {
     "version": 1,

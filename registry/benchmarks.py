@@ -5,16 +5,18 @@ reference, and re-benchmark nodes whose measurement is due.
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from bim_core import families, protocol, scoring
 from bim_core.verification import verify_pair
-from subnets.models import BenchmarkReference
+from subnets.models import BenchmarkInput, BenchmarkReference
 
 from . import effects
 from .models import (
@@ -34,8 +36,17 @@ def benchmark_due(link: NodeSubnet) -> bool:
     return too_old or link.jobs_since_benchmark >= link.subnet.benchmark_every_jobs
 
 
+def _suite_draw(reference: BenchmarkReference) -> BenchmarkInput | None:
+    """A suite drawn at random from the reference and its pool (None: the reference's own):
+    a node cannot know in advance which inputs it will be asked to compute."""
+    pool = list(reference.pool.values_list("pk", flat=True))
+    choice = secrets.randbelow(len(pool) + 1)
+    return None if choice == len(pool) else BenchmarkInput.objects.get(pk=pool[choice])
+
+
 def benchmark_issue(*, link: NodeSubnet) -> Benchmark | None:
-    """Send the subnet's benchmark suite to an online node (one open benchmark at a time)."""
+    """Send a benchmark suite drawn from the subnet's pool to an online node (one open
+    benchmark at a time). The registry's clock starts at issue (`issued_at`)."""
     reference = BenchmarkReference.objects.filter(subnet_id=link.subnet_id).first()
     if reference is None:
         log.warning("subnet %s has no benchmark reference; node %s cannot be scored", link.subnet_id, link.node_id)
@@ -43,8 +54,14 @@ def benchmark_issue(*, link: NodeSubnet) -> Benchmark | None:
     if Benchmark.objects.filter(node_id=link.node_id, subnet_id=link.subnet_id, state=BenchmarkState.ISSUED).exists():
         return None
     node = link.node
+    drawn = _suite_draw(reference)
     benchmark = Benchmark.objects.create(
-        node_id=link.node_id, subnet_id=link.subnet_id, runs=link.subnet.benchmark_runs, session_key_pub=node.session_key_pub
+        node_id=link.node_id,
+        subnet_id=link.subnet_id,
+        runs=link.subnet.benchmark_runs,
+        session_key_pub=node.session_key_pub,
+        inputs=(drawn or reference).inputs,
+        pool_item=drawn,
     )
     effects.send_to_node(
         link.node_id,
@@ -54,7 +71,7 @@ def benchmark_issue(*, link: NodeSubnet) -> Benchmark | None:
                 "type": "benchmark",
                 "benchmark_id": str(benchmark.id),
                 "subnet": link.subnet.slug,
-                "inputs": reference.inputs,
+                "inputs": benchmark.inputs,
                 "runs": benchmark.runs,
             },
         },
@@ -64,9 +81,9 @@ def benchmark_issue(*, link: NodeSubnet) -> Benchmark | None:
 
 def benchmark_record(*, node_id: object, message: dict[str, Any]) -> Benchmark:
     """Check a node's benchmark answer: signed by its session, outputs matching the
-    registry's reference within the subnet's tolerance. Only then do its timings become
-    the node's score; wrong outputs are refused (recorded, then ProtocolError
-    benchmark_refused) whatever the timings claim."""
+    registry's own outputs for the drawn suite within the subnet's tolerance. Only then do
+    its timings, bounded by the registry's clock, become the node's score; wrong outputs are
+    refused (recorded, then ProtocolError benchmark_refused) whatever the timings claim."""
     benchmark = _benchmark_judge(node_id=node_id, message=message)
     if benchmark.state == BenchmarkState.REFUSED:
         raise protocol.ProtocolError("benchmark_refused", benchmark.reason)
@@ -76,14 +93,12 @@ def benchmark_record(*, node_id: object, message: dict[str, Any]) -> Benchmark:
 def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
     try:
         benchmark_id = uuid.UUID(str(message["benchmark_id"]))
-        timings = [float(t) for t in message["timings_ms"]]
         result_hash = str(message["result_hash"])
         signature = str(message["signature"])
         encoding = str(message.get("encoding", ""))
-        if not timings:
-            raise ValueError("timings must be non-empty")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise protocol.ProtocolError("bad_message", f"malformed benchmark result: {exc}") from None
+    timings = protocol.parse_timings(message.get("timings_ms"))
     shape = protocol.parse_shape(message.get("shape"))
     payload = protocol.b64decode(str(message.get("data", "")))
     with transaction.atomic():
@@ -105,12 +120,14 @@ def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
         family = families.family_for(benchmark.subnet.task_type)
         if encoding != family.encoding:
             raise protocol.ProtocolError("bad_message", f"a {family.task_type} result is encoded {family.encoding}")
-        reference = BenchmarkReference.objects.get(subnet=benchmark.subnet)
-        expected = family.decode_result(bytes(reference.result), tuple(reference.shape), reference.inputs)
+        # Judged against the suite this benchmark drew (an issue before pools: the reference).
+        reference = benchmark.pool_item or BenchmarkReference.objects.get(subnet=benchmark.subnet)
+        inputs = benchmark.inputs or reference.inputs
+        expected = family.decode_result(bytes(reference.result), tuple(reference.shape), inputs)
         verdict = (
             verify_pair(
                 family.task_type,
-                family.decode_result(payload, shape, reference.inputs),
+                family.decode_result(payload, shape, inputs),
                 expected,
                 benchmark.subnet.tolerances,
             )
@@ -131,7 +148,14 @@ def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
             benchmark.min_cosine = verdict.worst if verdict else None
             benchmark.save()
             return benchmark  # committed as refused; the caller tells the node
-        figures = scoring.benchmark_figures(timings, family.item_count(reference.inputs))
+        # The registry's clock bounds the node's: runs reported faster than the exchange took
+        # are clamped up (docs/routing.md), so forged timings gain nothing.
+        figures = scoring.benchmark_figures_bounded(
+            timings,
+            family.item_count(inputs),
+            observed_ms=(now - benchmark.issued_at).total_seconds() * 1000,
+            transport_ms=settings.NODE_BENCHMARK_TRANSPORT_MS,
+        )
         node = benchmark.node
         score = scoring.node_score(
             figures,

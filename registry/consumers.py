@@ -1,6 +1,6 @@
 """The node websocket (protocol: docs/protocol.md). Parses, authorizes, calls a service,
 replies. A bad message gets {"type": "error"} and the socket stays open; a failed
-handshake closes it with a code from `bim_core.protocol`."""
+handshake, an oversized frame or a flood closes it with a code from `bim_core.protocol`."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ import asyncio
 import json
 import logging
 import os
+import time
 import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.db import OperationalError
+from django.db import DataError, OperationalError
 from django.utils import timezone
 
 from bim_core import protocol
 from bim_core.net import client_ip
 from subnets import selectors as subnet_selectors
 
-from . import benchmarks, metrics, presence, results, sweeper
+from . import benchmarks, metrics, presence, results, routing_index, tasks
 from .models import Node
 
 log = logging.getLogger("bim.registry.ws")
@@ -47,8 +48,12 @@ def _welcome_subnets(node: Node) -> list[dict[str, str]]:
 
 class NodeConsumer(AsyncJsonWebsocketConsumer):
     node_id: str | None = None
+    rate_limited = False
 
     async def connect(self) -> None:
+        self.budget = protocol.TokenBucket(
+            rate=settings.NODE_RATE_PER_S, burst=settings.NODE_RATE_BURST, now=time.monotonic()
+        )
         await self.accept()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -73,6 +78,19 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await database_sync_to_async(presence.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        frame = text_data.encode("utf-8") if text_data is not None else (bytes_data or b"")
+        if len(frame) > settings.NODE_MAX_MESSAGE_BYTES:
+            await self.close(code=protocol.CLOSE_MESSAGE_TOO_BIG)
+            return
+        if not self.budget.take(time.monotonic()):
+            # Refused messages still cost: a node that keeps flooding runs into debt and is cut off.
+            if self.budget.exhausted:
+                await self.close(code=protocol.CLOSE_RATE_LIMITED)
+            elif not self.rate_limited:  # the first refusal of a run says why, once
+                self.rate_limited = True
+                await self.send_error("rate_limited", "too many messages; slow down")
+            return
+        self.rate_limited = False
         try:
             content = json.loads(text_data or "")
         except ValueError:
@@ -107,6 +125,11 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             except protocol.ProtocolError as exc:
                 metrics.results_refused.labels(code=exc.code).inc()
                 await self.send_error(exc.code, exc.detail, content.get("assignment_id"))
+            except DataError:
+                # A value the checks let through but the database will not store: the step
+                # rolled back, and the node learns which message, not a closed socket.
+                log.warning("node %s: %s carried a value the database refused", self.node_id, kind)
+                await self.send_error("out_of_range", "a value is out of range", content.get("assignment_id"))
             except OperationalError:
                 # A deadlock or serialization failure rolled the whole step back: try again,
                 # and never let one failed write end a socket that carries other work.
@@ -141,14 +164,18 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=protocol.CLOSE_AUTH_FAILED)
             return
         self.hello_timer.cancel()
-        replaced = await database_sync_to_async(presence.node_connect)(
-            node=node,
-            channel_name=self.channel_name,
-            session_key_pub=session_key_pub,
-            nonce=self.nonce,
-            session_cert=signature,
-            ip=client_ip(self.scope),
-        )
+        try:
+            replaced = await database_sync_to_async(presence.node_connect)(
+                node=node,
+                channel_name=self.channel_name,
+                session_key_pub=session_key_pub,
+                nonce=self.nonce,
+                session_cert=signature,
+                ip=client_ip(self.scope),
+            )
+        except protocol.ProtocolError:
+            await self.close(code=protocol.CLOSE_SESSION_KEY_REUSED)
+            return
         self.node_id = str(node.id)
         await self.channel_layer.group_add(f"node.{self.node_id}", self.channel_name)
         if replaced:
@@ -165,10 +192,9 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_ready(self, content: dict[str, Any]) -> None:
         subnet = str(content.get("subnet", ""))
-        try:
-            max_concurrent = int(content.get("max_concurrent", 1))
-        except (TypeError, ValueError):
-            raise protocol.ProtocolError("bad_message", "max_concurrent must be an integer") from None
+        max_concurrent = protocol.parse_int(
+            content.get("max_concurrent", 1), "max_concurrent", low=1, high=protocol.MAX_CONCURRENT
+        )
         await database_sync_to_async(presence.node_ready)(
             node_id=self.node_id,
             subnet_slug=subnet,
@@ -185,11 +211,13 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=protocol.CLOSE_REPLACED)
             return
         await self.send_json({"type": "pong", "time": timezone.now().isoformat()})
-        await database_sync_to_async(sweeper.sweep_if_due)()
+        await database_sync_to_async(tasks.embedded_beat)()
 
     async def on_result(self, content: dict[str, Any]) -> None:
+        content = {**content, "elapsed_ms": protocol.parse_elapsed_ms(content.get("elapsed_ms"))}
         assignment = await database_sync_to_async(results.result_record)(node_id=self.node_id, message=content)
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
+        await database_sync_to_async(routing_index.speed_observe)(assignment_id=assignment.id)
 
     async def on_partial(self, content: dict[str, Any]) -> None:
         # Unacknowledged: a lost partial is overtaken by the next one, which holds all the text.

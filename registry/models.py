@@ -76,6 +76,10 @@ class NodeSubnet(models.Model):
     latency_p95_ms = models.FloatField(null=True, blank=True)
     benchmarked_at = models.DateTimeField(null=True, blank=True)
     jobs_since_benchmark = models.PositiveIntegerField(default=0)
+    # What the registry saw on real jobs (offer to result, on its own clock), exponentially
+    # weighted: routing trusts these over any figure the node reported about itself.
+    observed_items_per_s = models.FloatField(null=True, blank=True)
+    observed_latency_ms = models.FloatField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["node", "subnet"], name="node_subnet_unique")]
@@ -235,6 +239,11 @@ class Benchmark(models.Model):
     state = models.CharField(max_length=10, choices=BenchmarkState.choices, default=BenchmarkState.ISSUED)
     runs = models.PositiveIntegerField()
     session_key_pub = models.CharField(max_length=64)
+    # The suite drawn for this benchmark (the reference's own, or one of its pool).
+    inputs = models.JSONField(default=dict, blank=True)
+    pool_item = models.ForeignKey(
+        "subnets.BenchmarkInput", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     timings_ms = models.JSONField(default=list, blank=True)
     items_per_s = models.FloatField(null=True, blank=True)
     latency_p50_ms = models.FloatField(null=True, blank=True)
@@ -246,6 +255,15 @@ class Benchmark(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["node", "subnet", "-issued_at"])]
+
+
+class SessionKey(models.Model):
+    """Every session key a hello certified, by its decoded bytes: a session key is single-use
+    (docs/protocol.md §2), so a hello with one seen before, from any node, is refused."""
+
+    key = models.CharField(max_length=44, unique=True, help_text="base64 of the raw 32 bytes")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="+")
+    used_at = models.DateTimeField(auto_now_add=True)
 
 
 class Strike(models.Model):

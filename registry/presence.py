@@ -3,16 +3,24 @@
 A node becomes routable for a subnet when it is online, holds the subnet's verified model
 (`ready`) and has passed the subnet's benchmark (its score > 0). Presence changes bump the
 subnet's routing index version.
+
+Liveness lives in the cache (Redis when configured, local memory in embedded mode): a
+heartbeat updates the node's cache entry and writes its row only every
+NODE_LAST_SEEN_DB_INTERVAL_S, so a chatty node costs no database write per heartbeat.
+Whoever asks whether a node is alive (the sweeper, routing) takes the later of the two.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -31,8 +39,9 @@ from .models import (
     BenchmarkState,
     Node,
     NodeSubnet,
+    SessionKey,
 )
-from .routing_index import index_bump
+from .routing_index import index_bump, nodes_fresh, nodes_last_seen, presence_key, presence_set, timestamp_utc
 
 log = logging.getLogger("bim.registry.presence")
 
@@ -49,7 +58,8 @@ def node_register(
     """Register a node by its long-term public key (idempotent per owner) and opt it into
     subnets whose license the owner has accepted."""
     try:
-        protocol.parse_public_key(public_key)
+        # One key, one spelling: stored and looked up by its decoded bytes.
+        public_key = protocol.canonical_public_key(public_key)
     except protocol.ProtocolError as exc:
         raise ServiceError("invalid_public_key", exc.detail) from None
     subnets = list(Subnet.objects.filter(slug__in=subnet_slugs, is_active=True).select_related("license"))
@@ -92,9 +102,16 @@ def node_connect(
     *, node: Node, channel_name: str, session_key_pub: str, nonce: str, session_cert: str, ip: str | None
 ) -> str:
     """Start a node's websocket session; returns the channel of a session it replaces ("" if none).
-    Work given to the replaced session goes back to the pool: its session key is gone."""
+    Work given to the replaced session goes back to the pool: its session key is gone.
+    A session key used before, by this or any node, is refused (ProtocolError
+    session_key_reused): a result signed in an old session must never verify in a new one."""
     now = timezone.now()
     with transaction.atomic():
+        try:
+            with transaction.atomic():
+                SessionKey.objects.create(key=protocol.canonical_public_key(session_key_pub), node_id=node.pk)
+        except IntegrityError:
+            raise protocol.ProtocolError("session_key_reused", "this session key was used before") from None
         locked = Node.objects.select_for_update().get(pk=node.pk)
         previous = locked.channel_name if locked.is_online else ""
         if previous:
@@ -113,6 +130,7 @@ def node_connect(
             ip_block=ip_block(ip),
             asn=int(asn[2:]) if asn.startswith("AS") else None,
         )
+        transaction.on_commit(lambda: presence_set(node.pk, channel=channel_name, seen=now, written=now))
     return previous if previous != channel_name else ""
 
 
@@ -138,10 +156,35 @@ def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_co
 
 
 def node_heartbeat(*, node_id: object, channel_name: str) -> bool:
-    """Record that the node is alive; False when this socket's session was replaced."""
-    return bool(
-        Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(last_seen=timezone.now())
-    )
+    """Record that the node is alive, in the cache; False when this socket's session was
+    replaced. The row's last_seen is written only every NODE_LAST_SEEN_DB_INTERVAL_S (and
+    when the cache lost the entry), so it stays a coarse fallback for the cache."""
+    now = timezone.now()
+    entry = cache.get(presence_key(node_id))
+    if entry is not None and entry["channel"] != channel_name:
+        return False
+    if entry is not None and now.timestamp() - entry["written"] < settings.NODE_LAST_SEEN_DB_INTERVAL_S:
+        presence_set(node_id, channel=channel_name, seen=now, written=timestamp_utc(entry["written"]))
+        return True
+    if not Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(last_seen=now):
+        return False
+    presence_set(node_id, channel=channel_name, seen=now, written=now)
+    return True
+
+
+def node_last_seen(node_id: object) -> datetime | None:
+    """When the node was last heard from: the later of its cache entry and its row."""
+    row = Node.objects.filter(pk=node_id).values_list("last_seen", flat=True).first()
+    return nodes_last_seen({node_id: row}).get(node_id)
+
+
+def nodes_stale() -> list[tuple[Any, str]]:
+    """Online nodes silent for NODE_STALE_S, as (node_id, channel): what the sweeper drops."""
+    online = {node_id: (channel, seen) for node_id, channel, seen in Node.objects.filter(is_online=True).values_list(
+        "id", "channel_name", "last_seen"
+    )}
+    fresh = nodes_fresh({node_id: seen for node_id, (_, seen) in online.items()})
+    return [(node_id, channel) for node_id, (channel, _) in online.items() if node_id not in fresh]
 
 
 def node_disconnect(*, node_id: object, channel_name: str) -> int:
@@ -150,9 +193,13 @@ def node_disconnect(*, node_id: object, channel_name: str) -> int:
         node = Node.objects.select_for_update().filter(pk=node_id, channel_name=channel_name, is_online=True).first()
         if node is None:
             return 0  # a newer session owns the node
+        node.last_seen = nodes_last_seen({node.pk: node.last_seen})[node.pk]
         _session_close(node, timezone.now())
-        Node.objects.filter(pk=node_id).update(is_online=False, channel_name="", online_seconds=node.online_seconds)
+        Node.objects.filter(pk=node_id).update(
+            is_online=False, channel_name="", online_seconds=node.online_seconds, last_seen=node.last_seen
+        )
         _assignments_lose(node_id, "node disconnected")
+        transaction.on_commit(lambda: cache.delete(presence_key(node_id)))
     return 1
 
 

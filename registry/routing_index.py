@@ -6,10 +6,11 @@ process memory in embedded mode) or when it is older than INDEX_MAX_AGE_S.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -72,6 +73,43 @@ def _redis_client() -> Any:
 
         _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
     return _client
+
+
+# Liveness (registry.presence writes it): heartbeats update a cache entry per node, and the
+# row's last_seen only now and then, so whoever asks whether a node is alive takes the later.
+def presence_key(node_id: object) -> str:
+    return f"bim:presence:{node_id}"
+
+
+def presence_set(node_id: object, *, channel: str, seen: datetime, written: datetime) -> None:
+    # Outlives the stale limit many times over: an entry that expired reads as "ask the row".
+    cache.set(
+        presence_key(node_id),
+        {"channel": channel, "seen": seen.timestamp(), "written": written.timestamp()},
+        timeout=max(3600, settings.NODE_STALE_S * 10),
+    )
+
+
+def timestamp_utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+def nodes_last_seen(rows: dict[Any, datetime | None]) -> dict[Any, datetime | None]:
+    """For {node_id: the row's last_seen}: the later of that and the cache's, per node."""
+    cached = cache.get_many([presence_key(node_id) for node_id in rows])
+    seen = {}
+    for node_id, row_seen in rows.items():
+        entry = cached.get(presence_key(node_id))
+        candidates = [t for t in (row_seen, timestamp_utc(entry["seen"]) if entry else None) if t is not None]
+        seen[node_id] = max(candidates) if candidates else None
+    return seen
+
+
+def nodes_fresh(rows: dict[Any, datetime | None]) -> set[Any]:
+    """Of {node_id: the row's last_seen}, the nodes heard from within NODE_STALE_S."""
+    cutoff = timezone.now() - timedelta(seconds=settings.NODE_STALE_S)
+    seen = nodes_last_seen(rows)
+    return {node_id for node_id, seen_at in seen.items() if seen_at is not None and seen_at >= cutoff}
 
 
 def routable_index(subnet_id: int) -> NodeIndex:
@@ -147,7 +185,6 @@ def _routable_records(subnet_id: int) -> list[Candidate]:
             ready_at__isnull=False,
             score__gt=0,
             node__is_online=True,
-            node__last_seen__gte=now - timedelta(seconds=settings.NODE_STALE_S),
         )
         .filter(Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now))
         .select_related("node")
@@ -158,11 +195,13 @@ def _routable_records(subnet_id: int) -> list[Candidate]:
             )
         )
     )
+    links = [link for link in links if link.items_per_s and link.latency_p50_ms]
+    fresh = nodes_fresh({link.node_id: link.node.last_seen for link in links})
     score_policy = scoring.ScorePolicy.from_dict(subnet.score_policy)
     return [
         candidate_for(link.node, _routing_weight(link, now, score_policy, policy))
         for link in links
-        if link.items_per_s and link.latency_p50_ms
+        if link.node_id in fresh
     ]
 
 
@@ -172,13 +211,48 @@ def _routing_weight(
     """w = base · R at this moment: benchmark figures decay with their age, reputation
     with the node's idle time, and each active strike softens the weight."""
     node = link.node
+    if link.observed_items_per_s and link.observed_latency_ms:
+        # Real jobs timed on the registry's clock outrank the benchmark, and do not age.
+        figures = scoring.BenchmarkFigures(link.observed_items_per_s, link.observed_latency_ms, link.observed_latency_ms)
+        age_h = 0.0
+    else:
+        figures = scoring.BenchmarkFigures(
+            link.items_per_s, link.latency_p50_ms, link.latency_p95_ms or link.latency_p50_ms
+        )
+        age_h = (now - link.benchmarked_at).total_seconds() / 3600
     base = scoring.node_score(
-        scoring.BenchmarkFigures(link.items_per_s, link.latency_p50_ms, link.latency_p95_ms or link.latency_p50_ms),
+        figures,
         uptime=node.uptime(now),
         fail_rate=node.jobs_failed / max(1, node.jobs_assigned),
-        age_h=(now - link.benchmarked_at).total_seconds() / 3600,
+        age_h=age_h,
         policy=score_policy,
     )
     idle_h = (now - node.last_job_at).total_seconds() / 3600 if node.last_job_at else 0.0
     reputation = scoring.reputation_after_idle(node.reputation, idle_h=idle_h, policy=policy)
     return scoring.routing_weight(base, reputation, active_strikes=link.active_strikes, policy=policy)
+
+
+def speed_observe(*, assignment_id: object) -> None:
+    """An accepted result: fold the time from offer to result, on the registry's clock, into
+    the node's exponentially weighted speed for the subnet (NODE_SPEED_EWMA_ALPHA). What a
+    node reports about its own speed never enters routing once it has done real jobs."""
+    assignment = (
+        Assignment.objects.select_related("job").filter(pk=assignment_id, submitted_at__isnull=False).first()
+    )
+    if assignment is None:
+        return
+    elapsed_ms = max(1.0, (assignment.submitted_at - assignment.dispatched_at).total_seconds() * 1000)
+    items = assignment.job.item_count
+    alpha = settings.NODE_SPEED_EWMA_ALPHA
+    with transaction.atomic():
+        link = (
+            NodeSubnet.objects.select_for_update()
+            .filter(node_id=assignment.node_id, subnet_id=assignment.job.subnet_id)
+            .first()
+        )
+        if link is None:
+            return
+        speed = items * 1000.0 / elapsed_ms
+        link.observed_items_per_s = scoring.ewma(link.observed_items_per_s, speed, alpha)
+        link.observed_latency_ms = scoring.ewma(link.observed_latency_ms, elapsed_ms, alpha)
+        link.save(update_fields=["observed_items_per_s", "observed_latency_ms"])

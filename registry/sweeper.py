@@ -22,7 +22,6 @@ from .models import (
     AssignmentState,
     Job,
     JobState,
-    Node,
 )
 from .verify import job_verify
 
@@ -43,11 +42,9 @@ def jobs_expire_overdue() -> int:
 
 def sweep() -> dict[str, int]:
     """The registry's clock: drop silent nodes, expire overdue jobs, place waiting jobs."""
-    stale_before = timezone.now() - timedelta(seconds=settings.NODE_STALE_S)
     dropped = 0
-    for node_id, channel in Node.objects.filter(is_online=True, last_seen__lt=stale_before).values_list(
-        "id", "channel_name"
-    ):
+    # Liveness is in the cache (heartbeats write no row): presence decides who is silent.
+    for node_id, channel in presence.nodes_stale():
         dropped += presence.node_disconnect(node_id=node_id, channel_name=channel)
     return {
         "nodes_dropped": dropped,

@@ -1,6 +1,12 @@
-"""Celery tasks: take ids, call one service, safe to run twice."""
+"""Celery tasks: take ids, call one service, safe to run twice. In embedded mode (tasks run
+eagerly, no beat) `embedded_beat` runs the periodic ones in-process instead."""
+
+import logging
+import math
+import time
 
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError
 
 from . import benchmarks, dispatch, honeypots, sentinels, sweeper, verify
@@ -42,3 +48,42 @@ def honeypots_issue_due() -> int:
 @retried
 def sentinels_run() -> int:
     return sentinels.sentinels_run()
+
+
+log = logging.getLogger("bim.registry.tasks")
+
+# The beat entries embedded mode runs itself (the sweeper has its own, faster due-check).
+EMBEDDED_BEAT = ("registry-benchmarks", "registry-honeypots", "registry-sentinels")
+_beat_last_run: dict[str, float] = {}
+
+
+def embedded_beat() -> list[str]:
+    """Embedded mode has no Celery beat, so node heartbeats drive it: the sweeper, then each
+    of EMBEDDED_BEAT whose CELERY_BEAT_SCHEDULE interval has passed in this process (due at
+    the first heartbeat). Heartbeats rather than a thread: no thread to start and stop with
+    the ASGI server, nothing runs while no node is connected (when there is nothing to
+    benchmark, honeypot or re-run), and the work runs in the thread pool the database
+    calls already use. With a real worker (not eager) beat does all of it and this is a no-op."""
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        return []
+    sweeper.sweep_if_due()
+    ran = []
+    for name in EMBEDDED_BEAT:
+        entry = settings.CELERY_BEAT_SCHEDULE[name]
+        now = time.monotonic()
+        if now - _beat_last_run.get(name, -math.inf) < float(entry["schedule"]):
+            continue
+        _beat_last_run[name] = now
+        task = globals()[entry["task"].rsplit(".", 1)[1]]
+        try:
+            task()
+        except Exception:
+            # One failing defence must not end the node's socket nor stop the others.
+            log.exception("embedded beat: %s failed", name)
+        ran.append(name)
+    return ran
+
+
+def embedded_beat_reset() -> None:
+    """Forget when each periodic task last ran (tests; a fresh process starts so)."""
+    _beat_last_run.clear()

@@ -87,11 +87,23 @@ BENCHMARK_TEXTS = [
 ]
 
 
+def _corpus() -> list[str]:
+    return [line.strip() for line in (Path(__file__).parent / "honeypot_texts.txt").read_text().splitlines() if line.strip()]
+
+
+def benchmark_pool(count: int = 12, size: int = 8) -> list[dict[str, list[str]]]:
+    """More benchmark suites for the embeddings subnet: batches of the shipped corpus mixed
+    with the fixed suite's texts (so each still spans short, long and non-Latin inputs),
+    drawn at random per benchmark."""
+    lines, rng = _corpus(), random.Random(17)
+    return [{"texts": rng.sample(lines, size - 2) + rng.sample(BENCHMARK_TEXTS, 2)} for _ in range(count)]
+
+
 def honeypot_pool(count: int = 40, size: int = 5) -> list[dict[str, list[str]]]:
     """Real-looking embedding job inputs for the honeypot pool: batches of everyday
     sentences drawn from the shipped corpus (subnets/honeypot_texts.txt), rotated so no
     batch repeats exactly."""
-    lines = [line.strip() for line in (Path(__file__).parent / "honeypot_texts.txt").read_text().splitlines() if line.strip()]
+    lines = _corpus()
     return [{"texts": [lines[(i * 7 + j * 3) % len(lines)] for j in range(size)]} for i in range(count)]
 
 
@@ -158,6 +170,17 @@ def _photo_crop_inputs(photo: str, top: int, left: int, height: int, width: int,
 def image_benchmark_inputs() -> dict[str, str]:
     # 96 x 128: one tile, ~0.1 s a run.
     return _photo_crop_inputs("coffee", 100, 200, 96, 128)
+
+
+def image_benchmark_pool(count: int = 4) -> list[dict[str, str]]:
+    """More benchmark suites for the image subnet: one-tile crops (96 x 128, like the fixed
+    suite, so every suite costs the same) at other places of the bundled photos."""
+    rng = random.Random(23)
+    photos = {"astronaut": (512, 512), "chelsea": (300, 451), "coffee": (400, 600), "rocket": (427, 640)}
+    return [
+        _photo_crop_inputs(photo, rng.randrange(height - 96), rng.randrange(width - 128), 96, 128)
+        for photo, (height, width) in sorted(photos.items())[:count]
+    ]
 
 
 def image_honeypot_pool(count: int = 16) -> list[dict[str, str]]:
@@ -241,11 +264,18 @@ def text_subnet_settings() -> dict[str, Any]:
 
 
 TEXT_BENCHMARK_INPUTS = {"prompt": "Name three colours of the rainbow.", "max_tokens": 16}
+# More benchmark suites for the text subnet, as short as the fixed one (16 tokens each).
+TEXT_BENCHMARK_POOL = [
+    {"prompt": "Name three animals that live in the sea.", "max_tokens": 16},
+    {"prompt": "List two fruits that are yellow.", "max_tokens": 16},
+    {"prompt": "What is the capital of France?", "max_tokens": 16},
+    {"prompt": "Give one word that rhymes with light.", "max_tokens": 16},
+]
 
 
 def text_honeypot_pool() -> list[dict[str, Any]]:
     """Real-looking text job inputs for the honeypot pool: instructions over sentences of the
     shipped corpus, with the short answer lengths users ask for."""
-    lines = [line.strip() for line in (Path(__file__).parent / "honeypot_texts.txt").read_text().splitlines() if line.strip()]
+    lines = _corpus()
     asks = ["Summarize in one sentence:", "Explain to a child:", "Give one follow-up question about:", "Rewrite politely:"]
     return [{"prompt": f"{asks[i % len(asks)]} {lines[(i * 7) % len(lines)]}", "max_tokens": 24 + 8 * (i % 3)} for i in range(8)]

@@ -200,3 +200,14 @@ class BenchmarkReference(models.Model):
     shape = models.JSONField()
     model_checksum = models.CharField(max_length=64)
     computed_at = models.DateTimeField(auto_now=True)
+
+
+class BenchmarkInput(models.Model):
+    """One more benchmark suite in the reference's pool, with the subnet's own outputs for
+    it: each benchmark draws a suite at random, so a node cannot replay a memorised answer
+    and must compute whatever it was sent."""
+
+    reference = models.ForeignKey(BenchmarkReference, on_delete=models.CASCADE, related_name="pool")
+    inputs = models.JSONField(help_text="job inputs, as a user of the subnet's task family sends them")
+    result = models.BinaryField(help_text="the trusted answer, encoded as the task family's nodes encode it")
+    shape = models.JSONField()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from bim_core.errors import ServiceError
 from bim_core.families import family_for
 from bim_core.runtimes.runners import runner_load
 
-from .models import Artifact, ArtifactChunk, BenchmarkReference, Chunk, EulaAcceptance, License, Subnet
+from .models import Artifact, ArtifactChunk, BenchmarkInput, BenchmarkReference, Chunk, EulaAcceptance, License, Subnet
 
 log = logging.getLogger("bim.subnets")
 
@@ -229,18 +230,30 @@ def input_coverage_warnings(subnet: Subnet, inputs: dict[str, Any], *, threshold
     return warnings
 
 
-def benchmark_reference_compute(*, subnet: Subnet, inputs: dict[str, Any]) -> BenchmarkReference:
-    """The benchmark's fixed inputs and the subnet's own outputs for them."""
-    payload, shape = family_for(subnet.task_type).encode_result(trusted_run(subnet, inputs))
-    reference, _ = BenchmarkReference.objects.update_or_create(
-        subnet=subnet,
-        defaults={
-            "inputs": inputs,
-            "result": payload,
-            "shape": list(shape),
-            "model_checksum": subnet.model_checksum,
-        },
-    )
+def benchmark_reference_compute(
+    *, subnet: Subnet, inputs: dict[str, Any], pool: Sequence[dict[str, Any]] = ()
+) -> BenchmarkReference:
+    """The benchmark's inputs and the subnet's own outputs for them, and a pool of more
+    suites with theirs (replacing the previous pool): each benchmark draws one at random,
+    so a node must compute what it is sent rather than replay a known answer."""
+    family = family_for(subnet.task_type)
+    payload, shape = family.encode_result(trusted_run(subnet, inputs))
+    computed = [(item, *family.encode_result(trusted_run(subnet, item))) for item in pool]
+    with transaction.atomic():
+        reference, _ = BenchmarkReference.objects.update_or_create(
+            subnet=subnet,
+            defaults={
+                "inputs": inputs,
+                "result": payload,
+                "shape": list(shape),
+                "model_checksum": subnet.model_checksum,
+            },
+        )
+        reference.pool.all().delete()
+        BenchmarkInput.objects.bulk_create(
+            BenchmarkInput(reference=reference, inputs=item, result=result, shape=list(item_shape))
+            for item, result, item_shape in computed
+        )
     return reference
 
 
