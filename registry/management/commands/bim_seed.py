@@ -42,7 +42,9 @@ class Command(BaseCommand):
             # An existing subnet keeps what operators set in admin; only its files are refreshed.
             defaults=None if exists else {**defaults.embeddings_subnet_settings(), "license": license_},
         )
-        services.benchmark_reference_compute(subnet=subnet, inputs={"texts": defaults.BENCHMARK_TEXTS})
+        services.benchmark_reference_compute(
+            subnet=subnet, inputs={"texts": defaults.BENCHMARK_TEXTS}, pool=defaults.benchmark_pool()
+        )
         honeypot_pool_refresh(subnet=subnet, pool=defaults.honeypot_pool())
         out: dict[str, Any] = {"subnet": subnet.slug, "model_checksum": subnet.model_checksum}
         out["admin"] = self._admin()
@@ -76,6 +78,7 @@ class Command(BaseCommand):
             model=defaults.TEXT_MODEL,
             settings=defaults.text_subnet_settings,
             benchmark_inputs=defaults.TEXT_BENCHMARK_INPUTS,
+            benchmark_pool=defaults.TEXT_BENCHMARK_POOL,
             honeypots=defaults.text_honeypot_pool,
         )
 
@@ -88,6 +91,7 @@ class Command(BaseCommand):
             model=defaults.IMAGE_MODEL,
             settings=defaults.image_subnet_settings,
             benchmark_inputs=defaults.image_benchmark_inputs(),
+            benchmark_pool=defaults.image_benchmark_pool(),
             honeypots=defaults.image_honeypot_pool,
         )
 
@@ -99,6 +103,7 @@ class Command(BaseCommand):
         model: Any,
         settings: Callable[[], dict[str, Any]],
         benchmark_inputs: dict[str, Any],
+        benchmark_pool: list[dict[str, Any]],
         honeypots: Callable[[], list[dict[str, Any]]],
     ) -> Subnet:
         """A subnet with no tokenizer file (none, or inside the model, covered by its
@@ -114,7 +119,7 @@ class Command(BaseCommand):
             # An existing subnet keeps what operators set in admin; only its files are refreshed.
             defaults=None if exists else {**settings(), "license": license_},
         )
-        services.benchmark_reference_compute(subnet=subnet, inputs=benchmark_inputs)
+        services.benchmark_reference_compute(subnet=subnet, inputs=benchmark_inputs, pool=benchmark_pool)
         honeypot_pool_refresh(subnet=subnet, pool=honeypots())
         return subnet
 
