@@ -13,7 +13,6 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from bim_core import protocol
@@ -25,8 +24,6 @@ from . import effects
 from .asn import asn_or_block, ip_block
 from .benchmarks import benchmark_due, benchmark_issue
 from .models import (
-    Assignment,
-    AssignmentState,
     Benchmark,
     BenchmarkState,
     Node,
@@ -99,7 +96,8 @@ def node_connect(
         previous = locked.channel_name if locked.is_online else ""
         if previous:
             _session_close(locked, now)
-        _assignments_lose(locked.pk, "node reconnected")
+        # Its open assignments stay: a result signed with the session key certified at
+        # dispatch still verifies, and the sweeper takes back what stays unanswered.
         asn = asn_or_block(ip)
         Node.objects.filter(pk=node.pk).update(
             is_online=True,
@@ -152,7 +150,8 @@ def node_disconnect(*, node_id: object, channel_name: str) -> int:
             return 0  # a newer session owns the node
         _session_close(node, timezone.now())
         Node.objects.filter(pk=node_id).update(is_online=False, channel_name="", online_seconds=node.online_seconds)
-        _assignments_lose(node_id, "node disconnected")
+        # Its open assignments wait NODE_RECONNECT_GRACE_S for it to come back (a registry
+        # restart closes every socket); then sweeper.assignments_lose_disconnected moves them.
     return 1
 
 
@@ -165,15 +164,3 @@ def _session_close(node: Node, now: Any) -> None:
     Benchmark.objects.filter(node=node, state=BenchmarkState.ISSUED).update(
         state=BenchmarkState.EXPIRED, reason="session ended", completed_at=now
     )
-
-
-def _assignments_lose(node_id: object, reason: str) -> None:
-    lost = list(
-        Assignment.objects.filter(node_id=node_id, state=AssignmentState.DISPATCHED).values_list("pk", "job_id")
-    )
-    if not lost:
-        return
-    Assignment.objects.filter(pk__in=[pk for pk, _ in lost]).update(state=AssignmentState.LOST, failure_reason=reason)
-    Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + len(lost))
-    for job_id in {job_id for _, job_id in lost}:
-        effects.queue_task("dispatch_job", str(job_id))
