@@ -140,6 +140,11 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
         if job is None or job.state in TERMINAL_STATES:
             return False
         assignments_lose([(assignment.pk, job.pk)], f"result refused: {code}")
+        current_session = Node.objects.values_list("session_key_pub", flat=True).get(pk=node_id)
+        if code == "bad_signature" and current_session != assignment.session_key_pub:
+            # Reconnected since the offer: signed with its new session key, perhaps honestly.
+            # It cannot answer this offer any more, but it proved no cheating.
+            return False
         reputation_record(node_ids=[node_id], outcome=0.0, subnet=job.subnet)
         node_strike(node_id=node_id, reason=f"result refused: {code}", job_id=job.pk, subnet=job.subnet)
     return True

@@ -50,8 +50,9 @@ def _job_expire_if_overdue(job_id: object) -> bool:
 
 def assignments_lose_overdue() -> int:
     """Open assignments past their own deadline: the role goes to another node now, so a
-    silent node costs seconds, not the job. Silence while connected is the node's fault
-    (a strike); a node that is offline is left blameless (the disconnect may be ours)."""
+    silent node costs seconds, not the job. Silence in the session that got the offer is
+    the node's fault (a strike); a node offline or back with a new session is left
+    blameless (the disconnect may be ours)."""
     overdue = Assignment.objects.filter(state=AssignmentState.DISPATCHED, deadline__lte=timezone.now())
     return _assignments_take_back(overdue, "no result by the assignment deadline", blame_online=True)
 
@@ -88,10 +89,16 @@ def _job_assignments_take_back(
     if job is None or job.state in TERMINAL_STATES:
         return 0
     # Re-read under the job's lock: a result may have come in since the query above.
-    rows = list(candidates.filter(job_id=job_id).select_for_update(of=("self",)).values_list("pk", "node_id", "node__is_online"))
-    lost = assignments_lose([(pk, job_id) for pk, _, _ in rows], reason)
-    for _, node_id, online in rows:
-        if blame_online and online:
+    rows = list(
+        candidates.filter(job_id=job_id)
+        .select_for_update(of=("self",))
+        .values_list("pk", "node_id", "node__is_online", "session_key_pub", "node__session_key_pub")
+    )
+    lost = assignments_lose([(pk, job_id) for pk, *_ in rows], reason)
+    for _, node_id, online, offered_to, session in rows:
+        # Only silence in the session that received the offer is the node's fault: a node
+        # back with a new session (after a restart, maybe ours) may have dropped it.
+        if blame_online and online and offered_to == session:
             Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
             node_strike(node_id=node_id, reason=reason, job_id=job_id, subnet=job.subnet)
     return lost

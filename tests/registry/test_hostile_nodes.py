@@ -98,6 +98,36 @@ def test_a_refused_result_strikes_its_node_and_redispatches_the_role_keeping_the
     }
 
 
+def test_a_result_signed_by_a_later_session_loses_the_role_without_a_strike(django_capture_on_commit_callbacks):
+    """After a reconnect a node holds a new session key; a result it signs with that key
+    cannot be checked against the offer's session, but it proves no cheating either."""
+    subnet = SubnetFactory()
+    job, pool, by_role = dispatched(subnet, django_capture_on_commit_callbacks)
+    assignment = by_role["A"]
+    keys = pool[assignment.node_id]
+    new_session = protocol.new_private_key()
+    presence.node_connect(
+        node=keys.node,
+        channel_name=f"again.{keys.node.pk}",
+        session_key_pub=protocol.public_key_b64(new_session),
+        nonce=protocol.b64encode(b"m" * 32),
+        session_cert="cert",
+        ip=keys.node.ip,
+    )
+    message = result_message(keys, job, assignment, unit_vectors(len(TEXTS)), signing_key=new_session)
+    with pytest.raises(protocol.ProtocolError) as refused:
+        results.result_record(node_id=keys.node.pk, message=message)
+    assert refused.value.code == "bad_signature"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        results.result_refused(node_id=keys.node.pk, message=message, code="bad_signature")
+
+    assert Assignment.objects.get(pk=assignment.pk).state == AssignmentState.LOST
+    assert job.assignments.filter(role="A", state=AssignmentState.DISPATCHED).exists()
+    assert not Strike.objects.filter(node=keys.node).exists()
+    assert Node.objects.get(pk=keys.node.pk).jobs_failed == 0
+
+
 @pytest.mark.parametrize("code", ["deadline_passed", "already_submitted", "not_assigned"])
 def test_a_race_refusal_costs_the_node_nothing(code, django_capture_on_commit_callbacks):
     subnet = SubnetFactory()
@@ -157,6 +187,32 @@ def test_the_sweeper_takes_an_overdue_assignment_from_a_silent_node(django_captu
     job.refresh_from_db()
     assert job.state == JobState.DISPATCHED  # the job goes on; only the silent node paid
     assert not Strike.objects.filter(node_id=by_role["B"].node_id).exists()
+
+
+def test_silence_after_a_reconnect_is_not_struck(django_capture_on_commit_callbacks):
+    """A node that came back with a new session (after a registry restart, say) may have
+    dropped the offers of its old one, as the Python node does: their deadline passing is
+    not its fault, so they move on without a strike."""
+    subnet = SubnetFactory()
+    job, pool, by_role = dispatched(subnet, django_capture_on_commit_callbacks)
+    back = pool[by_role["A"].node_id].node
+    presence.node_connect(
+        node=back,
+        channel_name=f"again.{back.pk}",
+        session_key_pub=protocol.public_key_b64(protocol.new_private_key()),
+        nonce=protocol.b64encode(b"m" * 32),
+        session_cert="cert",
+        ip=back.ip,
+    )
+    Assignment.objects.filter(pk=by_role["A"].pk).update(deadline=timezone.now() - timedelta(seconds=1))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        sweeper.sweep()
+
+    assert Assignment.objects.get(pk=by_role["A"].pk).state == AssignmentState.LOST
+    assert job.assignments.filter(role="A", state=AssignmentState.DISPATCHED).exclude(node=back).exists()
+    back.refresh_from_db()
+    assert back.jobs_failed == 0 and not Strike.objects.filter(node=back).exists()
 
 
 # Item 3: a result has the subnet's declared shape.
