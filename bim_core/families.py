@@ -73,6 +73,11 @@ class TaskFamily:
         cannot be the answer to these inputs."""
         raise NotImplementedError
 
+    def check_output_dim(self, shape: tuple[int, ...], output_dim: int | None) -> None:
+        """Raises protocol.ProtocolError `bad_shape` when a result's rows are not as wide as
+        the subnet declares. Families whose shape follows from the inputs alone (text,
+        image) have nothing to declare."""
+
     def result_for_user(self, result: Any) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -126,6 +131,12 @@ class EmbeddingFamily(TaskFamily):
         if shape[0] != self.item_count(inputs):
             raise protocol.ProtocolError("bad_shape", f"{self.item_count(inputs)} vectors expected")
         return protocol.decode_vectors(payload, (shape[0], shape[1]))
+
+    def check_output_dim(self, shape: tuple[int, ...], output_dim: int | None) -> None:
+        # Rows and bytes can agree with each other and still be the wrong model's output:
+        # truncated, renormalised vectors pass every other check, on two colluding nodes too.
+        if output_dim is not None and (len(shape) != 2 or shape[1] != output_dim):
+            raise protocol.ProtocolError("bad_shape", f"this subnet's embeddings have {output_dim} dimensions")
 
     def result_for_user(self, result: np.ndarray) -> dict[str, Any]:
         # float32 -> Python float -> JSON is exact, so clients can rebuild the bytes and

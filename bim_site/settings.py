@@ -231,6 +231,11 @@ LEDGER_MIN_WITHDRAWAL_MICRO = env_int("BIM_MIN_WITHDRAWAL_MICRO", 1_000_000)
 NODE_HEARTBEAT_S = env_int("BIM_NODE_HEARTBEAT_S", 10)
 NODE_STALE_S = env_int("BIM_NODE_STALE_S", 35)
 NODE_HELLO_TIMEOUT_S = env_int("BIM_NODE_HELLO_TIMEOUT_S", 10)
+# A node that reconnects within this many seconds of its last heartbeat keeps its open
+# assignments (a registry restart is not its fault); after it they go to other nodes.
+NODE_RECONNECT_GRACE_S = env_int("BIM_NODE_RECONNECT_GRACE_S", 30)
+# The least time an assignment is given before the sweeper re-dispatches its role.
+NODE_ASSIGNMENT_MIN_S = env_int("BIM_NODE_ASSIGNMENT_MIN_S", 10)
 # Unanswered offers a node may hold per job it runs at once.
 NODE_QUEUE_DEPTH = env_int("BIM_NODE_QUEUE_DEPTH", 64)
 # Hostile nodes (docs/protocol.md §4.5). Largest websocket message the consumer takes (a

@@ -215,7 +215,12 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_result(self, content: dict[str, Any]) -> None:
         content = {**content, "elapsed_ms": protocol.parse_elapsed_ms(content.get("elapsed_ms"))}
-        assignment = await database_sync_to_async(results.result_record)(node_id=self.node_id, message=content)
+        try:
+            assignment = await database_sync_to_async(results.result_record)(node_id=self.node_id, message=content)
+        except protocol.ProtocolError as exc:
+            # The refusal rolled its transaction back; its cost to the node is recorded apart.
+            await database_sync_to_async(results.result_refused)(node_id=self.node_id, message=content, code=exc.code)
+            raise
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
         await database_sync_to_async(routing_index.speed_observe)(assignment_id=assignment.id)
 

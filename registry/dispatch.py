@@ -6,21 +6,34 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from bim_core import families
 from bim_core.selection import DIVERSITY_ATTRIBUTES
 
 from . import effects, routing_index
-from .jobs import OPEN_ASSIGNMENT_STATES, PAIR_ROLES, ROLES_BY_STATE, job_expire, job_locked, job_transition
+from .jobs import (
+    OPEN_ASSIGNMENT_STATES,
+    PAIR_ROLES,
+    ROLES_BY_STATE,
+    job_expire,
+    job_locked,
+    job_step_isolated,
+    job_transition,
+)
 from .models import (
     Assignment,
+    AssignmentState,
     Job,
     JobState,
     Node,
+    NodeSubnet,
 )
 
 
@@ -54,6 +67,7 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
         if len(picks) < len(missing) and job.state == JobState.QUEUED:
             return []  # wait for a full pair
         created = []
+        now = timezone.now()
         for role, node in zip(missing, picks):
             created.append(
                 Assignment.objects.create(
@@ -63,6 +77,7 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
                     session_key_pub=node.session_key_pub,
                     session_nonce=node.session_nonce,
                     session_cert=node.session_cert,
+                    deadline=assignment_deadline(job, node, now),
                 )
             )
         Node.objects.filter(pk__in=[n.pk for n in picks]).update(jobs_assigned=F("jobs_assigned") + 1)
@@ -73,6 +88,25 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
             node_id = assignment.node_id
             effects.send_to_node(node_id, event)
         return created
+
+
+# A node is given this many times its benchmarked time for the job (behind the offers it
+# already holds) before its role goes to another node: room for a slow run, not for silence.
+ASSIGNMENT_SLACK = 4
+
+
+def assignment_deadline(job: Job, node: Node, now: datetime) -> datetime:
+    """When the registry stops waiting for `node` on `job`: k x the node's expected time for
+    the job's items at its benchmarked speed, counting the offers queued ahead of it, at
+    least NODE_ASSIGNMENT_MIN_S, never past the job's own deadline (the outer bound)."""
+    link = NodeSubnet.objects.filter(node=node, subnet_id=job.subnet_id).values("items_per_s", "max_concurrent").first()
+    if not link or not link["items_per_s"]:
+        return job.expires_at  # never measured: only the job's deadline applies
+    items = families.family_for(job.contract["task_type"]).item_count(job.inputs)
+    ahead = Assignment.objects.filter(node=node, state=AssignmentState.DISPATCHED).count()
+    expected_s = items / link["items_per_s"] * (1 + ahead / max(1, link["max_concurrent"]))
+    allowed_s = max(settings.NODE_ASSIGNMENT_MIN_S, ASSIGNMENT_SLACK * expected_s)
+    return min(job.expires_at, now + timedelta(seconds=allowed_s))
 
 
 def _runs_solo(job: Job, node: Node) -> bool:
@@ -120,7 +154,8 @@ def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
         "contract": job.contract,
         "contract_hash": job.contract_hash,
         "inputs": job.inputs,
-        "deadline": job.expires_at.isoformat(),
+        # This node's own deadline: past it the role goes to another node.
+        "deadline": (assignment.deadline or job.expires_at).isoformat(),
     }
 
 
@@ -140,7 +175,7 @@ def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
         waiting = waiting.filter(subnet_id=subnet_id)
     placed = misses = 0
     for job_id in waiting.order_by("created_at").values_list("id", flat=True)[:500]:
-        made = len(job_dispatch(job_id=job_id))
+        made = len(job_step_isolated(job_id, "dispatch", lambda job_id=job_id: job_dispatch(job_id=job_id)) or [])
         placed += made
         # Oldest first; once a few in a row find no capacity, the rest will not either.
         misses = 0 if made else misses + 1

@@ -8,8 +8,10 @@ task or message never sees uncommitted state and running a step twice changes no
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
+from django.db import transaction
 from django.utils import timezone
 
 from ledger import services as ledger
@@ -18,6 +20,7 @@ from . import effects, metrics
 from .models import (
     ALLOWED_TRANSITIONS,
     TERMINAL_STATES,
+    Assignment,
     AssignmentRole,
     AssignmentState,
     Job,
@@ -26,6 +29,8 @@ from .models import (
 )
 
 log = logging.getLogger("bim.registry")
+
+T = TypeVar("T")
 
 
 PAIR_ROLES = (AssignmentRole.A, AssignmentRole.B)
@@ -87,3 +92,33 @@ def job_expire(job: Job) -> None:
     for assignment_id, node_id in open_assignments:
         event = {"type": "job.cancel", "assignment_id": str(assignment_id)}
         effects.send_to_node(node_id, event)
+
+
+def assignments_lose(assignments: Iterable[tuple[object, object]], reason: str) -> int:
+    """Take open assignments, given as (assignment id, job id), back from their nodes: they
+    are lost and each job's missing role is dispatched again on commit. Whether the node
+    is to blame is the caller's decision. Returns how many were still open."""
+    pairs = list(assignments)
+    lost = Assignment.objects.filter(pk__in=[pk for pk, _ in pairs], state=AssignmentState.DISPATCHED).update(
+        state=AssignmentState.LOST, failure_reason=reason[:200]
+    )
+    for job_id in {job_id for _, job_id in pairs}:
+        effects.queue_task("dispatch_job", str(job_id))
+    return lost
+
+
+def job_step_isolated(job_id: object, step: str, work: Callable[[], T]) -> T | None:
+    """Run one job's step of a batch (a sweep, placing waiting jobs) in a savepoint of its
+    own. A job that cannot take the step (its hold reversed, a broken row) is logged and the
+    failure recorded on it (a JobEvent, shown in admin) while the batch goes on: one bad job
+    must not keep other users' jobs queued past their deadline. Returns None on failure."""
+    try:
+        with transaction.atomic():
+            return work()
+    except Exception as exc:
+        log.exception("job %s: %s failed", job_id, step)
+        state = Job.objects.filter(pk=job_id).values_list("state", flat=True).first()
+        if state is not None:
+            detail = f"{step} failed: {type(exc).__name__}: {exc}"
+            JobEvent.objects.create(job_id=job_id, from_state=state, to_state=state, detail=detail[:300])
+        return None

@@ -191,6 +191,9 @@ class Assignment(models.Model):
     elapsed_ms = models.PositiveIntegerField(null=True, blank=True)
     failure_reason = models.CharField(max_length=200, blank=True)
     dispatched_at = models.DateTimeField(auto_now_add=True)
+    # When the registry stops waiting for this node (registry.dispatch.assignment_deadline):
+    # the sweeper then gives the role to another node. Never later than the job's deadline.
+    deadline = models.DateTimeField(null=True, blank=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -203,7 +206,7 @@ class Assignment(models.Model):
                 name="assignment_one_active_per_role",
             ),
         ]
-        indexes = [models.Index(fields=["node", "state"])]
+        indexes = [models.Index(fields=["node", "state"]), models.Index(fields=["state", "deadline"])]
 
     def __str__(self) -> str:
         return f"{self.role} of {self.job_id} on {self.node_id}"

@@ -21,7 +21,6 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from bim_core import protocol
@@ -33,8 +32,6 @@ from . import effects
 from .asn import asn_or_block, ip_block
 from .benchmarks import benchmark_due, benchmark_issue
 from .models import (
-    Assignment,
-    AssignmentState,
     Benchmark,
     BenchmarkState,
     Node,
@@ -116,7 +113,8 @@ def node_connect(
         previous = locked.channel_name if locked.is_online else ""
         if previous:
             _session_close(locked, now)
-        _assignments_lose(locked.pk, "node reconnected")
+        # Its open assignments stay: a result signed with the session key certified at
+        # dispatch still verifies, and the sweeper takes back what stays unanswered.
         asn = asn_or_block(ip)
         Node.objects.filter(pk=node.pk).update(
             is_online=True,
@@ -198,8 +196,9 @@ def node_disconnect(*, node_id: object, channel_name: str) -> int:
         Node.objects.filter(pk=node_id).update(
             is_online=False, channel_name="", online_seconds=node.online_seconds, last_seen=node.last_seen
         )
-        _assignments_lose(node_id, "node disconnected")
         transaction.on_commit(lambda: cache.delete(presence_key(node_id)))
+        # Its open assignments wait NODE_RECONNECT_GRACE_S for it to come back (a registry
+        # restart closes every socket); then sweeper.assignments_lose_disconnected moves them.
     return 1
 
 
@@ -212,15 +211,3 @@ def _session_close(node: Node, now: Any) -> None:
     Benchmark.objects.filter(node=node, state=BenchmarkState.ISSUED).update(
         state=BenchmarkState.EXPIRED, reason="session ended", completed_at=now
     )
-
-
-def _assignments_lose(node_id: object, reason: str) -> None:
-    lost = list(
-        Assignment.objects.filter(node_id=node_id, state=AssignmentState.DISPATCHED).values_list("pk", "job_id")
-    )
-    if not lost:
-        return
-    Assignment.objects.filter(pk__in=[pk for pk, _ in lost]).update(state=AssignmentState.LOST, failure_reason=reason)
-    Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + len(lost))
-    for job_id in {job_id for _, job_id in lost}:
-        effects.queue_task("dispatch_job", str(job_id))

@@ -15,8 +15,9 @@ from django.utils import timezone
 from bim_core import families, protocol
 
 from . import effects, metrics, selectors
-from .jobs import PAIR_ROLES, job_locked, job_transition
+from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition
 from .models import (
+    TERMINAL_STATES,
     Assignment,
     AssignmentRole,
     AssignmentState,
@@ -24,6 +25,7 @@ from .models import (
     JobState,
     Node,
 )
+from .reputation import node_strike, reputation_record
 
 
 def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
@@ -93,6 +95,7 @@ def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> N
         raise protocol.ProtocolError("bad_input_hash", "input_hash does not match the job contract")
     if protocol.sha256_hex(fields["payload"]) != fields["result_hash"]:
         raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
+    family.check_output_dim(fields["shape"], job.subnet.output_dim)
     family.decode_result(fields["payload"], fields["shape"], job.inputs)
     signed = protocol.result_message(
         job_id=str(job.id),
@@ -104,6 +107,47 @@ def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> N
     )
     if not protocol.signature_valid(assignment.session_key_pub, fields["signature"], signed):
         raise protocol.ProtocolError("bad_signature", "result signature does not verify with the session key")
+
+
+# Refusals that prove the node sent a wrong answer to its own open assignment. The others
+# (a late result, a repeat, an assignment already taken back, contention) can happen to an
+# honest node and cost it nothing.
+MISBEHAVIOUR_CODES = frozenset({"bad_message", "bad_signature", "bad_input_hash", "bad_result_hash", "bad_shape"})
+
+
+def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bool:
+    """After `result_record` refused a result (its transaction rolled back, so this is a
+    transaction of its own): a refusal that proves misbehaviour scores the job 0 for the
+    node, strikes it, and gives its role to another node now. The partner's submitted
+    result stays, so the job settles when the replacement answers instead of waiting for
+    its deadline. Returns whether the node was penalised."""
+    if code not in MISBEHAVIOUR_CODES:
+        return False
+    try:
+        assignment_id = uuid.UUID(str(message.get("assignment_id")))
+    except ValueError:
+        return False  # no assignment of this node named: nothing to take back
+    with transaction.atomic():
+        # Locked in result_record's order (assignment, then job): no deadlock with it.
+        assignment = (
+            Assignment.objects.select_for_update()
+            .filter(pk=assignment_id, node_id=node_id, state=AssignmentState.DISPATCHED)
+            .first()
+        )
+        if assignment is None:
+            return False
+        job = job_locked(assignment.job_id)
+        if job is None or job.state in TERMINAL_STATES:
+            return False
+        assignments_lose([(assignment.pk, job.pk)], f"result refused: {code}")
+        current_session = Node.objects.values_list("session_key_pub", flat=True).get(pk=node_id)
+        if code == "bad_signature" and current_session != assignment.session_key_pub:
+            # Reconnected since the offer: signed with its new session key, perhaps honestly.
+            # It cannot answer this offer any more, but it proved no cheating.
+            return False
+        reputation_record(node_ids=[node_id], outcome=0.0, subnet=job.subnet)
+        node_strike(node_id=node_id, reason=f"result refused: {code}", job_id=job.pk, subnet=job.subnet)
+    return True
 
 
 PARTIAL_TTL_S = 600
@@ -147,11 +191,11 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
     except ValueError:
         raise protocol.ProtocolError("bad_message", "assignment_id is not a UUID") from None
     with transaction.atomic():
-        updated = Assignment.objects.filter(
-            pk=assignment_uuid, node_id=node_id, state=AssignmentState.DISPATCHED
-        ).update(state=AssignmentState.LOST, failure_reason=f"node gave up: {reason}"[:200])
-        if not updated:
+        job_id = (
+            Assignment.objects.filter(pk=assignment_uuid, node_id=node_id, state=AssignmentState.DISPATCHED)
+            .values_list("job_id", flat=True)
+            .first()
+        )
+        if job_id is None or not assignments_lose([(assignment_uuid, job_id)], f"node gave up: {reason}"):
             raise protocol.ProtocolError("not_assigned", "no open assignment with that id for this node")
         Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
-        job_id = Assignment.objects.values_list("job_id", flat=True).get(pk=assignment_uuid)
-        effects.queue_task("dispatch_job", str(job_id))

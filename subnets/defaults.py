@@ -56,6 +56,7 @@ def embeddings_subnet_settings() -> dict[str, Any]:
         "determinism": {"temperature": 0, "top_p": 1, "seed": 0},
         "tolerances": {"cosine_min": 0.9999, "norm_tolerance": 0.001},
         "preprocessing": {"max_tokens": 256, "pooling": "mean", "normalize": True},
+        "output_dim": 384,
         # 10 texts cost 10,333 micro-credits; the odd call price shows the rounding rule.
         "price_per_call_micro": 333,
         "price_per_item_micro": 1_000,

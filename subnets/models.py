@@ -52,6 +52,11 @@ class Subnet(models.Model):
     # {"cosine_min": 0.9999, "norm_tolerance": 0.001} for embeddings.
     tolerances = models.JSONField(default=dict, blank=True)
     preprocessing = models.JSONField(default=dict, blank=True)
+    # The declared result shape: every result (and benchmark answer) must have rows this
+    # wide, so two nodes that agree on truncated vectors are refused, not settled.
+    output_dim = models.PositiveIntegerField(
+        null=True, blank=True, help_text="width of each result row (an embedding's dimension); empty: not checked"
+    )
     price_per_call_micro = models.PositiveBigIntegerField(default=0)
     price_per_item_micro = models.PositiveBigIntegerField(default=0)
     # Payout split in basis points; the database refuses a split that does not sum to 100 %.

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import factory
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from bim_core import families, protocol
 from bim_core.money import MICRO
 from ledger.services import credits_top_up
-from registry import dispatch, routing_index, verify
+from registry import dispatch, presence, routing_index, sweeper, verify
 from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
 from registry.results import result_record
@@ -169,3 +171,12 @@ def settle(job_id: str, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> 
         keys = by_node[assignment.node_id]
         result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
     verify.job_verify(job_id=job.id)
+
+
+def node_vanish(node_id: object) -> None:
+    """The node's socket closes and it stays away past the reconnect grace: its open
+    assignments are taken back (their jobs' dispatch is queued on commit)."""
+    presence.node_disconnect(node_id=node_id, channel_name=f"test.{node_id}")
+    away = timezone.now() - timedelta(seconds=settings.NODE_RECONNECT_GRACE_S + 1)
+    Node.objects.filter(pk=node_id).update(last_seen=away)
+    sweeper.assignments_lose_disconnected()

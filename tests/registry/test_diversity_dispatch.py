@@ -13,10 +13,10 @@ import pytest
 from django.utils import timezone
 
 from bim_core.selection import Candidate
-from registry import dispatch, presence, routing_index
+from registry import dispatch, routing_index
 from registry.models import AssignmentState, Job, JobState, Node
 from registry.submit import job_submit
-from tests.factories import NodeKeys, SubnetFactory, UserFactory, online_node, user_with_credits
+from tests.factories import NodeKeys, SubnetFactory, UserFactory, node_vanish, online_node, user_with_credits
 
 pytestmark = pytest.mark.django_db
 
@@ -194,7 +194,7 @@ def test_a_replacement_differs_from_the_remaining_partner_in_every_policy_attrib
         assert len(shared(spare.node, p, FULL_POLICY)) == 1
     eligible = node(subnet, block=30, asn=64530, os="macos", gpu="apple-m3")
 
-    presence.node_disconnect(node_id=gone.node.pk, channel_name=f"test.{gone.node.pk}")
+    node_vanish(gone.node.pk)
     for job in jobs:
         dispatch.job_dispatch(job_id=job.id)
         picked = active_nodes(job)
@@ -210,7 +210,7 @@ def test_a_vanished_node_with_no_eligible_replacement_leaves_its_role_open(user)
     job = submit(subnet, user, "no-replacement")
     node(subnet, block=3, asn=64503, os="windows", gpu="gpu-3")  # shares the partner's OS
 
-    presence.node_disconnect(node_id=gone.node.pk, channel_name=f"test.{gone.node.pk}")
+    node_vanish(gone.node.pk)
     assert dispatch.job_dispatch(job_id=job.id) == []
     job.refresh_from_db()
     assert job.state == JobState.DISPATCHED

@@ -12,11 +12,11 @@ from bim_core.errors import ServiceError
 from ledger.accounts import account_get
 from ledger.models import Account, AccountKind, Transfer
 from ledger.posting import transfer_create
-from registry import dispatch, presence, sweeper, verify
+from registry import dispatch, sweeper, verify
 from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState
 from registry.results import result_record
 from registry.submit import job_submit
-from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
+from tests.factories import SubnetFactory, node_vanish, online_node, result_message, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
 
@@ -112,7 +112,7 @@ def test_a_vanished_node_is_replaced_by_another_owner():
     dispatch.job_dispatch(job_id=job.id)
     gone = job.assignments.get(role="A")
 
-    presence.node_disconnect(node_id=gone.node_id, channel_name=f"test.{gone.node_id}")
+    node_vanish(gone.node_id)
     dispatch.job_dispatch(job_id=job.id)
 
     gone.refresh_from_db()

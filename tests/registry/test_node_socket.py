@@ -16,7 +16,7 @@ from rest_framework.authtoken.models import Token
 from bim_core import protocol
 from bim_site.asgi import application
 from ledger.models import Transfer
-from registry import submit
+from registry import submit, sweeper
 from registry.models import Assignment, AssignmentState, Job, JobState
 from tests.factories import (
     NodeKeys,
@@ -191,7 +191,7 @@ def _forgeries(job: Job, keys: NodeKeys, assignment: Assignment, other: Assignme
     ]
 
 
-def test_tampered_results_are_refused_and_the_honest_one_still_counts():
+def test_tampered_results_are_refused_with_their_code():
     subnet = SubnetFactory()
 
     async def scenario():
@@ -206,17 +206,54 @@ def test_tampered_results_are_refused_and_the_honest_one_still_counts():
             await socket.send_json_to(forged)
             answer = await socket.receive_json_from(timeout=5)
             assert (answer["type"], answer["code"]) == ("error", code), answer
-        await database_sync_to_async(assignment.refresh_from_db)()
-        assert assignment.state == AssignmentState.DISPATCHED
-        honest = await database_sync_to_async(result_message)(keys, job, assignment, unit_vectors(len(TEXTS)))
-        await socket.send_json_to(honest)
-        assert (await socket.receive_json_from(timeout=5)) == {"type": "result_ok", "assignment_id": str(assignment.id)}
-        await socket.send_json_to(honest)
-        assert (await socket.receive_json_from(timeout=5))["code"] == "already_submitted"
+            # Each forgery costs its node this assignment: put it back for the next one.
+            await database_sync_to_async(
+                Assignment.objects.filter(pk=assignment.pk).update
+            )(state=AssignmentState.DISPATCHED)
         for _, sock, _ in offers.values():
             await sock.disconnect()
 
     run(scenario)
+
+
+def test_a_forged_result_costs_its_node_the_job_and_the_honest_one_still_counts():
+    subnet = SubnetFactory()
+
+    async def scenario():
+        job, offers = await paired_job(subnet)
+        spare = await database_sync_to_async(online_node)(subnet, ready=False)
+        spare_socket = await handshake(spare, subnet)
+        await ready(spare_socket, subnet)
+        keys, socket, offer = offers["A"]
+        assignment = await database_sync_to_async(Assignment.objects.get)(pk=offer["assignment_id"])
+        vectors = unit_vectors(len(TEXTS))
+        forged = await database_sync_to_async(result_message)(
+            keys, job, assignment, vectors, signing_key=protocol.new_private_key()
+        )
+        await socket.send_json_to(forged)
+        assert (await socket.receive_json_from(timeout=5))["code"] == "bad_signature"
+        # Its role goes to the spare at once; the forger's honest retry is too late.
+        replacement_offer = await spare_socket.receive_json_from(timeout=5)
+        assert (replacement_offer["type"], replacement_offer["role"]) == ("job", "A")
+        honest = await database_sync_to_async(result_message)(keys, job, assignment, vectors)
+        await socket.send_json_to(honest)
+        assert (await socket.receive_json_from(timeout=5))["code"] == "not_assigned"
+        replacement = await database_sync_to_async(Assignment.objects.get)(pk=replacement_offer["assignment_id"])
+        keys_b, socket_b, offer_b = offers["B"]
+        assignment_b = await database_sync_to_async(Assignment.objects.get)(pk=offer_b["assignment_id"])
+        for node_keys, sock, answer in ((keys_b, socket_b, assignment_b), (spare, spare_socket, replacement)):
+            await sock.send_json_to(await database_sync_to_async(result_message)(node_keys, job, answer, vectors))
+            assert (await sock.receive_json_from(timeout=5)) == {"type": "result_ok", "assignment_id": str(answer.id)}
+            await sock.send_json_to(await database_sync_to_async(result_message)(node_keys, job, answer, vectors))
+            assert (await sock.receive_json_from(timeout=5))["code"] == "already_submitted"
+        for sock in (socket, socket_b, spare_socket):
+            await sock.disconnect()
+        return assignment.id
+
+    lost = Assignment.objects.select_related("job").get(pk=run(scenario))
+    assert (lost.state, lost.failure_reason) == (AssignmentState.LOST, "result refused: bad_signature")
+    assert lost.node.strike_records.filter(job=lost.job).count() == 1
+    assert lost.job.state == JobState.SETTLED
 
 
 def test_a_node_answering_for_another_input_fails_verification_and_is_not_paid():
@@ -265,7 +302,8 @@ def test_a_settled_pair_over_the_socket_pays_both_nodes():
     assert np.isclose(job.verification["worst"], 1.0)
 
 
-def test_a_disconnected_node_loses_its_work_to_another_node():
+def test_a_disconnected_node_loses_its_work_to_another_node_after_the_grace(settings):
+    settings.NODE_RECONNECT_GRACE_S = 0
     subnet = SubnetFactory()
 
     async def scenario():
@@ -275,6 +313,7 @@ def test_a_disconnected_node_loses_its_work_to_another_node():
         await ready(spare_socket, subnet)
         _, socket_a, offer_a = offers["A"]
         await socket_a.disconnect()
+        await database_sync_to_async(sweeper.sweep)()
         offer = await spare_socket.receive_json_from(timeout=5)
         assert offer["type"] == "job" and offer["role"] == "A" and offer["job_id"] == str(job.id)
         assert offer["assignment_id"] != offer_a["assignment_id"]
@@ -283,7 +322,7 @@ def test_a_disconnected_node_loses_its_work_to_another_node():
         return offer_a["assignment_id"]
 
     lost = Assignment.objects.get(pk=run(scenario))
-    assert (lost.state, lost.failure_reason) == (AssignmentState.LOST, "node disconnected")
+    assert (lost.state, lost.failure_reason) == (AssignmentState.LOST, "node offline past the reconnect grace")
 
 
 def test_the_protocol_document_names_every_error_and_close_code():
