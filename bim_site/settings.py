@@ -201,6 +201,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "registry.api.exception_handler",
+    # DRF's defaults, with a JSON parser that refuses absurdly nested documents as a 400.
+    "DEFAULT_PARSER_CLASSES": [
+        "bim_site.parsers.ApiJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "BIM registry API",

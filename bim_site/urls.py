@@ -27,3 +27,9 @@ urlpatterns = [
     path("", include("django_prometheus.urls")),
     path("", include("contributor.urls")),
 ]
+
+# JSON under /api/, Django's pages elsewhere (bim_site/errors.py).
+handler400 = "bim_site.errors.bad_request"
+handler403 = "bim_site.errors.permission_denied"
+handler404 = "bim_site.errors.page_not_found"
+handler500 = "bim_site.errors.server_error"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -26,10 +27,41 @@ from .models import Job, Node
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Service refusals become {"code", "detail"} with their HTTP status."""
+    """Every refusal is {"code", "detail"} with its HTTP status: service refusals, DRF's own
+    (authentication, parsing, throttling with its Retry-After, validation with the field
+    errors as detail) and a body over DATA_UPLOAD_MAX_MEMORY_SIZE. Anything else is a bug and
+    goes on to Django (bim_site.errors answers JSON 500 under /api/)."""
     if isinstance(exc, ServiceError):
         return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
-    return drf_exception_handler(exc, context)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"code": "request_too_large", "detail": "the request body is too large"},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        code, detail = "invalid", response.data
+    else:
+        # Http404 and PermissionDenied arrive as Django's and are converted by DRF's handler.
+        codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
+        code = codes if isinstance(codes, str) else _DJANGO_CODES.get(response.status_code, "error")
+        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+    response.data = {"code": code, "detail": detail}
+    return response
+
+
+_DJANGO_CODES = {403: "permission_denied", 404: "not_found"}
+
+
+def idempotency_key_checked(key: str) -> str:
+    """A key from the Idempotency-Key header gets the checks the body field has: it must
+    fit its column and be storable text."""
+    max_length = Job._meta.get_field("idempotency_key").max_length
+    if len(key) > max_length or not families.storable_text(key):
+        raise ServiceError("idempotency_key_invalid", f"an idempotency key is at most {max_length} characters of text")
+    return key
 
 
 class JobSubmitSerializer(serializers.Serializer):
@@ -37,7 +69,8 @@ class JobSubmitSerializer(serializers.Serializer):
     inputs = serializers.DictField(
         help_text='as the subnet\'s task family takes them: embeddings {"texts": [...]}'
     )
-    idempotency_key = serializers.CharField(max_length=200, required=False)
+    # DRF's CharField already refuses NUL and lone surrogates.
+    idempotency_key = serializers.CharField(max_length=Job._meta.get_field("idempotency_key").max_length, required=False)
     session_key_pub = serializers.CharField(max_length=64, required=False)
 
 
@@ -102,6 +135,7 @@ class JobListCreateApi(APIView):
         key = data.validated_data.get("idempotency_key") or request.headers.get("Idempotency-Key")
         if not key:
             raise ServiceError("idempotency_key_required", "send idempotency_key or an Idempotency-Key header")
+        key = idempotency_key_checked(key)
         job, created = submit.job_submit(
             user=request.user,
             subnet_slug=data.validated_data["subnet"],
