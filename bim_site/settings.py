@@ -43,6 +43,15 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
 
 
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate: a count per s, m, h or d (`600/min`, `20/s`)."""
+    value = env_str(name, default)
+    count, _, period = value.partition("/")
+    if not count.isdigit() or not period or period[0] not in "smhd":
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate like 600/min")
+    return value
+
+
 SECRET_KEY = env_str("SECRET_KEY", "bim-insecure-development-key-change-me")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
@@ -201,12 +210,21 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "registry.api.exception_handler",
+    # Rates in BIM_API_THROTTLE_RATES (bim_site/throttles.py reads them per request).
+    "DEFAULT_THROTTLE_CLASSES": ["bim_site.throttles.UserThrottle", "bim_site.throttles.AnonThrottle"],
     # DRF's defaults, with a JSON parser that refuses absurdly nested documents as a 400.
     "DEFAULT_PARSER_CLASSES": [
         "bim_site.parsers.ApiJSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
+}
+# Per authenticated user (session or token) and per anonymous address, in the default cache
+# (Redis with REDIS_URL). High by default: the demo, the tests and bench/throughput.py poll
+# jobs from one user; a deployment lowers them for its own users.
+BIM_API_THROTTLE_RATES = {
+    "user": env_rate("BIM_API_RATE_USER", "20000/min"),
+    "anon": env_rate("BIM_API_RATE_ANON", "2000/min"),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "BIM registry API",
