@@ -53,9 +53,74 @@ def env_rate(name: str, default: str) -> str:
     return value
 
 
-SECRET_KEY = env_str("SECRET_KEY", "bim-insecure-development-key-change-me")
+def env_required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ImproperlyConfigured(f"{name} must be set when BIM_PRODUCTION=1 (docs/operations.md)")
+    return value
+
+
+# Production mode is explicit, not guessed from DATABASE_URL: the tests, the benchmarks and
+# the browser tests' registry run on PostgreSQL with throwaway settings, and a deployment
+# that forgets the switch would silently run with the development key. BIM_PRODUCTION=1
+# refuses to start without a real secret key and host list, never runs DEBUG, and turns
+# on HTTPS-only cookies, HSTS and the SSL redirect (`manage.py check --deploy` is clean).
+PRODUCTION = env_bool("BIM_PRODUCTION", False)
 DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+DEVELOPMENT_SECRET_KEY = "bim-insecure-development-key-change-me"
+
+if PRODUCTION:
+    SECRET_KEY = env_required("SECRET_KEY")
+    # Django's own bar (check --deploy's W009): long and not a placeholder.
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+        raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production")
+    if DEBUG:
+        raise ImproperlyConfigured("DEBUG must be off when BIM_PRODUCTION=1")
+    ALLOWED_HOSTS = env_required("ALLOWED_HOSTS").split(",")
+    CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
+    # Behind a TLS-terminating proxy, the proxy's X-Forwarded-Proto says a request was HTTPS
+    # (only set this when the proxy overwrites that header on every request).
+    if env_bool("BIM_SECURE_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("BIM_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("BIM_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("BIM_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("BIM_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+else:
+    SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
+    ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+# /metrics (bim_site/metrics.py): staff sessions, or `Authorization: Bearer BIM_METRICS_TOKEN`
+# for a Prometheus scraper. Public only outside production unless BIM_METRICS_PUBLIC says.
+BIM_METRICS_TOKEN = env_str("BIM_METRICS_TOKEN")
+BIM_METRICS_PUBLIC = env_bool("BIM_METRICS_PUBLIC", not PRODUCTION)
+
+# Content-Security-Policy of every page (bim_site/middleware.py). The contributor page needs
+# same-origin module scripts and workers ('self'; blob: for workers onnxruntime-web may start),
+# WebAssembly compilation ('wasm-unsafe-eval', not 'unsafe-eval'), same-origin fetches and its
+# websocket ('self'); no inline script anywhere (the dashboard's config is a JSON data block,
+# the API docs use drf-spectacular's split view). Inline styles stay allowed for admin and
+# the Swagger UI.
+CONTENT_SECURITY_POLICY = env_str(
+    "BIM_CONTENT_SECURITY_POLICY",
+    "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self' 'wasm-unsafe-eval'",
+            "worker-src 'self' blob:",
+            "connect-src 'self'",
+            "img-src 'self' data: blob:",
+            "style-src 'self' 'unsafe-inline'",
+            "font-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    ),
+)
 
 INSTALLED_APPS = [
     "daphne",
@@ -68,6 +133,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_prometheus",
     "channels",
     "axes",
@@ -87,6 +153,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "bim_site.middleware.CrossOriginIsolationMiddleware",
+    "bim_site.middleware.ContentSecurityPolicyMiddleware",
     # Last before the metrics: turns a lockout raised during authentication into its 429 page.
     "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
@@ -255,6 +322,10 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "BIM registry API",
     "DESCRIPTION": "Submit inference jobs verified by two independent contributors.",
     "VERSION": "1.0.0",
+    # Swagger UI from the pinned drf-spectacular-sidecar, served under /static/: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Content-addressed model chunks (served at immutable URLs) and their fixed size.
