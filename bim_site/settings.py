@@ -304,12 +304,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "registry.api.exception_handler",
     # Rates in BIM_API_THROTTLE_RATES (bim_site/throttles.py reads them per request).
     "DEFAULT_THROTTLE_CLASSES": ["bim_site.throttles.UserThrottle", "bim_site.throttles.AnonThrottle"],
-    # DRF's defaults, with a JSON parser that refuses absurdly nested documents as a 400.
-    "DEFAULT_PARSER_CLASSES": [
-        "bim_site.parsers.ApiJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON bodies only (the SDK, the node and the pages send nothing else, and the schema then
+    # documents one encoding), refusing absurdly nested documents as a 400.
+    "DEFAULT_PARSER_CLASSES": ["bim_site.parsers.ApiJSONParser"],
 }
 # Per authenticated user (session or token) and per anonymous address, in the default cache
 # (Redis with REDIS_URL). High by default: the demo, the tests and bench/throughput.py poll
@@ -326,6 +323,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "bim_site.openapi.add_error_responses"],
 }
 
 # Content-addressed model chunks (served at immutable URLs) and their fixed size.

@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
@@ -94,6 +95,37 @@ class JobSummarySerializer(serializers.ModelSerializer):
         ]
 
 
+class StrictLimitOffsetPagination(LimitOffsetPagination):
+    """LimitOffsetPagination that refuses a limit or offset that is not an integer (400)
+    instead of silently serving the first page: the schema says integer, so does the API.
+    A negative or oversized value is still clamped, as DRF does."""
+
+    def _integer(self, request: Request, name: str) -> None:
+        value = request.query_params.get(name)
+        if value is not None:
+            try:
+                int(value)
+            except ValueError:
+                raise exceptions.ValidationError({name: ["an integer is required"]}) from None
+
+    def get_limit(self, request: Request) -> int | None:
+        self._integer(request, self.limit_query_param)
+        return super().get_limit(request)
+
+    def get_offset(self, request: Request) -> int:
+        self._integer(request, self.offset_query_param)
+        return super().get_offset(request)
+
+
+class JobListPageSerializer(serializers.Serializer):
+    """One page of LimitOffsetPagination, as it answers (the schema must say so)."""
+
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True, help_text="URL of the next page")
+    previous = serializers.CharField(allow_null=True, help_text="URL of the previous page")
+    results = JobSummarySerializer(many=True)
+
+
 class JobDetailSerializer(JobSummarySerializer):
     result = serializers.SerializerMethodField()
     partial = serializers.SerializerMethodField(
@@ -122,9 +154,16 @@ class JobDetailSerializer(JobSummarySerializer):
 
 
 class JobListCreateApi(APIView):
-    @extend_schema(responses=JobSummarySerializer(many=True))
+    @extend_schema(
+        operation_id="v1_jobs_list",  # a page object is not a list to drf-spectacular's naming
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT, description="jobs per page (default 50)"),
+            OpenApiParameter("offset", OpenApiTypes.INT, description="jobs to skip, newest first"),
+        ],
+        responses=JobListPageSerializer,
+    )
     def get(self, request: Request) -> Response:
-        paginator = LimitOffsetPagination()
+        paginator = StrictLimitOffsetPagination()
         page = paginator.paginate_queryset(selectors.job_list_for_user(user=request.user), request, view=self)
         return paginator.get_paginated_response(JobSummarySerializer(page, many=True).data)
 
