@@ -50,7 +50,7 @@ class CrossOriginIsolationMiddleware:
 
 class ContentSecurityPolicyMiddleware:
     """settings.CONTENT_SECURITY_POLICY on every response Django renders (Django 5.2 has no
-    CSP of its own). Static files bypass middleware and need none: a policy applies to
+    CSP of its own), enforced or report-only as settings.CSP_REPORT_ONLY says. Static files bypass middleware and need none: a policy applies to
     documents and to workers, and the engine's worker script is trusted, same-origin code."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
@@ -59,5 +59,6 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
         if settings.CONTENT_SECURITY_POLICY:
-            response.headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
+            header = "Content-Security-Policy-Report-Only" if settings.CSP_REPORT_ONLY else "Content-Security-Policy"
+            response.headers.setdefault(header, settings.CONTENT_SECURITY_POLICY)
         return response

@@ -102,7 +102,11 @@ BIM_METRICS_PUBLIC = env_bool("BIM_METRICS_PUBLIC", not PRODUCTION)
 # WebAssembly compilation ('wasm-unsafe-eval', not 'unsafe-eval'), same-origin fetches and its
 # websocket ('self'); no inline script anywhere (the dashboard's config is a JSON data block,
 # the API docs use drf-spectacular's split view). Inline styles stay allowed for admin and
-# the Swagger UI.
+# the Swagger UI. Enforced in production; outside it the same policy is sent report-only
+# (Content-Security-Policy-Report-Only), because the browser tests drive the page with
+# Playwright's string predicates, which the page's policy would refuse as eval. The enforced
+# policy was run through tests/browser/test_contributor_e2e.py's flow in Chromium.
+CSP_REPORT_ONLY = env_bool("BIM_CSP_REPORT_ONLY", not PRODUCTION)
 CONTENT_SECURITY_POLICY = env_str(
     "BIM_CONTENT_SECURITY_POLICY",
     "; ".join(

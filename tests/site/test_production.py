@@ -101,8 +101,11 @@ def test_without_a_token_only_staff_read_metrics(client, settings):
 
 
 @pytest.mark.django_db
-def test_pages_send_a_content_security_policy_fit_for_the_contributor(client):
-    policy = client.get("/login/")["Content-Security-Policy"]
+def test_pages_send_a_content_security_policy_fit_for_the_contributor(client, settings):
+    settings.CSP_REPORT_ONLY = False  # production's default
+    page = client.get("/login/")
+    assert "Content-Security-Policy-Report-Only" not in page
+    policy = page["Content-Security-Policy"]
     directives = {part.split()[0]: part.split()[1:] for part in policy.split(";") if part.strip()}
     assert directives["default-src"] == ["'self'"]
     assert "'wasm-unsafe-eval'" in directives["script-src"] and "'self'" in directives["script-src"]
@@ -113,6 +116,20 @@ def test_pages_send_a_content_security_policy_fit_for_the_contributor(client):
 
 
 @pytest.mark.django_db
+def test_outside_production_the_policy_is_report_only(client, settings):
+    settings.CSP_REPORT_ONLY = True
+    page = client.get("/login/")
+    assert "Content-Security-Policy" not in page
+    assert page["Content-Security-Policy-Report-Only"] == settings.CONTENT_SECURITY_POLICY
+
+
+def test_production_enforces_the_policy(tmp_path):
+    code = "import django; django.setup(); from django.conf import settings; print(settings.CSP_REPORT_ONLY)"
+    result = run_django(["-c", code], PRODUCTION_ENV, tmp_path)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.django_db
 def test_the_api_docs_load_their_assets_from_the_registry(client):
     page = client.get("/api/docs/")
     assert page.status_code == 200
@@ -120,7 +137,7 @@ def test_the_api_docs_load_their_assets_from_the_registry(client):
     assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in html
     assert "<script>" not in html.replace(" ", "")  # no inline script: the CSP allows none
-    assert "Content-Security-Policy" in page
+    assert "Content-Security-Policy" in page or "Content-Security-Policy-Report-Only" in page
     script = APIClient().get("/api/docs/", {"script": ""})
     assert script.status_code == 200
     # bim_site.asgi's static handler serves what the finders find (the test client skips it).
