@@ -90,6 +90,24 @@ class TaskFamily:
         return {"worst": worst, "tolerances": tolerances}
 
 
+def storable_text(text: str) -> bool:
+    """Whether a string can be stored and hashed as it is: UTF-8 encodable (no lone
+    surrogate, which JSON's \\uD800 escapes can carry) and free of NUL, which PostgreSQL's
+    text and jsonb columns refuse. Checked here so every database refuses the same inputs."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _names(keys: set[Any]) -> str:
+    """Unknown keys for an error message, escaped: the message itself must be valid UTF-8."""
+    return ", ".join(sorted(str(key).encode("utf-8", "backslashreplace").decode("utf-8") for key in keys))
+
+
 def _text_list(raw: Any, name: str, limits: SubnetLimits) -> list[str]:
     if not isinstance(raw, list) or not raw:
         raise InputInvalid(f"{name} must be a non-empty list of strings")
@@ -100,6 +118,8 @@ def _text_list(raw: Any, name: str, limits: SubnetLimits) -> list[str]:
             raise InputInvalid(f"{name}[{index}] must be a non-empty string")
         if len(text) > limits.max_chars:
             raise InputInvalid(f"{name}[{index}] exceeds {limits.max_chars} characters")
+        if not storable_text(text):
+            raise InputInvalid(f"{name}[{index}] must be valid Unicode text without NUL characters")
     return list(raw)
 
 
@@ -113,7 +133,7 @@ class EmbeddingFamily(TaskFamily):
     def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
         unknown = set(raw) - {"texts"}
         if unknown:
-            raise InputInvalid(f"an embedding job takes only texts, not {', '.join(sorted(unknown))}")
+            raise InputInvalid(f"an embedding job takes only texts, not {_names(unknown)}")
         return {"texts": _text_list(raw.get("texts"), "texts", limits)}
 
     def item_count(self, inputs: dict[str, Any]) -> int:
@@ -171,10 +191,12 @@ class TextFamily(TaskFamily):
     def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
         unknown = set(raw) - {"prompt", "max_tokens"}
         if unknown:
-            raise InputInvalid(f"a text job takes only prompt and max_tokens, not {', '.join(sorted(unknown))}")
+            raise InputInvalid(f"a text job takes only prompt and max_tokens, not {_names(unknown)}")
         prompt, max_tokens = raw.get("prompt"), raw.get("max_tokens")
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputInvalid("prompt must be a non-empty string")
+        if not storable_text(prompt):
+            raise InputInvalid("prompt must be valid Unicode text without NUL characters")
         if len(prompt.encode("utf-8", errors="replace")) > limits.max_chars:
             raise InputInvalid(f"prompt exceeds {limits.max_chars} bytes of UTF-8")
         ceiling = int(limits.preprocessing.get("max_new_tokens", 256))
@@ -298,7 +320,7 @@ class ImageFamily(TaskFamily):
     def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
         unknown = set(raw) - {"image"}
         if unknown:
-            raise InputInvalid(f"an image job takes only image, not {', '.join(sorted(unknown))}")
+            raise InputInvalid(f"an image job takes only image, not {_names(unknown)}")
         text = raw.get("image")
         if not isinstance(text, str) or not text:
             raise InputInvalid("image must be a base64 string of a PNG file")

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
-# Pages that pull scripts from elsewhere would break under require-corp.
+# The Swagger UI needs no isolation (it loaded its scripts from a CDN once; now they are the
+# registry's own, from drf-spectacular-sidecar) and stays as it was.
 NOT_ISOLATED_PREFIXES = ("/api/docs/",)
 # Subresources the isolated pages fetch: same-origin only.
 RESOURCE_PREFIXES = ("/artifacts/chunks/", "/subnets/")
@@ -45,3 +46,19 @@ class CrossOriginIsolationMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         return isolation_headers(request.path, self.get_response(request))
+
+
+class ContentSecurityPolicyMiddleware:
+    """settings.CONTENT_SECURITY_POLICY on every response Django renders (Django 5.2 has no
+    CSP of its own), enforced or report-only as settings.CSP_REPORT_ONLY says. Static files bypass middleware and need none: a policy applies to
+    documents and to workers, and the engine's worker script is trusted, same-origin code."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if settings.CONTENT_SECURITY_POLICY:
+            header = "Content-Security-Policy-Report-Only" if settings.CSP_REPORT_ONLY else "Content-Security-Policy"
+            response.headers.setdefault(header, settings.CONTENT_SECURITY_POLICY)
+        return response

@@ -10,6 +10,7 @@ Two modes, chosen by the environment alone:
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -43,9 +44,87 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
 
 
-SECRET_KEY = env_str("SECRET_KEY", "bim-insecure-development-key-change-me")
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate: a count per s, m, h or d (`600/min`, `20/s`)."""
+    value = env_str(name, default)
+    count, _, period = value.partition("/")
+    if not count.isdigit() or not period or period[0] not in "smhd":
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate like 600/min")
+    return value
+
+
+def env_required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ImproperlyConfigured(f"{name} must be set when BIM_PRODUCTION=1 (docs/operations.md)")
+    return value
+
+
+# Production mode is explicit, not guessed from DATABASE_URL: the tests, the benchmarks and
+# the browser tests' registry run on PostgreSQL with throwaway settings, and a deployment
+# that forgets the switch would silently run with the development key. BIM_PRODUCTION=1
+# refuses to start without a real secret key and host list, never runs DEBUG, and turns
+# on HTTPS-only cookies, HSTS and the SSL redirect (`manage.py check --deploy` is clean).
+PRODUCTION = env_bool("BIM_PRODUCTION", False)
 DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+DEVELOPMENT_SECRET_KEY = "bim-insecure-development-key-change-me"
+
+if PRODUCTION:
+    SECRET_KEY = env_required("SECRET_KEY")
+    # Django's own bar (check --deploy's W009): long and not a placeholder.
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY == DEVELOPMENT_SECRET_KEY:
+        raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters in production")
+    if DEBUG:
+        raise ImproperlyConfigured("DEBUG must be off when BIM_PRODUCTION=1")
+    ALLOWED_HOSTS = env_required("ALLOWED_HOSTS").split(",")
+    CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
+    # Behind a TLS-terminating proxy, the proxy's X-Forwarded-Proto says a request was HTTPS
+    # (only set this when the proxy overwrites that header on every request).
+    if env_bool("BIM_SECURE_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("BIM_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("BIM_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("BIM_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("BIM_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+else:
+    SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
+    ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+# /metrics (bim_site/metrics.py): staff sessions, or `Authorization: Bearer BIM_METRICS_TOKEN`
+# for a Prometheus scraper. Public only outside production unless BIM_METRICS_PUBLIC says.
+BIM_METRICS_TOKEN = env_str("BIM_METRICS_TOKEN")
+BIM_METRICS_PUBLIC = env_bool("BIM_METRICS_PUBLIC", not PRODUCTION)
+
+# Content-Security-Policy of every page (bim_site/middleware.py). The contributor page needs
+# same-origin module scripts and workers ('self'; blob: for workers onnxruntime-web may start),
+# WebAssembly compilation ('wasm-unsafe-eval', not 'unsafe-eval'), same-origin fetches and its
+# websocket ('self'); no inline script anywhere (the dashboard's config is a JSON data block,
+# the API docs use drf-spectacular's split view). Inline styles stay allowed for admin and
+# the Swagger UI. Enforced in production; outside it the same policy is sent report-only
+# (Content-Security-Policy-Report-Only), because the browser tests drive the page with
+# Playwright's string predicates, which the page's policy would refuse as eval. The enforced
+# policy was run through tests/browser/test_contributor_e2e.py's flow in Chromium.
+CSP_REPORT_ONLY = env_bool("BIM_CSP_REPORT_ONLY", not PRODUCTION)
+CONTENT_SECURITY_POLICY = env_str(
+    "BIM_CONTENT_SECURITY_POLICY",
+    "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self' 'wasm-unsafe-eval'",
+            "worker-src 'self' blob:",
+            "connect-src 'self'",
+            "img-src 'self' data: blob:",
+            "style-src 'self' 'unsafe-inline'",
+            "font-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    ),
+)
 
 INSTALLED_APPS = [
     "daphne",
@@ -58,8 +137,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_prometheus",
     "channels",
+    "axes",
     "subnets",
     "ledger",
     "registry",
@@ -76,6 +157,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "bim_site.middleware.CrossOriginIsolationMiddleware",
+    "bim_site.middleware.ContentSecurityPolicyMiddleware",
+    # Last before the metrics: turns a lockout raised during authentication into its 429 page.
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -174,9 +258,30 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Sign-up (contributor.forms.SignUpForm, a UserCreationForm) and password changes apply these.
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": env_int("BIM_PASSWORD_MIN_LENGTH", 10)},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Login lockout (django-axes): after BIM_LOGIN_FAILURE_LIMIT failed logins for one username
+# from one address, that pair is refused (429) for BIM_LOGIN_COOLOFF_MINUTES, even with the
+# right password. Keyed on the pair, so a stranger cannot lock an owner out from elsewhere.
+# Axes's backend comes first: it refuses a locked-out pair before the password is checked,
+# and needs the request, which Django's login views and admin pass to authenticate().
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("BIM_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("BIM_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -201,11 +306,28 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "registry.api.exception_handler",
+    # Rates in BIM_API_THROTTLE_RATES (bim_site/throttles.py reads them per request).
+    "DEFAULT_THROTTLE_CLASSES": ["bim_site.throttles.UserThrottle", "bim_site.throttles.AnonThrottle"],
+    # JSON bodies only (the SDK, the node and the pages send nothing else, and the schema then
+    # documents one encoding), refusing absurdly nested documents as a 400.
+    "DEFAULT_PARSER_CLASSES": ["bim_site.parsers.ApiJSONParser"],
+}
+# Per authenticated user (session or token) and per anonymous address, in the default cache
+# (Redis with REDIS_URL). High by default: the demo, the tests and bench/throughput.py poll
+# jobs from one user; a deployment lowers them for its own users.
+BIM_API_THROTTLE_RATES = {
+    "user": env_rate("BIM_API_RATE_USER", "20000/min"),
+    "anon": env_rate("BIM_API_RATE_ANON", "2000/min"),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "BIM registry API",
     "DESCRIPTION": "Submit inference jobs verified by two independent contributors.",
     "VERSION": "1.0.0",
+    # Swagger UI from the pinned drf-spectacular-sidecar, served under /static/: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "bim_site.openapi.add_error_responses"],
 }
 
 # Content-addressed model chunks (served at immutable URLs) and their fixed size.

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from bim_site.metrics import metrics
 from registry import api as registry_api
 from subnets import api as subnets_api
 from subnets import views as subnets_views
@@ -21,9 +22,16 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The split view serves its init script at ?script: no inline script, so the CSP holds.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("subnets/<slug:slug>/manifest.json", subnets_views.manifest, name="subnet-manifest"),
     path("artifacts/chunks/<str:sha256>", subnets_views.chunk, name="artifact-chunk"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics, name="prometheus-django-metrics"),
     path("", include("contributor.urls")),
 ]
+
+# JSON under /api/, Django's pages elsewhere (bim_site/errors.py).
+handler400 = "bim_site.errors.bad_request"
+handler403 = "bim_site.errors.permission_denied"
+handler404 = "bim_site.errors.page_not_found"
+handler500 = "bim_site.errors.server_error"

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -26,10 +28,41 @@ from .models import Job, Node
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Service refusals become {"code", "detail"} with their HTTP status."""
+    """Every refusal is {"code", "detail"} with its HTTP status: service refusals, DRF's own
+    (authentication, parsing, throttling with its Retry-After, validation with the field
+    errors as detail) and a body over DATA_UPLOAD_MAX_MEMORY_SIZE. Anything else is a bug and
+    goes on to Django (bim_site.errors answers JSON 500 under /api/)."""
     if isinstance(exc, ServiceError):
         return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
-    return drf_exception_handler(exc, context)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"code": "request_too_large", "detail": "the request body is too large"},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        code, detail = "invalid", response.data
+    else:
+        # Http404 and PermissionDenied arrive as Django's and are converted by DRF's handler.
+        codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
+        code = codes if isinstance(codes, str) else _DJANGO_CODES.get(response.status_code, "error")
+        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+    response.data = {"code": code, "detail": detail}
+    return response
+
+
+_DJANGO_CODES = {403: "permission_denied", 404: "not_found"}
+
+
+def idempotency_key_checked(key: str) -> str:
+    """A key from the Idempotency-Key header gets the checks the body field has: it must
+    fit its column and be storable text."""
+    max_length = Job._meta.get_field("idempotency_key").max_length
+    if len(key) > max_length or not families.storable_text(key):
+        raise ServiceError("idempotency_key_invalid", f"an idempotency key is at most {max_length} characters of text")
+    return key
 
 
 class JobSubmitSerializer(serializers.Serializer):
@@ -37,7 +70,8 @@ class JobSubmitSerializer(serializers.Serializer):
     inputs = serializers.DictField(
         help_text='as the subnet\'s task family takes them: embeddings {"texts": [...]}'
     )
-    idempotency_key = serializers.CharField(max_length=200, required=False)
+    # DRF's CharField already refuses NUL and lone surrogates.
+    idempotency_key = serializers.CharField(max_length=Job._meta.get_field("idempotency_key").max_length, required=False)
     session_key_pub = serializers.CharField(max_length=64, required=False)
 
 
@@ -59,6 +93,37 @@ class JobSummarySerializer(serializers.ModelSerializer):
             "failure_reason",
             "warnings",
         ]
+
+
+class StrictLimitOffsetPagination(LimitOffsetPagination):
+    """LimitOffsetPagination that refuses a limit or offset that is not an integer (400)
+    instead of silently serving the first page: the schema says integer, so does the API.
+    A negative or oversized value is still clamped, as DRF does."""
+
+    def _integer(self, request: Request, name: str) -> None:
+        value = request.query_params.get(name)
+        if value is not None:
+            try:
+                int(value)
+            except ValueError:
+                raise exceptions.ValidationError({name: ["an integer is required"]}) from None
+
+    def get_limit(self, request: Request) -> int | None:
+        self._integer(request, self.limit_query_param)
+        return super().get_limit(request)
+
+    def get_offset(self, request: Request) -> int:
+        self._integer(request, self.offset_query_param)
+        return super().get_offset(request)
+
+
+class JobListPageSerializer(serializers.Serializer):
+    """One page of LimitOffsetPagination, as it answers (the schema must say so)."""
+
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True, help_text="URL of the next page")
+    previous = serializers.CharField(allow_null=True, help_text="URL of the previous page")
+    results = JobSummarySerializer(many=True)
 
 
 class JobDetailSerializer(JobSummarySerializer):
@@ -89,9 +154,16 @@ class JobDetailSerializer(JobSummarySerializer):
 
 
 class JobListCreateApi(APIView):
-    @extend_schema(responses=JobSummarySerializer(many=True))
+    @extend_schema(
+        operation_id="v1_jobs_list",  # a page object is not a list to drf-spectacular's naming
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT, description="jobs per page (default 50)"),
+            OpenApiParameter("offset", OpenApiTypes.INT, description="jobs to skip, newest first"),
+        ],
+        responses=JobListPageSerializer,
+    )
     def get(self, request: Request) -> Response:
-        paginator = LimitOffsetPagination()
+        paginator = StrictLimitOffsetPagination()
         page = paginator.paginate_queryset(selectors.job_list_for_user(user=request.user), request, view=self)
         return paginator.get_paginated_response(JobSummarySerializer(page, many=True).data)
 
@@ -102,6 +174,7 @@ class JobListCreateApi(APIView):
         key = data.validated_data.get("idempotency_key") or request.headers.get("Idempotency-Key")
         if not key:
             raise ServiceError("idempotency_key_required", "send idempotency_key or an Idempotency-Key header")
+        key = idempotency_key_checked(key)
         job, created = submit.job_submit(
             user=request.user,
             subnet_slug=data.validated_data["subnet"],

@@ -96,6 +96,48 @@ def test_log_in_and_log_out(client):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "password",
+    [
+        pytest.param("short7", id="too-short"),
+        pytest.param("password123", id="common"),
+        pytest.param("31415926535897", id="numeric"),
+        pytest.param("dana-the-contributor", id="like-the-username"),
+    ],
+)
+def test_sign_up_refuses_a_weak_password(client, password):
+    response = client.post(
+        reverse("contributor:signup"),
+        {"username": "dana-the-contributor", "password1": password, "password2": password},
+    )
+    assert response.status_code == 200
+    assert "password2" in response.context["form"].errors
+    assert not get_user_model().objects.filter(username="dana-the-contributor").exists()
+
+
+@pytest.mark.django_db
+def test_repeated_failed_logins_lock_the_account_out_from_that_address(client, settings):
+    user = UserFactory(username="gina")
+    user.set_password(PASSWORD)
+    user.save()
+    login = reverse("contributor:login")
+
+    failures = [
+        client.post(login, {"username": "gina", "password": f"wrong {i}"}, REMOTE_ADDR="10.0.0.7").status_code
+        for i in range(settings.AXES_FAILURE_LIMIT)
+    ]
+    locked = client.post(login, {"username": "gina", "password": PASSWORD}, REMOTE_ADDR="10.0.0.7")
+
+    assert failures[:-1] == [200] * (settings.AXES_FAILURE_LIMIT - 1)
+    assert failures[-1] == 429
+    assert locked.status_code == 429  # even the right password, until the cool-off
+    assert "_auth_user_id" not in client.session
+    # Another address (the account's owner elsewhere) still logs in.
+    elsewhere = Client().post(login, {"username": "gina", "password": PASSWORD}, REMOTE_ADDR="10.0.0.8")
+    assert elsewhere.status_code == 302
+
+
+@pytest.mark.django_db
 def test_the_dashboard_requires_login(client):
     response = client.get(reverse("contributor:dashboard"))
     assert response.status_code == 302
