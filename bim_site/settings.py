@@ -93,20 +93,18 @@ else:
     ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
 
 # /metrics (bim_site/metrics.py): staff sessions, or `Authorization: Bearer BIM_METRICS_TOKEN`
-# for a Prometheus scraper. Public only outside production unless BIM_METRICS_PUBLIC says.
+# for a Prometheus scraper; public only where BIM_METRICS_PUBLIC says so (a private network).
 BIM_METRICS_TOKEN = env_str("BIM_METRICS_TOKEN")
-BIM_METRICS_PUBLIC = env_bool("BIM_METRICS_PUBLIC", not PRODUCTION)
+BIM_METRICS_PUBLIC = env_bool("BIM_METRICS_PUBLIC", False)
 
 # Content-Security-Policy of every page (bim_site/middleware.py). The contributor page needs
 # same-origin module scripts and workers ('self'; blob: for workers onnxruntime-web may start),
 # WebAssembly compilation ('wasm-unsafe-eval', not 'unsafe-eval'), same-origin fetches and its
 # websocket ('self'); no inline script anywhere (the dashboard's config is a JSON data block,
 # the API docs use drf-spectacular's split view). Inline styles stay allowed for admin and
-# the Swagger UI. Enforced in production; outside it the same policy is sent report-only
-# (Content-Security-Policy-Report-Only), because the browser tests drive the page with
-# Playwright's string predicates, which the page's policy would refuse as eval. The enforced
-# policy was run through tests/browser/test_contributor_e2e.py's flow in Chromium.
-CSP_REPORT_ONLY = env_bool("BIM_CSP_REPORT_ONLY", not PRODUCTION)
+# the Swagger UI. Enforced everywhere, so the browser tests run the contributor page under it
+# (BIM_CSP_REPORT_ONLY=1 only reports violations, for trying out a new policy).
+CSP_REPORT_ONLY = env_bool("BIM_CSP_REPORT_ONLY", False)
 CONTENT_SECURITY_POLICY = env_str(
     "BIM_CONTENT_SECURITY_POLICY",
     "; ".join(

@@ -64,8 +64,8 @@ def test_admin_cannot_change_a_transfer_or_a_job_contract(operator, settled_job)
     assert "contract" in job_admin.get_readonly_fields(_request(), settled_job)
 
 
-def test_metrics_count_submitted_and_settled_jobs(client, settled_job):
-    body = client.get("/metrics").content.decode()
+def test_metrics_count_submitted_and_settled_jobs(operator, settled_job):
+    body = operator.get("/metrics").content.decode()
     assert f'bim_jobs_settled_total{{subnet="{settled_job.subnet.slug}"}}' in body
     assert "bim_jobs_submitted_total" in body
     assert "django_http_requests_total_by_method_total" in body

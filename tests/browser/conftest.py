@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -102,6 +103,16 @@ def webgpu_browser(playwright_instance: Any) -> Iterator[Any]:
     browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS, headless=True, timeout=60_000)
     yield browser
     browser.close()
+
+
+def wait_for(page: Any, expression: str, *, timeout: float = 30_000) -> None:
+    """Poll a page expression until it holds. Not `page.wait_for_function`: Playwright runs
+    that through eval, which the pages' Content-Security-Policy forbids (as it should)."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(f"() => Boolean({expression})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expression!r} did not hold within {timeout / 1000:.0f} s")
+        page.wait_for_timeout(100)
 
 
 def _watch_console(page: Any) -> list[str]:

@@ -24,6 +24,7 @@ from bim_site.processes import ROOT, ProcessGroup
 from ledger.checks import ledger_violations
 from ledger.models import Account, AccountKind
 from registry.models import Assignment, AssignmentState, Node
+from tests.browser.conftest import wait_for
 from tests.market import running_market
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
@@ -86,7 +87,7 @@ def test_a_browser_signs_up_opts_in_caches_benchmarks_and_earns_from_verified_jo
         page.click("[data-testid=sign-up]")
         page.wait_for_url(f"{url}/contribute/")
         assert page.evaluate("crossOriginIsolated") is True
-        page.wait_for_function("window.bim && window.bim.phase === 'no subnet'")
+        wait_for(page, "window.bim && window.bim.phase === 'no subnet'")
 
         # Opt in: the license page records the version and time, then the dashboard computes.
         page.click("[data-testid=opt-in-minilm-embed]")
@@ -97,7 +98,7 @@ def test_a_browser_signs_up_opts_in_caches_benchmarks_and_earns_from_verified_jo
         assert page.locator("[data-testid=cap-isolated]").inner_text().startswith("yes")
 
         # Model fetched, verified and cached; node registered; benchmark passed.
-        page.wait_for_function("window.bim && window.bim.benchmark && window.bim.benchmark.passed === true", timeout=240_000)
+        wait_for(page, "window.bim && window.bim.benchmark && window.bim.benchmark.passed === true", timeout=240_000)
         state = page.evaluate("({nodeId: bim.nodeId, model: bim.model, env: bim.env, benchmark: bim.benchmark})")
         assert state["model"]["fromCache"] is False and state["model"]["chunkRequests"] > 0
         assert state["env"]["runtime"].startswith("onnxruntime-web") and state["env"]["backend"] in {"wasm", "webgpu"}
@@ -122,7 +123,7 @@ def test_a_browser_signs_up_opts_in_caches_benchmarks_and_earns_from_verified_jo
         min_cosine = min(final["receipt"]["verification"]["min_cosine"] for final in finals)
 
         # The dashboard shows the verified jobs and the ledger's earnings and escrow.
-        page.wait_for_function(f"window.bim.verified >= {len(TEXTS)} && window.bim.balances && window.bim.balances.earnings_micro > 0", timeout=30_000)
+        wait_for(page, f"window.bim.verified >= {len(TEXTS)} && window.bim.balances && window.bim.balances.earnings_micro > 0", timeout=30_000)
         assert int(page.locator("[data-testid=jobs-done]").inner_text()) >= len(TEXTS)
         assert int(page.locator("[data-testid=jobs-verified]").inner_text()) >= len(TEXTS)
         assert page.locator("#jobs-body tr .state-agreed").count() >= len(TEXTS)
@@ -134,16 +135,16 @@ def test_a_browser_signs_up_opts_in_caches_benchmarks_and_earns_from_verified_jo
 
         # Pause takes the node offline (nothing more is routed to it); resume brings it back.
         page.click("[data-testid=pause]")
-        page.wait_for_function("window.bim.phase === 'paused'")
+        wait_for(page, "window.bim.phase === 'paused'")
         _wait_until(lambda: not _is_online(browser_node.pk))
         page.click("[data-testid=pause]")
-        page.wait_for_function("window.bim.phase.startsWith('ready on')", timeout=60_000)
+        wait_for(page, "window.bim.phase.startsWith('ready on')", timeout=60_000)
         assert _is_online(browser_node.pk)
 
         # The next visit is the same node (its key is in IndexedDB) and loads the model from
         # the browser's cache, with no chunk download.
         page.reload()
-        page.wait_for_function("window.bim && window.bim.phase.startsWith('ready on')", timeout=120_000)
+        wait_for(page, "window.bim && window.bim.phase.startsWith('ready on')", timeout=120_000)
         again = page.evaluate("({nodeId: bim.nodeId, model: bim.model})")
         assert again["nodeId"] == state["nodeId"]
         assert again["model"]["fromCache"] is True and again["model"]["chunkRequests"] == 0
@@ -181,7 +182,7 @@ def test_the_dashboard_says_clearly_what_a_browser_lacks(live_registry, browser)
     page.fill("#id_password2", PASSWORD)
     page.click("[data-testid=sign-up]")
     page.wait_for_url(f"{url}/contribute/")
-    page.wait_for_function("window.bim && window.bim.phase === 'no subnet'", timeout=30_000)
+    wait_for(page, "window.bim && window.bim.phase === 'no subnet'", timeout=30_000)
     assert page.locator("[data-testid=cap-ed25519]").inner_text() == "yes"
     assert page.locator("[data-testid=cap-note]").is_hidden()
     session = signed_up.storage_state()
@@ -196,7 +197,7 @@ def test_the_dashboard_says_clearly_what_a_browser_lacks(live_registry, browser)
             context.add_init_script(script)
             page = context.new_page()
             page.goto(f"{url}/contribute/")
-            page.wait_for_function("window.bim && window.bim.phase === 'unsupported'", timeout=30_000)
+            wait_for(page, "window.bim && window.bim.phase === 'unsupported'", timeout=30_000)
             assert page.locator(f"[data-testid={missing}]").inner_text() == "missing"
             assert page.locator("#notice-title").inner_text() == "This browser cannot contribute"
             assert says in page.locator("#notice-text").inner_text()
@@ -219,7 +220,7 @@ def test_the_dashboard_says_clearly_what_a_browser_lacks(live_registry, browser)
         page = context.new_page()
         page.route(f"{url}/contribute/", strip_isolation)
         page.goto(f"{url}/contribute/")
-        page.wait_for_function("window.bim && window.bim.phase === 'no subnet'", timeout=30_000)
+        wait_for(page, "window.bim && window.bim.phase === 'no subnet'", timeout=30_000)
         assert page.evaluate("crossOriginIsolated") is False
         assert page.locator("[data-testid=cap-isolated]").inner_text().startswith("no")
         assert "not cross-origin isolated" in page.locator("[data-testid=cap-note]").inner_text()

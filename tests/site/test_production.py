@@ -116,17 +116,22 @@ def test_pages_send_a_content_security_policy_fit_for_the_contributor(client, se
 
 
 @pytest.mark.django_db
-def test_outside_production_the_policy_is_report_only(client, settings):
+def test_the_policy_can_be_tried_out_report_only(client, settings):
     settings.CSP_REPORT_ONLY = True
     page = client.get("/login/")
     assert "Content-Security-Policy" not in page
     assert page["Content-Security-Policy-Report-Only"] == settings.CONTENT_SECURITY_POLICY
 
 
-def test_production_enforces_the_policy(tmp_path):
-    code = "import django; django.setup(); from django.conf import settings; print(settings.CSP_REPORT_ONLY)"
-    result = run_django(["-c", code], PRODUCTION_ENV, tmp_path)
-    assert result.stdout.strip() == "False", result.stderr
+@pytest.mark.parametrize("production", [True, False])
+def test_the_policy_is_enforced_and_metrics_closed_by_default(tmp_path, production):
+    code = (
+        "import django; django.setup(); from django.conf import settings;"
+        " print(settings.CSP_REPORT_ONLY, settings.BIM_METRICS_PUBLIC)"
+    )
+    env = PRODUCTION_ENV if production else {}
+    result = run_django(["-c", code], env, tmp_path)
+    assert result.stdout.strip() == "False False", result.stderr
 
 
 @pytest.mark.django_db
