@@ -5,6 +5,8 @@ or a raw `QuerySet.update()` cannot get past them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from django.db import migrations
 
@@ -61,6 +63,55 @@ def refuse_changes_after_remake(
             schema_editor.execute(statement, params=None)
 
     return migrations.RunPython(forward, migrations.RunPython.noop)
+
+
+@dataclass(frozen=True)
+class RefusedChange:
+    """A trigger the database keeps on a table, as its migration installed it."""
+
+    name: str
+    table: str
+    reason: str
+    columns: tuple[str, ...] = ()
+    refuse_delete: bool = False
+
+
+# Every trigger of the project, as its latest migration states it.
+EVERY_TRIGGER = (
+    RefusedChange(
+        "ledger_transfer_append_only",
+        "ledger_transfer",
+        "transfers are immutable; correct with a reversing transfer",
+        refuse_delete=True,
+    ),
+    RefusedChange(
+        "registry_job_contract_immutable",
+        "registry_job",
+        "the job contract is immutable",
+        columns=("contract", "contract_hash", "inputs", "price_micro", "user_id", "subnet_id"),
+    ),
+)
+
+
+def triggers_reinstall(connection: Any) -> list[str]:
+    """After every `migrate` (a post_migrate handler): on SQLite, put every trigger back
+    on its table, since any migration that alters a column there copies the table and
+    drops its triggers. PostgreSQL alters tables in place and keeps them. Returns the
+    triggers written."""
+    if connection.vendor != "sqlite":
+        return []
+    tables = set(connection.introspection.table_names())
+    written = []
+    with connection.cursor() as cursor:
+        for trigger in EVERY_TRIGGER:
+            if trigger.table not in tables:
+                continue  # its app is not migrated yet
+            for suffix in ("", "_delete"):
+                cursor.execute(f"DROP TRIGGER IF EXISTS {trigger.name}{suffix}")
+            for statement in _sqlite(trigger.name, trigger.table, trigger.reason, trigger.columns, trigger.refuse_delete):
+                cursor.execute(statement)
+            written.append(trigger.name)
+    return written
 
 
 def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:

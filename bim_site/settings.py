@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     "ledger",
     "registry",
     "contributor",
+    "bim_site",  # after the apps whose tables it guards (post_migrate)
 ]
 
 MIDDLEWARE = [

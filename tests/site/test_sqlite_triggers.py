@@ -18,13 +18,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory) -> sqlite3.Connection:
-    var = tmp_path_factory.mktemp("embedded")
+def migrate(var: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env["BIM_VAR_DIR"] = str(var)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=240)
-    connection = sqlite3.connect(var / "bim.sqlite3", isolation_level=None)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> Path:
+    var = tmp_path_factory.mktemp("embedded")
+    migrate(var)
+    return var
+
+
+@pytest.fixture(scope="module")
+def database(embedded) -> sqlite3.Connection:
+    connection = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
     connection.execute("PRAGMA foreign_keys = OFF")  # rows stand alone: no users, subnets or accounts
     return connection
 
@@ -69,3 +78,16 @@ def test_the_embedded_database_allows_the_writes_the_registry_makes(database):
         database.execute("UPDATE registry_job SET state = 'expired'")  # state moves; the contract does not
     finally:
         database.execute("ROLLBACK")
+
+
+def test_every_migrate_puts_back_a_trigger_a_table_copy_dropped(embedded):
+    """A future migration that alters registry_job or ledger_transfer copies the table on
+    SQLite and drops its triggers: the next `migrate` (its own run) puts them back."""
+    database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
+    database.execute("DROP TRIGGER registry_job_contract_immutable")
+    database.execute("DROP TRIGGER ledger_transfer_append_only_delete")
+    database.close()
+    migrate(embedded)
+    database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
+    triggers = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert {"registry_job_contract_immutable", "ledger_transfer_append_only_delete"} <= triggers

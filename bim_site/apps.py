@@ -1,0 +1,21 @@
+from typing import Any
+
+from django.apps import AppConfig
+from django.db import connections
+from django.db.models.signals import post_migrate
+
+from .db_triggers import triggers_reinstall
+
+
+class BimSiteConfig(AppConfig):
+    """The site itself as an app: it owns what spans the apps below it, such as the
+    database triggers that every migrate must leave in place."""
+
+    name = "bim_site"
+
+    def ready(self) -> None:
+        post_migrate.connect(_triggers_back, dispatch_uid="bim_site.triggers_back")
+
+
+def _triggers_back(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    triggers_reinstall(connections[using])
