@@ -7,8 +7,10 @@ last fault settle), and no node may be blamed for what the registry did."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -130,6 +132,9 @@ def test_every_job_ends_by_rule_through_the_registrys_own_faults(tmp_path):
         infra.stop()
 
     jobs = Job.objects.filter(honeypot__isnull=True)
+    states = dict(Counter(Job.objects.values_list("state", flat=True)))
+    # The figures docs/reliability.md quotes (`pytest -s` shows them).
+    print("fault test:", json.dumps({"submitted": submitted, "jobs_by_state": states, "submits_retried": len(traffic.refused)}))
     assert jobs.count() >= submitted - 1  # the last key may not have reached the registry
     assert set(jobs.values_list("state", flat=True)) <= {JobState.SETTLED, JobState.EXPIRED}
     assert settled_count() >= 4
