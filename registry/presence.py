@@ -12,7 +12,6 @@ Whoever asks whether a node is alive (the sweeper, routing) takes the later of t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -39,8 +38,6 @@ from .models import (
     SessionKey,
 )
 from .routing_index import index_bump, nodes_fresh, nodes_last_seen, presence_key, presence_set, timestamp_utc
-
-log = logging.getLogger("bim.registry.presence")
 
 
 def node_register(
