@@ -95,9 +95,8 @@ def test_forged_timings_do_not_outweigh_an_honest_node_of_the_same_real_speed(dj
     link = NodeSubnet.objects.get(node=nodes["forger"].node)
     assert link.latency_p50_ms >= 100.0  # clamped up to what the registry saw
     # Taken at their word, 0.001 ms runs would have outweighed the honest node by far;
-    # clamped to the registry's clock, the two nodes
-    # differ only by what the registry's clock and their uptimes saw (under 2 %, on a busy
-    # machine too).
+    # clamped to the registry's clock, the two differ only by clock and uptime noise (under
+    # 2 %, on a busy machine too).
     assert weight_of(subnet, nodes["forger"]) <= weight_of(subnet, nodes["honest"]) * 1.02
 
 
