@@ -20,6 +20,8 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +42,23 @@ class PrecomputedVectors:
     """`compute(inputs)` by lookup: a text that was not precomputed is a compute error
     (the node answers `job_failed`), never a made-up vector."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, delay_s: float = 0.0) -> None:
+        # A fixed compute time per call: gives nodes a real (and equal) speed to compare.
+        self.delay_s = delay_s
         with np.load(path) as data:
             texts = data["texts"].tolist()
             self.vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
         self.rows = {text: row for row, text in enumerate(texts)}
 
     def __call__(self, inputs: dict[str, list[str]]) -> np.ndarray:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         return self.vectors[[self.rows[text] for text in inputs["texts"]]]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.ArgumentParser:
+    """The simulated node's options, for this script and for those that extend it."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--registry", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--subnet", required=True)
@@ -64,13 +71,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="connect the websocket from this local address (e.g. 127.0.3.1): nodes on one "
         "machine then sit in different /24 blocks, as the routing policy wants",
     )
+    parser.add_argument("--compute-delay-s", type=float, default=0.0, help="seconds each compute call takes (0)")
     parser.add_argument("--log-level", default="WARNING")
-    return parser.parse_args(argv)
+    return parser
 
 
-def prepare_node(args: argparse.Namespace) -> NodeClient:
-    """What `bim_node.__main__.prepare_node` does, less the model download."""
-    compute = PrecomputedVectors(args.vectors)
+def prepare_node(args: argparse.Namespace, client_class: type[NodeClient] = NodeClient) -> NodeClient:
+    """What `bim_node.__main__.prepare_node` does, less the model download; `client_class`
+    lets a benchmark run a variant of the client (bench/hostile_node.py)."""
+    compute = PrecomputedVectors(args.vectors, args.compute_delay_s)
     key = load_or_create_key(args.key_file)
     api = RegistryApi(args.registry, args.token)
     subnet = next((s for s in api.subnets() if s.get("slug") == args.subnet), None)
@@ -87,7 +96,7 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
     }
     node = api.register_node(public_key=protocol.public_key_b64(key), name=args.name, subnets=[args.subnet], env=env)
     log.info("registered as node %s", node["id"])
-    return NodeClient(
+    return client_class(
         ws_url=websocket_url(args.registry, args.token),
         node_id=str(node["id"]),
         key=key,
@@ -111,11 +120,17 @@ async def serve(client: NodeClient) -> None:
     log.info("stopped after %d jobs (%d failed)", client.jobs_done, client.jobs_failed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(
+    argv: list[str] | None = None,
+    *,
+    parser: argparse.ArgumentParser | None = None,
+    make_client: Callable[[argparse.Namespace], NodeClient] = prepare_node,
+) -> int:
+    """Serve until SIGTERM; bench/hostile_node.py passes its own options and client."""
+    args = (parser or build_parser()).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(prepare_node(args)))
+        asyncio.run(serve(make_client(args)))
     except (RegistryError, KeyFileError, NodeFatalError) as exc:
         log.error("%s", exc)
         return 1
