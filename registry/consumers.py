@@ -22,7 +22,7 @@ from bim_core import protocol
 from bim_core.net import client_ip
 from subnets import selectors as subnet_selectors
 
-from . import benchmarks, metrics, presence, results, routing_index, tasks
+from . import benchmarks, metrics, presence, reputation, results, routing_index, tasks
 from .models import Node
 
 log = logging.getLogger("bim.registry.ws")
@@ -77,15 +77,25 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
             await database_sync_to_async(presence.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
 
+    async def close_for_violation(self, code: int, reason: str) -> None:
+        """Close on a limit the node broke, and strike it: a node cut off for what it sent
+        would otherwise reconnect blameless (a disconnect alone is no fault) and keep
+        drawing offers that each cost a user an assignment deadline."""
+        try:
+            if self.node_id is not None:
+                await database_sync_to_async(reputation.node_strike)(node_id=self.node_id, reason=reason)
+        finally:
+            await self.close(code=code)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         frame = text_data.encode("utf-8") if text_data is not None else (bytes_data or b"")
         if len(frame) > settings.NODE_MAX_MESSAGE_BYTES:
-            await self.close(code=protocol.CLOSE_MESSAGE_TOO_BIG)
+            await self.close_for_violation(protocol.CLOSE_MESSAGE_TOO_BIG, "sent a frame over the size limit")
             return
         if not self.budget.take(time.monotonic()):
             # Refused messages still cost: a node that keeps flooding runs into debt and is cut off.
             if self.budget.exhausted:
-                await self.close(code=protocol.CLOSE_RATE_LIMITED)
+                await self.close_for_violation(protocol.CLOSE_RATE_LIMITED, "flooded the registry with messages")
             elif not self.rate_limited:  # the first refusal of a run says why, once
                 self.rate_limited = True
                 await self.send_error("rate_limited", "too many messages; slow down")

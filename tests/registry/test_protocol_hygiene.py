@@ -16,7 +16,7 @@ from rest_framework.authtoken.models import Token
 from bim_core import protocol
 from bim_core.errors import ServiceError
 from registry import presence, sweeper
-from registry.models import Assignment, Node
+from registry.models import Assignment, Node, Strike
 from subnets.models import EulaAcceptance
 from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors
 from tests.registry.test_benchmarks import reference_for
@@ -181,6 +181,10 @@ def test_an_oversized_frame_closes_with_1009(settings):
         assert await closed_with(socket) == protocol.CLOSE_MESSAGE_TOO_BIG == 1009
 
     run(scenario)
+    # Cut off for what it sent, not just disconnected: it cannot come back blameless.
+    assert list(Strike.objects.filter(node=keys.node).values_list("reason", flat=True)) == [
+        "sent a frame over the size limit"
+    ]
 
 
 def test_a_flood_gets_an_error_then_a_close(settings):
@@ -204,6 +208,9 @@ def test_a_flood_gets_an_error_then_a_close(settings):
     kinds, code = run(scenario)
     assert kinds == ["pong"] * 4 + ["rate_limited"]
     assert code == protocol.CLOSE_RATE_LIMITED
+    assert list(Strike.objects.filter(node=keys.node).values_list("reason", flat=True)) == [
+        "flooded the registry with messages"
+    ]
 
 
 # ---------------------------------------------------------------- presence
