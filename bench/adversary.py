@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.hostile_node import STRATEGIES  # noqa: E402
-from bench.throughput import database_recreate, redis_flush, seed, with_path  # noqa: E402
+from bench.throughput import database_recreate, django_setup, redis_flush, seed, with_path  # noqa: E402
 from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
 
 SUBNET = "minilm-embed"
@@ -107,20 +107,6 @@ def load() -> dict[str, Any]:
         "loadavg_15m": round(fifteen, 2),
         "cpu_count": os.cpu_count(),
     }
-
-
-def django_setup(database_url: str) -> None:
-    """This process reads the bench database directly (ORM queries for the figures)."""
-    os.environ.pop("REDIS_URL", None)
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="bim_site.settings",
-        DATABASE_URL=database_url,
-        BIM_VAR_DIR=str(RUN_DIR),
-        BIM_ARTIFACT_ROOT=str(ARTIFACT_ROOT),
-    )
-    import django
-
-    django.setup()
 
 
 def stored_vectors(path: Path) -> dict[str, np.ndarray]:
@@ -361,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     RUN_DIR.mkdir(parents=True)
     database_recreate(database_url)
     redis_flush(redis_url)
-    django_setup(database_url)
+    # This process reads the bench database directly (ORM queries for the figures).
+    django_setup(database_url, run_dir=RUN_DIR, artifact_root=ARTIFACT_ROOT)
 
     honest = [f"honest-{i + 1}" for i in range(args.honest)]
     hostile_of = {

@@ -126,15 +126,15 @@ def redis_flush(redis_url: str) -> None:
     redis.Redis.from_url(redis_url).flushdb()
 
 
-def django_setup(database_url: str) -> None:
+def django_setup(database_url: str, *, run_dir: Path = RUN_DIR, artifact_root: Path = ARTIFACT_ROOT) -> None:
     """This process talks to the bench database only. Without REDIS_URL its settings use
     eager Celery and the in-memory channel layer, and the baseline patches both out."""
     os.environ.pop("REDIS_URL", None)
     os.environ.update(
         DJANGO_SETTINGS_MODULE="bim_site.settings",
         DATABASE_URL=database_url,
-        BIM_VAR_DIR=str(RUN_DIR),
-        BIM_ARTIFACT_ROOT=str(ARTIFACT_ROOT),
+        BIM_VAR_DIR=str(run_dir),
+        BIM_ARTIFACT_ROOT=str(artifact_root),
     )
     import django
 

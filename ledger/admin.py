@@ -31,6 +31,9 @@ class HealthLineMixin:
 
 
 class ReadOnlyMixin:
+    """Shown, never added, changed or deleted in admin: the ledger's books and the
+    registry's history change only through their services."""
+
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 

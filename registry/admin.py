@@ -5,6 +5,8 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from ledger.admin import ReadOnlyMixin
+
 from . import reputation
 from .models import (
     AgreementStat,
@@ -30,20 +32,11 @@ def _link(obj: object, label: str | None = None) -> str:
     return format_html('<a href="{}">{}</a>', url, label or str(obj))
 
 
-class HistoryAdmin(admin.ModelAdmin):
+class HistoryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """A record of what happened (jobs, assignments, strikes, benchmarks, statistics,
     sentinel runs): shown, never added, edited or deleted in admin, not even by a
     superuser. An edit rewrites the past behind the services' back (a honeypot set on a
     settled job strikes and slashes its honest nodes); a deletion hides it."""
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 class NodeSubnetInline(admin.TabularInline):
