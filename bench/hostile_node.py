@@ -54,8 +54,8 @@ STRATEGIES = (
 )
 COLLUDE_KEEP_DIMS = 288  # cosine with the honest vector ~0.9: far outside the 0.9999 tolerance
 FORGED_RUN_MS = 0.5
-# Over the registry's BIM_NODE_MAX_MESSAGE_BYTES (1 MiB - 1 KiB) and under daphne's own
-# 1 MiB frame limit: the registry itself must see and refuse it (close 1009).
+# Over the registry's BIM_NODE_MAX_MESSAGE_BYTES (1 MiB - 1 KiB), which bim_site.serve
+# gives the transport: refused with a 1009 close before the consumer sees it.
 OVERSIZED_BYTES = 1024 * 1024 - 512
 
 

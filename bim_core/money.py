@@ -8,6 +8,22 @@ from dataclasses import dataclass
 MICRO = 1_000_000  # micro-credits in one credit
 
 
+def micro_to_text(amount: int) -> str:
+    """Micro-credits as credits for people: exact, trailing zeros dropped ("1.5", "0.000125")."""
+    sign = "-" if amount < 0 else ""
+    whole, fraction = divmod(abs(amount), MICRO)
+    return f"{sign}{whole}" + (f".{fraction:06d}".rstrip("0") if fraction else "")
+
+
+def credits_to_micro(text: str) -> int:
+    """Credits as a person types them ("2", "0.5") to micro-credits; ValueError when it
+    is not a non-negative amount with at most six decimals."""
+    whole, _, fraction = text.strip().partition(".")
+    if not whole.isdigit() and not (whole == "" and fraction) or (fraction and not fraction.isdigit()) or len(fraction) > 6:
+        raise ValueError(f"{text!r} is not an amount of credits with at most 6 decimals")
+    return int(whole or 0) * MICRO + int(fraction.ljust(6, "0") or 0)
+
+
 @dataclass(frozen=True)
 class Split:
     node_a: int

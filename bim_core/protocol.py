@@ -35,11 +35,18 @@ CLOSE_UNKNOWN_NODE = 4003  # node id unknown, or not owned by the token's user
 CLOSE_PROTOCOL_ERROR = 4400  # malformed frame or message before hello
 CLOSE_HELLO_TIMEOUT = 4408  # no hello within the allowed time
 CLOSE_REPLACED = 4409  # the same node connected again; the older socket goes
+CLOSE_BANNED = 4403  # the node is banned (too many strikes) until the time in the close reason
+CLOSE_SESSION_ENDED = 4410  # the registry ended this session (it heard nothing for too long): reconnect
 CLOSE_SESSION_KEY_REUSED = 4002  # hello with a session key this or any node used before
 CLOSE_RATE_LIMITED = 4429  # kept sending faster than the connection's message rate
-# RFC 6455's own code for a message the endpoint will not take: the frame limit is the
-# transport's business, so the standard code, not an application one.
+# RFC 6455's own code for a message the endpoint will not take, sent by the transport
+# (bim_site.serve sets daphne's limit to the registry's); an ASGI application may not send
+# it, so the consumer's own check, behind a transport with a larger limit, sends 4009.
 CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_MESSAGE_TOO_BIG_APP = 4009
+
+# The `job_failed` reason for work `welcome` lists that the node no longer holds.
+LOST_ON_RECONNECT = "lost_on_reconnect"
 
 # Bounds on the numbers a node sends: outside them a message is refused with
 # `out_of_range` (the database would refuse them anyway, with a crash instead of a code).
@@ -188,11 +195,13 @@ class TokenBucket:
         self.rate, self.burst = rate, burst
         self.tokens, self.at = burst, now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, cost: float = 1) -> bool:
+        """Whether a message costing `cost` tokens is within budget; a refused one still
+        costs one token (refusing it was work too)."""
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        allowed = self.tokens >= 1
-        self.tokens -= 1
+        allowed = self.tokens >= cost
+        self.tokens -= cost if allowed else 1
         return allowed
 
     @property

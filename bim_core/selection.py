@@ -31,6 +31,9 @@ class Candidate:
     asn: str = ""
     os: str = ""
     gpu_family: str = ""
+    # Has a record of verified jobs (the registry's NODE_VOUCHED_JOBS); two nodes without
+    # one are never a job's only checkers while a vouched node is routable.
+    vouched: bool = True
 
 
 # The attributes a subnet's diversity policy may require to differ between a job's nodes.

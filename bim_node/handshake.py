@@ -42,6 +42,7 @@ async def handshake(
     model_checksum: str,
     max_concurrent: int,
     timeout_s: float,
+    release_listed_work: bool = True,
 ) -> Opened:
     """Run the handshake up to `ready`; NodeFatalError where the operator must act."""
     challenge = await expect(ws, "challenge", timeout_s)
@@ -78,11 +79,27 @@ async def handshake(
             f"subnet {subnet!r} now runs model {current}, not the loaded "
             f"{model_checksum}: restart the node to fetch it"
         )
+    if release_listed_work:
+        # This node keeps no work across connections (its queue dies with the socket): what
+        # the registry still counts as ours goes back now, not at its deadline.
+        for assignment_id in listed_assignments(welcome):
+            await send(ws, {"type": "job_failed", "assignment_id": assignment_id, "reason": protocol.LOST_ON_RECONNECT})
     await send(
         ws,
         {"type": "ready", "subnet": subnet, "model_checksum": model_checksum, "max_concurrent": max_concurrent},
     )
     return Opened(session_key=session_key, heartbeat_s=_heartbeat_interval(welcome.get("heartbeat_s")))
+
+
+MAX_LISTED_ASSIGNMENTS = 4096
+
+
+def listed_assignments(welcome: dict[str, Any]) -> list[str]:
+    """The open assignments `welcome` says the registry still counts as this node's."""
+    listed = welcome.get("assignments")
+    if not isinstance(listed, list):
+        return []
+    return [a for a in listed[:MAX_LISTED_ASSIGNMENTS] if isinstance(a, str)]
 
 
 async def expect(ws: ClientConnection, kind: str, timeout_s: float) -> dict[str, Any]:

@@ -59,6 +59,9 @@ class _Connection:
 class NodeClient:
     """One node's websocket session with the registry, reconnecting until stopped."""
 
+    # Give back, on welcome, the work of earlier connections (their queue died with them).
+    release_listed_work = True
+
     def __init__(
         self,
         *,
@@ -186,6 +189,7 @@ class NodeClient:
             model_checksum=self.model.checksum,
             max_concurrent=self.max_concurrent,
             timeout_s=self.handshake_timeout_s,
+            release_listed_work=self.release_listed_work,
         )
         conn = _Connection(ws, opened.session_key, opened.heartbeat_s, queue=asyncio.Queue(), cancelled=set())
         welcomed.set()

@@ -2,7 +2,7 @@
 operation documents its refusals. They all have one shape, `{"code", "detail"}`
 (registry.api.exception_handler, bim_site.errors), so one `Error` schema answers any 4XX:
 authentication, validation (detail holds the field errors), throttling (with Retry-After),
-unknown objects and service refusals."""
+unknown objects and service refusals; and 503 (with Retry-After) when there is no capacity."""
 
 from __future__ import annotations
 
@@ -24,10 +24,15 @@ def add_error_responses(result: dict[str, Any], generator: Any, request: Any, pu
         "description": "refused: {code, detail}",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+    unavailable = {
+        "description": "no capacity now (no node serves the subnet): {code, detail}, with Retry-After",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     for path, operations in result.get("paths", {}).items():
         if not path.startswith("/api/v1/"):
             continue
         for operation in operations.values():
             if isinstance(operation, dict) and "responses" in operation:
                 operation["responses"].setdefault("4XX", error)
+                operation["responses"].setdefault("503", unavailable)
     return result

@@ -41,7 +41,7 @@ class ProcessGroup:
         return child
 
     def start_registry(self, port: int) -> str:
-        self.start("registry", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bim_site.asgi:application"])
+        self.start("registry", [sys.executable, "-m", "bim_site.serve", "-b", "127.0.0.1", "-p", str(port), "bim_site.asgi:application"])
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/api/v1/registry/", timeout=60, group=self)
         return url

@@ -142,7 +142,9 @@ INSTALLED_APPS = [
     "subnets",
     "ledger",
     "registry",
+    "billing",
     "contributor",
+    "developer",
     "bim_site",  # after the apps whose tables it guards (post_migrate)
 ]
 
@@ -254,6 +256,7 @@ CELERY_BEAT_SCHEDULE = {
     "registry-benchmarks": {"task": "registry.tasks.benchmarks_due", "schedule": 60.0},
     "registry-honeypots": {"task": "registry.tasks.honeypots_issue_due", "schedule": 60.0},
     "registry-sentinels": {"task": "registry.tasks.sentinels_run", "schedule": 300.0},
+    "registry-session-keys": {"task": "registry.tasks.session_keys_prune", "schedule": 86400.0},
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -297,6 +300,7 @@ LOGIN_REDIRECT_URL = "contributor:dashboard"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "developer.auth.ApiKeyAuthentication",
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
@@ -355,10 +359,19 @@ NODE_HELLO_TIMEOUT_S = env_int("BIM_NODE_HELLO_TIMEOUT_S", 10)
 # A node that reconnects within this many seconds of its last heartbeat keeps its open
 # assignments (a registry restart is not its fault); after it they go to other nodes.
 NODE_RECONNECT_GRACE_S = env_int("BIM_NODE_RECONNECT_GRACE_S", 30)
+# `welcome` lists the work a node still holds; a node back this long before an
+# assignment's deadline that neither answers nor gives it up is struck for the silence.
+NODE_RECONNECT_ANSWER_S = env_int("BIM_NODE_RECONNECT_ANSWER_S", 5)
 # The least time an assignment is given before the sweeper re-dispatches its role.
 NODE_ASSIGNMENT_MIN_S = env_int("BIM_NODE_ASSIGNMENT_MIN_S", 10)
 # Unanswered offers a node may hold per job it runs at once.
 NODE_QUEUE_DEPTH = env_int("BIM_NODE_QUEUE_DEPTH", 64)
+# Unanswered offers a node without a verified job may hold, doubled per verified job
+# (registry.routing_index.probation_offers): a silent newcomer costs users two deadlines.
+NODE_PROBATION_OFFERS = env_int("BIM_NODE_PROBATION_OFFERS", 2)
+# Verified jobs that vouch for a node: two nodes with fewer are never a job's only pair
+# while a vouched node is routable (registry.dispatch._select_vouched_first).
+NODE_VOUCHED_JOBS = env_int("BIM_NODE_VOUCHED_JOBS", 3)
 # Hostile nodes (docs/protocol.md §4.5). Largest websocket message the consumer takes (a
 # 384 x 384 image result is 576 KiB of base64); larger closes with 1009. Daphne's own limit
 # (--websocket_max_message_size, 1 MiB by default) must be above it, or daphne drops the TCP
@@ -368,7 +381,14 @@ NODE_MAX_MESSAGE_BYTES = env_int("BIM_NODE_MAX_MESSAGE_BYTES", 1024 * 1024 - 102
 # runs, so the rate leaves room for several jobs at once.
 NODE_RATE_PER_S = float(env_int("BIM_NODE_RATE_PER_S", 50))
 NODE_RATE_BURST = float(env_int("BIM_NODE_RATE_BURST", 200))
+# Tokens a heartbeat costs (half a second of the default budget): honest nodes send one
+# every BIM_NODE_HEARTBEAT_S, a heartbeat flood runs out of budget within seconds.
+NODE_HEARTBEAT_COST = env_int("BIM_NODE_HEARTBEAT_COST", 25)
+# A node cut off for a flood or an oversized frame may not say hello again for this long.
+NODE_CUT_OFF_COOL_OFF_S = env_int("BIM_NODE_CUT_OFF_COOL_OFF_S", 30)
 # Heartbeats update presence in the cache; the node's row gets last_seen at most this often.
+# Certified session keys are remembered this long (refusing reuse); older ones are pruned daily.
+SESSION_KEY_RETENTION_DAYS = env_int("BIM_SESSION_KEY_RETENTION_DAYS", 30)
 NODE_LAST_SEEN_DB_INTERVAL_S = env_int("BIM_NODE_LAST_SEEN_DB_INTERVAL_S", 300)
 # A benchmark's reported run times may not add up to less than the registry observed
 # (issue to answer, its own clock) minus this allowance for transport; less is clamped up.
@@ -386,3 +406,18 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": "WARNING"},
     },
 }
+
+# Self-serve credits (billing/). What a credit is worth: BIM_MICRO_PER_MINOR_UNIT
+# micro-credits per minor unit of BIM_CURRENCY (1,000,000: one credit per cent).
+BIM_TRIAL_GRANT_MICRO = env_int("BIM_TRIAL_GRANT_MICRO", 5_000_000)
+BIM_CURRENCY = os.environ.get("BIM_CURRENCY", "usd")
+BIM_MICRO_PER_MINOR_UNIT = env_int("BIM_MICRO_PER_MINOR_UNIT", 1_000_000)
+# Stripe Checkout and its webhook (billing/payments.py); payments are off without both keys.
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # tests point it at a loopback fake
+# The OpenAI-compatible API (developer/openai_api.py) waits this long for a verified result,
+# then answers 504 `job_pending` with the job to poll.
+BIM_OPENAI_WAIT_S = env_int("BIM_OPENAI_WAIT_S", 60)
+# Retry-After on 503 answers (no node connected for the subnet).
+BIM_RETRY_AFTER_S = env_int("BIM_RETRY_AFTER_S", 30)

@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from billing import api as billing_api
 from bim_site.metrics import metrics
+from developer import openai_api
 from registry import api as registry_api
 from subnets import api as subnets_api
 from subnets import views as subnets_views
@@ -10,17 +12,30 @@ from subnets import views as subnets_views
 api_v1 = [
     path("jobs/", registry_api.JobListCreateApi.as_view(), name="jobs"),
     path("jobs/<uuid:job_id>/", registry_api.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<uuid:job_id>/cancel/", registry_api.JobCancelApi.as_view(), name="job-cancel"),
     path("balance/", registry_api.BalanceApi.as_view(), name="balance"),
     path("withdrawals/", registry_api.WithdrawalListCreateApi.as_view(), name="withdrawals"),
     path("nodes/", registry_api.NodeRegisterApi.as_view(), name="nodes"),
     path("registry/", registry_api.RegistryInfoApi.as_view(), name="registry-info"),
     path("subnets/", subnets_api.SubnetListApi.as_view(), name="subnets"),
     path("subnets/<slug:slug>/accept-license/", subnets_api.EulaAcceptApi.as_view(), name="accept-license"),
+    path("payments/checkout/", billing_api.CheckoutApi.as_view(), name="payments-checkout"),
+    path("payments/stripe/webhook/", billing_api.StripeWebhookApi.as_view(), name="payments-stripe-webhook"),
+]
+
+# OpenAI's paths, for its clients with base_url=<registry>/v1 (developer/openai_api.py).
+openai_v1 = [
+    path("models", openai_api.models, name="openai-models"),
+    path("embeddings", openai_api.embeddings, name="openai-embeddings"),
+    path("chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
+    path("completions", openai_api.completions, name="openai-completions"),
 ]
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("v1/", include(openai_v1)),
+    path("developer/", include("developer.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its init script at ?script: no inline script, so the CSP holds.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 
+from billing import services as billing
 from registry import presence
 from registry.models import Node
 from subnets import selectors as subnet_selectors
@@ -20,6 +22,15 @@ from subnets.models import EulaAcceptance
 # rather than stored, since the fingerprint feeds diversity rules and agreement statistics.
 BROWSER_BACKENDS = frozenset({"wasm", "webgpu"})
 BROWSER_OS = frozenset({"linux", "macos", "windows", "android", "ios", "chromeos", "unknown"})
+
+
+def account_sign_up(*, form: Any) -> AbstractBaseUser:
+    """A new account from the sign-up form, with the trial credits every account starts
+    with (one transaction: no account without its grant)."""
+    with transaction.atomic():
+        user = form.save()
+        billing.trial_grant(user=user)
+    return user
 
 
 def subnet_opt_in(

@@ -36,11 +36,14 @@ class AccountKind(models.TextChoices):
     REGISTRY_REVENUE = "registry_revenue"
     CLEARING = "clearing"  # captured job payments on their way to the payouts
     EXTERNAL = "external"  # the world outside: top-ups come from it, withdrawals go to it
+    PROMOTIONS = "promotions"  # credits the registry gives away: trial grants, operators' grants, vouchers
 
 
 USER_KINDS = frozenset({AccountKind.USER_CREDITS, AccountKind.USER_HOLD})
 NODE_KINDS = frozenset({AccountKind.NODE_EARNINGS, AccountKind.NODE_ESCROW})
-SYSTEM_KINDS = frozenset({AccountKind.REGISTRY_REVENUE, AccountKind.CLEARING, AccountKind.EXTERNAL})
+SYSTEM_KINDS = frozenset(
+    {AccountKind.REGISTRY_REVENUE, AccountKind.CLEARING, AccountKind.EXTERNAL, AccountKind.PROMOTIONS}
+)
 
 
 class Account(models.Model):
@@ -93,6 +96,7 @@ class TransferKind(models.TextChoices):
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
     WITHDRAWAL = "withdrawal"
+    GRANT = "grant"  # credits given, not bought: from the promotions account, with the reason
 
 
 class Transfer(models.Model):

@@ -80,6 +80,21 @@ def credits_top_up(*, user: AbstractBaseUser, amount: int, idempotency_key: str,
     )
 
 
+def credits_grant(*, user: AbstractBaseUser, amount: int, idempotency_key: str, reason: str) -> Transfer:
+    """Credits given, not bought (a trial grant, an operator's grant, a voucher): from the
+    promotions account, so what the registry gave away is one balance. Idempotent by key."""
+    if not reason.strip():
+        raise LedgerError("a grant names its reason")
+    return transfer_create(
+        debit=account_for(AccountKind.PROMOTIONS),
+        credit=account_for(AccountKind.USER_CREDITS, user_id=user.pk),
+        amount=amount,
+        kind=TransferKind.GRANT,
+        idempotency_key=f"grant:{idempotency_key}",
+        reason=reason,
+    )
+
+
 def job_hold(*, job_id: object, user: AbstractBaseUser, amount: int) -> Transfer:
     """Reserve the job's price from the user's credits; InsufficientFunds when short."""
     credits, hold = accounts_get([(AccountKind.USER_CREDITS, user.pk, None), (AccountKind.USER_HOLD, user.pk, None)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -22,7 +23,7 @@ from bim_core.errors import ServiceError
 from bim_core.net import client_ip
 from ledger import selectors as ledger_selectors
 
-from . import presence, selectors, submit, withdrawals
+from . import jobs, presence, selectors, submit, withdrawals
 from .keys import registry_public_key
 from .models import Job, Node
 
@@ -33,7 +34,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     errors as detail) and a body over DATA_UPLOAD_MAX_MEMORY_SIZE. Anything else is a bug and
     goes on to Django (bim_site.errors answers JSON 500 under /api/)."""
     if isinstance(exc, ServiceError):
-        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
+        headers = {"Retry-After": str(settings.BIM_RETRY_AFTER_S)} if exc.status == 503 else None
+        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status, headers=headers)
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"code": "request_too_large", "detail": "the request body is too large"},
@@ -191,6 +193,13 @@ class JobDetailApi(APIView):
     @extend_schema(responses=JobDetailSerializer)
     def get(self, request: Request, job_id: str) -> Response:
         job = get_object_or_404(Job.objects.select_related("subnet"), pk=job_id, user=request.user)
+        return Response(JobDetailSerializer(job).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(request=None, responses=JobDetailSerializer)
+    def post(self, request: Request, job_id: str) -> Response:
+        job = jobs.job_cancel(user=request.user, job_id=job_id)
         return Response(JobDetailSerializer(job).data)
 
 

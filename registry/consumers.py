@@ -46,9 +46,14 @@ def _welcome_subnets(node: Node) -> list[dict[str, str]]:
     ]
 
 
+CLEAN_CLOSE_CODES = frozenset({1000, 1001})
+
+
 class NodeConsumer(AsyncJsonWebsocketConsumer):
     node_id: str | None = None
     rate_limited = False
+    closed_by_registry = False
+    cut_off_for = ""
 
     async def connect(self) -> None:
         self.budget = protocol.TokenBucket(
@@ -75,32 +80,50 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             timer.cancel()
         if self.node_id is not None:
             await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
-            await database_sync_to_async(presence.node_disconnect)(node_id=self.node_id, channel_name=self.channel_name)
+            if code == protocol.CLOSE_MESSAGE_TOO_BIG and not self.cut_off_for:
+                # The transport refused a frame over its own limit before this consumer saw
+                # it (bim_site.serve makes that a 1009 close): as our own size check would.
+                self.cut_off_for = "node cut off: sent a frame over the size limit"
+                await database_sync_to_async(presence.node_cool_off)(self.node_id)
+                await database_sync_to_async(reputation.node_strike)(
+                    node_id=self.node_id, reason="sent a frame over the size limit"
+                )
+            # A clean close the node began itself (1000, 1001) leaves the work it holds, as
+            # does being cut off for what it sent; an abnormal close (1006: the network, or
+            # a registry going down) keeps the work for the reconnect grace.
+            work_left = self.cut_off_for
+            if not work_left and code in CLEAN_CLOSE_CODES and not self.closed_by_registry:
+                work_left = "node closed its socket holding the work"
+            await database_sync_to_async(presence.node_disconnect)(
+                node_id=self.node_id, channel_name=self.channel_name, work_left=work_left
+            )
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self.closed_by_registry = True
+        await super().close(code=code, reason=reason)
 
     async def close_for_violation(self, code: int, reason: str) -> None:
         """Close on a limit the node broke, and strike it: a node cut off for what it sent
         would otherwise reconnect blameless (a disconnect alone is no fault) and keep
         drawing offers that each cost a user an assignment deadline."""
+        self.cut_off_for = f"node cut off: {reason}"
         try:
             if self.node_id is not None:
+                await database_sync_to_async(presence.node_cool_off)(self.node_id)
                 await database_sync_to_async(reputation.node_strike)(node_id=self.node_id, reason=reason)
         finally:
             await self.close(code=code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.cut_off_for:
+            return  # frames already in flight when the registry cut the node off: one strike is enough
         frame = text_data.encode("utf-8") if text_data is not None else (bytes_data or b"")
         if len(frame) > settings.NODE_MAX_MESSAGE_BYTES:
-            await self.close_for_violation(protocol.CLOSE_MESSAGE_TOO_BIG, "sent a frame over the size limit")
+            await self.close_for_violation(protocol.CLOSE_MESSAGE_TOO_BIG_APP, "sent a frame over the size limit")
             return
         if not self.budget.take(time.monotonic()):
-            # Refused messages still cost: a node that keeps flooding runs into debt and is cut off.
-            if self.budget.exhausted:
-                await self.close_for_violation(protocol.CLOSE_RATE_LIMITED, "flooded the registry with messages")
-            elif not self.rate_limited:  # the first refusal of a run says why, once
-                self.rate_limited = True
-                await self.send_error("rate_limited", "too many messages; slow down")
+            await self._over_budget()  # refused before it is even parsed
             return
-        self.rate_limited = False
         try:
             content = json.loads(text_data or "")
         except ValueError:
@@ -108,7 +131,23 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
             await self.close(code=protocol.CLOSE_PROTOCOL_ERROR)
             return
+        # A heartbeat costs the registry a cache write, a pong and the embedded beat; an
+        # honest node sends one every heartbeat_s, so it is priced at NODE_HEARTBEAT_COST
+        # tokens: a heartbeat flood is cut off within seconds, not served at the full rate.
+        extra = settings.NODE_HEARTBEAT_COST - 1 if content["type"] == "heartbeat" else 0
+        if extra > 0 and not self.budget.take(time.monotonic(), extra):
+            await self._over_budget()
+            return
+        self.rate_limited = False
         await self.receive_json(content)
+
+    async def _over_budget(self) -> None:
+        # Refused messages still cost: a node that keeps flooding runs into debt and is cut off.
+        if self.budget.exhausted:
+            await self.close_for_violation(protocol.CLOSE_RATE_LIMITED, "flooded the registry with messages")
+        elif not self.rate_limited:  # the first refusal of a run says why, once
+            self.rate_limited = True
+            await self.send_error("rate_limited", "too many messages; slow down")
 
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
         kind = content["type"]
@@ -174,6 +213,12 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=protocol.CLOSE_AUTH_FAILED)
             return
         self.hello_timer.cancel()
+        if node.banned_until is not None and node.banned_until > timezone.now():
+            await self.close(code=protocol.CLOSE_BANNED, reason=f"banned until {node.banned_until.isoformat()}")
+            return
+        if cooling_off := await database_sync_to_async(presence.node_cooling_off_until)(node.id):
+            await self.close(code=protocol.CLOSE_RATE_LIMITED, reason=f"cut off; come back after {cooling_off.isoformat()}")
+            return
         try:
             replaced = await database_sync_to_async(presence.node_connect)(
                 node=node,
@@ -196,6 +241,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
                 "node_id": self.node_id,
                 "heartbeat_s": settings.NODE_HEARTBEAT_S,
                 "subnets": await _welcome_subnets(node),
+                "assignments": await database_sync_to_async(presence.node_open_assignments)(node.id),
             }
         )
         log.info("node %s connected from %s", self.node_id, client_ip(self.scope))
@@ -214,11 +260,11 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "ready_ok", "subnet": subnet})
 
     async def on_heartbeat(self, content: dict[str, Any]) -> None:
-        alive = await database_sync_to_async(presence.node_heartbeat)(
+        state = await database_sync_to_async(presence.node_heartbeat)(
             node_id=self.node_id, channel_name=self.channel_name
         )
-        if not alive:
-            await self.close(code=protocol.CLOSE_REPLACED)
+        if state != "alive":
+            await self.close(code=protocol.CLOSE_REPLACED if state == "replaced" else protocol.CLOSE_SESSION_ENDED)
             return
         await self.send_json({"type": "pong", "time": timezone.now().isoformat()})
         await database_sync_to_async(tasks.embedded_beat)()
@@ -262,6 +308,10 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
 
     async def job_cancel(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "cancel", "assignment_id": event["assignment_id"]})
+
+    async def node_banned(self, event: dict[str, Any]) -> None:
+        self.cut_off_for = "node banned"
+        await self.close(code=protocol.CLOSE_BANNED, reason=f"banned until {event['until']}")
 
     async def node_replaced(self, event: dict[str, Any]) -> None:
         # disconnect() still leaves the group; node_disconnect ignores this stale channel.

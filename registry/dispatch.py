@@ -15,7 +15,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from bim_core import families
-from bim_core.selection import DIVERSITY_ATTRIBUTES
+from bim_core.selection import DIVERSITY_ATTRIBUTES, Candidate, NodeIndex
 
 from . import effects, routing_index
 from .jobs import (
@@ -130,12 +130,14 @@ def _pick_nodes(job: Job, assignments: list[Assignment], active: list[Assignment
     names (owner, IP block, ASN, OS, GPU family) shared with the job's other nodes."""
     distinct = [a for a in job.subnet.routing_policy.get("distinct", []) if a in DIVERSITY_ATTRIBUTES]
     partners = [routing_index.candidate_for(a.node) for a in active]
+    had = [str(a.node_id) for a in assignments]
     # Nodes with a full queue get no more offers now; the job waits for them or others.
-    excluded = [str(a.node_id) for a in assignments] + routing_index.saturated_node_ids(job.subnet_id)
+    saturated = routing_index.saturated_node_ids(job.subnet_id)
     live: list[Node] = []
     for _ in range(2):
-        picks = routing_index.routable_index(job.subnet_id).select(
-            str(job.id), count, exclude_node_ids=excluded, distinct=distinct, avoid=partners
+        picks = _select_vouched_first(
+            routing_index.routable_index(job.subnet_id), str(job.id), count,
+            had=had, saturated=saturated, distinct=distinct, partners=partners,
         )
         found = Node.objects.filter(is_online=True).in_bulk([uuid.UUID(p.node_id) for p in picks])
         live = [found[uuid.UUID(p.node_id)] for p in picks if uuid.UUID(p.node_id) in found]
@@ -143,6 +145,39 @@ def _pick_nodes(job: Job, assignments: list[Assignment], active: list[Assignment
             return live
         routing_index.index_forget(job.subnet_id)  # the index was stale: rebuild it once
     return live
+
+
+def _select_vouched_first(
+    index: NodeIndex,
+    key: str,
+    count: int,
+    *,
+    had: list[str],
+    saturated: list[str],
+    distinct: list[str],
+    partners: list[Candidate],
+) -> list[Candidate]:
+    """Pick `count` nodes. A job's results are checked only against each other, so two
+    nodes without a record of verified jobs must not be its only checkers (two colluding
+    newcomers would agree on anything), nor may a newcomer break a tie (with a colluding
+    partner it would out-vote the honest node): while the subnet has a vouched node the
+    job has not had, a job without one, and every tie-breaker, gets one first, waiting for
+    it when all are busy. A market with no vouched node yet (a cold start) picks from
+    everyone."""
+    excluded = had + saturated
+    tie_breaker = len(partners) >= 2
+    if count and (tie_breaker or not any(p.vouched for p in partners)):
+        vouched = [c.node_id for c in index.candidates if c.vouched and c.node_id not in had]
+        if vouched:
+            newcomers = [c.node_id for c in index.candidates if not c.vouched]
+            first = index.select(key, 1, exclude_node_ids=excluded + newcomers, distinct=distinct, avoid=partners)
+            if not first:
+                return []
+            rest = index.select(
+                key, count - 1, exclude_node_ids=excluded + [first[0].node_id], distinct=distinct, avoid=partners + first
+            )
+            return first + rest
+    return index.select(key, count, exclude_node_ids=excluded, distinct=distinct, avoid=partners)
 
 
 def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:

@@ -22,12 +22,12 @@ from django.utils import timezone
 
 from bim_core import families
 from bim_core.verification import Verdict, verify_pair
-from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import trusted_run
 
 from . import reputation, selectors
 from .models import Assignment, AssignmentState, Honeypot, Job
+from .penalties import wrong_result_punish
 from .submit import job_create
 
 log = logging.getLogger("bim.registry.honeypots")
@@ -121,17 +121,11 @@ def honeypot_judge(job: Job, results: list[Assignment], *, rescored: dict[str, d
             reputation.reputation_record(node_ids=[assignment.node_id], outcome=1.0, subnet=job.subnet)
             continue
         Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.DISAGREED)
-        reputation.reputation_record(node_ids=[assignment.node_id], outcome=0.0, subnet=job.subnet)
-        reputation.node_strike(node_id=assignment.node_id, reason="failed a honeypot", job_id=job.id, subnet=job.subnet)
-        ledger.escrow_slash(
-            node_id=assignment.node_id,
-            job_id=job.id,
-            assignment_id=assignment.pk,
-            job_user=job.user,
-            job_price=job.price_micro,
-            reason=f"failed honeypot {honeypot.pk}: {verdict.reason}",
-            fraction_bp=job.subnet.honeypot_slash_bp,
+        wrong_result_punish(
+            job=job,
+            assignment=assignment,
+            strike_reason="failed a honeypot",
+            evidence=f"failed honeypot {honeypot.pk}: {verdict.reason}",
         )
-        log.warning("node %s failed honeypot job %s: %s", assignment.node_id, job.id, verdict.reason)
     return {"path": "honeypot", "honeypot": honeypot.pk, "results": outcome}
 

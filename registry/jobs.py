@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from django.db import transaction
 from django.utils import timezone
 
+from bim_core.errors import ServiceError
 from ledger import services as ledger
 
 from . import effects, metrics
@@ -81,6 +82,21 @@ def job_locked(job_id: object) -> Job | None:
         .filter(pk=job_id)
         .first()
     )
+
+
+def job_cancel(*, user: Any, job_id: object) -> Job:
+    """The user takes back a job no node was offered yet: it fails as cancelled and its
+    hold is released in full. A job already offered to nodes runs on (their work is paid)."""
+    with transaction.atomic():
+        job = job_locked(job_id)
+        if job is None or job.user_id != user.pk:
+            raise ServiceError("not_found", "no job of yours has this id", status=404)
+        if job.state != JobState.QUEUED:
+            raise ServiceError("job_not_queued", f"the job is {job.state}: only a queued job can be cancelled", status=409)
+        job_transition(job, JobState.FAILED, detail="cancelled by its user", failure_reason="cancelled by its user")
+        if job.price_micro:
+            ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason="job cancelled")
+    return job
 
 
 def job_expire(job: Job) -> None:

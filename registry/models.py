@@ -266,7 +266,7 @@ class SessionKey(models.Model):
 
     key = models.CharField(max_length=44, unique=True, help_text="base64 of the raw 32 bytes")
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="+")
-    used_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
 
 class Strike(models.Model):

@@ -13,7 +13,7 @@ Whoever asks whether a node is alive (the sweeper, routing) takes the later of t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -31,6 +31,8 @@ from . import effects
 from .asn import asn_or_block, ip_block
 from .benchmarks import benchmark_due, benchmark_issue
 from .models import (
+    Assignment,
+    AssignmentState,
     Benchmark,
     BenchmarkState,
     Node,
@@ -38,6 +40,7 @@ from .models import (
     SessionKey,
 )
 from .routing_index import index_bump, nodes_fresh, nodes_last_seen, presence_key, presence_set, timestamp_utc
+from .takeback import assignments_lose_left
 
 
 def node_register(
@@ -129,6 +132,35 @@ def node_connect(
     return previous if previous != channel_name else ""
 
 
+def _cool_off_key(node_id: object) -> str:
+    return f"bim:cool-off:{node_id}"
+
+
+def node_cool_off(node_id: object) -> None:
+    """The registry cut the node off for what it sent (a flood, a frame over the limit):
+    its hellos are refused for NODE_CUT_OFF_COOL_OFF_S, so a flooder cannot be back in a
+    second to flood again (each round costs every other node CPU)."""
+    until = timezone.now() + timedelta(seconds=settings.NODE_CUT_OFF_COOL_OFF_S)
+    cache.set(_cool_off_key(node_id), until.timestamp(), timeout=settings.NODE_CUT_OFF_COOL_OFF_S)
+
+
+def node_cooling_off_until(node_id: object) -> datetime | None:
+    until = cache.get(_cool_off_key(node_id))
+    if until is None or until <= timezone.now().timestamp():
+        return None
+    return timestamp_utc(until)
+
+
+def session_keys_prune() -> int:
+    """Forget session keys certified more than SESSION_KEY_RETENTION_DAYS ago. A key is
+    remembered so that a result signed in one session never verifies in another; every
+    assignment and benchmark signed with a key that old ended long before (jobs live for
+    minutes), so reusing it could no longer make an old signature count."""
+    cutoff = timezone.now() - timedelta(days=settings.SESSION_KEY_RETENTION_DAYS)
+    deleted, _ = SessionKey.objects.filter(used_at__lt=cutoff).delete()
+    return deleted
+
+
 def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_concurrent: int) -> None:
     """The node holds the subnet's verified model. It receives jobs once its benchmark
     passed; a node without a fresh benchmark is sent one now."""
@@ -150,21 +182,24 @@ def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_co
             effects.queue_task("dispatch_waiting", str(link.subnet_id))
 
 
-def node_heartbeat(*, node_id: object, channel_name: str) -> bool:
-    """Record that the node is alive, in the cache; False when this socket's session was
-    replaced. The row's last_seen is written only every NODE_LAST_SEEN_DB_INTERVAL_S (and
-    when the cache lost the entry), so it stays a coarse fallback for the cache."""
+def node_heartbeat(*, node_id: object, channel_name: str) -> str:
+    """Record that the node is alive, in the cache. Returns "alive", "replaced" (another
+    socket of the node took over) or "ended" (the registry ended this session: it heard
+    nothing for too long). The row's last_seen is written only every
+    NODE_LAST_SEEN_DB_INTERVAL_S (and when the cache lost the entry), so it stays a coarse
+    fallback for the cache."""
     now = timezone.now()
     entry = cache.get(presence_key(node_id))
     if entry is not None and entry["channel"] != channel_name:
-        return False
+        return "replaced"
     if entry is not None and now.timestamp() - entry["written"] < settings.NODE_LAST_SEEN_DB_INTERVAL_S:
         presence_set(node_id, channel=channel_name, seen=now, written=timestamp_utc(entry["written"]))
-        return True
+        return "alive"
     if not Node.objects.filter(pk=node_id, channel_name=channel_name, is_online=True).update(last_seen=now):
-        return False
+        replaced = Node.objects.filter(pk=node_id, is_online=True).exclude(channel_name=channel_name).exists()
+        return "replaced" if replaced else "ended"
     presence_set(node_id, channel=channel_name, seen=now, written=now)
-    return True
+    return "alive"
 
 
 def node_last_seen(node_id: object) -> datetime | None:
@@ -182,20 +217,35 @@ def nodes_stale() -> list[tuple[Any, str]]:
     return [(node_id, channel) for node_id, (channel, _) in online.items() if node_id not in fresh]
 
 
-def node_disconnect(*, node_id: object, channel_name: str) -> int:
-    """End a node's session (socket closed or silent too long); its open work is re-dispatched."""
+def node_open_assignments(node_id: object) -> list[str]:
+    """The node's open assignments, any session's: `welcome` lists them, so a node back
+    after a disconnect answers them or gives them up (`job_failed`) rather than leave them
+    to their deadline."""
+    return [
+        str(pk)
+        for pk in Assignment.objects.filter(node_id=node_id, state=AssignmentState.DISPATCHED).values_list("pk", flat=True)
+    ]
+
+
+def node_disconnect(*, node_id: object, channel_name: str, work_left: str = "") -> int:
+    """End a node's session: its socket closed, or it was silent too long. When the node
+    left its work (`work_left` says how: it closed its socket itself, or the registry cut
+    it off for what it sent) the session's open work moves at once; otherwise it waits
+    NODE_RECONNECT_GRACE_S for the node to come back (a registry restart closes every
+    socket), then `takeback.assignments_lose_disconnected` moves it."""
     with transaction.atomic():
         node = Node.objects.select_for_update().filter(pk=node_id, channel_name=channel_name, is_online=True).first()
         if node is None:
             return 0  # a newer session owns the node
+        session_key_pub = node.session_key_pub
         node.last_seen = nodes_last_seen({node.pk: node.last_seen})[node.pk]
         _session_close(node, timezone.now())
         Node.objects.filter(pk=node_id).update(
             is_online=False, channel_name="", online_seconds=node.online_seconds, last_seen=node.last_seen
         )
         transaction.on_commit(lambda: cache.delete(presence_key(node_id)))
-        # Its open assignments wait NODE_RECONNECT_GRACE_S for it to come back (a registry
-        # restart closes every socket); then sweeper.assignments_lose_disconnected moves them.
+    if work_left:
+        assignments_lose_left(node_id=node_id, session_key_pub=session_key_pub, reason=work_left)
     return 1
 
 

@@ -16,6 +16,7 @@ from django.utils import timezone
 from bim_core import scoring
 from subnets.models import Subnet
 
+from . import effects
 from .models import (
     Node,
     NodeSubnet,
@@ -54,8 +55,13 @@ def node_strike(*, node_id: object, reason: str, job_id: object | None = None, s
         node.strikes += 1
         active = Strike.objects.filter(node=node, expires_at__gt=now, lifted_at__isnull=True).count()
         if active >= policy.strikes_to_ban:
+            newly_banned = node.banned_until is None or node.banned_until <= now
             node.banned_until = now + timedelta(hours=policy.ban_h)
             log.warning("node %s banned until %s after %d active strikes", node.pk, node.banned_until, active)
+            if newly_banned:
+                # Its socket closes (CLOSE_BANNED) and its work moves on: a banned node
+                # gets no offers, and keeping it connected only lets it flood.
+                effects.send_to_node(node.pk, {"type": "node.banned", "until": node.banned_until.isoformat()})
         node.save(update_fields=["strikes", "banned_until"])
         index_bump_for_node(node.pk)
     return strike

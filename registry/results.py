@@ -185,17 +185,24 @@ def partial_record(*, node_id: object, message: dict[str, Any]) -> None:
 
 
 def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> None:
-    """A node declines or fails a job before answering: its role goes to another node."""
+    """A node declines or fails a job before answering: its role goes to another node, and
+    the node's record a failure, except for work of an earlier session given up as
+    `lost_on_reconnect` (a node back after a disconnect it did not choose, `welcome` having
+    listed work it no longer holds)."""
     try:
         assignment_uuid = uuid.UUID(str(assignment_id))
     except ValueError:
         raise protocol.ProtocolError("bad_message", "assignment_id is not a UUID") from None
     with transaction.atomic():
-        job_id = (
+        job_id, offered_to = (
             Assignment.objects.filter(pk=assignment_uuid, node_id=node_id, state=AssignmentState.DISPATCHED)
-            .values_list("job_id", flat=True)
+            .values_list("job_id", "session_key_pub")
             .first()
-        )
+        ) or (None, None)
+        current_session = Node.objects.filter(pk=node_id).values_list("session_key_pub", flat=True).first()
+        offered_before_this_session = offered_to != current_session
         if job_id is None or not assignments_lose([(assignment_uuid, job_id)], f"node gave up: {reason}"):
             raise protocol.ProtocolError("not_assigned", "no open assignment with that id for this node")
+        if reason == protocol.LOST_ON_RECONNECT and offered_before_this_session:
+            return  # work of a session that ended without the node leaving it: no failure
         Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)

@@ -105,9 +105,28 @@ def nodes_last_seen(rows: dict[Any, datetime | None]) -> dict[Any, datetime | No
     return seen
 
 
+PRESENCE_STARTED_KEY = "bim:presence:started"
+
+
+def presence_cache_started(when: datetime | None = None) -> datetime:
+    """Since when the cache has kept presence. A cache restarted empty (Redis restarted,
+    flushed) knows nothing of live nodes until they next heartbeat, and their rows may be
+    NODE_LAST_SEEN_DB_INTERVAL_S old: until NODE_STALE_S has passed since it started,
+    the cache's silence about a node says nothing. `when` sets it (tests, operators)."""
+    if when is not None:
+        cache.set(PRESENCE_STARTED_KEY, when.timestamp(), timeout=None)
+    else:
+        cache.add(PRESENCE_STARTED_KEY, timezone.now().timestamp(), timeout=None)
+    started = cache.get(PRESENCE_STARTED_KEY)
+    return timestamp_utc(started) if started is not None else timezone.now()
+
+
 def nodes_fresh(rows: dict[Any, datetime | None]) -> set[Any]:
-    """Of {node_id: the row's last_seen}, the nodes heard from within NODE_STALE_S."""
+    """Of {node_id: the row's last_seen}, the nodes heard from within NODE_STALE_S, or all
+    of them while the cache is younger than that (it cannot tell silent from unheard yet)."""
     cutoff = timezone.now() - timedelta(seconds=settings.NODE_STALE_S)
+    if presence_cache_started() > cutoff:
+        return set(rows)
     seen = nodes_last_seen(rows)
     return {node_id for node_id, seen_at in seen.items() if seen_at is not None and seen_at >= cutoff}
 
@@ -132,6 +151,18 @@ def index_forget(subnet_id: int | None = None) -> None:
         _indexes.pop(subnet_id, None)
 
 
+def subnet_has_nodes_online(subnet_id: int) -> bool:
+    """Whether any unbanned node registered for the subnet is connected: one that is, even
+    while it fetches the model or runs its benchmark, will take the job within seconds; with
+    none, a job would only wait for its deadline."""
+    now = timezone.now()
+    return (
+        NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True)
+        .filter(Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now))
+        .exists()
+    )
+
+
 def saturated_node_ids(subnet_id: int) -> list[str]:
     """Nodes of the subnet holding as many unanswered offers as their queue allows
     (NODE_QUEUE_DEPTH per job they run at once): offering more would only age in a queue.
@@ -153,13 +184,22 @@ def saturated_node_ids(subnet_id: int) -> list[str]:
         pk=subnet_id
     )
     escrowed = ledger_selectors.nodes_with_escrow(node_ids=busy, required=required)
+    agreed = dict(Node.objects.filter(pk__in=busy).values_list("pk", "jobs_agreed"))
     saturated = []
     for row in rows:
         restricted = short_depth and required and row["node_id"] not in escrowed
         depth = short_depth if restricted else settings.NODE_QUEUE_DEPTH
-        if row["open"] >= depth * limits.get(row["node_id"], 1):
+        if row["open"] >= min(depth * limits.get(row["node_id"], 1), probation_offers(agreed.get(row["node_id"], 0))):
             saturated.append(str(row["node_id"]))
     return saturated
+
+
+def probation_offers(jobs_agreed: int) -> int:
+    """Unanswered offers a node may hold by its record: NODE_PROBATION_OFFERS doubled per
+    job it has got verified. `max_concurrent` is the node's own word, so a new node that
+    claims 1,024 slots and then stays silent holds two offers, not thousands, until its
+    first deadline strikes it; an honest one reaches its full queue within a few jobs."""
+    return settings.NODE_PROBATION_OFFERS * 2 ** min(jobs_agreed, 30)
 
 
 def candidate_for(node: Node, weight: float = 0.0) -> Candidate:
@@ -172,6 +212,7 @@ def candidate_for(node: Node, weight: float = 0.0) -> Candidate:
         asn=f"AS{node.asn}" if node.asn else node.ip_block,
         os=node.os,
         gpu_family=node.gpu_family,
+        vouched=node.jobs_agreed >= settings.NODE_VOUCHED_JOBS,
     )
 
 

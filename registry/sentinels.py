@@ -1,6 +1,8 @@
 """Sentinel re-runs: the registry re-computes a sample of settled jobs with the subnet's own
 files and records how far each settled result drifted; drift beyond the subnet's tolerance
-opens a dispute for operators (paper §6: long-term drift must not accumulate unseen)."""
+opens a dispute for operators (paper §6: long-term drift must not accumulate unseen) and,
+where tolerance alone judges results, costs the nodes that agreed on it what a failed
+honeypot costs, refunding the user."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
+from bim_core import families
 from bim_core.verification import verify_pair
 from subnets.services import trusted_run
 
 from . import selectors
-from .models import Dispute, Job, JobState, SentinelRun
+from .models import AssignmentState, Dispute, Job, JobState, SentinelRun
+from .penalties import wrong_result_punish
 
 log = logging.getLogger("bim.registry.sentinels")
 
@@ -34,7 +38,28 @@ def sentinel_check(*, job: Job) -> SentinelRun:
                 job=job, defaults={"sentinel": run, "reason": f"sentinel re-run drifted: {verdict.reason}"[:300]}
             )
             log.warning("sentinel opened a dispute on job %s: %s", job.id, verdict.reason)
+            _agreeing_nodes_punish(job, trusted, run)
     return run
+
+
+def _agreeing_nodes_punish(job: Job, trusted: object, run: SentinelRun) -> None:
+    """Nodes that agreed on a result outside the subnet's tolerance of the registry's own
+    answer colluded or share a broken build: a retroactive honeypot, with its penalty
+    (the slash refunds the user). Not for families whose honest results may differ beyond
+    tolerance and are settled by re-scoring (text): there the dispute is for operators."""
+    if families.family_for(job.subnet.task_type).rescored_on_mismatch:
+        return
+    for assignment in job.assignments.filter(state=AssignmentState.AGREED):
+        verdict = verify_pair(
+            job.subnet.task_type, selectors.assignment_result(assignment), trusted, job.contract["tolerances"]
+        )
+        if not verdict.passed:
+            wrong_result_punish(
+                job=job,
+                assignment=assignment,
+                strike_reason="failed a sentinel re-run",
+                evidence=f"sentinel run {run.pk}: {verdict.reason}",
+            )
 
 
 def sentinels_run(*, sample: int = 5) -> int:

@@ -20,7 +20,7 @@ from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import input_coverage_warnings
 
-from . import effects, metrics
+from . import effects, metrics, routing_index
 from .models import (
     Honeypot,
     Job,
@@ -52,6 +52,9 @@ def job_submit(
     existing = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
     if existing is not None:
         return _same_job_or_conflict(existing, subnet, input_hash), False
+    if not routing_index.subnet_has_nodes_online(subnet.pk):
+        # Accepted, it would only wait for its deadline: say so now, with when to try again.
+        raise ServiceError("no_capacity", f"no node serves {subnet.slug} now; try again later", status=503)
     try:
         with transaction.atomic():
             job = job_create(

@@ -9,7 +9,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
-from . import benchmarks, dispatch, honeypots, sentinels, sweeper, verify
+from . import benchmarks, dispatch, honeypots, presence, sentinels, sweeper, verify
 
 # Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
 retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
@@ -50,10 +50,15 @@ def sentinels_run() -> int:
     return sentinels.sentinels_run()
 
 
+@retried
+def session_keys_prune() -> int:
+    return presence.session_keys_prune()
+
+
 log = logging.getLogger("bim.registry.tasks")
 
 # The beat entries embedded mode runs itself (the sweeper has its own, faster due-check).
-EMBEDDED_BEAT = ("registry-benchmarks", "registry-honeypots", "registry-sentinels")
+EMBEDDED_BEAT = ("registry-benchmarks", "registry-honeypots", "registry-sentinels", "registry-session-keys")
 _beat_last_run: dict[str, float] = {}
 
 

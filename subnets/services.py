@@ -204,6 +204,17 @@ def _tokenizer(path: str, checksum: str) -> Any:
     return tokenizer
 
 
+def input_token_count(subnet: Subnet, texts: Sequence[str]) -> int | None:
+    """Tokens of `texts` by the subnet's own tokenizer (what OpenAI-style `usage` reports),
+    None for a subnet without one."""
+    artifact = subnet.artifacts.filter(role=Artifact.Role.TOKENIZER).first()
+    if not family_for(subnet.task_type).tokenized_texts or artifact is None:
+        return None
+    package, _, path = artifact.source.partition(":")
+    tokenizer = _tokenizer(str(packaged_file(package, path)), artifact.sha256)
+    return sum(len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False))
+
+
 def input_coverage_warnings(subnet: Subnet, inputs: dict[str, Any], *, threshold: float = 0.5) -> list[str]:
     """Texts of an embedding job that the subnet's tokenizer mostly maps to its unknown
     token. Their embeddings barely depend on their content, so no cosine check can tell one

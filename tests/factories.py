@@ -17,7 +17,7 @@ from django.utils import timezone
 from bim_core import families, protocol
 from bim_core.money import MICRO
 from ledger.services import credits_top_up
-from registry import dispatch, presence, routing_index, sweeper, verify
+from registry import dispatch, presence, routing_index, takeback, verify
 from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
 from registry.results import result_record
@@ -179,4 +179,12 @@ def node_vanish(node_id: object) -> None:
     presence.node_disconnect(node_id=node_id, channel_name=f"test.{node_id}")
     away = timezone.now() - timedelta(seconds=settings.NODE_RECONNECT_GRACE_S + 1)
     Node.objects.filter(pk=node_id).update(last_seen=away)
-    sweeper.assignments_lose_disconnected()
+    takeback.assignments_lose_disconnected()
+
+
+def served_subnet(**fields: Any) -> Subnet:
+    """A subnet with one connected node that is not ready yet: the registry takes jobs for
+    it (there is capacity, registry.submit) and they stay queued (nobody is routable)."""
+    subnet = SubnetFactory(**fields)
+    online_node(subnet, ready=False)
+    return subnet

@@ -6,6 +6,7 @@ processes must see committed rows."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,6 +53,20 @@ def running_market(
         group.start_worker(beat=True)
         for name, subnet in nodes.items():
             group.start_node(name, registry=url, token=tokens[name], subnet=subnet, state_dir=tmp_path / "nodes")
+        # The registry refuses jobs for a subnet no node serves (503), so the test starts
+        # once every node has its model, has benchmarked and said ready.
+        nodes_routable(len(nodes), group)
         yield url, tokens, group
     finally:
         group.stop()
+
+
+def nodes_routable(count: int, group: ProcessGroup, timeout: float = 180.0) -> None:
+    from registry.models import NodeSubnet
+
+    deadline = time.monotonic() + timeout
+    while (ready := NodeSubnet.objects.filter(ready_at__isnull=False, score__gt=0, node__is_online=True).count()) < count:
+        group.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {ready} of {count} nodes routable after {timeout} s")
+        time.sleep(0.2)

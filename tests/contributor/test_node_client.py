@@ -459,3 +459,33 @@ def test_it_closes_cleanly_when_stopped() -> None:
         assert node.task.exception() is None
 
     run(scenario)
+
+
+def test_after_a_reconnect_it_gives_back_the_work_welcome_lists() -> None:
+    """Its queue died with the old socket: the work the registry still counts as this
+    node's goes back at once (`lost_on_reconnect`), so no user waits for its deadline."""
+
+    async def scenario() -> None:
+        async with running_node() as node:
+            ws = await node.registry.next_connection()
+            nonce = protocol.b64encode(os.urandom(32))
+            await send(ws, {"type": "challenge", "nonce": nonce, "protocol": protocol.PROTOCOL_VERSION})
+            assert (await receive(ws))["type"] == "hello"
+            listed = ["7d4b2f6e-0000-4000-8000-000000000001", "7d4b2f6e-0000-4000-8000-000000000002"]
+            await send(
+                ws,
+                {
+                    "type": "welcome",
+                    "node_id": NODE_ID,
+                    "heartbeat_s": 10,
+                    "subnets": [{"slug": SUBNET, "model_checksum": CHECKSUM, "manifest_url": "/m/"}],
+                    "assignments": listed,
+                },
+            )
+            given_back = [await receive(ws), await receive(ws)]
+            assert given_back == [
+                {"type": "job_failed", "assignment_id": a, "reason": protocol.LOST_ON_RECONNECT} for a in listed
+            ]
+            assert (await receive(ws))["type"] == "ready"
+
+    run(scenario)

@@ -183,7 +183,7 @@ describe("a connection's life", () => {
 });
 
 describe("stopping, reconnecting and pausing", () => {
-  for (const code of [4401, 4001, 4003, 4409]) {
+  for (const code of [4401, 4001, 4003, 4403, 4409]) {
     test(`close ${code} stops the page for good`, async (t) => {
       await connected();
       t.mock.timers.enable({ apis: ["setTimeout"] });
@@ -207,6 +207,18 @@ describe("stopping, reconnecting and pausing", () => {
     assert.equal(state.connects, 2);
     const second = await handshake(ScriptedSocket.opened[1]);
     assert.notEqual(second.session_key_pub, first.session_key_pub);
+  });
+
+  test("after a reconnect the work welcome lists goes back as lost_on_reconnect, before ready", async () => {
+    await connected();
+    socket.deliver({ type: "challenge", nonce: fixture.hello.nonce, protocol: "bim/1" });
+    await until(() => socket.ofType("hello").length === 1, "hello");
+    const listed = ["a-1", "a-2"];
+    socket.deliver({ type: "welcome", node_id: state.nodeId, heartbeat_s: 3600, subnets: [SUBNET], assignments: [...listed, 7] });
+    await until(() => socket.ofType("ready").length === 1, "ready");
+    assert.deepEqual(socket.ofType("job_failed"), listed.map((id) => ({ type: "job_failed", assignment_id: id, reason: "lost_on_reconnect" })));
+    const kinds = socket.sent.map((m) => m.type);
+    assert.ok(kinds.lastIndexOf("job_failed") < kinds.indexOf("ready"));
   });
 
   test("the backoff doubles from 1 s up to 60 s, times [0.5, 1)", () => {

@@ -63,6 +63,7 @@ from tests.factories import (
     UserFactory,
     online_node,
     result_message,
+    served_subnet,
     unit_vectors,
 )
 
@@ -622,7 +623,7 @@ def test_a_refused_first_submission_leaves_no_phantom_account_behind():
     """A user's first submission makes their ledger accounts inside the submission's
     transaction; when the hold is refused that transaction rolls back, accounts and all.
     What the user does next must still post to accounts that exist."""
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     user = UserFactory()
 
     with pytest.raises(Rollback), transaction.atomic():  # undone, so the check after the test sees sound books

@@ -16,7 +16,7 @@ from ledger.posting import Leg, post_legs
 from ledger.services import NodeEscrowRule, job_release, job_settle
 from registry.models import Job, JobState
 from registry.submit import job_submit
-from tests.factories import SubnetFactory, online_node, user_with_credits
+from tests.factories import SubnetFactory, online_node, served_subnet, user_with_credits
 
 TEXTS = ["one small text", "another text", "a third one"]  # 333 + 3 x 1,000 = 3,333 micro-credits
 
@@ -199,7 +199,7 @@ def test_a_settlement_returns_its_transfers_as_stored():
 
 @with_db
 def test_a_capped_leg_is_refused_where_a_retry_could_not_tell_it_apart():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     user = user_with_credits(10)
     job = submit(user, subnet, "k1")
     hold, registry, credits = accounts_get(
@@ -234,7 +234,7 @@ def test_a_retried_settlement_pays_once():
 
 @with_db
 def test_a_released_job_gives_the_whole_hold_back():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     user = user_with_credits(10)
     job = submit(user, subnet, "k1")
     assert balance(AccountKind.USER_HOLD, user=user) == 3_333

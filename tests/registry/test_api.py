@@ -27,6 +27,7 @@ from tests.factories import (
     SubnetFactory,
     UserFactory,
     online_node,
+    served_subnet,
     settle,
     unit_vectors,
     user_with_credits,
@@ -63,7 +64,7 @@ def balance(client: APIClient) -> dict[str, int]:
 
 
 def test_it_submits_a_job_and_holds_its_price():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
 
     response = submit(client, subnet)
@@ -88,7 +89,7 @@ def test_it_submits_a_job_and_holds_its_price():
 
 
 def test_a_repeated_idempotency_key_returns_the_same_job_and_holds_once():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
     first = submit(client, subnet, key="same")
 
@@ -102,7 +103,7 @@ def test_a_repeated_idempotency_key_returns_the_same_job_and_holds_once():
 
 
 def test_the_idempotency_key_header_works_like_the_field():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
 
     first = submit(client, subnet, key=None, HTTP_IDEMPOTENCY_KEY="from-header")
@@ -115,7 +116,7 @@ def test_the_idempotency_key_header_works_like_the_field():
 
 
 def test_the_same_key_for_other_texts_is_a_conflict():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
     submit(client, subnet, key="same")
 
@@ -127,7 +128,7 @@ def test_the_same_key_for_other_texts_is_a_conflict():
 
 
 def test_two_users_may_use_the_same_key():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     first = submit(api(user_with_credits(10)), subnet, key="shared")
     second = submit(api(user_with_credits(10)), subnet, key="shared")
     assert (first.status_code, second.status_code) == (201, 201)
@@ -135,7 +136,7 @@ def test_two_users_may_use_the_same_key():
 
 
 def test_it_refuses_a_submission_without_an_idempotency_key():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
 
     response = submit(client, subnet, key=None)
@@ -146,7 +147,7 @@ def test_it_refuses_a_submission_without_an_idempotency_key():
 
 
 def test_it_refuses_a_job_the_user_cannot_pay_for_and_moves_no_money():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     user = user_with_credits(0)
     credits_top_up(user=user, amount=PRICE - 1, idempotency_key="almost")
     client = api(user)
@@ -164,7 +165,7 @@ def test_it_refuses_a_job_the_user_cannot_pay_for_and_moves_no_money():
 
 def test_it_refuses_an_unknown_or_inactive_subnet():
     client = api(user_with_credits(10))
-    inactive = SubnetFactory(is_active=False)
+    inactive = served_subnet(is_active=False)
 
     for slug in ("no-such-subnet", inactive.slug):
         response = submit(client, slug)
@@ -190,7 +191,7 @@ def test_it_refuses_an_unknown_or_inactive_subnet():
     ],
 )
 def test_it_refuses_texts_that_are_not_a_short_list_of_strings(texts):
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
 
     response = submit(client, subnet, texts=texts)
@@ -208,7 +209,7 @@ def test_it_refuses_texts_that_are_not_a_short_list_of_strings(texts):
     ],
 )
 def test_it_refuses_inputs_that_are_not_of_the_subnet_family(inputs):
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
 
     response = client.post("/api/v1/jobs/", {"subnet": subnet.slug, "inputs": inputs, "idempotency_key": "k"}, format="json")
@@ -218,7 +219,7 @@ def test_it_refuses_inputs_that_are_not_of_the_subnet_family(inputs):
 
 
 def test_it_accepts_exactly_the_maximum_number_of_texts():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     response = submit(api(user_with_credits(10)), subnet, texts=[f"t{i}" for i in range(64)])
     assert response.status_code == 201
     assert response.json()["item_count"] == 64
@@ -250,7 +251,7 @@ def test_it_refuses_anonymous_and_bad_token_requests(method, path):
 
 
 def test_it_refuses_a_foreign_job():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     owner_job = submit(api(user_with_credits(10)), subnet).json()
     outsider = api(user_with_credits(10))
 
@@ -258,7 +259,7 @@ def test_it_refuses_a_foreign_job():
 
 
 def test_the_job_list_shows_only_the_users_own_jobs_newest_first():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     owner, outsider = api(user_with_credits(10)), api(user_with_credits(10))
     mine = [submit(owner, subnet, key=f"k{i}").json()["id"] for i in range(3)]
     theirs = submit(outsider, subnet, key="k0").json()["id"]
@@ -272,7 +273,7 @@ def test_the_job_list_shows_only_the_users_own_jobs_newest_first():
 
 
 def test_the_job_list_paginates():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
     ids = [submit(client, subnet, key=f"k{i}").json()["id"] for i in range(3)]
 
@@ -283,7 +284,7 @@ def test_the_job_list_paginates():
 
 
 def test_the_job_list_costs_the_same_queries_for_one_job_or_many():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     client = api(user_with_credits(10))
     submit(client, subnet, key="k0")
     with CaptureQueriesContext(connection) as one:
@@ -301,7 +302,7 @@ def test_the_job_list_costs_the_same_queries_for_one_job_or_many():
 @pytest.fixture
 def settled() -> dict[str, Any]:
     """A job submitted over the API and settled by two nodes that agree within tolerance."""
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     nodes = [online_node(subnet) for _ in range(3)]
     user = user_with_credits(10)
     client = api(user)
@@ -516,7 +517,7 @@ def test_node_registration_refuses_an_unknown_subnet():
 
 
 def test_license_acceptance_needs_the_current_version_and_is_idempotent():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     user = UserFactory()
     client = api(user)
 
@@ -542,8 +543,8 @@ def test_license_acceptance_for_an_unknown_subnet_is_not_found():
 
 
 def test_the_subnet_list_shows_active_subnets_with_their_license():
-    active = SubnetFactory()
-    SubnetFactory(is_active=False)
+    active = served_subnet()
+    served_subnet(is_active=False)
 
     listed = api(UserFactory()).get("/api/v1/subnets/").json()
 

@@ -15,7 +15,7 @@ from bim_core import protocol
 from bim_core.contracts import CONTRACT_SCHEMA, ContractInvalid, build_contract, validate_contract
 from registry.models import Job, JobState
 from registry.submit import job_submit
-from tests.factories import SubnetFactory, user_with_credits
+from tests.factories import served_subnet, user_with_credits
 
 TEXTS = ["one small text", "another text", "a third one"]
 SESSION_KEY = protocol.public_key_b64(protocol.new_private_key())
@@ -124,7 +124,7 @@ def test_the_contract_hash_does_not_depend_on_key_order():
 
 
 def submitted_job(**job_kwargs: Any) -> Job:
-    subnet = SubnetFactory(tokenizer_checksum="ef" * 32, determinism={"temperature": 0, "top_p": 1, "seed": 0})
+    subnet = served_subnet(tokenizer_checksum="ef" * 32, determinism={"temperature": 0, "top_p": 1, "seed": 0})
     job, _ = job_submit(
         user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="k1", **job_kwargs
     )
@@ -173,7 +173,7 @@ IMMUTABLE = {
     "contract_hash": lambda job: "00" * 32,
     "inputs": lambda job: {"texts": ["something else"]},
     "price_micro": lambda job: 1,
-    "subnet_id": lambda job: SubnetFactory().pk,
+    "subnet_id": lambda job: served_subnet().pk,
     "user_id": lambda job: user_with_credits(0).pk,
 }
 

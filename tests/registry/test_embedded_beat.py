@@ -1,12 +1,12 @@
 """Hostile nodes, embedded defences (issue 11, item 6): without Celery beat (the embedded
 default runs tasks eagerly), node heartbeats drive the periodic defences in-process:
-honeypots, sentinel re-runs and re-benchmarks run when due, once per interval."""
+honeypots, sentinel re-runs, re-benchmarks and session-key pruning run when due, once per interval."""
 
 from __future__ import annotations
 
 import pytest
 
-from registry import benchmarks, honeypots, sentinels, tasks
+from registry import benchmarks, honeypots, presence, sentinels, tasks
 from tests.factories import SubnetFactory, online_node
 from tests.registry.test_node_socket import run
 from tests.registry.test_protocol_hygiene import still_open, welcomed
@@ -17,6 +17,7 @@ DEFENCES = {
     "honeypots": (honeypots, "honeypots_issue_due"),
     "sentinels": (sentinels, "sentinels_run"),
     "benchmarks": (benchmarks, "benchmarks_due"),
+    "session_keys": (presence, "session_keys_prune"),
 }
 
 
@@ -44,7 +45,7 @@ def test_in_embedded_mode_heartbeats_run_honeypots_sentinels_and_re_benchmarks_w
 
     run(scenario)
     # Due at the first heartbeat, then not again within their intervals.
-    assert sorted(calls) == ["benchmarks", "honeypots", "sentinels"]
+    assert sorted(calls) == ["benchmarks", "honeypots", "sentinels", "session_keys"]
 
 
 def test_each_defence_runs_again_once_its_interval_has_passed(settings, calls, monkeypatch):
@@ -52,13 +53,13 @@ def test_each_defence_runs_again_once_its_interval_has_passed(settings, calls, m
     clock = [1000.0]
     monkeypatch.setattr(tasks.time, "monotonic", lambda: clock[0])
     tasks.embedded_beat()
-    assert sorted(calls) == ["benchmarks", "honeypots", "sentinels"]
+    assert sorted(calls) == ["benchmarks", "honeypots", "sentinels", "session_keys"]
     clock[0] += settings.CELERY_BEAT_SCHEDULE["registry-honeypots"]["schedule"] + 1  # 61 s: not the sentinels (300 s)
     tasks.embedded_beat()
-    assert sorted(calls[3:]) == ["benchmarks", "honeypots"]
+    assert sorted(calls[4:]) == ["benchmarks", "honeypots"]
     clock[0] += settings.CELERY_BEAT_SCHEDULE["registry-sentinels"]["schedule"]
     tasks.embedded_beat()
-    assert sorted(calls[5:]) == ["benchmarks", "honeypots", "sentinels"]
+    assert sorted(calls[6:]) == ["benchmarks", "honeypots", "sentinels"]
 
 
 def test_with_a_real_worker_beat_does_it_and_heartbeats_do_not(settings, calls):

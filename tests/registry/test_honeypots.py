@@ -117,6 +117,7 @@ def test_repeated_honeypot_failures_ban_the_node(subnet):
 
 
 def test_the_beat_issues_honeypots_at_the_subnet_rate(subnet):
+    online_node(subnet, ready=False)  # capacity: the registry takes jobs for the subnet
     user = user_with_credits(5)
     for i in range(4):
         submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": [f"text {i}"]}, idempotency_key=f"k{i}")

@@ -13,10 +13,10 @@ from django.utils import timezone
 from bim_core import protocol
 from ledger.errors import HoldEnded
 from registry import dispatch, jobs, presence, results, sweeper, verify
-from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState, Node, Strike
+from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState, Node, NodeSubnet, Strike
 from registry.submit import job_submit
 from subnets import defaults
-from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
+from tests.factories import SubnetFactory, online_node, result_message, served_subnet, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
 
@@ -190,9 +190,9 @@ def test_the_sweeper_takes_an_overdue_assignment_from_a_silent_node(django_captu
 
 
 def test_silence_after_a_reconnect_is_not_struck(django_capture_on_commit_callbacks):
-    """A node that came back with a new session (after a registry restart, say) may have
-    dropped the offers of its old one, as the Python node does: their deadline passing is
-    not its fault, so they move on without a strike."""
+    """A node that came back with a new session (after a registry restart, say) only as
+    the deadline passed had no time to answer or give up the work `welcome` listed: it
+    moves on without a strike (tests/registry/test_reconnect_blame.py has the other side)."""
     subnet = SubnetFactory()
     job, pool, by_role = dispatched(subnet, django_capture_on_commit_callbacks)
     back = pool[by_role["A"].node_id].node
@@ -286,7 +286,7 @@ def test_after_the_grace_a_gone_nodes_work_moves_on_without_blame(django_capture
 
 # Item 5: one broken job never stops the sweeper.
 def test_one_poisoned_job_does_not_stop_the_sweeper_expiring_the_others(monkeypatch):
-    subnet = SubnetFactory()  # no nodes: both jobs wait in the queue
+    subnet = served_subnet()  # no routable node: both jobs wait in the queue
     poisoned, normal = submit(subnet, key="poisoned"), submit(subnet, key="normal")
     Job.objects.filter(pk__in=[poisoned.pk, normal.pk]).update(expires_at=timezone.now() - timedelta(seconds=1))
     release = jobs.ledger.job_release
@@ -307,3 +307,20 @@ def test_one_poisoned_job_does_not_stop_the_sweeper_expiring_the_others(monkeypa
     assert poisoned.state == JobState.QUEUED
     failure = JobEvent.objects.filter(job=poisoned).exclude(to_state=JobState.QUEUED, from_state="").last()
     assert failure is not None and "reversed" in failure.detail
+
+
+def test_a_new_node_holds_two_unanswered_offers_whatever_it_claims(django_capture_on_commit_callbacks):
+    """`max_concurrent` is the node's own word: a newcomer that claims 1,024 slots and then
+    stays silent must cost users two deadlines, not a queue's worth."""
+    subnet = SubnetFactory()
+    newcomer, *veterans = (online_node(subnet) for _ in range(3))
+    NodeSubnet.objects.filter(subnet=subnet).update(max_concurrent=1024)
+    Node.objects.filter(pk__in=[v.node.pk for v in veterans]).update(jobs_agreed=40)
+    user = user_with_credits(100)
+    for i in range(20):
+        job = submit(subnet, key=f"many-{i}", user=user)
+        with django_capture_on_commit_callbacks(execute=True):
+            dispatch.job_dispatch(job_id=job.id)
+    held = Assignment.objects.filter(node=newcomer.node, state=AssignmentState.DISPATCHED).count()
+    assert held == 2
+    assert Job.objects.filter(state=JobState.DISPATCHED).count() == 20  # the veterans took the rest

@@ -16,7 +16,15 @@ from registry import dispatch, sweeper, verify
 from registry.models import Assignment, AssignmentState, Job, JobEvent, JobState
 from registry.results import result_record
 from registry.submit import job_submit
-from tests.factories import SubnetFactory, node_vanish, online_node, result_message, unit_vectors, user_with_credits
+from tests.factories import (
+    SubnetFactory,
+    node_vanish,
+    online_node,
+    result_message,
+    served_subnet,
+    unit_vectors,
+    user_with_credits,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +76,7 @@ def test_it_settles_a_job_two_nodes_agree_on():
 
 
 def test_it_refuses_a_job_the_user_cannot_pay_for():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     poor = user_with_credits(0)
     with pytest.raises(ServiceError) as refused:
         submit(poor, subnet)
@@ -77,7 +85,7 @@ def test_it_refuses_a_job_the_user_cannot_pay_for():
 
 
 def test_a_repeated_idempotency_key_returns_the_first_job():
-    subnet = SubnetFactory()
+    subnet = served_subnet()
     user = user_with_credits(10)
     first = submit(user, subnet, key="same")
     again, created = job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS}, idempotency_key="same")
@@ -177,7 +185,7 @@ def test_a_node_with_a_full_queue_gets_no_more_offers_until_it_answers(settings)
 def test_a_node_below_its_escrow_requirement_carries_a_shorter_queue(settings):
     settings.NODE_QUEUE_DEPTH = 5
     subnet = SubnetFactory(escrow_required_micro=1_000, queue_depth_below_escrow=1)
-    pool = [online_node(subnet) for _ in range(2)]
+    pool = [online_node(subnet, jobs_agreed=10) for _ in range(2)]  # past probation: the escrow rule decides
     user = user_with_credits(10)
     jobs = [submit(user, subnet, key=f"k{i}") for i in range(3)]
 

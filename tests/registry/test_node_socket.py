@@ -192,7 +192,7 @@ def _forgeries(job: Job, keys: NodeKeys, assignment: Assignment, other: Assignme
 
 
 def test_tampered_results_are_refused_with_their_code():
-    subnet = SubnetFactory()
+    subnet = SubnetFactory(reputation_policy={"strikes_to_ban": 100})  # one forgery after another, no ban
 
     async def scenario():
         job, offers = await paired_job(subnet)
@@ -312,7 +312,7 @@ def test_a_disconnected_node_loses_its_work_to_another_node_after_the_grace(sett
         spare_socket = await handshake(spare, subnet)
         await ready(spare_socket, subnet)
         _, socket_a, offer_a = offers["A"]
-        await socket_a.disconnect()
+        await socket_a.disconnect(code=1006)  # dropped, not closed by the node: the grace applies
         await database_sync_to_async(sweeper.sweep)()
         offer = await spare_socket.receive_json_from(timeout=5)
         assert offer["type"] == "job" and offer["role"] == "A" and offer["job_id"] == str(job.id)

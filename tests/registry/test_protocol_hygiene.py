@@ -16,7 +16,8 @@ from rest_framework.authtoken.models import Token
 from bim_core import protocol
 from bim_core.errors import ServiceError
 from registry import presence, sweeper
-from registry.models import Assignment, Node, Strike
+from registry.models import Assignment, Node, SessionKey, Strike
+from registry.routing_index import presence_cache_started
 from subnets.models import EulaAcceptance
 from tests.factories import SubnetFactory, UserFactory, online_node, result_message, unit_vectors
 from tests.registry.test_benchmarks import reference_for
@@ -138,6 +139,16 @@ def test_a_session_key_is_refused_the_second_time_by_the_same_or_another_node():
     run(scenario)
 
 
+def test_session_keys_are_remembered_for_the_retention_period_then_pruned(settings):
+    settings.SESSION_KEY_RETENTION_DAYS = 30
+    node = online_node(SubnetFactory(), ready=False).node
+    keys = [SessionKey.objects.create(key=protocol.public_key_b64(protocol.new_private_key()), node=node) for _ in range(3)]
+    SessionKey.objects.filter(pk=keys[0].pk).update(used_at=timezone.now() - timedelta(days=31))
+    assert presence.session_keys_prune() == 1
+    assert set(SessionKey.objects.filter(node=node).values_list("pk", flat=True)) >= {keys[1].pk, keys[2].pk}
+    assert not SessionKey.objects.filter(pk=keys[0].pk).exists()
+
+
 def _respelled(public_key: str) -> str:
     """The same 32 bytes with the two unused trailing bits set: strict base64 still decodes it."""
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -170,7 +181,7 @@ def test_a_public_key_is_one_key_whatever_its_base64_spelling():
 # ---------------------------------------------------------------- size and rate
 
 
-def test_an_oversized_frame_closes_with_1009(settings):
+def test_an_oversized_frame_the_transport_let_through_closes_with_4009(settings):
     settings.NODE_MAX_MESSAGE_BYTES = 4096
     subnet = SubnetFactory()
     keys = online_node(subnet, ready=False)
@@ -178,7 +189,8 @@ def test_an_oversized_frame_closes_with_1009(settings):
     async def scenario():
         socket = await welcomed(keys, subnet)
         await socket.send_to(text_data=json.dumps({"type": "heartbeat", "padding": "x" * 5000}))
-        assert await closed_with(socket) == protocol.CLOSE_MESSAGE_TOO_BIG == 1009
+        # 1009 is the transport's to send (tests/site/test_serve.py); an application may not.
+        assert await closed_with(socket) == protocol.CLOSE_MESSAGE_TOO_BIG_APP == 4009
 
     run(scenario)
     # Cut off for what it sent, not just disconnected: it cannot come back blameless.
@@ -190,6 +202,7 @@ def test_an_oversized_frame_closes_with_1009(settings):
 def test_a_flood_gets_an_error_then_a_close(settings):
     settings.NODE_RATE_PER_S = 0.01
     settings.NODE_RATE_BURST = 5
+    settings.NODE_HEARTBEAT_COST = 1  # counted as any message here; priced below
     subnet = SubnetFactory()
     keys = online_node(subnet, ready=False)
 
@@ -213,6 +226,29 @@ def test_a_flood_gets_an_error_then_a_close(settings):
     ]
 
 
+def test_a_heartbeat_flood_at_the_default_budget_is_cut_off_after_a_few_pongs():
+    """A heartbeat costs NODE_HEARTBEAT_COST tokens: a flood of them is served a handful of
+    times, not at the full message rate, and cut off before the node sends a thousand."""
+    subnet = SubnetFactory()
+    keys = online_node(subnet, ready=False)
+
+    async def scenario():
+        socket = await welcomed(keys, subnet)
+        for _ in range(1000):
+            await socket.send_json_to({"type": "heartbeat"})
+        kinds = []
+        while True:
+            output = await socket.receive_output(timeout=5)
+            if output["type"] == "websocket.close":
+                return kinds, output.get("code")
+            message = json.loads(output["text"])
+            kinds.append(message.get("code") or message["type"])
+
+    kinds, code = run(scenario)
+    assert code == protocol.CLOSE_RATE_LIMITED
+    assert kinds.count("pong") <= 8 and kinds[-1] == "rate_limited"
+
+
 # ---------------------------------------------------------------- presence
 
 
@@ -222,6 +258,7 @@ def test_heartbeats_update_presence_in_the_cache_not_the_database_and_the_sweepe
     keys = online_node(subnet, ready=False)
     silent = online_node(subnet, ready=False)
     long_ago = timezone.now() - timedelta(seconds=settings.NODE_STALE_S * 3)
+    presence_cache_started(long_ago)  # the cache has kept presence long enough to know who is silent
 
     async def scenario():
         socket = await welcomed(keys, subnet)

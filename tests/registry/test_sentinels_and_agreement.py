@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
+from ledger import selectors as ledger_selectors
+from ledger.models import Slash
 from registry import dispatch, sentinels, submit, verify
-from registry.models import AgreementStat, Dispute, Job, JobState, SentinelRun
+from registry.models import AgreementStat, Dispute, Job, JobState, SentinelRun, Strike
 from registry.results import result_record
 from subnets.models import Subnet
 from subnets.services import trusted_run
@@ -32,6 +34,10 @@ def settle(subnet, vectors_a, vectors_b, envs=({}, {})) -> Job:
     verify.job_verify(job_id=job.id)
     job.refresh_from_db()
     return job
+
+
+def user_balance(user) -> int:
+    return ledger_selectors.balance_totals(user=user)["credits_micro"]
 
 
 @pytest.fixture
@@ -58,9 +64,15 @@ def test_a_colluding_pair_is_caught_by_a_sentinel_and_disputed(real_subnet):
     job = settle(real_subnet, forged, forged.copy())  # two colluders agree: 2-of-2 passes
     assert job.state == JobState.SETTLED
 
+    paid_before = user_balance(job.user)
     run = sentinels.sentinel_check(job=job)
 
     assert not run.passed
+    # A retroactive honeypot: both colluders struck and slashed, the user refunded.
+    colluders = list(job.assignments.values_list("node_id", flat=True))
+    assert sorted(Strike.objects.filter(job=job).values_list("node_id", flat=True)) == sorted(colluders)
+    assert Slash.objects.filter(job_id=job.pk).count() == 2
+    assert user_balance(job.user) == paid_before + job.price_micro
     dispute = Dispute.objects.get(job=job)
     assert "drifted" in dispute.reason and dispute.resolved_at is None
     sentinels.dispute_resolve(dispute=dispute, resolution="nodes slashed by hand")
@@ -85,6 +97,7 @@ def test_every_compared_pair_feeds_its_environment_statistics():
 
 
 def test_texts_the_tokenizer_cannot_read_are_flagged_at_submit(real_subnet):
+    online_node(real_subnet, ready=False)  # capacity: the registry takes jobs for the subnet
     user = user_with_credits(5)
     texts = ["The bridge inspection found no structural damage.", "ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ ᛇᛈᛉᛊᛏᛒ"]
     job, _ = submit.job_submit(user=user, subnet_slug=real_subnet.slug, inputs={"texts": texts}, idempotency_key="runes")

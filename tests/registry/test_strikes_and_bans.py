@@ -94,6 +94,7 @@ def test_expired_and_lifted_strikes_do_not_lower_the_weight(subnet, django_captu
 
 def test_enough_active_strikes_ban_the_node_and_its_jobs_go_elsewhere(subnet, django_capture_on_commit_callbacks):
     pool = {keys.node.pk: keys for keys in (online_node(subnet) for _ in range(3))}
+    Node.objects.filter(pk__in=pool).update(jobs_agreed=10)  # past probation: 20 open offers each are fine
     user = user_with_credits(10)
     banned = pool[sorted(job_nodes(subnet, user, "before-ban"))[0]]  # a node jobs do go to
     others = [keys for pk, keys in pool.items() if pk != banned.node.pk]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["bim_core", "bim_node", "bim_sdk", "subnets", "ledger", "registry", "contributor", "bim_site"]
+PACKAGES = ["bim_core", "bim_node", "bim_sdk", "subnets", "ledger", "registry", "billing", "contributor", "developer", "bim_site"]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 

@@ -11,7 +11,7 @@
 
 import { JobRefused, benchmarkTask, checkJob } from "./jobs.js";
 import { sessionKeyCertified } from "./keystore.js";
-import { PROTOCOL } from "./protocol.js";
+import { LOST_ON_RECONNECT, PROTOCOL } from "./protocol.js";
 import { Session, errorText } from "./session.js";
 
 // Close codes after which reconnecting cannot help (docs/protocol.md §6.1).
@@ -20,6 +20,7 @@ export const FATAL_CLOSE = {
   4001: "the registry rejected this browser's hello signature",
   4003: "the registry does not know this browser's node for your account",
   4409: "this node connected from another tab or window; this one stopped",
+  4403: "this node is banned for a while after repeated strikes (wrong or missing results)",
 };
 // Errors answered to `ready` that need the person, not a retry.
 const FATAL_ERRORS = new Set(["license_not_accepted", "unknown_subnet", "model_mismatch"]);
@@ -180,6 +181,12 @@ export class NodeConnection {
     if (offered.model_checksum !== engine.modelChecksum) {
       this.stop(`${subnet.slug} now runs another model (${String(offered.model_checksum).slice(0, 12)}…): reload the page to fetch it.`);
       return;
+    }
+    // Work of earlier sockets died with them (see closed()): give back what the registry
+    // still counts as ours now, so no user waits for its deadline.
+    const listed = Array.isArray(message.assignments) ? message.assignments : [];
+    for (const id of listed.slice(0, 4096)) {
+      if (typeof id === "string") session.send({ type: "job_failed", assignment_id: id, reason: LOST_ON_RECONNECT });
     }
     const seconds = Number(message.heartbeat_s) > 0 ? Number(message.heartbeat_s) : DEFAULT_HEARTBEAT_S;
     session.heartbeat = setInterval(() => session.send({ type: "heartbeat" }), seconds * 1000);

@@ -7,6 +7,8 @@
 // (tests/js/fixtures/protocol.json, written by tests/js/make_fixtures.py).
 
 export const PROTOCOL = "bim/1";
+// The `job_failed` reason for work `welcome` lists that this page no longer holds.
+export const LOST_ON_RECONNECT = "lost_on_reconnect";
 
 const utf8 = new TextEncoder();
 

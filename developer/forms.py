@@ -1,0 +1,13 @@
+"""Forms of the developer page."""
+
+from __future__ import annotations
+
+from django import forms
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Key name", help_text="what the key is for, e.g. 'laptop' or 'CI'")
+
+
+class VoucherForm(forms.Form):
+    code = forms.CharField(max_length=40, label="Voucher code")
