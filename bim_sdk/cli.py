@@ -1,9 +1,12 @@
 """`bim`: the SDK on the command line. Every result it prints was verified against its receipt.
 
-    bim embed SUBNET TEXT...
+    bim embed SUBNET TEXT... | --file TEXTS.txt
     bim generate SUBNET PROMPT [--max-tokens N]
     bim upscale SUBNET IN.png OUT.png
     bim job JOB_ID
+    bim jobs [--limit N]
+    bim cancel JOB_ID
+    bim subnets
     bim balance
     bim receipt verify FILE.json [--registry-key KEY] [--inputs INPUTS.json]
 
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser("embed", parents=[api], help="embed texts on an embedding subnet")
     embed.add_argument("subnet", metavar="SUBNET")
-    embed.add_argument("texts", nargs="+", metavar="TEXT")
+    embed.add_argument("texts", nargs="*", metavar="TEXT")
+    embed.add_argument("--file", type=Path, metavar="TEXTS.txt", help="embed the file's lines (blank ones skipped)")
     embed.set_defaults(run=_embed)
 
     generate = commands.add_parser(
@@ -86,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     job = commands.add_parser("job", parents=[api], help="show a job")
     job.add_argument("job_id", metavar="JOB_ID")
     job.set_defaults(run=_job)
+
+    jobs = commands.add_parser("jobs", parents=[api], help="list your jobs, newest first")
+    jobs.add_argument("--limit", type=int, default=20, help="default 20")
+    jobs.set_defaults(run=_jobs)
+
+    cancel = commands.add_parser("cancel", parents=[api], help="cancel a queued job (its hold is released)")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.set_defaults(run=_cancel)
+
+    subnets = commands.add_parser("subnets", parents=[api], help="list the subnets with nodes online and waits")
+    subnets.set_defaults(run=_subnets)
 
     balance = commands.add_parser("balance", parents=[api], help="show your balances (micro-credits)")
     balance.set_defaults(run=_balance)
@@ -151,10 +166,15 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _embed(args: argparse.Namespace) -> Output:
-    result = _client(args).embed(args.subnet, args.texts, timeout=args.timeout)
+    texts = list(args.texts)
+    if args.file is not None:
+        texts += [line for line in _read(args.file, "the texts", Path.read_text).splitlines() if line.strip()]
+    if not texts:
+        raise CliError(2, "no_texts", "give texts as arguments or --file TEXTS.txt")
+    result = _client(args).embed(args.subnet, texts, timeout=args.timeout)
     rows = [
         f"{text[:40]!r}: [{', '.join(f'{v:.4f}' for v in vector[:4])}, ...] ({len(vector)} dims)"
-        for text, vector in zip(args.texts, result.vectors, strict=True)
+        for text, vector in zip(texts, result.vectors, strict=True)
     ]
     return result.job, "\n".join([_settled_line(result.job), *rows])
 
@@ -188,6 +208,32 @@ def _job(args: argparse.Namespace) -> Output:
     if job.get("failure_reason"):
         lines.append(f"failure_reason: {job['failure_reason']}")
     return job, "\n".join(lines)
+
+
+def _jobs(args: argparse.Namespace) -> Output:
+    page = _client(args).jobs(limit=args.limit)
+    lines = [
+        f"{job['id']}  {job['state']:<12} {job['subnet']:<20} {job['created_at']}"
+        + (f"  ({job['failure_reason']})" if job.get("failure_reason") else "")
+        for job in page["results"]
+    ]
+    return page, "\n".join(lines) or "no jobs yet"
+
+
+def _cancel(args: argparse.Namespace) -> Output:
+    job = _client(args).cancel(args.job_id)
+    return job, f"{job['id']}: {job['state']} ({job.get('failure_reason')})"
+
+
+def _subnets(args: argparse.Namespace) -> Output:
+    rows = _client(args).subnets()
+    lines = [
+        f"{row['slug']:<22} {row['task_type']:<10} nodes {row['nodes_routable']}/{row['nodes_online']} ready/online, "
+        f"{row['jobs_waiting']} waiting"
+        + (f", ~{row['wait_estimate_s']} s a job" if row.get("wait_estimate_s") is not None else "")
+        for row in rows
+    ]
+    return rows, "\n".join(lines) or "no active subnet"
 
 
 def _balance(args: argparse.Namespace) -> Output:

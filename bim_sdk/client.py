@@ -107,6 +107,15 @@ class Client:
     def jobs(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         return self._request("GET", "/api/v1/jobs/", params={"limit": limit, "offset": offset})
 
+    def subnets(self) -> list[dict[str, Any]]:
+        """The active subnets, each with its market now (nodes online and routable, jobs
+        waiting, a wait estimate)."""
+        return self._request("GET", "/api/v1/subnets/")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job no node was offered yet; its hold is released."""
+        return self._request("POST", f"/api/v1/jobs/{job_id}/cancel/")
+
     def balance(self) -> dict[str, int]:
         return self._request("GET", "/api/v1/balance/")
 

@@ -25,3 +25,15 @@ class IdempotencyConflict(LedgerError):
 
 class HoldEnded(LedgerError):
     """The job's hold was already captured (settled) or released (failed, expired)."""
+
+
+class EarningsShort(InsufficientFunds):
+    """A withdrawal asks for more than the earnings left after pending withdrawals."""
+
+    def __init__(self, account: Account, *, balance: int, pending: int, asked: int) -> None:
+        LedgerError.__init__(
+            self,
+            f"{balance} micro-credits earned, {pending} in pending withdrawals: "
+            f"{balance - pending} available, {asked} asked",
+        )
+        self.account, self.needed = account, asked + pending

@@ -16,7 +16,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from .accounts import account_for, accounts_lock
-from .errors import InsufficientFunds, LedgerError
+from .errors import EarningsShort, LedgerError
 from .models import (
     AccountKind,
     SettlementBatch,
@@ -41,7 +41,8 @@ def withdrawal_request(*, node_id: object, user: AbstractBaseUser, amount: int) 
             or 0
         )
         if balance - pending < amount:
-            raise InsufficientFunds(earnings, amount + pending)
+            # The locked balance, not `earnings.balance`: that is the cached account's, maybe stale.
+            raise EarningsShort(earnings, balance=balance, pending=pending, asked=amount)
         return Withdrawal.objects.create(node_id=node_id, requested_by=user, amount=amount)
 
 

@@ -22,6 +22,8 @@ from bim_core import families, protocol
 from bim_core.errors import ServiceError
 from bim_core.net import client_ip
 from ledger import selectors as ledger_selectors
+from subnets import selectors as subnet_selectors
+from subnets.api import SubnetSerializer
 
 from . import jobs, presence, selectors, submit, withdrawals
 from .keys import registry_public_key
@@ -201,6 +203,27 @@ class JobCancelApi(APIView):
     def post(self, request: Request, job_id: str) -> Response:
         job = jobs.job_cancel(user=request.user, job_id=job_id)
         return Response(JobDetailSerializer(job).data)
+
+
+class SubnetMarketSerializer(SubnetSerializer):
+    nodes_online = serializers.IntegerField(help_text="connected, unbanned nodes registered for the subnet")
+    nodes_routable = serializers.IntegerField(help_text="of those, ready with a passed benchmark: taking jobs now")
+    jobs_waiting = serializers.IntegerField(help_text="jobs waiting for a node")
+    wait_estimate_s = serializers.FloatField(
+        allow_null=True, help_text="a new job's submit-to-settle estimate in seconds (null: no recent jobs or nodes)"
+    )
+
+
+class SubnetListApi(APIView):
+    """The active subnets with their market now: without an online node a job is refused
+    (503), so users see it before they submit."""
+
+    @extend_schema(responses=SubnetMarketSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        subnets = list(subnet_selectors.subnet_list_active())
+        capacity = selectors.subnets_capacity([s.pk for s in subnets])
+        rows = [{**SubnetSerializer(s).data, **capacity[s.pk]} for s in subnets]
+        return Response(rows)
 
 
 class BalanceApi(APIView):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
 
 from bim_core import families
 
-from .models import Assignment, AssignmentState, Job, JobState, Node
+from .models import Assignment, AssignmentState, Job, JobState, Node, NodeSubnet
 
 
 def job_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Job]:
@@ -60,3 +62,38 @@ def job_hold_outcomes() -> list[tuple[object, int, str]]:
         (job_id, price, ended.get(state, "open"))
         for job_id, price, state in Job.objects.filter(price_micro__gt=0).values_list("id", "price_micro", "state")
     ]
+
+
+def subnets_capacity(subnet_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Per subnet, what a user deciding where to submit wants to know: connected nodes, the
+    routable ones, jobs waiting for a node, and an estimate of a new job's submit-to-settle
+    seconds (the median of the last hour's settled jobs, scaled by the queue ahead per pair
+    of routable nodes; None without recent jobs or routable nodes)."""
+    now = timezone.now()
+    unbanned = Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now)
+    links = NodeSubnet.objects.filter(unbanned, subnet_id__in=subnet_ids, node__is_online=True)
+    online = dict(links.values("subnet_id").annotate(n=Count("node_id")).values_list("subnet_id", "n"))
+    routable = dict(
+        links.filter(ready_at__isnull=False, score__gt=0).values("subnet_id").annotate(n=Count("node_id")).values_list("subnet_id", "n")
+    )
+    waiting = dict(
+        Job.objects.filter(subnet_id__in=subnet_ids, state=JobState.QUEUED)
+        .values("subnet_id").annotate(n=Count("id")).values_list("subnet_id", "n")
+    )
+    capacity = {}
+    for subnet_id in subnet_ids:
+        recent = Job.objects.filter(
+            subnet_id=subnet_id, state=JobState.SETTLED, finished_at__gte=now - timedelta(hours=1)
+        ).order_by("-finished_at").values_list("created_at", "finished_at")[:101]
+        durations = sorted((finished - created).total_seconds() for created, finished in recent)
+        pairs = routable.get(subnet_id, 0) // 2
+        estimate = None
+        if durations and pairs:
+            estimate = round(durations[len(durations) // 2] * (1 + waiting.get(subnet_id, 0) / pairs), 1)
+        capacity[subnet_id] = {
+            "nodes_online": online.get(subnet_id, 0),
+            "nodes_routable": routable.get(subnet_id, 0),
+            "jobs_waiting": waiting.get(subnet_id, 0),
+            "wait_estimate_s": estimate,
+        }
+    return capacity

@@ -38,12 +38,6 @@ class SubnetSerializer(serializers.Serializer):
         return selectors.manifest_url(subnet)
 
 
-class SubnetListApi(APIView):
-    @extend_schema(responses=SubnetSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        return Response(SubnetSerializer(selectors.subnet_list_active(), many=True).data)
-
-
 class EulaAcceptSerializer(serializers.Serializer):
     license_version = serializers.CharField(max_length=32)
 

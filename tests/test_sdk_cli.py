@@ -23,7 +23,8 @@ import bim_core.http
 from bim_core import protocol
 from bim_core.money import MICRO
 from bim_sdk.cli import EXIT_RECEIPT_INVALID, EXIT_REFUSED, EXIT_UNREACHABLE, main
-from registry.models import Job
+from registry.models import Job, NodeSubnet
+from registry.submit import job_submit
 from tests.factories import SubnetFactory, online_node, settle, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.timeout(120)
@@ -108,7 +109,7 @@ def test_help_names_every_command(capsys):
     status, out, _ = bim(capsys, "--help")
 
     assert status == 0
-    for command in ("embed", "generate", "upscale", "job", "balance", "receipt"):
+    for command in ("embed", "generate", "upscale", "job", "jobs", "cancel", "subnets", "balance", "receipt"):
         assert f"    {command}" in out
     assert "$BIM_URL" in out and "$BIM_TOKEN" in out
 
@@ -189,6 +190,37 @@ def test_embed_prints_the_receipt_verified_vectors(market, capsys):
     assert len(rows) == len(TEXTS)
     assert rows[0].startswith(f"{TEXTS[0]!r}: [{vectors[0][0]:.4f}, ")
     assert rows[0].endswith("(384 dims)")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_embed_takes_texts_from_a_file_and_jobs_lists_them(market, capsys, tmp_path):
+    texts_file = tmp_path / "texts.txt"
+    texts_file.write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n")
+    settler = settle_when_submitted(market, unit_vectors(len(TEXTS), seed=9))
+    status, out, err = bim(capsys, "embed", market["subnet"].slug, "--file", str(texts_file))
+    settler.join(30)
+    assert status == 0, err
+    assert len(out.splitlines()) == 1 + len(TEXTS)  # the blank line is skipped
+
+    status, out, _ = bim(capsys, "jobs", "--json")
+    listed = json.loads(out)
+    assert status == 0 and listed["count"] == 1 and listed["results"][0]["state"] == "settled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_subnets_shows_capacity_and_cancel_releases_a_queued_job(market, capsys):
+    status, out, _ = bim(capsys, "subnets")
+    assert status == 0 and f"{market['subnet'].slug}" in out and "nodes 3/3 ready/online" in out
+
+    # The nodes stay online but stop taking jobs (fetching a new model, say): a job waits queued.
+    NodeSubnet.objects.filter(subnet=market["subnet"]).update(ready_at=None)
+    user = Token.objects.get(key=market["token"]).user
+    job, _ = job_submit(user=user, subnet_slug=market["subnet"].slug, inputs={"texts": TEXTS}, idempotency_key="q")
+    assert Job.objects.get(pk=job.pk).state == "queued"
+    status, out, _ = bim(capsys, "cancel", str(job.id), "--json")
+    assert status == 0 and json.loads(out)["failure_reason"] == "cancelled by its user"
+    status, _, err = bim(capsys, "cancel", str(job.id))
+    assert status == EXIT_REFUSED and "job_not_queued" in err
 
 
 # ---------------------------------------------------------------- receipts, offline

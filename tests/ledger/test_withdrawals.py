@@ -238,6 +238,10 @@ def test_the_api_refuses_more_than_the_earnings_with_402(node):
 
     assert response.status_code == 402
     assert response.json()["code"] == "insufficient_earnings"
+    # The real figures, not a cached "holds 0" (issue 12): 5 earned, 4 pending, 1 available.
+    assert response.json()["detail"] == (
+        f"{5 * MICRO} micro-credits earned, {4 * MICRO} in pending withdrawals: {MICRO} available, {2 * MICRO} asked"
+    )
     assert Withdrawal.objects.count() == 1
 
 
