@@ -6,9 +6,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count
 
+from bim_core import scoring
+from bim_core.money import MICRO, micro_to_text
 from ledger import selectors as ledger_selectors
 from registry import selectors as registry_selectors
 from registry.models import Assignment, AssignmentState, Node, NodeSubnet
@@ -101,4 +104,32 @@ def node_status(*, node: Node) -> dict[str, Any]:
             }
             for a in recent
         ],
+    }
+
+
+def opt_in_terms(*, subnet: Subnet) -> dict[str, str]:
+    """The opt-in page's plain terms (issue 12): what a credit is worth, what a job pays and
+    how it is split, escrow, slashing and bans, what the browser sees, how to withdraw."""
+    per_minor = settings.BIM_MICRO_PER_MINOR_UNIT
+    credit_minor = MICRO / per_minor
+    family = {"embedding": "texts", "text": "prompts and the generated text", "image": "images"}
+    policy = scoring.ReputationPolicy.from_dict(subnet.reputation_policy)
+    return {
+        "credit": f"1 credit = {credit_minor:g} {settings.BIM_CURRENCY.upper()} minor units (cents)"
+        if credit_minor != 1
+        else f"1 credit = 1 {settings.BIM_CURRENCY.upper()} cent",
+        "price": f"{micro_to_text(subnet.price_per_call_micro)} credits a job plus "
+        f"{micro_to_text(subnet.price_per_item_micro)} per {'token' if subnet.task_type == 'text' else 'item'}",
+        "split": f"each of the two contributors whose results agree gets {subnet.split_node_a_bp / 100:g} % "
+        f"of the price; the registry keeps {subnet.split_registry_bp / 100:g} %",
+        "escrow": f"{subnet.escrow_share_bp / 100:g} % of each payout goes to your escrow until it holds "
+        f"{micro_to_text(subnet.escrow_required_micro)} credits; escrow is yours, and is what a slash takes",
+        "slashing": f"a wrong result caught by a honeypot or a sentinel re-run costs {subnet.honeypot_slash_bp / 100:g} % "
+        f"of your escrow (refunding the job's user) and a strike; {policy.strikes_to_ban} active strikes ban "
+        f"your node for {policy.ban_h:g} hours. Missing a deadline or a refused result is a strike too",
+        "data": f"your browser receives the users' {family.get(subnet.task_type, 'inputs')} for the jobs it computes, "
+        "and computes their outputs: do not contribute from a device you do not trust with them",
+        "withdraw": f"earnings of at least {micro_to_text(settings.LEDGER_MIN_WITHDRAWAL_MICRO)} credits can be "
+        "withdrawn (POST /api/v1/withdrawals/ with your node and the amount); an operator approves each "
+        "withdrawal, and no fee is taken",
     }

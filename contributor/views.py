@@ -108,7 +108,11 @@ def subnet_opt_in(request: HttpRequest, slug: str) -> HttpResponse:
                 f"for {subnet.slug}; this browser can now take its jobs.",
             )
             return redirect("contributor:dashboard")
-    return render(request, "contributor/opt_in.html", {"subnet": subnet, "license": subnet.license, "form": form})
+    return render(
+        request,
+        "contributor/opt_in.html",
+        {"subnet": subnet, "license": subnet.license, "form": form, "terms": selectors.opt_in_terms(subnet=subnet)},
+    )
 
 
 @_json_login_required
