@@ -35,10 +35,22 @@ class ProcessGroup:
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("wb")
-        child = subprocess.Popen(list(argv), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        # Appended: a child started again (after a fault test killed it) keeps the first one's log.
+        log = (self.log_dir / f"{name}.log").open("ab")
+        # Each child leads a process group of its own, so signals reach what it forks too
+        # (`celery worker -B` forks its beat: killing the worker alone left beat running).
+        child = subprocess.Popen(
+            list(argv), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.children.append((name, child))
         return child
+
+    @staticmethod
+    def _signal(child: subprocess.Popen[bytes], sig: int) -> None:
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            pass  # the group is gone already
 
     def start_registry(self, port: int) -> str:
         self.start("registry", [sys.executable, "-m", "bim_site.serve", "-b", "127.0.0.1", "-p", str(port), "bim_site.asgi:application"])
@@ -49,7 +61,8 @@ class ProcessGroup:
     def start_worker(self, *, beat: bool = True, concurrency: int = 2) -> None:
         argv = [sys.executable, "-m", "celery", "-A", "bim_site", "worker", "-l", "warning", "--pool=threads", f"--concurrency={concurrency}"]
         if beat:
-            argv.append("-B")
+            # Beat's schedule file is this group's own: groups running at once must not share one.
+            argv += ["-B", "--schedule", str(self.log_dir / "celerybeat-schedule")]
         self.start("worker", argv)
 
     def start_node(
@@ -75,9 +88,9 @@ class ProcessGroup:
         )
 
     def kill(self, name: str) -> None:
-        """SIGKILL one child, as a crash would: no shutdown handler of its runs."""
+        """SIGKILL one child and what it forked, as a crash would: no shutdown handler runs."""
         for entry in [c for c in self.children if c[0] == name]:
-            entry[1].kill()
+            self._signal(entry[1], signal.SIGKILL)
             entry[1].wait()
             self.children.remove(entry)
 
@@ -105,14 +118,15 @@ class ProcessGroup:
     def stop(self, timeout: float = 10.0) -> None:
         for _, child in self.children:
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                self._signal(child, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for _, child in self.children:
             try:
                 child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+                pass
+            self._signal(child, signal.SIGKILL)  # the leader, or what it forked and left behind
+            child.wait()
         self.children.clear()
 
 

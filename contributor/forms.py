@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
+
+from bim_core.money import credits_to_micro
 
 
 class SignUpForm(UserCreationForm):
@@ -20,3 +24,27 @@ class OptInForm(forms.Form):
     accept = forms.BooleanField(
         required=True, label="I have read the license above and accept it for the work my browser does"
     )
+
+
+class WithdrawForm(forms.Form):
+    """A withdrawal of one of the user's nodes' earnings, in credits."""
+
+    node = forms.ChoiceField(label="Node")
+    credits = forms.CharField(max_length=30, label="Credits", help_text="e.g. 2 or 1.5")
+
+    def __init__(self, *args: Any, nodes: list[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nodes = {str(node.pk): node for node in nodes}
+        self.fields["node"].choices = [(pk, node.name) for pk, node in self.nodes.items()]
+
+    def clean_node(self) -> Any:
+        return self.nodes[self.cleaned_data["node"]]  # ChoiceField allows only the user's own
+
+    def clean_credits(self) -> int:
+        try:
+            micro = credits_to_micro(self.cleaned_data["credits"])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        if micro <= 0:
+            raise forms.ValidationError("more than zero credits")
+        return micro

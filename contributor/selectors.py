@@ -130,6 +130,29 @@ def opt_in_terms(*, subnet: Subnet) -> dict[str, str]:
         "data": f"your browser receives the users' {family.get(subnet.task_type, 'inputs')} for the jobs it computes, "
         "and computes their outputs: do not contribute from a device you do not trust with them",
         "withdraw": f"earnings of at least {micro_to_text(settings.LEDGER_MIN_WITHDRAWAL_MICRO)} credits can be "
-        "withdrawn (POST /api/v1/withdrawals/ with your node and the amount); an operator approves each "
+        "withdrawn on the Earnings page (or POST /api/v1/withdrawals/); an operator approves each "
         "withdrawal, and no fee is taken",
     }
+
+
+def owner_nodes_with_balances(*, user: AbstractBaseUser) -> list[dict[str, Any]]:
+    """Each of the user's nodes with its earnings and escrow (micro-credits and as text)."""
+    rows = []
+    for node in Node.objects.filter(owner=user).order_by("name"):
+        totals = ledger_selectors.balance_totals(node_ids=[node.pk])
+        rows.append(
+            {
+                "node": node,
+                "earnings": micro_to_text(totals["earnings_micro"]),
+                "escrow": micro_to_text(totals["escrow_micro"]),
+            }
+        )
+    return rows
+
+
+def withdrawals_of_owner(*, user: AbstractBaseUser) -> list[dict[str, Any]]:
+    names = dict(Node.objects.filter(owner=user).values_list("pk", "name"))
+    return [
+        {"withdrawal": w, "node": names.get(w.node_id, str(w.node_id)), "credits": micro_to_text(w.amount)}
+        for w in ledger_selectors.withdrawal_list_for_user(user=user)[:100]
+    ]

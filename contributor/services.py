@@ -12,7 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from billing import services as billing
-from registry import presence
+from registry import presence, withdrawals
 from registry.models import Node
 from subnets import selectors as subnet_selectors
 from subnets import services as subnet_services
@@ -81,3 +81,9 @@ def browser_node_register(
         subnet_slugs=list(subnet_slugs),
         ip=ip,
     )
+
+
+def earnings_withdraw(*, user: AbstractBaseUser, node: Node, amount: int) -> object:
+    """Ask to withdraw `amount` micro-credits of the node's earnings (the registry checks
+    ownership, the minimum and the balance net of pending withdrawals)."""
+    return withdrawals.node_withdrawal_request(node=node, user=user, amount=amount)

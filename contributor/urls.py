@@ -11,6 +11,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="contributor:login"), name="logout"),
     path("contribute/", views.dashboard, name="dashboard"),
+    path("contribute/earnings/", views.earnings, name="earnings"),
     path("contribute/subnets/<slug:slug>/", views.subnet_opt_in, name="opt-in"),
     path("contribute/api/node/", views.node_register, name="node-register"),
     path("contribute/api/status/", views.status, name="status"),

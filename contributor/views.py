@@ -9,6 +9,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -18,11 +19,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from bim_core.errors import ServiceError
+from bim_core.money import micro_to_text
 from bim_core.net import client_ip
 from subnets import selectors as subnet_selectors
 
 from . import selectors, services
-from .forms import OptInForm, SignUpForm
+from .forms import OptInForm, SignUpForm, WithdrawForm
 
 
 def _json_error(code: str, detail: str, status: int) -> JsonResponse:
@@ -160,4 +162,33 @@ def status(request: HttpRequest) -> JsonResponse:
             "balances": selectors.owner_balances(user=request.user, node=node),
             "node": selectors.node_status(node=node) if node is not None else None,
         }
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def earnings(request: HttpRequest) -> HttpResponse:
+    """Earnings and escrow per node, a Withdraw form (minimum and fee stated) and the
+    history of withdrawals with their states; withdrawing is the registry's service."""
+    nodes = selectors.owner_nodes_with_balances(user=request.user)
+    form = WithdrawForm(request.POST or None, nodes=[row["node"] for row in nodes])
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.earnings_withdraw(
+                user=request.user, node=form.cleaned_data["node"], amount=form.cleaned_data["credits"]
+            )
+        except ServiceError as exc:
+            form.add_error(None, exc.detail)
+        else:
+            messages.success(request, "Withdrawal requested: an operator approves it, then it is paid out.")
+            return redirect("contributor:earnings")
+    return render(
+        request,
+        "contributor/earnings.html",
+        {
+            "nodes": nodes,
+            "form": form,
+            "withdrawals": selectors.withdrawals_of_owner(user=request.user),
+            "minimum": micro_to_text(settings.LEDGER_MIN_WITHDRAWAL_MICRO),
+        },
     )

@@ -53,7 +53,7 @@ def openai_error(exc: ServiceError, **extra: Any) -> JsonResponse:
     response = JsonResponse(error_body(exc.status, exc.detail, exc.code, **extra), status=exc.status)
     # OpenAI's clients retry 409, 429 and 5xx by default; a refusal that would only be
     # refused again (or a job still running, which a retry would submit twice) says so.
-    response["x-should-retry"] = "true" if exc.status in (429, 503) and exc.code != "job_pending" else "false"
+    response["x-should-retry"] = "true" if exc.status in (429, 503) else "false"
     if exc.status == 503:
         response["Retry-After"] = str(settings.BIM_RETRY_AFTER_S)
     return response
@@ -85,6 +85,13 @@ def _body(request: HttpRequest) -> Any:
         raise ServiceError("request_too_large", "the request body is too large", status=413) from None
     except (ValueError, RecursionError):
         raise ServiceError("invalid_json", "the body is not JSON") from None
+
+
+async def _subnet_of_family(slug: str, task_type: str) -> None:
+    """Refuse, before anything is held, a model of another family than the endpoint's."""
+    subnet = await sync_to_async(subnet_selectors.subnet_get_active)(slug=slug)
+    if subnet.task_type != task_type:
+        raise ServiceError("wrong_model_family", f"{slug} is a {subnet.task_type} subnet, not {task_type}")
 
 
 async def _job_settled(job_id: uuid.UUID) -> Job:
@@ -150,6 +157,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
             raise ServiceError("method_not_allowed", "POST /v1/embeddings", status=405)
         user = await _authenticated(request)
         model, inputs, encoding = embeddings_request(_body(request))
+        await _subnet_of_family(model, "embedding")
         key = request.headers.get("Idempotency-Key") or f"openai:{uuid.uuid4()}"
         job, _ = await sync_to_async(job_submit)(user=user, subnet_slug=model, inputs=inputs, idempotency_key=key)
         job_id = job.id
@@ -188,10 +196,9 @@ async def _text(request: HttpRequest, *, chat: bool) -> HttpResponse:
             raise ServiceError("method_not_allowed", "POST only", status=405)
         user = await _authenticated(request)
         model, inputs, stream, include_usage = text_request(_body(request), chat=chat)
+        await _subnet_of_family(model, "text")
         key = request.headers.get("Idempotency-Key") or f"openai:{uuid.uuid4()}"
         job, _ = await sync_to_async(job_submit)(user=user, subnet_slug=model, inputs=inputs, idempotency_key=key)
-        if job.subnet.task_type != "text":
-            raise ServiceError("not_a_text_subnet", f"{model} is a {job.subnet.task_type} subnet", status=400)
         job_id = job.id
         created = int(job.created_at.timestamp())
         if stream:

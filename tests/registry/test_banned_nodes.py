@@ -16,7 +16,7 @@ from bim_core import protocol
 from registry import reputation
 from registry.models import Assignment, AssignmentState, Node
 from tests.factories import SubnetFactory, online_node
-from tests.registry.test_node_socket import closed_with, handshake, paired_job, ready, run
+from tests.registry.test_node_socket import closed_with, handshake, paired_job, ready_spare, run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -26,9 +26,7 @@ def test_the_strike_that_bans_a_connected_node_closes_its_socket_and_moves_its_w
 
     async def scenario():
         job, offers = await paired_job(subnet)
-        spare = await database_sync_to_async(online_node)(subnet, ready=False)
-        spare_socket = await handshake(spare, subnet)
-        await ready(spare_socket, subnet)
+        spare, spare_socket = await ready_spare(subnet)
         keys, socket_a, offer_a = offers["A"]
         for n in range(3):  # the default policy bans at three active strikes
             await database_sync_to_async(reputation.node_strike)(node_id=keys.node.pk, reason=f"strike {n}")

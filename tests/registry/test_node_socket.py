@@ -77,6 +77,14 @@ async def ready(socket: WebsocketCommunicator, subnet) -> None:
     assert (await socket.receive_json_from(timeout=5))["type"] == "ready_ok"
 
 
+async def ready_spare(subnet) -> tuple[NodeKeys, WebsocketCommunicator]:
+    """Another connected, ready node: where a role goes when its node loses it."""
+    spare = await database_sync_to_async(online_node)(subnet, ready=False)
+    socket = await handshake(spare, subnet)
+    await ready(socket, subnet)
+    return spare, socket
+
+
 async def closed_with(socket: WebsocketCommunicator) -> int:
     while True:
         output = await socket.receive_output(timeout=5)
@@ -221,9 +229,7 @@ def test_a_forged_result_costs_its_node_the_job_and_the_honest_one_still_counts(
 
     async def scenario():
         job, offers = await paired_job(subnet)
-        spare = await database_sync_to_async(online_node)(subnet, ready=False)
-        spare_socket = await handshake(spare, subnet)
-        await ready(spare_socket, subnet)
+        spare, spare_socket = await ready_spare(subnet)
         keys, socket, offer = offers["A"]
         assignment = await database_sync_to_async(Assignment.objects.get)(pk=offer["assignment_id"])
         vectors = unit_vectors(len(TEXTS))
@@ -308,9 +314,7 @@ def test_a_disconnected_node_loses_its_work_to_another_node_after_the_grace(sett
 
     async def scenario():
         job, offers = await paired_job(subnet)
-        spare = await database_sync_to_async(online_node)(subnet, ready=False)
-        spare_socket = await handshake(spare, subnet)
-        await ready(spare_socket, subnet)
+        spare, spare_socket = await ready_spare(subnet)
         _, socket_a, offer_a = offers["A"]
         await socket_a.disconnect(code=1006)  # dropped, not closed by the node: the grace applies
         await database_sync_to_async(sweeper.sweep)()

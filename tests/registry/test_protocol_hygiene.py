@@ -32,6 +32,17 @@ async def welcomed(keys, subnet):
     return socket
 
 
+async def answers_until_close(socket) -> tuple[list[str], int]:
+    """What the registry answered (an error's code, else the type) until it closed, and the close code."""
+    kinds = []
+    while True:
+        output = await socket.receive_output(timeout=5)
+        if output["type"] == "websocket.close":
+            return kinds, output.get("code")
+        message = json.loads(output["text"])
+        kinds.append(message.get("code") or message["type"])
+
+
 async def still_open(socket) -> None:
     await socket.send_json_to({"type": "heartbeat"})
     assert (await socket.receive_json_from(timeout=5))["type"] == "pong"
@@ -210,13 +221,7 @@ def test_a_flood_gets_an_error_then_a_close(settings):
         socket = await welcomed(keys, subnet)  # the hello took one token
         for _ in range(20):
             await socket.send_json_to({"type": "heartbeat"})
-        kinds = []
-        while True:
-            output = await socket.receive_output(timeout=5)
-            if output["type"] == "websocket.close":
-                return kinds, output.get("code")
-            message = json.loads(output["text"])
-            kinds.append(message.get("code") or message["type"])
+        return await answers_until_close(socket)
 
     kinds, code = run(scenario)
     assert kinds == ["pong"] * 4 + ["rate_limited"]
@@ -236,13 +241,7 @@ def test_a_heartbeat_flood_at_the_default_budget_is_cut_off_after_a_few_pongs():
         socket = await welcomed(keys, subnet)
         for _ in range(1000):
             await socket.send_json_to({"type": "heartbeat"})
-        kinds = []
-        while True:
-            output = await socket.receive_output(timeout=5)
-            if output["type"] == "websocket.close":
-                return kinds, output.get("code")
-            message = json.loads(output["text"])
-            kinds.append(message.get("code") or message["type"])
+        return await answers_until_close(socket)
 
     kinds, code = run(scenario)
     assert code == protocol.CLOSE_RATE_LIMITED

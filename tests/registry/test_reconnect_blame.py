@@ -20,7 +20,7 @@ from registry import dispatch, presence, results, sweeper
 from registry.models import Assignment, AssignmentState, Node, Strike
 from tests.factories import SubnetFactory, online_node
 from tests.registry.test_hostile_nodes import dispatched, submit
-from tests.registry.test_node_socket import closed_with, handshake, paired_job, ready, run
+from tests.registry.test_node_socket import closed_with, handshake, paired_job, ready_spare, run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -39,9 +39,7 @@ def test_a_node_that_closes_its_socket_holding_work_leaves_it_at_once():
 
     async def scenario():
         job, offers = await paired_job(subnet)
-        spare = await database_sync_to_async(online_node)(subnet, ready=False)
-        spare_socket = await handshake(spare, subnet)
-        await ready(spare_socket, subnet)
+        spare, spare_socket = await ready_spare(subnet)
         keys, socket_a, offer_a = offers["A"]
         await socket_a.disconnect(code=1001)  # the node's own clean close: no sweep needed
         offer = await spare_socket.receive_json_from(timeout=5)
@@ -141,9 +139,7 @@ def test_a_node_cut_off_for_a_flood_leaves_its_work_at_once(settings):
 
     async def scenario():
         job, offers = await paired_job(subnet)
-        spare = await database_sync_to_async(online_node)(subnet, ready=False)
-        spare_socket = await handshake(spare, subnet)
-        await ready(spare_socket, subnet)
+        spare, spare_socket = await ready_spare(subnet)
         keys, socket_a, offer_a = offers["A"]
         for _ in range(20):
             await socket_a.send_json_to({"type": "heartbeat"})
