@@ -40,7 +40,8 @@ class HttpClient:
     """`request(method, path)` against `base_url`, retried, raising `error` for error answers.
 
     A path that is an absolute URL (a CDN serving model chunks) is used as it is, and the
-    token goes only to the registry's own origin, never to another host.
+    token goes only to the registry's own origin, never to another host. `auth_scheme` is
+    how it goes: `Token` (DRF's tokens, the node's) or `Bearer` (an API key, `bim_…`).
     """
 
     def __init__(
@@ -53,9 +54,11 @@ class HttpClient:
         backoff_s: float = 0.25,
         error: type[HttpError] = HttpError,
         session: requests.Session | None = None,
+        auth_scheme: str = "Token",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.auth_scheme = auth_scheme
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
@@ -76,7 +79,7 @@ class HttpClient:
         url = self.url(path)
         headers = {"Accept": "application/json"}
         if _same_origin(url, self.base_url):
-            headers["Authorization"] = f"Token {self.token}"
+            headers["Authorization"] = f"{self.auth_scheme} {self.token}"
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:

@@ -1,6 +1,8 @@
 """`bim`: the SDK on the command line. Every result it prints was verified against its receipt.
 
-    bim embed SUBNET TEXT... | --file TEXTS.txt
+    bim login [--url URL] [--key KEY]     (the key from --key, stdin, or a hidden prompt)
+    bim logout
+    bim embed SUBNET [TEXT...] [--file TEXTS.txt...] [--batch-size N]
     bim generate SUBNET PROMPT [--max-tokens N]
     bim upscale SUBNET IN.png OUT.png
     bim job JOB_ID
@@ -8,18 +10,22 @@
     bim cancel JOB_ID
     bim subnets
     bim balance
-    bim receipt verify FILE.json [--registry-key KEY] [--inputs INPUTS.json]
+    bim verify FILE.json [--registry-key KEY] [--inputs INPUTS.json]   (also `bim receipt verify`)
 
-Commands that call the registry take --url and --token (default: $BIM_URL, $BIM_TOKEN).
-With --json a command prints JSON on stdout: the job as the API returned it for embed,
-generate, upscale and job (so `bim receipt verify` can check it later), and errors as
-{"error": {...}}. Exit status: 0 done, 1 refused by the registry or the job failed,
-2 usage, 3 no answer (unreachable, or the job did not finish in time), 4 receipt invalid.
+Commands that call the registry take --url and --token, else $BIM_URL and $BIM_TOKEN, else
+what `bim login` stored (its key only for its URL). With --json a command prints JSON on
+stdout: the job as the API returned it for embed (a list when the texts took several jobs),
+generate, upscale and job (so `bim verify` can check it later), and errors as {"error": {...}}.
+Without --json, a progress bar is drawn on stderr while jobs run, when stderr is a terminal.
+Exit status: 0 done, 1 refused by the registry or the job failed, 2 usage, 3 no answer
+(unreachable, or the job did not finish in time), 4 receipt invalid, 5 the key was refused
+(HTTP 401: log in again).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -28,16 +34,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import requests
+from tqdm import tqdm
 
 from bim_core import protocol
 
-from .client import BimError, Client, TextDelta
+from .client import DEFAULT_BATCH_SIZE, BimError, Client, TextDelta
+from .config import ConfigUnreadable, config_load, config_path, config_remove, config_save, credentials_resolve
 from .receipts import ReceiptInvalid, verify_receipt
 
-# Exit statuses: argparse exits 2 for usage errors itself.
+# Exit statuses (docs/developers.md keeps the table): argparse exits 2 for usage errors itself.
 EXIT_REFUSED = 1  # the registry refused the request, or the job ended unsettled
 EXIT_UNREACHABLE = 3  # no answer from the registry, or the job did not finish in time
 EXIT_RECEIPT_INVALID = 4
+EXIT_AUTH = 5  # the registry refused the key (401): log in again
 
 
 class CliError(Exception):
@@ -62,15 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="print JSON on stdout, errors included")
     api = argparse.ArgumentParser(add_help=False, parents=[output])
-    api.add_argument("--url", default=os.environ.get("BIM_URL"), help="registry URL (default: $BIM_URL)")
-    api.add_argument("--token", default=os.environ.get("BIM_TOKEN"), help="API token (default: $BIM_TOKEN)")
+    api.add_argument("--url", help="registry URL (default: $BIM_URL, else `bim login`'s)")
+    api.add_argument("--token", help="API key or token (default: $BIM_TOKEN, else `bim login`'s)")
     api.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a job (default 120)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    login = commands.add_parser(
+        "login", parents=[output], help="check an API key against the registry and store it with its URL"
+    )
+    login.add_argument("--url", help="registry URL (default: $BIM_URL, else the one stored)")
+    login.add_argument(
+        "--key", help="the API key (bim_…); without it, read from stdin when piped, else asked for without echo"
+    )
+    login.set_defaults(run=_login, talks_to_registry=False)
+
+    logout = commands.add_parser("logout", parents=[output], help="forget the stored URL and API key")
+    logout.set_defaults(run=_logout, talks_to_registry=False)
 
     embed = commands.add_parser("embed", parents=[api], help="embed texts on an embedding subnet")
     embed.add_argument("subnet", metavar="SUBNET")
     embed.add_argument("texts", nargs="*", metavar="TEXT")
-    embed.add_argument("--file", type=Path, metavar="TEXTS.txt", help="embed the file's lines (blank ones skipped)")
+    embed.add_argument(
+        "--file",
+        dest="files",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="TEXTS.txt",
+        help="embed the files' lines (blank ones skipped), after any TEXTs",
+    )
+    embed.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"texts per job (default {DEFAULT_BATCH_SIZE}, a subnet's usual limit); more texts are split into jobs",
+    )
     embed.set_defaults(run=_embed)
 
     generate = commands.add_parser(
@@ -105,11 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     balance = commands.add_parser("balance", parents=[api], help="show your balances (micro-credits)")
     balance.set_defaults(run=_balance)
 
-    receipt = commands.add_parser("receipt", help="check receipts")
+    verify_help = "verify a settled job's receipt offline (the job as `bim job ID --json` prints it)"
+    _add_verify_arguments(commands.add_parser("verify", parents=[output], help=verify_help))
+    receipt = commands.add_parser("receipt", help="check receipts (`bim receipt verify` is `bim verify`)")
     receipt_commands = receipt.add_subparsers(dest="receipt_command", required=True, metavar="COMMAND")
-    verify = receipt_commands.add_parser(
-        "verify", parents=[output], help="verify a settled job's receipt offline (the job as `bim job ID --json` prints it)"
-    )
+    _add_verify_arguments(receipt_commands.add_parser("verify", parents=[output], help=verify_help))
+    return parser
+
+
+def _add_verify_arguments(verify: argparse.ArgumentParser) -> None:
     verify.add_argument("file", type=Path, metavar="FILE.json")
     verify.add_argument(
         "--registry-key",
@@ -118,24 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
         "without one the receipt is checked against the key it names, which proves less)",
     )
     verify.add_argument("--inputs", type=Path, metavar="INPUTS.json", help="also check these were the job's inputs")
-    verify.set_defaults(run=_receipt_verify)
-    return parser
+    verify.set_defaults(run=_receipt_verify, talks_to_registry=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if hasattr(args, "url"):  # a command that talks to the registry
+    if getattr(args, "talks_to_registry", True):
+        try:
+            stored = config_load(config_path())
+        except ConfigUnreadable as exc:
+            parser.error(str(exc))
+        credentials = credentials_resolve(url=args.url, token=args.token, environ=os.environ, stored=stored)
+        args.url, args.token = credentials.url, credentials.token
         if not args.url:
-            parser.error("--url (or $BIM_URL) is required")
+            parser.error("no registry URL: run `bim login`, or give --url or $BIM_URL")
         if not args.token:
-            parser.error("--token (or $BIM_TOKEN) is required")
+            parser.error(f"no API key for {args.url}: run `bim login`, or give --token or $BIM_TOKEN")
     try:
         output = args.run(args)
     except CliError as exc:
         return _fail(args, exc)
     except BimError as exc:
-        return _fail(args, CliError(EXIT_REFUSED, exc.code, exc.detail, exc.status))
+        exit_code = EXIT_AUTH if exc.status == 401 else EXIT_REFUSED
+        return _fail(args, CliError(exit_code, exc.code, exc.detail, exc.status))
     except (requests.ConnectionError, requests.Timeout) as exc:
         # requests' own message is a nested repr; the retries' warnings said what failed.
         return _fail(args, CliError(EXIT_UNREACHABLE, "unreachable", f"no answer from {args.url} ({type(exc).__name__})"))
@@ -154,6 +201,8 @@ def _fail(args: argparse.Namespace, error: CliError) -> int:
     else:
         status = f"HTTP {error.status} " if error.status else ""
         print(f"bim: {status}{error.code}: {error.detail}", file=sys.stderr)
+        if error.exit_code == EXIT_AUTH:
+            print("bim: check the key, or log in again: bim login", file=sys.stderr)
     return error.exit_code
 
 
@@ -165,18 +214,82 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, args.token)
 
 
+def _progress(args: argparse.Namespace, *, total: int, unit: str) -> tqdm:
+    """A bar on stderr while jobs run: only for someone watching (stderr is a terminal) and
+    never with --json, so what scripts read (stdout, and stderr when it is a file) stays
+    clean. It clears itself when done (leave=False): the results follow on stdout."""
+    return tqdm(
+        total=total,
+        unit=f" {unit}",
+        file=sys.stderr,
+        disable=args.json or not sys.stderr.isatty(),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _login(args: argparse.Namespace) -> Output:
+    path = config_path()
+    try:
+        stored = config_load(path)
+    except ConfigUnreadable:
+        stored = {}  # logging in again is how a broken file is replaced
+    args.url = args.url or os.environ.get("BIM_URL") or stored.get("url")
+    if not args.url:
+        _usage_error("give the registry's URL: bim login --url URL (or $BIM_URL)")
+    key = (args.key or _key_from_stdin_or_prompt()).strip()
+    if not key:
+        _usage_error("no API key given (create one on the registry's /developer/ page)")
+    # An authenticated read: a refused key raises (401: EXIT_AUTH) before anything is written.
+    Client(args.url, key).balance()
+    config_save(path, url=args.url, token=key)
+    return {"url": args.url, "config": str(path)}, f"logged in to {args.url}; the key is stored in {path}"
+
+
+def _key_from_stdin_or_prompt() -> str:
+    if not sys.stdin.isatty():  # piped: `pass show bim | bim login`
+        return sys.stdin.readline()
+    return getpass.getpass("API key (from the registry's /developer/ page): ")
+
+
+def _logout(args: argparse.Namespace) -> Output:
+    path = config_path()
+    removed = config_remove(path)
+    text = f"logged out: removed {path}" if removed else f"not logged in (no {path})"
+    return {"logged_out": removed, "config": str(path)}, text
+
+
 def _embed(args: argparse.Namespace) -> Output:
     texts = list(args.texts)
-    if args.file is not None:
-        texts += [line for line in _read(args.file, "the texts", Path.read_text).splitlines() if line.strip()]
+    for path in args.files:
+        texts += [line for line in _read(path, "the texts", Path.read_text).splitlines() if line.strip()]
     if not texts:
         raise CliError(2, "no_texts", "give texts as arguments or --file TEXTS.txt")
-    result = _client(args).embed(args.subnet, texts, timeout=args.timeout)
-    rows = [
-        f"{text[:40]!r}: [{', '.join(f'{v:.4f}' for v in vector[:4])}, ...] ({len(vector)} dims)"
-        for text, vector in zip(texts, result.vectors, strict=True)
-    ]
-    return result.job, "\n".join([_settled_line(result.job), *rows])
+    if args.batch_size < 1:
+        _usage_error("--batch-size must be at least 1")
+    results = []
+    with _progress(args, total=len(texts), unit="texts") as bar:
+        jobs = _client(args).embed_many(
+            args.subnet,
+            texts,
+            batch_size=args.batch_size,
+            timeout=args.timeout,
+            on_poll=lambda job: bar.set_postfix_str(f"job {len(results) + 1}: {job['state']}"),
+        )
+        for result in jobs:
+            results.append(result)
+            bar.update(len(result.vectors))
+            bar.set_postfix_str(f"job {len(results)}: settled")  # redraws now: update() may wait for mininterval
+    lines = []
+    for result, start in zip(results, range(0, len(texts), args.batch_size), strict=True):
+        lines.append(_settled_line(result.job))
+        lines += [
+            f"{text[:40]!r}: [{', '.join(f'{v:.4f}' for v in vector[:4])}, ...] ({len(vector)} dims)"
+            for text, vector in zip(texts[start : start + len(result.vectors)], result.vectors, strict=True)
+        ]
+    # One job prints as `bim job ID --json` does (what `bim verify` reads); several, a list of them.
+    data = results[0].job if len(results) == 1 else [result.job for result in results]
+    return data, "\n".join(lines)
 
 
 def _generate(args: argparse.Namespace) -> Output:
@@ -196,7 +309,12 @@ def _generate(args: argparse.Namespace) -> Output:
 
 def _upscale(args: argparse.Namespace) -> Output:
     png = _read(args.source, "the image", Path.read_bytes)
-    result = _client(args).upscale(args.subnet, png, timeout=args.timeout)
+    with _progress(args, total=1, unit="image") as bar:
+        result = _client(args).upscale(
+            args.subnet, png, timeout=args.timeout, on_poll=lambda job: bar.set_postfix_str(job["state"])
+        )
+        bar.update(1)
+        bar.set_postfix_str("settled")
     args.target.write_bytes(result.png)
     height, width = result.pixels.shape[:2]
     return result.job, f"{_settled_line(result.job)}\nwrote {args.target} ({width}x{height})"

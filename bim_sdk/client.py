@@ -6,7 +6,7 @@ import io
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,14 @@ from bim_core.http import HttpClient, HttpError
 from .receipts import verify_receipt
 
 TERMINAL = {"settled", "failed", "expired"}
+# API keys from /developer/ start so and go as `Authorization: Bearer`; anything else is a
+# DRF token (`Authorization: Token`), as the registry's own pages and tests hand out.
+API_KEY_PREFIX = "bim_"
+# A subnet's default max_items_per_job (subnets.models.Subnet): the batch size of embed_many.
+DEFAULT_BATCH_SIZE = 64
+
+# Called with the job each time it is polled while waiting (a progress bar redraws on it).
+OnPoll = Callable[[dict[str, Any]], None]
 
 
 class BimError(HttpError):
@@ -81,7 +89,10 @@ class Client:
         backoff: float = 0.25,
         registry_key: str | None = None,
     ) -> None:
-        self.http = HttpClient(base_url, token, timeout=timeout, retries=retries, backoff_s=backoff, error=BimError)
+        scheme = "Bearer" if token.startswith(API_KEY_PREFIX) else "Token"
+        self.http = HttpClient(
+            base_url, token, timeout=timeout, retries=retries, backoff_s=backoff, error=BimError, auth_scheme=scheme
+        )
         self._registry_key = registry_key
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -119,12 +130,16 @@ class Client:
     def balance(self) -> dict[str, int]:
         return self._request("GET", "/api/v1/balance/")
 
-    def stream(self, job_id: str, *, timeout: float = 120.0, poll: float = 0.2) -> Iterator[dict[str, Any]]:
+    def stream(
+        self, job_id: str, *, timeout: float = 120.0, poll: float = 0.2, on_poll: OnPoll | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Yield the job each time its state changes, ending with a terminal state."""
         deadline = time.monotonic() + timeout
         last_state = None
         while True:
             job = self.job(job_id)
+            if on_poll is not None:
+                on_poll(job)
             if job["state"] != last_state:
                 last_state = job["state"]
                 yield job
@@ -134,24 +149,82 @@ class Client:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
             time.sleep(poll)
 
-    def wait(self, job_id: str, *, timeout: float = 120.0, poll: float = 0.2) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, *, timeout: float = 120.0, poll: float = 0.2, on_poll: OnPoll | None = None
+    ) -> dict[str, Any]:
         # The last state the stream yields is the terminal one.
-        return deque(self.stream(job_id, timeout=timeout, poll=poll), maxlen=1)[0]
+        return deque(self.stream(job_id, timeout=timeout, poll=poll, on_poll=on_poll), maxlen=1)[0]
 
-    def embed(self, subnet: str, texts: list[str], *, timeout: float = 120.0, idempotency_key: str | None = None) -> EmbeddingResult:
+    def embed(
+        self,
+        subnet: str,
+        texts: list[str],
+        *,
+        timeout: float = 120.0,
+        idempotency_key: str | None = None,
+        on_poll: OnPoll | None = None,
+    ) -> EmbeddingResult:
         """Submit, wait for settlement and return receipt-verified vectors."""
-        job = self.wait(self.submit_embeddings(subnet, texts, idempotency_key=idempotency_key)["id"], timeout=timeout)
+        job_id = self.submit_embeddings(subnet, texts, idempotency_key=idempotency_key)["id"]
+        return self._embedding_result(job_id, texts, timeout=timeout, on_poll=on_poll)
+
+    def embed_many(
+        self,
+        subnet: str,
+        texts: list[str],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout: float = 120.0,
+        idempotency_key: str | None = None,
+        on_poll: OnPoll | None = None,
+    ) -> Iterator[EmbeddingResult]:
+        """Embed more texts than one job takes: split them into jobs of `batch_size`, submit
+        them all (so they run side by side; the key of job i is `<key>:<i>`), then yield each
+        one's receipt-verified result in the texts' order. If the registry refuses a job
+        (credits run out), those already submitted are cancelled where still queued and the
+        refusal is raised. `timeout` is per job, counted from when its wait starts."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        key = idempotency_key or str(uuid.uuid4())
+        job_ids: list[str] = []
+        try:
+            for i, batch in enumerate(batches):
+                job_ids.append(self.submit_embeddings(subnet, batch, idempotency_key=f"{key}:{i}")["id"])
+        except BimError:
+            for job_id in job_ids:
+                try:
+                    self.cancel(job_id)
+                except BimError:
+                    pass  # already offered to nodes: it runs on (409 job_not_queued)
+            raise
+        return (
+            self._embedding_result(job_id, batch, timeout=timeout, on_poll=on_poll)
+            for job_id, batch in zip(job_ids, batches, strict=True)
+        )
+
+    def _embedding_result(self, job_id: str, texts: list[str], *, timeout: float, on_poll: OnPoll | None) -> EmbeddingResult:
+        job = self.wait(job_id, timeout=timeout, on_poll=on_poll)
         if job["state"] != "settled":
             raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
         vectors = verify_receipt(job, registry_key=self.registry_key(), inputs={"texts": texts})
         return EmbeddingResult(job=job, vectors=vectors)
 
-    def upscale(self, subnet: str, png: bytes, *, timeout: float = 120.0, idempotency_key: str | None = None) -> ImageResult:
+    def upscale(
+        self,
+        subnet: str,
+        png: bytes,
+        *,
+        timeout: float = 120.0,
+        idempotency_key: str | None = None,
+        on_poll: OnPoll | None = None,
+    ) -> ImageResult:
         """Submit an image to a 2x super-resolution subnet, wait for settlement and return
         the receipt-verified result. The subnet takes 8-bit RGB PNGs: any other image
         Pillow reads (palette, grey, alpha, 16-bit, JPEG) is converted first, alpha dropped."""
         inputs = {"image": protocol.b64encode(_rgb_png(png))}
-        job = self.wait(self.submit(subnet, inputs, idempotency_key=idempotency_key)["id"], timeout=timeout)
+        job_id = self.submit(subnet, inputs, idempotency_key=idempotency_key)["id"]
+        job = self.wait(job_id, timeout=timeout, on_poll=on_poll)
         if job["state"] != "settled":
             raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
         pixels = verify_receipt(job, registry_key=self.registry_key(), inputs=inputs)

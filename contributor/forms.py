@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 from bim_core.money import credits_to_micro
+from ledger.payouts import METHOD_CHOICES
 
 
 class SignUpForm(UserCreationForm):
@@ -48,3 +49,11 @@ class WithdrawForm(forms.Form):
         if micro <= 0:
             raise forms.ValidationError("more than zero credits")
         return micro
+
+
+class PayoutDestinationForm(forms.Form):
+    """Where withdrawals are paid; the password guards it (ledger.payouts checks it)."""
+
+    method = forms.ChoiceField(choices=METHOD_CHOICES, label="Paid by")
+    address = forms.CharField(max_length=100, label="IBAN or PayPal e-mail")
+    password = forms.CharField(widget=forms.PasswordInput, label="Your password", strip=False)

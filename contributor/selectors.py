@@ -12,6 +12,7 @@ from django.db.models import Count
 
 from bim_core import scoring
 from bim_core.money import MICRO, micro_to_text
+from ledger import payouts
 from ledger import selectors as ledger_selectors
 from registry import selectors as registry_selectors
 from registry.models import Assignment, AssignmentState, Node, NodeSubnet
@@ -21,16 +22,40 @@ from subnets.models import EulaAcceptance, Subnet
 RECENT_ASSIGNMENTS = 50
 
 
+# The task families the dashboard's engine computes (js/jobs.js TASK_TYPE).
+BROWSER_TASK_TYPES = frozenset({"embedding"})
+
+
 def subnets_with_opt_in(*, user: AbstractBaseUser) -> list[dict[str, Any]]:
-    """Every active subnet, with the user's acceptance of its current license (or None)."""
-    accepted = {
-        (a.license_id, a.license_version): a
-        for a in EulaAcceptance.objects.filter(user=user).select_related("license")
-    }
-    return [
-        {"subnet": subnet, "acceptance": accepted.get((subnet.license_id, subnet.license.version))}
-        for subnet in subnet_selectors.subnet_list_active()
-    ]
+    """Every active subnet with the user's standing opt-in (None when they never opted in,
+    opted out, or its license changed since), the latest acceptance (to say which), and why
+    a browser cannot serve it ("" when it can)."""
+    latest: dict[int, EulaAcceptance] = {}
+    for acceptance in EulaAcceptance.objects.filter(user=user).select_related("license").order_by("accepted_at", "pk"):
+        latest[acceptance.subnet_id] = acceptance
+    rows = []
+    for subnet in subnet_selectors.subnet_list_active():
+        last = latest.get(subnet.pk)
+        standing = (
+            last
+            if last is not None
+            and last.withdrawn_at is None
+            and (last.license_id, last.license_version) == (subnet.license_id, subnet.license.version)
+            else None
+        )
+        rows.append({"subnet": subnet, "acceptance": standing, "latest": last, "unavailable": _unavailable(subnet, last, standing)})
+    return rows
+
+
+def _unavailable(subnet: Subnet, last: EulaAcceptance | None, standing: EulaAcceptance | None) -> str:
+    if subnet.task_type not in BROWSER_TASK_TYPES:
+        return f"browsers do not compute {subnet.task_type} jobs yet; a headless node (bim-node) can serve it"
+    if last is not None and last.withdrawn_at is None and standing is None:
+        return (
+            f"its license changed to {subnet.license.slug} {subnet.license.version} since you accepted "
+            f"{last.license_version}: review it again to keep serving it"
+        )
+    return ""
 
 
 def subnet_for_opt_in(*, slug: str) -> Subnet:
@@ -86,6 +111,10 @@ def node_status(*, node: Node) -> dict[str, Any]:
                 "latency_p50_ms": link.latency_p50_ms,
                 "latency_p95_ms": link.latency_p95_ms,
                 "benchmarked_at": link.benchmarked_at.isoformat() if link.benchmarked_at else None,
+                # Real jobs on the registry's clock, offer to result (what routing uses once
+                # there are any): the dashboard sets it beside the benchmark's figure.
+                "observed_items_per_s": link.observed_items_per_s,
+                "observed_latency_ms": link.observed_latency_ms,
             }
             for link in links
         ],
@@ -156,3 +185,7 @@ def withdrawals_of_owner(*, user: AbstractBaseUser) -> list[dict[str, Any]]:
         {"withdrawal": w, "node": names.get(w.node_id, str(w.node_id)), "credits": micro_to_text(w.amount)}
         for w in ledger_selectors.withdrawal_list_for_user(user=user)[:100]
     ]
+
+
+def payout_destination_of(*, user: AbstractBaseUser) -> Any:
+    return payouts.payout_destination_of(user=user)

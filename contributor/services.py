@@ -1,4 +1,4 @@
-"""Contributor writes: opting into a subnet (its license) and registering this browser as a
+"""Contributor writes: opting into or out of a subnet (its license) and registering this browser as a
 node of the logged-in user. Views only parse and call these; the registry's own rules
 (license accepted before registration and before `ready`, one owner per public key) live in
 `registry.presence` and `subnets.services` and are not repeated here."""
@@ -12,6 +12,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from billing import services as billing
+from bim_core.errors import ServiceError
+from ledger import payouts
+from ledger.errors import LedgerError
 from registry import presence, withdrawals
 from registry.models import Node
 from subnets import selectors as subnet_selectors
@@ -41,6 +44,16 @@ def subnet_opt_in(
     the registry refuses to register or ready any of the user's nodes for the subnet."""
     subnet = subnet_selectors.subnet_get_active(slug=subnet_slug)
     return subnet_services.eula_accept(user=user, subnet=subnet, license_version=license_version, ip=ip)
+
+
+def subnet_opt_out(*, user: AbstractBaseUser, subnet_slug: str) -> int:
+    """Withdraw the user's opt-in to one subnet: their nodes stop being offered its work at
+    once (what they hold finishes and is paid), and come back only after a new opt-in."""
+    subnet = subnet_selectors.subnet_get_active(slug=subnet_slug)
+    with transaction.atomic():
+        withdrawn = subnet_services.eula_withdraw(user=user, subnet=subnet)
+        presence.owner_subnet_leave(owner=user, subnet=subnet)
+    return withdrawn
 
 
 def browser_env(env: dict[str, Any]) -> dict[str, Any]:
@@ -87,3 +100,11 @@ def earnings_withdraw(*, user: AbstractBaseUser, node: Node, amount: int) -> obj
     """Ask to withdraw `amount` micro-credits of the node's earnings (the registry checks
     ownership, the minimum and the balance net of pending withdrawals)."""
     return withdrawals.node_withdrawal_request(node=node, user=user, amount=amount)
+
+
+def payout_destination_set(*, user: AbstractBaseUser, password: str, method: str, address: str) -> object:
+    """Name (or change) where the user's withdrawals are paid; the password must be theirs."""
+    try:
+        return payouts.payout_destination_set(user=user, password=password, method=method, address=address)
+    except LedgerError as exc:
+        raise ServiceError("payout_destination_refused", str(exc)) from None

@@ -24,7 +24,7 @@ from bim_core.net import client_ip
 from subnets import selectors as subnet_selectors
 
 from . import selectors, services
-from .forms import OptInForm, SignUpForm, WithdrawForm
+from .forms import OptInForm, PayoutDestinationForm, SignUpForm, WithdrawForm
 
 
 def _json_error(code: str, detail: str, status: int) -> JsonResponse:
@@ -74,6 +74,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 "model_checksum": row["subnet"].model_checksum,
                 "manifest_url": subnet_selectors.manifest_url(row["subnet"]),
                 "opted_in": row["acceptance"] is not None,
+                "unavailable": row["unavailable"],
             }
             for row in subnets
         ],
@@ -115,6 +116,20 @@ def subnet_opt_in(request: HttpRequest, slug: str) -> HttpResponse:
         "contributor/opt_in.html",
         {"subnet": subnet, "license": subnet.license, "form": form, "terms": selectors.opt_in_terms(subnet=subnet)},
     )
+
+
+@login_required
+@require_POST
+def subnet_opt_out(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        withdrawn = services.subnet_opt_out(user=request.user, subnet_slug=slug)
+    except ServiceError as exc:
+        return render(request, "contributor/not_found.html", {"detail": exc.detail}, status=exc.status)
+    if withdrawn:
+        messages.success(request, f"You opted out of {slug}: your nodes get none of its jobs from now on.")
+    else:
+        messages.info(request, f"You were not opted into {slug}.")
+    return redirect("contributor:dashboard")
 
 
 @_json_login_required
@@ -165,14 +180,32 @@ def status(request: HttpRequest) -> JsonResponse:
     )
 
 
+def _earnings_page(request: HttpRequest, *, form: WithdrawForm | None = None, destination_form: PayoutDestinationForm | None = None) -> HttpResponse:
+    nodes = selectors.owner_nodes_with_balances(user=request.user)
+    return render(
+        request,
+        "contributor/earnings.html",
+        {
+            "nodes": nodes,
+            "form": form or WithdrawForm(nodes=[row["node"] for row in nodes]),
+            "destination": selectors.payout_destination_of(user=request.user),
+            "destination_form": destination_form or PayoutDestinationForm(),
+            "withdrawals": selectors.withdrawals_of_owner(user=request.user),
+            "minimum": micro_to_text(settings.LEDGER_MIN_WITHDRAWAL_MICRO),
+        },
+    )
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def earnings(request: HttpRequest) -> HttpResponse:
-    """Earnings and escrow per node, a Withdraw form (minimum and fee stated) and the
-    history of withdrawals with their states; withdrawing is the registry's service."""
-    nodes = selectors.owner_nodes_with_balances(user=request.user)
-    form = WithdrawForm(request.POST or None, nodes=[row["node"] for row in nodes])
-    if request.method == "POST" and form.is_valid():
+    """Earnings and escrow per node, a Withdraw form (minimum and fee stated), the payout
+    destination and the history of withdrawals with their states."""
+    if request.method == "GET":
+        return _earnings_page(request)
+    nodes = [row["node"] for row in selectors.owner_nodes_with_balances(user=request.user)]
+    form = WithdrawForm(request.POST, nodes=nodes)
+    if form.is_valid():
         try:
             services.earnings_withdraw(
                 user=request.user, node=form.cleaned_data["node"], amount=form.cleaned_data["credits"]
@@ -182,13 +215,19 @@ def earnings(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, "Withdrawal requested: an operator approves it, then it is paid out.")
             return redirect("contributor:earnings")
-    return render(
-        request,
-        "contributor/earnings.html",
-        {
-            "nodes": nodes,
-            "form": form,
-            "withdrawals": selectors.withdrawals_of_owner(user=request.user),
-            "minimum": micro_to_text(settings.LEDGER_MIN_WITHDRAWAL_MICRO),
-        },
-    )
+    return _earnings_page(request, form=form)
+
+
+@login_required
+@require_POST
+def payout_destination(request: HttpRequest) -> HttpResponse:
+    form = PayoutDestinationForm(request.POST)
+    if form.is_valid():
+        try:
+            destination = services.payout_destination_set(user=request.user, **form.cleaned_data)
+        except ServiceError as exc:
+            form.add_error(None, exc.detail)
+        else:
+            messages.success(request, f"Withdrawals are now paid to {destination}.")
+            return redirect("contributor:earnings")
+    return _earnings_page(request, destination_form=form)

@@ -162,7 +162,9 @@ class AdjustmentAdmin(admin.ModelAdmin):
 
 @admin.register(Withdrawal)
 class WithdrawalAdmin(HealthLineMixin, admin.ModelAdmin):
-    list_display = ["id", "node_id", "requested_by", "amount", "state", "created_at", "decided_by", "decided_at", "batch"]
+    list_display = [
+        "id", "node_id", "requested_by", "amount", "destination", "state", "created_at", "decided_by", "decided_at", "batch",
+    ]
     list_filter = ["state"]
     search_fields = ["requested_by__username", "=node_id"]
     list_select_related = ["requested_by", "decided_by", "batch"]

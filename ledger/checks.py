@@ -113,21 +113,23 @@ def _withdrawal_violations() -> list[str]:
 
 
 def _batch_violations() -> list[str]:
-    """Each exported line (`node_id,owner,amount`) is the sum of the batch's withdrawals of
-    that node, and the batch's count, total and Merkle root are those of its lines."""
-    in_batch: dict[tuple[int, str], int] = defaultdict(int)
-    for batch_id, node_id, amount in Withdrawal.objects.filter(batch__isnull=False).values_list("batch_id", "node_id", "amount"):
-        in_batch[(batch_id, str(node_id))] += amount
+    """Each exported line (`node_id,owner,destination,amount`) is the sum of the batch's
+    withdrawals of that node to that destination, and the batch's count, total and Merkle
+    root are those of its lines."""
+    in_batch: dict[tuple[int, tuple[str, str]], int] = defaultdict(int)
+    rows = Withdrawal.objects.filter(batch__isnull=False).values_list("batch_id", "node_id", "destination", "amount")
+    for batch_id, node_id, destination, amount in rows:
+        in_batch[(batch_id, (str(node_id), destination))] += amount
     problems = []
     for batch in SettlementBatch.objects.order_by("pk"):
         lines = batch.lines.splitlines()
-        exported: dict[str, int] = defaultdict(int)
+        exported: dict[tuple[str, str], int] = defaultdict(int)
         for line in lines:
             fields = line.split(",")
-            if len(fields) != 3 or not fields[2].isdigit():
+            if len(fields) != 4 or not fields[3].isdigit():
                 problems.append(f"batch {batch.pk} has a malformed line {line!r}")
                 continue
-            exported[fields[0]] += int(fields[2])
+            exported[(fields[0], fields[2])] += int(fields[3])
         withdrawn = {node: total for (batch_id, node), total in in_batch.items() if batch_id == batch.pk}
         if exported != withdrawn:
             problems.append(f"batch {batch.pk} exports {dict(exported)}, its withdrawals sum to {withdrawn}")

@@ -19,6 +19,10 @@ class InsufficientFunds(LedgerError):
         self.needed = needed
 
 
+class NoPayoutDestination(LedgerError):
+    """A withdrawal of a user who has not said where to pay it."""
+
+
 class IdempotencyConflict(LedgerError):
     """The key was used before for a different transfer."""
 

@@ -142,6 +142,25 @@ class PendingDelta(models.Model):
         indexes = [models.Index(fields=["account", "id"])]
 
 
+class PayoutMethod(models.TextChoices):
+    IBAN = "iban", "bank transfer (IBAN)"
+    PAYPAL = "paypal", "PayPal (e-mail address)"
+
+
+class PayoutDestination(models.Model):
+    """Where a user's withdrawals are paid: one per account, changed only with the
+    password (ledger/payouts.py). A withdrawal copies it when requested, so the operator
+    approves, and the settlement pays, the destination the owner named at the time."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="payout_destination")
+    method = models.CharField(max_length=10, choices=PayoutMethod.choices)
+    address = models.CharField(max_length=100)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.method}:{self.address}"
+
+
 class WithdrawalState(models.TextChoices):
     PENDING = "pending"
     APPROVED = "approved"
@@ -155,6 +174,9 @@ class Withdrawal(models.Model):
     # The node's owner, who asked (the registry checked the ownership).
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="withdrawals")
     amount = models.PositiveBigIntegerField()
+    # "method:address", the owner's PayoutDestination when they asked ("" before payouts
+    # had destinations).
+    destination = models.CharField(max_length=112, blank=True)
     state = models.CharField(max_length=10, choices=WithdrawalState.choices, default=WithdrawalState.PENDING)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)

@@ -16,9 +16,10 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from .accounts import account_for, accounts_lock
-from .errors import EarningsShort, LedgerError
+from .errors import EarningsShort, LedgerError, NoPayoutDestination
 from .models import (
     AccountKind,
+    PayoutDestination,
     SettlementBatch,
     TransferKind,
     Withdrawal,
@@ -28,11 +29,14 @@ from .posting import transfer_create
 
 
 def withdrawal_request(*, node_id: object, user: AbstractBaseUser, amount: int) -> Withdrawal:
-    """The node's owner (checked by the caller) asks to withdraw earnings; pending requests
-    count against the balance."""
+    """The node's owner (checked by the caller) asks to withdraw earnings to their payout
+    destination, which the request keeps; pending requests count against the balance."""
     minimum = settings.LEDGER_MIN_WITHDRAWAL_MICRO
     if type(amount) is not int or amount < minimum:
         raise LedgerError(f"withdrawals start at {minimum} micro-credits")
+    destination = PayoutDestination.objects.filter(user=user).first()
+    if destination is None:
+        raise NoPayoutDestination("set a payout destination first: there is nowhere to pay this withdrawal")
     earnings = account_for(AccountKind.NODE_EARNINGS, node_id=node_id)
     with transaction.atomic():
         balance = accounts_lock([earnings.pk])[earnings.pk].balance
@@ -43,7 +47,7 @@ def withdrawal_request(*, node_id: object, user: AbstractBaseUser, amount: int) 
         if balance - pending < amount:
             # The locked balance, not `earnings.balance`: that is the cached account's, maybe stale.
             raise EarningsShort(earnings, balance=balance, pending=pending, asked=amount)
-        return Withdrawal.objects.create(node_id=node_id, requested_by=user, amount=amount)
+        return Withdrawal.objects.create(node_id=node_id, requested_by=user, amount=amount, destination=str(destination))
 
 
 def withdrawal_decide(*, withdrawal_id: int, approve: bool, operator: AbstractBaseUser, reason: str = "") -> Withdrawal:
@@ -82,7 +86,8 @@ def merkle_root(lines: Sequence[bytes]) -> str:
 
 
 def settlement_batch_create() -> SettlementBatch | None:
-    """Batch every approved, not yet batched withdrawal into net payout lines per node."""
+    """Batch every approved, not yet batched withdrawal into net payout lines
+    (`node_id,owner,destination,amount`), one per node and destination."""
     with transaction.atomic():
         withdrawals = list(
             Withdrawal.objects.select_for_update()
@@ -92,10 +97,11 @@ def settlement_batch_create() -> SettlementBatch | None:
         )
         if not withdrawals:
             return None
-        net: dict[tuple[str, str], int] = defaultdict(int)
+        net: dict[tuple[str, str, str], int] = defaultdict(int)
         for withdrawal in withdrawals:
-            net[(str(withdrawal.node_id), withdrawal.requested_by.get_username())] += withdrawal.amount
-        lines = [f"{node_id},{owner},{amount}" for (node_id, owner), amount in sorted(net.items())]
+            owner = withdrawal.requested_by.get_username()
+            net[(str(withdrawal.node_id), owner, withdrawal.destination)] += withdrawal.amount
+        lines = [f"{node_id},{owner},{destination},{amount}" for (node_id, owner, destination), amount in sorted(net.items())]
         batch = SettlementBatch.objects.create(
             merkle_root=merkle_root([line.encode() for line in lines]),
             line_count=len(lines),

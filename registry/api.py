@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
@@ -22,6 +22,7 @@ from bim_core import families, protocol
 from bim_core.errors import ServiceError
 from bim_core.net import client_ip
 from ledger import selectors as ledger_selectors
+from subnets import defaults as subnet_defaults
 from subnets import selectors as subnet_selectors
 from subnets.api import SubnetSerializer
 
@@ -69,14 +70,34 @@ def idempotency_key_checked(key: str) -> str:
     return key
 
 
+class StringOnlyMixin:
+    """DRF's CharField turns a number or a boolean into its text; these fields take only what
+    the schema says, a JSON string (400 otherwise), so an integer idempotency key is not
+    silently a different string key."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")  # type: ignore[attr-defined]
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class StrictSlugField(StringOnlyMixin, serializers.SlugField):
+    pass
+
+
+class StrictCharField(StringOnlyMixin, serializers.CharField):
+    pass
+
+
 class JobSubmitSerializer(serializers.Serializer):
-    subnet = serializers.SlugField()
+    subnet = StrictSlugField()
     inputs = serializers.DictField(
-        help_text='as the subnet\'s task family takes them: embeddings {"texts": [...]}'
+        help_text='as the subnet\'s task family takes them: embedding {"texts": [...]}, text {"prompt": "...", '
+        '"max_tokens": N}, image {"image": "<base64 of an 8-bit RGB PNG>"}'
     )
     # DRF's CharField already refuses NUL and lone surrogates.
-    idempotency_key = serializers.CharField(max_length=Job._meta.get_field("idempotency_key").max_length, required=False)
-    session_key_pub = serializers.CharField(max_length=64, required=False)
+    idempotency_key = StrictCharField(max_length=Job._meta.get_field("idempotency_key").max_length, required=False)
+    session_key_pub = StrictCharField(max_length=64, required=False)
 
 
 class JobSummarySerializer(serializers.ModelSerializer):
@@ -157,6 +178,48 @@ class JobDetailSerializer(JobSummarySerializer):
         }
 
 
+# Request bodies the docs page (/api/docs/) shows for POST /api/v1/jobs/, one per task family,
+# each for the default subnet of its family. tests/site/test_api_examples.py submits every
+# one to the API, so they stay bodies the API accepts.
+JOB_SUBMIT_EXAMPLES = [
+    OpenApiExample(
+        "embedding",
+        summary="Embed two texts",
+        description="An embedding subnet takes up to its max_items_per_job texts (64 on minilm-embed).",
+        value={
+            "subnet": subnet_defaults.EMBEDDINGS_SLUG,
+            "inputs": {"texts": ["The quick brown fox jumps over the lazy dog.", "A fast auburn fox leaps over a dog."]},
+            "idempotency_key": "3f6c2d9e-5b1a-4e7f-9c3d-0a8b7e6f5d41",
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "text",
+        summary="Generate text",
+        description="A text subnet takes one prompt; max_tokens is at most the subnet's max_new_tokens (256).",
+        value={
+            "subnet": subnet_defaults.TEXT_SLUG,
+            "inputs": {"prompt": "Name three colours of the rainbow.", "max_tokens": 32},
+            "idempotency_key": "8d0e4b7a-2c6f-4a19-b3e5-7f1d9c2a6e80",
+        },
+        request_only=True,
+    ),
+    OpenApiExample(
+        "image",
+        summary="Upscale an image 2x",
+        description="An image subnet takes one 8-bit RGB PNG of 4 to 64 px a side, base64 (here 4x4 px).",
+        value={
+            "subnet": subnet_defaults.IMAGE_SLUG,
+            "inputs": {
+                "image": "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFklEQVR4nGNkYDghwMAAQSwOMBZeDgBNyAJWQUcOeAAAAABJRU5ErkJggg=="
+            },
+            "idempotency_key": "c5a1f3e8-9d2b-4c70-8e4f-1b6a3d9c7e52",
+        },
+        request_only=True,
+    ),
+]
+
+
 class JobListCreateApi(APIView):
     @extend_schema(
         operation_id="v1_jobs_list",  # a page object is not a list to drf-spectacular's naming
@@ -171,7 +234,11 @@ class JobListCreateApi(APIView):
         page = paginator.paginate_queryset(selectors.job_list_for_user(user=request.user), request, view=self)
         return paginator.get_paginated_response(JobSummarySerializer(page, many=True).data)
 
-    @extend_schema(request=JobSubmitSerializer, responses={201: JobDetailSerializer, 200: JobDetailSerializer})
+    @extend_schema(
+        request=JobSubmitSerializer,
+        responses={201: JobDetailSerializer, 200: JobDetailSerializer},
+        examples=JOB_SUBMIT_EXAMPLES,
+    )
     def post(self, request: Request) -> Response:
         data = JobSubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -303,6 +370,7 @@ class WithdrawalSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     node = serializers.UUIDField(source="node_id")
     amount = serializers.IntegerField()
+    destination = serializers.CharField(help_text="method:address, the payout destination when requested")
     state = serializers.CharField()
     created_at = serializers.DateTimeField()
     decided_at = serializers.DateTimeField(allow_null=True)

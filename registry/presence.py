@@ -182,6 +182,17 @@ def node_ready(*, node_id: object, subnet_slug: str, model_checksum: str, max_co
             effects.queue_task("dispatch_waiting", str(link.subnet_id))
 
 
+def owner_subnet_leave(*, owner: AbstractBaseUser, subnet: Subnet) -> int:
+    """The owner opted out of `subnet`: none of their nodes is offered its work from now
+    (work already offered finishes and is paid as usual). A node's `ready` for it is
+    refused until the owner opts in again. Returns how many nodes stopped serving it."""
+    with transaction.atomic():
+        left = NodeSubnet.objects.filter(node__owner=owner, subnet=subnet, ready_at__isnull=False).update(ready_at=None)
+        if left:
+            index_bump(subnet.pk)
+    return left
+
+
 def node_heartbeat(*, node_id: object, channel_name: str) -> str:
     """Record that the node is alive, in the cache. Returns "alive", "replaced" (another
     socket of the node took over) or "ended" (the registry ended this session: it heard

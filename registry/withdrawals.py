@@ -7,7 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from bim_core.errors import ServiceError
 from ledger import withdrawals as ledger_withdrawals
-from ledger.errors import InsufficientFunds, LedgerError
+from ledger.errors import InsufficientFunds, LedgerError, NoPayoutDestination
 
 from .models import Node
 
@@ -20,5 +20,7 @@ def node_withdrawal_request(*, node: Node, user: AbstractBaseUser, amount: int) 
         return ledger_withdrawals.withdrawal_request(node_id=node.pk, user=user, amount=amount)
     except InsufficientFunds as exc:
         raise ServiceError("insufficient_earnings", str(exc), status=402) from None
+    except NoPayoutDestination as exc:
+        raise ServiceError("no_payout_destination", str(exc), status=409) from None
     except LedgerError as exc:
         raise ServiceError("withdrawal_refused", str(exc)) from None

@@ -75,12 +75,12 @@ class ChunkAdmin(admin.ModelAdmin):
 
 @admin.register(EulaAcceptance)
 class EulaAcceptanceAdmin(admin.ModelAdmin):
-    list_display = ["user", "license", "license_version", "accepted_at", "ip"]
-    list_filter = ["license"]
+    list_display = ["user", "subnet", "license", "license_version", "accepted_at", "withdrawn_at", "ip"]
+    list_filter = ["subnet", "license"]
     search_fields = ["user__username"]
-    list_select_related = ["user", "license"]
+    list_select_related = ["user", "subnet", "license"]
     raw_id_fields = ["user"]
-    readonly_fields = ["user", "license", "license_version", "accepted_at", "ip"]
+    readonly_fields = ["user", "subnet", "license", "license_version", "accepted_at", "withdrawn_at", "ip"]
 
     # The record that a user agreed to a model's terms (and from where): shown, never
     # written, edited or deleted by hand; users accept through the opt-in page.

@@ -54,6 +54,11 @@ class EulaAcceptApi(APIView):
             ip=client_ip(request.META),
         )
         return Response(
-            {"license": acceptance.license.slug, "version": acceptance.license_version, "accepted_at": acceptance.accepted_at},
+            {
+                "subnet": slug,
+                "license": acceptance.license.slug,
+                "version": acceptance.license_version,
+                "accepted_at": acceptance.accepted_at,
+            },
             status=201 if created else 200,
         )

@@ -178,21 +178,31 @@ class ArtifactChunk(models.Model):
 
 
 class EulaAcceptance(models.Model):
+    """A user's acceptance of a subnet's license, at the version they were shown: the opt-in
+    to that subnet alone (another subnet under the same license needs its own). Opting out
+    stamps `withdrawn_at`; opting in again is a new row, so the history stays whole."""
+
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="eula_acceptances"
     )
+    subnet = models.ForeignKey(Subnet, on_delete=models.PROTECT, related_name="acceptances")
     license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="acceptances")
     license_version = models.CharField(max_length=32)
     accepted_at = models.DateTimeField(auto_now_add=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["user", "license"], name="eula_once_per_license")
+            models.UniqueConstraint(
+                fields=["user", "subnet", "license", "license_version"],
+                condition=Q(withdrawn_at__isnull=True),
+                name="eula_one_active_per_subnet_version",
+            )
         ]
 
     def __str__(self) -> str:
-        return f"{self.user} accepted {self.license}"
+        return f"{self.user} accepted {self.license} for {self.subnet_id}"
 
 
 class BenchmarkReference(models.Model):

@@ -17,7 +17,9 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
 
 from bim_core.errors import ServiceError
 from bim_core.families import family_for
@@ -308,19 +310,47 @@ def subnet_manifest(subnet: Subnet) -> dict[str, Any]:
 def eula_accept(
     *, user: AbstractBaseUser, subnet: Subnet, license_version: str, ip: str | None
 ) -> tuple[EulaAcceptance, bool]:
-    """Record that `user` accepts the subnet's license at its current version."""
+    """Opt `user` into `subnet` by accepting its license at its current version (the
+    version they were shown: a stale page is refused). This subnet only: another subnet
+    under the same license needs its own acceptance. Idempotent while it stands."""
     license_: License = subnet.license
     if license_version != license_.version:
         raise ServiceError(
             "license_version_mismatch",
             f"the subnet's license {license_.slug} is at version {license_.version}, not {license_version}",
         )
-    return EulaAcceptance.objects.get_or_create(
-        user=user, license=license_, defaults={"license_version": license_version, "ip": ip}
+    standing = _acceptances_standing(user=user, subnet=subnet).first()
+    if standing is not None:
+        return standing, False
+    try:
+        with transaction.atomic():
+            created = EulaAcceptance.objects.create(
+                user=user, subnet=subnet, license=license_, license_version=license_version, ip=ip
+            )
+    except IntegrityError:
+        # A concurrent accept (double click, two tabs) made it first.
+        return _acceptances_standing(user=user, subnet=subnet).get(), False
+    return created, True
+
+
+def eula_withdraw(*, user: AbstractBaseUser, subnet: Subnet) -> int:
+    """Opt `user` out of `subnet`: every standing acceptance is stamped withdrawn (kept, as
+    the record of what was agreed and when). Returns how many were standing."""
+    return EulaAcceptance.objects.filter(user=user, subnet=subnet, withdrawn_at__isnull=True).update(
+        withdrawn_at=timezone.now()
+    )
+
+
+def _acceptances_standing(*, user: AbstractBaseUser, subnet: Subnet) -> QuerySet[EulaAcceptance]:
+    return EulaAcceptance.objects.filter(
+        user=user,
+        subnet=subnet,
+        license_id=subnet.license_id,
+        license_version=subnet.license.version,
+        withdrawn_at__isnull=True,
     )
 
 
 def eula_accepted(*, user: AbstractBaseUser, subnet: Subnet) -> bool:
-    return EulaAcceptance.objects.filter(
-        user=user, license_id=subnet.license_id, license_version=subnet.license.version
-    ).exists()
+    """The user opted into this subnet and the license has not changed since."""
+    return _acceptances_standing(user=user, subnet=subnet).exists()

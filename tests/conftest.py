@@ -48,3 +48,9 @@ def _fresh_routing_index():
 def _artifact_root(settings, tmp_path_factory):
     settings.ARTIFACT_ROOT = tmp_path_factory.getbasetemp() / "artifacts"
     settings.REGISTRY_KEY_PATH = tmp_path_factory.getbasetemp() / "registry.key"
+
+
+@pytest.fixture(autouse=True)
+def _no_bim_login(monkeypatch, tmp_path_factory):
+    """`bim` reads its stored login from $XDG_CONFIG_HOME/bim/: never the developer's own."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from bim_core import families, protocol
 from bim_core.money import MICRO
+from ledger.models import PayoutDestination
 from ledger.services import credits_top_up
 from registry import dispatch, presence, routing_index, takeback, verify
 from registry.asn import ip_block
@@ -80,6 +81,16 @@ class NodeKeys:
 _addresses = itertools.count(1)
 
 
+TEST_IBAN = "DE89370400440532013000"  # the standard example IBAN: valid check digits
+
+
+def payout_destination(user: Any, address: str = TEST_IBAN) -> PayoutDestination:
+    """Where the user's withdrawals go (every node owner here has one, as the Earnings page
+    requires before a withdrawal)."""
+    destination, _ = PayoutDestination.objects.get_or_create(user=user, defaults={"method": "iban", "address": address})
+    return destination
+
+
 def online_node(
     subnet: Subnet, owner=None, *, ready: bool = True, benchmarked: bool = True, ip: str | None = None, **node_fields: Any
 ) -> NodeKeys:
@@ -89,7 +100,10 @@ def online_node(
         n = next(_addresses)
         ip = f"10.{(n >> 8) & 255}.{n & 255}.7"
     owner = owner or UserFactory()
-    EulaAcceptance.objects.get_or_create(user=owner, license=subnet.license, defaults={"license_version": subnet.license.version})
+    EulaAcceptance.objects.get_or_create(
+        user=owner, subnet=subnet, license=subnet.license, defaults={"license_version": subnet.license.version}
+    )
+    payout_destination(owner)
     long_term, session = protocol.new_private_key(), protocol.new_private_key()
     node = Node.objects.create(owner=owner, name=f"node-{owner.username}", public_key=protocol.public_key_b64(long_term))
     nonce = protocol.b64encode(b"n" * 32)

@@ -229,3 +229,43 @@ def test_without_retries_a_connection_error_is_raised_at_once(sleeps):
     with pytest.raises(requests.ConnectionError):
         client(f"http://127.0.0.1:{unused_port()}", retries=0).balance()
     assert sleeps == []
+
+
+# ---------------------------------------------------------------- API keys and batches
+
+
+def test_an_api_key_goes_as_bearer_and_a_token_as_token(server):
+    server.script.final = (200, {"credits_micro": 1})
+
+    Client(server.url, "bim_abc").balance()
+    Client(server.url, "40hexdigitsofadrftoken").balance()
+
+    assert [r["authorization"] for r in server.requests] == ["Bearer bim_abc", "Token 40hexdigitsofadrftoken"]
+
+
+def test_texts_are_split_into_jobs_with_keys_derived_from_one(server):
+    server.script.final = (201, {"id": "job-1", "state": "queued"})
+
+    client(server.url).embed_many("embed-0", ["a", "b", "c", "d", "e"], batch_size=2, idempotency_key="run-7")
+
+    # Submitted at once, before any is waited on (the results are an iterator not yet read).
+    assert [r["body"]["inputs"]["texts"] for r in server.requests] == [["a", "b"], ["c", "d"], ["e"]]
+    assert [r["body"]["idempotency_key"] for r in server.requests] == ["run-7:0", "run-7:1", "run-7:2"]
+
+
+def test_a_refused_batch_cancels_the_jobs_already_submitted(server):
+    server.script.failures = [
+        (201, {"id": "job-1", "state": "queued"}),
+        (402, {"code": "insufficient_credits", "detail": "not enough credits"}),
+        (200, {"id": "job-1", "state": "failed"}),
+    ]
+
+    with pytest.raises(BimError) as refused:
+        client(server.url).embed_many("embed-0", ["a", "b", "c"], batch_size=2)
+
+    assert (refused.value.status, refused.value.code) == (402, "insufficient_credits")
+    assert [(r["method"], r["path"]) for r in server.requests] == [
+        ("POST", "/api/v1/jobs/"),
+        ("POST", "/api/v1/jobs/"),
+        ("POST", "/api/v1/jobs/job-1/cancel/"),
+    ]

@@ -22,7 +22,7 @@ from rest_framework.authtoken.models import Token
 import bim_core.http
 from bim_core import protocol
 from bim_core.money import MICRO
-from bim_sdk.cli import EXIT_RECEIPT_INVALID, EXIT_REFUSED, EXIT_UNREACHABLE, main
+from bim_sdk.cli import EXIT_AUTH, EXIT_RECEIPT_INVALID, EXIT_REFUSED, EXIT_UNREACHABLE, main
 from registry.models import Job, NodeSubnet
 from registry.submit import job_submit
 from tests.factories import SubnetFactory, online_node, settle, unit_vectors, user_with_credits
@@ -109,9 +109,11 @@ def test_help_names_every_command(capsys):
     status, out, _ = bim(capsys, "--help")
 
     assert status == 0
-    for command in ("embed", "generate", "upscale", "job", "jobs", "cancel", "subnets", "balance", "receipt"):
+    for command in (
+        "login", "logout", "embed", "generate", "upscale", "job", "jobs", "cancel", "subnets", "balance", "verify", "receipt"
+    ):
         assert f"    {command}" in out
-    assert "$BIM_URL" in out and "$BIM_TOKEN" in out
+    assert "$BIM_URL" in out and "$BIM_TOKEN" in out and "5 the key was refused" in out
 
 
 def test_receipt_verify_has_its_own_help(capsys):
@@ -128,7 +130,7 @@ def test_a_call_without_a_url_is_a_usage_error(capsys, monkeypatch):
     status, _, err = bim(capsys, "balance")
 
     assert status == 2
-    assert "--url (or $BIM_URL) is required" in err
+    assert "no registry URL: run `bim login`, or give --url or $BIM_URL" in err
 
 
 def test_an_unreachable_registry_exits_3(capsys, no_backoff):
@@ -168,10 +170,10 @@ def test_a_refused_call_exits_1_with_the_registrys_code(market, capsys):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_wrong_token_is_refused(market, capsys):
+def test_a_wrong_token_exits_5(market, capsys):
     status, _, err = bim(capsys, "balance", "--token", "not-a-token")
 
-    assert status == EXIT_REFUSED
+    assert status == EXIT_AUTH
     assert err.startswith("bim: HTTP 401 ")
 
 
@@ -242,8 +244,9 @@ def test_receipt_verify_accepts_a_real_receipt(market, capsys, tmp_path):
     assert checked["registry_key"] == key and checked["registry_key_given"] and checked["inputs_checked"]
     assert len(checked["nodes"]) == 2
 
-    # Without a key it checks against the one the receipt names, and says so.
-    status, out, _ = bim(capsys, "receipt", "verify", str(path))
+    # Without a key it checks against the one the receipt names, and says so (`bim verify`
+    # is `bim receipt verify`).
+    status, out, _ = bim(capsys, "verify", str(path))
     assert status == 0
     assert out.startswith("receipt valid: job ")
     assert "pass --registry-key" in out

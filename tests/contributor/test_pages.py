@@ -170,6 +170,7 @@ def test_opt_in_records_the_license_version_and_time(client, contributor, subnet
             "model_checksum": subnet.model_checksum,
             "manifest_url": f"/subnets/{subnet.slug}/manifest.json",
             "opted_in": True,
+            "unavailable": "",
         }
     ]
 
@@ -222,7 +223,7 @@ def test_registration_refuses_a_foreign_key_bad_input_and_unknown_subnets(client
 
 def test_registration_needs_the_session_and_the_csrf_token(subnet):
     user = UserFactory()
-    EulaAcceptance.objects.create(user=user, license=subnet.license, license_version="2.0")
+    EulaAcceptance.objects.create(user=user, subnet=subnet, license=subnet.license, license_version="2.0")
     assert _register(Client(), _key(), [subnet.slug]).status_code == 401
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(user)
@@ -258,6 +259,10 @@ def test_status_returns_the_owners_ledger_balances_and_the_nodes_work(client, co
         (str(job.id), "agreed", "settled", 2)
     ]
     assert node["subnets"][0]["slug"] == subnet.slug and node["subnets"][0]["items_per_s"] == 30.0
+    # The registry's own speed on real jobs comes beside the benchmark's, for the dashboard.
+    NodeSubnet.objects.filter(node=ours.node, subnet=subnet).update(observed_items_per_s=12.5, observed_latency_ms=160.0)
+    link = client.get(reverse("contributor:status"), {"node": str(ours.node.pk)}).json()["node"]["subnets"][0]
+    assert (link["observed_items_per_s"], link["observed_latency_ms"]) == (12.5, 160.0)
     # Another owner's node is not ours to read; without ?node= only the balances come back.
     assert client.get(reverse("contributor:status"), {"node": str(theirs.node.pk)}).status_code == 404
     assert client.get(reverse("contributor:status"), {"node": "not-a-uuid"}).status_code == 404

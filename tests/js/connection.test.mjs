@@ -66,7 +66,7 @@ async function until(condition, what = String(condition)) {
 
 let node, socket, recorder, state, engine;
 
-async function connected() {
+async function connected({ onComputed } = {}) {
   const key = await keystore.newEd25519Key();
   engine = scriptedEngine();
   state = {
@@ -74,7 +74,7 @@ async function connected() {
     paused: false, stopped: null, benchmark: null, counts: { done: 0, accepted: 0, failed: 0 }, connects: 0, log: [],
   };
   recorder = recordingView();
-  node = new NodeConnection({ state, view: recorder.view, url: "ws://registry.test/ws/node/", WebSocketImpl: ScriptedSocket });
+  node = new NodeConnection({ state, view: recorder.view, url: "ws://registry.test/ws/node/", WebSocketImpl: ScriptedSocket, onComputed });
   node.connect();
   socket = ScriptedSocket.opened.at(-1);
   return key;
@@ -267,6 +267,56 @@ describe("stopping, reconnecting and pausing", () => {
     node.resume();
     assert.equal(ScriptedSocket.opened.length, 2);
     await handshake(ScriptedSocket.opened[1]);
+  });
+
+  test("pause says why; disconnected() waits for the running job's answer and the close", async () => {
+    await connected();
+    await handshake();
+    let open;
+    engine.gate = new Promise((resolve) => { open = resolve; });
+    socket.deliver(JOB);
+    await until(() => engine.runs === 1, "job running");
+    node.pause("this tab is hidden");
+    assert.match(state.log.at(-1), /^paused \(this tab is hidden\): finishing the running job/);
+    let gone = false;
+    const disconnected = node.disconnected().then(() => { gone = true; });
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(gone, false);
+    open();
+    await disconnected;
+    assert.deepEqual(socket.ofType("result").map((m) => m.assignment_id), [JOB.assignment_id]);
+    assert.deepEqual(socket.closedWith, { code: 1000, reason: "paused" });
+    assert.equal(state.phase, "paused");
+    await node.disconnected(); // nothing open: at once
+  });
+
+  test("every model call's time is reported: each benchmark run, each job", async () => {
+    const computed = [];
+    await connected({ onComputed: (work) => computed.push(work) });
+    await handshake();
+    socket.deliver({ type: "benchmark", benchmark_id: "b-2", inputs: { texts: fixture.hashes.inputs.texts }, runs: 2 });
+    await until(() => socket.ofType("benchmark_result").length === 1, "benchmark_result");
+    socket.deliver(JOB);
+    await until(() => socket.ofType("result").length === 1, "result");
+    assert.deepEqual(computed.map(({ kind, texts }) => [kind, texts]), [["benchmark", 2], ["benchmark", 2], ["job", 2]]);
+    assert.ok(computed.every(({ ms }) => Number.isFinite(ms) && ms >= 0));
+    assert.equal(socket.ofType("result")[0].elapsed_ms, Math.round(computed[2].ms));
+  });
+
+  test("resumed before registration, the page connects once registered", async () => {
+    state = {
+      phase: "starting", nodeId: null, key: null, env: null, subnet: SUBNET, engine: scriptedEngine(),
+      paused: false, stopped: null, benchmark: null, counts: { done: 0, accepted: 0, failed: 0 }, connects: 0, log: [],
+    };
+    node = new NodeConnection({ state, view: recordingView().view, url: "ws://registry.test/ws/node/", WebSocketImpl: ScriptedSocket });
+    node.pause("you paused");
+    assert.equal(state.phase, "paused");
+    node.resume();
+    assert.equal(ScriptedSocket.opened.length, 0);
+    assert.equal(state.phase, "starting");
+    state.nodeId = fixture.hello.node_id;
+    node.connect();
+    assert.equal(ScriptedSocket.opened.length, 1);
   });
 
   test("pause between connections needs nothing to finish", async (t) => {

@@ -541,7 +541,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for node_id, amount in self.unbatched.values():
             per_node[str(node_id)] += amount
         assert batch.total == sum(per_node.values()) and batch.line_count == len(per_node)
-        assert {line.split(",")[0]: int(line.split(",")[2]) for line in batch.lines.splitlines()} == per_node
+        assert {line.split(",")[0]: int(line.split(",")[3]) for line in batch.lines.splitlines()} == per_node
         assert set(batch.withdrawals.values_list("pk", flat=True)) == set(self.unbatched)
         assert settlement_batch_create() is None  # nothing is batched twice
         self.unbatched.clear()

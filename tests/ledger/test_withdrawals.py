@@ -24,7 +24,7 @@ from ledger.withdrawals import merkle_root, settlement_batch_create, withdrawal_
 from registry import submit
 from registry.models import Job, JobState
 from registry.withdrawals import node_withdrawal_request
-from tests.factories import SubnetFactory, UserFactory, online_node, user_with_credits
+from tests.factories import TEST_IBAN, SubnetFactory, UserFactory, online_node, user_with_credits
 
 # `usefixtures("db")`: the conftest's ledger check runs after every test that names `db`.
 pytestmark = pytest.mark.usefixtures("db")
@@ -340,7 +340,10 @@ def test_a_batch_nets_approved_withdrawals_per_node_and_records_its_root(node, o
     batch = settlement_batch_create()
 
     expected = sorted(
-        [f"{node.pk},{node.owner.username},{3 * MICRO}", f"{other.pk},{other.owner.username},{3 * MICRO}"]
+        [
+            f"{node.pk},{node.owner.username},iban:{TEST_IBAN},{3 * MICRO}",
+            f"{other.pk},{other.owner.username},iban:{TEST_IBAN},{3 * MICRO}",
+        ]
     )
     assert batch.lines == "\n".join(expected) + "\n"
     assert (batch.line_count, batch.total) == (2, 6 * MICRO)
@@ -379,7 +382,7 @@ def test_the_export_command_writes_the_lines_and_prints_the_root(node, operator,
     call_command("settlement_export", "--out", str(path), stdout=out, stderr=err)
 
     batch = SettlementBatch.objects.get()
-    assert path.read_text() == batch.lines == f"{node.pk},{node.owner.username},{2 * MICRO}\n"
+    assert path.read_text() == batch.lines == f"{node.pk},{node.owner.username},iban:{TEST_IBAN},{2 * MICRO}\n"
     summary = json.loads(err.getvalue())
     assert summary == {"batch": batch.pk, "lines": 1, "total_micro": 2 * MICRO, "merkle_root": batch.merkle_root}
     assert summary["merkle_root"] == reference_root([path.read_text().strip().encode()])

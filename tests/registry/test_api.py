@@ -146,6 +146,19 @@ def test_it_refuses_a_submission_without_an_idempotency_key():
     assert Job.objects.count() == 0
 
 
+
+@pytest.mark.parametrize("key", [0, 12345, True])
+def test_it_refuses_an_idempotency_key_that_is_not_a_string(key):
+    # The schema says string; a number is not quietly made the string "0" (schemathesis found it).
+    subnet = served_subnet()
+    client = api(user_with_credits(10))
+
+    response = submit(client, subnet, key=key)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid" and "idempotency_key" in response.json()["detail"]
+    assert Job.objects.count() == 0
+
 def test_it_refuses_a_job_the_user_cannot_pay_for_and_moves_no_money():
     subnet = served_subnet()
     user = user_with_credits(0)

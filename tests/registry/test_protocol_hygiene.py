@@ -177,7 +177,7 @@ def test_a_public_key_is_one_key_whatever_its_base64_spelling():
     subnet = SubnetFactory()
     alice, mallory = UserFactory(), UserFactory()
     for user in (alice, mallory):
-        EulaAcceptance.objects.create(user=user, license=subnet.license, license_version=subnet.license.version)
+        EulaAcceptance.objects.create(user=user, subnet=subnet, license=subnet.license, license_version=subnet.license.version)
     canonical = protocol.public_key_b64(protocol.new_private_key())
     node, created = _register(alice, canonical, subnet)
     assert created

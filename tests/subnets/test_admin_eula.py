@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from subnets.models import EulaAcceptance
-from tests.factories import LicenseFactory, UserFactory
+from tests.factories import SubnetFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -20,8 +20,10 @@ def superuser_client(client):
 
 @pytest.fixture
 def acceptance() -> EulaAcceptance:
-    license = LicenseFactory()
-    return EulaAcceptance.objects.create(user=UserFactory(), license=license, license_version=license.version, ip="10.0.0.1")
+    subnet = SubnetFactory()
+    return EulaAcceptance.objects.create(
+        user=UserFactory(), subnet=subnet, license=subnet.license, license_version=subnet.license.version, ip="10.0.0.1"
+    )
 
 
 def test_a_superuser_cannot_delete_a_license_acceptance(superuser_client, acceptance):

@@ -34,9 +34,11 @@ export const reconnectDelayMs = (failures, random = Math.random) =>
 
 export class NodeConnection {
   /** `state` holds nodeId, key (the long-term pair), env, subnet and engine when connect()
-   * is first called; `url` is the websocket's. */
-  constructor({ state, view, url, WebSocketImpl = globalThis.WebSocket }) {
-    Object.assign(this, { state, view, url, WebSocketImpl, current: null, failures: 0, reconnectTimer: null });
+   * is first called; `url` is the websocket's; `onComputed({kind, texts, ms})` hears of
+   * every model call (./session.js). */
+  constructor({ state, view, url, WebSocketImpl = globalThis.WebSocket, onComputed = () => {} }) {
+    Object.assign(this, { state, view, url, WebSocketImpl, onComputed, current: null, failures: 0, reconnectTimer: null });
+    this.disconnectWaiters = [];
   }
 
   log(text, cls) { this.state.log.push(this.view.log(text, cls)); }
@@ -56,7 +58,10 @@ export class NodeConnection {
     // No ?token=: the registry authenticates this socket by the session cookie (and Origin).
     const session = new Session(new this.WebSocketImpl(this.url), {
       engine: state.engine,
-      report: { view: this.view, log: (text, cls) => this.log(text, cls), count: (name) => this.count(name) },
+      report: {
+        view: this.view, log: (text, cls) => this.log(text, cls), count: (name) => this.count(name),
+        computed: (work) => this.onComputed(work),
+      },
       // Pausing waits for the running task; the socket closes once the queue is dry.
       onIdle: () => { if (state.paused && this.current === session) session.ws.close(1000, "paused"); },
     });
@@ -76,16 +81,18 @@ export class NodeConnection {
     session.ws.onerror = () => this.log("websocket error", "warn");
   }
 
-  /** Finish the running job, leave queued ones to the registry, then close with 1000. */
-  pause() {
+  /** Finish the running job, leave queued ones to the registry, then close with 1000.
+   * `why` is for the log ("this tab is hidden", ...). */
+  pause(why = "") {
     this.state.paused = true;
     clearTimeout(this.reconnectTimer);
-    this.log("paused: finishing the running job, then disconnecting");
     if (!this.current) {
-      // Between connections (waiting to reconnect): nothing to finish.
+      // Between connections (waiting to reconnect), or not connected yet: nothing to finish.
+      this.log(`paused${why ? ` (${why})` : ""}`);
       this.setPhase("paused", "off");
       return;
     }
+    this.log(`paused${why ? ` (${why})` : ""}: finishing the running job, then disconnecting`);
     this.current.abandonQueued();
     if (!this.current.working) this.current.ws.close(1000, "paused");
     this.setPhase("pausing", "busy");
@@ -96,7 +103,16 @@ export class NodeConnection {
     this.state.paused = false;
     this.log("resumed");
     this.failures = 0;
+    // Not registered yet (the model is still loading): the page connects once it is.
+    if (!this.state.nodeId) { this.setPhase("starting", "busy"); return; }
     this.connect();
+  }
+
+  /** Resolves once no socket is open (at once when none is): a paused node's running job
+   * has been answered and its socket closed, so the engine may be swapped. */
+  disconnected() {
+    if (!this.current) return Promise.resolve();
+    return new Promise((resolve) => this.disconnectWaiters.push(resolve));
   }
 
   stop(reason) {
@@ -111,7 +127,10 @@ export class NodeConnection {
   closed(session, event) {
     session.open = false;
     clearInterval(session.heartbeat);
-    if (this.current === session) this.current = null;
+    if (this.current === session) {
+      this.current = null;
+      for (const resolve of this.disconnectWaiters.splice(0)) resolve();
+    }
     // Jobs queued or running die with the socket: the next session key could not sign them,
     // and the registry re-dispatches them.
     session.abandonQueued();

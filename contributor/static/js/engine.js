@@ -36,9 +36,11 @@ export async function registerServiceWorker({ timeoutMs = 3000 } = {}) {
   }
 }
 
+/** Half the logical cores, at most 4: onnxruntime-web's own default (and ./controls.js's).
+ * Every core was the default before, which left none to the page and the browser. */
 function defaultThreads() {
   if (!globalThis.crossOriginIsolated) return 1;
-  return Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1));
+  return Math.min(4, Math.ceil((navigator.hardwareConcurrency || 1) / 2));
 }
 
 export async function createEngine({ manifestUrl, backend = "auto", threads, onProgress = () => {}, budgetBytes, expectedChecksum = "", batch } = {}) {

@@ -21,7 +21,9 @@ export class Session {
   working = false;
   open = true;
 
-  /** `report` is what the person sees: {view, log(text, cls), count(name)}; `onIdle` runs
+  /** `report` is what the person sees: {view, log(text, cls), count(name), computed(work)},
+   * where `computed` hears of each model call's time ({kind: "job"|"benchmark", texts, ms}:
+   * the volunteer's daily limit and the speed on real jobs count it); `onIdle` runs
    * whenever the queue has run dry. */
   constructor(ws, { engine, report, onIdle }) {
     Object.assign(this, { ws, engine, report, onIdle });
@@ -71,7 +73,9 @@ export class Session {
       for (let i = 0; i < task.runs; i++) {
         const started = performance.now();
         output = await this.engine.embed(task.texts);
-        timings.push(roundMs(performance.now() - started));
+        const ms = performance.now() - started;
+        timings.push(roundMs(ms));
+        this.report.computed?.({ kind: "benchmark", texts: task.texts.length, ms });
       }
       const message = await buildBenchmarkResult(task, output, timings, this.sessionKey);
       view.showBenchmarkRuns(timings);
@@ -92,7 +96,9 @@ export class Session {
     let message;
     try {
       const output = await this.engine.embed(job.texts);
-      message = await buildResult(job, output, this.sessionKey, performance.now() - started);
+      const ms = performance.now() - started;
+      this.report.computed?.({ kind: "job", texts: job.texts.length, ms });
+      message = await buildResult(job, output, this.sessionKey, ms);
     } catch (err) {
       log(`job ${job.jobId.slice(0, 8)} failed to compute: ${errorText(err)}`, "bad");
       this.failJob(job.assignmentId, "compute_error");

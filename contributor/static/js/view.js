@@ -2,6 +2,8 @@
 // every update of its elements, by id. No protocol here: ./app.js and ./connection.js say
 // what to show, and the jobs table only keeps a registry verdict over later local events.
 
+import { PAUSE_REASONS } from "./controls.js";
+
 const $ = (id) => document.getElementById(id);
 const MAX_LOG_LINES = 60;
 const MAX_JOB_ROWS = 50;
@@ -101,6 +103,9 @@ export function showModelLoaded(engine) {
 
 export const showNodeId = (nodeId) => setText("node-id", nodeId);
 
+/** Marks the subnets table's row of the subnet this browser computes. */
+export const showServing = (slug) => setText(`serving-${slug}`, "serving in this browser", "ok");
+
 /** The benchmark's state line; `cls` "ok" or "bad" once it is decided. */
 export const showBenchmark = (text, cls) => setText("bench-state", text, cls);
 
@@ -152,4 +157,72 @@ export function jobMark(assignmentId, status, elapsedMs) {
   if (elapsedMs != null) cells[3].textContent = `${elapsedMs} ms`;
   cells[4].textContent = JOB_LABELS[status] || status;
   cells[4].className = `state-${status.split(":")[0]}`;
+}
+
+// ------------------------------------------------------------------ the controls card
+
+const minutesText = (ms) => (ms < 60_000 ? `${Math.round(ms / 1000)} s` : `${(ms / 60_000).toFixed(1)} min`);
+
+/** Binds the controls' inputs: `onChange(changes)` gets {threads} / {pauseWhenHidden} /
+ * {pauseOnBattery} / {dailyCapMinutes} as the person edits them, `onRestart()` the
+ * Restart button. */
+export function controlsBind({ cores, onChange, onRestart }) {
+  setText("ctl-cores", String(cores));
+  $("ctl-threads").max = String(cores);
+  for (const [id, name] of [["ctl-threads", "threads"], ["ctl-cap", "dailyCapMinutes"]]) {
+    const input = $(id);
+    input.addEventListener("input", () => { input.dataset.editing = "1"; });
+    input.addEventListener("change", () => {
+      delete input.dataset.editing;
+      onChange({ [name]: input.value });
+    });
+  }
+  $("ctl-hidden").addEventListener("change", (event) => onChange({ pauseWhenHidden: event.target.checked }));
+  $("ctl-battery").addEventListener("change", (event) => onChange({ pauseOnBattery: event.target.checked }));
+  $("ctl-restart").addEventListener("click", onRestart);
+  $("controls").addEventListener("submit", (event) => event.preventDefault());
+}
+
+/** An input's value, unless the person is typing in it (a job ending would overwrite what
+ * they have not committed yet; once committed, the clamped value shows). */
+function inputShow(id, value) {
+  const input = $(id);
+  if (input.dataset.editing) return;
+  if (input.type === "checkbox") input.checked = value;
+  else input.value = String(value);
+}
+
+/** The controls' snapshot (./controls.js) and the running engine's threads (null before
+ * one runs): inputs show the stored, clamped values, whatever was typed. */
+export function showControls(snapshot, { engineThreads, isolated }) {
+  const { settings, reasons, computedTodayMs, capMs } = snapshot;
+  inputShow("ctl-threads", settings.threads);
+  inputShow("ctl-cap", settings.dailyCapMinutes);
+  inputShow("ctl-hidden", settings.pauseWhenHidden);
+  inputShow("ctl-battery", settings.pauseOnBattery);
+  setText("ctl-today", capMs ? `${minutesText(computedTodayMs)} of ${minutesText(capMs)}` : minutesText(computedTodayMs));
+  setText("ctl-reasons", reasons.length ? reasons.map((r) => PAUSE_REASONS[r] || r).join("; ") : "none",
+    reasons.length ? "warn" : "");
+  let note = engineThreads == null ? "The model loads with this many threads." : `The model runs with ${engineThreads} thread${engineThreads > 1 ? "s" : ""}.`;
+  if (!isolated) note += " This page is not cross-origin isolated, so WASM uses one thread whatever is chosen.";
+  setText("ctl-threads-note", note);
+  $("ctl-restart").disabled = engineThreads == null || engineThreads === settings.threads || reasons.includes("engine");
+}
+
+/** What the Battery Status API says, or that this browser does not say. */
+export function showBattery(text, cls, { supported = true } = {}) {
+  setText("ctl-battery-state", text, cls);
+  if (!supported) $("ctl-battery").disabled = true;
+}
+
+/** ./job-speed.js's summary: this browser's texts/s on real jobs, compute time only. */
+export function showJobSpeed({ jobs, textsPerS }) {
+  if (textsPerS == null) return;
+  setText("speed-jobs", `${textsPerS.toFixed(1)} texts/s (last ${jobs} job${jobs > 1 ? "s" : ""})`);
+}
+
+/** The registry's own figure for real jobs (offer to result, on its clock). */
+export function showObservedSpeed(itemsPerS, latencyMs) {
+  if (!itemsPerS) return;
+  setText("speed-observed", `${Number(itemsPerS).toFixed(1)} texts/s${latencyMs ? `, ${Number(latencyMs).toFixed(0)} ms a job` : ""}`);
 }

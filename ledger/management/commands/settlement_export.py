@@ -1,5 +1,5 @@
 """Write approved, not yet batched withdrawals as one settlement batch: net payout lines
-(`node_id,owner,amount`) and the SHA-256 Merkle root over them, for optional anchoring."""
+(`node_id,owner,destination,amount`) and the SHA-256 Merkle root over them, for optional anchoring."""
 
 from __future__ import annotations
 
