@@ -181,14 +181,18 @@ def bench_vectors(texts: list[str]) -> Path:
     """The subnet model's embeddings of `texts` and of the benchmark suite, computed once
     and cached under var/bench/throughput/cache/. The model and tokenizer files must hash
     to what the subnet pins, so the vectors are the ones an honest node would send."""
+    from registry.models import Honeypot
     from subnets import defaults
-    from subnets.models import BenchmarkReference, Subnet
+    from subnets.models import BenchmarkInput, BenchmarkReference, Subnet
     from subnets.services import packaged_file
 
     subnet = Subnet.objects.get(slug=SUBNET)
-    # Nodes must pass the subnet's benchmark before they get jobs: answer it too.
-    reference = BenchmarkReference.objects.filter(subnet=subnet).first()
-    texts = sorted(set(texts) | set(reference.texts if reference else []))
+    # Nodes must pass the subnet's benchmark (any suite of its pool) before they get jobs,
+    # and answer honeypots like any other job: their texts are precomputed too.
+    known = [r.inputs for r in BenchmarkReference.objects.filter(subnet=subnet)]
+    known += [i.inputs for i in BenchmarkInput.objects.filter(reference__subnet=subnet)]
+    known += [h.inputs for h in Honeypot.objects.filter(subnet=subnet)]
+    texts = sorted(set(texts) | {text for inputs in known for text in inputs.get("texts", [])})
     key = hashlib.sha256(
         json.dumps([subnet.model_checksum, subnet.tokenizer_checksum, subnet.preprocessing, texts]).encode()
     ).hexdigest()[:16]

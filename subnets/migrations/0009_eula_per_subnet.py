@@ -1,37 +1,10 @@
-"""Opt-in per subnet: an acceptance names the subnet it opts into (before, accepting a
-license opted the user into every subnet under it). Each existing acceptance becomes one per
-subnet of its license, so nobody loses a subnet they serve today; acceptances of a license
-no subnet uses gated nothing and are dropped."""
+"""Opt-in per subnet, step 1 of 3: an acceptance gets the subnet it opts into (nullable
+until 0010 fills it in) and a withdrawal stamp. Apart from the data step because PostgreSQL
+creates the new foreign key's index at the end of this migration, which it refuses while the
+data step's row changes have pending trigger events."""
 
 import django.db.models.deletion
 from django.db import migrations, models
-
-
-def one_acceptance_per_subnet(apps, schema_editor):
-    EulaAcceptance = apps.get_model("subnets", "EulaAcceptance")
-    Subnet = apps.get_model("subnets", "Subnet")
-    subnets_of = {}
-    for subnet_id, license_id in Subnet.objects.values_list("pk", "license_id").order_by("pk"):
-        subnets_of.setdefault(license_id, []).append(subnet_id)
-    for acceptance in EulaAcceptance.objects.filter(subnet__isnull=True).order_by("pk"):
-        subnet_ids = subnets_of.get(acceptance.license_id, [])
-        if not subnet_ids:
-            acceptance.delete()
-            continue
-        first, *others = subnet_ids
-        EulaAcceptance.objects.filter(pk=acceptance.pk).update(subnet_id=first)
-        for subnet_id in others:
-            EulaAcceptance.objects.create(
-                user_id=acceptance.user_id,
-                subnet_id=subnet_id,
-                license_id=acceptance.license_id,
-                license_version=acceptance.license_version,
-                ip=acceptance.ip,
-            )
-            # accepted_at is auto_now_add: keep the original moment.
-        EulaAcceptance.objects.filter(
-            user_id=acceptance.user_id, license_id=acceptance.license_id, subnet_id__in=others
-        ).update(accepted_at=acceptance.accepted_at)
 
 
 class Migration(migrations.Migration):
@@ -53,5 +26,4 @@ class Migration(migrations.Migration):
             name="withdrawn_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
-        migrations.RunPython(one_acceptance_per_subnet, migrations.RunPython.noop),
     ]

@@ -115,6 +115,17 @@ def wait_for(page: Any, expression: str, *, timeout: float = 30_000) -> None:
         page.wait_for_timeout(100)
 
 
+def sign_up(page: Any, url: str, username: str, password: str) -> None:
+    """Sign up on the site as a stranger would: the page lands on the contributor
+    dashboard, logged in."""
+    page.goto(f"{url}/signup/")
+    page.fill("#id_username", username)
+    page.fill("#id_password1", password)
+    page.fill("#id_password2", password)
+    page.click("[data-testid=sign-up]")
+    page.wait_for_url(f"{url}/contribute/")
+
+
 def _watch_console(page: Any) -> list[str]:
     lines: list[str] = []
     page.on("console", lambda msg: lines.append(f"{msg.type}: {msg.text}"))

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.browser.conftest import wait_for
+from tests.browser.conftest import sign_up, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -39,12 +39,7 @@ SET_VISIBILITY = """(state) => {
 
 
 def _sign_up(page, url: str, prefix: str) -> None:
-    page.goto(f"{url}/signup/")
-    page.fill("#id_username", f"{prefix}-{uuid.uuid4().hex[:8]}")
-    page.fill("#id_password1", PASSWORD)
-    page.fill("#id_password2", PASSWORD)
-    page.click("[data-testid=sign-up]")
-    page.wait_for_url(f"{url}/contribute/")
+    sign_up(page, url, f"{prefix}-{uuid.uuid4().hex[:8]}", PASSWORD)
     wait_for(page, "window.bim && window.bim.phase === 'no subnet'")
 
 

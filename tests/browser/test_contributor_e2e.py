@@ -24,7 +24,7 @@ from bim_site.processes import ROOT, ProcessGroup
 from ledger.checks import ledger_violations
 from ledger.models import Account, AccountKind
 from registry.models import Assignment, AssignmentState, Benchmark, BenchmarkState, Node, NodeSubnet
-from tests.browser.conftest import wait_for
+from tests.browser.conftest import sign_up, wait_for
 from tests.market import running_market
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
@@ -80,12 +80,7 @@ def test_a_browser_signs_up_opts_in_caches_benchmarks_and_earns_from_verified_jo
     page.set_default_timeout(30_000)
     try:
         # Sign up: an ordinary account, logged in straight away.
-        page.goto(f"{url}/signup/")
-        page.fill("#id_username", "dana")
-        page.fill("#id_password1", PASSWORD)
-        page.fill("#id_password2", PASSWORD)
-        page.click("[data-testid=sign-up]")
-        page.wait_for_url(f"{url}/contribute/")
+        sign_up(page, url, "dana", PASSWORD)
         assert page.evaluate("crossOriginIsolated") is True
         wait_for(page, "window.bim && window.bim.phase === 'no subnet'")
 
@@ -202,12 +197,7 @@ def test_the_dashboard_says_clearly_what_a_browser_lacks(live_registry, browser)
     url = live_registry.url
     signed_up = browser.new_context()
     page = signed_up.new_page()
-    page.goto(f"{url}/signup/")
-    page.fill("#id_username", f"lacking-{uuid.uuid4().hex[:8]}")
-    page.fill("#id_password1", PASSWORD)
-    page.fill("#id_password2", PASSWORD)
-    page.click("[data-testid=sign-up]")
-    page.wait_for_url(f"{url}/contribute/")
+    sign_up(page, url, f"lacking-{uuid.uuid4().hex[:8]}", PASSWORD)
     wait_for(page, "window.bim && window.bim.phase === 'no subnet'", timeout=30_000)
     assert page.locator("[data-testid=cap-ed25519]").inner_text() == "yes"
     assert page.locator("[data-testid=cap-note]").is_hidden()

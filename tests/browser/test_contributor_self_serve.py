@@ -19,7 +19,7 @@ from bim_sdk import Client
 from ledger.models import Account, AccountKind, Withdrawal
 from registry.models import Node
 from subnets.models import EulaAcceptance, Subnet
-from tests.browser.conftest import wait_for
+from tests.browser.conftest import sign_up, wait_for
 from tests.factories import TEST_IBAN
 from tests.market import running_market
 
@@ -46,12 +46,7 @@ def test_a_new_contributor_opts_into_one_subnet_earns_and_is_paid_out(tmp_path, 
         page = context.new_page()
         page.set_default_timeout(30_000)
         try:
-            page.goto(f"{url}/signup/")
-            page.fill("#id_username", "wendy")
-            page.fill("#id_password1", PASSWORD)
-            page.fill("#id_password2", PASSWORD)
-            page.click("[data-testid=sign-up]")
-            page.wait_for_url(f"{url}/contribute/")
+            sign_up(page, url, "wendy", PASSWORD)
             wait_for(page, "window.bim && window.bim.phase === 'no subnet'")
 
             page.click("[data-testid=opt-in-minilm-embed]")

@@ -18,6 +18,7 @@ from bim_core.money import micro_to_text
 from bim_sdk import Client
 from bim_sdk.openai_receipts import verify_embeddings_response
 from ledger.checks import ledger_violations
+from tests.browser.conftest import sign_up
 from tests.market import running_market
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(420)]
@@ -35,12 +36,7 @@ def test_a_new_developer_signs_up_makes_a_key_embeds_with_openai_and_revokes(tmp
         page.set_default_timeout(30_000)
         try:
             started = time.monotonic()
-            page.goto(f"{url}/signup/")
-            page.fill("#id_username", "devon")
-            page.fill("#id_password1", PASSWORD)
-            page.fill("#id_password2", PASSWORD)
-            page.click("[data-testid=sign-up]")
-            page.wait_for_url(f"{url}/contribute/")
+            sign_up(page, url, "devon", PASSWORD)
 
             page.goto(f"{url}/developer/")
             trial = micro_to_text(settings.BIM_TRIAL_GRANT_MICRO)

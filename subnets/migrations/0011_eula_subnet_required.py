@@ -1,5 +1,5 @@
-"""Second step of 0009 (apart, so PostgreSQL alters the table in a transaction without the
-data migration's pending trigger events): every acceptance names its subnet now."""
+"""Opt-in per subnet, step 3 of 3 (apart from the data step, for the same reason as 0009):
+every acceptance names its subnet now."""
 
 import django.db.models.deletion
 from django.db import migrations, models
@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("subnets", "0009_eula_per_subnet"),
+        ("subnets", "0010_eula_one_per_subnet"),
     ]
 
     operations = [
