@@ -164,10 +164,14 @@ def opt_in_terms(*, subnet: Subnet) -> dict[str, str]:
     }
 
 
+def owner_nodes(*, user: AbstractBaseUser) -> list[Node]:
+    return list(Node.objects.filter(owner=user).order_by("name"))
+
+
 def owner_nodes_with_balances(*, user: AbstractBaseUser) -> list[dict[str, Any]]:
     """Each of the user's nodes with its earnings and escrow (micro-credits and as text)."""
     rows = []
-    for node in Node.objects.filter(owner=user).order_by("name"):
+    for node in owner_nodes(user=user):
         totals = ledger_selectors.balance_totals(node_ids=[node.pk])
         rows.append(
             {

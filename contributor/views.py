@@ -203,8 +203,7 @@ def earnings(request: HttpRequest) -> HttpResponse:
     destination and the history of withdrawals with their states."""
     if request.method == "GET":
         return _earnings_page(request)
-    nodes = [row["node"] for row in selectors.owner_nodes_with_balances(user=request.user)]
-    form = WithdrawForm(request.POST, nodes=nodes)
+    form = WithdrawForm(request.POST, nodes=selectors.owner_nodes(user=request.user))
     if form.is_valid():
         try:
             services.earnings_withdraw(

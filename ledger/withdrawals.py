@@ -19,12 +19,12 @@ from .accounts import account_for, accounts_lock
 from .errors import EarningsShort, LedgerError, NoPayoutDestination
 from .models import (
     AccountKind,
-    PayoutDestination,
     SettlementBatch,
     TransferKind,
     Withdrawal,
     WithdrawalState,
 )
+from .payouts import payout_destination_of
 from .posting import transfer_create
 
 
@@ -34,7 +34,7 @@ def withdrawal_request(*, node_id: object, user: AbstractBaseUser, amount: int) 
     minimum = settings.LEDGER_MIN_WITHDRAWAL_MICRO
     if type(amount) is not int or amount < minimum:
         raise LedgerError(f"withdrawals start at {minimum} micro-credits")
-    destination = PayoutDestination.objects.filter(user=user).first()
+    destination = payout_destination_of(user=user)
     if destination is None:
         raise NoPayoutDestination("set a payout destination first: there is nowhere to pay this withdrawal")
     earnings = account_for(AccountKind.NODE_EARNINGS, node_id=node_id)
