@@ -193,9 +193,21 @@ EMBEDDED = not DATABASE_URL and not REDIS_URL
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 if DATABASE_URL:
-    # Persistent connections: a new PostgreSQL connection per request or task cost a
-    # quarter of a job's CPU in bench/throughput.py.
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    # A connection pool per process (psycopg_pool through Django's "pool" option): a new
+    # PostgreSQL connection per request or task cost a quarter of a job's CPU in
+    # bench/throughput.py, and persistent per-thread connections under ASGI (a thread per
+    # request) ran PostgreSQL out of clients at 16 concurrent submissions. A request that
+    # finds every connection busy waits for one (BIM_DB_POOL_TIMEOUT_S) instead of failing;
+    # a connection is checked before it is lent, so a restarted server costs no request.
+    import psycopg_pool
+
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("BIM_DB_POOL_MAX", 8),
+        "timeout": env_int("BIM_DB_POOL_TIMEOUT_S", 20),
+        "check": psycopg_pool.ConnectionPool.check_connection,
+    }
 else:
     DATABASES = {
         "default": {
