@@ -10,7 +10,7 @@ M jobs; the clock runs from the first submit until one COUNT query sees all M fi
 
 Baseline, measured in the same run and on the same database: the same pipeline called
 in-process, one job at a time, through the services (job_submit -> job_dispatch ->
-result_record x2 -> job_verify, results signed as tests/factories does) with no HTTP,
+result_record x2, the second verifying and settling; results signed as tests/factories does) with no HTTP,
 websocket or Celery: the floor cost of the ORM, the ledger and verification.
 ratio = end_to_end / in_process jobs per second.
 
@@ -62,6 +62,7 @@ SUBNET = "minilm-embed"
 BASELINE_SUBNET = "bench-inprocess"  # a copy of SUBNET that only the in-process nodes serve
 STATE = ROOT / "var" / "bench" / "throughput"
 RUN_DIR = STATE / "run"  # BIM_VAR_DIR of this invocation: logs, keys, celerybeat schedule
+SQL_STATS_DIR = RUN_DIR / "sqlstats"  # statements counted by daphne and the worker (bim_site/sqlstats.py)
 CACHE_DIR = STATE / "cache"  # precomputed vectors, kept between invocations
 ARTIFACT_ROOT = STATE / "artifacts"  # model chunks (content-addressed, so kept too)
 TEXTS_FILE = ROOT / "scripts" / "demo_texts.txt"
@@ -90,10 +91,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds for one run's jobs to finish (90)")
     parser.add_argument("--database", default="bim_bench", help="dropped and recreated (bim_bench)")
     parser.add_argument("--redis-db", type=int, default=12, help="Redis db owned and flushed by the bench (12)")
+    parser.add_argument(
+        "--submit-jobs",
+        type=int,
+        default=400,
+        help="jobs per run sent one per request, and twice as many in batches (400)",
+    )
+    parser.add_argument("--submit-concurrency", type=int, default=16, help="threads sending them (16)")
+    parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help="measure only the dispatcher's cost per job against the backlog (bench/dispatch_backlog.py)",
+    )
+    parser.add_argument("--backlog-sizes", default="10,10000", help="backlogs to compare, smallest first (10,10000)")
+    parser.add_argument("--backlog-repeats", type=int, default=20, help="placements measured per backlog (20)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 run, 30 jobs, 2 nodes, 2 submitters")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.jobs, args.nodes, args.submitters, args.warmup = 1, 30, 2, 2, 3
+        args.submit_jobs, args.submit_concurrency = 20, 4
+        args.backlog_sizes, args.backlog_repeats = "10,300", 5
     if args.nodes < 2:
         parser.error("--nodes must be at least 2: a job needs two nodes of different owners")
     if min(args.runs, args.jobs, args.texts_per_job, args.submitters, args.users, args.worker_concurrency) < 1:
@@ -139,6 +156,9 @@ def django_setup(database_url: str, *, run_dir: Path = RUN_DIR, artifact_root: P
     import django
 
     django.setup()
+    from bim_site import sqlstats
+
+    sqlstats.install()  # this process's statements: the in-process baseline's and --backlog's
 
 
 def seed(contributors: list[str], credits: int) -> dict[str, Any]:
@@ -361,6 +381,27 @@ def pg_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int, own_que
     }
 
 
+def statements_and_connections(redis_url: str) -> dict[str, int]:
+    """Statements the children ran (bim_site/sqlstats.py; their files are rewritten twice
+    a second, so read after a pause) and connections Redis has accepted in all."""
+    import redis
+
+    from bim_site import sqlstats
+
+    time.sleep(sqlstats.WRITE_EVERY_S * 2)
+    received = redis.Redis.from_url(redis_url).info("stats")["total_connections_received"]
+    return {"statements": sqlstats.statements_in(SQL_STATS_DIR), "redis_connections": int(received)}
+
+
+def per_job_counts(before: dict[str, int], after: dict[str, int], jobs: int) -> dict[str, float]:
+    jobs = max(jobs, 1)
+    return {
+        "statements_per_job": round((after["statements"] - before["statements"]) / jobs, 1),
+        # Less the one this bench opens to read the counter.
+        "redis_connections_per_job": round((after["redis_connections"] - before["redis_connections"] - 1) / jobs, 2),
+    }
+
+
 class BackendSampler:
     """What the bench database's other backends are doing, sampled during a run: running
     a statement, waiting for a lock, or holding a transaction open while the client (the
@@ -483,6 +524,7 @@ def run_end_to_end(
     group: ProcessGroup,
     meter: CpuMeter,
     nodes: int,
+    redis_url: str,
 ) -> dict[str, Any]:
     """Submit every batch from `submitters` threads and wait until every job is settled,
     failed or expired; a run that cannot finish says why in "error" instead of raising."""
@@ -496,6 +538,7 @@ def run_end_to_end(
     wait_for_nodes(nodes, group)
     nodes_wait_s = time.perf_counter() - waited
     logs = LogWindow(group.log_dir)
+    counts_before = statements_and_connections(redis_url)
     pg_before = pg_counters()
     work: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(batches)):
@@ -554,6 +597,7 @@ def run_end_to_end(
     for thread in threads:
         thread.join(timeout=5)
     postgres = pg_per_job(pg_before, pg_counters(), len(batches), own_queries=polls + activity.samples)
+    postgres.update(per_job_counts(counts_before, statements_and_connections(redis_url), len(batches)))
     postgres["backends"] = activity.means()
     latencies = settled_latencies(prefix)
     assignments = Assignment.objects.filter(job__idempotency_key__startswith=prefix)
@@ -621,16 +665,19 @@ class Baseline:
     def run(
         self, *, batches: list[list[str]], prefix: str, vectors: dict[str, np.ndarray], meter: CpuMeter
     ) -> dict[str, Any]:
-        from registry import dispatch, effects, results, submit, verify
+        from bim_site import sqlstats
+        from registry import dispatch, effects, results, submit
         from registry.models import Assignment, AssignmentState, JobState
         from tests.factories import result_message
 
         self.refresh_presence()
         pg_before = pg_counters()
+        statements_before = sqlstats.statements_run()
         per_job: list[float] = []
         with ExitStack() as stack:
             # No Celery and no channel layer: the services are called here, in order.
             stack.enter_context(mock.patch.object(effects, "queue_task"))
+            stack.enter_context(mock.patch.object(effects, "queue_task_coalesced"))
             stack.enter_context(mock.patch.object(effects, "send_to_node"))
             cpu_before = meter.sample()
             began = time.perf_counter()
@@ -641,7 +688,10 @@ class Baseline:
                     self.refresh_presence(forget_index=False)
                     heard = job_began
                 job, _ = submit.job_submit(
-                    user=self.user, subnet_slug=BASELINE_SUBNET, inputs={"texts": texts}, idempotency_key=f"{prefix}{index}"
+                    user=self.user,
+                    subnet_slug=BASELINE_SUBNET,
+                    inputs={"texts": texts},
+                    idempotency_key=f"{prefix}{index}",
                 )
                 dispatch.job_dispatch(job_id=job.id)
                 # Read back rather than trust the return value: beat's sweeper may have
@@ -650,13 +700,15 @@ class Baseline:
                 for assignment in Assignment.objects.filter(job=job, state=AssignmentState.DISPATCHED):
                     message = result_message(self.keys[assignment.node_id], job, assignment, batch_vectors)
                     results.result_record(node_id=assignment.node_id, message=message)
-                job = verify.job_verify(job_id=job.id)
-                if job is None or job.state != JobState.SETTLED:
+                job.refresh_from_db()  # the second result verified and settled it
+                if job.state != JobState.SETTLED:
                     raise RuntimeError(f"in-process job {index} ended {job and job.state}")
                 per_job.append(time.perf_counter() - job_began)
             elapsed = time.perf_counter() - began
             cpu = meter.cores(cpu_before, meter.sample(), elapsed)
+            statements = sqlstats.statements_run() - statements_before
         postgres = pg_per_job(pg_before, pg_counters(), len(batches), own_queries=0)
+        postgres["statements_per_job"] = round(statements / max(len(per_job), 1), 1)
         return {
             "jobs": len(batches),
             "settled": len(per_job),
@@ -695,7 +747,9 @@ def final_checks(*, expected_runs: int, runs: list[dict[str, Any]]) -> dict[str,
     states = dict(Job.objects.values_list("state").annotate(n=Count("pk")))
     total = sum(states.values())
     violations = ledger_violations()
-    complete = len(runs) == expected_runs and not any("error" in r["end_to_end"] for r in runs)
+    complete = len(runs) == expected_runs and not any(
+        "error" in r["end_to_end"] or "error" in r["submissions"] for r in runs
+    )
     return {
         "jobs_total": total,
         "jobs_settled": states.get(JobState.SETTLED, 0),
@@ -704,6 +758,74 @@ def final_checks(*, expected_runs: int, runs: list[dict[str, Any]]) -> dict[str,
         "runs_complete": complete,
         "ok": complete and not violations and states.get(JobState.SETTLED, 0) == total,
     }
+
+
+def run_submissions(
+    *, url: str, token: str, prefix: str, args: argparse.Namespace, group: ProcessGroup
+) -> dict[str, Any]:
+    """Submission rates, one job per request and then in batches (bench/submission_rates.py),
+    each phase followed by a wait until its jobs are finished: they are real jobs, settled
+    like the others and counted by the final checks."""
+    import submission_rates
+
+    out: dict[str, Any] = {}
+    for phase, count in (("single", args.submit_jobs), ("batch", 2 * args.submit_jobs)):
+        phase_prefix = f"{prefix}{phase}-"
+        row = submission_rates.measure(
+            url,
+            token,
+            subnet=SUBNET,
+            batches=job_texts(count, args.texts_per_job),
+            prefix=phase_prefix,
+            concurrency=args.submit_concurrency,
+            batched=phase == "batch",
+        )
+        waited = time.perf_counter()
+        unfinished = wait_finished(phase_prefix, count, timeout=args.timeout, group=group)
+        row["drain_s"] = round(time.perf_counter() - waited, 2)
+        out[phase] = row
+        if not row["all_accepted"] or unfinished:
+            out["error"] = f"{phase} submissions: statuses {row['statuses']}, {unfinished} jobs unfinished"
+            break
+    return out
+
+
+def wait_finished(prefix: str, count: int, *, timeout: float, group: ProcessGroup) -> int:
+    """Wait until the `count` jobs of `prefix` (and every other job of theirs that exists
+    meanwhile) are settled, failed or expired; how many are not."""
+    from registry.models import TERMINAL_STATES, Job
+
+    jobs = Job.objects.filter(idempotency_key__startswith=prefix)
+    deadline = time.monotonic() + timeout
+    while True:
+        done = jobs.filter(state__in=TERMINAL_STATES).count()
+        if done >= count and not jobs.exclude(state__in=TERMINAL_STATES).exists():
+            return 0
+        if time.monotonic() > deadline:
+            return max(count - done, jobs.exclude(state__in=TERMINAL_STATES).count())
+        group.check_alive()
+        time.sleep(0.2)
+
+
+def backlog_main(args: argparse.Namespace, user: Any, started: float) -> int:
+    import dispatch_backlog
+
+    from ledger.checks import ledger_violations
+
+    sizes = [int(size) for size in args.backlog_sizes.split(",")]
+    log(f"--backlog: dispatching one job against backlogs of {sizes}, {args.backlog_repeats} times each")
+    result = dispatch_backlog.run(sizes, args.backlog_repeats, user)
+    violations = ledger_violations()
+    report = {
+        "benchmark": "dispatch_backlog",
+        "unit": "ms to place one job (median)",
+        "config": {"sizes": sizes, "repeats": args.backlog_repeats, "load_average": os.getloadavg()},
+        **result,
+        "ledger_violations": violations[:20],
+        "seconds_total": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(report, indent=2))
+    return 0 if result["ok"] and not violations else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -727,12 +849,14 @@ def main(argv: list[str] | None = None) -> int:
 
     prices = embeddings_subnet_settings()
     job_price = prices["price_per_call_micro"] + prices["price_per_item_micro"] * args.texts_per_job
-    jobs_needed = 2 * (args.runs * args.jobs + args.warmup)
+    jobs_needed = 2 * (args.runs * args.jobs + args.warmup) + 3 * args.runs * args.submit_jobs
     credits = 100 + jobs_needed * job_price // 1_000_000
     seeded = seed(contributors, credits=credits)
     from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.get(username=seeded["user"]["username"])
+    if args.backlog:
+        return backlog_main(args, user, started)
     baseline = Baseline.create(user=user, nodes=args.nodes)
     batches = job_texts(args.jobs, args.texts_per_job)
     vectors_path = bench_vectors([t for batch in batches for t in batch])
@@ -746,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         BIM_VAR_DIR=str(RUN_DIR),
         BIM_ARTIFACT_ROOT=str(ARTIFACT_ROOT),
         BIM_NODE_HEARTBEAT_S=str(HEARTBEAT_S),
+        BIM_SQL_STATS_DIR=str(SQL_STATS_DIR),
         DJANGO_SETTINGS_MODULE="bim_site.settings",
     )
     group = ProcessGroup(log_dir=RUN_DIR / "logs", env=env)
@@ -803,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
                 group=group,
                 meter=meter,
                 nodes=args.nodes,
+                redis_url=redis_url,
             )
             warmup = {k: warmup[k] for k in ("settled", "states", "seconds", "incidents", "error") if k in warmup}
         for run in range(args.runs):
@@ -817,17 +943,42 @@ def main(argv: list[str] | None = None) -> int:
                 group=group,
                 meter=meter,
                 nodes=args.nodes,
+                redis_url=redis_url,
             )
             ratio = round(end_to_end["jobs_per_s"] / in_process["jobs_per_s"], 3)
-            runs.append({"run": run, "in_process": in_process, "end_to_end": end_to_end, "ratio": ratio})
+            submissions = (
+                {}
+                if "error" in end_to_end
+                else run_submissions(url=url, token=tokens[0], prefix=f"run{run}-submit-", args=args, group=group)
+            )
+            runs.append(
+                {
+                    "run": run,
+                    "in_process": in_process,
+                    "end_to_end": end_to_end,
+                    "ratio": ratio,
+                    "submissions": submissions,
+                }
+            )
             log(
                 f"run {run + 1}/{args.runs}: end to end {end_to_end['jobs_per_s']} jobs/s "
                 f"(p50 {end_to_end['latency_ms_p50']} ms), in process {in_process['jobs_per_s']} jobs/s, "
                 f"ratio {ratio}; incidents {end_to_end['incidents']}"
             )
-            if "error" in end_to_end:
-                log(f"run {run + 1} failed ({end_to_end['error']}); skipping the remaining runs")
+            for phase in ("single", "batch"):
+                if phase in submissions:
+                    row = submissions[phase]
+                    log(
+                        f"run {run + 1}/{args.runs}: {phase} submissions {row['jobs_per_s']} jobs/s, "
+                        f"request p50 {row['request_ms_p50']} ms p99 {row['request_ms_p99']} ms, statuses {row['statuses']}"
+                    )
+            if "error" in end_to_end or "error" in submissions:
+                log(
+                    f"run {run + 1} failed ({end_to_end.get('error') or submissions['error']}); skipping the remaining runs"
+                )
                 break
+        # Beat's honeypots issued during the last drain are jobs too: let them finish.
+        wait_finished("", 0, timeout=args.timeout, group=group)
     finally:
         group.stop()
         redis_flush(redis_url)
@@ -849,6 +1000,9 @@ def main(argv: list[str] | None = None) -> int:
             "database": args.database,
             "redis_db": args.redis_db,
             "cpu_count": os.cpu_count(),
+            "submit_jobs": args.submit_jobs,
+            "submit_concurrency": args.submit_concurrency,
+            "load_average": os.getloadavg(),
         },
         "median": {
             "end_to_end_jobs_per_s": median_of(runs, "end_to_end", "jobs_per_s"),
@@ -857,6 +1011,13 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end_latency_ms_p50": median_of(runs, "end_to_end", "latency_ms_p50"),
             "end_to_end_latency_ms_p95": median_of(runs, "end_to_end", "latency_ms_p95"),
             "submit_http_ms_p50": median_of(runs, "end_to_end", "submit_http_ms_p50"),
+            "submissions": {
+                phase: {
+                    key: median_of(runs, "submissions", phase, key)
+                    for key in ("jobs_per_s", "requests_per_s", "request_ms_p50", "request_ms_p99", "http_5xx")
+                }
+                for phase in ("single", "batch")
+            },
             "in_process_job_ms_p50": median_of(runs, "in_process", "job_ms_p50"),
             "end_to_end_cpu_cores": {label: median_of(runs, "end_to_end", "cpu_cores", label) for label in cpu_labels},
             "end_to_end_cpu_ms_per_job": {
@@ -870,7 +1031,13 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end_postgres": {
                 **{
                     key: median_of(runs, "end_to_end", "postgres", key)
-                    for key in ("sessions_per_job", "transactions_per_job", "active_ms_per_job")
+                    for key in (
+                        "statements_per_job",
+                        "sessions_per_job",
+                        "transactions_per_job",
+                        "redis_connections_per_job",
+                        "active_ms_per_job",
+                    )
                 },
                 "backends": {
                     key: median_of(runs, "end_to_end", "postgres", "backends", key)
@@ -879,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "in_process_postgres": {
                 key: median_of(runs, "in_process", "postgres", key)
-                for key in ("sessions_per_job", "transactions_per_job", "active_ms_per_job")
+                for key in ("statements_per_job", "sessions_per_job", "transactions_per_job", "active_ms_per_job")
             },
         },
         "incidents_total": {

@@ -51,6 +51,7 @@ LOST_ON_RECONNECT = "lost_on_reconnect"
 # Bounds on the numbers a node sends: outside them a message is refused with
 # `out_of_range` (the database would refuse them anyway, with a crash instead of a code).
 MAX_CONCURRENT = 1024  # `ready.max_concurrent`
+JOBS_PER_BATCH_MAX = 100  # jobs in one POST /api/v1/jobs/batch/ (one transaction, one ledger posting)
 MAX_ELAPSED_MS = 86_400_000  # `result.elapsed_ms`: a day
 MAX_TIMING_MS = 3_600_000.0  # one benchmark run: an hour
 MAX_TIMING_RUNS = 100

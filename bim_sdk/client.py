@@ -109,6 +109,29 @@ class Client:
         body = {"subnet": subnet, "inputs": inputs, "idempotency_key": idempotency_key or str(uuid.uuid4())}
         return self._request("POST", "/api/v1/jobs/", json=body)
 
+    def submit_many(
+        self, subnet: str, inputs: list[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Submit many jobs through the batch endpoint, protocol.JOBS_PER_BATCH_MAX per
+        request, each request all or none. Job i's key is `<key>:<i>`, so a retry of the
+        whole call (or a resumed one with the same key) returns the jobs already submitted
+        instead of paying twice. Returns each job's summary (id, state, price_micro,
+        created, ...) in `inputs` order."""
+        key = idempotency_key or str(uuid.uuid4())
+        jobs: list[dict[str, Any]] = []
+        for start in range(0, len(inputs), protocol.JOBS_PER_BATCH_MAX):
+            part = inputs[start : start + protocol.JOBS_PER_BATCH_MAX]
+            jobs.extend(self._submit_batch(subnet, part, key=key, first=start))
+        return jobs
+
+    def _submit_batch(self, subnet: str, inputs: list[dict[str, Any]], *, key: str, first: int) -> list[dict[str, Any]]:
+        body = {
+            "jobs": [
+                {"subnet": subnet, "inputs": item, "idempotency_key": f"{key}:{first + i}"} for i, item in enumerate(inputs)
+            ]
+        }
+        return self._request("POST", "/api/v1/jobs/batch/", json=body)["jobs"]
+
     def submit_embeddings(self, subnet: str, texts: list[str], *, idempotency_key: str | None = None) -> dict[str, Any]:
         return self.submit(subnet, {"texts": texts}, idempotency_key=idempotency_key)
 
@@ -189,8 +212,10 @@ class Client:
         key = idempotency_key or str(uuid.uuid4())
         job_ids: list[str] = []
         try:
-            for i, batch in enumerate(batches):
-                job_ids.append(self.submit_embeddings(subnet, batch, idempotency_key=f"{key}:{i}")["id"])
+            for start in range(0, len(batches), protocol.JOBS_PER_BATCH_MAX):
+                part = batches[start : start + protocol.JOBS_PER_BATCH_MAX]
+                submitted = self._submit_batch(subnet, [{"texts": b} for b in part], key=key, first=start)
+                job_ids.extend(job["id"] for job in submitted)
         except BimError:
             for job_id in job_ids:
                 try:

@@ -11,6 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from bim_site import sqlstats  # noqa: E402
 from bim_site.middleware import isolation_headers  # noqa: E402
 from registry.auth import NodeSocketStack  # noqa: E402
 from registry.routing import websocket_urlpatterns  # noqa: E402
@@ -28,6 +29,8 @@ class IsolatedStaticFilesHandler(ASGIStaticFilesHandler):
 # Module scripts and streamed WASM compilation need these types, whatever the system's table says.
 mimetypes.add_type("text/javascript", ".mjs")
 mimetypes.add_type("application/wasm", ".wasm")
+
+sqlstats.install_from_env()
 
 http_app = IsolatedStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
 

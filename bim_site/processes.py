@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,21 @@ class ProcessGroup:
     env: dict[str, str]
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     nodes_started: int = 0
+    registries: dict[str, str] = field(default_factory=dict)  # daphne processes' urls by name
+    # Children restarted when they exit on their own, as a service manager restarts a
+    # production process (`Restart=always`), and when that happened.
+    supervised: set[str] = field(default_factory=set)
+    restarts: list[tuple[str, int | None]] = field(default_factory=list)
+    _argv: dict[str, list[str]] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _stopping: bool = False
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            return self._start(name, argv)
+
+    def _start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        self._argv[name] = list(argv)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Appended: a child started again (after a fault test killed it) keeps the first one's log.
         log = (self.log_dir / f"{name}.log").open("ab")
@@ -52,18 +66,25 @@ class ProcessGroup:
         except ProcessLookupError:
             pass  # the group is gone already
 
-    def start_registry(self, port: int) -> str:
-        self.start("registry", [sys.executable, "-m", "bim_site.serve", "-b", "127.0.0.1", "-p", str(port), "bim_site.asgi:application"])
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/api/v1/registry/", timeout=60, group=self)
+    def start_registry(self, port: int, *, name: str = "registry", wait: bool = True) -> str:
+        """A daphne process; several may run side by side under distinct names (each one's
+        log and `kill` go by its name). `wait=False` returns at once: `wait_http` it later."""
+        self.start(name, [sys.executable, "-m", "bim_site.serve", "-b", "127.0.0.1", "-p", str(port), "bim_site.asgi:application"])
+        url = self.registries[name] = f"http://127.0.0.1:{port}"
+        if wait:
+            wait_http(f"{url}/api/v1/registry/", timeout=60, group=self)
         return url
 
-    def start_worker(self, *, beat: bool = True, concurrency: int = 2) -> None:
-        argv = [sys.executable, "-m", "celery", "-A", "bim_site", "worker", "-l", "warning", "--pool=threads", f"--concurrency={concurrency}"]
+    def start_worker(self, *, beat: bool = True, concurrency: int = 2, name: str = "worker") -> None:
+        """A Celery worker; of several side by side, only one may run beat."""
+        argv = [
+            sys.executable, "-m", "celery", "-A", "bim_site", "worker", "-l", "warning", "--pool=threads",
+            f"--concurrency={concurrency}", "--hostname", f"{name}@%h",
+        ]
         if beat:
             # Beat's schedule file is this group's own: groups running at once must not share one.
             argv += ["-B", "--schedule", str(self.log_dir / "celerybeat-schedule")]
-        self.start("worker", argv)
+        self.start(name, argv)
 
     def start_node(
         self, name: str, *, registry: str, token: str, subnet: str, state_dir: Path, extra: Sequence[str] = ()
@@ -88,11 +109,34 @@ class ProcessGroup:
         )
 
     def kill(self, name: str) -> None:
-        """SIGKILL one child and what it forked, as a crash would: no shutdown handler runs."""
-        for entry in [c for c in self.children if c[0] == name]:
-            self._signal(entry[1], signal.SIGKILL)
-            entry[1].wait()
-            self.children.remove(entry)
+        """SIGKILL one child and what it forked, as a crash would: no shutdown handler runs.
+        A supervised child killed so is not restarted: the caller starts it again."""
+        with self._lock:
+            entries = [c for c in self.children if c[0] == name]
+            for entry in entries:
+                self.children.remove(entry)
+        for _, child in entries:
+            self._signal(child, signal.SIGKILL)
+            child.wait()
+
+    def supervise(self, name: str) -> None:
+        """Restart the child `name` whenever it exits on its own (checked twice a second)."""
+        with self._lock:
+            first = not self.supervised
+            self.supervised.add(name)
+        if first:
+            threading.Thread(target=self._supervise, name="process-supervisor", daemon=True).start()
+
+    def _supervise(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self._lock:
+                if self._stopping:
+                    return
+                for entry in [c for c in self.children if c[0] in self.supervised and c[1].poll() is not None]:
+                    self.children.remove(entry)
+                    self.restarts.append((entry[0], entry[1].returncode))
+                    self._start(entry[0], self._argv[entry[0]])
 
     def start_redis(self, port: int) -> str:
         """A throwaway Redis on loopback that keeps nothing on disk (a restart loses all)."""
@@ -110,12 +154,14 @@ class ProcessGroup:
                 time.sleep(0.1)
 
     def check_alive(self) -> None:
-        for name, child in self.children:
-            if child.poll() is not None:
+        for name, child in list(self.children):
+            if child.poll() is not None and name not in self.supervised:
                 tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} exited with {child.returncode}:\n{tail}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._stopping = True
         for _, child in self.children:
             if child.poll() is None:
                 self._signal(child, signal.SIGTERM)

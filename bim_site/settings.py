@@ -198,15 +198,13 @@ if DATABASE_URL:
     # bench/throughput.py, and persistent per-thread connections under ASGI (a thread per
     # request) ran PostgreSQL out of clients at 16 concurrent submissions. A request that
     # finds every connection busy waits for one (BIM_DB_POOL_TIMEOUT_S) instead of failing;
-    # a connection is checked before it is lent, so a restarted server costs no request.
-    import psycopg_pool
-
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    # a connection is checked before it is lent (health checks: the pool's
+    # check_connection), so a restarted server costs no request.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": env_int("BIM_DB_POOL_MAX", 8),
         "timeout": env_int("BIM_DB_POOL_TIMEOUT_S", 20),
-        "check": psycopg_pool.ConnectionPool.check_connection,
     }
 else:
     DATABASES = {

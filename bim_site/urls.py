@@ -11,6 +11,7 @@ from subnets import views as subnets_views
 
 api_v1 = [
     path("jobs/", registry_api.JobListCreateApi.as_view(), name="jobs"),
+    path("jobs/batch/", registry_api.JobBatchApi.as_view(), name="jobs-batch"),
     path("jobs/<uuid:job_id>/", registry_api.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel/", registry_api.JobCancelApi.as_view(), name="job-cancel"),
     path("balance/", registry_api.BalanceApi.as_view(), name="balance"),

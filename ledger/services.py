@@ -97,16 +97,18 @@ def credits_grant(*, user: AbstractBaseUser, amount: int, idempotency_key: str, 
 
 def job_hold(*, job_id: object, user: AbstractBaseUser, amount: int) -> Transfer:
     """Reserve the job's price from the user's credits; InsufficientFunds when short."""
+    return jobs_hold(user=user, holds=[(job_id, amount)])[0]
+
+
+def jobs_hold(*, user: AbstractBaseUser, holds: Sequence[tuple[object, int]]) -> list[Transfer]:
+    """Reserve the prices of jobs submitted together, as (job id, price), in one posting:
+    all held or, when the user's credits do not cover their sum, none (InsufficientFunds)."""
     credits, hold = accounts_get([(AccountKind.USER_CREDITS, user.pk, None), (AccountKind.USER_HOLD, user.pk, None)])
-    return transfer_create(
-        debit=credits,
-        credit=hold,
-        amount=amount,
-        kind=TransferKind.HOLD,
-        idempotency_key=f"job:{job_id}:hold",
-        job_id=job_id,
-        reason="hold on submit",
-    )
+    legs = [
+        Leg(credits, hold, amount, TransferKind.HOLD, f"job:{job_id}:hold", job_id, "hold on submit")
+        for job_id, amount in holds
+    ]
+    return post_legs(legs) or []
 
 
 def job_release(*, job_id: object, user: AbstractBaseUser, amount: int, reason: str) -> Transfer:

@@ -258,6 +258,50 @@ class JobListCreateApi(APIView):
         )
 
 
+class JobBatchItemSerializer(JobSubmitSerializer):
+    # Each job of a batch names its own key: no header could carry one per job.
+    idempotency_key = StrictCharField(max_length=Job._meta.get_field("idempotency_key").max_length)
+
+
+class JobBatchSubmitSerializer(serializers.Serializer):
+    jobs = serializers.ListField(child=JobBatchItemSerializer(), min_length=1, max_length=submit.BATCH_MAX)
+
+
+class JobBatchItemResultSerializer(JobSummarySerializer):
+    created = serializers.BooleanField(help_text="false: the job this idempotency key submitted before")
+
+    class Meta(JobSummarySerializer.Meta):
+        fields = [*JobSummarySerializer.Meta.fields, "contract_hash", "created"]
+
+
+class JobBatchApi(APIView):
+    """Submit up to BATCH_MAX jobs in one request, all or none: one transaction and one
+    ledger posting for their holds (what `bim_sdk.Client.submit_many` sends)."""
+
+    @extend_schema(
+        request=JobBatchSubmitSerializer,
+        responses={201: inline_serializer("JobBatchResult", {"jobs": JobBatchItemResultSerializer(many=True)})},
+    )
+    def post(self, request: Request) -> Response:
+        data = JobBatchSubmitSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        requests = [
+            submit.JobRequest(
+                subnet_slug=item["subnet"],
+                inputs=item["inputs"],
+                idempotency_key=idempotency_key_checked(item["idempotency_key"]),
+                session_key_pub=item.get("session_key_pub"),
+            )
+            for item in data.validated_data["jobs"]
+        ]
+        submitted = submit.jobs_submit(user=request.user, requests=requests)
+        for job, created in submitted:
+            job.created = created
+        body = {"jobs": JobBatchItemResultSerializer([job for job, _ in submitted], many=True).data}
+        any_created = any(created for _, created in submitted)
+        return Response(body, status=status.HTTP_201_CREATED if any_created else status.HTTP_200_OK)
+
+
 class JobDetailApi(APIView):
     @extend_schema(responses=JobDetailSerializer)
     def get(self, request: Request, job_id: str) -> Response:

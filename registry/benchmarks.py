@@ -179,7 +179,7 @@ def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
             jobs_since_benchmark=0,
         )
         index_bump(benchmark.subnet_id)
-        effects.queue_task("dispatch_waiting", str(benchmark.subnet_id))
+        effects.queue_task_coalesced("dispatch_waiting", str(benchmark.subnet_id))
         return benchmark
 
 

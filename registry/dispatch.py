@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,11 +30,9 @@ from .jobs import (
 )
 from .models import (
     Assignment,
-    AssignmentState,
     Job,
     JobState,
     Node,
-    NodeSubnet,
 )
 
 
@@ -45,49 +44,91 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
     shares no policy attribute with A or B."""
     with transaction.atomic():
         job = job_locked(job_id)
-        if job is None or job.state not in ROLES_BY_STATE:
+        if job is None:
             return []
-        if job.expires_at <= timezone.now():
-            job_expire(job)
-            return []
-        assignments = list(job.assignments.select_related("node"))
-        active = [a for a in assignments if a.state in OPEN_ASSIGNMENT_STATES]
-        if job.solo and job.state == JobState.DISPATCHED:
-            # Its trusted node vanished: a replacement is not trusted, so back to a pair.
-            job.solo = False
-            job.save(update_fields=["solo"])
-        missing = [role for role in ROLES_BY_STATE[job.state] if role not in {a.role for a in active}]
-        if not missing:
-            return []
-        picks = _pick_nodes(job, assignments, active, len(missing))
-        if job.state == JobState.QUEUED and picks and _runs_solo(job, picks[0]):
-            job.solo = True
-            job.save(update_fields=["solo"])
-            missing, picks = missing[:1], picks[:1]
-        if len(picks) < len(missing) and job.state == JobState.QUEUED:
-            return []  # wait for a full pair
-        created = []
-        now = timezone.now()
-        for role, node in zip(missing, picks):
-            created.append(
-                Assignment.objects.create(
-                    job=job,
-                    node=node,
-                    role=role,
-                    session_key_pub=node.session_key_pub,
-                    session_nonce=node.session_nonce,
-                    session_cert=node.session_cert,
-                    deadline=assignment_deadline(job, node, now),
-                )
-            )
-        Node.objects.filter(pk__in=[n.pk for n in picks]).update(jobs_assigned=F("jobs_assigned") + 1)
-        if created and job.state == JobState.QUEUED:
-            job_transition(job, JobState.DISPATCHED, detail=f"nodes {[str(n.pk) for n in picks]}")
-        for assignment in created:
-            event = {"type": "job.offer", "message": _job_message(job, assignment)}
-            node_id = assignment.node_id
-            effects.send_to_node(node_id, event)
+        batch = DispatchBatch(job.subnet_id)
+        created = _job_dispatch_locked(job, batch)
+        batch.flush()
         return created
+
+
+class DispatchBatch:
+    """What placing jobs of one subnet reads once, however many jobs it places in one
+    transaction: every online node's offer queue (read when first needed). Offers made in
+    the batch are counted as they are made, so a node's queue fills within the batch as it
+    would across calls. The nodes' offer counters are written once, by `flush`, in
+    primary-key order: updated job by job, two batches (or a batch and a settlement, which
+    locks nodes in that order too) deadlocked on the node rows."""
+
+    def __init__(self, subnet_id: int) -> None:
+        self.subnet_id = subnet_id
+        self._slots: dict[str, routing_index.OfferSlots] | None = None
+        self.offers: Counter[uuid.UUID] = Counter()
+
+    @property
+    def slots(self) -> dict[str, routing_index.OfferSlots]:
+        if self._slots is None:
+            self._slots = routing_index.offer_slots(self.subnet_id)
+        return self._slots
+
+    def saturated(self) -> list[str]:
+        return [node_id for node_id, slots in self.slots.items() if slots.full]
+
+    def offered(self, node_id: uuid.UUID) -> None:
+        self.offers[node_id] += 1
+        if (slots := self.slots.get(str(node_id))) is not None:
+            slots.open += 1
+
+    def flush(self) -> None:
+        for node_id in sorted(self.offers):
+            Node.objects.filter(pk=node_id).update(jobs_assigned=F("jobs_assigned") + self.offers[node_id])
+        self.offers.clear()
+
+
+def _job_dispatch_locked(job: Job, batch: DispatchBatch) -> list[Assignment]:
+    if job.state not in ROLES_BY_STATE:
+        return []
+    if job.expires_at <= timezone.now():
+        job_expire(job)
+        return []
+    assignments = list(job.assignments.select_related("node"))
+    active = [a for a in assignments if a.state in OPEN_ASSIGNMENT_STATES]
+    if job.solo and job.state == JobState.DISPATCHED:
+        # Its trusted node vanished: a replacement is not trusted, so back to a pair.
+        job.solo = False
+        job.save(update_fields=["solo"])
+    missing = [role for role in ROLES_BY_STATE[job.state] if role not in {a.role for a in active}]
+    if not missing:
+        return []
+    picks = _pick_nodes(job, assignments, active, len(missing), batch.saturated())
+    if job.state == JobState.QUEUED and picks and _runs_solo(job, picks[0]):
+        job.solo = True
+        job.save(update_fields=["solo"])
+        missing, picks = missing[:1], picks[:1]
+    if len(picks) < len(missing) and job.state == JobState.QUEUED:
+        return []  # wait for a full pair
+    now = timezone.now()
+    created = []
+    for role, node in zip(missing, picks):
+        created.append(
+            Assignment(
+                id=uuid.uuid4(),
+                job=job,
+                node=node,
+                role=role,
+                session_key_pub=node.session_key_pub,
+                session_nonce=node.session_nonce,
+                session_cert=node.session_cert,
+                deadline=assignment_deadline(job, batch.slots.get(str(node.pk)), now),
+            )
+        )
+    Assignment.objects.bulk_create(created)
+    if created and job.state == JobState.QUEUED:
+        job_transition(job, JobState.DISPATCHED, detail=f"nodes {[str(n.pk) for n in picks]}")
+    for assignment in created:
+        batch.offered(assignment.node_id)  # counted once written: a step that fails counts nothing
+        effects.send_to_node(assignment.node_id, {"type": "job.offer", "message": _job_message(job, assignment)})
+    return created
 
 
 # A node is given this many times its benchmarked time for the job (behind the offers it
@@ -95,16 +136,15 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
 ASSIGNMENT_SLACK = 4
 
 
-def assignment_deadline(job: Job, node: Node, now: datetime) -> datetime:
-    """When the registry stops waiting for `node` on `job`: k x the node's expected time for
-    the job's items at its benchmarked speed, counting the offers queued ahead of it, at
-    least NODE_ASSIGNMENT_MIN_S, never past the job's own deadline (the outer bound)."""
-    link = NodeSubnet.objects.filter(node=node, subnet_id=job.subnet_id).values("items_per_s", "max_concurrent").first()
-    if not link or not link["items_per_s"]:
+def assignment_deadline(job: Job, slots: routing_index.OfferSlots | None, now: datetime) -> datetime:
+    """When the registry stops waiting for a node on `job`: k x the node's expected time
+    for the job's items at its benchmarked speed, counting the offers queued ahead of it
+    (`slots`, its offer queue in the job's subnet), at least NODE_ASSIGNMENT_MIN_S, never
+    past the job's own deadline (the outer bound)."""
+    if slots is None or not slots.items_per_s:
         return job.expires_at  # never measured: only the job's deadline applies
     items = families.family_for(job.contract["task_type"]).item_count(job.inputs)
-    ahead = Assignment.objects.filter(node=node, state=AssignmentState.DISPATCHED).count()
-    expected_s = items / link["items_per_s"] * (1 + ahead / max(1, link["max_concurrent"]))
+    expected_s = items / slots.items_per_s * (1 + slots.open / max(1, slots.max_concurrent))
     allowed_s = max(settings.NODE_ASSIGNMENT_MIN_S, ASSIGNMENT_SLACK * expected_s)
     return min(job.expires_at, now + timedelta(seconds=allowed_s))
 
@@ -124,15 +164,17 @@ def _runs_solo(job: Job, node: Node) -> bool:
     return trusted and random.Random(job.id.int).random() * 10_000 >= subnet.adaptive_check_bp
 
 
-def _pick_nodes(job: Job, assignments: list[Assignment], active: list[Assignment], count: int) -> list[Node]:
+def _pick_nodes(
+    job: Job, assignments: list[Assignment], active: list[Assignment], count: int, saturated: list[str]
+) -> list[Node]:
     """Nodes for the missing roles, by weighted rendezvous hashing over the subnet's routing
     index under its diversity policy: never a node the job had, and nothing the policy
     names (owner, IP block, ASN, OS, GPU family) shared with the job's other nodes."""
     distinct = [a for a in job.subnet.routing_policy.get("distinct", []) if a in DIVERSITY_ATTRIBUTES]
     partners = [routing_index.candidate_for(a.node) for a in active]
     had = [str(a.node_id) for a in assignments]
-    # Nodes with a full queue get no more offers now; the job waits for them or others.
-    saturated = routing_index.saturated_node_ids(job.subnet_id)
+    # Nodes with a full queue (`saturated`) get no more offers now; the job waits for them
+    # or others.
     live: list[Node] = []
     for _ in range(2):
         picks = _select_vouched_first(
@@ -194,26 +236,71 @@ def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
     }
 
 
+# Jobs placed per transaction by `jobs_dispatch_waiting`: one commit and one read of the
+# nodes' queues for up to this many jobs, short enough that the rows stay locked briefly.
+DISPATCH_BATCH = 50
+
+
 def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
-    """Place jobs that wait for nodes: queued ones, and dispatched ones missing a role
-    (after a node vanished). Called when a node becomes routable and by the sweeper."""
-    waiting = (
-        Job.objects.filter(state__in=ROLES_BY_STATE.keys())
+    """Place jobs that wait for nodes: dispatched ones missing a role (after a node
+    vanished) first, their other node already working, then queued ones, oldest first, in
+    batches. Queued on submit and whenever an offer slot frees (coalesced: one run for a
+    burst of events) and run by the sweeper for every subnet. Its cost per job does not
+    grow with the backlog: queued jobs are read oldest first through a partial index, a
+    batch at a time, and a pass stops once a few jobs in a row find no capacity."""
+    subnet_ids = (
+        [subnet_id]
+        if subnet_id is not None
+        else list(Job.objects.filter(state__in=ROLES_BY_STATE.keys()).values_list("subnet_id", flat=True).distinct())
+    )
+    return sum(_subnet_dispatch_waiting(pk) for pk in subnet_ids)
+
+
+def _subnet_dispatch_waiting(subnet_id: int) -> int:
+    placed = 0
+    short_handed = _short_handed_job_ids(subnet_id)
+    while True:
+        repairs, short_handed = short_handed[:DISPATCH_BATCH], short_handed[DISPATCH_BATCH:]
+        with transaction.atomic():
+            waiting = _waiting_locked(subnet_id, repairs)
+            if not waiting and repairs:
+                continue  # repaired or taken meanwhile: on to the rest
+            if not waiting:
+                return placed
+            batch = DispatchBatch(subnet_id)
+            misses = 0
+            for job in waiting:
+                made = job_step_isolated(job.pk, "dispatch", lambda job=job, batch=batch: _job_dispatch_locked(job, batch)) or []
+                placed += len(made)
+                # Once a few in a row find no capacity, the rest will not either.
+                misses = 0 if made else misses + 1
+                if misses == 3 and not repairs:
+                    batch.flush()
+                    return placed
+            batch.flush()
+        if not repairs and len(waiting) < DISPATCH_BATCH:
+            return placed
+
+
+def _short_handed_job_ids(subnet_id: int) -> list[object]:
+    """Jobs under way that miss a role: a node vanished or gave up, or a tie-breaker is due.
+    As many as are in flight, never the queued backlog."""
+    return list(
+        Job.objects.filter(subnet_id=subnet_id, state__in=(JobState.DISPATCHED, JobState.ADJUDICATING))
         .annotate(open_roles=Count("assignments", filter=Q(assignments__state__in=OPEN_ASSIGNMENT_STATES)))
         .filter(
-            Q(state=JobState.QUEUED)
-            | Q(state=JobState.DISPATCHED, open_roles__lt=len(PAIR_ROLES))
+            Q(state=JobState.DISPATCHED, open_roles__lt=len(PAIR_ROLES))
             | Q(state=JobState.ADJUDICATING, open_roles__lt=len(PAIR_ROLES) + 1)
         )
+        .order_by("created_at")
+        .values_list("id", flat=True)[:500]
     )
-    if subnet_id is not None:
-        waiting = waiting.filter(subnet_id=subnet_id)
-    placed = misses = 0
-    for job_id in waiting.order_by("created_at").values_list("id", flat=True)[:500]:
-        made = len(job_step_isolated(job_id, "dispatch", lambda job_id=job_id: job_dispatch(job_id=job_id)) or [])
-        placed += made
-        # Oldest first; once a few in a row find no capacity, the rest will not either.
-        misses = 0 if made else misses + 1
-        if misses == 3:
-            break
-    return placed
+
+
+def _waiting_locked(subnet_id: int, job_ids: list[object]) -> list[Job]:
+    """The next batch, row-locked; rows another dispatcher holds are skipped (it places
+    them), so two workers running this share the backlog instead of queueing on it."""
+    locked = Job.objects.select_for_update(skip_locked=True, no_key=True, of=("self",)).select_related("subnet", "user")
+    if job_ids:
+        return list(locked.filter(pk__in=job_ids, state__in=ROLES_BY_STATE.keys()).order_by("created_at"))
+    return list(locked.filter(subnet_id=subnet_id, state=JobState.QUEUED).order_by("created_at")[:DISPATCH_BATCH])

@@ -143,6 +143,9 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["state", "expires_at"]),
             models.Index(fields=["user", "-created_at"]),
+            # The dispatcher reads a subnet's queued jobs oldest first, a batch at a time:
+            # without this its cost grew with the backlog.
+            models.Index(fields=["subnet", "created_at"], condition=Q(state="queued"), name="job_queued_by_age"),
         ]
 
     def __str__(self) -> str:

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from bim_core import families, protocol
 
-from . import effects, metrics, selectors
+from . import effects, metrics, selectors, verify
 from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition
 from .models import (
     TERMINAL_STATES,
@@ -56,16 +56,22 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         assignment.save()
         if Job.objects.filter(subnet_id=job.subnet_id, state=JobState.QUEUED).exists():
             # This answer frees a slot in the node's queue: place jobs that wait for one.
-            effects.queue_task("dispatch_waiting", str(job.subnet_id))
-        if assignment.role == AssignmentRole.C:
-            effects.queue_task("verify_job", str(job.id))  # the tie-breaker is in: adjudicate
-        elif job.solo:
-            job_transition(job, JobState.VERIFYING, detail="solo result in")
-            effects.queue_task("verify_job", str(job.id))
-        elif job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES):
-            job_transition(job, JobState.VERIFYING, detail="both results in")
+            effects.queue_task_coalesced("dispatch_waiting", str(job.subnet_id))
+        complete = (
+            assignment.role == AssignmentRole.C  # the tie-breaker is in: adjudicate
+            or job.solo
+            or job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES)
+        )
+        if complete and assignment.role != AssignmentRole.C:
+            job_transition(job, JobState.VERIFYING, detail="solo result in" if job.solo else "both results in")
+        verify_here = complete and verify.verification_is_quick(job)
+        if complete and not verify_here:
             effects.queue_task("verify_job", str(job.id))
     metrics.results_received.inc()
+    if verify_here:
+        # Comparing and settling costs less than a task's round trip through the broker:
+        # done here, in a transaction of its own, right after the result is stored.
+        verify.job_verify_now(job_id=job.id)
     return assignment
 
 

@@ -6,6 +6,7 @@ process memory in embedded mode) or when it is older than INDEX_MAX_AGE_S.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -163,35 +164,65 @@ def subnet_has_nodes_online(subnet_id: int) -> bool:
     )
 
 
-def saturated_node_ids(subnet_id: int) -> list[str]:
-    """Nodes of the subnet holding as many unanswered offers as their queue allows
-    (NODE_QUEUE_DEPTH per job they run at once): offering more would only age in a queue.
-    Where the subnet's policy says so (`queue_depth_below_escrow` > 0), a node whose escrow
-    is still below the requirement gets that shorter queue: until it has something to lose,
-    it carries less work."""
-    rows = list(
+@dataclass
+class OfferSlots:
+    """A node's unanswered offers in a subnet against what its queue allows, and what its
+    deadline is computed from; a dispatch batch counts its own offers in `open`."""
+
+    open: int
+    limit: int
+    items_per_s: float | None
+    max_concurrent: int
+
+    @property
+    def full(self) -> bool:
+        return self.open >= self.limit
+
+
+def offer_slots(subnet_id: int) -> dict[str, OfferSlots]:
+    """Every online node of the subnet with its offer queue: NODE_QUEUE_DEPTH per job it
+    runs at once, never more than its probation allows (`probation_offers`). Where the
+    subnet's policy says so (`queue_depth_below_escrow` > 0), a node whose escrow is still
+    below the requirement gets that shorter queue: until it has something to lose, it
+    carries less work. Four queries, whatever the backlog."""
+    links = list(
+        NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).values_list(
+            "node_id", "max_concurrent", "items_per_s", "node__jobs_agreed"
+        )
+    )
+    if not links:
+        return {}
+    open_offers = dict(
         Assignment.objects.filter(state=AssignmentState.DISPATCHED, job__subnet_id=subnet_id)
         .values("node_id")
         .annotate(open=Count("pk"))
-    )
-    if not rows:
-        return []
-    busy = [r["node_id"] for r in rows]
-    limits = dict(
-        NodeSubnet.objects.filter(subnet_id=subnet_id, node_id__in=busy).values_list("node_id", "max_concurrent")
+        .values_list("node_id", "open")
     )
     required, short_depth = Subnet.objects.values_list("escrow_required_micro", "queue_depth_below_escrow").get(
         pk=subnet_id
     )
-    escrowed = ledger_selectors.nodes_with_escrow(node_ids=busy, required=required)
-    agreed = dict(Node.objects.filter(pk__in=busy).values_list("pk", "jobs_agreed"))
-    saturated = []
-    for row in rows:
-        restricted = short_depth and required and row["node_id"] not in escrowed
+    escrowed = (
+        ledger_selectors.nodes_with_escrow(node_ids=[link[0] for link in links], required=required)
+        if short_depth and required
+        else set()
+    )
+    slots = {}
+    for node_id, max_concurrent, items_per_s, jobs_agreed in links:
+        restricted = short_depth and required and node_id not in escrowed
         depth = short_depth if restricted else settings.NODE_QUEUE_DEPTH
-        if row["open"] >= min(depth * limits.get(row["node_id"], 1), probation_offers(agreed.get(row["node_id"], 0))):
-            saturated.append(str(row["node_id"]))
-    return saturated
+        slots[str(node_id)] = OfferSlots(
+            open=open_offers.get(node_id, 0),
+            limit=min(depth * max_concurrent, probation_offers(jobs_agreed)),
+            items_per_s=items_per_s,
+            max_concurrent=max(1, max_concurrent or 1),
+        )
+    return slots
+
+
+def saturated_node_ids(subnet_id: int) -> list[str]:
+    """Nodes of the subnet holding as many unanswered offers as their queue allows:
+    offering more would only age in a queue."""
+    return [node_id for node_id, slots in offer_slots(subnet_id).items() if slots.full]
 
 
 def probation_offers(jobs_agreed: int) -> int:

@@ -45,8 +45,8 @@ def partial_key(job_id: object) -> str:
 def job_partial(*, job: Job) -> dict[str, Any] | None:
     """The text a node has streamed so far for a running job, unverified; None once the job
     is finished (its verified result replaces it) or when nothing was streamed."""
-    if job.finished_at is not None:
-        return None
+    if job.finished_at is not None or job.state == "queued":
+        return None  # finished, or no node has it yet: nothing streamed (no cache read)
     partial = cache.get(partial_key(job.id))
     return None if partial is None else {**partial, "verified": False}
 

@@ -5,6 +5,8 @@ queue the dispatch. Idempotent per (user, idempotency key).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +30,18 @@ from .models import (
     JobState,
 )
 
+BATCH_MAX = protocol.JOBS_PER_BATCH_MAX
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job as a user asks for it."""
+
+    subnet_slug: str
+    inputs: dict[str, Any]
+    idempotency_key: str
+    session_key_pub: str | None = None
+
 
 def job_submit(
     *,
@@ -39,46 +53,88 @@ def job_submit(
 ) -> tuple[Job, bool]:
     """Create a job of the subnet's task family and hold its price. A repeated idempotency
     key returns the first job (created=False); the same key with different inputs is refused."""
-    subnet = Subnet.objects.filter(slug=subnet_slug, is_active=True).select_related("license").first()
-    if subnet is None:
-        raise ServiceError("unknown_subnet", f"no active subnet {subnet_slug!r}", status=404)
-    inputs = _validated_inputs(subnet, inputs)
-    input_hash = protocol.input_hash(inputs)
-    if session_key_pub is not None:
-        try:
-            protocol.parse_public_key(session_key_pub)
-        except protocol.ProtocolError as exc:
-            raise ServiceError("invalid_session_key", exc.detail) from None
-    existing = Job.objects.filter(user=user, idempotency_key=idempotency_key).first()
-    if existing is not None:
-        return _same_job_or_conflict(existing, subnet, input_hash), False
-    if not routing_index.subnet_has_nodes_online(subnet.pk):
-        # Accepted, it would only wait for its deadline: say so now, with when to try again.
-        raise ServiceError("no_capacity", f"no node serves {subnet.slug} now; try again later", status=503)
+    request = JobRequest(subnet_slug, inputs, idempotency_key, session_key_pub)
+    return jobs_submit(user=user, requests=[request], label=lambda _: "")[0]
+
+
+def jobs_submit(
+    *,
+    user: AbstractBaseUser,
+    requests: list[JobRequest],
+    label: Callable[[int], str] = lambda i: f"jobs[{i}]: ",
+    retry_on_race: bool = True,
+) -> list[tuple[Job, bool]]:
+    """Submit jobs together, all or none: every new one is written and held in one
+    transaction (multi-row inserts, one ledger posting), or a refusal names the first
+    request at fault (`label(index)` prefixes its message). Each request is idempotent as a
+    single submission is; a key repeated within the batch is refused."""
+    if not requests or len(requests) > BATCH_MAX:
+        raise ServiceError("invalid_batch", f"a batch holds 1 to {BATCH_MAX} jobs, not {len(requests)}")
+    keys = [r.idempotency_key for r in requests]
+    if len(set(keys)) != len(keys):
+        repeated = next(i for i, key in enumerate(keys) if keys.index(key) != i)
+        raise ServiceError("idempotency_conflict", f"{label(repeated)}this idempotency key is used twice in the batch", status=409)
+    subnets = _active_subnets({r.subnet_slug for r in requests})
+    prepared = []
+    for index, request in enumerate(requests):
+        subnet = subnets.get(request.subnet_slug)
+        if subnet is None:
+            raise ServiceError("unknown_subnet", f"{label(index)}no active subnet {request.subnet_slug!r}", status=404)
+        prepared.append((subnet, _validated_inputs(subnet, request, label(index))))
+    existing = {job.idempotency_key: job for job in Job.objects.filter(user=user, idempotency_key__in=keys)}
+    outcome: list[tuple[Job, bool] | None] = []
+    new = []
+    for index, (request, (subnet, inputs)) in enumerate(zip(requests, prepared)):
+        job = existing.get(request.idempotency_key)
+        if job is not None:
+            outcome.append((_same_job_or_conflict(job, subnet, protocol.input_hash(inputs), label(index)), False))
+            continue
+        outcome.append(None)
+        new.append((index, request, subnet, inputs))
+    for subnet in {subnet.pk: subnet for _, _, subnet, _ in new}.values():
+        if not routing_index.subnet_has_nodes_online(subnet.pk):
+            # Accepted, it would only wait for its deadline: say so now, with when to try again.
+            raise ServiceError("no_capacity", f"no node serves {subnet.slug} now; try again later", status=503)
+    if not new:
+        return [o for o in outcome if o is not None]
     try:
         with transaction.atomic():
-            job = job_create(
-                user=user, subnet=subnet, inputs=inputs, idempotency_key=idempotency_key, session_key_pub=session_key_pub
+            jobs = jobs_create(
+                user=user,
+                jobs=[_job_build(user, subnet, inputs, r.idempotency_key, r.session_key_pub) for _, r, subnet, inputs in new],
             )
     except IntegrityError:
-        # A concurrent request with the same key won the insert.
-        existing = Job.objects.get(user=user, idempotency_key=idempotency_key)
-        return _same_job_or_conflict(existing, subnet, input_hash), False
-    metrics.jobs_submitted.labels(subnet=subnet.slug).inc()
-    return job, True
+        if not retry_on_race:
+            raise
+        # A concurrent request with one of these keys won the insert: now they exist.
+        return jobs_submit(user=user, requests=requests, label=label, retry_on_race=False)
+    for (index, _, subnet, _), job in zip(new, jobs):
+        outcome[index] = (job, True)
+        metrics.jobs_submitted.labels(subnet=subnet.slug).inc()
+    return [o for o in outcome if o is not None]
 
 
-def _validated_inputs(subnet: Subnet, inputs: dict[str, Any]) -> dict[str, Any]:
+def _active_subnets(slugs: set[str]) -> dict[str, Subnet]:
+    return {s.slug: s for s in Subnet.objects.filter(slug__in=slugs, is_active=True).select_related("license")}
+
+
+def _validated_inputs(subnet: Subnet, request: JobRequest, label: str) -> dict[str, Any]:
     try:
-        return families.family_for(subnet.task_type).validate_inputs(inputs, subnet.limits())
+        inputs = families.family_for(subnet.task_type).validate_inputs(request.inputs, subnet.limits())
     except families.InputInvalid as exc:
-        raise ServiceError("invalid_input", str(exc)) from None
+        raise ServiceError("invalid_input", f"{label}{exc}") from None
+    if request.session_key_pub is not None:
+        try:
+            protocol.parse_public_key(request.session_key_pub)
+        except protocol.ProtocolError as exc:
+            raise ServiceError("invalid_session_key", f"{label}{exc.detail}") from None
+    return inputs
 
 
-def _same_job_or_conflict(job: Job, subnet: Subnet, input_hash: str) -> Job:
+def _same_job_or_conflict(job: Job, subnet: Subnet, input_hash: str, label: str) -> Job:
     if job.subnet_id != subnet.pk or job.contract["input_hash"] != input_hash:
         raise ServiceError(
-            "idempotency_conflict", "this idempotency key was used for a different job", status=409
+            "idempotency_conflict", f"{label}this idempotency key was used for a different job", status=409
         )
     return job
 
@@ -94,8 +150,19 @@ def job_create(
 ) -> Job:
     """Write a queued job with its contract, hold its price and queue its dispatch. A
     honeypot is the registry's own job: free, and otherwise the same in every byte."""
+    return jobs_create(user=user, jobs=[_job_build(user, subnet, inputs, idempotency_key, session_key_pub, honeypot)])[0]
+
+
+def _job_build(
+    user: AbstractBaseUser,
+    subnet: Subnet,
+    inputs: dict[str, Any],
+    idempotency_key: str,
+    session_key_pub: str | None,
+    honeypot: Honeypot | None = None,
+) -> Job:
+    """A queued job with its contract, not yet written."""
     job_id = uuid.uuid4()
-    input_hash = protocol.input_hash(inputs)
     # The user's session key binds later peer-to-peer delivery to this job; a client that
     # brings none gets a fresh one so every contract names a session key.
     session_key = session_key_pub or protocol.public_key_b64(protocol.new_private_key())
@@ -110,14 +177,12 @@ def job_create(
         determinism=subnet.determinism,
         tolerances=subnet.tolerances,
         preprocessing=subnet.preprocessing,
-        input_hash=input_hash,
+        input_hash=protocol.input_hash(inputs),
         limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
         session_key_pub=session_key,
     )
     family = families.family_for(subnet.task_type)
-    item_count = family.item_count(inputs)
-    price = 0 if honeypot is not None else subnet.price_for(family.price_units(inputs))
-    job = Job.objects.create(
+    return Job(
         id=job_id,
         user=user,
         subnet=subnet,
@@ -125,21 +190,32 @@ def job_create(
         contract=contract,
         contract_hash=protocol.contract_hash(contract),
         inputs=inputs,
-        item_count=item_count,
-        price_micro=price,
+        item_count=family.item_count(inputs),
+        price_micro=0 if honeypot is not None else subnet.price_for(family.price_units(inputs)),
         honeypot=honeypot,
         warnings=input_coverage_warnings(subnet, inputs) if honeypot is None else [],
         expires_at=timezone.now() + timedelta(milliseconds=subnet.latency_ms),
     )
-    JobEvent.objects.create(job=job, from_state="", to_state=JobState.QUEUED, detail="submitted")
-    if price:
+
+
+def jobs_create(*, user: AbstractBaseUser, jobs: list[Job]) -> list[Job]:
+    """Write built jobs of one user (multi-row inserts), hold their prices in one posting,
+    and queue one dispatcher run per subnet, which places a burst of submissions together."""
+    Job.objects.bulk_create(jobs)
+    JobEvent.objects.bulk_create(
+        JobEvent(job=job, from_state="", to_state=JobState.QUEUED, detail="submitted") for job in jobs
+    )
+    holds = [(job.id, job.price_micro) for job in jobs if job.price_micro]
+    if holds:
         try:
-            ledger.job_hold(job_id=job.id, user=user, amount=price)
+            ledger.jobs_hold(user=user, holds=holds)
         except ledger_errors.InsufficientFunds as exc:
+            what = "this job costs" if len(jobs) == 1 else f"these {len(jobs)} jobs cost"
             raise ServiceError(
                 "insufficient_credits",
-                f"this job costs {price} micro-credits; your balance is {exc.account.balance}",
+                f"{what} {sum(price for _, price in holds)} micro-credits; your balance is {exc.account.balance}",
                 status=402,
             ) from None
-    effects.queue_task("dispatch_job", str(job.id))
-    return job
+    for subnet_id in sorted({job.subnet_id for job in jobs}):
+        effects.queue_task_coalesced("dispatch_waiting", str(subnet_id))
+    return jobs

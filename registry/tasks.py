@@ -9,7 +9,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
 
-from . import benchmarks, dispatch, honeypots, presence, sentinels, sweeper, verify
+from . import benchmarks, dispatch, effects, honeypots, presence, sentinels, sweeper, verify
 
 # Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
 retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
@@ -22,6 +22,7 @@ def dispatch_job(job_id: str) -> None:
 
 @retried
 def dispatch_waiting(subnet_id: str) -> None:
+    effects.coalesced_task_started("dispatch_waiting", subnet_id)
     dispatch.jobs_dispatch_waiting(subnet_id=int(subnet_id))
 
 

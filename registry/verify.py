@@ -35,12 +35,13 @@ from .settlement import job_settle_agreed, job_settle_rescored, job_settle_solo
 log = logging.getLogger("bim.registry.verify")
 
 
-def job_verify(*, job_id: object) -> Job | None:
+def job_verify(*, job_id: object, may_rescore: bool = True) -> Job | None:
     """Compare the pair and settle on agreement; on a mismatch send the contract to a
     tie-breaker (nothing is paid yet). With the tie-breaker's result in, adjudicate. A text
     pair that differs is re-scored instead, on the registry's own runner, before the job
-    row is locked (a model pass takes a second or more) and settled on that evidence."""
-    rescored = _text_rescoring(job_id)
+    row is locked (a model pass takes a second or more) and settled on that evidence;
+    `may_rescore=False` says the caller knows no re-scoring can apply (saves its read)."""
+    rescored = _text_rescoring(job_id) if may_rescore else None
     with transaction.atomic():
         job = job_locked(job_id)
         if job is None:
@@ -71,6 +72,31 @@ def job_verify(*, job_id: object) -> Job | None:
             return job
         job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement")
     return job
+
+
+def verification_is_quick(job: Job) -> bool:
+    """Whether verifying the job (its results all in) is a comparison and a settlement,
+    no model pass: every family but text, and a text pair that answered identically."""
+    if not families.family_for(job.subnet.task_type).rescored_on_mismatch:
+        return True
+    if job.solo or job.state == JobState.ADJUDICATING:
+        return True  # nothing to re-score: one result, or a 2-of-3 vote
+    if job.honeypot_id is not None:
+        return False
+    hashes = job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).values_list(
+        "result_hash", flat=True
+    )
+    return len(set(hashes)) == 1
+
+
+def job_verify_now(*, job_id: object) -> None:
+    """Verify where the last result arrived; if that fails, the task does it again (and
+    failing there too, the sweeper finds the job still verifying)."""
+    try:
+        job_verify(job_id=job_id, may_rescore=False)  # quick: verification_is_quick said so
+    except Exception:
+        log.exception("job %s: verifying in place failed; queued for a worker", job_id)
+        effects.queue_task("verify_job", str(job_id))
 
 
 def _text_rescoring(job_id: object) -> dict[str, dict[str, Any]] | None:

@@ -195,6 +195,16 @@ def _trusted_runner(slug: str, task_type: str, model_checksum: str, sources: tup
         raise ServiceError("unsupported_task", f"subnet {slug}: {exc}") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _tokenizer_artifact(subnet_id: int, tokenizer_checksum: str) -> tuple[str, str] | None:
+    """(source, sha256) of the subnet's tokenizer, read once per process and pinned
+    checksum: submit asks for every job, and a subnet's artifacts are written with it (by
+    its package) and pinned by checksum."""
+    row = Artifact.objects.filter(subnet_id=subnet_id, role=Artifact.Role.TOKENIZER).values_list("source", "sha256")
+    found = row.first()
+    return (found[0], found[1]) if found else None
+
+
 @functools.lru_cache(maxsize=8)
 def _tokenizer(path: str, checksum: str) -> Any:
     from tokenizers import Tokenizer
@@ -223,11 +233,14 @@ def input_coverage_warnings(subnet: Subnet, inputs: dict[str, Any], *, threshold
     such text's vector from another's: the user is warned at submit (honeypots and
     sentinels remain the guard)."""
     texts = inputs.get("texts")
-    artifact = subnet.artifacts.filter(role=Artifact.Role.TOKENIZER).first()
-    if not family_for(subnet.task_type).tokenized_texts or not texts or artifact is None:
+    if not family_for(subnet.task_type).tokenized_texts or not texts:
         return []
-    package, _, path = artifact.source.partition(":")
-    tokenizer = _tokenizer(str(packaged_file(package, path)), artifact.sha256)
+    artifact = _tokenizer_artifact(subnet.pk, subnet.tokenizer_checksum)
+    if artifact is None:
+        return []
+    source, sha256 = artifact
+    package, _, path = source.partition(":")
+    tokenizer = _tokenizer(str(packaged_file(package, path)), sha256)
     unknown = tokenizer.token_to_id("[UNK]")
     warnings = []
     for index, text in enumerate(texts):

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench_quick(script: str, *, database_suffix: str, timeout: float) -> dict[str, Any]:
-    """Run `bench/<script> --quick`; its exit status must be 0, and its stdout's JSON report
-    is returned."""
+def bench_quick(script: str, *extra_args: str, database_suffix: str, timeout: float) -> dict[str, Any]:
+    """Run `bench/<script> --quick [extra_args]`; its exit status must be 0, and its stdout's
+    JSON report is returned."""
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     # Fails rather than skips elsewhere: the benchmarks are about PostgreSQL + Redis, which
     # scripts/test.sh (make test) always provides.
@@ -25,7 +25,7 @@ def bench_quick(script: str, *, database_suffix: str, timeout: float) -> dict[st
     database = urlsplit(database_url).path.lstrip("/") + database_suffix
     redis_db = urlsplit(redis_url).path.lstrip("/") or "0"
     done = subprocess.run(
-        [sys.executable, f"bench/{script}", "--quick", "--database", database, "--redis-db", redis_db],
+        [sys.executable, f"bench/{script}", "--quick", *extra_args, "--database", database, "--redis-db", redis_db],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -16,4 +16,22 @@ def test_throughput_quick_runs_clean():
     report = bench_quick("throughput.py", database_suffix="_throughput", timeout=400)
     assert report["checks"]["ok"], report["checks"]
     assert report["checks"]["jobs_settled"] == report["checks"]["jobs_total"] > 0
-    assert report["median"]["end_to_end_jobs_per_s"] > 0 and report["median"]["in_process_jobs_per_s"] > 0
+    median = report["median"]
+    assert median["end_to_end_jobs_per_s"] > 0 and median["in_process_jobs_per_s"] > 0
+    # Submissions one by one and in batches, all accepted, none a 5xx; their jobs settled too.
+    for phase in ("single", "batch"):
+        assert median["submissions"][phase]["jobs_per_s"] > 0
+        assert median["submissions"][phase]["http_5xx"] == 0
+    # The per-job counts come from the children (bim_site/sqlstats.py) and PostgreSQL.
+    assert median["end_to_end_postgres"]["statements_per_job"] > 0
+    assert median["end_to_end_postgres"]["transactions_per_job"] > 0
+    assert median["in_process_postgres"]["statements_per_job"] > 0
+
+
+def test_throughput_backlog_quick_runs_clean():
+    report = bench_quick("throughput.py", "--backlog", database_suffix="_backlog", timeout=300)
+    assert report["ok"] and report["ledger_violations"] == []
+    assert [row["backlog"] for row in report["sizes"]] == [10, 300]
+    assert all(row["dispatch_one_ms_p50"] > 0 for row in report["sizes"])
+    # The dispatcher reads the same statements whatever the backlog.
+    assert report["statements_ratio"] == 1.0

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 import bim_core.http
+from bim_core import protocol
 from bim_sdk import BimError, Client
 
 TOKEN = "t0ken"
@@ -244,28 +245,34 @@ def test_an_api_key_goes_as_bearer_and_a_token_as_token(server):
 
 
 def test_texts_are_split_into_jobs_with_keys_derived_from_one(server):
-    server.script.final = (201, {"id": "job-1", "state": "queued"})
+    server.script.final = (201, {"jobs": [{"id": f"job-{i}", "state": "queued"} for i in range(3)]})
 
     client(server.url).embed_many("embed-0", ["a", "b", "c", "d", "e"], batch_size=2, idempotency_key="run-7")
 
-    # Submitted at once, before any is waited on (the results are an iterator not yet read).
-    assert [r["body"]["inputs"]["texts"] for r in server.requests] == [["a", "b"], ["c", "d"], ["e"]]
-    assert [r["body"]["idempotency_key"] for r in server.requests] == ["run-7:0", "run-7:1", "run-7:2"]
+    # Submitted at once, in one batch request, before any is waited on (the results are an
+    # iterator not yet read).
+    assert [(r["method"], r["path"]) for r in server.requests] == [("POST", "/api/v1/jobs/batch/")]
+    jobs = server.requests[0]["body"]["jobs"]
+    assert [job["inputs"]["texts"] for job in jobs] == [["a", "b"], ["c", "d"], ["e"]]
+    assert [job["idempotency_key"] for job in jobs] == ["run-7:0", "run-7:1", "run-7:2"]
 
 
-def test_a_refused_batch_cancels_the_jobs_already_submitted(server):
+def test_a_refused_batch_cancels_the_jobs_already_submitted(server, monkeypatch):
+    monkeypatch.setattr(protocol, "JOBS_PER_BATCH_MAX", 2)  # two requests for three jobs
     server.script.failures = [
-        (201, {"id": "job-1", "state": "queued"}),
+        (201, {"jobs": [{"id": "job-1", "state": "queued"}, {"id": "job-2", "state": "queued"}]}),
         (402, {"code": "insufficient_credits", "detail": "not enough credits"}),
         (200, {"id": "job-1", "state": "failed"}),
+        (200, {"id": "job-2", "state": "failed"}),
     ]
 
     with pytest.raises(BimError) as refused:
-        client(server.url).embed_many("embed-0", ["a", "b", "c"], batch_size=2)
+        client(server.url).embed_many("embed-0", ["a", "b", "c"], batch_size=1)
 
     assert (refused.value.status, refused.value.code) == (402, "insufficient_credits")
     assert [(r["method"], r["path"]) for r in server.requests] == [
-        ("POST", "/api/v1/jobs/"),
-        ("POST", "/api/v1/jobs/"),
+        ("POST", "/api/v1/jobs/batch/"),
+        ("POST", "/api/v1/jobs/batch/"),
         ("POST", "/api/v1/jobs/job-1/cancel/"),
+        ("POST", "/api/v1/jobs/job-2/cancel/"),
     ]

@@ -166,7 +166,7 @@ def test_a_refused_call_exits_1_with_the_registrys_code(market, capsys):
     status, out, _ = bim(capsys, "embed", "no-such-subnet", "hello", "--json")
 
     assert status == EXIT_REFUSED
-    assert json.loads(out)["error"] == {"code": "unknown_subnet", "status": 404, "detail": "no active subnet 'no-such-subnet'"}
+    assert json.loads(out)["error"] == {"code": "unknown_subnet", "status": 404, "detail": "jobs[0]: no active subnet 'no-such-subnet'"}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,150 @@
+"""The coalesced dispatcher: one run per burst of events places waiting jobs in batches,
+keeps every node's queue limit within a batch, costs the same whatever the backlog, and
+verification of a cheap pair happens where its second result arrives."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from registry import dispatch, effects
+from registry.models import Assignment, AssignmentState, Job, JobState
+from registry.results import result_record
+from registry.submit import job_submit
+from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
+
+pytestmark = pytest.mark.django_db
+
+
+def queued_jobs(user, subnet, count: int, prefix: str = "k") -> list[Job]:
+    # Submitting queues a dispatcher run; here the test runs it itself.
+    with mock.patch.object(effects, "queue_task_coalesced"):
+        return [
+            job_submit(
+                user=user, subnet_slug=subnet.slug, inputs={"texts": [f"{prefix} {i}"]}, idempotency_key=f"{prefix}{i}"
+            )[0]
+            for i in range(count)
+        ]
+
+
+def test_one_run_places_every_waiting_job_oldest_first(settings):
+    settings.NODE_QUEUE_DEPTH = 64
+    subnet = SubnetFactory()
+    for _ in range(2):
+        online_node(subnet, jobs_agreed=20)  # past probation: a long queue
+    jobs = queued_jobs(user_with_credits(100), subnet, dispatch.DISPATCH_BATCH + 10)
+
+    placed = dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk)
+
+    assert placed == 2 * len(jobs)
+    assert set(Job.objects.values_list("state", flat=True)) == {JobState.DISPATCHED}
+
+
+def test_a_batch_fills_each_nodes_queue_to_its_limit_and_no_further(settings):
+    settings.NODE_QUEUE_DEPTH = 64
+    subnet = SubnetFactory()
+    for _ in range(2):
+        online_node(subnet)  # new nodes: probation allows 2 open offers each
+    jobs = queued_jobs(user_with_credits(100), subnet, 5)
+
+    assert dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk) == 4
+    states = [Job.objects.get(pk=job.pk).state for job in jobs]
+    assert states == [JobState.DISPATCHED] * 2 + [JobState.QUEUED] * 3
+
+
+def test_placing_one_job_costs_the_same_whatever_the_backlog(settings):
+    settings.NODE_QUEUE_DEPTH = 64
+    costs = {}
+    for backlog in (10, 60):  # each more than the queues hold plus the misses a run tries
+        subnet = SubnetFactory()
+        for _ in range(2):
+            online_node(subnet)
+        queued_jobs(user_with_credits(100), subnet, backlog, prefix=f"b{backlog}-")
+        dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk)  # both queues full (2 offers each)
+        open_offers = Assignment.objects.filter(job__subnet=subnet, state=AssignmentState.DISPATCHED)
+        first_per_node = {}
+        for pk, node_id in open_offers.order_by("dispatched_at", "pk").values_list("pk", "node_id"):
+            first_per_node.setdefault(node_id, pk)
+        Assignment.objects.filter(pk__in=first_per_node.values()).update(state=AssignmentState.SUBMITTED)
+
+        with CaptureQueriesContext(connection) as queries:
+            assert dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk) == 2
+        costs[backlog] = len(queries)
+
+    assert costs[60] == costs[10], costs
+
+
+def test_a_burst_of_events_queues_one_dispatcher_run_until_it_starts(django_capture_on_commit_callbacks):
+    task = mock.Mock()
+    with mock.patch.dict("celery.current_app.tasks", {"registry.tasks.dispatch_waiting": task}):
+        with django_capture_on_commit_callbacks(execute=True):
+            for _ in range(5):
+                effects.queue_task_coalesced("dispatch_waiting", "7")
+        assert task.delay.call_count == 1
+        effects.coalesced_task_started("dispatch_waiting", "7")
+        with django_capture_on_commit_callbacks(execute=True):
+            effects.queue_task_coalesced("dispatch_waiting", "7")  # an event while it runs: one more run
+            effects.queue_task_coalesced("dispatch_waiting", "8")  # another subnet: its own run
+    assert [c.args for c in task.delay.call_args_list] == [("7",), ("7",), ("8",)]
+    effects.coalesced_task_started("dispatch_waiting", "7")
+    effects.coalesced_task_started("dispatch_waiting", "8")
+
+
+def test_submitting_places_the_job_through_the_dispatcher_run(django_capture_on_commit_callbacks):
+    subnet = SubnetFactory()
+    for _ in range(2):
+        online_node(subnet)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job, _ = job_submit(
+            user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["a"]}, idempotency_key="k"
+        )
+
+    job.refresh_from_db()
+    assert job.state == JobState.DISPATCHED  # eager Celery ran the coalesced dispatch on commit
+    assert job.assignments.count() == 2
+
+
+def test_the_second_result_of_an_embedding_pair_settles_it_without_a_task():
+    subnet = SubnetFactory()
+    nodes = {keys.node.pk: keys for keys in (online_node(subnet), online_node(subnet))}
+    job, _ = job_submit(
+        user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="k"
+    )
+    dispatch.job_dispatch(job_id=job.id)
+    vectors = unit_vectors(2)
+
+    with mock.patch.object(effects, "queue_task") as queued:
+        for assignment in job.assignments.all():
+            keys = nodes[assignment.node_id]
+            result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+
+    job.refresh_from_db()
+    assert job.state == JobState.SETTLED
+    assert job.receipt["verification"]["path"] == "2-of-2"
+    assert not [c for c in queued.call_args_list if c.args[0] == "verify_job"]
+
+
+def test_a_failure_verifying_in_place_leaves_the_job_to_the_verify_task():
+    subnet = SubnetFactory()
+    nodes = {keys.node.pk: keys for keys in (online_node(subnet), online_node(subnet))}
+    job, _ = job_submit(
+        user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["a"]}, idempotency_key="k"
+    )
+    dispatch.job_dispatch(job_id=job.id)
+    vectors = unit_vectors(1)
+
+    with (
+        mock.patch("registry.verify.job_verify", side_effect=RuntimeError("boom")),
+        mock.patch.object(effects, "queue_task") as queued,
+    ):
+        for assignment in job.assignments.all():
+            keys = nodes[assignment.node_id]
+            result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+
+    job.refresh_from_db()
+    assert job.state == JobState.VERIFYING  # both results kept
+    assert ("verify_job", str(job.id)) in [c.args for c in queued.call_args_list]
