@@ -30,7 +30,8 @@ from .reputation import node_strike, reputation_record
 
 def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
     """Check and store a node's signed result; raises protocol.ProtocolError with a code
-    the node is told. When the pair is complete, verification is queued."""
+    the node is told. When the job's results are all in, it is verified and settled here
+    if that needs no model pass (`verify.verification_is_quick`), else queued for a worker."""
     fields = _result_fields(message)
     with transaction.atomic():
         assignment = (
