@@ -52,6 +52,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+# bench/ is on sys.path when this runs as a script, and bench/websockets.py would then be
+# imported for the websockets library (the node client uses it): off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from bench.hostile_node import STRATEGIES  # noqa: E402

@@ -32,6 +32,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
+# bench/ is on sys.path when this runs as a script, and bench/websockets.py would then be
+# imported for the websockets library (the node client uses it): off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from bench import sim_node  # noqa: E402

@@ -8,17 +8,33 @@
 * the transport's limit is the registry's, BIM_NODE_MAX_MESSAGE_BYTES (1 MiB - 1 KiB),
   unless `--websocket-max-message-size` says otherwise: the frame never reaches Python.
 
+And two for thousands of nodes reconnecting at once after a restart (bench/websockets.py):
+
+* TCP listens with a backlog of BIM_LISTEN_BACKLOG (4096; the kernel caps it at
+  net.core.somaxconn), not Twisted's 50: connections beyond the backlog had their SYNs
+  dropped and came back only after the client's retransmits (1 s, 3 s, 7 s, ...);
+* the application has BIM_WEBSOCKET_CONNECT_TIMEOUT_S (30) to accept a socket, not
+  daphne's 5 s: in such a storm the last sockets of the queue waited longer than that,
+  and each one dropped came back a second later to queue again;
+* autobahn pretty-prints its whole configuration on every new websocket for a debug
+  line, logged or not, a tenth of daphne's CPU in such a storm; it formats only when
+  autobahn logs at debug level.
+
 Takes daphne's arguments: python -m bim_site.serve -b 127.0.0.1 -p 8000 bim_site.asgi:application
 """
 
 from __future__ import annotations
 
 import os
+import pprint
 import sys
 from typing import Any
 
-from daphne import server
+import txaio
+from autobahn.websocket import protocol as autobahn_protocol
+from daphne import cli, server
 from daphne.cli import CommandLineInterface
+from daphne.endpoints import build_endpoint_description_strings
 from daphne.ws_protocol import WebSocketFactory
 
 
@@ -30,11 +46,30 @@ class ClosingWebSocketFactory(WebSocketFactory):
         super().setProtocolOptions(*args, **options)
 
 
+def pformat_when_debugging(value: Any) -> str:
+    """autobahn's `pformat`, whose every use is a debug line (or a debug object's str)."""
+    if txaio.get_global_log_level() in ("debug", "trace"):
+        return pprint.pformat(value)
+    return "(set autobahn's log level to debug to see this)"
+
+
+def endpoints_with_backlog(*args: Any, **kwargs: Any) -> list[str]:
+    backlog = int(os.environ.get("BIM_LISTEN_BACKLOG", "4096"))
+    return [
+        f"{endpoint}:backlog={backlog}" if endpoint.startswith("tcp:") else endpoint
+        for endpoint in build_endpoint_description_strings(*args, **kwargs)
+    ]
+
+
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024 - 1024  # bim_site.settings.NODE_MAX_MESSAGE_BYTES's default
 
 
 def main() -> None:
     server.WebSocketFactory = ClosingWebSocketFactory  # daphne.server builds its factory from this name
+    autobahn_protocol.pformat = pformat_when_debugging
+    cli.build_endpoint_description_strings = endpoints_with_backlog  # daphne's -b/-p become these
+    if not any(arg.startswith("--websocket_connect_timeout") for arg in sys.argv):
+        sys.argv[1:1] = ["--websocket_connect_timeout", os.environ.get("BIM_WEBSOCKET_CONNECT_TIMEOUT_S", "30")]
     if not any(arg.startswith("--websocket-max-message-size") for arg in sys.argv):
         limit = os.environ.get("BIM_NODE_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES))
         sys.argv[1:1] = ["--websocket-max-message-size", limit, "--websocket-max-frame-size", limit]

@@ -245,6 +245,12 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("BIM_CHANNEL_PREFIX", "bim"),
+            # One pool per process, not one per cache object (one per request or socket).
+            "OPTIONS": {
+                "pool_class": "bim_site.redis_pool.SharedConnectionPool",
+                "max_connections": env_int("BIM_REDIS_POOL_MAX", 50),
+                "timeout": 20,
+            },
         }
     }
 else:
@@ -366,6 +372,14 @@ LEDGER_MIN_WITHDRAWAL_MICRO = env_int("BIM_MIN_WITHDRAWAL_MICRO", 1_000_000)
 NODE_HEARTBEAT_S = env_int("BIM_NODE_HEARTBEAT_S", 10)
 NODE_STALE_S = env_int("BIM_NODE_STALE_S", 35)
 NODE_HELLO_TIMEOUT_S = env_int("BIM_NODE_HELLO_TIMEOUT_S", 10)
+# Node sockets' database work runs on this many threads per registry process
+# (registry/node_io.py), each holding a pooled connection for a call only: half the
+# database pool by default, the rest staying free for HTTP requests.
+NODE_DB_THREADS = env_int("BIM_NODE_DB_THREADS", max(1, env_int("BIM_DB_POOL_MAX", 8) // 2))
+# Channel-layer calls node sockets make at once per process (group add and discard):
+# below channels-redis's connection pool per event loop (redis-py's 100), which refuses
+# rather than waits.
+NODE_LAYER_SLOTS = env_int("BIM_NODE_LAYER_SLOTS", 50)
 # A node that reconnects within this many seconds of its last heartbeat keeps its open
 # assignments (a registry restart is not its fault); after it they go to other nodes.
 NODE_RECONNECT_GRACE_S = env_int("BIM_NODE_RECONNECT_GRACE_S", 30)

@@ -14,7 +14,7 @@ class RegistryConfig(AppConfig):
         # eager or not, needs them registered. Imported here, once the models are loaded.
         from ledger.checks import job_outcomes_register
 
-        from . import selectors, tasks  # noqa: F401
+        from . import lookups, selectors, tasks  # noqa: F401 (lookups: `__any` on every field)
 
         job_outcomes_register(selectors.job_hold_outcomes)
 

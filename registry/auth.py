@@ -1,23 +1,38 @@
 """Websocket authentication: an API token in the query string (what a headless node or a
-browser script can send; browsers cannot set headers on a WebSocket), else the session."""
+browser script can send; browsers cannot set headers on a WebSocket), else the session.
+
+A socket with a token is authenticated by the token alone: the session middleware would
+decide nothing (a token, when given, decides) and costs a trip to channels' one
+database thread per socket, which a restart's thousands of reconnecting nodes queued
+behind each other past daphne's connect timeout. Tokens are looked up together, on the node
+sockets' database threads (registry/node_io.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from rest_framework.authtoken.models import Token
 
+from .node_io import Coalesced
 
-@database_sync_to_async
-def _user_for_token(key: str) -> Any:
-    token = Token.objects.select_related("user").filter(key=key).first()
-    return token.user if token and token.user.is_active else AnonymousUser()
+
+def _token(scope: dict[str, Any]) -> str:
+    return parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
+
+
+def _users_for_tokens(keys: Sequence[str]) -> list[Any]:
+    users = {token.key: token.user for token in Token.objects.select_related("user").filter(key__any=set(keys))}
+    return [user if (user := users.get(key)) is not None and user.is_active else AnonymousUser() for key in keys]
+
+
+# Sockets opening at once (a registry restart) have their tokens looked up together.
+_user_for_token = Coalesced(_users_for_tokens, lambda key: _users_for_tokens([key])[0])
 
 
 class TokenAuthMiddleware:
@@ -25,15 +40,26 @@ class TokenAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        token = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
-        if token:
+        if token := _token(scope):
             scope = dict(scope, user=await _user_for_token(token))
         return await self.inner(scope, receive, send)
 
 
+class TokenOrSessionAuth:
+    """A socket with a token goes straight to the token's check; one without, through the
+    session stack."""
+
+    def __init__(self, inner: Any) -> None:
+        self.token_app = TokenAuthMiddleware(inner)
+        self.session_app = AuthMiddlewareStack(inner)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        app = self.token_app if _token(scope) else self.session_app
+        return await app(scope, receive, send)
+
+
 def TokenAuthMiddlewareStack(inner: Any) -> Any:  # noqa: N802 (mirrors AuthMiddlewareStack)
-    # Session auth runs first; a token, when given, decides.
-    return AuthMiddlewareStack(TokenAuthMiddleware(inner))
+    return TokenOrSessionAuth(inner)
 
 
 class BrowserOriginValidator(OriginValidator):

@@ -9,10 +9,10 @@ import json
 import logging
 import os
 import time
-import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
+from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import DataError, OperationalError
@@ -20,31 +20,31 @@ from django.utils import timezone
 
 from bim_core import protocol
 from bim_core.net import client_ip
-from subnets import selectors as subnet_selectors
 
-from . import benchmarks, metrics, presence, reputation, results, routing_index, tasks
-from .models import Node
+from . import benchmarks, hello, metrics, presence, reputation, results, routing_index, tasks
+from .node_io import Coalesced, db, group_change, layer
 
 log = logging.getLogger("bim.registry.ws")
 
 DB_ATTEMPTS = 3
 
+# Sockets that say hello, get ready or close at the same moment (a registry restart
+# brings every node back, a network blip drops many) are served in a few bulk
+# transactions, not one each; a lone socket costs what it did.
+_hellos = Coalesced(hello.nodes_hello, hello.node_hello)
+_readies = Coalesced(presence.nodes_ready, lambda ready: presence.nodes_ready([ready])[0])
+_heartbeats = Coalesced(presence.nodes_heartbeat, lambda session: presence.nodes_heartbeat([session])[0])
+_sessions_end = Coalesced(
+    presence.nodes_disconnect,
+    lambda session: presence.node_disconnect(node_id=session[0], channel_name=session[1], work_left=session[2]),
+)
 
-@database_sync_to_async
-def _node_owned_by(node_id: str, user: Any) -> Node | None:
-    try:
-        return Node.objects.filter(pk=uuid.UUID(node_id), owner=user).first()
-    except ValueError:
-        return None
-
-
-@database_sync_to_async
-def _welcome_subnets(node: Node) -> list[dict[str, str]]:
-    return [
-        {"slug": s.slug, "model_checksum": s.model_checksum, "manifest_url": subnet_selectors.manifest_url(s)}
-        for s in node.subnets.filter(is_active=True)
-    ]
-
+# Processes (channel-name prefixes) whose channel was found full, until when: a registry
+# process that reads its channel does not let it fill up, so a full one is gone (a
+# restart), and thousands of reconnecting nodes would each have their `node.replaced`
+# refused. A socket of such a process that is still open learns it was replaced at its
+# next heartbeat (node_heartbeat answers "replaced").
+_unread: dict[str, float] = {}
 
 CLEAN_CLOSE_CODES = frozenset({1000, 1001})
 
@@ -54,6 +54,22 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
     rate_limited = False
     closed_by_registry = False
     cut_off_for = ""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes "old" database connections before every message, on its one
+        # thread for sync code: every socket's every frame queued there (a restart's
+        # 5,000 hellos, 500 heartbeats a second). This consumer touches the database only
+        # through node_io.db, whose threads do that around each call.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # As channels' own, less the trip to its sync thread (see dispatch); this
+        # consumer joins no groups through `groups`: disconnect() leaves its own.
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
     async def connect(self) -> None:
         self.budget = protocol.TokenBucket(
@@ -79,24 +95,20 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         if timer is not None:
             timer.cancel()
         if self.node_id is not None:
-            await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
+            await group_change(("discard", f"node.{self.node_id}", self.channel_name))
             if code == protocol.CLOSE_MESSAGE_TOO_BIG and not self.cut_off_for:
                 # The transport refused a frame over its own limit before this consumer saw
                 # it (bim_site.serve makes that a 1009 close): as our own size check would.
                 self.cut_off_for = "node cut off: sent a frame over the size limit"
-                await database_sync_to_async(presence.node_cool_off)(self.node_id)
-                await database_sync_to_async(reputation.node_strike)(
-                    node_id=self.node_id, reason="sent a frame over the size limit"
-                )
+                await db(presence.node_cool_off)(self.node_id)
+                await db(reputation.node_strike)(node_id=self.node_id, reason="sent a frame over the size limit")
             # A clean close the node began itself (1000, 1001) leaves the work it holds, as
             # does being cut off for what it sent; an abnormal close (1006: the network, or
             # a registry going down) keeps the work for the reconnect grace.
             work_left = self.cut_off_for
             if not work_left and code in CLEAN_CLOSE_CODES and not self.closed_by_registry:
                 work_left = "node closed its socket holding the work"
-            await database_sync_to_async(presence.node_disconnect)(
-                node_id=self.node_id, channel_name=self.channel_name, work_left=work_left
-            )
+            await _sessions_end((self.node_id, self.channel_name, work_left))
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         self.closed_by_registry = True
@@ -109,8 +121,8 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         self.cut_off_for = f"node cut off: {reason}"
         try:
             if self.node_id is not None:
-                await database_sync_to_async(presence.node_cool_off)(self.node_id)
-                await database_sync_to_async(reputation.node_strike)(node_id=self.node_id, reason=reason)
+                await db(presence.node_cool_off)(self.node_id)
+                await db(reputation.node_strike)(node_id=self.node_id, reason=reason)
         finally:
             await self.close(code=code)
 
@@ -196,96 +208,93 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(message)
 
     async def on_hello(self, content: dict[str, Any]) -> None:
-        node_id = str(content.get("node_id", ""))
-        session_key_pub = str(content.get("session_key_pub", ""))
-        signature = str(content.get("signature", ""))
-        node = await _node_owned_by(node_id, self.scope["user"])
-        if node is None:
-            await self.close(code=protocol.CLOSE_UNKNOWN_NODE)
-            return
-        try:
-            protocol.parse_public_key(session_key_pub)
-        except protocol.ProtocolError:
-            await self.close(code=protocol.CLOSE_AUTH_FAILED)
-            return
-        signed = protocol.hello_message(node_id=str(node.id), nonce=self.nonce, session_key_pub=session_key_pub)
-        if not protocol.signature_valid(node.public_key, signature, signed):
-            await self.close(code=protocol.CLOSE_AUTH_FAILED)
-            return
+        # The hello came in time; how long the registry takes to check it is not the node's
+        # delay (in a reconnect storm the check may wait seconds for its batch).
         self.hello_timer.cancel()
-        if node.banned_until is not None and node.banned_until > timezone.now():
-            await self.close(code=protocol.CLOSE_BANNED, reason=f"banned until {node.banned_until.isoformat()}")
-            return
-        if cooling_off := await database_sync_to_async(presence.node_cooling_off_until)(node.id):
-            await self.close(code=protocol.CLOSE_RATE_LIMITED, reason=f"cut off; come back after {cooling_off.isoformat()}")
-            return
-        try:
-            replaced = await database_sync_to_async(presence.node_connect)(
-                node=node,
-                channel_name=self.channel_name,
-                session_key_pub=session_key_pub,
+        opened = await _hellos(
+            hello.HelloRequest(
+                user=self.scope["user"],
+                node_id=str(content.get("node_id", "")),
                 nonce=self.nonce,
-                session_cert=signature,
+                session_key_pub=str(content.get("session_key_pub", "")),
+                signature=str(content.get("signature", "")),
+                channel_name=self.channel_name,
                 ip=client_ip(self.scope),
             )
-        except protocol.ProtocolError:
-            await self.close(code=protocol.CLOSE_SESSION_KEY_REUSED)
+        )
+        if opened.close_code is not None:
+            await self.close(code=opened.close_code, reason=opened.close_reason)
             return
-        self.node_id = str(node.id)
-        await self.channel_layer.group_add(f"node.{self.node_id}", self.channel_name)
-        if replaced:
-            await self.channel_layer.send(replaced, {"type": "node.replaced"})
+        self.node_id = opened.node_id
+        group = f"node.{self.node_id}"
+        await group_change(("add", group, self.channel_name))
+        if opened.replaced:
+            await self._replace(group, opened.replaced)
         await self.send_json(
             {
                 "type": "welcome",
                 "node_id": self.node_id,
                 "heartbeat_s": settings.NODE_HEARTBEAT_S,
-                "subnets": await _welcome_subnets(node),
-                "assignments": await database_sync_to_async(presence.node_open_assignments)(node.id),
+                "subnets": opened.subnets,
+                "assignments": opened.assignments,
             }
         )
         log.info("node %s connected from %s", self.node_id, client_ip(self.scope))
+
+    async def _replace(self, group: str, replaced: str) -> None:
+        """The node's older session is over: its channel leaves the node's group (offers go
+        to this socket only), and its socket, if it is still open, is told to close. After a
+        registry restart that socket is gone with its process, whose channel then fills up
+        with these (ChannelFull): the message is only for a socket still there to read it,
+        and a process whose channel is full reads none (see `_unread`)."""
+        await group_change(("discard", group, replaced))
+        process = replaced.partition("!")[0]
+        if _unread.get(process, 0.0) > time.monotonic():
+            return
+        try:
+            await layer(self.channel_layer.send(replaced, {"type": "node.replaced"}))
+        except ChannelFull:
+            # Messages live `expiry` seconds there: until then every send would be refused.
+            _unread[process] = time.monotonic() + getattr(self.channel_layer, "expiry", 60)
 
     async def on_ready(self, content: dict[str, Any]) -> None:
         subnet = str(content.get("subnet", ""))
         max_concurrent = protocol.parse_int(
             content.get("max_concurrent", 1), "max_concurrent", low=1, high=protocol.MAX_CONCURRENT
         )
-        await database_sync_to_async(presence.node_ready)(
-            node_id=self.node_id,
-            subnet_slug=subnet,
-            model_checksum=str(content.get("model_checksum", "")),
-            max_concurrent=max_concurrent,
+        refused = await _readies(
+            presence.Ready(self.node_id, subnet, str(content.get("model_checksum", "")), max_concurrent)
         )
+        if refused is not None:
+            raise refused
         await self.send_json({"type": "ready_ok", "subnet": subnet})
 
     async def on_heartbeat(self, content: dict[str, Any]) -> None:
-        state = await database_sync_to_async(presence.node_heartbeat)(
-            node_id=self.node_id, channel_name=self.channel_name
-        )
+        state = await _heartbeats((self.node_id, self.channel_name))
         if state != "alive":
             await self.close(code=protocol.CLOSE_REPLACED if state == "replaced" else protocol.CLOSE_SESSION_ENDED)
             return
         await self.send_json({"type": "pong", "time": timezone.now().isoformat()})
-        await database_sync_to_async(tasks.embedded_beat)()
+        if settings.CELERY_TASK_ALWAYS_EAGER:  # embedded mode's beat (a no-op beside a worker: no trip to a thread)
+            await db(tasks.embedded_beat)()
 
     async def on_result(self, content: dict[str, Any]) -> None:
         content = {**content, "elapsed_ms": protocol.parse_elapsed_ms(content.get("elapsed_ms"))}
         try:
-            assignment = await database_sync_to_async(results.result_record)(node_id=self.node_id, message=content)
+            assignment = await db(results.result_record)(node_id=self.node_id, message=content)
         except protocol.ProtocolError as exc:
             # The refusal rolled its transaction back; its cost to the node is recorded apart.
-            await database_sync_to_async(results.result_refused)(node_id=self.node_id, message=content, code=exc.code)
+            await db(results.result_refused)(node_id=self.node_id, message=content, code=exc.code)
             raise
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
-        await database_sync_to_async(routing_index.speed_observe)(assignment_id=assignment.id)
+        await db(routing_index.speed_observe)(assignment_id=assignment.id)
 
     async def on_partial(self, content: dict[str, Any]) -> None:
         # Unacknowledged: a lost partial is overtaken by the next one, which holds all the text.
-        await database_sync_to_async(results.partial_record)(node_id=self.node_id, message=content)
+        await db(results.partial_record)(node_id=self.node_id, message=content)
 
     async def on_benchmark_result(self, content: dict[str, Any]) -> None:
-        benchmark = await database_sync_to_async(benchmarks.benchmark_record)(node_id=self.node_id, message=content)
+        benchmark = await db(benchmarks.benchmark_record)(node_id=self.node_id, message=content)
         await self.send_json(
             {
                 "type": "benchmark_ok",
@@ -296,7 +305,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def on_job_failed(self, content: dict[str, Any]) -> None:
-        await database_sync_to_async(results.assignment_give_up)(
+        await db(results.assignment_give_up)(
             node_id=self.node_id,
             assignment_id=str(content.get("assignment_id", "")),
             reason=str(content.get("reason", ""))[:150],

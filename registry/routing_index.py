@@ -91,6 +91,17 @@ def presence_set(node_id: object, *, channel: str, seen: datetime, written: date
     )
 
 
+def presence_set_many(entries: dict[Any, tuple[str, datetime]], *, seen: datetime) -> None:
+    """`presence_set` for many nodes ({node_id: (channel, written)}) in one round trip."""
+    cache.set_many(
+        {
+            presence_key(node_id): {"channel": channel, "seen": seen.timestamp(), "written": written.timestamp()}
+            for node_id, (channel, written) in entries.items()
+        },
+        timeout=max(3600, settings.NODE_STALE_S * 10),
+    )
+
+
 def timestamp_utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=UTC)
 

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -367,3 +367,23 @@ def _acceptances_standing(*, user: AbstractBaseUser, subnet: Subnet) -> QuerySet
 def eula_accepted(*, user: AbstractBaseUser, subnet: Subnet) -> bool:
     """The user opted into this subnet and the license has not changed since."""
     return _acceptances_standing(user=user, subnet=subnet).exists()
+
+
+def eulas_accepted(pairs: Iterable[tuple[Any, Subnet]]) -> set[tuple[Any, int]]:
+    """Of (user id, subnet) pairs, those for which `eula_accepted` holds, in one query (a
+    registry restart brings thousands of nodes back at once)."""
+    pairs = list(pairs)
+    if not pairs:
+        return set()
+    standing = set(
+        EulaAcceptance.objects.filter(
+            user_id__in={user_id for user_id, _ in pairs},
+            subnet_id__in={subnet.pk for _, subnet in pairs},
+            withdrawn_at__isnull=True,
+        ).values_list("user_id", "subnet_id", "license_id", "license_version")
+    )
+    return {
+        (user_id, subnet.pk)
+        for user_id, subnet in pairs
+        if (user_id, subnet.pk, subnet.license_id, subnet.license.version) in standing
+    }

@@ -32,6 +32,16 @@ def _eager_celery():
 
 
 @pytest.fixture(autouse=True)
+def _node_db_calls_done():
+    """Node sockets' database calls run on threads of their own (registry.node_io): one a
+    test's event loop left behind must finish before the next test's database is set."""
+    yield
+    from registry import node_io
+
+    node_io.db_threads_join()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_routing_index():
     """Each test's database starts over, so no routing index or cached account may outlive it."""
     from ledger.accounts import account_cache_clear
