@@ -21,7 +21,7 @@ from django.utils import timezone
 from bim_core import protocol
 from bim_core.net import client_ip
 
-from . import benchmarks, hello, metrics, presence, reputation, results, routing_index, tasks
+from . import benchmarks, cool_off, hello, metrics, presence, reputation, results, routing_index, tasks
 from .node_io import Coalesced, db, group_change, layer
 
 log = logging.getLogger("bim.registry.ws")
@@ -100,7 +100,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
                 # The transport refused a frame over its own limit before this consumer saw
                 # it (bim_site.serve makes that a 1009 close): as our own size check would.
                 self.cut_off_for = "node cut off: sent a frame over the size limit"
-                await db(presence.node_cool_off)(self.node_id)
+                await db(cool_off.node_cool_off)(self.node_id)
                 await db(reputation.node_strike)(node_id=self.node_id, reason="sent a frame over the size limit")
             # A clean close the node began itself (1000, 1001) leaves the work it holds, as
             # does being cut off for what it sent; an abnormal close (1006: the network, or
@@ -121,7 +121,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         self.cut_off_for = f"node cut off: {reason}"
         try:
             if self.node_id is not None:
-                await db(presence.node_cool_off)(self.node_id)
+                await db(cool_off.node_cool_off)(self.node_id)
                 await db(reputation.node_strike)(node_id=self.node_id, reason=reason)
         finally:
             await self.close(code=code)

@@ -25,8 +25,9 @@ from bim_core import protocol
 from subnets import selectors as subnet_selectors
 from subnets.models import Subnet
 
+from .cool_off import nodes_cooling_off_until
 from .models import Assignment, AssignmentState, Node, NodeSubnet
-from .presence import Connect, nodes_connect, nodes_cooling_off_until
+from .presence import Connect, nodes_connect
 
 
 @dataclass(frozen=True)

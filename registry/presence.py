@@ -220,32 +220,6 @@ def _nodes_update(fields: Sequence[str], rows: dict[Any, list[Any]]) -> None:
         cursor.executemany(sql, params)
 
 
-def _cool_off_key(node_id: object) -> str:
-    return f"bim:cool-off:{node_id}"
-
-
-def node_cool_off(node_id: object) -> None:
-    """The registry cut the node off for what it sent (a flood, a frame over the limit):
-    its hellos are refused for NODE_CUT_OFF_COOL_OFF_S, so a flooder cannot be back in a
-    second to flood again (each round costs every other node CPU)."""
-    until = timezone.now() + timedelta(seconds=settings.NODE_CUT_OFF_COOL_OFF_S)
-    cache.set(_cool_off_key(node_id), until.timestamp(), timeout=settings.NODE_CUT_OFF_COOL_OFF_S)
-
-
-def nodes_cooling_off_until(node_ids: Sequence[object]) -> dict[Any, datetime]:
-    """Of `node_ids`, those cooling off, with until when (one cache round trip)."""
-    keys = {_cool_off_key(node_id): node_id for node_id in node_ids}
-    now = timezone.now().timestamp()
-    return {keys[key]: timestamp_utc(until) for key, until in cache.get_many(list(keys)).items() if until > now}
-
-
-def node_cooling_off_until(node_id: object) -> datetime | None:
-    until = cache.get(_cool_off_key(node_id))
-    if until is None or until <= timezone.now().timestamp():
-        return None
-    return timestamp_utc(until)
-
-
 def session_keys_prune() -> int:
     """Forget session keys certified more than SESSION_KEY_RETENTION_DAYS ago. A key is
     remembered so that a result signed in one session never verifies in another; every
