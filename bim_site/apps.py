@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 from django.db import connections
 from django.db.models.signals import post_migrate
 
@@ -12,9 +13,17 @@ class BimSiteConfig(AppConfig):
     database triggers that every migrate must leave in place."""
 
     name = "bim_site"
+    default = True  # BimAdminConfig below is installed by its own dotted path
 
     def ready(self) -> None:
         post_migrate.connect(_triggers_back, dispatch_uid="bim_site.triggers_back")
+
+
+class BimAdminConfig(admin_apps.AdminConfig):
+    """django.contrib.admin with the market's dashboard as its index (bim_site/admin_site.py)."""
+
+    default = False
+    default_site = "bim_site.admin_site.BimAdminSite"
 
 
 def _triggers_back(sender: Any, using: str = "default", **kwargs: Any) -> None:

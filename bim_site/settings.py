@@ -126,7 +126,7 @@ CONTENT_SECURITY_POLICY = env_str(
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "bim_site.apps.BimAdminConfig",  # django.contrib.admin, its index the market dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

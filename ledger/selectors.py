@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet, Sum
 
-from .models import Account, AccountKind, Withdrawal
+from .models import Account, AccountKind, PendingDelta, Withdrawal
 
 
 def balance_totals(*, user: AbstractBaseUser | None = None, node_ids: Iterable[object] = ()) -> dict[str, int]:
@@ -43,3 +43,17 @@ def nodes_with_escrow(*, node_ids: Iterable[object], required: int) -> set[objec
 
 def withdrawal_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Withdrawal]:
     return Withdrawal.objects.filter(requested_by=user).order_by("-created_at")
+
+
+def totals_by_kind() -> dict[str, int]:
+    """Every account kind's summed balance in micro-credits, pending legs of the append-only
+    accounts included (the registry's revenue and the clearing account take most legs
+    there), in two aggregate queries: what operators watch (credits held for jobs, escrow,
+    revenue) and the books' first invariant (the kinds sum to zero)."""
+    totals = {kind: 0 for kind in AccountKind.values}
+    for kind, total in Account.objects.values("kind").annotate(s=Sum("balance")).values_list("kind", "s"):
+        totals[kind] += total or 0
+    pending = PendingDelta.objects.values("account__kind").annotate(s=Sum("amount"))
+    for kind, total in pending.values_list("account__kind", "s"):
+        totals[kind] += total or 0
+    return totals

@@ -7,7 +7,7 @@ from django.utils.html import format_html
 
 from ledger.admin import ReadOnlyMixin
 
-from . import reputation
+from . import dashboard, reputation
 from .models import (
     AgreementStat,
     Assignment,
@@ -141,10 +141,25 @@ class JobEventInline(admin.TabularInline):
         return False
 
 
+class VerificationPathFilter(admin.SimpleListFilter):
+    """How a job was decided (its verification record's path): the dashboard's
+    verification figures link here."""
+
+    title = "verification"
+    parameter_name = "path"
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return dashboard.VERIFICATION_PATHS
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        if self.value():
+            return queryset.filter(verification__path=self.value())
+        return queryset
+
+
 @admin.register(Job)
 class JobAdmin(HistoryAdmin):
     list_display = ["id", "subnet", "user", "state", "item_count", "price_micro", "created_at", "finished_at"]
-    list_filter = ["state", "subnet"]
+    list_filter = ["state", VerificationPathFilter, "subnet"]
     search_fields = ["id", "user__username", "idempotency_key", "contract_hash"]
     list_select_related = ["subnet", "user"]
     date_hierarchy = "created_at"
