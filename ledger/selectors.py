@@ -1,14 +1,17 @@
 """Reads of the ledger for the layers above it: balances by owner, escrow levels, a user's
-withdrawals. Nodes are named by the opaque ids the caller holds."""
+withdrawals, totals and the last invariant check for /metrics. Nodes are named by the
+opaque ids the caller holds."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db.models import QuerySet, Sum
 
-from .models import Account, AccountKind, Withdrawal
+from .checks import LAST_CHECK_KEY, CheckRecord
+from .models import NODE_KINDS, USER_KINDS, Account, AccountKind, Withdrawal
 
 
 def balance_totals(*, user: AbstractBaseUser | None = None, node_ids: Iterable[object] = ()) -> dict[str, int]:
@@ -43,3 +46,20 @@ def nodes_with_escrow(*, node_ids: Iterable[object], required: int) -> set[objec
 
 def withdrawal_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Withdrawal]:
     return Withdrawal.objects.filter(requested_by=user).order_by("-created_at")
+
+
+def balance_totals_by_kind() -> dict[str, int]:
+    """Micro-credits held in all user and node accounts, by kind (credits, holds of open
+    jobs, earnings, escrow), every kind present: one grouped query over those accounts.
+    Stored balances are whole for them (only system accounts have pending legs)."""
+    kinds = sorted(USER_KINDS | NODE_KINDS)
+    totals = dict.fromkeys(kinds, 0)
+    rows = Account.objects.filter(kind__in=kinds).values("kind").annotate(s=Sum("balance"))
+    totals.update({kind: total or 0 for kind, total in rows.values_list("kind", "s")})
+    return totals
+
+
+def ledger_check_last() -> CheckRecord | None:
+    """When the last full invariant check ran and how many violations it found (None before
+    the first, or when the cache lost it)."""
+    return cache.get(LAST_CHECK_KEY)
