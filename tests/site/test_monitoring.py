@@ -217,3 +217,44 @@ def test_the_dashboard_and_the_alerts_use_only_exported_metrics(scraper, django_
     assert {"bim_jobs_open", "bim_nodes_online", "bim_ledger_violations", "bim_job_settle_seconds_bucket"} <= used
     # Every panel queries through the dashboard's datasource variable, not a fixed uid.
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
+
+
+# ------------------------------------------------------------------ the launchers and the check
+
+
+def test_a_process_group_gives_its_children_an_emptied_metrics_directory(tmp_path):
+    from bim_site.processes import ProcessGroup
+
+    stale = tmp_path / "logs" / "prometheus" / "counter_12345.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's counts")
+    env = {"PATH": "/usr/bin"}
+    group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
+    assert group.env["PROMETHEUS_MULTIPROC_DIR"] == str(stale.parent)
+    assert stale.parent.is_dir() and not stale.exists()
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env  # the caller's dict is left alone
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_recorded_check_reads_one_snapshot_of_the_books(monkeypatch):
+    """Outside any transaction (beat's worker), the check opens its own, REPEATABLE READ and
+    read-only: a settlement committing between two of its queries cannot look like a violation."""
+    from django.db import connection
+
+    from ledger import checks
+
+    seen = []
+
+    def violations() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW transaction_isolation")
+            seen.append(cursor.fetchone()[0])
+            cursor.execute("SHOW transaction_read_only")
+            seen.append(cursor.fetchone()[0])
+        return []
+
+    monkeypatch.setattr(checks, "ledger_violations", violations)
+    assert not connection.in_atomic_block
+    assert checks.ledger_check_record() == []
+    assert seen == ["repeatable read", "on"]
+    assert not connection.in_atomic_block
