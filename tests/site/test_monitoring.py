@@ -133,6 +133,19 @@ def test_gauges_read_nodes_queues_and_balances_from_the_database(scraper):
 
 
 @pytest.mark.django_db
+def test_a_scrape_costs_five_grouped_queries_however_big_the_market(django_assert_num_queries):
+    from bim_site.gauges import DatabaseCollector
+
+    for _ in range(3):
+        subnet = SubnetFactory()
+        online_node(subnet)
+        submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a"]}, idempotency_key="c")
+    with django_assert_num_queries(5):
+        families = list(DatabaseCollector().collect())
+    assert {f.name for f in families} >= {"bim_nodes_online", "bim_nodes_routable", "bim_jobs_open", "bim_ledger_balance_micro_credits"}
+
+
+@pytest.mark.django_db
 def test_the_ledger_gauges_report_the_last_full_check(scraper):
     cache.delete(LAST_CHECK_KEY)
     assert "bim_ledger_violations" not in scraper()  # no check yet: absent, not a reassuring 0
