@@ -8,6 +8,7 @@ Content-Security-Policy allows no inline script, which a charting library would 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,7 +18,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
 from bim_core.money import micro_to_text
-from ledger.selectors import totals_by_kind
+from ledger.selectors import ledger_check_last, totals_by_kind
 from registry.dashboard import Figure, HourColumn, MarketHealth, market_health
 
 CHART_HEIGHT = 96  # px of the hourly chart's tallest column
@@ -81,6 +82,7 @@ def _hour_columns(request: HttpRequest, hours: list[HourColumn]) -> dict[str, An
 
 def _ledger(request: HttpRequest) -> dict[str, Any]:
     totals = totals_by_kind()
+    last_check = ledger_check_last()  # the periodic full invariant check (ledger.tasks)
     shown = [
         ("user_hold", "held for jobs in flight"),
         ("node_escrow", "escrow held"),
@@ -96,13 +98,22 @@ def _ledger(request: HttpRequest) -> dict[str, Any]:
             for kind, label in shown
         ],
         "accounts_href": _admin_list(request, "ledger.account", {}),
+        "last_check": None
+        if last_check is None
+        else {"violations": last_check["violations"], "at": datetime.fromtimestamp(last_check["checked_at"], tz=UTC)},
     }
 
 
 def dashboard_context(request: HttpRequest, health: MarketHealth) -> dict[str, Any]:
+    ledger = _ledger(request)
+    attention = list(health.attention)
+    if not ledger["balanced"]:
+        attention.insert(0, f"the ledger's accounts sum to {ledger['imbalance']} credits, not zero")
+    if ledger["last_check"] and ledger["last_check"]["violations"]:
+        attention.insert(0, f"the last full ledger check found {ledger['last_check']['violations']} violation(s)")
     return {
         "at": health.at,
-        "attention": health.attention,
+        "attention": attention,
         "online_nodes": _bars(request, health.online_nodes),
         "online_total": sum(f.value for f in health.online_nodes),
         "jobs_by_state": {window: _bars(request, figures) for window, figures in health.jobs_by_state.items()},
@@ -115,7 +126,7 @@ def dashboard_context(request: HttpRequest, health: MarketHealth) -> dict[str, A
         "expiries": _bars(request, health.expiries),
         "honeypot_catches": _bars(request, [health.honeypot_catches])[0],
         "disputes_waiting": _bars(request, [health.disputes_waiting])[0],
-        "ledger": _ledger(request),
+        "ledger": ledger,
     }
 
 

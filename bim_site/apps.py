@@ -4,6 +4,7 @@ from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
 from django.db import connections
 from django.db.models.signals import post_migrate
+from prometheus_client import disable_created_metrics
 
 from .db_triggers import triggers_reinstall
 
@@ -17,6 +18,9 @@ class BimSiteConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_triggers_back, dispatch_uid="bim_site.triggers_back")
+        # /metrics without prometheus_client's `_created` series: a creation timestamp per
+        # label set of every counter and histogram, doubling the output for nothing we graph.
+        disable_created_metrics()
 
 
 class BimAdminConfig(admin_apps.AdminConfig):

@@ -4,6 +4,7 @@ loopback: shared by `make demo`, the end-to-end tests and the benchmarks."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,11 @@ def free_port() -> int:
 
 @dataclass
 class ProcessGroup:
-    """Children started together and stopped together (SIGTERM, then SIGKILL)."""
+    """Children started together and stopped together (SIGTERM, then SIGKILL).
+
+    Their metrics are one registry's: every child gets PROMETHEUS_MULTIPROC_DIR, a directory
+    of the group's own emptied when the group is made, so a registry's /metrics adds up
+    what its daphne processes and workers counted, and nothing of an earlier run."""
 
     log_dir: Path
     env: dict[str, str]
@@ -41,6 +46,13 @@ class ProcessGroup:
     _argv: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _stopping: bool = False
+    metrics_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics_dir = self.log_dir / "prometheus"
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
+        self.env = {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         with self._lock:

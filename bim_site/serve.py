@@ -25,6 +25,7 @@ Takes daphne's arguments: python -m bim_site.serve -b 127.0.0.1 -p 8000 bim_site
 
 from __future__ import annotations
 
+import atexit
 import os
 import pprint
 import sys
@@ -36,6 +37,7 @@ from daphne import cli, server
 from daphne.cli import CommandLineInterface
 from daphne.endpoints import build_endpoint_description_strings
 from daphne.ws_protocol import WebSocketFactory
+from prometheus_client import multiprocess
 
 
 class ClosingWebSocketFactory(WebSocketFactory):
@@ -65,6 +67,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024 - 1024  # bim_site.settings.NODE_MAX_MES
 
 
 def main() -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Multiprocess metrics: this process's live gauges end with it (its counters stay).
+        atexit.register(multiprocess.mark_process_dead, os.getpid())
     server.WebSocketFactory = ClosingWebSocketFactory  # daphne.server builds its factory from this name
     autobahn_protocol.pformat = pformat_when_debugging
     cli.build_endpoint_description_strings = endpoints_with_backlog  # daphne's -b/-p become these

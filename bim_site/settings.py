@@ -97,6 +97,15 @@ else:
 BIM_METRICS_TOKEN = env_str("BIM_METRICS_TOKEN")
 BIM_METRICS_PUBLIC = env_bool("BIM_METRICS_PUBLIC", False)
 
+# Metrics of every process (docs/monitoring.md): where several processes serve one registry
+# (daphne processes, Celery workers), each writes its counters and histograms to files in
+# PROMETHEUS_MULTIPROC_DIR and /metrics adds them up. One directory shared by all of them,
+# emptied before they start (bim_site/processes.py does both for the processes it runs);
+# made here if missing, since prometheus_client writes there from the first metric.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+
 # Content-Security-Policy of every page (bim_site/middleware.py). The contributor page needs
 # same-origin module scripts and workers ('self'; blob: for workers onnxruntime-web may start),
 # WebAssembly compilation ('wasm-unsafe-eval', not 'unsafe-eval'), same-origin fetches and its
@@ -269,6 +278,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "registry-sweep": {"task": "registry.tasks.sweep", "schedule": 5.0},
     "ledger-rollup": {"task": "ledger.tasks.pending_rollup", "schedule": 5.0},
+    # The full invariant check reads every account and priced job: minutes apart, not seconds.
+    "ledger-check": {"task": "ledger.tasks.invariants_check", "schedule": float(env_int("BIM_LEDGER_CHECK_S", 600))},
     "registry-benchmarks": {"task": "registry.tasks.benchmarks_due", "schedule": 60.0},
     "registry-honeypots": {"task": "registry.tasks.honeypots_issue_due", "schedule": 60.0},
     "registry-sentinels": {"task": "registry.tasks.sentinels_run", "schedule": 300.0},
@@ -367,6 +378,12 @@ LEDGER_POST_IN_DATABASE = env_bool("BIM_LEDGER_POST_IN_DATABASE", True)
 
 # Withdrawals below this are refused (1 credit).
 LEDGER_MIN_WITHDRAWAL_MICRO = env_int("BIM_MIN_WITHDRAWAL_MICRO", 1_000_000)
+
+# A job whose results are all in is verified and settled where its last result arrived
+# (registry/results.py) when that is a comparison, no model pass: it saves a round trip
+# through the broker. BIM_VERIFY_IN_PLACE=0 sends every verification to the Celery workers,
+# leaving daphne to its sockets.
+VERIFY_IN_PLACE = env_bool("BIM_VERIFY_IN_PLACE", True)
 
 # Presence: a node that has not spoken for this long is treated as gone.
 NODE_HEARTBEAT_S = env_int("BIM_NODE_HEARTBEAT_S", 10)

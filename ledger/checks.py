@@ -1,15 +1,21 @@
-"""The ledger's invariants, checked in full: used by `manage.py ledger_check` and after
-every ledger test. Returns the violations found (empty when the books are sound).
+"""The ledger's invariants, checked in full: used by `manage.py ledger_check`, by Celery beat
+(`ledger_check_record`, whose last outcome /metrics reports) and after every ledger test.
+Returns the violations found (empty when the books are sound).
 
 Each priced job's hold must end exactly once, the way its job ended. The ledger knows jobs
 only by id, so the registry tells it how its jobs ended through `job_outcomes_register`."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Literal, TypedDict
 
+from django.core.cache import cache
+from django.db import connection, transaction
 from django.db.models import Count, Sum
 
 from .models import (
@@ -29,6 +35,8 @@ JobOutcome = Literal["open", "settled", "ended"]
 JobOutcomes = Callable[[], Iterable[tuple[object, int, JobOutcome]]]
 
 _job_outcomes: JobOutcomes | None = None
+
+log = logging.getLogger("bim.ledger.checks")
 
 
 def job_outcomes_register(source: JobOutcomes) -> None:
@@ -171,3 +179,40 @@ def _job_hold_violations(jobs: Iterable[tuple[object, int, JobOutcome]]) -> list
         elif outcome == "open" and (captures or releases):
             problems.append(f"open job {job} already has captures or releases")
     return problems
+
+
+# The last full check's outcome, for /metrics: a scrape must not rescan the books. In the
+# shared cache (Redis), so the worker whose beat ran the check and every daphne scraped
+# report the same; lost with the cache, it is back at the next check (and an alert on its
+# age or absence says when checks stop).
+LAST_CHECK_KEY = "ledger:last-check"
+
+
+class CheckRecord(TypedDict):
+    checked_at: float  # Unix time
+    violations: int
+
+
+def ledger_check_record() -> list[str]:
+    """Check the whole ledger on one snapshot, log each violation and remember the outcome."""
+    with _snapshot():
+        problems = ledger_violations()
+    for problem in problems:
+        log.error("ledger invariant violated: %s", problem)
+    record: CheckRecord = {"checked_at": time.time(), "violations": len(problems)}
+    cache.set(LAST_CHECK_KEY, record, timeout=None)
+    return problems
+
+
+@contextmanager
+def _snapshot() -> Iterator[None]:
+    """One transaction that sees one state of the books: the check's queries run one after
+    another while settlements commit, and at PostgreSQL's default READ COMMITTED a transfer
+    landing between two of them reads as a violation that is not there. Inside a caller's
+    transaction (a test's) the snapshot is the caller's: SET TRANSACTION must come first."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield

@@ -1,13 +1,16 @@
 """Reads of the ledger for the layers above it: balances by owner, escrow levels, a user's
-withdrawals. Nodes are named by the opaque ids the caller holds."""
+withdrawals, totals and the last invariant check for /metrics. Nodes are named by the
+opaque ids the caller holds."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 from django.db.models import QuerySet, Sum
 
+from .checks import LAST_CHECK_KEY, CheckRecord
 from .models import Account, AccountKind, PendingDelta, Withdrawal
 
 
@@ -57,3 +60,9 @@ def totals_by_kind() -> dict[str, int]:
     for kind, total in pending.values_list("account__kind", "s"):
         totals[kind] += total or 0
     return totals
+
+
+def ledger_check_last() -> CheckRecord | None:
+    """When the last full invariant check ran and how many violations it found (None before
+    the first, or when the cache lost it)."""
+    return cache.get(LAST_CHECK_KEY)

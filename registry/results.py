@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
@@ -31,7 +32,8 @@ from .reputation import node_strike, reputation_record
 def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
     """Check and store a node's signed result; raises protocol.ProtocolError with a code
     the node is told. When the job's results are all in, it is verified and settled here
-    if that needs no model pass (`verify.verification_is_quick`), else queued for a worker."""
+    if that needs no model pass (`verify.verification_is_quick`) and settings.VERIFY_IN_PLACE,
+    else queued for a worker."""
     fields = _result_fields(message)
     with transaction.atomic():
         assignment = (
@@ -65,7 +67,7 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         )
         if complete and assignment.role != AssignmentRole.C:
             job_transition(job, JobState.VERIFYING, detail="solo result in" if job.solo else "both results in")
-        verify_here = complete and verify.verification_is_quick(job)
+        verify_here = complete and settings.VERIFY_IN_PLACE and verify.verification_is_quick(job)
         if complete and not verify_here:
             effects.queue_task("verify_job", str(job.id))
     metrics.results_received.inc()

@@ -97,3 +97,30 @@ def subnets_capacity(subnet_ids: list[int]) -> dict[int, dict[str, Any]]:
             "wait_estimate_s": estimate,
         }
     return capacity
+
+
+OPEN_JOB_STATES = (JobState.QUEUED, JobState.DISPATCHED, JobState.VERIFYING, JobState.ADJUDICATING)
+
+
+def market_counts() -> dict[str, dict[tuple[str, ...], int]]:
+    """What /metrics reports about the market at scrape time, in three grouped queries:
+    online nodes by (subnet slug, backend), routable ones (model ready, benchmarked, not
+    banned) by subnet, and open jobs by (subnet, state). Only groups that have any."""
+    now = timezone.now()
+    unbanned = Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now)
+    online = NodeSubnet.objects.filter(node__is_online=True)
+    by_backend = online.values("subnet__slug", "node__backend").annotate(n=Count("node_id"))
+    routable = (
+        online.filter(unbanned, ready_at__isnull=False, score__gt=0).values("subnet__slug").annotate(n=Count("node_id"))
+    )
+    # The (state, expires_at) index finds the open jobs; settled ones are never read.
+    jobs = Job.objects.filter(state__in=OPEN_JOB_STATES).values("subnet__slug", "state").annotate(n=Count("id"))
+    nodes_online: dict[tuple[str, ...], int] = {}
+    for row in by_backend:
+        key = (row["subnet__slug"], row["node__backend"] or "unknown")  # a node that has not said hello yet
+        nodes_online[key] = nodes_online.get(key, 0) + row["n"]
+    return {
+        "nodes_online": nodes_online,
+        "nodes_routable": {(r["subnet__slug"],): r["n"] for r in routable},
+        "jobs_open": {(r["subnet__slug"], r["state"]): r["n"] for r in jobs},
+    }

@@ -70,7 +70,7 @@ def job_settle_solo(job: Job, solo: Assignment) -> None:
     verification = {"path": "solo", **verdict.as_dict(), "price_micro": amount}
     receipt = receipt_build(job, [solo], verdict, transfers, "solo")
     job_transition(job, JobState.SETTLED, detail="solo (adaptive replication)", verification=verification, receipt=receipt)
-    metrics.jobs_settled.labels(subnet=subnet.slug).inc()
+    metrics.job_settled_record(subnet_slug=subnet.slug, created_at=job.created_at)
 
 
 def job_settle_agreed(
@@ -100,7 +100,7 @@ def job_settle_agreed(
         job, list(majority), verdict, transfers, verification["path"], verification.get("rescoring")
     )
     job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
-    metrics.jobs_settled.labels(subnet=job.subnet.slug).inc()
+    metrics.job_settled_record(subnet_slug=subnet.slug, created_at=job.created_at)
 
 
 def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[int, int, int]) -> list[Any]:

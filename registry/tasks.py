@@ -8,6 +8,7 @@ import time
 from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError
+from django.utils.module_loading import import_string
 
 from . import benchmarks, dispatch, effects, honeypots, presence, sentinels, sweeper, verify
 
@@ -59,7 +60,13 @@ def session_keys_prune() -> int:
 log = logging.getLogger("bim.registry.tasks")
 
 # The beat entries embedded mode runs itself (the sweeper has its own, faster due-check).
-EMBEDDED_BEAT = ("registry-benchmarks", "registry-honeypots", "registry-sentinels", "registry-session-keys")
+EMBEDDED_BEAT = (
+    "registry-benchmarks",
+    "registry-honeypots",
+    "registry-sentinels",
+    "registry-session-keys",
+    "ledger-check",
+)
 _beat_last_run: dict[str, float] = {}
 
 
@@ -80,7 +87,7 @@ def embedded_beat() -> list[str]:
         if now - _beat_last_run.get(name, -math.inf) < float(entry["schedule"]):
             continue
         _beat_last_run[name] = now
-        task = globals()[entry["task"].rsplit(".", 1)[1]]
+        task = import_string(entry["task"])
         try:
             task()
         except Exception:

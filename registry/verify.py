@@ -150,7 +150,7 @@ def _compare(job: Job, first: Assignment, second: Assignment) -> Verdict:
         selectors.assignment_result(second),
         job.contract["tolerances"],
     )
-    metrics.verifications.labels(passed=str(verdict.passed).lower()).inc()
+    metrics.verification_record(subnet_slug=job.subnet.slug, passed=verdict.passed, similarity=verdict.worst)
     agreement_record(subnet=job.subnet, nodes=(first.node, second.node), verdict=verdict)
     return verdict
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh and scripts/with_services.sh: make sure PostgreSQL and Redis
-# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL. Uses the machine's servers
+# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL (and, for the tests, that
+# promtool is installed: bim_promtool_ensure). Uses the machine's servers
 # when they answer; otherwise starts throwaway ones from the installed binaries (installing
 # the Debian packages when it can), says so, and stops them on exit. Never falls back to
 # SQLite: the tests that need these services must run against them.
@@ -48,6 +49,12 @@ _start_redis() {
     --dir "$BIM_THROWAWAY_DIR" --pidfile "$BIM_THROWAWAY_DIR/redis.pid" --logfile "$BIM_THROWAWAY_DIR/redis.log"
   for _ in $(seq 50); do _redis_answers && break; sleep 0.1; done
   _bim_cleanup+=("kill \$(cat $BIM_THROWAWAY_DIR/redis.pid)")
+}
+
+# promtool, from Debian's prometheus package (without its recommends: no node exporter),
+# checks the alert rules and a live /metrics in the tests (tests/site/test_monitoring.py).
+bim_promtool_ensure() {
+  command -v promtool >/dev/null || _apt_install prometheus --no-install-recommends || true
 }
 
 bim_services_stop() {

@@ -24,15 +24,17 @@ def operator(client):
 
 
 @pytest.fixture
-def settled_job():
+def settled_job(django_capture_on_commit_callbacks):
     subnet = SubnetFactory()
     nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
-    job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="op")
-    dispatch.job_dispatch(job_id=job.id)
-    for assignment in job.assignments.all():
-        keys = nodes[assignment.node_id]
-        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(2)))
-    verify.job_verify(job_id=job.id)
+    # Committed, as in production: a settlement is counted once it commits.
+    with django_capture_on_commit_callbacks(execute=True):
+        job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a", "b"]}, idempotency_key="op")
+        dispatch.job_dispatch(job_id=job.id)
+        for assignment in job.assignments.all():
+            keys = nodes[assignment.node_id]
+            result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(2)))
+        verify.job_verify(job_id=job.id)
     return Job.objects.get(pk=job.pk)
 
 

@@ -147,3 +147,18 @@ def test_links_are_left_out_where_the_operator_may_not_open_the_list(client, mar
     assert all(bar["href"] and "/registry/job/" in bar["href"] for bar in context["verification"])
     assert all(bar["href"] is None for bar in context["online_nodes"])  # no view_node
     assert context["ledger"]["accounts_href"] is None
+
+
+def test_a_failed_periodic_ledger_check_heads_the_dashboard(client, market):
+    from django.core.cache import cache
+
+    from ledger.checks import LAST_CHECK_KEY
+
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    cache.set(LAST_CHECK_KEY, {"checked_at": timezone.now().timestamp(), "violations": 2})
+    try:
+        context = client.get(reverse("admin:index")).context["dashboard"]
+    finally:
+        cache.delete(LAST_CHECK_KEY)
+    assert context["attention"][0] == "the last full ledger check found 2 violation(s)"
+    assert context["ledger"]["last_check"]["violations"] == 2
