@@ -5,6 +5,7 @@ and sanctions. Imported by `registry.admin`, which registers everything else."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,7 +13,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -282,12 +283,13 @@ class NodeAdmin(admin.ModelAdmin):
         form_class: type[forms.Form],
         title: str,
         explain: str,
-        apply: Any,
+        apply: Callable[[Node, dict[str, Any]], object],
         done: str,
     ) -> HttpResponse | None:
         """An action with an intermediate page: the first post (from the list or the node
         page) shows the form; the second, with `apply`, calls the service once per node.
-        Returning None sends the operator back to the list with the outcome."""
+        Returning None sends the operator back to the list with the outcome; a sanction
+        started from a node's page returns to that page."""
         form = form_class(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             succeeded, refused = 0, []
@@ -301,6 +303,10 @@ class NodeAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{succeeded} node(s) {done}.", messages.SUCCESS)
             if refused:
                 self.message_user(request, "Refused: " + "; ".join(refused), messages.WARNING)
+            nodes = list(queryset.values_list("pk", flat=True)[:2])
+            if request.POST.get("from_node_page") and len(nodes) == 1:
+                # Back where the operator clicked, to see the sanction in the node's history.
+                return HttpResponseRedirect(reverse("admin:registry_node_change", args=[nodes[0]]))
             return None
         context = {
             **self.admin_site.each_context(request),
@@ -309,6 +315,7 @@ class NodeAdmin(admin.ModelAdmin):
             "form": form,
             "nodes": queryset,
             "action": request.POST.get("action", ""),
+            "from_node_page": bool(request.POST.get("from_node_page")),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "opts": self.model._meta,
             "media": self.media + form.media,

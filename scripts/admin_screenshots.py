@@ -8,7 +8,10 @@ of PAGES at 1440 x 900 (the whole page, at that viewport).
     .venv/bin/python scripts/admin_screenshots.py --only admin-node.png --out /tmp/shots
 
 One more page is one more entry in PAGES: the file name and a function from the seeded
-market to the page's path. Nothing outside the temporary directory is written but the PNGs.
+market (tests.operator_seed.OperatorMarket) to the page's path, e.g.
+("admin-dashboard.png", lambda market: "/admin/"). Nothing outside the temporary directory
+is written but the PNGs. A page that answers other than 200, logs a console error (a CSP
+violation) or loads a resource that fails stops the script with an error.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -173,6 +175,19 @@ def test_a_view_only_staff_user_is_offered_no_sanction_and_a_forged_post_changes
     assert not NodeSanction.objects.exists()
 
 
+def test_a_sanction_started_on_the_node_page_returns_there(client, operator, subnet):
+    node = with_strikes(online_node(subnet).node, 1)
+    page_url = reverse("admin:registry_node_change", args=[node.pk])
+
+    form = post_action(client, "clear_strikes", [node], from_node_page="1")
+    assert 'name="from_node_page"' in form.content.decode()
+    response = post_action(client, "clear_strikes", [node], from_node_page="1", apply="1", reason="stale honeypot")
+
+    assert response.status_code == 302 and response.url == page_url
+    page = client.get(page_url).content.decode()
+    assert "stale honeypot" in page and "strikes cleared" in page
+
+
 def test_a_staff_user_with_change_node_bans(client, subnet, django_capture_on_commit_callbacks):
     node = online_node(subnet).node
     client.force_login(staff_with("view_node", "change_node"))
@@ -271,3 +286,23 @@ def test_the_node_list_sorts_by_active_strikes(client, operator, subnet):
     listing = client.get(reverse(CHANGELIST), {"o": "-6"})  # strikes, descending
 
     assert [row.pk for row in listing.context["cl"].result_list] == [struck.pk, calm.pk]
+
+
+def test_the_node_page_and_list_cost_the_same_queries_whatever_the_history(client, operator, market):
+    node = market.disputed.assignments.get(role="A").node
+    page_url = reverse("admin:registry_node_change", args=[node.pk])
+
+    def queries(url: str) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url).status_code == 200
+        return len(captured)
+
+    queries(page_url)  # the session's first request writes it
+    before = queries(page_url), queries(reverse(CHANGELIST))
+    Benchmark.objects.bulk_create(Benchmark(node=node, subnet=market.subnet, runs=3, session_key_pub="k") for _ in range(25))
+    for index in range(3):
+        keys = online_node(market.subnet)
+        with_strikes(keys.node, index + 1, banned=bool(index))
+    with_strikes(node, 2)
+
+    assert (queries(page_url), queries(reverse(CHANGELIST))) == before
