@@ -190,11 +190,19 @@ def restore_honest(honest: list[str], group: ProcessGroup) -> None:
     `honest_strikes`), as an operator would, so each strategy meets the same market."""
     from django.contrib.auth import get_user_model
 
-    from registry.reputation import node_ban_lift
+    from bim_core.errors import ServiceError
+    from registry.sanctions import node_strikes_clear, node_unban
 
     operator = get_user_model().objects.filter(is_superuser=True).first()
+    reason = "benchmark: restore the honest nodes between phases"
     for node_id in node_ids(honest):
-        node_ban_lift(node_id=node_id, operator=operator)
+        try:
+            node_unban(node_id=node_id, operator=operator, reason=reason)  # lifts its strikes too
+        except ServiceError:  # not banned: only its strikes, if any
+            try:
+                node_strikes_clear(node_id=node_id, operator=operator, reason=reason)
+            except ServiceError:
+                pass  # nothing to lift
     if not wait_routable(honest, group, timeout=60):
         raise RuntimeError("the honest nodes are not routable again after a phase")
 

@@ -1,13 +1,19 @@
+from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import admin
-from django.http import HttpRequest
+from django.db import models
+from django.db.models import DurationField, ExpressionWrapper, F, QuerySet
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from bim_core.money import micro_to_text
 from ledger.admin import ReadOnlyMixin
 
-from . import dashboard, reputation
+from . import dashboard, disputes
+from .admin_nodes import NodeAdmin, NodeSanctionAdmin
 from .models import (
     AgreementStat,
     Assignment,
@@ -16,12 +22,13 @@ from .models import (
     Honeypot,
     Job,
     JobEvent,
-    Node,
-    NodeSubnet,
+    JobState,
     SentinelRun,
     Strike,
 )
 from .sentinels import dispute_resolve
+
+__all__ = ["NodeAdmin", "NodeSanctionAdmin"]  # registered with the site on import
 
 
 def _link(obj: object, label: str | None = None) -> str:
@@ -37,81 +44,6 @@ class HistoryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     sentinel runs): shown, never added, edited or deleted in admin, not even by a
     superuser. An edit rewrites the past behind the services' back (a honeypot set on a
     settled job strikes and slashes its honest nodes); a deletion hides it."""
-
-
-class NodeSubnetInline(admin.TabularInline):
-    """A node's readiness and benchmark results per subnet: earned by benchmarks, not typed in."""
-
-    model = NodeSubnet
-    fields = ["subnet", "ready_at", "score", "items_per_s", "latency_p50_ms", "latency_p95_ms", "benchmarked_at"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-
-@admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
-    list_display = [
-        "name",
-        "owner",
-        "os",
-        "runtime",
-        "backend",
-        "gpu_family",
-        "ip_block",
-        "is_online",
-        "last_seen",
-        "reputation",
-        "strikes",
-        "banned_until",
-        "jobs_agreed",
-        "jobs_failed",
-    ]
-    list_filter = ["is_online", "os", "runtime", "backend", "gpu_family", "subnets"]
-    search_fields = ["name", "owner__username", "public_key", "ip", "id"]
-    list_select_related = ["owner"]
-    raw_id_fields = ["owner"]
-    # The owner is who the node's earnings belong to: changing it would move them with no
-    # transfer. Standing and counters come from the node's history; a ban is lifted by the
-    # action below, which lifts its strikes with it.
-    readonly_fields = [
-        "id",
-        "owner",
-        "reputation",
-        "strikes",
-        "banned_until",
-        "jobs_assigned",
-        "jobs_agreed",
-        "jobs_failed",
-        "last_job_at",
-        "online_seconds",
-        "public_key",
-        "is_online",
-        "channel_name",
-        "session_key_pub",
-        "session_nonce",
-        "session_cert",
-        "connected_at",
-        "last_seen",
-        "created_at",
-    ]
-    inlines = [NodeSubnetInline]
-    actions = ["lift_ban"]
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False  # its earnings, escrow and history name it
-
-    def has_lift_ban_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("registry.change_node")
-
-    @admin.action(description="Lift the ban (and active strikes) of selected nodes", permissions=["lift_ban"])
-    def lift_ban(self, request: HttpRequest, queryset: Any) -> None:
-        for node in queryset:
-            reputation.node_ban_lift(node_id=node.pk, operator=request.user)
-        self.message_user(request, f"lifted {queryset.count()} node(s)")
 
 
 class AssignmentInline(admin.TabularInline):
@@ -147,6 +79,7 @@ class VerificationPathFilter(admin.SimpleListFilter):
 
     title = "verification"
     parameter_name = "path"
+
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return dashboard.VERIFICATION_PATHS
 
@@ -158,11 +91,12 @@ class VerificationPathFilter(admin.SimpleListFilter):
 
 @admin.register(Job)
 class JobAdmin(HistoryAdmin):
-    list_display = ["id", "subnet", "user", "state", "item_count", "price_micro", "created_at", "finished_at"]
+    list_display = ["short_id", "subnet", "user", "state", "item_count", "price", "created_at", "settle_time"]
     list_filter = ["state", VerificationPathFilter, "subnet"]
     search_fields = ["id", "user__username", "idempotency_key", "contract_hash"]
     list_select_related = ["subnet", "user"]
     date_hierarchy = "created_at"
+    ordering = ["-created_at"]  # the newest first: what an operator looks for is what just happened
     # Contracts are immutable (a database trigger refuses updates), and the rest is the job's
     # history, written by its state machine: nothing here is editable.
     readonly_fields = [
@@ -189,6 +123,37 @@ class JobAdmin(HistoryAdmin):
         "finished_at",
     ]
     inlines = [AssignmentInline, JobEventInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        # Submit to settle, as a column the list can sort by.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(settle_duration=ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField()))
+        )
+
+    @admin.display(description="job", ordering="created_at")
+    def short_id(self, job: Job) -> str:
+        return str(job.pk)[:8]
+
+    @admin.display(description="price", ordering="price_micro")
+    def price(self, job: Job) -> str:
+        return micro_to_text(job.price_micro)
+
+    @admin.display(description="submit to settle", ordering="settle_duration")
+    def settle_time(self, job: Job) -> str:
+        if job.state != JobState.SETTLED or job.finished_at is None:
+            return "-"
+        return _duration(job.finished_at - job.created_at)
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @admin.register(Assignment)
@@ -275,11 +240,49 @@ class SentinelRunAdmin(HistoryAdmin):
 
 @admin.register(Dispute)
 class DisputeAdmin(admin.ModelAdmin):
-    list_display = ["id", "job", "reason", "opened_at", "resolved_at"]
-    list_filter = ["resolved_at"]
-    list_select_related = ["job"]
-    readonly_fields = ["job", "sentinel", "reason", "opened_at", "resolved_at"]
-    fields = ["job", "sentinel", "reason", "opened_at", "resolved_at", "resolution"]
+    list_display = ["id", "job_link", "subnet", "reason", "opened_at", "resolved_at"]
+    list_filter = ["resolved_at", "job__subnet"]
+    list_select_related = ["job", "job__subnet"]
+    ordering = ["-opened_at"]
+    readonly_fields = ["job_link", "sentinel_verdict", "reason", "opened_at", "resolved_at"]
+    # The results side by side go between the two (the template): read, then decide.
+    fieldsets = [
+        (None, {"fields": ["job_link", "sentinel_verdict", "reason", "opened_at"]}),
+        ("Resolution", {"fields": ["resolved_at", "resolution"]}),
+    ]
+    change_form_template = "admin/registry/dispute/change_form.html"
+
+    @admin.display(description="job")
+    def job_link(self, dispute: Dispute) -> str:
+        return _link(dispute.job, f"{str(dispute.job_id)[:8]} ({dispute.job.state})")
+
+    @admin.display(description="subnet", ordering="job__subnet")
+    def subnet(self, dispute: Dispute) -> str:
+        return str(dispute.job.subnet)
+
+    @admin.display(description="sentinel")
+    def sentinel_verdict(self, dispute: Dispute) -> str:
+        run = dispute.sentinel
+        similarity = "-" if run.similarity is None else f"{run.similarity:.6f}"
+        verdict = "passed" if run.passed else "failed"
+        return format_html(
+            "{}: {}, similarity {} to the registry's own re-run{}{}",
+            _link(run, f"run {run.pk}"),
+            verdict,
+            similarity,
+            ": " if run.detail else "",
+            run.detail,
+        )
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        dispute = self.get_object(request, object_id)
+        if dispute is not None:
+            extra_context = {**(extra_context or {}), "comparison": disputes.dispute_comparison(dispute=dispute)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    formfield_overrides = {models.CharField: {"widget": forms.Textarea(attrs={"rows": 3, "cols": 80})}}
 
     def get_readonly_fields(self, request: HttpRequest, obj: Dispute | None = None) -> list[str]:
         # A resolution stands once written: the form offers it only while the dispute is open.

@@ -344,3 +344,33 @@ class Dispute(models.Model):
     opened_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution = models.CharField(max_length=300, blank=True)
+
+    def __str__(self) -> str:
+        return f"dispute on job {str(self.job_id)[:8]} ({'resolved' if self.resolved_at else 'open'})"
+
+
+class SanctionKind(models.TextChoices):
+    BAN = "ban", "ban"
+    UNBAN = "unban", "unban"
+    STRIKES_CLEARED = "strikes_cleared", "strikes cleared"
+
+
+class NodeSanction(models.Model):
+    """An operator's decision about a node's standing (a ban, an early unban, strikes
+    cleared): who, when, why and until when. Written by `registry.sanctions` in the same
+    transaction as the change itself and never edited: it is the audit trail an owner's
+    complaint is answered from."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="sanctions")
+    kind = models.CharField(max_length=16, choices=SanctionKind.choices)
+    reason = models.CharField(max_length=300)
+    operator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    banned_until = models.DateTimeField(null=True, blank=True, help_text="a ban: until when it holds")
+    strikes_lifted = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["node", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.node_id}"

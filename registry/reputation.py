@@ -1,5 +1,6 @@
 """Reputation, strikes and bans: the outcomes of verified jobs move a node's reputation;
-strikes expire; enough of them ban the node for a while.
+strikes expire; enough of them ban the node for a while. Operators' bans, unbans and
+clearing of strikes are in `registry.sanctions`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -66,12 +66,3 @@ def node_strike(*, node_id: object, reason: str, job_id: object | None = None, s
         index_bump_for_node(node.pk)
     return strike
 
-
-def node_ban_lift(*, node_id: object, operator: AbstractBaseUser) -> None:
-    """An operator ends a ban early and lifts the strikes that caused it."""
-    now = timezone.now()
-    with transaction.atomic():
-        Node.objects.filter(pk=node_id).update(banned_until=None)
-        Strike.objects.filter(node_id=node_id, lifted_at__isnull=True, expires_at__gt=now).update(lifted_at=now)
-        index_bump_for_node(node_id)
-    log.info("ban of node %s lifted by %s", node_id, operator)

@@ -122,23 +122,23 @@ def banned(node: Node) -> Node:
 # ---------------------------------------------------------------- standing: permissions
 
 
-def test_a_view_only_staff_user_cannot_lift_a_ban(client, subnet):
+def test_a_view_only_staff_user_cannot_unban_a_node(client, subnet):
     node = banned(online_node(subnet).node)
     client.force_login(staff_with("view_node"))
 
-    client.post(reverse("admin:registry_node_changelist"), {"action": "lift_ban", "_selected_action": [str(node.pk)]})
+    client.post(reverse("admin:registry_node_changelist"), {"action": "unban_nodes", "_selected_action": [str(node.pk)], "apply": "1", "reason": "appeal"})
 
     node.refresh_from_db()
     assert node.banned_until is not None
     assert Strike.objects.filter(node=node, lifted_at__isnull=True).count() == 1
 
 
-def test_a_staff_user_with_the_change_node_permission_lifts_a_ban(client, subnet, django_capture_on_commit_callbacks):
+def test_a_staff_user_with_the_change_node_permission_unbans_a_node(client, subnet, django_capture_on_commit_callbacks):
     node = banned(online_node(subnet).node)
     client.force_login(staff_with("view_node", "change_node"))
 
     with django_capture_on_commit_callbacks(execute=True):
-        client.post(reverse("admin:registry_node_changelist"), {"action": "lift_ban", "_selected_action": [str(node.pk)]})
+        client.post(reverse("admin:registry_node_changelist"), {"action": "unban_nodes", "_selected_action": [str(node.pk)], "apply": "1", "reason": "appeal"})
 
     node.refresh_from_db()
     assert node.banned_until is None
@@ -213,7 +213,7 @@ def test_a_superuser_cannot_hand_a_node_to_another_owner(superuser_client, subne
     node.refresh_from_db()
     assert node.owner == owner
     assert (node.strikes, node.reputation, node.jobs_agreed) == (1, 0.2, 0)
-    assert node.banned_until is not None  # lifted by the action only, which is audited
+    assert node.banned_until is not None  # lifted by the unban action only, which is recorded
 
 
 def test_a_superuser_cannot_lift_a_strike_by_editing_it(superuser_client, subnet):

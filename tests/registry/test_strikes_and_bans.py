@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from registry import dispatch, reputation, routing_index, submit
+from registry import dispatch, reputation, routing_index, sanctions, submit
 from registry.models import Node, Strike
 from tests.factories import NodeKeys, SubnetFactory, UserFactory, online_node, user_with_credits
 
@@ -165,7 +165,7 @@ def test_lifting_a_ban_restores_the_node_at_full_weight(subnet, django_capture_o
     assert str(keys.node.pk) not in weights(subnet)
 
     with django_capture_on_commit_callbacks(execute=True):
-        reputation.node_ban_lift(node_id=keys.node.pk, operator=UserFactory(is_staff=True))
+        sanctions.node_unban(node_id=keys.node.pk, operator=UserFactory(is_staff=True), reason="bad build, fixed")
 
     keys.node.refresh_from_db()
     assert keys.node.banned_until is None
@@ -190,7 +190,7 @@ def test_the_admin_action_lifts_the_ban_of_the_selected_nodes_only(
             strike(keys, subnet, django_capture_on_commit_callbacks)
 
     response = admin_client.post(
-        reverse("admin:registry_node_changelist"), {"action": "lift_ban", "_selected_action": [str(lifted.node.pk)]}
+        reverse("admin:registry_node_changelist"), {"action": "unban_nodes", "_selected_action": [str(lifted.node.pk)], "apply": "1", "reason": "false positive"}
     )
 
     assert response.status_code == 302
@@ -202,13 +202,13 @@ def test_the_admin_action_lifts_the_ban_of_the_selected_nodes_only(
     assert Strike.objects.filter(node=kept.node, lifted_at__isnull=True).count() == 3
 
 
-def test_the_lift_ban_action_needs_an_operator(subnet, client, django_capture_on_commit_callbacks):
+def test_the_unban_action_needs_an_operator(subnet, client, django_capture_on_commit_callbacks):
     keys = online_node(subnet)
     for _ in range(3):
         strike(keys, subnet, django_capture_on_commit_callbacks)
     client.force_login(keys.node.owner)  # the node's own owner, not staff
     client.post(
-        reverse("admin:registry_node_changelist"), {"action": "lift_ban", "_selected_action": [str(keys.node.pk)]}
+        reverse("admin:registry_node_changelist"), {"action": "unban_nodes", "_selected_action": [str(keys.node.pk)], "apply": "1", "reason": "mine"}
     )
     keys.node.refresh_from_db()
     assert keys.node.banned_until is not None
