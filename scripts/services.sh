@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh and scripts/with_services.sh: make sure PostgreSQL and Redis
-# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL. Uses the machine's servers
-# when they answer; otherwise starts throwaway ones from the installed binaries (installing
-# the Debian packages when it can), says so, and stops them on exit. Never falls back to
+# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL, and that nginx is installed. Uses
+# the machine's servers when they answer; otherwise starts throwaway ones from the installed
+# binaries (installing the Debian packages when it can), says so, and stops them on exit. Never falls back to
 # SQLite: the tests that need these services must run against them.
 set -euo pipefail
 
@@ -55,7 +55,15 @@ bim_services_stop() {
   for cmd in "${_bim_cleanup[@]}"; do eval "$cmd" >/dev/null 2>&1 || true; done
 }
 
+# tests/site/test_nginx_conf.py checks deploy/nginx.conf with Debian's nginx (the binary only,
+# run on its own ports) and fails, not skips, without it.
+_nginx_ensure() {
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || _apt_install nginx \
+    || echo "services: nginx missing: tests/site/test_nginx_conf.py will fail" >&2
+}
+
 bim_services_ensure() {
+  _nginx_ensure
   _pg_answers || _start_postgres
   _pg_answers || { echo "services: PostgreSQL still not answering" >&2; return 1; }
   _redis_answers || _start_redis
