@@ -26,7 +26,7 @@ TrustedNetworks = tuple[Network, ...]
 PROXY_HEADERS = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip", b"forwarded"}
 )
-# A chain longer than this is not a real deployment's: read no further, keep the peer.
+# More trusted proxies in a row than any real deployment has: read no further, keep the peer.
 MAX_HOPS = 32
 
 
@@ -83,25 +83,24 @@ def forwarded_client(peer: str | None, forwarded_for: str | None, trusted: Trust
     `forwarded_for` (the X-Forwarded-For value, several headers joined by commas) that is not
     a trusted proxy. A trusted peer without the header is the client (a health check from the
     proxy itself); a chain of trusted proxies only gives its left-most entry. A malformed
-    entry where the walk reaches it (or a chain past MAX_HOPS) gives the peer: never a
-    guess, never an exception."""
+    entry where the walk reaches it, or more than MAX_HOPS trusted entries in a row, give the
+    peer: never a guess, never an exception. Only the entries the walk reaches are read, so
+    what a client writes left of its own address (padding, garbage) changes nothing."""
     if peer is None or not trusted:
         return peer
     peer_address = _address(peer)
     if peer_address is None or not is_trusted(peer_address, trusted) or not forwarded_for:
         return peer
-    entries = forwarded_for.split(",")
-    if len(entries) > MAX_HOPS:
-        return peer
+    entries = forwarded_for.rsplit(",", MAX_HOPS)  # the last MAX_HOPS entries, split; the rest unread
     client = peer_address
-    for entry in reversed(entries):
+    for entry in reversed(entries[-MAX_HOPS:]):
         hop = _address(entry)
         if hop is None:
             return peer
-        client = hop
         if not is_trusted(hop, trusted):
-            break
-    return str(client)
+            return str(hop)
+        client = hop
+    return peer if len(entries) > MAX_HOPS else str(client)
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -132,7 +131,7 @@ def scope_behind_proxies(scope: dict[str, Any], trusted: TrustedNetworks) -> dic
     client = scope.get("client")
     peer = str(client[0]) if client else None
     headers = scope.get("headers") or []
-    peer_address = _address(peer) if peer else None
+    peer_address = _address(peer) if peer and trusted else None
     if peer_address is None or not is_trusted(peer_address, trusted):
         if any(key.lower() in PROXY_HEADERS for key, _ in headers):
             return dict(scope, headers=[(key, value) for key, value in headers if key.lower() not in PROXY_HEADERS])

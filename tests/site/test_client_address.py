@@ -95,7 +95,17 @@ def test_a_dual_stack_peer_is_matched_as_ipv4():
 
 @pytest.mark.parametrize(
     "header",
-    ["unknown", "garbage", "203.0.113.9, not-an-ip", "203.0.113.9,", " , ", "_hidden", "[2001:db8::7", "1.2.3.4.5", "\x00"],
+    [
+        "unknown",
+        "garbage",
+        "203.0.113.9, not-an-ip",
+        "203.0.113.9,",
+        " , ",
+        "_hidden",
+        "[2001:db8::7",
+        "1.2.3.4.5",
+        "\x00",
+    ],
 )
 def test_garbage_where_the_walk_reaches_it_falls_back_to_the_peer(header):
     assert forwarded_client(PROXY, header, TRUSTED) == PROXY
@@ -105,8 +115,14 @@ def test_garbage_left_of_the_client_does_not_matter():
     assert forwarded_client(PROXY, "garbage, unknown, 203.0.113.9", TRUSTED) == "203.0.113.9"
 
 
-def test_an_absurdly_long_chain_falls_back_to_the_peer():
+def test_an_absurdly_long_chain_of_trusted_proxies_falls_back_to_the_peer():
     assert forwarded_client(PROXY, ", ".join(["192.168.7.3"] * 1000), TRUSTED) == PROXY
+    assert forwarded_client(PROXY, ", ".join(["192.168.7.3"] * 32), TRUSTED) == "192.168.7.3"
+
+
+def test_padding_left_of_the_clients_address_changes_nothing():
+    padded = ", ".join(["1.1.1.1"] * 5000 + ["garbage", "203.0.113.9"])
+    assert forwarded_client(PROXY, padded, TRUSTED) == "203.0.113.9"
 
 
 def test_a_peer_that_is_no_address_is_kept():

@@ -27,10 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.db import connection
+from django.http import HttpResponse
 from rest_framework.authtoken.models import Token
 from websockets.asyncio.client import connect
 
 from bim_core import protocol
+from bim_site.middleware import isolation_headers
 from bim_site.processes import ROOT, ProcessGroup, child_env, free_port, wait_http
 from registry.models import Node
 from registry.routing import websocket_urlpatterns
@@ -123,12 +125,14 @@ def throwaway_certificate(folder: Path) -> tuple[Path, Path]:
     )
     cert_path, key_path = folder / "fullchain.pem", folder / "privkey.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
 def local_config(folder: Path, *, http_port: int = 80, https_port: int = 443, upstream: int = 8000) -> Path:
-    """The sample with this test's certificate, folders and ports: nothing else changed."""
+    """The sample with this test's certificate, folders and ports; its directives otherwise as they are."""
     cert, key = throwaway_certificate(folder)
     text = SAMPLE.read_text()
     replacements = {
@@ -139,23 +143,33 @@ def local_config(folder: Path, *, http_port: int = 80, https_port: int = 443, up
         "listen 80;": f"listen 127.0.0.1:{http_port};",
         "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
         "server 127.0.0.1:8000;": f"server 127.0.0.1:{upstream};",
+        "/srv/bim/var/staticfiles/": f"{folder}/static/",
     }
     for old, new in replacements.items():
         assert old in text, old
         text = text.replace(old, new)
     text = re.sub(r"^\s*listen \[::\]:\d+.*$", "", text, flags=re.M)  # loopback IPv4 only here
+    # Temporary files in the test's folder, not Debian's /var/lib/nginx (root's).
+    temp = "".join(
+        f"    {kind}_temp_path {folder}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = text.replace("http {\n", "http {\n" + temp, 1)
     path = folder / "nginx.conf"
     path.write_text(text)
     return path
 
 
-def nginx_argv(config: Path, folder: Path, *extra: str) -> list[str]:
-    globals_ = f"pid {folder}/nginx.pid;" + (" user root;" if os.geteuid() == 0 else "")
+def nginx_argv(config: Path, folder: Path, *extra: str, directives: str = "") -> list[str]:
+    """nginx on the test's config and folder (-g takes one string: every extra directive in it);
+    as root, its workers run as root too, since the test's folders are private to root."""
+    globals_ = f"pid {folder}/nginx.pid; {directives}" + (" user root;" if os.geteuid() == 0 else "")
     return [nginx(), "-c", str(config), "-p", str(folder), "-e", "stderr", "-g", globals_, *extra]
 
 
 def test_nginx_accepts_the_sample(tmp_path):
-    result = subprocess.run(nginx_argv(local_config(tmp_path), tmp_path, "-t"), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        nginx_argv(local_config(tmp_path), tmp_path, "-t"), capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
 
@@ -174,10 +188,20 @@ async def hello(url: str, keys: NodeKeys, token: str, *, source: str, headers: d
     ) as ws:
         challenge = json.loads(await asyncio.wait_for(ws.recv(), 10))
         session_pub = protocol.public_key_b64(keys.session)
-        signed = protocol.hello_message(node_id=str(keys.node.pk), nonce=challenge["nonce"], session_key_pub=session_pub)
+        signed = protocol.hello_message(
+            node_id=str(keys.node.pk), nonce=challenge["nonce"], session_key_pub=session_pub
+        )
         message = {"type": "hello", "node_id": str(keys.node.pk), "session_key_pub": session_pub}
         await ws.send(json.dumps({**message, "signature": protocol.sign(keys.long_term, signed)}))
         return json.loads(await asyncio.wait_for(ws.recv(), 10))["type"]
+
+
+# Collected static files by the type the contributor's page needs them served with.
+STATIC = {
+    "/static/js/engine.mjs": "text/javascript",
+    "/static/sw.js": "application/javascript",
+    "/static/ort.wasm": "application/wasm",
+}
 
 
 def token(keys: NodeKeys) -> str:
@@ -203,9 +227,13 @@ def test_a_node_through_nginx_keeps_its_address_and_a_direct_one_cannot_forge_on
     )
     group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
     config = local_config(tmp_path, http_port=http_port, https_port=https_port, upstream=daphne_port)
+    for path in STATIC:  # what `manage.py collectstatic` would have put there
+        collected = tmp_path / "static" / path.removeprefix("/static/")
+        collected.parent.mkdir(parents=True, exist_ok=True)
+        collected.write_bytes(b"collected")
     try:
         group.start("web", argv_here(processes({"PORT": str(daphne_port)})["web"]))
-        group.start("nginx", nginx_argv(config, tmp_path, "-g", "daemon off;"))
+        group.start("nginx", nginx_argv(config, tmp_path, directives="daemon off;"))
         wait_http(f"http://127.0.0.1:{daphne_port}/api/v1/registry/", timeout=60, group=group)
         redirect = requests.get(f"http://127.0.0.1:{http_port}/api/v1/registry/", allow_redirects=False, timeout=10)
         assert redirect.status_code == 301 and redirect.headers["Location"].startswith("https://")
@@ -217,9 +245,18 @@ def test_a_node_through_nginx_keeps_its_address_and_a_direct_one_cannot_forge_on
         forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
         straight = hello(f"ws://127.0.0.1:{daphne_port}", direct, token(direct), source="127.4.0.1", headers=forged)
         assert asyncio.run(straight) == "welcome"
+        static = {
+            path: requests.get(f"https://127.0.0.1:{https_port}{path}", verify=False, timeout=10) for path in STATIC
+        }
     finally:
         group.stop()
+    # nginx serves collected static files as daphne's handler would (bim_site/middleware.py).
+    for path, content_type in STATIC.items():
+        assert static[path].status_code == 200 and static[path].headers["Content-Type"].startswith(content_type)
+        expected = isolation_headers(path, HttpResponse())
+        assert {k: static[path].headers.get(k) for k in expected.headers if k != "Content-Type"} == {
+            k: v for k, v in expected.headers.items() if k != "Content-Type"
+        }
     nodes = {node.pk: (node.ip, node.ip_block) for node in Node.objects.all()}
     assert nodes[through_proxy.node.pk] == ("127.3.0.1", "127.3.0.0/24")
     assert nodes[direct.node.pk] == ("127.4.0.1", "127.4.0.0/24")
-

@@ -1,4 +1,4 @@
-"""deploy/Procfile and deploy/env.example: every process's command starts (its entry point
+"""The Procfile and deploy/env.example: every process's command starts (its entry point
 exists and takes its arguments: each is run with --help), the ASGI application it names
 exists, there is exactly one beat and it is a process of its own, the worker consumes every
 queue the project routes tasks to, and the example environment is a production
@@ -21,7 +21,7 @@ from bim_site.celery import app as celery_app
 from bim_site.processes import ROOT
 from tests.site.test_production import run_django
 
-PROCFILE = ROOT / "deploy" / "Procfile"
+PROCFILE = ROOT / "Procfile"
 ENV_EXAMPLE = ROOT / "deploy" / "env.example"
 LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # honcho's and foreman's
 DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
