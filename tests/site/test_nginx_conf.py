@@ -1,8 +1,10 @@
 """deploy/nginx.conf: it agrees with the code (the websocket paths, the body limit, the
 headers the registry reads, timeouts), `nginx -t` accepts it with a throwaway certificate,
-and, run for real in front of the Procfile's daphne with BIM_TRUSTED_PROXIES naming it, a
-node that connects over wss:// through it is recorded with its own address while one that
-reaches daphne directly cannot forge one with X-Forwarded-For.
+and, run for real in front of the Procfile's daphne in production mode with
+deploy/env.example's settings (BIM_TRUSTED_PROXIES naming nginx): HTTP is redirected, HTTPS
+through nginx is HTTPS to Django, a node that connects over wss:// through it is recorded
+with its own address while one that reaches daphne directly cannot forge one with
+X-Forwarded-For, and static files carry the types and headers daphne would send.
 
 nginx is Debian's (`scripts/test.sh` installs it as it installs PostgreSQL and Redis): a
 missing nginx fails these tests rather than skipping them."""
@@ -10,12 +12,14 @@ missing nginx fails these tests rather than skipping them."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import re
 import shutil
 import ssl
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,11 +37,11 @@ from websockets.asyncio.client import connect
 
 from bim_core import protocol
 from bim_site.middleware import isolation_headers
-from bim_site.processes import ROOT, ProcessGroup, child_env, free_port, wait_http
+from bim_site.processes import ROOT, ProcessGroup, child_env, free_port
 from registry.models import Node
 from registry.routing import websocket_urlpatterns
 from tests.factories import NodeKeys, SubnetFactory, online_node
-from tests.site.test_procfile import argv_here, processes
+from tests.site.test_procfile import argv_here, example_env, processes
 
 SAMPLE = ROOT / "deploy" / "nginx.conf"
 pytestmark = pytest.mark.timeout(120)
@@ -204,6 +208,20 @@ STATIC = {
 }
 
 
+def wait_answering(url: str, group: ProcessGroup, timeout: float = 60) -> None:
+    """Until daphne answers at all (in production mode, plain HTTP answers 301)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(url, allow_redirects=False, timeout=2)
+            return
+        except requests.RequestException:
+            group.check_alive()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def token(keys: NodeKeys) -> str:
     return Token.objects.get_or_create(user=keys.node.owner)[0].key
 
@@ -215,15 +233,23 @@ def test_a_node_through_nginx_keeps_its_address_and_a_direct_one_cannot_forge_on
     through_proxy, direct = online_node(subnet, ready=False), online_node(subnet, ready=False)
     daphne_port, http_port, https_port = free_port(), free_port(), free_port()
     db = connection.settings_dict
+    # deploy/env.example as it is (production mode, BIM_TRUSTED_PROXIES=127.0.0.1, nginx serving
+    # /static/), but for this test's secrets, host, database, Redis and folders.
     env = child_env(
-        PORT=str(daphne_port),
-        BIM_TRUSTED_PROXIES="127.0.0.1",  # deploy/env.example's: nginx on the same machine
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        REDIS_URL=settings.REDIS_URL,
-        BIM_CHANNEL_PREFIX=f"nginx{daphne_port}",
-        BIM_INDEX_KEY_PREFIX=f"nginx{daphne_port}:index",
-        BIM_ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
-        BIM_REGISTRY_KEY_PATH=str(settings.REGISTRY_KEY_PATH),
+        **{
+            **example_env(),
+            "PORT": str(daphne_port),
+            "SECRET_KEY": "x7" * 20 + "production-only-secret-key-of-enough-entropy",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "BIM_VAR_DIR": str(tmp_path / "var"),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "REDIS_URL": settings.REDIS_URL,
+            "BIM_CHANNEL_PREFIX": f"nginx{daphne_port}",
+            "BIM_INDEX_KEY_PREFIX": f"nginx{daphne_port}:index",
+            "BIM_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
+            "BIM_REGISTRY_KEY_PATH": str(settings.REGISTRY_KEY_PATH),
+        }
     )
     group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
     config = local_config(tmp_path, http_port=http_port, https_port=https_port, upstream=daphne_port)
@@ -234,11 +260,20 @@ def test_a_node_through_nginx_keeps_its_address_and_a_direct_one_cannot_forge_on
     try:
         group.start("web", argv_here(processes({"PORT": str(daphne_port)})["web"]))
         group.start("nginx", nginx_argv(config, tmp_path, directives="daemon off;"))
-        wait_http(f"http://127.0.0.1:{daphne_port}/api/v1/registry/", timeout=60, group=group)
+        wait_answering(f"http://127.0.0.1:{daphne_port}/api/v1/registry/", group)
         redirect = requests.get(f"http://127.0.0.1:{http_port}/api/v1/registry/", allow_redirects=False, timeout=10)
         assert redirect.status_code == 301 and redirect.headers["Location"].startswith("https://")
+        # Production redirects plain HTTP: through nginx the request is HTTPS (its
+        # X-Forwarded-Proto, believed from a trusted proxy), so it is answered, with HSTS.
         info = requests.get(f"https://127.0.0.1:{https_port}/api/v1/registry/", verify=False, timeout=10)
         assert info.status_code == 200 and "receipt_key" in info.json()
+        assert "max-age=" in info.headers["Strict-Transport-Security"]
+        # The same claims made straight to daphne, from an address that is not the proxy's, are
+        # not believed: plain HTTP, redirected.
+        direct_http = http.client.HTTPConnection("127.0.0.1", daphne_port, timeout=10, source_address=("127.4.0.1", 0))
+        direct_http.request("GET", "/api/v1/registry/", headers={"X-Forwarded-Proto": "https", "Host": "127.0.0.1"})
+        assert direct_http.getresponse().status == 301
+        direct_http.close()
 
         proxied = hello(f"wss://127.0.0.1:{https_port}", through_proxy, token(through_proxy), source="127.3.0.1")
         assert asyncio.run(proxied) == "welcome"
