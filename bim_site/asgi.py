@@ -13,6 +13,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from bim_site import sqlstats  # noqa: E402
 from bim_site.middleware import isolation_headers  # noqa: E402
+from bim_site.proxies import TrustedProxyMiddleware  # noqa: E402
 from registry.auth import NodeSocketStack  # noqa: E402
 from registry.routing import websocket_urlpatterns  # noqa: E402
 
@@ -34,9 +35,13 @@ sqlstats.install_from_env()
 
 http_app = IsolatedStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        "websocket": NodeSocketStack(URLRouter(websocket_urlpatterns)),
-    }
+# The client's address and scheme are settled first (behind a trusted reverse proxy, its
+# X-Forwarded-For and X-Forwarded-Proto), for HTTP and websockets alike.
+application = TrustedProxyMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": http_app,
+            "websocket": NodeSocketStack(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )

@@ -16,6 +16,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from bim_core.net import parse_networks
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -78,10 +80,13 @@ if PRODUCTION:
         raise ImproperlyConfigured("DEBUG must be off when BIM_PRODUCTION=1")
     ALLOWED_HOSTS = env_required("ALLOWED_HOSTS").split(",")
     CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
-    # Behind a TLS-terminating proxy, the proxy's X-Forwarded-Proto says a request was HTTPS
-    # (only set this when the proxy overwrites that header on every request).
+    # Its replacement, BIM_TRUSTED_PROXIES, believes X-Forwarded-Proto from the proxies only;
+    # Django's SECURE_PROXY_SSL_HEADER believed it from anyone (bim_site/proxies.py).
     if env_bool("BIM_SECURE_PROXY_SSL_HEADER", False):
-        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+        raise ImproperlyConfigured(
+            "BIM_SECURE_PROXY_SSL_HEADER is replaced by BIM_TRUSTED_PROXIES (the proxy's address):"
+            " X-Forwarded-Proto is believed from those proxies only (docs/deployment.md)"
+        )
     SECURE_SSL_REDIRECT = env_bool("BIM_SSL_REDIRECT", True)
     SECURE_HSTS_SECONDS = env_int("BIM_HSTS_SECONDS", 31_536_000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("BIM_HSTS_INCLUDE_SUBDOMAINS", True)
@@ -91,6 +96,13 @@ if PRODUCTION:
 else:
     SECRET_KEY = env_str("SECRET_KEY", DEVELOPMENT_SECRET_KEY)
     ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+# Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (bim_site/proxies.py):
+# comma-separated addresses and CIDR blocks. Empty, the default: none, the peer is the client.
+try:
+    BIM_TRUSTED_PROXIES = parse_networks(env_str("BIM_TRUSTED_PROXIES"))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"BIM_TRUSTED_PROXIES: {exc}") from None
 
 # /metrics (bim_site/metrics.py): staff sessions, or `Authorization: Bearer BIM_METRICS_TOKEN`
 # for a Prometheus scraper; public only where BIM_METRICS_PUBLIC says so (a private network).

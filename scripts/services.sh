@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh and scripts/with_services.sh: make sure PostgreSQL and Redis
-# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL (and, for the tests, that
-# promtool is installed: bim_promtool_ensure). Uses the machine's servers
-# when they answer; otherwise starts throwaway ones from the installed binaries (installing
-# the Debian packages when it can), says so, and stops them on exit. Never falls back to
+# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL, and (for the tests) that promtool
+# and nginx are installed (bim_test_tools_ensure). Uses the machine's servers when they answer;
+# otherwise starts throwaway ones from the installed binaries (installing the Debian packages
+# when it can), says so, and stops them on exit. Never falls back to
 # SQLite: the tests that need these services must run against them.
 set -euo pipefail
 
@@ -51,15 +51,21 @@ _start_redis() {
   _bim_cleanup+=("kill \$(cat $BIM_THROWAWAY_DIR/redis.pid)")
 }
 
-# promtool, from Debian's prometheus package (without its recommends: no node exporter),
-# checks the alert rules and a live /metrics in the tests (tests/site/test_monitoring.py).
-bim_promtool_ensure() {
-  command -v promtool >/dev/null || _apt_install prometheus --no-install-recommends || true
-}
-
 bim_services_stop() {
   local cmd
   for cmd in "${_bim_cleanup[@]}"; do eval "$cmd" >/dev/null 2>&1 || true; done
+}
+
+# The tests' own tools, from Debian packages: promtool (package prometheus, without its
+# recommends: no node exporter) checks the alert rules and a live /metrics
+# (tests/site/test_monitoring.py); nginx checks deploy/nginx.conf and fronts daphne
+# (tests/site/test_nginx_conf.py). Those tests fail, never skip, when a tool is missing.
+bim_test_tools_ensure() {
+  local missing=()
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  [ ${#missing[@]} -eq 0 ] || _apt_install --no-install-recommends "${missing[@]}" \
+    || echo "services: ${missing[*]} missing: their tests will fail" >&2
 }
 
 bim_services_ensure() {

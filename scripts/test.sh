@@ -12,5 +12,5 @@ bash scripts/test_js.sh
 source scripts/services.sh
 trap bim_services_stop EXIT
 bim_services_ensure
-bim_promtool_ensure
+bim_test_tools_ensure
 "$VENV_PY" -m pytest "$@"

@@ -20,7 +20,7 @@ PRODUCTION_ENV = {
     "SECRET_KEY": "x7" * 20 + "production-only-secret-key-of-enough-entropy",
     "ALLOWED_HOSTS": "registry.example.org",
     "CSRF_TRUSTED_ORIGINS": "https://registry.example.org",
-    "BIM_SECURE_PROXY_SSL_HEADER": "1",
+    "BIM_TRUSTED_PROXIES": "127.0.0.1",
 }
 
 
