@@ -7,7 +7,7 @@ from django.utils.html import format_html
 
 from ledger.admin import ReadOnlyMixin
 
-from . import reputation
+from . import reputation, subnet_admin  # noqa: F401 - registers the subnet lifecycle pages
 from .models import (
     AgreementStat,
     Assignment,

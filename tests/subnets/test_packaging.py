@@ -228,6 +228,10 @@ def packaged(model_package) -> tuple[Subnet, bytes, bytes]:
         defaults=new_subnet_settings(LicenseFactory()),
         chunk_size=CHUNK,
     )
+    assert subnet.state == Subnet.State.DRAFT  # packaging alone never makes a subnet public
+    # Random bytes have no benchmark reference to compute: switched on behind the lifecycle.
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)
+    subnet.refresh_from_db()
     return subnet, model, tokenizer
 
 
@@ -336,7 +340,7 @@ def test_an_unknown_chunk_is_404(client):
 def test_an_unknown_or_inactive_subnet_has_no_manifest(client, packaged):
     subnet, _, _ = packaged
     assert client.get("/subnets/no-such-subnet/manifest.json").status_code == 404
-    Subnet.objects.filter(pk=subnet.pk).update(is_active=False)
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.PAUSED)
     assert client.get(f"/subnets/{subnet.slug}/manifest.json").status_code == 404
 
 
@@ -378,6 +382,9 @@ def test_package_model_registers_a_new_subnet(model_package):
     assert subnet.artifacts.get(role="model").chunk_links.count() == 3
     assert f"model: model.onnx {len(model)} B in 3 chunks" in out
     assert f"model_checksum {subnet.model_checksum}" in out
+    # A new subnet is a draft, and the operator is told so where they ran the command.
+    assert subnet.state == Subnet.State.DRAFT
+    assert "cli-subnet is a draft: it needs a benchmark reference" in out
 
 
 def test_package_model_updates_an_existing_subnet(model_package):
@@ -423,6 +430,7 @@ def test_package_model_packages_a_gguf_from_a_package_it_never_imports(client, m
     # The tokenizer is inside the GGUF: one artifact, covered by the model checksum.
     assert subnet.task_type == "text" and subnet.tokenizer_checksum == ""
     assert subnet.model_checksum == hashlib.sha256(model).hexdigest()
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)  # no reference for random bytes
     manifest = client.get("/subnets/cli-text/manifest.json").json()
     assert [a["role"] for a in manifest["artifacts"]] == ["model"]
     assert manifest["preprocessing"]["chat_template"] == "smollm2-chatml"

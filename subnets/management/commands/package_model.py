@@ -71,3 +71,9 @@ class Command(BaseCommand):
                 f"{len(artifact['chunks'])} chunks, sha256 {artifact['sha256']}"
             )
         self.stdout.write(f"subnet {subnet.slug}: model_checksum {subnet.model_checksum}")
+        if subnet.state == subnet.State.DRAFT:
+            # Said here, not only in a server log: a draft takes no jobs until activated.
+            self.stdout.write(
+                f"subnet {subnet.slug} is a draft: it needs a benchmark reference for this model before an "
+                "operator can activate it (admin: add subnet from a package does both)"
+            )
