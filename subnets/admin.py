@@ -42,6 +42,9 @@ class SubnetChangeInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
 
 class SubnetAdmin(admin.ModelAdmin):
     """Subnets: edits go through subnets.lifecycle.subnet_update (each changed field logged

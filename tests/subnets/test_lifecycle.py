@@ -135,3 +135,20 @@ def test_the_state_and_checksums_are_not_edited_as_fields(field):
     with pytest.raises(ServiceError) as refused:
         subnet_update(subnet_id=subnet.pk, changes={field: "paused"}, operator=None)
     assert refused.value.code == "field_not_editable"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_database_refuses_an_activation_without_a_reference_behind_the_service():
+    from django.db import IntegrityError
+
+    subnet = SubnetFactory(state=State.DRAFT)
+    benchmark_reference(subnet, checksum="cd" * 32)  # for another model
+    with pytest.raises(IntegrityError, match="benchmark reference"):
+        Subnet.objects.filter(pk=subnet.pk).update(state=State.ACTIVE)
+    Subnet.objects.filter(pk=subnet.pk).update(state=State.RETIRED)  # other moves are the service's business
+
+    fresh = SubnetFactory(state=State.PAUSED)
+    benchmark_reference(fresh)
+    Subnet.objects.filter(pk=fresh.pk).update(state=State.ACTIVE)
+    fresh.refresh_from_db()
+    assert fresh.state == State.ACTIVE

@@ -33,7 +33,7 @@ from subnets.services import (
     subnet_manifest,
     subnet_package,
 )
-from tests.factories import LicenseFactory, SubnetFactory, UserFactory
+from tests.factories import LicenseFactory, SubnetFactory, UserFactory, benchmark_reference
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -229,7 +229,8 @@ def packaged(model_package) -> tuple[Subnet, bytes, bytes]:
         chunk_size=CHUNK,
     )
     assert subnet.state == Subnet.State.DRAFT  # packaging alone never makes a subnet public
-    # Random bytes have no benchmark reference to compute: switched on behind the lifecycle.
+    # Random bytes have no benchmark reference to compute: a placeholder row lets it go live.
+    benchmark_reference(subnet)
     Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)
     subnet.refresh_from_db()
     return subnet, model, tokenizer
@@ -430,7 +431,8 @@ def test_package_model_packages_a_gguf_from_a_package_it_never_imports(client, m
     # The tokenizer is inside the GGUF: one artifact, covered by the model checksum.
     assert subnet.task_type == "text" and subnet.tokenizer_checksum == ""
     assert subnet.model_checksum == hashlib.sha256(model).hexdigest()
-    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)  # no reference for random bytes
+    benchmark_reference(subnet)  # a placeholder: random bytes have no real one
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)
     manifest = client.get("/subnets/cli-text/manifest.json").json()
     assert [a["role"] for a in manifest["artifacts"]] == ["model"]
     assert manifest["preprocessing"]["chat_template"] == "smollm2-chatml"
