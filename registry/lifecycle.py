@@ -17,6 +17,7 @@ parts only the registry has: node sockets, routing, jobs and honeypots.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -83,11 +84,16 @@ def subnet_create_from_package(
     license_: License | None = None,
     settings: dict[str, Any] | None = None,
     activate: bool = False,
+    upload: Path | None = None,
+    upload_name: str = "",
 ) -> Subnet:
     """Create a draft subnet for one of the catalog's model packages, with the family's
     settings (overridden by `settings`), and queue its preparation: packaging, the benchmark
     reference and the honeypot pool (`subnet_prepare`). It stays a draft until the
-    reference exists; with `activate` it is then activated."""
+    reference exists; with `activate` it is then activated. With `upload` (the operator's
+    own build of the family's model, on disk) that file is chunked here, in the request,
+    since a worker may not see the request's temporary file; it stands in for the package's
+    model, the family's tokenizer and settings apply."""
     package = catalog.PACKAGES.get(package_key)
     if package is None:
         raise ServiceError("unknown_package", f"{package_key!r} is not an installed model package of this registry")
@@ -114,7 +120,11 @@ def subnet_create_from_package(
                 )
         except IntegrityError:
             raise ServiceError("slug_taken", f"a subnet {slug!r} exists already", status=409) from None
-        subnet_created_log(subnet=subnet, operator=operator, source=f"package {package.key}")
+        source = f"package {package.key}"
+        if upload is not None:
+            subnet_services.subnet_model_upload(subnet=subnet, source=upload, name=upload_name, tokenizer=package.tokenizer)
+            source = f"upload {upload_name} ({subnet.model_checksum[:12]}…) with package {package.key}'s settings"
+        subnet_created_log(subnet=subnet, operator=operator, source=source)
         effects.queue_task("subnet_prepare", str(subnet.pk), package.key, str(operator.pk), "1" if activate else "")
     return subnet
 
@@ -133,7 +143,9 @@ def subnet_prepare(*, subnet_id: int, package_key: str, operator_id: int | None,
     operator = get_user_model().objects.filter(pk=operator_id).first() if operator_id else None
     try:
         package = catalog.PACKAGES[package_key]
-        subnet = subnet_services.subnet_package(slug=subnet.slug, model=package.model, tokenizer=package.tokenizer)
+        uploaded = subnet.artifacts.filter(role="model", source__startswith=subnet_services.UPLOAD_SOURCE).exists()
+        if not uploaded:
+            subnet = subnet_services.subnet_package(slug=subnet.slug, model=package.model, tokenizer=package.tokenizer)
         _setup_note(subnet, Subnet.Setup.RUNNING, "computing the benchmark reference")
         reference = subnet_services.benchmark_reference_compute(
             subnet=subnet, inputs=package.benchmark_inputs(), pool=package.benchmark_pool()

@@ -5,11 +5,17 @@ registry: creation computes the honeypot pool, and a state change tells connecte
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -33,9 +39,25 @@ class SubnetFromPackageForm(forms.Form):
     )
     price_per_call_micro = forms.IntegerField(min_value=0, required=False, help_text="empty: the package's default")
     price_per_item_micro = forms.IntegerField(min_value=0, required=False, help_text="empty: the package's default")
+    model_file = forms.FileField(
+        required=False,
+        label="or upload a model file",
+        help_text="your own build of the package's model (same family and format); it replaces the package's model file",
+    )
     activate = forms.BooleanField(
         required=False, initial=True, help_text="activate as soon as the benchmark reference is computed"
     )
+
+
+    def clean_model_file(self) -> Any:
+        upload = self.cleaned_data.get("model_file")
+        if upload is not None and upload.size > settings.MODEL_UPLOAD_MAX_BYTES:
+            raise forms.ValidationError(
+                f"the file has {upload.size} bytes; at most {settings.MODEL_UPLOAD_MAX_BYTES} (BIM_MODEL_UPLOAD_MAX_BYTES)"
+            )
+        if upload is not None and upload.size == 0:
+            raise forms.ValidationError("the file is empty")
+        return upload
 
 
 class SubnetStateForm(forms.Form):
@@ -57,20 +79,23 @@ class RegistrySubnetAdmin(SubnetAdmin):
         benchmark reference all come from the packaged files."""
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = SubnetFromPackageForm(request.POST or None)
+        form = SubnetFromPackageForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             prices = {k: data[k] for k in ("price_per_call_micro", "price_per_item_micro") if data[k] is not None}
             try:
-                subnet = lifecycle.subnet_create_from_package(
-                    operator=request.user,
-                    package_key=data["package"],
-                    slug=data["slug"],
-                    name=data["name"],
-                    license_=data["license"],
-                    settings=prices,
-                    activate=data["activate"],
-                )
+                with _on_disk(data["model_file"]) as upload:
+                    subnet = lifecycle.subnet_create_from_package(
+                        operator=request.user,
+                        package_key=data["package"],
+                        slug=data["slug"],
+                        name=data["name"],
+                        license_=data["license"],
+                        settings=prices,
+                        activate=data["activate"],
+                        upload=upload,
+                        upload_name=data["model_file"].name if upload else "",
+                    )
             except ServiceError as exc:
                 form.add_error("slug" if exc.code == "slug_taken" else None, exc.detail)
             else:
@@ -115,6 +140,23 @@ class RegistrySubnetAdmin(SubnetAdmin):
             "change_url": reverse("admin:subnets_subnet_change", args=[subnet.pk]),
         }
         return TemplateResponse(request, "admin/subnets/subnet/state.html", context, status=status)
+
+
+@contextmanager
+def _on_disk(upload: UploadedFile | None) -> Iterator[Path | None]:
+    """The uploaded file as a path: Django keeps a large upload in a temporary file already
+    (streamed, never whole in memory); a small one, held in memory, is written out."""
+    if upload is None:
+        yield None
+        return
+    if isinstance(upload, TemporaryUploadedFile):
+        yield Path(upload.temporary_file_path())
+        return
+    with tempfile.NamedTemporaryFile(suffix=Path(upload.name).suffix) as handle:
+        for block in upload.chunks():
+            handle.write(block)
+        handle.flush()
+        yield Path(handle.name)
 
 
 admin.site.unregister(Subnet)

