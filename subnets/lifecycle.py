@@ -138,6 +138,13 @@ def subnet_created_log(*, subnet: Subnet, operator: AbstractBaseUser | None, sou
     )
 
 
+def subnet_files_changed_log(*, subnet: Subnet, operator: AbstractBaseUser | None, before: str, reason: str) -> SubnetChange:
+    """A re-packaged model: new jobs name the new checksum (and need a reference for it)."""
+    return SubnetChange.objects.create(
+        subnet=subnet, operator=operator, field="model_checksum", before=before, after=subnet.model_checksum, reason=reason
+    )
+
+
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str | list | dict):
         return value

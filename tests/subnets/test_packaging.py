@@ -408,6 +408,11 @@ def test_package_model_updates_an_existing_subnet(model_package):
     assert subnet.model_checksum == hashlib.sha256(rebuilt).hexdigest()
     artifact = subnet.artifacts.get(role="model")
     assert artifact.pk != old_artifact.pk and not Artifact.objects.filter(pk=old_artifact.pk).exists()
+    # Logged like an admin edit: the setting, and the new build's checksum.
+    price = subnet.changes.get(field="price_per_item_micro")
+    assert (price.before, price.after, price.operator) == (1000, 2000, None)
+    rebuilds = list(subnet.changes.filter(field="model_checksum").values_list("before", "after"))
+    assert rebuilds == [(old_artifact.sha256, subnet.model_checksum), ("ab" * 32, old_artifact.sha256)]
     assert [link.chunk.size for link in artifact.chunk_links.select_related("chunk")] == [CHUNK, 10]
 
 
