@@ -47,6 +47,9 @@ CLOSE_MESSAGE_TOO_BIG_APP = 4009
 
 # The `job_failed` reason for work `welcome` lists that the node no longer holds.
 LOST_ON_RECONNECT = "lost_on_reconnect"
+# The `job_failed` reason for an offer of a subnet the registry said (`subnet_state`) is
+# paused: it arrived after the pause, and costs the node nothing.
+SUBNET_PAUSED = "subnet_paused"
 
 # Bounds on the numbers a node sends: outside them a message is refused with
 # `out_of_range` (the database would refuse them anyway, with a crash instead of a code).

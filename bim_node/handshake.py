@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from websockets.asyncio.client import ClientConnection
 from bim_core import protocol
 
 DEFAULT_HEARTBEAT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class NodeFatalError(Exception):
@@ -30,6 +33,8 @@ class Opened:
 
     session_key: Ed25519PrivateKey
     heartbeat_s: float
+    # The subnet's state as `welcome` listed it: "paused" while its operator has it paused.
+    subnet_state: str = "active"
 
 
 async def handshake(
@@ -88,7 +93,12 @@ async def handshake(
         ws,
         {"type": "ready", "subnet": subnet, "model_checksum": model_checksum, "max_concurrent": max_concurrent},
     )
-    return Opened(session_key=session_key, heartbeat_s=_heartbeat_interval(welcome.get("heartbeat_s")))
+    state = offered[subnet].get("state") or "active"
+    if state == "paused":
+        log.warning("subnet %s is paused by its operator: connected, no jobs until it resumes", subnet)
+    return Opened(
+        session_key=session_key, heartbeat_s=_heartbeat_interval(welcome.get("heartbeat_s")), subnet_state=str(state)
+    )
 
 
 MAX_LISTED_ASSIGNMENTS = 4096

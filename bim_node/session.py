@@ -99,6 +99,9 @@ class NodeClient:
         self.ready = asyncio.Event()  # set on ready_ok, cleared when the socket drops
         self.jobs_done = 0
         self.jobs_failed = 0
+        # The subnet's state as the registry last said (welcome, `subnet_state`): while it is
+        # not "active" new offers are declined; work already accepted still finishes.
+        self.subnet_state = "active"
         self._executor: ThreadPoolExecutor | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -192,6 +195,7 @@ class NodeClient:
             release_listed_work=self.release_listed_work,
         )
         conn = _Connection(ws, opened.session_key, opened.heartbeat_s, queue=asyncio.Queue(), cancelled=set())
+        self.subnet_state = opened.subnet_state
         welcomed.set()
         log.info("connected as node %s; heartbeat every %s s", self.node_id, conn.heartbeat_s)
         tasks = [
@@ -227,6 +231,8 @@ class NodeClient:
                 )
             elif kind == "cancel":
                 conn.cancelled.add(str(message.get("assignment_id")))
+            elif kind == "subnet_state":
+                self._on_subnet_state(message)
             elif kind == "ready_ok":
                 log.info("ready on subnet %s", message.get("subnet"))
                 self.ready.set()
@@ -242,6 +248,22 @@ class NodeClient:
             elif kind != "pong":
                 log.debug("ignoring message type %r", kind)
 
+    def _on_subnet_state(self, message: dict[str, Any]) -> None:
+        """The operator paused, resumed or retired a subnet (docs/protocol.md §4.2)."""
+        if message.get("subnet") != self.subnet:
+            return
+        state = str(message.get("state"))
+        if state == "retired":
+            raise NodeFatalError(f"subnet {self.subnet} was retired by its operator: there is nothing left to serve")
+        checksum = message.get("model_checksum")
+        if state == "active" and checksum and checksum != self.model.checksum:
+            raise NodeFatalError(f"subnet {self.subnet} resumed with model {checksum}: restart the node to fetch it")
+        if state == "paused":
+            log.warning("subnet %s paused by its operator: declining new jobs until it resumes", self.subnet)
+        elif state == "active" and self.subnet_state != "active":
+            log.info("subnet %s resumed: taking jobs again", self.subnet)
+        self.subnet_state = state
+
     def _on_error(self, message: dict[str, Any]) -> None:
         code, detail = message.get("code"), message.get("detail")
         assignment_id = message.get("assignment_id")
@@ -253,6 +275,10 @@ class NodeClient:
         assignment_id = message.get("assignment_id")
         if not isinstance(assignment_id, str):
             log.warning("dropping a job without an assignment id")
+            return
+        if self.subnet_state != "active":
+            log.info("declining assignment %s: subnet %s is %s", assignment_id, self.subnet, self.subnet_state)
+            await self._job_failed(conn, assignment_id, protocol.SUBNET_PAUSED)
             return
         try:
             job = self.model.check_job(message)

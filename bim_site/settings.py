@@ -375,6 +375,8 @@ SPECTACULAR_SETTINGS = {
 # Content-addressed model chunks (served at immutable URLs) and their fixed size.
 ARTIFACT_ROOT = Path(env_str("BIM_ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 ARTIFACT_CHUNK_SIZE = env_int("BIM_ARTIFACT_CHUNK_SIZE", 1024 * 1024)
+# The largest model file an operator may upload in admin (the shipped builds: 2-100 MB).
+MODEL_UPLOAD_MAX_BYTES = env_int("BIM_MODEL_UPLOAD_MAX_BYTES", 512 * 1024 * 1024)
 # The registry's Ed25519 key that signs receipts; made on first use when absent.
 REGISTRY_KEY_PATH = Path(env_str("BIM_REGISTRY_KEY_PATH", str(VAR_DIR / "registry.key")))
 

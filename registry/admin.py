@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from bim_core.money import micro_to_text
 from ledger.admin import ReadOnlyMixin
 
-from . import dashboard, disputes
+from . import dashboard, disputes, subnet_admin  # noqa: F401 - subnet_admin registers the subnet lifecycle pages
 from .admin_nodes import NodeAdmin, NodeSanctionAdmin
 from .models import (
     AgreementStat,

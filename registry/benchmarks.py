@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from bim_core import families, protocol, scoring
 from bim_core.verification import verify_pair
-from subnets.models import BenchmarkInput, BenchmarkReference
+from subnets.models import BenchmarkInput, BenchmarkReference, Subnet
 
 from . import effects
 from .models import (
@@ -185,9 +185,12 @@ def _benchmark_judge(*, node_id: object, message: dict[str, Any]) -> Benchmark:
 
 def benchmarks_due() -> int:
     """Beat: re-benchmark ready nodes every N jobs or after the subnet's maximum age, and
-    let stale scores decay meanwhile (a node keeps its jobs while it re-benchmarks)."""
+    let stale scores decay meanwhile (a node keeps its jobs while it re-benchmarks). Only
+    active subnets: a paused one is benchmarked again once it resumes, a retired one never."""
     issued = 0
-    links = NodeSubnet.objects.filter(ready_at__isnull=False, node__is_online=True).select_related("subnet", "node")
+    links = NodeSubnet.objects.filter(
+        ready_at__isnull=False, node__is_online=True, subnet__state=Subnet.State.ACTIVE
+    ).select_related("subnet", "node")
     for link in links:
         if benchmark_due(link):
             with transaction.atomic():

@@ -318,6 +318,9 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
     async def job_cancel(self, event: dict[str, Any]) -> None:
         await self.send_json({"type": "cancel", "assignment_id": event["assignment_id"]})
 
+    async def subnet_state(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["message"])
+
     async def node_banned(self, event: dict[str, Any]) -> None:
         self.cut_off_for = "node banned"
         await self.close(code=protocol.CLOSE_BANNED, reason=f"banned until {event['until']}")

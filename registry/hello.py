@@ -134,6 +134,11 @@ def _refusal(request: HelloRequest, node: _Node | None, cooling_until: Any, now:
     return None
 
 
+# A paused subnet stays listed (with its state): its nodes stay connected and ready, and
+# are told when it resumes (registry.lifecycle), rather than exit as if it had vanished.
+SERVED_STATES = (Subnet.State.ACTIVE, Subnet.State.PAUSED)
+
+
 def _welcome(node_ids: set[uuid.UUID]) -> tuple[dict[Any, list[dict[str, str]]], dict[Any, list[str]]]:
     """What `welcome` lists per node: its active subnets (slug, model checksum, manifest)
     and its open assignments, any session's, so that a node back after a disconnect
@@ -141,11 +146,20 @@ def _welcome(node_ids: set[uuid.UUID]) -> tuple[dict[Any, list[dict[str, str]]],
     if not node_ids:
         return {}, {}
     links = list(
-        NodeSubnet.objects.filter(node_id__any=node_ids, subnet__is_active=True).values_list("node_id", "subnet_id")
+        NodeSubnet.objects.filter(node_id__any=node_ids, subnet__state__in=SERVED_STATES).values_list(
+            "node_id", "subnet_id"
+        )
     )
     described = {
-        subnet.pk: {"slug": subnet.slug, "model_checksum": subnet.model_checksum, "manifest_url": subnet_selectors.manifest_url(subnet)}
-        for subnet in Subnet.objects.filter(pk__in={subnet_id for _, subnet_id in links}).only("id", "slug", "model_checksum")
+        subnet.pk: {
+            "slug": subnet.slug,
+            "model_checksum": subnet.model_checksum,
+            "manifest_url": subnet_selectors.manifest_url(subnet),
+            "state": subnet.state,
+        }
+        for subnet in Subnet.objects.filter(pk__in={subnet_id for _, subnet_id in links}).only(
+            "id", "slug", "model_checksum", "state"
+        )
     }
     subnets: dict[Any, list[dict[str, str]]] = {}
     for node_id, subnet_id in links:

@@ -85,7 +85,7 @@ def honeypots_issue_due(*, window_s: int = 60) -> int:
     fractional part as a coin toss, so low-traffic subnets are still sampled)."""
     since = timezone.now() - timedelta(seconds=window_s)
     issued = 0
-    for subnet in Subnet.objects.filter(is_active=True, honeypot_rate_bp__gt=0):
+    for subnet in Subnet.objects.filter(state=Subnet.State.ACTIVE, honeypot_rate_bp__gt=0):
         user_jobs = Job.objects.filter(subnet=subnet, created_at__gte=since, honeypot__isnull=True).count()
         expected = user_jobs * subnet.honeypot_rate_bp / 10_000
         count = int(expected) + (random.random() < expected - int(expected))

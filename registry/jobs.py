@@ -99,8 +99,8 @@ def job_cancel(*, user: Any, job_id: object) -> Job:
     return job
 
 
-def job_expire(job: Job) -> None:
-    job_transition(job, JobState.EXPIRED, detail="deadline passed", failure_reason="deadline passed")
+def job_expire(job: Job, *, reason: str = "deadline passed") -> None:
+    job_transition(job, JobState.EXPIRED, detail=reason, failure_reason=reason)
     if job.price_micro:
         ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason="job expired")
     open_assignments = list(job.assignments.filter(state=AssignmentState.DISPATCHED).values_list("id", "node_id"))

@@ -120,6 +120,10 @@ class Job(models.Model):
     inputs = models.JSONField()
     item_count = models.PositiveIntegerField()
     price_micro = models.PositiveBigIntegerField()
+    # The subnet's economic terms at submit (prices, split, escrow rule, solo price): an
+    # operator's later change applies to new jobs only (registry.terms). Empty: a job from
+    # before terms were recorded, settled on the subnet's current ones.
+    terms = models.JSONField(default=dict, blank=True)
     verification = models.JSONField(default=dict, blank=True)
     receipt = models.JSONField(default=dict, blank=True)
     failure_reason = models.CharField(max_length=200, blank=True)

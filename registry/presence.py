@@ -69,7 +69,7 @@ def node_register(
         public_key = protocol.canonical_public_key(public_key)
     except protocol.ProtocolError as exc:
         raise ServiceError("invalid_public_key", exc.detail) from None
-    subnets = list(Subnet.objects.filter(slug__in=subnet_slugs, is_active=True).select_related("license"))
+    subnets = list(Subnet.objects.filter(slug__in=subnet_slugs, state=Subnet.State.ACTIVE).select_related("license"))
     unknown = set(subnet_slugs) - {s.slug for s in subnets}
     if unknown:
         raise ServiceError("unknown_subnet", f"no active subnet {sorted(unknown)}", status=404)
@@ -266,6 +266,8 @@ def nodes_ready(requests: Sequence[Ready]) -> list[protocol.ProtocolError | None
         link = links.get((request.node_id, request.subnet_slug))
         if link is None:
             error = protocol.ProtocolError("unknown_subnet", f"node is not registered for subnet {request.subnet_slug!r}")
+        elif link.subnet.state not in (Subnet.State.ACTIVE, Subnet.State.PAUSED):
+            error = protocol.ProtocolError("unknown_subnet", f"subnet {request.subnet_slug!r} is {link.subnet.state}")
         elif request.model_checksum != link.subnet.model_checksum:
             error = protocol.ProtocolError("model_mismatch", "model_checksum differs from the subnet's model")
         elif (link.owner_id, link.subnet_id) not in accepted:

@@ -14,6 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from bim_core import families, protocol
+from subnets.models import Subnet
 
 from . import effects, metrics, selectors, verify
 from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition
@@ -214,4 +215,10 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
             raise protocol.ProtocolError("not_assigned", "no open assignment with that id for this node")
         if reason == protocol.LOST_ON_RECONNECT and offered_before_this_session:
             return  # work of a session that ended without the node leaving it: no failure
+        if reason == protocol.SUBNET_PAUSED and not _subnet_active(job_id):
+            return  # an offer that crossed the pause on the wire: the node did as told
         Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
+
+
+def _subnet_active(job_id: object) -> bool:
+    return Job.objects.filter(pk=job_id, subnet__state=Subnet.State.ACTIVE).exists()

@@ -261,6 +261,10 @@ def candidate_for(node: Node, weight: float = 0.0) -> Candidate:
 def _routable_records(subnet_id: int) -> list[Candidate]:
     now = timezone.now()
     subnet = Subnet.objects.get(pk=subnet_id)
+    if subnet.state != Subnet.State.ACTIVE:
+        # Paused or retired: nobody is offered its jobs (queued ones wait, or expire with
+        # their holds released, through the sweeper's ordinary path).
+        return []
     policy = scoring.ReputationPolicy.from_dict(subnet.reputation_policy)
     links = (
         NodeSubnet.objects.filter(

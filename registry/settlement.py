@@ -19,6 +19,7 @@ from .models import (
     JobState,
 )
 from .receipts import receipt_build
+from .terms import JobTerms
 
 
 def job_settle_rescored(
@@ -61,9 +62,9 @@ def job_settle_solo(job: Job, solo: Assignment) -> None:
     """A trusted node's unchecked result: the user pays solo_price_bp of the pair price (the
     rest of the hold is released), the node earns what it would in a pair, the registry the
     remainder. No reputation is earned by unchecked work."""
-    subnet = job.subnet
-    amount = _price_captured(job, solo) * subnet.solo_price_bp // 10_000
-    node_bp = min(10_000, subnet.split_node_a_bp * 10_000 // max(1, subnet.solo_price_bp))
+    subnet, terms = job.subnet, JobTerms.of_job(job)
+    amount = _price_captured(job, solo) * terms.solo_price_bp // 10_000
+    node_bp = min(10_000, terms.split_node_a_bp * 10_000 // max(1, terms.solo_price_bp))
     transfers = _pay(job, amount, (solo,), (node_bp, 0, 10_000 - node_bp))
     Assignment.objects.filter(pk=solo.pk).update(state=AssignmentState.AGREED)
     verdict = Verdict(True, "unchecked", None, "trusted node, not replicated")
@@ -86,8 +87,8 @@ def job_settle_agreed(
     """Pay the agreeing pair, update reputations, sign the receipt, mark the job settled.
     A majority of one (a text pair settled by re-scoring) is paid node A's share; the
     registry, which re-scored, keeps the rest."""
-    subnet = job.subnet
-    split_bp = subnet.split_bp if len(majority) == 2 else (subnet.split_node_a_bp, 0, 10_000 - subnet.split_node_a_bp)
+    terms = JobTerms.of_job(job)
+    split_bp = terms.split_bp if len(majority) == 2 else (terms.split_node_a_bp, 0, 10_000 - terms.split_node_a_bp)
     amount = _price_captured(job, majority[0])
     transfers = _pay(job, amount, majority, split_bp)
     Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
@@ -100,7 +101,7 @@ def job_settle_agreed(
         job, list(majority), verdict, transfers, verification["path"], verification.get("rescoring")
     )
     job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
-    metrics.job_settled_record(subnet_slug=subnet.slug, created_at=job.created_at)
+    metrics.job_settled_record(subnet_slug=job.subnet.slug, created_at=job.created_at)
 
 
 def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[int, int, int]) -> list[Any]:
@@ -108,7 +109,7 @@ def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[in
     nodes and the registry by `split_bp`, the subnet's escrow rule applied: one posting."""
     if not amount:
         return []
-    subnet = job.subnet
+    terms = JobTerms.of_job(job)
     return ledger.job_settle(
         job_id=job.id,
         user=job.user,
@@ -116,7 +117,7 @@ def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[in
         held=job.price_micro,
         node_ids=tuple(x.node_id for x in paid),
         split_bp=split_bp,
-        escrow=ledger.NodeEscrowRule(share_bp=subnet.escrow_share_bp, required=subnet.escrow_required_micro),
+        escrow=ledger.NodeEscrowRule(share_bp=terms.escrow_share_bp, required=terms.escrow_required_micro),
     )
 
 
@@ -128,4 +129,4 @@ def _price_captured(job: Job, delivered: Assignment) -> int:
     used = family.used_units(job.inputs, selectors.assignment_result(delivered))
     if not job.price_micro or used >= family.price_units(job.inputs):
         return job.price_micro
-    return min(job.price_micro, job.subnet.price_for(used))
+    return min(job.price_micro, JobTerms.of_job(job).price_for(used))

@@ -29,6 +29,7 @@ from .models import (
     JobEvent,
     JobState,
 )
+from .terms import JobTerms
 
 BATCH_MAX = protocol.JOBS_PER_BATCH_MAX
 
@@ -74,12 +75,10 @@ def jobs_submit(
     if len(set(keys)) != len(keys):
         repeated = next(i for i, key in enumerate(keys) if keys.index(key) != i)
         raise ServiceError("idempotency_conflict", f"{label(repeated)}this idempotency key is used twice in the batch", status=409)
-    subnets = _active_subnets({r.subnet_slug for r in requests})
+    subnets = _public_subnets({r.subnet_slug for r in requests})
     prepared = []
     for index, request in enumerate(requests):
-        subnet = subnets.get(request.subnet_slug)
-        if subnet is None:
-            raise ServiceError("unknown_subnet", f"{label(index)}no active subnet {request.subnet_slug!r}", status=404)
+        subnet = _subnet_taking_jobs(subnets.get(request.subnet_slug), request.subnet_slug, label(index))
         prepared.append((subnet, _validated_inputs(subnet, request, label(index))))
     existing = {job.idempotency_key: job for job in Job.objects.filter(user=user, idempotency_key__in=keys)}
     outcome: list[tuple[Job, bool] | None] = []
@@ -114,8 +113,22 @@ def jobs_submit(
     return [o for o in outcome if o is not None]
 
 
-def _active_subnets(slugs: set[str]) -> dict[str, Subnet]:
-    return {s.slug: s for s in Subnet.objects.filter(slug__in=slugs, is_active=True).select_related("license")}
+def _public_subnets(slugs: set[str]) -> dict[str, Subnet]:
+    """Subnets by slug, drafts left out: a draft is not public until it is activated."""
+    found = Subnet.objects.filter(slug__in=slugs).exclude(state=Subnet.State.DRAFT).select_related("license")
+    return {s.slug: s for s in found}
+
+
+def _subnet_taking_jobs(subnet: Subnet | None, slug: str, label: str) -> Subnet:
+    """The subnet if it takes new jobs; a paused or retired one is refused with its own
+    code, so a client can tell "try later" from "gone" from "no such subnet"."""
+    if subnet is None:
+        raise ServiceError("unknown_subnet", f"{label}no active subnet {slug!r}", status=404)
+    if subnet.state == Subnet.State.PAUSED:
+        raise ServiceError("subnet_paused", f"{label}subnet {slug!r} is paused by its operator; try again later", status=409)
+    if subnet.state == Subnet.State.RETIRED:
+        raise ServiceError("subnet_retired", f"{label}subnet {slug!r} is retired and takes no new jobs", status=410)
+    return subnet
 
 
 def _validated_inputs(subnet: Subnet, request: JobRequest, label: str) -> dict[str, Any]:
@@ -182,6 +195,7 @@ def _job_build(
         session_key_pub=session_key,
     )
     family = families.family_for(subnet.task_type)
+    terms = JobTerms.of_subnet(subnet)
     return Job(
         id=job_id,
         user=user,
@@ -191,7 +205,8 @@ def _job_build(
         contract_hash=protocol.contract_hash(contract),
         inputs=inputs,
         item_count=family.item_count(inputs),
-        price_micro=0 if honeypot is not None else subnet.price_for(family.price_units(inputs)),
+        price_micro=0 if honeypot is not None else terms.price_for(family.price_units(inputs)),
+        terms=terms.as_dict(),
         honeypot=honeypot,
         warnings=input_coverage_warnings(subnet, inputs) if honeypot is None else [],
         expires_at=timezone.now() + timedelta(milliseconds=subnet.latency_ms),

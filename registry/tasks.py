@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import OperationalError
 from django.utils.module_loading import import_string
 
-from . import benchmarks, dispatch, effects, honeypots, presence, sentinels, sweeper, verify
+from . import benchmarks, dispatch, effects, honeypots, lifecycle, presence, sentinels, sweeper, verify
 
 # Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
 retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
@@ -25,6 +25,14 @@ def dispatch_job(job_id: str) -> None:
 def dispatch_waiting(subnet_id: str) -> None:
     effects.coalesced_task_started("dispatch_waiting", subnet_id)
     dispatch.jobs_dispatch_waiting(subnet_id=int(subnet_id))
+
+
+@shared_task
+def subnet_prepare(subnet_id: str, package_key: str, operator_id: str, activate: str) -> None:
+    # Not retried on its own: a failure is recorded on the subnet for the operator to see.
+    lifecycle.subnet_prepare(
+        subnet_id=int(subnet_id), package_key=package_key, operator_id=int(operator_id) if operator_id else None, activate=bool(activate)
+    )
 
 
 @retried

@@ -1,7 +1,13 @@
+from typing import Any
+
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
-from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet
+from bim_core.errors import ServiceError
+
+from .lifecycle import subnet_created_log, subnet_update
+from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet, SubnetChange
 
 
 @admin.register(License)
@@ -19,8 +25,32 @@ class ArtifactInline(admin.TabularInline):
     show_change_link = True
 
 
-@admin.register(Subnet)
+class SubnetChangeInline(admin.TabularInline):
+    """The subnet's history: every change of a field or of its state, who made it and when.
+    Written by subnets.lifecycle in the change's transaction; never edited."""
+
+    model = SubnetChange
+    fields = ["at", "operator", "field", "before", "after", "reason"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "history (price, tolerance, policy and state changes)"
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 class SubnetAdmin(admin.ModelAdmin):
+    """Subnets: edits go through subnets.lifecycle.subnet_update (each changed field logged
+    with its before and after). The state is not a form field: registry.subnet_admin adds
+    the state page (nodes must be told) and creation from a model package."""
+
     list_display = [
         "slug",
         "task_type",
@@ -29,18 +59,47 @@ class SubnetAdmin(admin.ModelAdmin):
         "runtime_id",
         "price_per_item_micro",
         "license",
-        "is_active",
+        "state",
+        "setup_status",
     ]
-    list_filter = ["task_type", "is_active", "license"]
+    list_filter = ["state", "task_type", "license"]
     search_fields = ["slug", "name", "model_id", "model_checksum"]
     list_select_related = ["license"]
-    # Checksums name the packaged files: change them by re-running package_model, not by hand.
-    readonly_fields = ["model_checksum", "tokenizer_checksum", "created_at", "updated_at"]
-    inlines = [ArtifactInline]
+    # Checksums name the packaged files: change them by re-packaging, not by hand.
+    readonly_fields = [
+        "state",
+        "setup_status",
+        "setup_detail",
+        "model_checksum",
+        "tokenizer_checksum",
+        "created_at",
+        "updated_at",
+    ]
+    inlines = [ArtifactInline, SubnetChangeInline]
 
     @admin.display(description="model sha256")
     def short_checksum(self, subnet: Subnet) -> str:
         return subnet.model_checksum[:12]
+
+    def save_model(self, request: HttpRequest, obj: Subnet, form: Any, change: bool) -> None:
+        if not change:
+            obj.save()
+            subnet_created_log(subnet=obj, operator=request.user, source="admin form")
+            return
+        changes = {}
+        for name in form.changed_data:
+            field = Subnet._meta.get_field(name)
+            value = form.cleaned_data[name]
+            changes[field.attname] = value.pk if field.is_relation and value is not None else value
+        try:
+            subnet_update(subnet_id=obj.pk, changes=changes, operator=request.user)
+        except ServiceError as exc:
+            # The form validated; a refusal here is a rule the form cannot see.
+            raise ValidationError(exc.detail) from None
+        obj.refresh_from_db()
+
+
+admin.site.register(Subnet, SubnetAdmin)
 
 
 class ArtifactChunkInline(admin.TabularInline):

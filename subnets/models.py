@@ -33,6 +33,23 @@ def default_routing_policy() -> dict:
 
 
 class Subnet(models.Model):
+    class State(models.TextChoices):
+        # draft → active ↔ paused → retired (final); only subnets.lifecycle moves it, and
+        # draft → active only with a benchmark reference for the current model.
+        DRAFT = "draft", "Draft"
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        RETIRED = "retired", "Retired"
+
+    class Setup(models.TextChoices):
+        """Where creation from a package stands (admin shows it; empty: created otherwise)."""
+
+        NONE = "", "—"
+        PENDING = "pending", "Queued"
+        RUNNING = "running", "Packaging and computing the benchmark reference"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
     class TaskType(models.TextChoices):
         EMBEDDING = "embedding", "Embeddings"
         TEXT = "text", "Text generation"
@@ -95,7 +112,9 @@ class Subnet(models.Model):
     solo_price_bp = models.PositiveIntegerField(default=6000)
     honeypot_slash_bp = models.PositiveIntegerField(default=5000)
     license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="subnets")
-    is_active = models.BooleanField(default=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
+    setup_status = models.CharField(max_length=16, choices=Setup.choices, default=Setup.NONE, blank=True)
+    setup_detail = models.TextField(blank=True, help_text="what creation from a package did, or why it failed")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -116,6 +135,10 @@ class Subnet(models.Model):
         return self.slug
 
     @property
+    def is_active(self) -> bool:
+        return self.state == self.State.ACTIVE
+
+    @property
     def split_bp(self) -> tuple[int, int, int]:
         return (self.split_node_a_bp, self.split_node_b_bp, self.split_registry_bp)
 
@@ -128,6 +151,29 @@ class Subnet(models.Model):
         return SubnetLimits(
             max_items=self.max_items_per_job, max_chars=self.max_chars_per_item, preprocessing=self.preprocessing
         )
+
+
+class SubnetChange(models.Model):
+    """One change of one subnet field (a price, a tolerance, a policy, the state...): who,
+    when, before and after, written in the transaction of the change. Jobs carry the terms
+    of their submit (contract and `Job.terms`), so a change applies to new jobs only."""
+
+    subnet = models.ForeignKey(Subnet, on_delete=models.CASCADE, related_name="changes")
+    operator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="subnet_changes"
+    )
+    at = models.DateTimeField(auto_now_add=True)
+    field = models.CharField(max_length=64)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["subnet", "-at"], name="subnet_change_by_time")]
+
+    def __str__(self) -> str:
+        return f"{self.subnet_id}.{self.field}"
 
 
 class Chunk(models.Model):

@@ -9,7 +9,7 @@ from .models import Subnet
 
 
 def subnet_list_active() -> QuerySet[Subnet]:
-    return Subnet.objects.filter(is_active=True).select_related("license").order_by("slug")
+    return Subnet.objects.filter(state=Subnet.State.ACTIVE).select_related("license").order_by("slug")
 
 
 def subnet_get_active(*, slug: str) -> Subnet:

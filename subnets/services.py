@@ -110,6 +110,38 @@ def artifact_package(
     return artifact
 
 
+# An artifact's `source` for a file an operator uploaded: it lives only in the chunk store.
+UPLOAD_SOURCE = "upload:"
+
+
+def artifact_bytes(artifact: Artifact) -> bytes:
+    """The artifact's file, reassembled from its verified chunks."""
+    parts = []
+    for digest in artifact.chunk_links.order_by("index").values_list("chunk_id", flat=True):
+        data = chunk_read_verified(digest)
+        if data is None:
+            raise ServiceError("artifact_missing", f"chunk {digest} of {artifact} is missing or corrupt")
+        parts.append(data)
+    return b"".join(parts)
+
+
+@transaction.atomic
+def subnet_model_upload(*, subnet: Subnet, source: Path, name: str, tokenizer: ModelSource | None) -> Subnet:
+    """An operator's own model file (already on disk, e.g. Django's temporary upload) as the
+    subnet's model artifact, streamed into chunks, with the tokenizer of its family's
+    package; the checksums name exactly these files."""
+    model = artifact_package(subnet=subnet, role=Artifact.Role.MODEL, source=source, source_label=UPLOAD_SOURCE + name[:150])
+    subnet.model_checksum = model.sha256
+    if tokenizer is not None:
+        tokenizer_file = packaged_file(tokenizer.package, tokenizer.path)
+        packaged = artifact_package(
+            subnet=subnet, role=Artifact.Role.TOKENIZER, source=tokenizer_file, source_label=f"{tokenizer.package}:{tokenizer.path}"
+        )
+        subnet.tokenizer_checksum = packaged.sha256
+    subnet.save(update_fields=["model_checksum", "tokenizer_checksum", "updated_at"])
+    return subnet
+
+
 @dataclass(frozen=True)
 class ModelSource:
     package: str
@@ -181,13 +213,17 @@ def _trusted_runner_for(subnet: Subnet) -> Any:
 def _trusted_runner(slug: str, task_type: str, model_checksum: str, sources: tuple, preprocessing: str) -> Any:
     """One loaded model per subnet build, kept for the process: honeypot pools and
     sentinels run many inputs, and loading costs more than running."""
-    files = {}
+    files: dict[str, bytes | Path] = {}
     for role, source, _sha256 in sources:
+        if source.startswith(UPLOAD_SOURCE):
+            files[role] = artifact_bytes(Artifact.objects.get(subnet__slug=slug, role=role))
+            continue
         package, _, path = source.partition(":")
         files[role] = packaged_file(package, path)
     if Artifact.Role.MODEL not in files:
         raise ServiceError("model_mismatch", f"subnet {slug} has no packaged model")
-    if hashlib.sha256(files[Artifact.Role.MODEL].read_bytes()).hexdigest() != model_checksum:
+    model = files[Artifact.Role.MODEL]
+    if hashlib.sha256(model if isinstance(model, bytes) else model.read_bytes()).hexdigest() != model_checksum:
         raise ServiceError("model_mismatch", "the packaged model file is not the subnet's model")
     try:
         return runner_load(task_type, files, json.loads(preprocessing))

@@ -22,7 +22,7 @@ from registry import dispatch, presence, routing_index, takeback, verify
 from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
 from registry.results import result_record
-from subnets.models import EulaAcceptance, License, Subnet
+from subnets.models import BenchmarkReference, EulaAcceptance, License, Subnet
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -60,6 +60,8 @@ class SubnetFactory(factory.django.DjangoModelFactory):
     escrow_required_micro = 1_000_000
     latency_ms = 60_000
     license = factory.SubFactory(LicenseFactory)
+    # Tests mostly need a serving subnet; the lifecycle's own tests start from a draft.
+    state = Subnet.State.ACTIVE
 
 
 def user_with_credits(credits: int = 10, **kwargs: Any):
@@ -202,3 +204,11 @@ def served_subnet(**fields: Any) -> Subnet:
     subnet = SubnetFactory(**fields)
     online_node(subnet, ready=False)
     return subnet
+
+
+def benchmark_reference(subnet: Subnet, checksum: str | None = None) -> BenchmarkReference:
+    """A benchmark reference row for the subnet's model (what activation requires); its
+    answer is a placeholder: tests that run a real benchmark compute the real one."""
+    return BenchmarkReference.objects.create(
+        subnet=subnet, inputs={"texts": ["x"]}, result=b"", shape=[0, 384], model_checksum=checksum or subnet.model_checksum
+    )

@@ -182,6 +182,59 @@ describe("a connection's life", () => {
   });
 });
 
+describe("the operator pauses, resumes or retires the subnet (subnet_state)", () => {
+  test("paused: offers are given back unrun and the page says so; resumed: jobs run again", async () => {
+    await connected();
+    await handshake();
+    socket.deliver({ type: "subnet_state", subnet: SUBNET.slug, state: "paused", model_checksum: SUBNET.model_checksum });
+    await until(() => state.subnetState === "paused", "paused");
+    assert.equal(state.phase, `${SUBNET.slug} paused by its operator`);
+    assert.equal(recorder.named("notice").at(-1)[0], "Subnet paused");
+
+    socket.deliver(JOB);
+    await until(() => socket.ofType("job_failed").length === 1, "offer given back");
+    assert.deepEqual(socket.ofType("job_failed")[0], { type: "job_failed", assignment_id: JOB.assignment_id, reason: "subnet_paused" });
+    assert.equal(engine.runs, 0);
+    assert.equal(state.counts.failed, 0);
+    assert.equal(socket.closedWith, null); // stays connected, to hear of the resume
+
+    socket.deliver({ type: "subnet_state", subnet: SUBNET.slug, state: "active", model_checksum: SUBNET.model_checksum });
+    await until(() => state.phase === `ready on ${SUBNET.slug}`, "resumed");
+    socket.deliver({ ...JOB, assignment_id: "0a0b0c0d-0000-4000-8000-000000000002" });
+    await until(() => socket.ofType("result").length === 1, "a job after the resume");
+    assert.equal(engine.runs, 1);
+  });
+
+  test("another subnet's state changes nothing here", async () => {
+    await connected();
+    await handshake();
+    socket.deliver({ type: "subnet_state", subnet: "some-other-subnet", state: "retired" });
+    socket.deliver(JOB);
+    await until(() => socket.ofType("result").length === 1, "result");
+    assert.equal(state.stopped, null);
+  });
+
+  test("a subnet listed paused in welcome declines offers from the start", async () => {
+    await connected();
+    socket.deliver({ type: "challenge", nonce: fixture.hello.nonce, protocol: "bim/1" });
+    await until(() => socket.ofType("hello").length === 1, "hello");
+    socket.deliver({ type: "welcome", node_id: state.nodeId, heartbeat_s: 3600, subnets: [{ ...SUBNET, state: "paused" }] });
+    await until(() => socket.ofType("ready").length === 1, "ready");
+    assert.equal(state.subnetState, "paused");
+    socket.deliver(JOB);
+    await until(() => socket.ofType("job_failed").length === 1, "offer given back");
+    assert.equal(engine.runs, 0);
+  });
+
+  test("retired: contributing stops for good", async () => {
+    await connected();
+    await handshake();
+    socket.deliver({ type: "subnet_state", subnet: SUBNET.slug, state: "retired", model_checksum: SUBNET.model_checksum });
+    await until(() => state.phase === "stopped", "stopped");
+    assert.match(state.stopped, /was retired by its operator/);
+  });
+});
+
 describe("stopping, reconnecting and pausing", () => {
   for (const code of [4401, 4001, 4003, 4403, 4409]) {
     test(`close ${code} stops the page for good`, async (t) => {

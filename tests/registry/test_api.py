@@ -22,7 +22,7 @@ from bim_sdk import ReceiptInvalid, verify_receipt
 from ledger.models import Transfer
 from ledger.services import credits_top_up
 from registry.models import Job, Node
-from subnets.models import EulaAcceptance
+from subnets.models import EulaAcceptance, Subnet
 from tests.factories import (
     SubnetFactory,
     UserFactory,
@@ -178,7 +178,7 @@ def test_it_refuses_a_job_the_user_cannot_pay_for_and_moves_no_money():
 
 def test_it_refuses_an_unknown_or_inactive_subnet():
     client = api(user_with_credits(10))
-    inactive = served_subnet(is_active=False)
+    inactive = served_subnet(state=Subnet.State.DRAFT)
 
     for slug in ("no-such-subnet", inactive.slug):
         response = submit(client, slug)
@@ -557,7 +557,7 @@ def test_license_acceptance_for_an_unknown_subnet_is_not_found():
 
 def test_the_subnet_list_shows_active_subnets_with_their_license():
     active = served_subnet()
-    served_subnet(is_active=False)
+    served_subnet(state=Subnet.State.PAUSED)
 
     listed = api(UserFactory()).get("/api/v1/subnets/").json()
 

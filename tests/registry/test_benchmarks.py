@@ -16,7 +16,7 @@ from django.utils import timezone
 from bim_core import protocol
 from registry import benchmarks, presence, reputation, routing_index, submit
 from registry.models import Benchmark, BenchmarkState, JobState, Node, NodeSubnet
-from subnets.models import BenchmarkReference
+from subnets.models import BenchmarkReference, Subnet
 from tests.factories import NodeKeys, SubnetFactory, online_node, unit_vectors, user_with_credits
 from tests.registry.test_node_socket import handshake, run
 
@@ -417,3 +417,20 @@ def test_over_the_socket_a_new_node_is_benchmarked_then_given_a_waiting_job():
     job.refresh_from_db()
     assert job.state == JobState.DISPATCHED
     assert set(job.assignments.values_list("node_id", flat=True)) == {partner.node.pk, newcomer.node.pk}
+
+
+@pytest.mark.parametrize("state", [Subnet.State.PAUSED, Subnet.State.RETIRED])
+def test_nodes_of_a_paused_or_retired_subnet_are_not_re_benchmarked(subnet, reference, state):
+    online_node(subnet)
+    NodeSubnet.objects.update(benchmarked_at=timezone.now() - timedelta(hours=subnet.benchmark_max_age_h + 1))
+    Subnet.objects.filter(pk=subnet.pk).update(state=state)
+    assert benchmarks.benchmarks_due() == 0
+
+
+def test_a_resumed_subnets_stale_benchmarks_are_renewed(subnet, reference):
+    online_node(subnet)
+    NodeSubnet.objects.update(benchmarked_at=timezone.now() - timedelta(hours=subnet.benchmark_max_age_h + 1))
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.PAUSED)
+    assert benchmarks.benchmarks_due() == 0
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)
+    assert benchmarks.benchmarks_due() == 1

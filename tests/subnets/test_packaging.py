@@ -33,7 +33,7 @@ from subnets.services import (
     subnet_manifest,
     subnet_package,
 )
-from tests.factories import LicenseFactory, SubnetFactory, UserFactory
+from tests.factories import LicenseFactory, SubnetFactory, UserFactory, benchmark_reference
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -228,6 +228,11 @@ def packaged(model_package) -> tuple[Subnet, bytes, bytes]:
         defaults=new_subnet_settings(LicenseFactory()),
         chunk_size=CHUNK,
     )
+    assert subnet.state == Subnet.State.DRAFT  # packaging alone never makes a subnet public
+    # Random bytes have no benchmark reference to compute: a placeholder row lets it go live.
+    benchmark_reference(subnet)
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)
+    subnet.refresh_from_db()
     return subnet, model, tokenizer
 
 
@@ -336,7 +341,7 @@ def test_an_unknown_chunk_is_404(client):
 def test_an_unknown_or_inactive_subnet_has_no_manifest(client, packaged):
     subnet, _, _ = packaged
     assert client.get("/subnets/no-such-subnet/manifest.json").status_code == 404
-    Subnet.objects.filter(pk=subnet.pk).update(is_active=False)
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.PAUSED)
     assert client.get(f"/subnets/{subnet.slug}/manifest.json").status_code == 404
 
 
@@ -378,6 +383,9 @@ def test_package_model_registers_a_new_subnet(model_package):
     assert subnet.artifacts.get(role="model").chunk_links.count() == 3
     assert f"model: model.onnx {len(model)} B in 3 chunks" in out
     assert f"model_checksum {subnet.model_checksum}" in out
+    # A new subnet is a draft, and the operator is told so where they ran the command.
+    assert subnet.state == Subnet.State.DRAFT
+    assert "cli-subnet is a draft: it needs a benchmark reference" in out
 
 
 def test_package_model_updates_an_existing_subnet(model_package):
@@ -400,6 +408,11 @@ def test_package_model_updates_an_existing_subnet(model_package):
     assert subnet.model_checksum == hashlib.sha256(rebuilt).hexdigest()
     artifact = subnet.artifacts.get(role="model")
     assert artifact.pk != old_artifact.pk and not Artifact.objects.filter(pk=old_artifact.pk).exists()
+    # Logged like an admin edit: the setting, and the new build's checksum.
+    price = subnet.changes.get(field="price_per_item_micro")
+    assert (price.before, price.after, price.operator) == (1000, 2000, None)
+    rebuilds = list(subnet.changes.filter(field="model_checksum").values_list("before", "after"))
+    assert rebuilds == [(old_artifact.sha256, subnet.model_checksum), ("ab" * 32, old_artifact.sha256)]
     assert [link.chunk.size for link in artifact.chunk_links.select_related("chunk")] == [CHUNK, 10]
 
 
@@ -423,6 +436,8 @@ def test_package_model_packages_a_gguf_from_a_package_it_never_imports(client, m
     # The tokenizer is inside the GGUF: one artifact, covered by the model checksum.
     assert subnet.task_type == "text" and subnet.tokenizer_checksum == ""
     assert subnet.model_checksum == hashlib.sha256(model).hexdigest()
+    benchmark_reference(subnet)  # a placeholder: random bytes have no real one
+    Subnet.objects.filter(pk=subnet.pk).update(state=Subnet.State.ACTIVE)
     manifest = client.get("/subnets/cli-text/manifest.json").json()
     assert [a["role"] for a in manifest["artifacts"]] == ["model"]
     assert manifest["preprocessing"]["chat_template"] == "smollm2-chatml"

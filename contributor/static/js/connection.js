@@ -11,7 +11,7 @@
 
 import { JobRefused, benchmarkTask, checkJob } from "./jobs.js";
 import { sessionKeyCertified } from "./keystore.js";
-import { LOST_ON_RECONNECT, PROTOCOL } from "./protocol.js";
+import { LOST_ON_RECONNECT, PROTOCOL, SUBNET_PAUSED } from "./protocol.js";
 import { Session, errorText } from "./session.js";
 
 // Close codes after which reconnecting cannot help (docs/protocol.md §6.1).
@@ -164,6 +164,7 @@ export class NodeConnection {
         this.log(`benchmark passed: ${Number(message.items_per_s).toFixed(1)} texts/s`, "ok");
         return;
       case "job": return this.onJob(session, message);
+      case "subnet_state": return this.onSubnetState(message);
       case "cancel":
         session.cancelled.add(String(message.assignment_id));
         this.view.jobMark(String(message.assignment_id), "cancelled");
@@ -207,11 +208,44 @@ export class NodeConnection {
     for (const id of listed.slice(0, 4096)) {
       if (typeof id === "string") session.send({ type: "job_failed", assignment_id: id, reason: LOST_ON_RECONNECT });
     }
+    this.state.subnetState = offered.state || "active";
     const seconds = Number(message.heartbeat_s) > 0 ? Number(message.heartbeat_s) : DEFAULT_HEARTBEAT_S;
     session.heartbeat = setInterval(() => session.send({ type: "heartbeat" }), seconds * 1000);
     this.setPhase("connected; reporting ready", "busy");
     session.send({ type: "ready", subnet: subnet.slug, model_checksum: engine.modelChecksum, max_concurrent: 1 });
     this.view.pauseButton({ enabled: true });
+    if (this.state.subnetState === "paused") this.showSubnetPaused();
+  }
+
+  /** The operator paused, resumed or retired a subnet (docs/protocol.md §4.2): a paused
+   * subnet's new offers are declined (work already taken finishes), a retired one ends
+   * contributing. The socket stays open while paused, to hear of the resume. */
+  onSubnetState(message) {
+    const { subnet, engine } = this.state;
+    if (message.subnet !== subnet.slug) return;
+    if (message.state === "retired") {
+      this.stop(`${subnet.slug} was retired by its operator: there is nothing left to serve.`);
+      return;
+    }
+    if (message.state === "active" && message.model_checksum && message.model_checksum !== engine.modelChecksum) {
+      this.stop(`${subnet.slug} resumed with another model (${String(message.model_checksum).slice(0, 12)}…): reload the page to fetch it.`);
+      return;
+    }
+    const before = this.state.subnetState;
+    this.state.subnetState = message.state;
+    if (message.state === "paused") this.showSubnetPaused();
+    else if (message.state === "active" && before !== "active") {
+      this.setPhase(`ready on ${subnet.slug}`, "on");
+      this.view.notice("Subnet resumed", `${subnet.slug} takes jobs again.`);
+      this.log(`${subnet.slug} resumed by its operator`, "ok");
+    }
+  }
+
+  showSubnetPaused() {
+    const { slug } = this.state.subnet;
+    this.setPhase(`${slug} paused by its operator`, "off");
+    this.view.notice("Subnet paused", `${slug} is paused by its operator: no new jobs until it resumes. This page stays connected.`);
+    this.log(`${slug} paused by its operator: declining new jobs`, "warn");
   }
 
   onBenchmark(session, message) {
@@ -228,6 +262,11 @@ export class NodeConnection {
     const assignmentId = message.assignment_id;
     if (typeof assignmentId !== "string") { this.log("dropped a job without an assignment id", "warn"); return; }
     const { engine } = this.state;
+    if (this.state.subnetState === "paused") {
+      // An offer that crossed the pause on the wire: given back, at no cost to this node.
+      session.send({ type: "job_failed", assignment_id: assignmentId, reason: SUBNET_PAUSED });
+      return;
+    }
     try {
       const job = await checkJob(message, { modelChecksum: engine.modelChecksum, tokenizerChecksum: engine.manifest?.tokenizer_checksum });
       this.view.jobAdd(job);

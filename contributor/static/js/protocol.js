@@ -9,6 +9,8 @@
 export const PROTOCOL = "bim/1";
 // The `job_failed` reason for work `welcome` lists that this page no longer holds.
 export const LOST_ON_RECONNECT = "lost_on_reconnect";
+// The job_failed reason for an offer of a subnet the registry said is paused (subnet_state).
+export const SUBNET_PAUSED = "subnet_paused";
 
 const utf8 = new TextEncoder();
 

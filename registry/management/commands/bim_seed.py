@@ -17,6 +17,7 @@ from rest_framework.authtoken.models import Token
 from bim_core.money import MICRO
 from ledger.services import credits_top_up
 from registry.honeypots import honeypot_pool_refresh
+from registry.lifecycle import subnet_state_set
 from subnets import defaults, services
 from subnets.models import License, Subnet
 
@@ -46,6 +47,7 @@ class Command(BaseCommand):
             subnet=subnet, inputs={"texts": defaults.BENCHMARK_TEXTS}, pool=defaults.benchmark_pool()
         )
         honeypot_pool_refresh(subnet=subnet, pool=defaults.honeypot_pool())
+        subnet = self._activated(subnet)
         out: dict[str, Any] = {"subnet": subnet.slug, "model_checksum": subnet.model_checksum}
         out["admin"] = self._admin()
         if options["demo"]:
@@ -121,7 +123,14 @@ class Command(BaseCommand):
         )
         services.benchmark_reference_compute(subnet=subnet, inputs=benchmark_inputs, pool=benchmark_pool)
         honeypot_pool_refresh(subnet=subnet, pool=honeypots())
-        return subnet
+        return self._activated(subnet)
+
+    def _activated(self, subnet: Subnet) -> Subnet:
+        """A new subnet, its reference computed, is activated; one an operator paused or
+        retired stays so."""
+        if subnet.state != Subnet.State.DRAFT:
+            return subnet
+        return subnet_state_set(subnet_id=subnet.pk, to=Subnet.State.ACTIVE, operator=None, reason="bim_seed")
 
     def _admin(self) -> dict[str, str]:
         User = get_user_model()
