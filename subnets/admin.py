@@ -1,6 +1,8 @@
+from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
+from .content_policies import policy_change_refusal
 from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet
 
 
@@ -19,8 +21,18 @@ class ArtifactInline(admin.TabularInline):
     show_change_link = True
 
 
+class SubnetAdminForm(forms.ModelForm):
+    def clean_content_policy(self) -> dict:
+        policy = self.cleaned_data["content_policy"] or {}
+        refusal = policy_change_refusal(self.instance.content_policy or {}, policy) if self.instance.pk else None
+        if refusal is not None:
+            raise forms.ValidationError(refusal)
+        return policy
+
+
 @admin.register(Subnet)
 class SubnetAdmin(admin.ModelAdmin):
+    form = SubnetAdminForm
     list_display = [
         "slug",
         "task_type",
