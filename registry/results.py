@@ -200,7 +200,8 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
     """A node declines or fails a job before answering: its role goes to another node, and
     the node's record a failure, except for work of an earlier session given up as
     `lost_on_reconnect` (a node back after a disconnect it did not choose, `welcome` having
-    listed work it no longer holds)."""
+    listed work it no longer holds) and of a `content_policy:<rule>` decline the registry's
+    own check of the contract's policy upholds (the job then fails, nobody charged)."""
     try:
         assignment_uuid = uuid.UUID(str(assignment_id))
     except ValueError:

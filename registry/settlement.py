@@ -120,8 +120,9 @@ def _output_withheld(
     is paid. The nodes computed what the model produces for the user's prompt, so none is
     struck and the verification stands for reputations (a minority is still struck: it
     disagreed with the model). Paying them would mean charging the user for text they may
-    not receive, or the registry paying for it; refusing both keeps every ledger balanced
-    and leaves the cost where the prompt came from, a node's compute (docs/content-policy.md)."""
+    not receive, or the registry paying for it (a payout farm for prompts that steer the
+    model into a blocked output); refusing both keeps every posting balanced, as a job with
+    no majority does, and costs each node one job's compute (docs/content-policy.md)."""
     violation = policy_enforcement.output_violation(job, selectors.assignment_result(majority[0]))
     if violation is None:
         return False
