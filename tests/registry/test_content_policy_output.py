@@ -123,3 +123,30 @@ def test_a_contract_whose_policy_was_changed_fails_on_its_hash(settled_job):
     contract = {**settled_job["contract"], "policy": {**POLICY, "output": {}}}
     with pytest.raises(ReceiptInvalid, match="contract_hash"):
         verify_receipt({**settled_job, "contract": contract}, registry_key=registry_public_key(), inputs=INPUTS)
+
+
+def test_a_solo_text_that_breaks_a_rule_is_withheld_too():
+    subnet = SubnetFactory(
+        task_type="text",
+        tolerances={"edit_distance": 0.1, "logit_margin": 1.5},
+        preprocessing={"max_new_tokens": 32},
+        content_policy=POLICY,
+        adaptive_replication=True,
+        adaptive_check_bp=0,
+        adaptive_min_jobs=10,
+        escrow_required_micro=0,
+    )
+    keys = online_node(subnet, jobs_agreed=50, reputation=0.95)
+    user = user_with_credits(1)
+    job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs=INPUTS, idempotency_key="solo")
+    dispatch.job_dispatch(job_id=job.id)
+    job.refresh_from_db()
+    assert job.solo
+    result_record(node_id=keys.node.pk, message=result_message(keys, job, job.assignments.get(), generation("VX gas and sarin")))
+    verify.job_verify(job_id=job.id)
+
+    job.refresh_from_db()
+    assert (job.state, job.failure_reason) == (JobState.FAILED, "content_policy_output:example.weapons")
+    assert job.verification["path"] == "solo" and not job.receipt
+    assert ledger_selectors.balance_totals(user=user)["held_micro"] == 0
+    assert income(keys.node.pk) == 0 and not Strike.objects.exists()
