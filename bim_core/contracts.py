@@ -10,6 +10,8 @@ from typing import Any
 
 import jsonschema
 
+from .content_policy import PolicyInvalid, validate_policy
+
 CONTRACT_SCHEMA: dict[str, Any] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "title": "BIMJobContract",
@@ -57,6 +59,9 @@ CONTRACT_SCHEMA: dict[str, Any] = {
         },
         "preprocessing": {"type": "object"},
         "session_key_pub": {"type": "string", "pattern": "^[A-Za-z0-9+/]{43}=$"},
+        # The subnet's content policy when the job was submitted (bim_core.content_policy,
+        # which validate_contract applies); absent from contracts of a subnet without one.
+        "policy": {"type": "object", "required": ["id", "version"]},
     },
     "required": [
         "job_id",
@@ -100,6 +105,11 @@ def validate_contract(contract: dict[str, Any]) -> None:
         where = "/".join(str(p) for p in first.path) or "(root)"
         raise ContractInvalid(f"contract {where}: {first.message}")
     _browser_safe_numbers(contract, fix=False)
+    if "policy" in contract:
+        try:
+            validate_policy(contract["policy"])
+        except PolicyInvalid as exc:
+            raise ContractInvalid(f"contract policy: {exc}") from None
 
 
 def build_contract(
@@ -117,6 +127,7 @@ def build_contract(
     input_hash: str,
     limits: dict[str, int],
     session_key_pub: str,
+    policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     contract = _browser_safe_numbers(
         {
@@ -133,6 +144,7 @@ def build_contract(
         "input_hash": input_hash,
         "limits": limits,
         "session_key_pub": session_key_pub,
+        **({"policy": policy} if policy else {}),
         },
         fix=True,
     )
