@@ -50,6 +50,9 @@ POLL_S = 0.1
 
 
 def openai_error(exc: ServiceError, **extra: Any) -> JsonResponse:
+    if exc.extra:
+        # BIM's own fields of the refusal (links to follow) go where OpenAI's shape has room.
+        extra = {**extra, "bim": {**exc.extra, **extra.get("bim", {})}}
     response = JsonResponse(error_body(exc.status, exc.detail, exc.code, **extra), status=exc.status)
     # OpenAI's clients retry 409, 429 and 5xx by default; a refusal that would only be
     # refused again (or a job still running, which a retry would submit twice) says so.

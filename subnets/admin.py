@@ -1,7 +1,9 @@
 from django.contrib import admin
+from django.forms import ModelForm
 from django.http import HttpRequest
 
-from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet
+from .data_terms import data_terms_set
+from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet, UserDataAcknowledgement
 
 
 @admin.register(License)
@@ -35,8 +37,19 @@ class SubnetAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name", "model_id", "model_checksum"]
     list_select_related = ["license"]
     # Checksums name the packaged files: change them by re-running package_model, not by hand.
-    readonly_fields = ["model_checksum", "tokenizer_checksum", "created_at", "updated_at"]
+    readonly_fields = ["model_checksum", "tokenizer_checksum", "data_terms_version", "created_at", "updated_at"]
     inlines = [ArtifactInline]
+
+    def save_model(self, request: HttpRequest, obj: Subnet, form: ModelForm, change: bool) -> None:
+        """New data-handling terms go through data_terms_set, which bumps their version:
+        every user acknowledges them again before their next job."""
+        if not (change and "data_terms" in form.changed_data):
+            super().save_model(request, obj, form, change)
+            return
+        terms = obj.data_terms
+        obj.data_terms = form.initial.get("data_terms", "")
+        super().save_model(request, obj, form, change)
+        data_terms_set(subnet=obj, text=terms)
 
     @admin.display(description="model sha256")
     def short_checksum(self, subnet: Subnet) -> str:
@@ -84,6 +97,27 @@ class EulaAcceptanceAdmin(admin.ModelAdmin):
 
     # The record that a user agreed to a model's terms (and from where): shown, never
     # written, edited or deleted by hand; users accept through the opt-in page.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(UserDataAcknowledgement)
+class UserDataAcknowledgementAdmin(admin.ModelAdmin):
+    list_display = ["user", "subnet", "terms_version", "accepted_at", "withdrawn_at", "ip"]
+    list_filter = ["subnet"]
+    search_fields = ["user__username"]
+    list_select_related = ["user", "subnet"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["user", "subnet", "terms_version", "accepted_at", "withdrawn_at", "ip"]
+
+    # The record of what a user acknowledged about their data (and from where): shown,
+    # never written by hand; users acknowledge through the API or the developer pages.
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
