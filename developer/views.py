@@ -27,6 +27,8 @@ from .models import ApiKey
 @require_GET
 def developer(request: HttpRequest) -> HttpResponse:
     balance = ledger_selectors.balance_totals(user=request.user)
+    subnets = list(subnet_selectors.subnet_list_active())
+    acknowledged = data_terms.data_terms_acknowledged_many(user=request.user, subnets=subnets)
     return render(
         request,
         "developer/developer.html",
@@ -39,6 +41,7 @@ def developer(request: HttpRequest) -> HttpResponse:
             "new_key": request.session.pop("new_api_key", None),
             "api_base": request.build_absolute_uri("/v1"),
             "payments": bool(settings.STRIPE_SECRET_KEY),
+            "subnets": [{"subnet": s, "acknowledged": s.pk in acknowledged} for s in subnets],
         },
     )
 

@@ -225,3 +225,16 @@ def test_the_openai_endpoints_refuse_in_openai_shape_with_the_links(client, newc
     assert answer["bim"]["acknowledge_url"] == f"/developer/data-terms/{subnet.slug}/"
     assert response["x-should-retry"] == "false"
     assert nothing_held(newcomer)
+
+
+def test_the_developer_page_lists_each_subnet_with_its_acknowledgement(client, newcomer):
+    seen, unseen = served_subnet(), served_subnet()
+    data_terms.data_terms_acknowledge(user=newcomer, subnet=seen, version=1, ip=None)
+    client.force_login(newcomer)
+
+    html = client.get("/developer/").content.decode()
+
+    assert f'href="/developer/data-terms/{seen.slug}/"' in html and f'href="/developer/data-terms/{unseen.slug}/"' in html
+    seen_row = html.split(f'data-testid="data-terms-{seen.slug}"')[1].split("</li>")[0]
+    unseen_row = html.split(f'data-testid="data-terms-{unseen.slug}"')[1].split("</li>")[0]
+    assert "acknowledged (version 1)" in seen_row and "not acknowledged" in unseen_row
