@@ -2,7 +2,17 @@
 and verify their receipts without trusting the transport. `bim --help` (`cli`) is the same
 on the command line."""
 
-from .client import BimError, Client, EmbeddingResult, ImageResult, TextDelta, TextResult
+from .client import BimError, Client, DataTermsNotAcknowledged, EmbeddingResult, ImageResult, TextDelta, TextResult
 from .receipts import ReceiptInvalid, verify_receipt
 
-__all__ = ["BimError", "Client", "EmbeddingResult", "ImageResult", "ReceiptInvalid", "TextDelta", "TextResult", "verify_receipt"]
+__all__ = [
+    "BimError",
+    "Client",
+    "DataTermsNotAcknowledged",
+    "EmbeddingResult",
+    "ImageResult",
+    "ReceiptInvalid",
+    "TextDelta",
+    "TextResult",
+    "verify_receipt",
+]
