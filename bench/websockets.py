@@ -381,6 +381,8 @@ def seed(count: int, *, warmup: int) -> tuple[Any, list[dict[str, Any]]]:
         model_checksum=os.urandom(32).hex(),
         runtime_id="bench",
         license=license_,
+        # Serving from the start: no node here computes, so no benchmark reference is made.
+        state=Subnet.State.ACTIVE,
     )
     User = get_user_model()  # noqa: N806
     total = count + warmup
