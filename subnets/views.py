@@ -37,14 +37,15 @@ def manifest(request: HttpRequest, slug: str) -> JsonResponse:
 def chunk(request: HttpRequest, sha256: str) -> HttpResponse:
     if not SHA256_HEX.match(sha256):
         raise Http404("not a chunk address")
-    data = services.chunk_read_verified(sha256)
-    if data is None:
-        # Missing or corrupted on disk: never serve bytes that don't match their address.
-        raise Http404("chunk not available")
+    # Who may have it first: a refused request costs no disk read or hash.
     try:
         access = licensing.chunk_access(sha256=sha256, user=_api_user(request))
     except ServiceError as exc:
         return _refusal(exc)
+    data = services.chunk_read_verified(sha256)
+    if data is None:
+        # Missing or corrupted on disk: never serve bytes that don't match their address.
+        raise Http404("chunk not available")
     if request.headers.get("If-None-Match") == f'"{sha256}"':
         response = HttpResponse(status=304)
     else:

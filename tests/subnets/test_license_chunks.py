@@ -185,3 +185,9 @@ def test_the_manifest_says_whether_the_model_may_be_redistributed(restricted):
     subnet, _ = restricted
     manifest = Client().get(f"/subnets/{subnet.slug}/manifest.json").json()
     assert manifest["license"] == {"slug": "weights-eula", "version": "3", "allows_redistribution": False}
+
+
+def test_the_subnet_list_says_what_the_license_allows(restricted):
+    listed = token_client(UserFactory()).get("/api/v1/subnets/").json()
+    row = next(s for s in listed if s["slug"] == "closed-model")
+    assert row["license"]["allows_redistribution"] is False and row["license"]["allows_paid_hosting"] is True
