@@ -8,13 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from subnets.db_guards import SQLITE_PAID_HOSTING_TRIGGERS
 from tests.site.test_sqlite_triggers import a_row, migrate
 
 
 @pytest.fixture(scope="module")
-def database(tmp_path_factory) -> sqlite3.Connection:
+def embedded(tmp_path_factory) -> Path:
     var: Path = tmp_path_factory.mktemp("embedded-licensing")
     migrate(var)
+    return var
+
+
+@pytest.fixture(scope="module")
+def database(embedded: Path) -> sqlite3.Connection:
+    var = embedded
     connection = sqlite3.connect(var / "bim.sqlite3", isolation_level=None)
     connection.execute("PRAGMA foreign_keys = OFF")
     return connection
@@ -80,3 +87,14 @@ def test_the_embedded_database_allows_what_the_license_allows(rows):
     rows.execute("UPDATE subnets_subnet SET state = 'retired' WHERE id = 13")
     rows.execute("UPDATE subnets_subnet SET state = 'paused' WHERE id = 14")
     rows.execute("UPDATE subnets_license SET allows_paid_hosting = 0 WHERE id = 1")
+
+
+def test_every_migrate_puts_the_guard_back_after_a_table_copy_dropped_it(embedded):
+    database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
+    for name in SQLITE_PAID_HOSTING_TRIGGERS:
+        database.execute(f"DROP TRIGGER {name}")
+    database.close()
+    migrate(embedded)
+    database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
+    triggers = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert set(SQLITE_PAID_HOSTING_TRIGGERS) <= triggers
