@@ -62,6 +62,17 @@ CONTRACT_SCHEMA: dict[str, Any] = {
         # The subnet's content policy when the job was submitted (bim_core.content_policy,
         # which validate_contract applies); absent from contracts of a subnet without one.
         "policy": {"type": "object", "required": ["id", "version"]},
+        # The subnet's model license in force at submit; receipts repeat it. Absent from
+        # contracts written before licenses were named.
+        "license": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "slug": {"type": "string", "minLength": 1},
+                "version": {"type": "string", "minLength": 1},
+            },
+            "required": ["slug", "version"],
+        },
     },
     "required": [
         "job_id",
@@ -128,6 +139,7 @@ def build_contract(
     limits: dict[str, int],
     session_key_pub: str,
     policy: dict[str, Any] | None = None,
+    license: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     contract = _browser_safe_numbers(
         {
@@ -145,6 +157,7 @@ def build_contract(
         "limits": limits,
         "session_key_pub": session_key_pub,
         **({"policy": policy} if policy else {}),
+        **({"license": license} if license else {}),
         },
         fix=True,
     )

@@ -15,7 +15,7 @@ class ReceiptInvalid(Exception):
 def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, Any] | None = None) -> Any:
     """Check a settled job's receipt and return its result, decoded by the job's task family
     (vectors for embeddings). Raises ReceiptInvalid unless:
-    the registry signed the receipt; the contract, inputs, policy version and result hash match it; each
+    the registry signed the receipt; the contract, inputs, policy version, license and result hash match it; each
     node's long-term key certified its session key and that session key signed its result;
     and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored")."""
     receipt = job.get("receipt") or {}
@@ -35,6 +35,10 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, 
     # Receipts older than content policies carry no policy_version, nor do their contracts.
     if body.get("policy_version") != content_policy.policy_version(job["contract"].get("policy")):
         raise ReceiptInvalid("the receipt's policy_version differs from the contract's policy version")
+    # The license is bound twice: the contract hash covers the contract's, the registry's
+    # signature the receipt's. Receipts from before licenses were named carry neither.
+    if body.get("license") != job["contract"].get("license"):
+        raise ReceiptInvalid("the receipt's license differs from the contract's")
     nodes = body["nodes"]
     # A solo job (adaptive replication) has one trusted node and says so, and so does a text
     # job whose mismatch the registry settled by re-scoring with one sequence accepted; any

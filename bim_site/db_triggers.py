@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db import migrations
 
-from subnets.db_guards import SQLITE_ACTIVATION_GUARD
+from subnets.db_guards import SQLITE_ACTIVATION_GUARD, SQLITE_PAID_HOSTING_GUARD, SQLITE_PAID_HOSTING_TRIGGERS
 
 _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION bim_refuse_change() RETURNS trigger AS $$
@@ -120,6 +120,14 @@ def triggers_reinstall(connection: Any) -> list[str]:
             for statement in SQLITE_ACTIVATION_GUARD:
                 cursor.execute(statement)
             written.append("subnet_activation_guard")
+        # No active priced subnet under a license that forbids paid hosting (subnets 0033),
+        # once the subnets table has its state column.
+        if {"subnets_subnet", "subnets_license"} <= tables and "state" in _columns(connection, cursor, "subnets_subnet"):
+            for name in SQLITE_PAID_HOSTING_TRIGGERS:
+                cursor.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for statement in SQLITE_PAID_HOSTING_GUARD:
+                cursor.execute(statement)
+            written.extend(SQLITE_PAID_HOSTING_TRIGGERS)
     return written
 
 

@@ -25,7 +25,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
 from bim_core.errors import ServiceError
-from subnets import catalog
+from subnets import catalog, licensing
 from subnets import selectors as subnet_selectors
 from subnets import services as subnet_services
 from subnets.lifecycle import subnet_created_log, subnet_state_change
@@ -120,6 +120,9 @@ def subnet_create_from_package(
                 )
         except IntegrityError:
             raise ServiceError("slug_taken", f"a subnet {slug!r} exists already", status=409) from None
+        if activate:
+            # Refused now, on the form, rather than after minutes of preparation.
+            licensing.paid_hosting_check(subnet, state=Subnet.State.ACTIVE)
         source = f"package {package.key}"
         if upload is not None:
             subnet_services.subnet_model_upload(subnet=subnet, source=upload, name=upload_name, tokenizer=package.tokenizer)

@@ -38,6 +38,9 @@ def receipt_build(
         # The content policy the job ran under (None: its contract has none); the SDK checks
         # it against the contract, which the contract hash binds.
         "policy_version": content_policy.policy_version(job.contract.get("policy")),
+        # The model license the job ran under, as its contract names it (None for a contract
+        # older than that); the SDK checks the two agree.
+        "license": job.contract.get("license"),
         "result_hash": pair[0].result_hash,
         "verification": {
             "path": path,

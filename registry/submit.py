@@ -20,6 +20,7 @@ from bim_core.errors import ServiceError
 from ledger import errors as ledger_errors
 from ledger import services as ledger
 from subnets import data_terms
+from subnets.licensing import license_terms
 from subnets.models import Subnet
 from subnets.services import input_coverage_warnings
 
@@ -234,6 +235,7 @@ def _job_build(
         limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
         session_key_pub=session_key,
         policy=subnet.content_policy or None,
+        license=license_terms(subnet),
     )
     family = families.family_for(subnet.task_type)
     terms = JobTerms.of_subnet(subnet)

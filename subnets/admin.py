@@ -1,3 +1,4 @@
+import copy
 from typing import Any
 
 from django import forms
@@ -7,6 +8,7 @@ from django.http import HttpRequest
 
 from bim_core.errors import ServiceError
 
+from . import licensing
 from .content_policies import policy_change_refusal
 from .lifecycle import subnet_created_log, subnet_update
 from .models import (
@@ -21,8 +23,28 @@ from .models import (
 )
 
 
+class LicenseForm(forms.ModelForm):
+    class Meta:
+        model = License
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if "allows_paid_hosting" in data:
+            try:
+                licensing.license_flags_check(self.instance, allows_paid_hosting=data["allows_paid_hosting"])
+            except ServiceError as exc:
+                self.add_error("allows_paid_hosting", exc.detail)
+        return data
+
+
 @admin.register(License)
 class LicenseAdmin(admin.ModelAdmin):
+    """Licenses: their flags are rules (subnets.licensing). Turning paid hosting off is
+    refused while active priced subnets use the license; a changed license is best a new
+    row with a new version, which subnets then move to (and users accept again)."""
+
+    form = LicenseForm
     list_display = ["slug", "version", "name", "allows_paid_hosting", "allows_redistribution", "created_at"]
     search_fields = ["slug", "name"]
 
@@ -64,6 +86,22 @@ class SubnetAdminForm(forms.ModelForm):
         if refusal is not None:
             raise forms.ValidationError(refusal)
         return policy
+
+    def clean(self) -> dict[str, Any]:
+        """A price or license the subnet's license forbids, refused on the form (naming
+        why) before subnet_update would refuse it."""
+        data = super().clean()
+        if self.instance.pk is None:
+            return data
+        probe = copy.copy(self.instance)
+        for name in ("price_per_call_micro", "price_per_item_micro", "license"):
+            if data.get(name) is not None:
+                setattr(probe, name, data[name])
+        try:
+            licensing.paid_hosting_check(probe)
+        except ServiceError as exc:
+            self.add_error(None, exc.detail)
+        return data
 
 
 class SubnetAdmin(admin.ModelAdmin):

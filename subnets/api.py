@@ -22,6 +22,10 @@ class LicenseSerializer(serializers.Serializer):
     version = serializers.CharField()
     name = serializers.CharField()
     url = serializers.CharField()
+    # What the registry enforces (subnets.licensing): no price while hosting is not allowed,
+    # chunks only after acceptance while redistribution is not.
+    allows_paid_hosting = serializers.BooleanField()
+    allows_redistribution = serializers.BooleanField()
 
 
 class SubnetSerializer(serializers.Serializer):

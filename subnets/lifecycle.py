@@ -9,6 +9,8 @@ registry does about a state change (telling connected nodes, routing) is
 States: draft → active ↔ paused; active or paused → retired, which is final. A subnet
 becomes active only with a benchmark reference computed for its current model checksum:
 without one no node can pass a benchmark, so the subnet would take jobs nobody serves.
+An active subnet with a price must be under a license that allows paid hosting
+(`subnets.licensing`): activation, price and license changes are refused otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from django.db import transaction
 
 from bim_core.errors import ServiceError
 
+from . import licensing
 from .data_terms import data_terms_text
 from .models import BenchmarkReference, Subnet, SubnetChange
 
@@ -55,8 +58,9 @@ def subnet_state_change(
     *, subnet_id: int, to: str, operator: AbstractBaseUser | None, reason: str
 ) -> tuple[Subnet, str]:
     """Move the subnet to state `to` and log it; returns (subnet, the state it left). A
-    transition the lifecycle does not allow, or activation without a benchmark reference
-    for the current model, is refused with a clear message and changes nothing."""
+    transition the lifecycle does not allow, activation without a benchmark reference
+    for the current model, or activation of a priced subnet whose license forbids paid
+    hosting, is refused with a clear message and changes nothing."""
     if to not in State.values:
         raise ServiceError("invalid_state", f"{to!r} is not a subnet state ({', '.join(State.values)})")
     reason = reason.strip()
@@ -64,7 +68,7 @@ def subnet_state_change(
         raise ServiceError("reason_required", "say why the subnet's state changes")
     with transaction.atomic():
         # Locked: two operators pausing and retiring at once must not both read "active".
-        subnet = Subnet.objects.select_for_update().get(pk=subnet_id)
+        subnet = Subnet.objects.select_for_update().select_related("license").get(pk=subnet_id)
         before = subnet.state
         if to == before:
             raise ServiceError("invalid_transition", f"subnet {subnet.slug} is already {before}", status=409)
@@ -75,6 +79,7 @@ def subnet_state_change(
             )
         if to == State.ACTIVE:
             _reference_required(subnet)
+            licensing.paid_hosting_check(subnet, state=to)
         subnet.state = to
         subnet.save(update_fields=["state", "updated_at"])
         SubnetChange.objects.create(subnet=subnet, operator=operator, field="state", before=before, after=to, reason=reason)
@@ -104,8 +109,9 @@ def subnet_update(
 ) -> tuple[Subnet, list[SubnetChange]]:
     """Set the given fields (a foreign key by its `<name>_id`) and log each one that really
     changed. The whole subnet is validated first (a split that does not add up, a negative
-    price): nothing is written unless all of it holds. Running jobs keep the terms they
-    were submitted under (their contract and `Job.terms`)."""
+    price, a price or license that an active subnet's license forbids): nothing is written
+    unless all of it holds. Running jobs keep the terms they were submitted under (their
+    contract and `Job.terms`)."""
     names = {f.attname: f for f in Subnet._meta.concrete_fields}
     unknown = set(changes) - set(names)
     if unknown:
@@ -154,6 +160,8 @@ def subnet_update(
             subnet.full_clean(validate_unique=False)
         except ValidationError as exc:
             raise ServiceError("invalid_subnet", "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
+        if licensing.license_fields_changed(changes):
+            licensing.paid_hosting_check(subnet)
         subnet.save()
         SubnetChange.objects.bulk_create(logged)
     return subnet, logged

@@ -353,6 +353,13 @@ def subnet_manifest(subnet: Subnet) -> dict[str, Any]:
         "chunk_size": max((a.chunk_size for a in subnet.artifacts.all()), default=0),
         "artifacts": artifacts,
         "preprocessing": subnet.preprocessing,
+        # A license that forbids redistribution: its chunks are served only to users who
+        # accepted it (subnets.licensing), so a client knows to authenticate.
+        "license": {
+            "slug": subnet.license.slug,
+            "version": subnet.license.version,
+            "allows_redistribution": subnet.license.allows_redistribution,
+        },
     }
 
 

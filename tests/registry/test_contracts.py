@@ -99,6 +99,9 @@ def test_it_refuses_a_malformed_hash(field, value):
         ("limits", {"max_items": 64}),
         ("limits", {"latency_ms": 0}),
         ("preprocessing", "mean"),
+        ("license", {"slug": "apache-2.0"}),
+        ("license", {"slug": "apache-2.0", "version": ""}),
+        ("license", {"slug": "apache-2.0", "version": "2.0", "paid": True}),
     ],
 )
 def test_it_refuses_an_out_of_range_field(field, value):
