@@ -57,6 +57,9 @@ CONTRACT_SCHEMA: dict[str, Any] = {
         },
         "preprocessing": {"type": "object"},
         "session_key_pub": {"type": "string", "pattern": "^[A-Za-z0-9+/]{43}=$"},
+        # A trusted subnet's job: only registry-operated nodes run it (paper §9). Absent in
+        # contracts from before it existed, which read as false.
+        "trusted": {"type": "boolean"},
     },
     "required": [
         "job_id",
@@ -117,6 +120,7 @@ def build_contract(
     input_hash: str,
     limits: dict[str, int],
     session_key_pub: str,
+    trusted: bool = False,
 ) -> dict[str, Any]:
     contract = _browser_safe_numbers(
         {
@@ -133,6 +137,7 @@ def build_contract(
         "input_hash": input_hash,
         "limits": limits,
         "session_key_pub": session_key_pub,
+        "trusted": bool(trusted),
         },
         fix=True,
     )

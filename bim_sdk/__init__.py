@@ -3,6 +3,16 @@ and verify their receipts without trusting the transport. `bim --help` (`cli`) i
 on the command line."""
 
 from .client import BimError, Client, EmbeddingResult, ImageResult, TextDelta, TextResult
-from .receipts import ReceiptInvalid, verify_receipt
+from .receipts import ReceiptInvalid, receipt_trusted, verify_receipt
 
-__all__ = ["BimError", "Client", "EmbeddingResult", "ImageResult", "ReceiptInvalid", "TextDelta", "TextResult", "verify_receipt"]
+__all__ = [
+    "BimError",
+    "Client",
+    "EmbeddingResult",
+    "ImageResult",
+    "ReceiptInvalid",
+    "TextDelta",
+    "TextResult",
+    "receipt_trusted",
+    "verify_receipt",
+]

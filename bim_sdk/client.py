@@ -42,6 +42,11 @@ class EmbeddingResult:
     def receipt(self) -> dict[str, Any]:
         return self.job["receipt"]
 
+    @property
+    def trusted(self) -> bool:
+        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
+        return bool(self.job["receipt"].get("trusted", False))
+
 
 @dataclass(frozen=True)
 class ImageResult:
@@ -52,6 +57,11 @@ class ImageResult:
     @property
     def receipt(self) -> dict[str, Any]:
         return self.job["receipt"]
+
+    @property
+    def trusted(self) -> bool:
+        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
+        return bool(self.job["receipt"].get("trusted", False))
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,11 @@ class TextResult:
     @property
     def receipt(self) -> dict[str, Any]:
         return self.job["receipt"]
+
+    @property
+    def trusted(self) -> bool:
+        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
+        return bool(self.job["receipt"].get("trusted", False))
 
 
 class Client:

@@ -36,6 +36,8 @@ def receipt_build(
         "input_hash": job.contract["input_hash"],
         "model_checksum": job.contract["model_checksum"],
         "result_hash": pair[0].result_hash,
+        # Ran on a trusted subnet (registry-operated nodes only), as its contract says.
+        "trusted": bool(job.contract.get("trusted", False)),
         "verification": {
             "path": path,
             "metric": verdict.metric,

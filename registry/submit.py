@@ -193,6 +193,7 @@ def _job_build(
         input_hash=protocol.input_hash(inputs),
         limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
         session_key_pub=session_key,
+        trusted=subnet.trusted,
     )
     family = families.family_for(subnet.task_type)
     terms = JobTerms.of_subnet(subnet)
