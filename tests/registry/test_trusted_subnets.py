@@ -315,3 +315,12 @@ def test_a_node_cannot_declare_itself_trusted():
     node.refresh_from_db()
     assert node.trusted is False and "trusted" not in node.capabilities
     assert Node.objects.filter(trusted=True).count() == 0
+
+
+def test_the_subnet_list_tells_users_which_subnets_are_trusted(client):
+    trusted_subnet(slug="sensitive")
+    SubnetFactory(slug="ordinary")
+    client.force_login(UserFactory())
+    listed = client.get("/api/v1/subnets/").json()
+    rows = listed if isinstance(listed, list) else listed["results"]
+    assert {row["slug"]: row["trusted"] for row in rows} == {"sensitive": True, "ordinary": False}
