@@ -6,6 +6,7 @@ contract and the signed receipt say trusted; a node cannot make itself trusted."
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 from bim_core import protocol
 from bim_core.errors import ServiceError
-from bim_sdk import ReceiptInvalid, receipt_trusted, verify_receipt
+from bim_sdk import ReceiptInvalid, cli, receipt_trusted, verify_receipt
 from ledger.models import Account, AccountKind
 from registry import dispatch, honeypots, presence, routing_index, sanctions, submit, sweeper, verify
 from registry.keys import registry_private_key, registry_public_key
@@ -225,7 +226,7 @@ def test_with_no_trusted_node_online_the_submit_is_refused_for_capacity():
     assert refused.value.code == "no_capacity"
 
 
-def test_the_contract_and_the_signed_receipt_say_trusted_and_the_sdk_checks_it(client):
+def test_the_contract_and_the_signed_receipt_say_trusted_and_the_sdk_checks_it(client, tmp_path, capsys):
     subnet = trusted_subnet()
     good, _ = market(subnet, trusted=2, untrusted=2)
     pool = {k.node.pk: k for k in good}
@@ -253,6 +254,14 @@ def test_the_contract_and_the_signed_receipt_say_trusted_and_the_sdk_checks_it(c
     ))
     with pytest.raises(ReceiptInvalid, match="trusted flag differs"):
         verify_receipt({**body, "receipt": flipped}, registry_key=registry_public_key())
+
+    # `bim receipt verify` reports it too.
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(body))
+    assert cli.main(["receipt", "verify", str(path), "--registry-key", registry_public_key(), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trusted"] is True
+    assert cli.main(["receipt", "verify", str(path)]) == 0
+    assert "ran on a trusted subnet" in capsys.readouterr().out
 
 
 def test_an_ordinary_receipt_says_untrusted_and_fails_require_trusted(client):
