@@ -10,6 +10,8 @@ from typing import Any
 
 import jsonschema
 
+from .content_policy import PolicyInvalid, validate_policy
+
 CONTRACT_SCHEMA: dict[str, Any] = {
     "$schema": "http://json-schema.org/draft-07/schema#",
     "title": "BIMJobContract",
@@ -60,6 +62,9 @@ CONTRACT_SCHEMA: dict[str, Any] = {
         # A trusted subnet's job: only registry-operated nodes run it (paper §9). Absent in
         # contracts from before it existed, which read as false.
         "trusted": {"type": "boolean"},
+        # The subnet's content policy when the job was submitted (bim_core.content_policy,
+        # which validate_contract applies); absent from contracts of a subnet without one.
+        "policy": {"type": "object", "required": ["id", "version"]},
     },
     "required": [
         "job_id",
@@ -103,6 +108,11 @@ def validate_contract(contract: dict[str, Any]) -> None:
         where = "/".join(str(p) for p in first.path) or "(root)"
         raise ContractInvalid(f"contract {where}: {first.message}")
     _browser_safe_numbers(contract, fix=False)
+    if "policy" in contract:
+        try:
+            validate_policy(contract["policy"])
+        except PolicyInvalid as exc:
+            raise ContractInvalid(f"contract policy: {exc}") from None
 
 
 def build_contract(
@@ -121,6 +131,7 @@ def build_contract(
     limits: dict[str, int],
     session_key_pub: str,
     trusted: bool = False,
+    policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     contract = _browser_safe_numbers(
         {
@@ -138,6 +149,7 @@ def build_contract(
         "limits": limits,
         "session_key_pub": session_key_pub,
         "trusted": bool(trusted),
+        **({"policy": policy} if policy else {}),
         },
         fix=True,
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bim_core import families, protocol
+from bim_core import content_policy, families, protocol
 
 ComputeFn = Callable[..., Any]
 # Streamed text (`partial`) at most this often per job: a few tokens per message.
@@ -87,6 +87,7 @@ class ServedModel:
         if contract.get("job_id") != job_id:
             raise JobRefusedError("bad_message", "contract.job_id differs from job_id")
         self._check_model(contract)
+        self._check_policy(contract, inputs)
         return Job(
             assignment_id=str(message["assignment_id"]),
             job_id=job_id,
@@ -112,6 +113,20 @@ class ServedModel:
             )
         except (families.InputInvalid, TypeError, ValueError) as exc:
             raise JobRefusedError("bad_message", str(exc)) from None
+
+    def _check_policy(self, contract: dict[str, Any], inputs: dict[str, Any]) -> None:
+        # The contract's content policy (docs/content-policy.md): a node may decline a job
+        # that breaks it, which costs it nothing when the registry's own check agrees.
+        policy = contract.get("policy")
+        if policy is None:
+            return
+        try:
+            content_policy.validate_policy(policy)
+        except content_policy.PolicyInvalid as exc:
+            raise JobRefusedError("unsupported_contract", f"contract policy: {exc}") from None
+        violation = content_policy.input_violation(policy, inputs)
+        if violation is not None:
+            raise JobRefusedError(violation.reason, violation.detail)
 
     def _check_model(self, contract: dict[str, Any]) -> None:
         if contract.get("model_checksum") != self.checksum:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bim_core import families, protocol
+from bim_core import content_policy, families, protocol
 
 
 class ReceiptInvalid(Exception):
@@ -17,11 +17,11 @@ def verify_receipt(
 ) -> Any:
     """Check a settled job's receipt and return its result, decoded by the job's task family
     (vectors for embeddings). Raises ReceiptInvalid unless:
-    the registry signed the receipt; the contract, inputs and result hash match it; the
-    receipt's `trusted` is the contract's (and true, with `require_trusted`: the job ran on
-    a trusted subnet, on registry-operated nodes only; `receipt_trusted` reports it); each
-    node's long-term key certified its session key and that session key signed its result;
-    and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored")."""
+    the registry signed the receipt; the contract, inputs, policy version and result hash
+    match it; the receipt's `trusted` is the contract's (and true, with `require_trusted`:
+    the job ran on a trusted subnet, on registry-operated nodes only; `receipt_trusted`
+    reports it); each node's long-term key certified its session key and that session key
+    signed its result; and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored")."""
     receipt = job.get("receipt") or {}
     if job.get("state") != "settled" or not receipt:
         raise ReceiptInvalid(f"job is {job.get('state')}, not settled")
@@ -36,6 +36,9 @@ def verify_receipt(
         raise ReceiptInvalid("these inputs are not the job's inputs")
     if job["contract"]["input_hash"] != body["input_hash"]:
         raise ReceiptInvalid("contract input_hash differs from the receipt's")
+    # Receipts older than content policies carry no policy_version, nor do their contracts.
+    if body.get("policy_version") != content_policy.policy_version(job["contract"].get("policy")):
+        raise ReceiptInvalid("the receipt's policy_version differs from the contract's policy version")
     trusted = receipt_trusted(job)
     if trusted != bool(job["contract"].get("trusted", False)):
         raise ReceiptInvalid("the receipt's trusted flag differs from the contract's")

@@ -10,6 +10,8 @@ from typing import Any
 
 from django.db import migrations
 
+from subnets.db_guards import SQLITE_ACTIVATION_GUARD
+
 _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION bim_refuse_change() RETURNS trigger AS $$
 BEGIN
@@ -111,7 +113,18 @@ def triggers_reinstall(connection: Any) -> list[str]:
             for statement in _sqlite(trigger.name, trigger.table, trigger.reason, trigger.columns, trigger.refuse_delete):
                 cursor.execute(statement)
             written.append(trigger.name)
+        # The subnets app's own guard (no subnet active without a benchmark reference),
+        # once its migrations have given the table its state column.
+        if "subnets_subnet" in tables and "state" in _columns(connection, cursor, "subnets_subnet"):
+            cursor.execute("DROP TRIGGER IF EXISTS subnet_activation_guard")
+            for statement in SQLITE_ACTIVATION_GUARD:
+                cursor.execute(statement)
+            written.append("subnet_activation_guard")
     return written
+
+
+def _columns(connection: Any, cursor: Any, table: str) -> set[str]:
+    return {column.name for column in connection.introspection.get_table_description(cursor, table)}
 
 
 def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:

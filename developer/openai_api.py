@@ -50,12 +50,16 @@ POLL_S = 0.1
 
 
 def openai_error(exc: ServiceError, **extra: Any) -> JsonResponse:
+    if exc.extra:  # BIM's own fields (a content policy's rule) beside OpenAI's
+        extra = {**extra, "bim": {**exc.extra, **extra.get("bim", {})}}
     response = JsonResponse(error_body(exc.status, exc.detail, exc.code, **extra), status=exc.status)
     # OpenAI's clients retry 409, 429 and 5xx by default; a refusal that would only be
     # refused again (or a job still running, which a retry would submit twice) says so.
     response["x-should-retry"] = "true" if exc.status in (429, 503) else "false"
     if exc.status == 503:
         response["Retry-After"] = str(settings.BIM_RETRY_AFTER_S)
+    if "retry_after_s" in exc.extra:
+        response["Retry-After"] = str(exc.extra["retry_after_s"])
     return response
 
 

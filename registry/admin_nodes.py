@@ -21,6 +21,7 @@ from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from bim_core.errors import ServiceError
+from ledger.admin import ReadOnlyMixin
 
 from . import node_history, sanctions
 from .models import Node, NodeSanction, NodeSubnet
@@ -353,7 +354,7 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(NodeSanction)
-class NodeSanctionAdmin(admin.ModelAdmin):
+class NodeSanctionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """The sanctions log: written by the node actions only, read here."""
 
     list_display = ["created_at", "node", "kind", "banned_until", "strikes_lifted", "operator", "reason"]
@@ -361,12 +362,3 @@ class NodeSanctionAdmin(admin.ModelAdmin):
     search_fields = ["node__name", "=node__id", "reason", "operator__username"]
     list_select_related = ["node", "operator"]
     readonly_fields = ["node", "kind", "reason", "operator", "banned_until", "strikes_lifted", "created_at"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False

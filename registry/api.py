@@ -38,7 +38,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     goes on to Django (bim_site.errors answers JSON 500 under /api/)."""
     if isinstance(exc, ServiceError):
         headers = {"Retry-After": str(settings.BIM_RETRY_AFTER_S)} if exc.status == 503 else None
-        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status, headers=headers)
+        if "retry_after_s" in exc.extra:
+            headers = {"Retry-After": str(exc.extra["retry_after_s"])}
+        return Response({"code": exc.code, "detail": exc.detail, **exc.extra}, status=exc.status, headers=headers)
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"code": "request_too_large", "detail": "the request body is too large"},

@@ -154,6 +154,10 @@ class Job(models.Model):
             # The dispatcher reads a subnet's queued jobs oldest first, a batch at a time:
             # without this its cost grew with the backlog.
             models.Index(fields=["subnet", "created_at"], condition=Q(state="queued"), name="job_queued_by_age"),
+            # The admin dashboard counts the jobs submitted and ended in the last hour and day
+            # (registry.dashboard): ranges on these, not scans of the whole table.
+            models.Index(fields=["created_at"], name="job_created_at"),
+            models.Index(fields=["finished_at"], name="job_finished_at"),
         ]
 
     def __str__(self) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from bim_core import families, protocol
+from bim_core import content_policy, families, protocol
 from bim_core.verification import Verdict
 
 from .keys import registry_private_key, registry_public_key
@@ -35,6 +35,9 @@ def receipt_build(
         "contract_hash": job.contract_hash,
         "input_hash": job.contract["input_hash"],
         "model_checksum": job.contract["model_checksum"],
+        # The content policy the job ran under (None: its contract has none); the SDK checks
+        # it against the contract, which the contract hash binds.
+        "policy_version": content_policy.policy_version(job.contract.get("policy")),
         "result_hash": pair[0].result_hash,
         # Ran on a trusted subnet (registry-operated nodes only), as its contract says.
         "trusted": bool(job.contract.get("trusted", False)),

@@ -4,6 +4,7 @@ Every check refuses with a protocol error code the node is told.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -13,10 +14,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from bim_core import families, protocol
+from bim_core import content_policy, families, protocol
 from subnets.models import Subnet
 
-from . import effects, metrics, selectors, verify
+from . import effects, metrics, policy_enforcement, selectors, verify
 from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition, job_trusted_only
 from .models import (
     TERMINAL_STATES,
@@ -28,6 +29,8 @@ from .models import (
     Node,
 )
 from .reputation import node_strike, reputation_record
+
+log = logging.getLogger("bim.registry")
 
 
 def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
@@ -207,7 +210,8 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
     """A node declines or fails a job before answering: its role goes to another node, and
     the node's record a failure, except for work of an earlier session given up as
     `lost_on_reconnect` (a node back after a disconnect it did not choose, `welcome` having
-    listed work it no longer holds)."""
+    listed work it no longer holds) and of a `content_policy:<rule>` decline the registry's
+    own check of the contract's policy upholds (the job then fails, nobody charged)."""
     try:
         assignment_uuid = uuid.UUID(str(assignment_id))
     except ValueError:
@@ -226,8 +230,30 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
             return  # work of a session that ended without the node leaving it: no failure
         if reason == protocol.SUBNET_PAUSED and not _subnet_active(job_id):
             return  # an offer that crossed the pause on the wire: the node did as told
+        if reason.startswith(CONTENT_POLICY_PREFIX) and _content_refusal_upheld(job_id):
+            return  # the contract's policy forbids the job: declining it is the node's right
         Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
 
 
 def _subnet_active(job_id: object) -> bool:
     return Job.objects.filter(pk=job_id, subnet__state=Subnet.State.ACTIVE).exists()
+
+
+CONTENT_POLICY_PREFIX = "content_policy:"
+
+
+def _content_refusal_upheld(job_id: object) -> bool:
+    """A node declined a job under its contract's content policy: the registry runs the
+    same check on the job it holds. Upheld (a bypass, or a job written before a stricter
+    policy could not be, since contracts are immutable: a bug worth the log), the job
+    fails for its content with nobody charged or paid; otherwise the decline is an ordinary
+    give-up and the role moves on."""
+    job = job_locked(job_id)
+    if job is None or job.state in TERMINAL_STATES:
+        return job is not None
+    violation = content_policy.input_violation(job.contract.get("policy"), job.inputs)
+    if violation is None:
+        return False
+    log.warning("job %s: a node declined it under content policy rule %s", job.id, violation.rule)
+    policy_enforcement.job_fail_for_content(job, reason=f"content_policy_input:{violation.rule}")
+    return True

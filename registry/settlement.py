@@ -10,7 +10,7 @@ from bim_core import families
 from bim_core.verification import Verdict
 from ledger import services as ledger
 
-from . import metrics, reputation, selectors
+from . import metrics, policy_enforcement, reputation, selectors
 from .jobs import job_transition
 from .models import (
     Assignment,
@@ -62,7 +62,9 @@ def job_settle_solo(job: Job, solo: Assignment) -> None:
     """A trusted node's unchecked result: the user pays solo_price_bp of the pair price (the
     rest of the hold is released), the node earns what it would in a pair, the registry the
     remainder. No reputation is earned by unchecked work."""
-    subnet, terms = job.subnet, JobTerms.of_job(job)
+    terms = JobTerms.of_job(job)
+    if _output_withheld(job, (solo,), (), {"path": "solo"}):
+        return
     amount = _price_captured(job, solo) * terms.solo_price_bp // 10_000
     node_bp = min(10_000, terms.split_node_a_bp * 10_000 // max(1, terms.solo_price_bp))
     transfers = _pay(job, amount, (solo,), (node_bp, 0, 10_000 - node_bp))
@@ -71,7 +73,7 @@ def job_settle_solo(job: Job, solo: Assignment) -> None:
     verification = {"path": "solo", **verdict.as_dict(), "price_micro": amount}
     receipt = receipt_build(job, [solo], verdict, transfers, "solo")
     job_transition(job, JobState.SETTLED, detail="solo (adaptive replication)", verification=verification, receipt=receipt)
-    metrics.job_settled_record(subnet_slug=subnet.slug, created_at=job.created_at)
+    metrics.job_settled_record(subnet_slug=job.subnet.slug, created_at=job.created_at)
 
 
 def job_settle_agreed(
@@ -88,6 +90,8 @@ def job_settle_agreed(
     A majority of one (a text pair settled by re-scoring) is paid node A's share; the
     registry, which re-scored, keeps the rest."""
     terms = JobTerms.of_job(job)
+    if _output_withheld(job, majority, struck, verification, strike_reason=strike_reason):
+        return
     split_bp = terms.split_bp if len(majority) == 2 else (terms.split_node_a_bp, 0, 10_000 - terms.split_node_a_bp)
     amount = _price_captured(job, majority[0])
     transfers = _pay(job, amount, majority, split_bp)
@@ -102,6 +106,39 @@ def job_settle_agreed(
     )
     job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
     metrics.job_settled_record(subnet_slug=job.subnet.slug, created_at=job.created_at)
+
+
+def _output_withheld(
+    job: Job,
+    majority: tuple[Assignment, ...],
+    struck: tuple[Assignment, ...],
+    verification: dict[str, Any],
+    *,
+    strike_reason: str = "",
+) -> bool:
+    """A verified text that breaks the contract's output rules is not delivered: the job
+    fails as content_policy_output:<rule>, the user's hold is released in full and nobody
+    is paid. The nodes computed what the model produces for the user's prompt, so none is
+    struck and the verification stands for reputations (a minority is still struck: it
+    disagreed with the model). Paying them would mean charging the user for text they may
+    not receive, or the registry paying for it (a payout farm for prompts that steer the
+    model into a blocked output); refusing both keeps every posting balanced, as a job with
+    no majority does, and costs each node one job's compute (docs/content-policy.md)."""
+    violation = policy_enforcement.output_violation(job, selectors.assignment_result(majority[0]))
+    if violation is None:
+        return False
+    Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
+    if verification.get("path") != "solo":
+        reputation.reputation_record(node_ids=[x.node_id for x in majority], outcome=1.0, subnet=job.subnet)
+    for loser in struck:
+        Assignment.objects.filter(pk=loser.pk).update(state=AssignmentState.DISAGREED)
+        reputation.reputation_record(node_ids=[loser.node_id], outcome=0.0, subnet=job.subnet)
+        reputation.node_strike(node_id=loser.node_id, reason=strike_reason, job_id=job.id, subnet=job.subnet)
+    withheld = {**verification, "withheld": {"rule": violation.rule, "detail": violation.detail}}
+    policy_enforcement.job_fail_for_content(
+        job, reason=f"content_policy_output:{violation.rule}", verification=withheld
+    )
+    return True
 
 
 def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[int, int, int]) -> list[Any]:

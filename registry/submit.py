@@ -22,7 +22,7 @@ from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import input_coverage_warnings
 
-from . import effects, metrics, routing_index
+from . import effects, metrics, policy_enforcement, routing_index
 from .models import (
     Honeypot,
     Job,
@@ -88,6 +88,8 @@ def jobs_submit(
         if job is not None:
             outcome.append((_same_job_or_conflict(job, subnet, protocol.input_hash(inputs), label(index)), False))
             continue
+        # A repeat returns its job as it was accepted; only new jobs meet today's policy.
+        policy_enforcement.inputs_check(subnet, inputs, label=label(index), index=index)
         outcome.append(None)
         new.append((index, request, subnet, inputs))
     for subnet in {subnet.pk: subnet for _, _, subnet, _ in new}.values():
@@ -96,6 +98,7 @@ def jobs_submit(
             raise ServiceError("no_capacity", f"no node serves {subnet.slug} now; try again later", status=503)
     if not new:
         return [o for o in outcome if o is not None]
+    rate_keys = _rate_take(user, [subnet for _, _, subnet, _ in new])
     try:
         with transaction.atomic():
             jobs = jobs_create(
@@ -103,10 +106,14 @@ def jobs_submit(
                 jobs=[_job_build(user, subnet, inputs, r.idempotency_key, r.session_key_pub) for _, r, subnet, inputs in new],
             )
     except IntegrityError:
+        _rate_give_back(rate_keys)
         if not retry_on_race:
             raise
         # A concurrent request with one of these keys won the insert: now they exist.
         return jobs_submit(user=user, requests=requests, label=label, retry_on_race=False)
+    except ServiceError:
+        _rate_give_back(rate_keys)
+        raise
     for (index, _, subnet, _), job in zip(new, jobs):
         outcome[index] = (job, True)
         metrics.jobs_submitted.labels(subnet=subnet.slug).inc()
@@ -129,6 +136,26 @@ def _subnet_taking_jobs(subnet: Subnet | None, slug: str, label: str) -> Subnet:
     if subnet.state == Subnet.State.RETIRED:
         raise ServiceError("subnet_retired", f"{label}subnet {slug!r} is retired and takes no new jobs", status=410)
     return subnet
+
+
+def _rate_take(user: AbstractBaseUser, subnets: list[Subnet]) -> list[tuple[str | None, int]]:
+    """Count the new jobs against each subnet's policy rate, all or none."""
+    counts: dict[int, tuple[Subnet, int]] = {}
+    for subnet in subnets:
+        counts[subnet.pk] = (subnet, counts.get(subnet.pk, (subnet, 0))[1] + 1)
+    taken: list[tuple[str | None, int]] = []
+    try:
+        for subnet, count in counts.values():
+            taken.append((policy_enforcement.rate_take(user=user, subnet=subnet, count=count), count))
+    except ServiceError:
+        _rate_give_back(taken)
+        raise
+    return taken
+
+
+def _rate_give_back(taken: list[tuple[str | None, int]]) -> None:
+    for key, count in taken:
+        policy_enforcement.rate_give_back(key, count)
 
 
 def _validated_inputs(subnet: Subnet, request: JobRequest, label: str) -> dict[str, Any]:
@@ -194,6 +221,7 @@ def _job_build(
         limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
         session_key_pub=session_key,
         trusted=subnet.trusted,
+        policy=subnet.content_policy or None,
     )
     family = families.family_for(subnet.task_type)
     terms = JobTerms.of_subnet(subnet)

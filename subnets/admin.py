@@ -1,11 +1,13 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
 from bim_core.errors import ServiceError
 
+from .content_policies import policy_change_refusal
 from .lifecycle import subnet_created_log, subnet_update
 from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet, SubnetChange
 
@@ -46,11 +48,21 @@ class SubnetChangeInline(admin.TabularInline):
         return False
 
 
+class SubnetAdminForm(forms.ModelForm):
+    def clean_content_policy(self) -> dict:
+        policy = self.cleaned_data["content_policy"] or {}
+        refusal = policy_change_refusal(self.instance.content_policy or {}, policy) if self.instance.pk else None
+        if refusal is not None:
+            raise forms.ValidationError(refusal)
+        return policy
+
+
 class SubnetAdmin(admin.ModelAdmin):
     """Subnets: edits go through subnets.lifecycle.subnet_update (each changed field logged
     with its before and after). The state is not a form field: registry.subnet_admin adds
     the state page (nodes must be told) and creation from a model package."""
 
+    form = SubnetAdminForm
     list_display = [
         "slug",
         "task_type",

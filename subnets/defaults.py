@@ -45,6 +45,44 @@ MARKET_TERMS: dict[str, int] = {
 }
 
 
+# Content policies (bim_core.content_policy, docs/content-policy.md). The embeddings and
+# image subnets block nothing: they restate the subnet's limits as policy limits (a whole
+# job's characters) and set the per-user rate. The text subnet's blocked patterns are an
+# EXAMPLE of the shape, not a vetted safety list: an operator writes their own.
+EMBEDDINGS_POLICY: dict[str, Any] = {
+    "id": "minilm-embed-default",
+    "version": 1,
+    "input": {"max_items": 64, "max_chars": 64 * 4000, "blocked": []},
+    "rate_limit": {"jobs_per_minute": 600},
+}
+IMAGE_POLICY: dict[str, Any] = {
+    "id": "waifu2x-default",
+    "version": 1,
+    "input": {"max_items": 1},
+    "rate_limit": {"jobs_per_minute": 120},
+}
+TEXT_POLICY: dict[str, Any] = {
+    "id": "smollm2-text-default",
+    "version": 1,
+    "input": {
+        "max_chars": 1_600,
+        "blocked": [
+            {
+                "name": "example.weapons",
+                "patterns": [r"\b(?:nerve agent|sarin|vx gas)\b", r"\bbuild (?:a|an) (?:bomb|explosive)s?\b"],
+            },
+            {"name": "example.payment-card", "patterns": [r"\b\d{4}[ -]\d{4}[ -]\d{4}[ -]\d{4}\b", r"\b\d{16}\b"]},
+        ],
+    },
+    "output": {
+        "max_tokens": 256,
+        "max_chars": 4_000,
+        "blocked": [{"name": "example.weapons", "patterns": [r"\b(?:nerve agent|sarin|vx gas)\b"]}],
+    },
+    "rate_limit": {"jobs_per_minute": 60},
+}
+
+
 def embeddings_subnet_settings() -> dict[str, Any]:
     return {
         "name": "all-MiniLM-L6-v2 embeddings (int8, 384-d)",
@@ -64,6 +102,7 @@ def embeddings_subnet_settings() -> dict[str, Any]:
         "max_items_per_job": 64,
         "max_chars_per_item": 4000,
         "latency_ms": 60_000,
+        "content_policy": EMBEDDINGS_POLICY,
     }
 
 
@@ -156,6 +195,7 @@ def image_subnet_settings() -> dict[str, Any]:
         # An image travels as base64 PNG: a 192x192 photo is ~150,000 characters at worst.
         "max_chars_per_item": 200_000,
         "latency_ms": 60_000,
+        "content_policy": IMAGE_POLICY,
     }
 
 
@@ -261,6 +301,7 @@ def text_subnet_settings() -> dict[str, Any]:
         "benchmark_runs": 2,
         # 256 tokens take ~5 s at 50 tokens/s on one core, ~20 s on a busy one.
         "latency_ms": 120_000,
+        "content_policy": TEXT_POLICY,
     }
 
 

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from bim_core.content_policy import PolicyInvalid, validate_policy
 from bim_core.families import SubnetLimits
 
 
@@ -31,6 +32,13 @@ class License(models.Model):
 
 def default_routing_policy() -> dict:
     return {"distinct": ["owner_id", "ip_block", "asn"]}
+
+
+def validate_content_policy(value: object) -> None:
+    try:
+        validate_policy(value)
+    except PolicyInvalid as exc:
+        raise ValidationError(str(exc)) from None
 
 
 class Subnet(models.Model):
@@ -122,6 +130,10 @@ class Subnet(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
     setup_status = models.CharField(max_length=16, choices=Setup.choices, default=Setup.NONE, blank=True)
     setup_detail = models.TextField(blank=True, help_text="what creation from a package did, or why it failed")
+    # Copied into every job's contract (docs/content-policy.md); a change takes a new version.
+    content_policy = models.JSONField(
+        default=dict, blank=True, validators=[validate_content_policy], help_text="bim_core.content_policy document"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

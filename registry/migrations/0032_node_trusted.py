@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("registry", "0015_job_terms"),
+        ("registry", "0016_job_dashboard_indexes"),
     ]
 
     operations = [

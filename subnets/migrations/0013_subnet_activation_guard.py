@@ -4,9 +4,12 @@ raw `update()`, a shell, a future bug). Without one no node can pass its benchma
 subnet would take jobs nobody serves.
 
 (Written here rather than with bim_site.db_triggers: subnets sits below the site layer.
-On SQLite a later migration that remakes the table drops the trigger and must put it back.)"""
+On SQLite a migration that remakes the table drops the trigger; bim_site's post_migrate
+handler puts it back with subnets.db_guards' statements, as it does its own triggers.)"""
 
 from django.db import migrations
+
+from subnets.db_guards import SQLITE_ACTIVATION_GUARD as SQLITE_FORWARD
 
 PG_FORWARD = [
     """
@@ -31,18 +34,6 @@ PG_FORWARD = [
 PG_BACKWARD = [
     "DROP TRIGGER IF EXISTS subnet_activation_guard ON subnets_subnet",
     "DROP FUNCTION IF EXISTS bim_subnet_activation_guard()",
-]
-SQLITE_FORWARD = [
-    """
-    CREATE TRIGGER subnet_activation_guard BEFORE UPDATE OF state ON subnets_subnet
-    FOR EACH ROW WHEN NEW.state = 'active' AND OLD.state <> 'active' AND NOT EXISTS (
-        SELECT 1 FROM subnets_benchmarkreference r
-        WHERE r.subnet_id = NEW.id AND r.model_checksum = NEW.model_checksum
-    )
-    BEGIN
-        SELECT RAISE(ABORT, 'a subnet cannot become active without a benchmark reference for its model');
-    END;
-    """,
 ]
 SQLITE_BACKWARD = ["DROP TRIGGER IF EXISTS subnet_activation_guard"]
 

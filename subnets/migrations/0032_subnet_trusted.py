@@ -1,23 +1,12 @@
-"""Subnet.trusted. On SQLite, adding a column remakes the table, which drops the activation
-guard of 0013: it is put back here."""
-
-import importlib
+"""Subnet.trusted. On SQLite adding a column copies the subnets table, which drops the
+activation guard; `bim_site.db_triggers` puts it back after every migrate."""
 
 from django.db import migrations, models
-
-_guard = importlib.import_module("subnets.migrations.0013_subnet_activation_guard")
-
-
-def _guard_reinstall(apps, schema_editor):
-    if schema_editor.connection.vendor != "sqlite":
-        return  # PostgreSQL keeps a table's triggers across ADD COLUMN
-    for statement in _guard.SQLITE_BACKWARD + _guard.SQLITE_FORWARD:
-        schema_editor.execute(statement, params=None)
 
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("subnets", "0013_subnet_activation_guard"),
+        ("subnets", "0014_content_policy"),
     ]
 
     operations = [
@@ -28,5 +17,4 @@ class Migration(migrations.Migration):
                 default=False, help_text="jobs only on registry-operated nodes, with a higher registry share"
             ),
         ),
-        migrations.RunPython(_guard_reinstall, _guard_reinstall),
     ]

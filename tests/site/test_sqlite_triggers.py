@@ -86,22 +86,28 @@ def test_every_migrate_puts_back_a_trigger_a_table_copy_dropped(embedded):
     database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
     database.execute("DROP TRIGGER registry_job_contract_immutable")
     database.execute("DROP TRIGGER ledger_transfer_append_only_delete")
+    database.execute("DROP TRIGGER subnet_activation_guard")
     database.close()
     migrate(embedded)
     database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
     triggers = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert {"registry_job_contract_immutable", "ledger_transfer_append_only_delete"} <= triggers
+    assert {"registry_job_contract_immutable", "ledger_transfer_append_only_delete", "subnet_activation_guard"} <= triggers
 
 
-def test_the_subnet_activation_guard_survives_the_migration_that_added_trusted(database):
-    """Adding Subnet.trusted copies subnets_subnet on SQLite; its migration puts the
-    activation guard back (subnets sits below the site layer's trigger reinstall)."""
-    triggers = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert "subnet_activation_guard" in triggers
+def test_the_embedded_database_refuses_a_subnet_active_without_a_benchmark_reference(database):
+    """Migrations after the guard's own (a new subnet column) copy the subnets table on
+    SQLite: the guard must still be there once `migrate` is done."""
     database.execute("BEGIN")
     try:
         a_row(
-            database, "subnets_subnet", state="draft", trusted=0, split_node_a_bp=4000, split_node_b_bp=4000, split_registry_bp=2000
+            database,
+            "subnets_subnet",
+            state="draft",
+            model_checksum="ab" * 32,
+            split_node_a_bp=4000,
+            split_node_b_bp=4000,
+            split_registry_bp=2000,
+            escrow_share_bp=1000,
         )
         with pytest.raises(sqlite3.IntegrityError, match="benchmark reference"):
             database.execute("UPDATE subnets_subnet SET state = 'active'")

@@ -5,6 +5,7 @@
 //
 // Pure, like ./protocol.js: runs under Node 20 for tests/js/.
 
+import { inputViolation } from "./policy.js";
 import {
   b64encode, benchmarkMessage, contractHash, encodeResult, inputHash, resultMessage, sha256Hex, shapeText, signB64,
 } from "./protocol.js";
@@ -45,6 +46,9 @@ export async function checkJob(message, { modelChecksum, tokenizerChecksum }) {
   if (contract.tokenizer_checksum && tokenizerChecksum && contract.tokenizer_checksum !== tokenizerChecksum) {
     throw new JobRefused("model_mismatch", "contract names another tokenizer");
   }
+  // The contract's content policy: a job that breaks it is declined, at no cost (§4.4).
+  const violation = inputViolation(contract.policy, inputs);
+  if (violation) throw new JobRefused(`content_policy:${violation.rule}`, violation.detail);
   const deadline = message.deadline == null ? null : Date.parse(message.deadline);
   if (deadline !== null && Number.isNaN(deadline)) throw new JobRefused("bad_message", "deadline is not ISO 8601");
   return {

@@ -1,0 +1,103 @@
+"""Enforcing a subnet's content policy (bim_core.content_policy, docs/content-policy.md)
+where the registry holds the job: refusing inputs and rates at submit, failing a job a
+node declined under its contract's policy, withholding a text output that breaks it.
+
+Whoever is not at fault pays nothing: a refused submit holds nothing; a job failed for
+its content releases the user's whole hold, pays no node and strikes none.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
+
+from bim_core import content_policy, families
+from bim_core.errors import ServiceError
+from ledger import services as ledger
+from subnets.models import Subnet
+
+from . import effects
+from .jobs import job_transition
+from .models import AssignmentState, Job, JobState
+
+RATE_WINDOW_S = 60
+
+
+def inputs_check(subnet: Subnet, inputs: dict[str, Any], *, label: str, index: int) -> None:
+    """Refuse (422 content_policy, naming the rule and the job's index in its batch)
+    inputs that break the subnet's policy."""
+    violation = content_policy.input_violation(subnet.content_policy, inputs)
+    if violation is not None:
+        raise ServiceError(
+            "content_policy",
+            f"{label}refused by content policy rule {violation.rule!r}: {violation.detail}",
+            status=422,
+            extra={"rule": violation.rule, "policy_version": subnet.content_policy["version"], "job_index": index},
+        )
+
+
+def _rate_key(subnet: Subnet, user: AbstractBaseUser, window: int) -> str:
+    return f"policy-rate:{subnet.pk}:{user.pk}:{window}"
+
+
+def rate_take(*, user: AbstractBaseUser, subnet: Subnet, count: int) -> str | None:
+    """Count `count` new jobs against the policy's jobs per minute (a fixed window in the
+    cache, shared by every registry process through Redis; per process in embedded mode).
+    Refused (429 rate_limited_by_policy) over the limit, counting nothing; else the key to
+    `rate_give_back` to if the submit then fails."""
+    limit = content_policy.jobs_per_minute(subnet.content_policy)
+    if limit is None or count <= 0:
+        return None
+    now = time.time()
+    key = _rate_key(subnet, user, int(now // RATE_WINDOW_S))
+    cache.add(key, 0, RATE_WINDOW_S * 2)
+    try:
+        taken = cache.incr(key, count)
+    except ValueError:  # expired between add and incr
+        cache.set(key, count, RATE_WINDOW_S * 2)
+        taken = count
+    if taken > limit:
+        cache.decr(key, count)  # a refused submit uses none of the allowance
+        retry_after = max(1, int(RATE_WINDOW_S - now % RATE_WINDOW_S) + 1)
+        raise ServiceError(
+            "rate_limited_by_policy",
+            f"{subnet.slug}'s content policy allows {limit} jobs a minute per user; try again in {retry_after} s",
+            status=429,
+            extra={"rule": "rate_limit.jobs_per_minute", "retry_after_s": retry_after},
+        )
+    return key
+
+
+def rate_give_back(key: str | None, count: int) -> None:
+    if key is None:
+        return
+    try:
+        cache.decr(key, count)
+    except ValueError:
+        pass  # the window ended meanwhile: nothing left to give back
+
+
+def job_fail_for_content(job: Job, *, reason: str, **fields: Any) -> None:
+    """Fail a job (its row locked by the caller) for its content: the user's hold is
+    released in full, open assignments are cancelled, no node is paid or struck. A job's
+    content is the user's doing, and whatever nodes computed was what the contract asked."""
+    job_transition(job, JobState.FAILED, detail=reason, failure_reason=reason, **fields)
+    if job.price_micro:
+        ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason=reason)
+    open_assignments = list(job.assignments.filter(state=AssignmentState.DISPATCHED).values_list("id", "node_id"))
+    job.assignments.filter(state=AssignmentState.DISPATCHED).update(state=AssignmentState.CANCELLED)
+    for assignment_id, node_id in open_assignments:
+        effects.send_to_node(node_id, {"type": "job.cancel", "assignment_id": str(assignment_id)})
+
+
+def output_violation(job: Job, result: Any) -> content_policy.Violation | None:
+    """The output rule a settled text result breaks, per the job's own contract (the
+    policy the user and the nodes saw, not the subnet's current one); None for other
+    families, which produce no text."""
+    if job.contract.get("task_type") != "text" or job.honeypot_id is not None:
+        return None
+    delivered = families.family_for("text").result_for_user(result)
+    return content_policy.output_violation(job.contract.get("policy"), delivered["text"])
