@@ -183,11 +183,16 @@ def extra_users(count: int, credits: int) -> list[str]:
     from rest_framework.authtoken.models import Token
 
     from ledger.services import credits_top_up
+    from subnets.data_terms import data_terms_acknowledge
+    from subnets.models import Subnet
 
     tokens = []
     for index in range(count):
         user = get_user_model().objects.create(username=f"bench-user-{index}")
         credits_top_up(user=user, amount=credits * MICRO, idempotency_key=f"bench-seed:{user.pk}")
+        # Users of the market, like the seeded one: they acknowledged the subnets' data terms.
+        for subnet in Subnet.objects.all():
+            data_terms_acknowledge(user=user, subnet=subnet, version=subnet.data_terms_version, ip=None)
         tokens.append(Token.objects.create(user=user).key)
     return tokens
 
@@ -636,6 +641,7 @@ class Baseline:
 
     @classmethod
     def create(cls, *, user: Any, nodes: int) -> Baseline:
+        from subnets.data_terms import data_terms_acknowledge
         from subnets.models import Subnet
         from tests.factories import UserFactory, online_node
 
@@ -643,6 +649,7 @@ class Baseline:
         subnet.pk = None
         subnet.slug = BASELINE_SUBNET
         subnet.save()
+        data_terms_acknowledge(user=user, subnet=subnet, version=subnet.data_terms_version, ip=None)
         keys = {}
         for index in range(nodes):
             node_keys = online_node(subnet, UserFactory(username=f"{BASELINE_SUBNET}-{index}"))

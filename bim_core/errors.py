@@ -2,6 +2,7 @@
 an HTTP answer with a machine-readable code, consumers into a protocol error."""
 
 
+
 class ServiceError(Exception):
     status = 400
 
@@ -9,7 +10,8 @@ class ServiceError(Exception):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
-        # More machine-readable fields for the body (a content policy's rule, a retry delay).
+        # More machine-readable fields for the body (a content policy's rule, a retry delay,
+        # links a client can follow).
         self.extra = extra or {}
         if status is not None:
             self.status = status

@@ -31,6 +31,8 @@ class HttpError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+        # The whole error body: a refusal may carry more than code and detail (links).
+        self.body: dict[str, Any] = {}
 
     def __str__(self) -> str:
         return f"HTTP {self.status} {self.code}: {self.detail}"
@@ -92,7 +94,9 @@ class HttpClient:
                 if response.status_code < 400:
                     return response
                 if last or not retryable(response.status_code):
-                    raise self.error(response.status_code, *error_code_and_detail(response))
+                    error = self.error(response.status_code, *error_code_and_detail(response))
+                    error.body = _json_object(response)
+                    raise error
                 failure = f"HTTP {response.status_code}"
             delay = self.backoff_s * 2**attempt
             log.warning("%s %s failed (%s); retrying in %.1f s", method, url, failure, delay)
@@ -115,6 +119,14 @@ def error_code_and_detail(response: requests.Response) -> tuple[str, str]:
         return "error", response.text[:300]
     detail = body["detail"] if "detail" in body else response.text[:300]
     return str(body.get("code", "error")), str(detail)
+
+
+def _json_object(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _same_origin(url: str, base_url: str) -> bool:

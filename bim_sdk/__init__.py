@@ -2,12 +2,13 @@
 and verify their receipts without trusting the transport. `bim --help` (`cli`) is the same
 on the command line."""
 
-from .client import BimError, Client, EmbeddingResult, ImageResult, TextDelta, TextResult
+from .client import BimError, Client, DataTermsNotAcknowledged, EmbeddingResult, ImageResult, TextDelta, TextResult
 from .receipts import ReceiptInvalid, receipt_trusted, verify_receipt
 
 __all__ = [
     "BimError",
     "Client",
+    "DataTermsNotAcknowledged",
     "EmbeddingResult",
     "ImageResult",
     "ReceiptInvalid",

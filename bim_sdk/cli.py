@@ -9,6 +9,7 @@
     bim jobs [--limit N]
     bim cancel JOB_ID
     bim subnets
+    bim terms SUBNET [--acknowledge | --withdraw]
     bim balance
     bim verify FILE.json [--registry-key KEY] [--inputs INPUTS.json]   (also `bim receipt verify`)
 
@@ -16,6 +17,9 @@ Commands that call the registry take --url and --token, else $BIM_URL and $BIM_T
 what `bim login` stored (its key only for its URL). With --json a command prints JSON on
 stdout: the job as the API returned it for embed (a list when the texts took several jobs),
 generate, upscale and job (so `bim verify` can check it later), and errors as {"error": {...}}.
+Contributors see the inputs and outputs of your jobs: before your first job on a subnet,
+embed, generate and upscale show its data-handling terms and ask once (y/N) to acknowledge
+them; --yes acknowledges without asking (scripts), and `bim terms` reads or acknowledges them.
 Without --json, a progress bar is drawn on stderr while jobs run, when stderr is a terminal.
 Exit status: 0 done, 1 refused by the registry or the job failed, 2 usage, 3 no answer
 (unreachable, or the job did not finish in time), 4 receipt invalid, 5 the key was refused
@@ -38,7 +42,7 @@ from tqdm import tqdm
 
 from bim_core import protocol
 
-from .client import DEFAULT_BATCH_SIZE, BimError, Client, TextDelta
+from .client import DEFAULT_BATCH_SIZE, BimError, Client, DataTermsNotAcknowledged, TextDelta
 from .config import ConfigUnreadable, config_load, config_path, config_remove, config_save, credentials_resolve
 from .receipts import ReceiptInvalid, verify_receipt
 
@@ -74,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--url", help="registry URL (default: $BIM_URL, else `bim login`'s)")
     api.add_argument("--token", help="API key or token (default: $BIM_TOKEN, else `bim login`'s)")
     api.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a job (default 120)")
+    submits = argparse.ArgumentParser(add_help=False, parents=[api])
+    submits.add_argument(
+        "--yes",
+        action="store_true",
+        help="acknowledge the subnet's data-handling terms without asking, if not yet (contributors see your jobs)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     login = commands.add_parser(
@@ -88,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     logout = commands.add_parser("logout", parents=[output], help="forget the stored URL and API key")
     logout.set_defaults(run=_logout, talks_to_registry=False)
 
-    embed = commands.add_parser("embed", parents=[api], help="embed texts on an embedding subnet")
+    embed = commands.add_parser("embed", parents=[submits], help="embed texts on an embedding subnet")
     embed.add_argument("subnet", metavar="SUBNET")
     embed.add_argument("texts", nargs="*", metavar="TEXT")
     embed.add_argument(
@@ -111,14 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(run=_embed)
 
     generate = commands.add_parser(
-        "generate", parents=[api], help="generate text: streamed to stderr, the verified text on stdout"
+        "generate", parents=[submits], help="generate text: streamed to stderr, the verified text on stdout"
     )
     generate.add_argument("subnet", metavar="SUBNET")
     generate.add_argument("prompt", metavar="PROMPT")
     generate.add_argument("--max-tokens", type=int, default=64, help="default 64")
     generate.set_defaults(run=_generate)
 
-    upscale = commands.add_parser("upscale", parents=[api], help="upscale an image 2x on an image subnet")
+    upscale = commands.add_parser("upscale", parents=[submits], help="upscale an image 2x on an image subnet")
     upscale.add_argument("subnet", metavar="SUBNET")
     upscale.add_argument("source", type=Path, metavar="IN.png")
     upscale.add_argument("target", type=Path, metavar="OUT.png")
@@ -138,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     subnets = commands.add_parser("subnets", parents=[api], help="list the subnets with nodes online and waits")
     subnets.set_defaults(run=_subnets)
+
+    terms = commands.add_parser(
+        "terms", parents=[api], help="a subnet's data-handling terms: what contributors see of your jobs"
+    )
+    terms.add_argument("subnet", metavar="SUBNET")
+    action = terms.add_mutually_exclusive_group()
+    action.add_argument("--acknowledge", action="store_true", help="acknowledge the terms shown (their current version)")
+    action.add_argument("--withdraw", action="store_true", help="withdraw: your next job on the subnet is refused")
+    terms.set_defaults(run=_terms)
 
     balance = commands.add_parser("balance", parents=[api], help="show your balances (micro-credits)")
     balance.set_defaults(run=_balance)
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.token:
             parser.error(f"no API key for {args.url}: run `bim login`, or give --token or $BIM_TOKEN")
     try:
-        output = args.run(args)
+        output = _run_with_data_terms(args)
     except CliError as exc:
         return _fail(args, exc)
     except BimError as exc:
@@ -193,6 +212,49 @@ def main(argv: list[str] | None = None) -> int:
     data, text = output
     print(json.dumps(data, indent=2) if args.json else text)
     return 0
+
+
+def _run_with_data_terms(args: argparse.Namespace) -> Any:
+    """Run the command; if the registry refuses its job because the subnet's data-handling
+    terms were not acknowledged, show them and ask once (or take --yes), acknowledge them
+    through the API, which remembers, and run it again. Nothing was submitted or held."""
+    try:
+        return args.run(args)
+    except DataTermsNotAcknowledged as exc:
+        if not hasattr(args, "yes"):
+            raise
+        _data_terms_consent(args, exc)
+    return args.run(args)
+
+
+def _data_terms_consent(args: argparse.Namespace, refusal: DataTermsNotAcknowledged) -> None:
+    client = _client(args)
+    terms = client.data_terms(refusal.subnet)
+    terms["acknowledge_url"] = client.http.url(terms["acknowledge_url"])
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError(
+                EXIT_REFUSED,
+                refusal.code,
+                f"{refusal.detail}. Read them with `bim terms {refusal.subnet}`, then acknowledge with "
+                f"`bim terms {refusal.subnet} --acknowledge`, or pass --yes",
+                refusal.status,
+            )
+        print(_terms_text(terms), file=sys.stderr)
+        # The question goes to stderr with the terms: stdout is for results (--json).
+        print(f"Acknowledge these terms (version {terms['version']}) and submit? [y/N] ", end="", file=sys.stderr, flush=True)
+        answer = input()
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CliError(EXIT_REFUSED, refusal.code, "not acknowledged: nothing was submitted", refusal.status)
+    client.acknowledge_data_terms(refusal.subnet, terms["version"])
+    print(f"bim: acknowledged the data-handling terms of {refusal.subnet} (version {terms['version']})", file=sys.stderr)
+
+
+def _terms_text(terms: dict[str, Any]) -> str:
+    return (
+        f"Data-handling terms of {terms['subnet']}, version {terms['version']}: {terms['summary']}.\n\n"
+        f"{terms['text']}\n\n(also at {terms['acknowledge_url']})"
+    )
 
 
 def _fail(args: argparse.Namespace, error: CliError) -> int:
@@ -352,6 +414,22 @@ def _subnets(args: argparse.Namespace) -> Output:
         for row in rows
     ]
     return rows, "\n".join(lines) or "no active subnet"
+
+
+def _terms(args: argparse.Namespace) -> Output:
+    client = _client(args)
+    terms = client.data_terms(args.subnet)
+    if args.acknowledge:
+        terms = client.acknowledge_data_terms(args.subnet, terms["version"])
+    elif args.withdraw:
+        terms = client.withdraw_data_terms(args.subnet)
+    terms["acknowledge_url"] = client.http.url(terms["acknowledge_url"])
+    state = (
+        f"you acknowledged version {terms['version']} at {terms['acknowledged_at']}"
+        if terms["acknowledged_at"]
+        else "not acknowledged: your jobs on this subnet are refused (bim terms SUBNET --acknowledge)"
+    )
+    return terms, f"{_terms_text(terms)}\n{state}"
 
 
 def _balance(args: argparse.Namespace) -> Output:

@@ -33,6 +33,24 @@ class BimError(HttpError):
     unsettled (status 409, code `job_failed` or `job_expired`)."""
 
 
+DATA_TERMS_REFUSAL = "data_terms_not_acknowledged"
+
+
+class DataTermsNotAcknowledged(BimError):
+    """A job was refused (403) because you have not acknowledged the subnet's data-handling
+    terms (contributors see your jobs' inputs and outputs). Read them at `terms_url` (or
+    `Client.data_terms`), then `Client.acknowledge_data_terms(subnet, version)`, or in a
+    browser at `acknowledge_url`, and submit again."""
+
+    def __init__(self, status: int, code: str, detail: str, body: dict[str, Any]) -> None:
+        super().__init__(status, code, detail)
+        self.body = body
+        self.subnet: str = str(body.get("subnet", ""))
+        self.terms_version: int | None = body.get("terms_version")
+        self.terms_url: str = str(body.get("terms_url", ""))
+        self.acknowledge_url: str = str(body.get("acknowledge_url", ""))
+
+
 @dataclass(frozen=True)
 class EmbeddingResult:
     job: dict[str, Any]
@@ -111,7 +129,31 @@ class Client:
         self._registry_key = registry_key
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.http.request(method, path, **kwargs).json()
+        try:
+            return self.http.request(method, path, **kwargs).json()
+        except BimError as exc:
+            if exc.code == DATA_TERMS_REFUSAL:
+                # Links relative to the registry are made absolute: a user can open them.
+                body = {
+                    **exc.body,
+                    **{k: self.http.url(v) for k, v in exc.body.items() if k.endswith("_url") and isinstance(v, str)},
+                }
+                raise DataTermsNotAcknowledged(exc.status, exc.code, exc.detail, body) from None
+            raise
+
+    def data_terms(self, subnet: str) -> dict[str, Any]:
+        """The subnet's data-handling terms (`text`, `version`, `summary`) and when you
+        acknowledged this version (`acknowledged_at`, None: your jobs there are refused)."""
+        return self._request("GET", f"/api/v1/subnets/{subnet}/data-terms/")
+
+    def acknowledge_data_terms(self, subnet: str, version: int) -> dict[str, Any]:
+        """Acknowledge the version of the subnet's terms you read (`data_terms`); a stale
+        version is refused (409 data_terms_version_mismatch: read them again)."""
+        return self._request("POST", f"/api/v1/subnets/{subnet}/data-terms/", json={"version": version})
+
+    def withdraw_data_terms(self, subnet: str) -> dict[str, Any]:
+        """Withdraw your acknowledgement: your next job on the subnet is refused."""
+        return self._request("DELETE", f"/api/v1/subnets/{subnet}/data-terms/")
 
     def registry_key(self) -> str:
         if self._registry_key is None:

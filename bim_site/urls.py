@@ -20,6 +20,7 @@ api_v1 = [
     path("registry/", registry_api.RegistryInfoApi.as_view(), name="registry-info"),
     path("subnets/", registry_api.SubnetListApi.as_view(), name="subnets"),
     path("subnets/<slug:slug>/accept-license/", subnets_api.EulaAcceptApi.as_view(), name="accept-license"),
+    path("subnets/<slug:slug>/data-terms/", subnets_api.DataTermsApi.as_view(), name="subnet-data-terms"),
     path("payments/checkout/", billing_api.CheckoutApi.as_view(), name="payments-checkout"),
     path("payments/stripe/webhook/", billing_api.StripeWebhookApi.as_view(), name="payments-stripe-webhook"),
 ]

@@ -23,7 +23,7 @@ from bim_core.money import micro_to_text
 from bim_core.net import client_ip
 from subnets import selectors as subnet_selectors
 
-from . import selectors, services
+from . import selectors, services, transparency
 from .forms import OptInForm, PayoutDestinationForm, SignUpForm, WithdrawForm
 
 
@@ -83,7 +83,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "socket_path": "/ws/node/",
         "username": request.user.get_username(),
     }
-    return render(request, "contributor/dashboard.html", {"subnets": subnets, "config": config})
+    return render(
+        request,
+        "contributor/dashboard.html",
+        {
+            "subnets": subnets,
+            "config": config,
+            "compute_days": transparency.compute_by_day(user=request.user),
+            "served_terms": transparency.served_subnets_terms(user=request.user),
+            "backend_watts": transparency.BACKEND_WATTS,
+            "default_watts": transparency.DEFAULT_WATTS,
+        },
+    )
 
 
 @login_required

@@ -50,7 +50,7 @@ POLL_S = 0.1
 
 
 def openai_error(exc: ServiceError, **extra: Any) -> JsonResponse:
-    if exc.extra:  # BIM's own fields (a content policy's rule) beside OpenAI's
+    if exc.extra:  # BIM's own fields (a content policy's rule, links to follow) beside OpenAI's
         extra = {**extra, "bim": {**exc.extra, **extra.get("bim", {})}}
     response = JsonResponse(error_body(exc.status, exc.detail, exc.code, **extra), status=exc.status)
     # OpenAI's clients retry 409, 429 and 5xx by default; a refusal that would only be

@@ -9,4 +9,5 @@ urlpatterns = [
     path("keys/", views.key_create, name="key-create"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="key-revoke"),
     path("vouchers/", views.voucher_redeem, name="voucher-redeem"),
+    path("data-terms/<slug:slug>/", views.data_terms_page, name="data-terms"),
 ]

@@ -19,6 +19,7 @@ from bim_core.contracts import build_contract
 from bim_core.errors import ServiceError
 from ledger import errors as ledger_errors
 from ledger import services as ledger
+from subnets import data_terms
 from subnets.models import Subnet
 from subnets.services import input_coverage_warnings
 
@@ -92,6 +93,7 @@ def jobs_submit(
         policy_enforcement.inputs_check(subnet, inputs, label=label(index), index=index)
         outcome.append(None)
         new.append((index, request, subnet, inputs))
+    _data_terms_check(user, [(index, subnet) for index, _, subnet, _ in new], label)
     for subnet in {subnet.pk: subnet for _, _, subnet, _ in new}.values():
         if not routing_index.subnet_has_nodes_online(subnet.pk):
             # Accepted, it would only wait for its deadline: say so now, with when to try again.
@@ -156,6 +158,17 @@ def _rate_take(user: AbstractBaseUser, subnets: list[Subnet]) -> list[tuple[str 
 def _rate_give_back(taken: list[tuple[str | None, int]]) -> None:
     for key, count in taken:
         policy_enforcement.rate_give_back(key, count)
+
+
+def _data_terms_check(user: AbstractBaseUser, jobs: list[tuple[int, Subnet]], label: Callable[[int], str]) -> None:
+    """Refuse, before anything is written or held, a new job on a subnet whose data-handling
+    terms the user has not acknowledged (contributors see its inputs and outputs), naming
+    the first job at fault. A repeat of a job already taken is not asked again."""
+    subnets = {subnet.pk: subnet for _, subnet in jobs}
+    acknowledged = data_terms.data_terms_acknowledged_many(user=user, subnets=subnets.values())
+    for index, subnet in jobs:
+        if subnet.pk not in acknowledged:
+            raise data_terms.data_terms_refusal(subnet, label(index))
 
 
 def _validated_inputs(subnet: Subnet, request: JobRequest, label: str) -> dict[str, Any]:

@@ -9,7 +9,16 @@ from bim_core.errors import ServiceError
 
 from .content_policies import policy_change_refusal
 from .lifecycle import subnet_created_log, subnet_update
-from .models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet, SubnetChange
+from .models import (
+    Artifact,
+    ArtifactChunk,
+    Chunk,
+    EulaAcceptance,
+    License,
+    Subnet,
+    SubnetChange,
+    UserDataAcknowledgement,
+)
 
 
 @admin.register(License)
@@ -85,6 +94,7 @@ class SubnetAdmin(admin.ModelAdmin):
         "setup_detail",
         "model_checksum",
         "tokenizer_checksum",
+        "data_terms_version",
         "created_at",
         "updated_at",
     ]
@@ -156,6 +166,27 @@ class EulaAcceptanceAdmin(admin.ModelAdmin):
 
     # The record that a user agreed to a model's terms (and from where): shown, never
     # written, edited or deleted by hand; users accept through the opt-in page.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(UserDataAcknowledgement)
+class UserDataAcknowledgementAdmin(admin.ModelAdmin):
+    list_display = ["user", "subnet", "terms_version", "accepted_at", "withdrawn_at", "ip"]
+    list_filter = ["subnet"]
+    search_fields = ["user__username"]
+    list_select_related = ["user", "subnet"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["user", "subnet", "terms_version", "accepted_at", "withdrawn_at", "ip"]
+
+    # The record of what a user acknowledged about their data (and from where): shown,
+    # never written by hand; users acknowledge through the API or the developer pages.
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

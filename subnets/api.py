@@ -1,6 +1,9 @@
-"""Subnet API: what contributors and users can see, and license acceptance."""
+"""Subnet API: what contributors and users can see, license acceptance, and users'
+acknowledgement of data-handling terms."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -10,7 +13,8 @@ from rest_framework.views import APIView
 
 from bim_core.net import client_ip
 
-from . import selectors, services
+from . import data_terms, selectors, services
+from .models import Subnet, UserDataAcknowledgement
 
 
 class LicenseSerializer(serializers.Serializer):
@@ -65,3 +69,58 @@ class EulaAcceptApi(APIView):
             },
             status=201 if created else 200,
         )
+
+
+class DataTermsSerializer(serializers.Serializer):
+    subnet = serializers.CharField()
+    version = serializers.IntegerField()
+    text = serializers.CharField()
+    summary = serializers.CharField(help_text="what contributors see, in one sentence")
+    acknowledged_at = serializers.DateTimeField(
+        allow_null=True, help_text="when you acknowledged this version (null: not yet; jobs are refused)"
+    )
+    terms_url = serializers.CharField()
+    acknowledge_url = serializers.CharField(help_text="the same, as a page for a signed-in browser")
+
+
+class DataTermsAcknowledgeSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, help_text="the version you read (a stale one is refused, 409)")
+
+
+def _data_terms_body(subnet: Subnet, acknowledgement: UserDataAcknowledgement | None) -> dict[str, Any]:
+    return {
+        "subnet": subnet.slug,
+        "version": subnet.data_terms_version,
+        "text": data_terms.data_terms_text(subnet),
+        "summary": data_terms.data_terms_summary(subnet),
+        "acknowledged_at": acknowledgement.accepted_at if acknowledgement is not None else None,
+        **data_terms.data_terms_links(subnet),
+    }
+
+
+class DataTermsApi(APIView):
+    """A subnet's data-handling terms for its users (what contributors see of their jobs):
+    read them, acknowledge the version read (required before a first job there), or
+    withdraw (the next job is refused)."""
+
+    @extend_schema(responses=DataTermsSerializer)
+    def get(self, request: Request, slug: str) -> Response:
+        subnet = selectors.subnet_get_active(slug=slug)
+        acknowledgement = data_terms.data_terms_acknowledgement(user=request.user, subnet=subnet)
+        return Response(DataTermsSerializer(_data_terms_body(subnet, acknowledgement)).data)
+
+    @extend_schema(request=DataTermsAcknowledgeSerializer, responses={201: DataTermsSerializer, 200: DataTermsSerializer})
+    def post(self, request: Request, slug: str) -> Response:
+        data = DataTermsAcknowledgeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        subnet = selectors.subnet_get_active(slug=slug)
+        acknowledgement, created = data_terms.data_terms_acknowledge(
+            user=request.user, subnet=subnet, version=data.validated_data["version"], ip=client_ip(request.META)
+        )
+        return Response(DataTermsSerializer(_data_terms_body(subnet, acknowledgement)).data, status=201 if created else 200)
+
+    @extend_schema(request=None, responses=DataTermsSerializer)
+    def delete(self, request: Request, slug: str) -> Response:
+        subnet = selectors.subnet_get_active(slug=slug)
+        data_terms.data_terms_withdraw(user=request.user, subnet=subnet)
+        return Response(DataTermsSerializer(_data_terms_body(subnet, None)).data)

@@ -21,6 +21,7 @@ from django.db import transaction
 
 from bim_core.errors import ServiceError
 
+from .data_terms import data_terms_text
 from .models import BenchmarkReference, Subnet, SubnetChange
 
 State = Subnet.State
@@ -35,7 +36,18 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 # Fields no operator edits by hand: checksums name the packaged files (re-package to change
 # them), the state moves through subnet_state_change, the rest is bookkeeping.
 NOT_EDITABLE = frozenset(
-    {"id", "slug", "model_checksum", "tokenizer_checksum", "state", "setup_status", "setup_detail", "created_at", "updated_at"}
+    {
+        "id",
+        "slug",
+        "model_checksum",
+        "tokenizer_checksum",
+        "state",
+        "setup_status",
+        "setup_detail",
+        "data_terms_version",  # moves with the terms' text (subnet_update)
+        "created_at",
+        "updated_at",
+    }
 )
 
 
@@ -103,6 +115,7 @@ def subnet_update(
         raise ServiceError("field_not_editable", f"{sorted(fixed)} cannot be edited here")
     with transaction.atomic():
         subnet = Subnet.objects.select_for_update().get(pk=subnet_id)
+        terms_before = data_terms_text(subnet)
         logged = []
         for name, value in changes.items():
             field = names[name]
@@ -122,6 +135,21 @@ def subnet_update(
             )
         if not logged:
             return subnet, []
+        if data_terms_text(subnet) != terms_before:
+            # What users read changed: a new version, which every user acknowledges again
+            # before their next job (subnets.data_terms).
+            version = subnet.data_terms_version
+            subnet.data_terms_version = version + 1
+            logged.append(
+                SubnetChange(
+                    subnet=subnet,
+                    operator=operator,
+                    field="data_terms_version",
+                    before=version,
+                    after=version + 1,
+                    reason=reason.strip()[:500],
+                )
+            )
         try:
             subnet.full_clean(validate_unique=False)
         except ValidationError as exc:
@@ -129,6 +157,16 @@ def subnet_update(
         subnet.save()
         SubnetChange.objects.bulk_create(logged)
     return subnet, logged
+
+
+def subnet_data_terms_set(*, subnet: Subnet, text: str, operator: AbstractBaseUser | None = None) -> Subnet:
+    """Change a subnet's data-handling terms (blank: its family's default), recorded in its
+    history like any edit. A change of what users read bumps the version (subnet_update),
+    so every user acknowledges the new terms before their next job; the same text again
+    changes nothing."""
+    subnet_update(subnet_id=subnet.pk, changes={"data_terms": text}, operator=operator, reason="data-handling terms")
+    subnet.refresh_from_db(fields=["data_terms", "data_terms_version"])
+    return subnet
 
 
 def subnet_created_log(*, subnet: Subnet, operator: AbstractBaseUser | None, source: str) -> SubnetChange:

@@ -134,6 +134,10 @@ class Subnet(models.Model):
     content_policy = models.JSONField(
         default=dict, blank=True, validators=[validate_content_policy], help_text="bim_core.content_policy document"
     )
+    # What users of the subnet agree contributors see (subnets.data_terms); blank: the task
+    # family's default text. subnets.lifecycle.subnet_update bumps the version on a change.
+    data_terms = models.TextField(blank=True, help_text="data-handling terms users acknowledge; blank: the default")
+    data_terms_version = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -304,3 +308,32 @@ class BenchmarkInput(models.Model):
     inputs = models.JSONField(help_text="job inputs, as a user of the subnet's task family sends them")
     result = models.BinaryField(help_text="the trusted answer, encoded as the task family's nodes encode it")
     shape = models.JSONField()
+
+
+class UserDataAcknowledgement(models.Model):
+    """A user's acknowledgement of a subnet's data-handling terms (contributors see the
+    inputs and outputs of their jobs), at the version they were shown: the user's opt-in to
+    submitting to that subnet, as `EulaAcceptance` is a contributor's. Withdrawing stamps
+    `withdrawn_at`; acknowledging again is a new row, so the history stays whole."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="data_acknowledgements"
+    )
+    subnet = models.ForeignKey(Subnet, on_delete=models.PROTECT, related_name="data_acknowledgements")
+    terms_version = models.PositiveIntegerField()
+    accepted_at = models.DateTimeField(auto_now_add=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "subnet", "terms_version"],
+                condition=Q(withdrawn_at__isnull=True),
+                name="data_ack_one_active_per_subnet_version",
+            )
+        ]
+        indexes = [models.Index(fields=["user", "subnet"])]
+
+    def __str__(self) -> str:
+        return f"{self.user} acknowledged {self.subnet_id} data terms v{self.terms_version}"

@@ -22,7 +22,26 @@ from registry import dispatch, presence, routing_index, takeback, verify
 from registry.asn import ip_block
 from registry.models import Assignment, Job, Node, NodeSubnet
 from registry.results import result_record
-from subnets.models import BenchmarkReference, EulaAcceptance, License, Subnet
+from subnets.models import BenchmarkReference, EulaAcceptance, License, Subnet, UserDataAcknowledgement
+
+# Paying users made by `user_with_credits` have acknowledged the data-handling terms of
+# every subnet, those made before them and after (SubnetFactory): tests of other behaviours
+# submit jobs as they did. Tests of the refusal make their user with
+# acknowledge_data_terms=False (tests/registry/test_data_terms_refusal.py).
+_ACKNOWLEDGING_USERS: set[int] = set()
+
+
+def data_terms_acknowledge_all(users: Any, subnets: Any) -> None:
+    """Record acknowledgements of these subnets' current terms by these users (as
+    subnets.data_terms.data_terms_acknowledge would, without the round trip)."""
+    UserDataAcknowledgement.objects.bulk_create(
+        [
+            UserDataAcknowledgement(user=user, subnet=subnet, terms_version=subnet.data_terms_version)
+            for user in users
+            for subnet in subnets
+        ],
+        ignore_conflicts=True,
+    )
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -45,6 +64,7 @@ class LicenseFactory(factory.django.DjangoModelFactory):
 class SubnetFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Subnet
+        skip_postgeneration_save = True
 
     slug = factory.Sequence(lambda n: f"embed-{n}")
     name = "test embeddings"
@@ -63,11 +83,26 @@ class SubnetFactory(factory.django.DjangoModelFactory):
     # Tests mostly need a serving subnet; the lifecycle's own tests start from a draft.
     state = Subnet.State.ACTIVE
 
+    @factory.post_generation
+    def data_terms_acknowledged(subnet: Subnet, create: bool, extracted: Any, **kwargs: Any) -> None:
+        if create and _ACKNOWLEDGING_USERS:
+            users = list(get_user_model().objects.filter(pk__in=_ACKNOWLEDGING_USERS))
+            # Earlier tests' users were rolled back or flushed: forget them.
+            _ACKNOWLEDGING_USERS.intersection_update(user.pk for user in users)
+            data_terms_acknowledge_all(users, [subnet])
 
-def user_with_credits(credits: int = 10, **kwargs: Any):
+
+def user_with_credits(credits: int = 10, *, acknowledge_data_terms: bool = True, **kwargs: Any):
+    """A user with `credits` who (unless told otherwise) acknowledged every subnet's data
+    terms, now and later: see _ACKNOWLEDGING_USERS."""
     user = UserFactory(**kwargs)
     if credits:
         credits_top_up(user=user, amount=credits * MICRO, idempotency_key=f"test:{user.pk}")
+    if acknowledge_data_terms:
+        _ACKNOWLEDGING_USERS.add(user.pk)
+        data_terms_acknowledge_all([user], Subnet.objects.all())
+    else:
+        _ACKNOWLEDGING_USERS.discard(user.pk)
     return user
 
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("subnets", "0014_content_policy"),
+        ("subnets", "0015_user_data_terms"),
     ]
 
     operations = [

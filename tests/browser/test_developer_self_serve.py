@@ -1,5 +1,6 @@
 """Issue 12, must-show #1: a new developer, from the site alone, in real (headless, Debian)
-Chromium: signs up, finds the trial credits, creates an API key (shown once), calls
+Chromium: signs up, finds the trial credits, creates an API key (shown once), is refused
+its first job until it acknowledges what contributors see (issue 15), calls
 /v1/embeddings with OpenAI's own `openai` client and gets vectors whose BIM receipt
 verifies; revokes the key on the page and gets 401. The market is the real one (daphne, a
 Celery worker with beat, two node processes on PostgreSQL and Redis); the test prints how
@@ -53,13 +54,24 @@ def test_a_new_developer_signs_up_makes_a_key_embeds_with_openai_and_revokes(tmp
             assert page.locator("[data-testid=key-row]").count() == 1
 
             api = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)
+            # Issue 15: the first job is refused until the developer acknowledges what
+            # contributors see; the refusal links the page that records it.
+            with pytest.raises(openai.PermissionDeniedError) as refused:
+                api.embeddings.create(model="minilm-embed", input=TEXTS)
+            assert refused.value.code == "data_terms_not_acknowledged"
+            page.goto(url + refused.value.response.json()["bim"]["acknowledge_url"])
+            assert "What contributors see" in page.locator("[data-testid=data-terms-text]").inner_text()
+            page.check("#id_acknowledge")
+            page.click("[data-testid=acknowledge-data-terms]")
+            page.locator("[data-testid=data-terms-acknowledged]").wait_for()
+
             answer = api.embeddings.create(model="minilm-embed", input=TEXTS).model_dump()
             vectors = verify_embeddings_response(answer, registry_key=registry_key, texts=TEXTS)
             first_result_s = time.monotonic() - started
             assert vectors.shape == (2, 384)
             assert [item["index"] for item in answer["data"]] == [0, 1]
 
-            page.reload()
+            page.goto(f"{url}/developer/")
             spent = page.locator("[data-testid=credits]").inner_text()
             assert float(spent) < float(trial)  # the job was paid from the trial credits
 

@@ -61,6 +61,7 @@ from registry.withdrawals import node_withdrawal_request
 from tests.factories import (
     SubnetFactory,
     UserFactory,
+    data_terms_acknowledge_all,
     online_node,
     result_message,
     served_subnet,
@@ -107,6 +108,7 @@ class LedgerMachine(RuleBasedStateMachine):
             latency_ms=3_600_000,  # nothing expires unless a rule says so
         )
         self.users = [UserFactory() for _ in range(USERS)]
+        data_terms_acknowledge_all(self.users, [self.subnet])  # users who opted in (issue 15)
         # Distinct owners and networks, so routing may pair any two of them.
         self.keys = [online_node(self.subnet, ip=f"10.{n}.0.1") for n in range(NODES)]
         self.nodes = [k.node for k in self.keys]
@@ -625,6 +627,7 @@ def test_a_refused_first_submission_leaves_no_phantom_account_behind():
     What the user does next must still post to accounts that exist."""
     subnet = served_subnet()
     user = UserFactory()
+    data_terms_acknowledge_all([user], [subnet])  # opted in: the hold is what is refused
 
     with pytest.raises(Rollback), transaction.atomic():  # undone, so the check after the test sees sound books
         with pytest.raises(ServiceError):

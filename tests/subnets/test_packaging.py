@@ -23,8 +23,8 @@ from bim_core.errors import ServiceError
 from bim_core.money import MICRO
 from ledger.accounts import account_get
 from ledger.models import AccountKind, Transfer, TransferKind
-from subnets import defaults
-from subnets.models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet
+from subnets import data_terms, defaults
+from subnets.models import Artifact, ArtifactChunk, Chunk, EulaAcceptance, License, Subnet, UserDataAcknowledgement
 from subnets.services import (
     ModelSource,
     artifact_package,
@@ -517,6 +517,10 @@ def test_bim_seed_creates_the_default_subnet_and_demo_accounts(monkeypatch):
         assert (acceptance.license_id, acceptance.license_version) == (subnet.license_id, "2.0")
     demo_user = User.objects.get(username="demo-user")
     assert account_get(AccountKind.USER_CREDITS, user=demo_user).balance == 100 * MICRO
+    # The demo user submits at once: it acknowledged every demo subnet's data terms.
+    demo_subnets = Subnet.objects.filter(slug__in=[subnet.slug, seeded["text_subnet"], seeded["image_subnet"]])
+    assert data_terms.data_terms_acknowledged_many(user=demo_user, subnets=demo_subnets) == {s.pk for s in demo_subnets}
+    assert not UserDataAcknowledgement.objects.filter(user__username="alice").exists()
 
     # --demo adds the text subnet: one GGUF artifact, its benchmark and honeypot answers
     # from the registry's own generation, and the contributors' acceptance of its license.

@@ -1,6 +1,7 @@
 """Seed a registry so the demo needs no clicking: the Apache-2.0 license, the default
 embeddings subnet (packaged from its PyPI packages), an operator superuser and, with
---demo, a paying user and contributor accounts with API tokens and accepted licenses."""
+--demo, a paying user (its subnets' data terms acknowledged) and contributor accounts with API
+tokens and accepted licenses."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bim_core.money import MICRO
 from ledger.services import credits_top_up
 from registry.honeypots import honeypot_pool_refresh
 from registry.lifecycle import subnet_state_set
-from subnets import defaults, services
+from subnets import data_terms, defaults, services
 from subnets.models import License, Subnet
 
 
@@ -65,6 +66,9 @@ class Command(BaseCommand):
             out["image_subnet"] = image_subnet.slug
             for name in out["contributors"]:
                 self._account(name, credits=0, subnet=image_subnet)
+            # The demo user submits at once: its acknowledgement of the subnets' data terms
+            # stands in for the one a real user gives (developer pages, `bim`, the API).
+            self._acknowledge_data_terms("demo-user", [subnet, text_subnet, image_subnet])
         if options["json"]:
             self.stdout.write(json.dumps(out))
         else:
@@ -141,6 +145,11 @@ class Command(BaseCommand):
         password = os.environ.get("BIM_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email="", password=password)
         return {"username": username, "password": password}
+
+    def _acknowledge_data_terms(self, username: str, subnets: list[Subnet]) -> None:
+        user = get_user_model().objects.get(username=username)
+        for subnet in subnets:
+            data_terms.data_terms_acknowledge(user=user, subnet=subnet, version=subnet.data_terms_version, ip=None)
 
     def _account(self, username: str, *, credits: int, subnet: Subnet | None) -> dict[str, Any]:
         User = get_user_model()
