@@ -59,6 +59,9 @@ CONTRACT_SCHEMA: dict[str, Any] = {
         },
         "preprocessing": {"type": "object"},
         "session_key_pub": {"type": "string", "pattern": "^[A-Za-z0-9+/]{43}=$"},
+        # A trusted subnet's job: only registry-operated nodes run it (paper §9). Absent in
+        # contracts from before it existed, which read as false.
+        "trusted": {"type": "boolean"},
         # The subnet's content policy when the job was submitted (bim_core.content_policy,
         # which validate_contract applies); absent from contracts of a subnet without one.
         "policy": {"type": "object", "required": ["id", "version"]},
@@ -138,6 +141,7 @@ def build_contract(
     input_hash: str,
     limits: dict[str, int],
     session_key_pub: str,
+    trusted: bool = False,
     policy: dict[str, Any] | None = None,
     license: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -156,6 +160,7 @@ def build_contract(
         "input_hash": input_hash,
         "limits": limits,
         "session_key_pub": session_key_pub,
+        "trusted": bool(trusted),
         **({"policy": policy} if policy else {}),
         **({"license": license} if license else {}),
         },

@@ -76,6 +76,7 @@ ERROR_CODES = (
     "busy",
     "out_of_range",
     "rate_limited",
+    "node_not_trusted",
 )
 
 

@@ -34,6 +34,9 @@ class Candidate:
     # Has a record of verified jobs (the registry's NODE_VOUCHED_JOBS); two nodes without
     # one are never a job's only checkers while a vouched node is routable.
     vouched: bool = True
+    # Operated by the registry (an operator's flag, never the node's word): the only nodes a
+    # trusted subnet's jobs may go to (`trusted_only`).
+    trusted: bool = False
 
 
 # The attributes a subnet's diversity policy may require to differ between a job's nodes.
@@ -68,6 +71,7 @@ class NodeIndex:
         self.node_hashes = np.fromiter((hash64(c.node_id) for c in self.candidates), dtype=np.uint64, count=count)
         self.weights = np.fromiter((c.weight for c in self.candidates), dtype=np.float64, count=count)
         self.position = {c.node_id: i for i, c in enumerate(self.candidates)}
+        self.untrusted = np.fromiter((not c.trusted for c in self.candidates), dtype=bool, count=count)
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -81,13 +85,19 @@ class NodeIndex:
         exclude_owner_ids: Iterable[str] = (),
         distinct: Sequence[str] = ("owner_id",),
         avoid: Sequence[Candidate] = (),
+        trusted_only: bool = False,
     ) -> list[Candidate]:
         """Up to `k` candidates in rank order, no two sharing any attribute named in
         `distinct` (owners always differ) with each other or with the `avoid` nodes (a
-        job's remaining nodes), none excluded. Fewer when too few qualify."""
+        job's remaining nodes), none excluded, and only trusted ones with `trusted_only`
+        (a trusted subnet's job). Fewer when too few qualify."""
         if not self.candidates or k <= 0:
             return []
         scores = rendezvous_scores(job_key, self.node_hashes, self.weights)
+        if trusted_only:
+            # Scored out, not skipped: the trusted nodes' ranks are the ones they would
+            # have anyway, so a job's choice among them is as stable as any other.
+            scores[self.untrusted] = -np.inf
         for node_id in exclude_node_ids:
             if (i := self.position.get(node_id)) is not None:
                 scores[i] = -np.inf
@@ -134,8 +144,14 @@ def select_nodes(
     exclude_node_ids: Iterable[str] = (),
     exclude_owner_ids: Iterable[str] = (),
     distinct: Sequence[str] = ("owner_id",),
+    trusted_only: bool = False,
 ) -> list[Candidate]:
     """One-off selection over a list of candidates (see NodeIndex.select)."""
     return NodeIndex(candidates).select(
-        job_key, k, exclude_node_ids=exclude_node_ids, exclude_owner_ids=exclude_owner_ids, distinct=distinct
+        job_key,
+        k,
+        exclude_node_ids=exclude_node_ids,
+        exclude_owner_ids=exclude_owner_ids,
+        distinct=distinct,
+        trusted_only=trusted_only,
     )

@@ -3,7 +3,7 @@ and verify their receipts without trusting the transport. `bim --help` (`cli`) i
 on the command line."""
 
 from .client import BimError, Client, DataTermsNotAcknowledged, EmbeddingResult, ImageResult, TextDelta, TextResult
-from .receipts import ReceiptInvalid, verify_receipt
+from .receipts import ReceiptInvalid, receipt_trusted, verify_receipt
 
 __all__ = [
     "BimError",
@@ -14,5 +14,6 @@ __all__ = [
     "ReceiptInvalid",
     "TextDelta",
     "TextResult",
+    "receipt_trusted",
     "verify_receipt",
 ]

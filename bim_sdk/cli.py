@@ -455,6 +455,7 @@ def _receipt_verify(args: argparse.Namespace) -> Output:
         "job_id": receipt.get("job_id"),
         "result_hash": receipt.get("result_hash"),
         "path": receipt["verification"]["path"],
+        "trusted": bool(receipt.get("trusted", False)),
         "nodes": [node["node_id"] for node in receipt["nodes"]],
         "registry_key": registry_key,
         "registry_key_given": bool(args.registry_key),
@@ -464,6 +465,8 @@ def _receipt_verify(args: argparse.Namespace) -> Output:
         f"receipt valid: job {checked['job_id']}, result {checked['result_hash']}",
         f"verified by {checked['path']} on {len(checked['nodes'])} node(s); signed by registry key {registry_key}",
     ]
+    if checked["trusted"]:
+        lines.append("ran on a trusted subnet: registry-operated nodes only")
     if not args.registry_key:
         lines.append("note: checked against the key the receipt names; pass --registry-key to pin the registry's")
     return checked, "\n".join(lines)

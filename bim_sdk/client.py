@@ -60,6 +60,11 @@ class EmbeddingResult:
     def receipt(self) -> dict[str, Any]:
         return self.job["receipt"]
 
+    @property
+    def trusted(self) -> bool:
+        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
+        return bool(self.job["receipt"].get("trusted", False))
+
 
 @dataclass(frozen=True)
 class ImageResult:
@@ -70,6 +75,11 @@ class ImageResult:
     @property
     def receipt(self) -> dict[str, Any]:
         return self.job["receipt"]
+
+    @property
+    def trusted(self) -> bool:
+        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
+        return bool(self.job["receipt"].get("trusted", False))
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,11 @@ class TextResult:
     @property
     def receipt(self) -> dict[str, Any]:
         return self.job["receipt"]
+
+    @property
+    def trusted(self) -> bool:
+        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
+        return bool(self.job["receipt"].get("trusted", False))
 
 
 class Client:

@@ -12,12 +12,16 @@ class ReceiptInvalid(Exception):
     pass
 
 
-def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, Any] | None = None) -> Any:
+def verify_receipt(
+    job: dict[str, Any], *, registry_key: str, inputs: dict[str, Any] | None = None, require_trusted: bool = False
+) -> Any:
     """Check a settled job's receipt and return its result, decoded by the job's task family
     (vectors for embeddings). Raises ReceiptInvalid unless:
-    the registry signed the receipt; the contract, inputs, policy version, license and result hash match it; each
-    node's long-term key certified its session key and that session key signed its result;
-    and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored")."""
+    the registry signed the receipt; the contract, inputs, policy version, license and result
+    hash match it; the receipt's `trusted` is the contract's (and true, with `require_trusted`:
+    the job ran on a trusted subnet, on registry-operated nodes only; `receipt_trusted`
+    reports it); each node's long-term key certified its session key and that session key
+    signed its result; and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored")."""
     receipt = job.get("receipt") or {}
     if job.get("state") != "settled" or not receipt:
         raise ReceiptInvalid(f"job is {job.get('state')}, not settled")
@@ -39,6 +43,11 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, 
     # signature the receipt's. Receipts from before licenses were named carry neither.
     if body.get("license") != job["contract"].get("license"):
         raise ReceiptInvalid("the receipt's license differs from the contract's")
+    trusted = receipt_trusted(job)
+    if trusted != bool(job["contract"].get("trusted", False)):
+        raise ReceiptInvalid("the receipt's trusted flag differs from the contract's")
+    if require_trusted and not trusted:
+        raise ReceiptInvalid("the job did not run on a trusted subnet")
     nodes = body["nodes"]
     # A solo job (adaptive replication) has one trusted node and says so, and so does a text
     # job whose mismatch the registry settled by re-scoring with one sequence accepted; any
@@ -60,6 +69,16 @@ def verify_receipt(job: dict[str, Any], *, registry_key: str, inputs: dict[str, 
     if body["result_hash"] not in {n["result_hash"] for n in nodes}:
         raise ReceiptInvalid("delivered result is not one the nodes signed")
     return result
+
+
+def receipt_trusted(job: dict[str, Any]) -> bool:
+    """Whether the receipt says the job ran on a trusted subnet (registry-operated nodes
+    only). Signed with the rest of the receipt: believe it once `verify_receipt` passed.
+    A receipt from before the flag existed reads as false."""
+    flag = (job.get("receipt") or {}).get("trusted", False)
+    if not isinstance(flag, bool):
+        raise ReceiptInvalid("the receipt's trusted flag is not a boolean")
+    return flag
 
 
 def _verify_node(node: dict[str, Any], body: dict[str, Any]) -> None:

@@ -427,6 +427,9 @@ NODE_PROBATION_OFFERS = env_int("BIM_NODE_PROBATION_OFFERS", 2)
 # Verified jobs that vouch for a node: two nodes with fewer are never a job's only pair
 # while a vouched node is routable (registry.dispatch._select_vouched_first).
 NODE_VOUCHED_JOBS = env_int("BIM_NODE_VOUCHED_JOBS", 3)
+# The least registry share of a trusted subnet's jobs, in basis points (subnets.models.Subnet
+# .clean): their nodes are the registry's own, so its cut is higher than the 20 % default.
+TRUSTED_MIN_REGISTRY_BP = env_int("BIM_TRUSTED_MIN_REGISTRY_BP", 3000)
 # Hostile nodes (docs/protocol.md §4.5). Largest websocket message the consumer takes (a
 # 384 x 384 image result is 576 KiB of base64); larger closes with 1009. Daphne's own limit
 # (--websocket_max_message_size, 1 MiB by default) must be above it, or daphne drops the TCP

@@ -66,7 +66,7 @@ class NodeAdmin(admin.ModelAdmin):
         "ban",
         "jobs",
     ]
-    list_filter = ["is_online", "os", "runtime", "backend", "gpu_family", "subnets"]
+    list_filter = ["is_online", "trusted", "os", "runtime", "backend", "gpu_family", "subnets"]
     search_fields = ["name", "owner__username", "public_key", "ip", "id"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
@@ -81,6 +81,7 @@ class NodeAdmin(admin.ModelAdmin):
         "reputation",
         "strikes",
         "banned_until",
+        "trusted",
         "jobs_assigned",
         "jobs_agreed",
         "jobs_failed",
@@ -104,7 +105,7 @@ class NodeAdmin(admin.ModelAdmin):
             "Standing",
             {
                 "fields": [
-                    ("reputation_display", "active_strikes_display", "banned_until"),
+                    ("reputation_display", "active_strikes_display", "banned_until", "trusted"),
                     ("jobs_assigned", "jobs_agreed", "jobs_failed", "last_job_at"),
                 ]
             },
@@ -126,7 +127,7 @@ class NodeAdmin(admin.ModelAdmin):
         ),
     ]
     inlines = [NodeSubnetInline]
-    actions = ["ban_nodes", "unban_nodes", "clear_strikes"]
+    actions = ["ban_nodes", "unban_nodes", "clear_strikes", "trust_nodes", "distrust_nodes"]
     change_form_template = "admin/registry/node/change_form.html"
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
@@ -225,12 +226,14 @@ class NodeAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _sanction_buttons(node: Node) -> list[tuple[str, str, bool]]:
-        """The node page offers what applies to the node now (the list offers all three)."""
+        """The node page offers what applies to the node now (the list offers them all)."""
         banned = node.banned_until is not None and node.banned_until > timezone.now()
         return [
             ("ban_nodes", "Ban…", True),
             ("unban_nodes", "Unban…", banned),
             ("clear_strikes", "Clear strikes…", node.active_strike_count > 0),
+            ("trust_nodes", "Trust…", not node.trusted),
+            ("distrust_nodes", "Withdraw trust…", node.trusted),
         ]
 
     # ------------------------------------------------------------ sanctions
@@ -274,6 +277,32 @@ class NodeAdmin(admin.ModelAdmin):
             "unban for that.",
             apply=lambda node, data: sanctions.node_strikes_clear(node_id=node.pk, operator=request.user, reason=data["reason"]),
             done="cleared of strikes",
+        )
+
+    @admin.action(description="Trust selected nodes (registry-operated)…", permissions=["change"])
+    def trust_nodes(self, request: HttpRequest, queryset: QuerySet[Node]) -> HttpResponse | None:
+        return self._sanction(
+            request,
+            queryset,
+            form_class=ReasonForm,
+            title="Trust nodes",
+            explain="Only for nodes the registry itself operates: trusted subnets' jobs (their users' "
+            "sensitive inputs) go to trusted nodes only.",
+            apply=lambda node, data: sanctions.node_trust(node_id=node.pk, operator=request.user, reason=data["reason"]),
+            done="trusted",
+        )
+
+    @admin.action(description="Withdraw trust from selected nodes…", permissions=["change"])
+    def distrust_nodes(self, request: HttpRequest, queryset: QuerySet[Node]) -> HttpResponse | None:
+        return self._sanction(
+            request,
+            queryset,
+            form_class=ReasonForm,
+            title="Withdraw trust",
+            explain="The nodes get no more trusted subnets' jobs; the offers of such jobs they hold go to "
+            "trusted nodes now, and a result they send for one is refused.",
+            apply=lambda node, data: sanctions.node_distrust(node_id=node.pk, operator=request.user, reason=data["reason"]),
+            done="no longer trusted",
         )
 
     def _sanction(

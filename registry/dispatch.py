@@ -27,6 +27,7 @@ from .jobs import (
     job_locked,
     job_step_isolated,
     job_transition,
+    job_trusted_only,
 )
 from .models import (
     Assignment,
@@ -173,15 +174,21 @@ def _pick_nodes(
     distinct = [a for a in job.subnet.routing_policy.get("distinct", []) if a in DIVERSITY_ATTRIBUTES]
     partners = [routing_index.candidate_for(a.node) for a in active]
     had = [str(a.node_id) for a in assignments]
+    # A trusted subnet's job (its user's job, a honeypot, a tie-breaker, a replacement:
+    # all pass here) goes to registry-operated nodes only, whatever the index holds: the
+    # selection filters, and the rows are read again, so trust withdrawn since the index
+    # was built takes effect now. None available: the job waits, or expires as any other.
+    trusted_only = job_trusted_only(job)
+    online = Node.objects.filter(is_online=True, **({"trusted": True} if trusted_only else {}))
     # Nodes with a full queue (`saturated`) get no more offers now; the job waits for them
     # or others.
     live: list[Node] = []
     for _ in range(2):
         picks = _select_vouched_first(
             routing_index.routable_index(job.subnet_id), str(job.id), count,
-            had=had, saturated=saturated, distinct=distinct, partners=partners,
+            had=had, saturated=saturated, distinct=distinct, partners=partners, trusted_only=trusted_only,
         )
-        found = Node.objects.filter(is_online=True).in_bulk([uuid.UUID(p.node_id) for p in picks])
+        found = online.in_bulk([uuid.UUID(p.node_id) for p in picks])
         live = [found[uuid.UUID(p.node_id)] for p in picks if uuid.UUID(p.node_id) in found]
         if len(live) == len(picks):
             return live
@@ -198,6 +205,7 @@ def _select_vouched_first(
     saturated: list[str],
     distinct: list[str],
     partners: list[Candidate],
+    trusted_only: bool = False,
 ) -> list[Candidate]:
     """Pick `count` nodes. A job's results are checked only against each other, so two
     nodes without a record of verified jobs must not be its only checkers (two colluding
@@ -208,18 +216,24 @@ def _select_vouched_first(
     everyone."""
     excluded = had + saturated
     tie_breaker = len(partners) >= 2
+    eligible = [c for c in index.candidates if c.trusted or not trusted_only]
     if count and (tie_breaker or not any(p.vouched for p in partners)):
-        vouched = [c.node_id for c in index.candidates if c.vouched and c.node_id not in had]
+        vouched = [c.node_id for c in eligible if c.vouched and c.node_id not in had]
         if vouched:
-            newcomers = [c.node_id for c in index.candidates if not c.vouched]
-            first = index.select(key, 1, exclude_node_ids=excluded + newcomers, distinct=distinct, avoid=partners)
+            newcomers = [c.node_id for c in eligible if not c.vouched]
+            first = index.select(
+                key, 1, exclude_node_ids=excluded + newcomers, distinct=distinct, avoid=partners, trusted_only=trusted_only
+            )
             if not first:
                 return []
             rest = index.select(
-                key, count - 1, exclude_node_ids=excluded + [first[0].node_id], distinct=distinct, avoid=partners + first
+                key, count - 1, exclude_node_ids=excluded + [first[0].node_id], distinct=distinct,
+                avoid=partners + first, trusted_only=trusted_only,
             )
             return first + rest
-    return index.select(key, count, exclude_node_ids=excluded, distinct=distinct, avoid=partners)
+    return index.select(
+        key, count, exclude_node_ids=excluded, distinct=distinct, avoid=partners, trusted_only=trusted_only
+    )
 
 
 def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:

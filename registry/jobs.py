@@ -37,6 +37,13 @@ T = TypeVar("T")
 PAIR_ROLES = (AssignmentRole.A, AssignmentRole.B)
 
 
+def job_trusted_only(job: Job) -> bool:
+    """Whether only registry-operated nodes may work on the job: its contract says so (the
+    subnet was trusted at submit), or its subnet is trusted now (an operator made it so
+    since: stricter applies at once, never looser)."""
+    return bool(job.contract.get("trusted")) or job.subnet.trusted
+
+
 ROLES_BY_STATE = {
     JobState.QUEUED: PAIR_ROLES,
     JobState.DISPATCHED: PAIR_ROLES,

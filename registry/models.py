@@ -31,6 +31,10 @@ class Node(models.Model):
     reputation = models.FloatField(default=0.2)
     strikes = models.PositiveIntegerField(default=0, help_text="strikes ever given")
     banned_until = models.DateTimeField(null=True, blank=True)
+    # Operated by the registry: the only nodes a trusted subnet's jobs go to. Set and cleared
+    # by an operator's recorded action (registry.sanctions.node_trust / node_distrust), never
+    # from anything a node sends.
+    trusted = models.BooleanField(default=False, help_text="registry-operated: may run trusted subnets' jobs")
     jobs_assigned = models.PositiveIntegerField(default=0)
     jobs_agreed = models.PositiveIntegerField(default=0)
     jobs_failed = models.PositiveIntegerField(default=0, help_text="lost, given up or disagreed")
@@ -361,11 +365,13 @@ class SanctionKind(models.TextChoices):
     BAN = "ban", "ban"
     UNBAN = "unban", "unban"
     STRIKES_CLEARED = "strikes_cleared", "strikes cleared"
+    TRUST = "trust", "trusted"
+    DISTRUST = "distrust", "trust withdrawn"
 
 
 class NodeSanction(models.Model):
     """An operator's decision about a node's standing (a ban, an early unban, strikes
-    cleared): who, when, why and until when. Written by `registry.sanctions` in the same
+    cleared, trust given or withdrawn): who, when, why and until when. Written by `registry.sanctions` in the same
     transaction as the change itself and never edited: it is the audit trail an owner's
     complaint is answered from."""
 

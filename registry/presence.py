@@ -96,7 +96,9 @@ def node_register(
         node.name = name[:100] or f"node-{public_key[:8]}"
         for field, value in fingerprint.items():
             setattr(node, field, value)
-        node.capabilities = {k: v for k, v in env.items() if k not in fingerprint}
+        # Kept as the node's word; a "trusted" in it is dropped so no reader mistakes it for
+        # the operator's flag (Node.trusted), which nothing a node sends can set.
+        node.capabilities = {k: v for k, v in env.items() if k not in fingerprint and k != "trusted"}
         node.ip = ip
         node.ip_block = ip_block(ip)
         node.save()

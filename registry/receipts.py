@@ -42,6 +42,8 @@ def receipt_build(
         # older than that); the SDK checks the two agree.
         "license": job.contract.get("license"),
         "result_hash": pair[0].result_hash,
+        # Ran on a trusted subnet (registry-operated nodes only), as its contract says.
+        "trusted": bool(job.contract.get("trusted", False)),
         "verification": {
             "path": path,
             "metric": verdict.metric,

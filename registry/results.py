@@ -18,7 +18,7 @@ from bim_core import content_policy, families, protocol
 from subnets.models import Subnet
 
 from . import effects, metrics, policy_enforcement, selectors, verify
-from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition
+from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition, job_trusted_only
 from .models import (
     TERMINAL_STATES,
     Assignment,
@@ -52,6 +52,10 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         accepting = JobState.ADJUDICATING if assignment.role == AssignmentRole.C else JobState.DISPATCHED
         if job.state != accepting or job.expires_at <= timezone.now():
             raise protocol.ProtocolError("deadline_passed", f"job is {job.state}")
+        if job_trusted_only(job) and not Node.objects.filter(pk=node_id, trusted=True).exists():
+            # Dispatch never offers such a job to this node; an offer made before its trust
+            # was withdrawn, or a forged assignment, still gets no result in.
+            raise protocol.ProtocolError(NOT_TRUSTED, "this job runs on a trusted subnet: registry-operated nodes only")
         _check_result(job, assignment, fields)
         assignment.state = AssignmentState.SUBMITTED
         assignment.result = fields["payload"]
@@ -126,6 +130,9 @@ def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> N
 # (a late result, a repeat, an assignment already taken back, contention) can happen to an
 # honest node and cost it nothing.
 MISBEHAVIOUR_CODES = frozenset({"bad_message", "bad_signature", "bad_input_hash", "bad_result_hash", "bad_shape"})
+# A result from a node not (or no longer) trusted for a trusted subnet's job: refused, and
+# the role taken back so a trusted node runs it, without blame.
+NOT_TRUSTED = "node_not_trusted"
 
 
 def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bool:
@@ -134,7 +141,7 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
     node, strikes it, and gives its role to another node now. The partner's submitted
     result stays, so the job settles when the replacement answers instead of waiting for
     its deadline. Returns whether the node was penalised."""
-    if code not in MISBEHAVIOUR_CODES:
+    if code not in MISBEHAVIOUR_CODES and code != NOT_TRUSTED:
         return False
     try:
         assignment_id = uuid.UUID(str(message.get("assignment_id")))
@@ -153,6 +160,8 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
         if job is None or job.state in TERMINAL_STATES:
             return False
         assignments_lose([(assignment.pk, job.pk)], f"result refused: {code}")
+        if code == NOT_TRUSTED:
+            return False  # its trust was withdrawn: the role goes to a trusted node, no blame
         current_session = Node.objects.values_list("session_key_pub", flat=True).get(pk=node_id)
         if code == "bad_signature" and current_session != assignment.session_key_pub:
             # Reconnected since the offer: signed with its new session key, perhaps honestly.

@@ -164,15 +164,16 @@ def index_forget(subnet_id: int | None = None) -> None:
 
 
 def subnet_has_nodes_online(subnet_id: int) -> bool:
-    """Whether any unbanned node registered for the subnet is connected: one that is, even
-    while it fetches the model or runs its benchmark, will take the job within seconds; with
-    none, a job would only wait for its deadline."""
+    """Whether any unbanned node registered for the subnet is connected (a trusted one for
+    a trusted subnet): one that is, even while it fetches the model or runs its benchmark,
+    will take the job within seconds; with none, a job would only wait for its deadline."""
     now = timezone.now()
-    return (
-        NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True)
-        .filter(Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now))
-        .exists()
+    links = NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).filter(
+        Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now)
     )
+    if Subnet.objects.filter(pk=subnet_id, trusted=True).exists():
+        links = links.filter(node__trusted=True)
+    return links.exists()
 
 
 @dataclass
@@ -255,6 +256,7 @@ def candidate_for(node: Node, weight: float = 0.0) -> Candidate:
         os=node.os,
         gpu_family=node.gpu_family,
         vouched=node.jobs_agreed >= settings.NODE_VOUCHED_JOBS,
+        trusted=node.trusted,
     )
 
 
@@ -266,12 +268,17 @@ def _routable_records(subnet_id: int) -> list[Candidate]:
         # their holds released, through the sweeper's ordinary path).
         return []
     policy = scoring.ReputationPolicy.from_dict(subnet.reputation_policy)
+    # A trusted subnet's index holds its trusted nodes only: the others never become a
+    # candidate, so no selection over it can offer them its jobs (dispatch checks again).
+    # Trust given or withdrawn bumps the index (registry.sanctions).
+    trust = {"node__trusted": True} if subnet.trusted else {}
     links = (
         NodeSubnet.objects.filter(
             subnet_id=subnet_id,
             ready_at__isnull=False,
             score__gt=0,
             node__is_online=True,
+            **trust,
         )
         .filter(Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now))
         .select_related("node")

@@ -1,5 +1,6 @@
-"""Operators' sanctions on a node's standing: a ban for a bounded time, an early unban, and
-clearing active strikes. Each is one service call that changes the node and writes a
+"""Operators' sanctions on a node's standing: a ban for a bounded time, an early unban,
+clearing active strikes, and trust given or withdrawn (a registry-operated node, the only
+kind a trusted subnet's jobs go to: docs/routing.md). Each is one service call that changes the node and writes a
 `NodeSanction` (who, when, why, until when) in the same transaction, so nothing in admin
 changes a node's standing without a record. Strikes and the bans they cause on their own
 are `registry.reputation`'s.
@@ -12,13 +13,14 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from bim_core.errors import ServiceError
 
 from . import effects
-from .models import Node, NodeSanction, SanctionKind, Strike
+from .jobs import assignments_lose
+from .models import Assignment, AssignmentState, Node, NodeSanction, SanctionKind, Strike
 from .routing_index import index_bump_for_node
 
 log = logging.getLogger("bim.registry.sanctions")
@@ -119,4 +121,41 @@ def node_strikes_clear(*, node_id: object, operator: AbstractBaseUser, reason: s
         )
         index_bump_for_node(node.pk)
     log.info("%d strikes of node %s cleared by %s: %s", lifted, node.pk, operator, reason)
+    return sanction
+
+
+def node_trust(*, node_id: object, operator: AbstractBaseUser, reason: str) -> NodeSanction:
+    """Mark a node as operated by the registry: from this commit on it may be offered
+    trusted subnets' jobs. Only this action sets the flag; nothing a node sends does."""
+    reason = _reason(reason)
+    with transaction.atomic():
+        node = _locked(node_id)
+        if node.trusted:
+            raise ServiceError("already_trusted", f"{node.name} is already trusted")
+        node.trusted = True
+        node.save(update_fields=["trusted"])
+        sanction = NodeSanction.objects.create(node=node, kind=SanctionKind.TRUST, reason=reason, operator=operator)
+        index_bump_for_node(node.pk)
+    log.warning("node %s trusted by %s: %s", node.pk, operator, reason)
+    return sanction
+
+
+def node_distrust(*, node_id: object, operator: AbstractBaseUser, reason: str) -> NodeSanction:
+    """Withdraw a node's trust. Its unanswered offers of trusted jobs go to trusted nodes
+    now, without blame (the node did nothing wrong); a result it sends for one later is
+    refused (`node_not_trusted`)."""
+    reason = _reason(reason)
+    with transaction.atomic():
+        node = _locked(node_id)
+        if not node.trusted:
+            raise ServiceError("not_trusted", f"{node.name} is not trusted")
+        node.trusted = False
+        node.save(update_fields=["trusted"])
+        open_trusted = Assignment.objects.filter(node=node, state=AssignmentState.DISPATCHED).filter(
+            Q(job__subnet__trusted=True) | Q(job__contract__trusted=True)
+        )
+        taken = assignments_lose(open_trusted.values_list("pk", "job_id"), "the node's trust was withdrawn")
+        sanction = NodeSanction.objects.create(node=node, kind=SanctionKind.DISTRUST, reason=reason, operator=operator)
+        index_bump_for_node(node.pk)
+    log.warning("node %s no longer trusted (by %s, %d offers taken back): %s", node.pk, operator, taken, reason)
     return sanction

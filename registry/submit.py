@@ -234,6 +234,7 @@ def _job_build(
         input_hash=protocol.input_hash(inputs),
         limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
         session_key_pub=session_key,
+        trusted=subnet.trusted,
         policy=subnet.content_policy or None,
         license=license_terms(subnet),
     )

@@ -119,9 +119,10 @@ class SubnetAdmin(admin.ModelAdmin):
         "price_per_item_micro",
         "license",
         "state",
+        "trusted",
         "setup_status",
     ]
-    list_filter = ["state", "task_type", "license"]
+    list_filter = ["state", "trusted", "task_type", "license"]
     search_fields = ["slug", "name", "model_id", "model_checksum"]
     list_select_related = ["license"]
     # Checksums name the packaged files: change them by re-packaging, not by hand.

@@ -39,6 +39,9 @@ class SubnetSerializer(serializers.Serializer):
     tolerances = serializers.JSONField()
     price_per_call_micro = serializers.IntegerField()
     price_per_item_micro = serializers.IntegerField()
+    # Users choose a subnet for sensitive work by this (paper §9): its jobs run only on
+    # registry-operated nodes, and its receipts say so.
+    trusted = serializers.BooleanField()
     manifest_url = serializers.SerializerMethodField()
     license = LicenseSerializer()
 

@@ -55,3 +55,12 @@ SQLITE_PAID_HOSTING_GUARD = [
     END;
     """,
 ]
+
+
+def sqlite_drop_guards_naming_subnets(apps: object, schema_editor: object) -> None:
+    """A migration step before any that copies subnets_subnet on SQLite (adding or altering
+    a column): a trigger on another table that names subnets_subnet
+    (license_paid_hosting_guard) makes SQLite refuse the copy's rename ("no such table").
+    Dropped here, every guard is put back by bim_site's post_migrate handler."""
+    if schema_editor.connection.vendor == "sqlite":
+        schema_editor.execute("DROP TRIGGER IF EXISTS license_paid_hosting_guard")

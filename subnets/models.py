@@ -120,6 +120,12 @@ class Subnet(models.Model):
     adaptive_min_reputation = models.FloatField(default=0.8)
     solo_price_bp = models.PositiveIntegerField(default=6000)
     honeypot_slash_bp = models.PositiveIntegerField(default=5000)
+    # A trusted subnet (paper §9, sensitive workloads): its jobs go only to nodes the
+    # registry operates (`registry.Node.trusted`), and the registry's share of each job is
+    # at least settings.TRUSTED_MIN_REGISTRY_BP (`clean`). Its contract and receipt say so.
+    trusted = models.BooleanField(
+        default=False, help_text="jobs only on registry-operated nodes, with a higher registry share"
+    )
     license = models.ForeignKey(License, on_delete=models.PROTECT, related_name="subnets")
     state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
     setup_status = models.CharField(max_length=16, choices=Setup.choices, default=Setup.NONE, blank=True)
@@ -150,6 +156,19 @@ class Subnet(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        super().clean()
+        minimum = settings.TRUSTED_MIN_REGISTRY_BP
+        if self.trusted and self.split_registry_bp < minimum:
+            # Running a subnet on the registry's own nodes costs the registry: the share
+            # that pays for it is not optional (and not the ordinary default).
+            raise ValidationError(
+                {
+                    "split_registry_bp": f"a trusted subnet gives the registry at least {minimum} bp "
+                    f"({minimum / 100:g} %) of each job; this split gives it {self.split_registry_bp} bp"
+                }
+            )
 
     @property
     def is_active(self) -> bool:

@@ -36,6 +36,7 @@ def contract_fields(**overrides: Any) -> dict[str, Any]:
         "input_hash": protocol.input_hash({"texts": TEXTS}),
         "limits": {"max_items": 64, "latency_ms": 60_000},
         "session_key_pub": SESSION_KEY,
+        "trusted": False,
     }
     fields.update(overrides)
     return fields
@@ -48,6 +49,19 @@ def test_a_built_contract_holds_every_field_and_validates():
     fields = contract_fields()
     contract = build_contract(**fields)
     assert contract == fields
+    validate_contract(contract)
+
+
+@pytest.mark.parametrize("flag", ["yes", 1, None])
+def test_the_trusted_flag_is_a_boolean(flag):
+    assert build_contract(**contract_fields(trusted=True))["trusted"] is True
+    with pytest.raises(ContractInvalid, match="trusted"):
+        validate_contract({**build_contract(**contract_fields()), "trusted": flag})
+
+
+def test_a_contract_from_before_the_trusted_flag_still_validates():
+    contract = build_contract(**contract_fields())
+    del contract["trusted"]
     validate_contract(contract)
 
 
