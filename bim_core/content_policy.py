@@ -241,6 +241,25 @@ def input_violation(policy: dict[str, Any] | None, inputs: dict[str, Any]) -> Vi
     return _blocked(rules.get("blocked", []), texts, "input")
 
 
+def summary_violation(policy: dict[str, Any] | None, summary: dict[str, int]) -> Violation | None:
+    """The limit a peer-to-peer job's declared input summary breaks (docs/p2p.md), or None:
+    the registry never sees the texts, so the nodes check the patterns and lengths."""
+    if not policy:
+        return None
+    rules, ceiling = policy.get("input") or {}, (policy.get("output") or {}).get("max_tokens")
+    if "max_items" in rules and summary.get("items", 1) > rules["max_items"]:
+        return Violation("input.max_items", f"{summary['items']} items; the policy allows {rules['max_items']}")
+    if ceiling is not None and summary.get("max_tokens", 0) > ceiling:
+        return Violation("output.max_tokens", f"max_tokens {summary['max_tokens']}; the policy allows {ceiling}")
+    return None
+
+
+def has_output_rules(policy: dict[str, Any] | None) -> bool:
+    """Whether generated text must be checked before delivery (length or patterns)."""
+    rules = (policy or {}).get("output") or {}
+    return "max_chars" in rules or bool(rules.get("blocked"))
+
+
 def output_violation(policy: dict[str, Any] | None, text: str) -> Violation | None:
     """The first output rule a generated text breaks, or None."""
     if not policy:

@@ -76,7 +76,16 @@ CONTRACT_SCHEMA: dict[str, Any] = {
             },
             "required": ["slug", "version"],
         },
+        # How the input and results travel (docs/p2p.md): "p2p" between the user and the
+        # nodes, the registry holding only `input_summary`; absent for the registry relay.
+        "transport": {"enum": ["p2p"]},
+        "input_summary": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 1},
+            "minProperties": 1,
+        },
     },
+    "dependencies": {"transport": ["input_summary"], "input_summary": ["transport"]},
     "required": [
         "job_id",
         "model_id",
@@ -144,7 +153,10 @@ def build_contract(
     trusted: bool = False,
     policy: dict[str, Any] | None = None,
     license: dict[str, str] | None = None,
+    input_summary: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """The contract of a new job; `input_summary` makes it a peer-to-peer one (the registry
+    holds no inputs, docs/p2p.md)."""
     contract = _browser_safe_numbers(
         {
         "job_id": job_id,
@@ -163,6 +175,7 @@ def build_contract(
         "trusted": bool(trusted),
         **({"policy": policy} if policy else {}),
         **({"license": license} if license else {}),
+        **({"transport": "p2p", "input_summary": input_summary} if input_summary is not None else {}),
         },
         fix=True,
     )

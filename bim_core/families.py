@@ -6,6 +6,10 @@ what the model does:
 
 - which inputs a user may submit (`validate_inputs`, with the subnet's limits), how many
   items they hold and how many price units the hold covers (`item_count`, `price_units`);
+- what the registry needs to know of inputs it never sees (a peer-to-peer job, docs/p2p.md):
+  their `input_summary` (how many texts, max_tokens, an image's size), checked against the
+  subnet's limits by `validate_summary`; `item_count`, `price_units`, `used_units` and
+  `decode_result` take the inputs or their summary alike;
 - how a node's result becomes the bytes it signs (`encode_result`: payload + shape) and how
   the registry turns those bytes back into something a verifier compares (`decode_result`,
   which refuses a payload that does not fit the job's inputs);
@@ -51,11 +55,40 @@ class TaskFamily:
     # Inputs whose tokens the subnet's tokenizer mostly cannot read are flagged at submit.
     tokenized_texts: ClassVar[bool] = False
 
+    # The keys of this family's input summary: a dict with exactly these keys is a summary,
+    # anything else is inputs (whose keys never equal them).
+    summary_keys: ClassVar[frozenset[str]]
+
     def validate_inputs(self, raw: dict[str, Any], limits: SubnetLimits) -> dict[str, Any]:
         raise NotImplementedError
 
-    def item_count(self, inputs: dict[str, Any]) -> int:
+    def input_summary(self, inputs: dict[str, Any]) -> dict[str, int]:
+        """What the registry prices, limits and checks results by, from inputs it holds;
+        a peer-to-peer job's client sends it instead of the inputs."""
         raise NotImplementedError
+
+    def validate_summary(self, raw: Any, limits: SubnetLimits) -> dict[str, int]:
+        """A user's declared summary of inputs the registry will not see, within the
+        subnet's limits (the nodes check the real inputs against it)."""
+        if not isinstance(raw, dict) or set(raw) != self.summary_keys:
+            raise InputInvalid(f"input_summary of a {self.task_type} job holds exactly {_names(set(self.summary_keys))}")
+        for key, value in raw.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputInvalid(f"input_summary.{key} must be a positive integer")
+        self._check_summary(raw, limits)
+        return {key: int(raw[key]) for key in sorted(raw)}
+
+    def _check_summary(self, summary: dict[str, int], limits: SubnetLimits) -> None:
+        raise NotImplementedError
+
+    def summary_of(self, inputs_or_summary: dict[str, Any]) -> dict[str, Any]:
+        if set(inputs_or_summary) == self.summary_keys:
+            return inputs_or_summary
+        return self.input_summary(inputs_or_summary)
+
+    def item_count(self, inputs: dict[str, Any]) -> int:
+        """Items in the inputs (or their summary)."""
+        return 1
 
     def price_units(self, inputs: dict[str, Any]) -> int:
         """Units the hold covers: the most a job of these inputs can cost."""
@@ -65,12 +98,24 @@ class TaskFamily:
         """Units a finished result used; never more than `price_units`."""
         return self.price_units(inputs)
 
+    def used_units_of_shape(self, inputs: dict[str, Any], shape: tuple[int, ...]) -> int:
+        """`used_units` from a result's signed shape alone (a peer-to-peer result whose bytes
+        the registry never held): the same number, since decoding checks the shape."""
+        return self.price_units(inputs)
+
     def encode_result(self, result: Any) -> tuple[bytes, tuple[int, ...]]:
         raise NotImplementedError
 
     def decode_result(self, payload: bytes, shape: tuple[int, ...], inputs: dict[str, Any]) -> Any:
         """Raises protocol.ProtocolError (`bad_shape` / `bad_message`) on a result that
         cannot be the answer to these inputs."""
+        raise NotImplementedError
+
+    def committed_size(self, shape: tuple[int, ...], inputs: dict[str, Any]) -> int | None:
+        """The payload size a result of this shape must have for these inputs (or their
+        summary), or None where it is not fixed (text); raises protocol.ProtocolError
+        `bad_shape` for a shape no answer to them can have. What the registry checks of a
+        peer-to-peer commit, whose bytes it does not hold (docs/p2p.md)."""
         raise NotImplementedError
 
     def check_output_dim(self, shape: tuple[int, ...], output_dim: int | None) -> None:
@@ -136,8 +181,22 @@ class EmbeddingFamily(TaskFamily):
             raise InputInvalid(f"an embedding job takes only texts, not {_names(unknown)}")
         return {"texts": _text_list(raw.get("texts"), "texts", limits)}
 
+    summary_keys = frozenset({"items"})
+
+    def input_summary(self, inputs: dict[str, Any]) -> dict[str, int]:
+        return {"items": len(inputs["texts"])}
+
+    def _check_summary(self, summary: dict[str, int], limits: SubnetLimits) -> None:
+        if summary["items"] > limits.max_items:
+            raise InputInvalid(f"at most {limits.max_items} texts per job")
+
     def item_count(self, inputs: dict[str, Any]) -> int:
-        return len(inputs["texts"])
+        return int(self.summary_of(inputs)["items"])
+
+    def committed_size(self, shape: tuple[int, ...], inputs: dict[str, Any]) -> int | None:
+        if len(shape) != 2 or shape[0] != self.item_count(inputs):
+            raise protocol.ProtocolError("bad_shape", f"{self.item_count(inputs)} vectors expected")
+        return shape[0] * shape[1] * 4
 
     def encode_result(self, result: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
         vectors = np.asarray(result, dtype=np.float32)
@@ -204,15 +263,31 @@ class TextFamily(TaskFamily):
             raise InputInvalid(f"max_tokens must be an integer from 1 to {ceiling}")
         return {"prompt": prompt, "max_tokens": max_tokens}
 
-    def item_count(self, inputs: dict[str, Any]) -> int:
-        return 1
+    # The prompt's length is the nodes' to check: the summary holds what prices the job.
+    summary_keys = frozenset({"max_tokens"})
+
+    def input_summary(self, inputs: dict[str, Any]) -> dict[str, int]:
+        return {"max_tokens": int(inputs["max_tokens"])}
+
+    def _check_summary(self, summary: dict[str, int], limits: SubnetLimits) -> None:
+        ceiling = int(limits.preprocessing.get("max_new_tokens", 256))
+        if summary["max_tokens"] > ceiling:
+            raise InputInvalid(f"max_tokens must be an integer from 1 to {ceiling}")
 
     def price_units(self, inputs: dict[str, Any]) -> int:
         return int(inputs["max_tokens"])
 
+    def committed_size(self, shape: tuple[int, ...], inputs: dict[str, Any]) -> int | None:
+        if len(shape) != 1 or shape[0] > int(inputs["max_tokens"]):
+            raise protocol.ProtocolError("bad_shape", f"a text result holds at most max_tokens {inputs['max_tokens']} tokens")
+        return None
+
     def used_units(self, inputs: dict[str, Any], result: dict[str, Any]) -> int:
         # The stop token took a forward pass like any other, so it is paid for.
         return min(len(result["tokens"]), self.price_units(inputs))
+
+    def used_units_of_shape(self, inputs: dict[str, Any], shape: tuple[int, ...]) -> int:
+        return min(int(shape[0]), self.price_units(inputs))  # shape is [number of tokens]
 
     def encode_result(self, result: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
         body = {"finish": result["finish"], "text": result["text"], "tokens": [int(t) for t in result["tokens"]]}
@@ -337,8 +412,27 @@ class ImageFamily(TaskFamily):
         png_decode(png)  # refuse a corrupt file now, not on two nodes later
         return {"image": text}
 
-    def item_count(self, inputs: dict[str, Any]) -> int:
-        return 1
+    summary_keys = frozenset({"height", "width"})
+
+    def input_summary(self, inputs: dict[str, Any]) -> dict[str, int]:
+        try:
+            height, width = png_size(protocol.b64decode(inputs["image"]))
+        except protocol.ProtocolError:
+            raise InputInvalid("image is not standard base64 (RFC 4648, with padding)") from None
+        return {"height": height, "width": width}
+
+    def _check_summary(self, summary: dict[str, int], limits: SubnetLimits) -> None:
+        max_side = int(limits.preprocessing.get("max_side", 256))
+        height, width = summary["height"], summary["width"]
+        if not IMAGE_MIN_SIDE <= min(height, width) or max(height, width) > max_side:
+            raise InputInvalid(f"image is {width}x{height}; each side must be {IMAGE_MIN_SIDE} to {max_side} px")
+
+    def committed_size(self, shape: tuple[int, ...], inputs: dict[str, Any]) -> int | None:
+        summary = self.summary_of(inputs)
+        expected = (2 * summary["height"], 2 * summary["width"], 3)
+        if tuple(shape) != expected:
+            raise protocol.ProtocolError("bad_shape", f"a 2x image of {summary['width']}x{summary['height']} has shape {list(expected)}")
+        return expected[0] * expected[1] * 3
 
     def encode_result(self, result: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
         pixels = _image_pixels(result)
@@ -346,9 +440,10 @@ class ImageFamily(TaskFamily):
 
     def decode_result(self, payload: bytes, shape: tuple[int, ...], inputs: dict[str, Any]) -> np.ndarray:
         try:
-            height, width = png_size(protocol.b64decode(inputs["image"]))
+            summary = self.summary_of(inputs)
         except InputInvalid as exc:
             raise protocol.ProtocolError("bad_message", str(exc)) from None
+        height, width = summary["height"], summary["width"]
         expected = (2 * height, 2 * width, 3)
         if tuple(shape) != expected:
             raise protocol.ProtocolError("bad_shape", f"a 2x image of {width}x{height} has shape {list(expected)}")

@@ -454,6 +454,26 @@ NODE_BENCHMARK_TRANSPORT_MS = env_int("BIM_NODE_BENCHMARK_TRANSPORT_MS", 50)
 # Weight of the latest job in a node's observed speed (exponentially weighted average).
 NODE_SPEED_EWMA_ALPHA = 0.2
 
+# Peer-to-peer jobs (docs/p2p.md). ICE servers handed to users and nodes: STUN URLs and TURN
+# URLs (comma-separated, e.g. "turn:turn.example.org:3478?transport=udp"); TURN credentials
+# follow the TURN REST convention from the secret coturn shares (--static-auth-secret),
+# valid this many seconds.
+P2P_STUN_URLS = [u for u in env_str("BIM_STUN_URLS").split(",") if u.strip()]
+P2P_TURN_URLS = [u for u in env_str("BIM_TURN_URLS").split(",") if u.strip()]
+P2P_TURN_SECRET = env_str("BIM_TURN_SECRET")
+P2P_TURN_TTL_S = env_int("BIM_TURN_TTL_S", 3600)
+# A pair that committed the same hash settles once the user confirms receiving it; past this
+# many seconds without that, the registry fetches the payload itself and delivers it.
+P2P_DELIVERY_S = env_int("BIM_P2P_DELIVERY_S", 30)
+# A node asked for a committed payload has this long to upload it, or is struck.
+P2P_UPLOAD_S = env_int("BIM_P2P_UPLOAD_S", 30)
+# Basis points of peer-to-peer jobs whose payload and input are uploaded for audit (sentinels).
+P2P_AUDIT_BP = env_int("BIM_P2P_AUDIT_BP", 100)
+# The user socket (/ws/user/): signalling only, so small frames at a modest rate.
+USER_SOCKET_MAX_MESSAGE_BYTES = env_int("BIM_USER_SOCKET_MAX_MESSAGE_BYTES", 80 * 1024)
+USER_SOCKET_RATE_PER_S = float(env_int("BIM_USER_SOCKET_RATE_PER_S", 20))
+USER_SOCKET_RATE_BURST = float(env_int("BIM_USER_SOCKET_RATE_BURST", 100))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -6,6 +6,7 @@ from billing import api as billing_api
 from bim_site.metrics import metrics
 from developer import openai_api
 from registry import api as registry_api
+from registry import p2p_api
 from subnets import api as subnets_api
 from subnets import views as subnets_views
 
@@ -14,6 +15,8 @@ api_v1 = [
     path("jobs/batch/", registry_api.JobBatchApi.as_view(), name="jobs-batch"),
     path("jobs/<uuid:job_id>/", registry_api.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel/", registry_api.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/delivered/", p2p_api.JobDeliveredApi.as_view(), name="job-delivered"),
+    path("jobs/<uuid:job_id>/inputs/", p2p_api.JobInputsApi.as_view(), name="job-inputs"),
     path("balance/", registry_api.BalanceApi.as_view(), name="balance"),
     path("withdrawals/", registry_api.WithdrawalListCreateApi.as_view(), name="withdrawals"),
     path("nodes/", registry_api.NodeRegisterApi.as_view(), name="nodes"),

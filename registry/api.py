@@ -94,8 +94,19 @@ class StrictCharField(StringOnlyMixin, serializers.CharField):
 class JobSubmitSerializer(serializers.Serializer):
     subnet = StrictSlugField()
     inputs = serializers.DictField(
+        required=False,
         help_text='as the subnet\'s task family takes them: embedding {"texts": [...]}, text {"prompt": "...", '
-        '"max_tokens": N}, image {"image": "<base64 of an 8-bit RGB PNG>"}'
+        '"max_tokens": N}, image {"image": "<base64 of an 8-bit RGB PNG>"}; not sent for a p2p job',
+    )
+    transport = serializers.ChoiceField(
+        choices=["relay", "p2p"], default="relay",
+        help_text="p2p: the input and results go between you and the nodes (docs/p2p.md); send input_hash and "
+        "input_summary instead of inputs",
+    )
+    input_hash = StrictCharField(max_length=64, required=False, help_text="p2p: sha256 hex of the inputs' canonical JSON")
+    input_summary = serializers.DictField(
+        required=False,
+        help_text='p2p: embedding {"items": N}, text {"max_tokens": N}, image {"height": H, "width": W}',
     )
     # DRF's CharField already refuses NUL and lone surrogates.
     idempotency_key = StrictCharField(max_length=Job._meta.get_field("idempotency_key").max_length, required=False)
@@ -119,6 +130,8 @@ class JobSummarySerializer(serializers.ModelSerializer):
             "finished_at",
             "failure_reason",
             "warnings",
+            "transport",
+            "fallback_reason",
         ]
 
 
@@ -251,9 +264,12 @@ class JobListCreateApi(APIView):
         job, created = submit.job_submit(
             user=request.user,
             subnet_slug=data.validated_data["subnet"],
-            inputs=data.validated_data["inputs"],
+            inputs=data.validated_data.get("inputs"),
             idempotency_key=key,
             session_key_pub=data.validated_data.get("session_key_pub"),
+            transport=data.validated_data["transport"],
+            input_hash=data.validated_data.get("input_hash"),
+            input_summary=data.validated_data.get("input_summary"),
         )
         return Response(
             JobDetailSerializer(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -290,9 +306,12 @@ class JobBatchApi(APIView):
         requests = [
             submit.JobRequest(
                 subnet_slug=item["subnet"],
-                inputs=item["inputs"],
+                inputs=item.get("inputs"),
                 idempotency_key=idempotency_key_checked(item["idempotency_key"]),
                 session_key_pub=item.get("session_key_pub"),
+                transport=item["transport"],
+                input_hash=item.get("input_hash"),
+                input_summary=item.get("input_summary"),
             )
             for item in data.validated_data["jobs"]
         ]

@@ -21,7 +21,7 @@ from django.utils import timezone
 from bim_core import protocol
 from bim_core.net import client_ip
 
-from . import benchmarks, cool_off, hello, metrics, presence, reputation, results, routing_index, tasks
+from . import benchmarks, cool_off, hello, metrics, p2p, presence, reputation, results, routing_index, tasks
 from .node_io import Coalesced, db, group_change, layer
 
 log = logging.getLogger("bim.registry.ws")
@@ -176,6 +176,9 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             "job_failed": self.on_job_failed,
             "benchmark_result": self.on_benchmark_result,
             "partial": self.on_partial,
+            "result_commit": self.on_result_commit,
+            "rtc_answer": self.on_signal,
+            "rtc_ice": self.on_signal,
         }.get(kind)
         if handler is None:
             await self.send_error("bad_message", f"unknown message type {kind!r}")
@@ -288,6 +291,21 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             raise
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
         await db(routing_index.speed_observe)(assignment_id=assignment.id)
+
+    async def on_result_commit(self, content: dict[str, Any]) -> None:
+        content = {**content, "elapsed_ms": protocol.parse_elapsed_ms(content.get("elapsed_ms"))}
+        try:
+            assignment = await db(results.commit_record)(node_id=self.node_id, message=content)
+        except protocol.ProtocolError as exc:
+            await db(results.result_refused)(node_id=self.node_id, message=content, code=exc.code)
+            raise
+        await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
+        await db(routing_index.speed_observe)(assignment_id=assignment.id)
+
+    async def on_signal(self, content: dict[str, Any]) -> None:
+        # An answer or a candidate for the user of one of this node's peer-to-peer jobs.
+        job_id, message = await db(p2p.signal_to_user)(node_id=self.node_id, message=content)
+        await layer(self.channel_layer.group_send(p2p.job_group(job_id), {"type": "user.forward", "message": message}))
 
     async def on_partial(self, content: dict[str, Any]) -> None:
         # Unacknowledged: a lost partial is overtaken by the next one, which holds all the text.

@@ -15,10 +15,9 @@ from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from bim_core import families
 from bim_core.selection import DIVERSITY_ATTRIBUTES, Candidate, NodeIndex
 
-from . import effects, routing_index
+from . import effects, p2p, routing_index
 from .jobs import (
     OPEN_ASSIGNMENT_STATES,
     PAIR_ROLES,
@@ -144,7 +143,7 @@ def assignment_deadline(job: Job, slots: routing_index.OfferSlots | None, now: d
     past the job's own deadline (the outer bound)."""
     if slots is None or not slots.items_per_s:
         return job.expires_at  # never measured: only the job's deadline applies
-    items = families.family_for(job.contract["task_type"]).item_count(job.inputs)
+    items = job.item_count
     expected_s = items / slots.items_per_s * (1 + slots.open / max(1, slots.max_concurrent))
     allowed_s = max(settings.NODE_ASSIGNMENT_MIN_S, ASSIGNMENT_SLACK * expected_s)
     return min(job.expires_at, now + timedelta(seconds=allowed_s))
@@ -237,7 +236,7 @@ def _select_vouched_first(
 
 
 def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
-    return {
+    message = {
         "type": "job",
         "assignment_id": str(assignment.id),
         "job_id": str(job.id),
@@ -248,6 +247,14 @@ def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
         # This node's own deadline: past it the role goes to another node.
         "deadline": (assignment.deadline or job.expires_at).isoformat(),
     }
+    if p2p.job_is_p2p(job) and not job.inputs:
+        # The input comes from the user over a data channel (docs/p2p.md): no inputs here,
+        # the ICE servers to answer the user's offer with instead.
+        del message["inputs"]
+        message["transport"] = "p2p"
+        message["ice_servers"] = p2p.ice_servers_for(f"node-{assignment.node_id}")
+        p2p.peer_assigned_notify(job, assignment)
+    return message
 
 
 # Jobs placed per transaction by `jobs_dispatch_waiting`: one commit and one read of the

@@ -65,7 +65,7 @@ def dispute_comparison(*, dispute: Dispute) -> Comparison:
     assignments = (
         job.assignments.filter(result__isnull=False).select_related("node").order_by("role", "dispatched_at")
     )
-    outputs = [_output(family, assignment, job.inputs) for assignment in assignments]
+    outputs = [_output(family, assignment, job.inputs or job.contract.get("input_summary") or {}) for assignment in assignments]
     pairs = []
     decoded = [output for output in outputs if output.kind != "error"]
     for first, second in itertools.combinations(decoded, 2):

@@ -24,6 +24,11 @@ def send_to_node(node_id: object, event: dict[str, Any]) -> None:
     transaction.on_commit(lambda: group_send(f"node.{node_id}", event))
 
 
+def send_to_group(group: str, event: dict[str, Any]) -> None:
+    """After commit, deliver a channel-layer event to a group (a job's watching users)."""
+    transaction.on_commit(lambda: group_send(group, event))
+
+
 def group_send(group: str, event: dict[str, Any]) -> None:
     """Send from sync code. The in-memory layer (embedded mode) lives in the one process's
     event loop, reached through async_to_sync. With Redis, async_to_sync outside a running

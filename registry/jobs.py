@@ -77,6 +77,10 @@ def job_transition(job: Job, to_state: str, *, detail: str = "", **fields: Any) 
         setattr(job, name, value)
     job.save(update_fields=["state", *fields])
     JobEvent.objects.create(job=job, from_state=from_state, to_state=to_state, detail=detail[:300])
+    if to_state in TERMINAL_STATES and job.transport == "p2p":
+        # The user's client holds data channels open for the job: it may close them now.
+        message = {"type": "job_state", "job_id": str(job.id), "state": to_state}
+        effects.send_to_group(f"job.{job.id}", {"type": "user.forward", "message": message})
     metrics.job_transitions.labels(to_state=to_state).inc()
 
 

@@ -112,6 +112,11 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+class JobTransport(models.TextChoices):
+    RELAY = "relay"
+    P2P = "p2p"
+
+
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
@@ -134,6 +139,16 @@ class Job(models.Model):
     warnings = models.JSONField(default=list, blank=True, help_text="told to the user at submit")
     # Decided at dispatch under adaptive replication: one trusted node ("solo") or two.
     solo = models.BooleanField(default=False)
+    # How the input and results travel (docs/p2p.md): through the registry, or peer to peer,
+    # the registry holding only the contract's input summary until an upload or a fallback
+    # brings it the inputs (`inputs` stays {} until then).
+    transport = models.CharField(max_length=8, choices=JobTransport.choices, default=JobTransport.RELAY)
+    # Why a peer-to-peer job's input came through the registry after all ("" when it did not).
+    fallback_reason = models.CharField(max_length=100, blank=True)
+    # Payload bytes that passed through the registry (relay inputs and results, uploads) and
+    # that TURN relayed between peers (as the peers' stats report): H3's cost, per job.
+    relay_bytes = models.PositiveBigIntegerField(default=0)
+    turn_bytes = models.PositiveBigIntegerField(default=0)
     # A registry job with a known answer; never on the wire (nodes see an ordinary job).
     honeypot = models.ForeignKey(
         "Honeypot", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
@@ -210,6 +225,14 @@ class Assignment(models.Model):
     # the sweeper then gives the role to another node. Never later than the job's deadline.
     deadline = models.DateTimeField(null=True, blank=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
+    # Peer-to-peer jobs (docs/p2p.md): a committed result has its hash and signature but no
+    # `result` until the registry asks for it (`upload_reason`, by `upload_due`); the user
+    # confirms receiving it (`delivered_at`); the node's transport stats come with the commit.
+    result_size = models.PositiveIntegerField(null=True, blank=True)
+    upload_reason = models.CharField(max_length=20, blank=True)
+    upload_due = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    transport_stats = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [

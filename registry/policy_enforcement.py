@@ -26,10 +26,16 @@ from .models import AssignmentState, Job, JobState
 RATE_WINDOW_S = 60
 
 
-def inputs_check(subnet: Subnet, inputs: dict[str, Any], *, label: str, index: int) -> None:
+def inputs_check(
+    subnet: Subnet, inputs: dict[str, Any], *, label: str, index: int, summary: dict[str, int] | None = None
+) -> None:
     """Refuse (422 content_policy, naming the rule and the job's index in its batch)
-    inputs that break the subnet's policy."""
-    violation = content_policy.input_violation(subnet.content_policy, inputs)
+    inputs that break the subnet's policy; of a peer-to-peer job, whose inputs the registry
+    never sees, the limits its declared `summary` breaks (the nodes check the rest)."""
+    if summary is not None:
+        violation = content_policy.summary_violation(subnet.content_policy, summary)
+    else:
+        violation = content_policy.input_violation(subnet.content_policy, inputs)
     if violation is not None:
         raise ServiceError(
             "content_policy",

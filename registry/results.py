@@ -17,7 +17,7 @@ from django.utils import timezone
 from bim_core import content_policy, families, protocol
 from subnets.models import Subnet
 
-from . import effects, metrics, policy_enforcement, selectors, verify
+from . import effects, metrics, p2p, policy_enforcement, selectors, verify
 from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition, job_trusted_only
 from .models import (
     TERMINAL_STATES,
@@ -37,52 +37,151 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
     """Check and store a node's signed result; raises protocol.ProtocolError with a code
     the node is told. When the job's results are all in, it is verified and settled here
     if that needs no model pass (`verify.verification_is_quick`) and settings.VERIFY_IN_PLACE,
-    else queued for a worker."""
+    else queued for a worker. A result for a peer-to-peer assignment the registry asked
+    to see (docs/p2p.md) is that commit's upload."""
     fields = _result_fields(message)
     with transaction.atomic():
-        assignment = (
-            Assignment.objects.select_for_update().filter(pk=fields["assignment_id"], node_id=node_id).first()
-        )
-        if assignment is None or str(assignment.job_id) != fields["job_id"]:
-            raise protocol.ProtocolError("not_assigned", "this job is not assigned to this node")
-        job = job_locked(assignment.job_id)
-        if assignment.state != AssignmentState.DISPATCHED:
-            code = "already_submitted" if assignment.result_hash else "not_assigned"
-            raise protocol.ProtocolError(code, f"assignment is {assignment.state}")
-        accepting = JobState.ADJUDICATING if assignment.role == AssignmentRole.C else JobState.DISPATCHED
-        if job.state != accepting or job.expires_at <= timezone.now():
-            raise protocol.ProtocolError("deadline_passed", f"job is {job.state}")
-        if job_trusted_only(job) and not Node.objects.filter(pk=node_id, trusted=True).exists():
-            # Dispatch never offers such a job to this node; an offer made before its trust
-            # was withdrawn, or a forged assignment, still gets no result in.
-            raise protocol.ProtocolError(NOT_TRUSTED, "this job runs on a trusted subnet: registry-operated nodes only")
+        assignment, job = _assignment_and_job_locked(node_id, fields)
+        if assignment.state == AssignmentState.SUBMITTED and assignment.result is None and assignment.upload_reason:
+            return _upload_record(job, assignment, fields, message)
+        _check_open(job, assignment, node_id)
         _check_result(job, assignment, fields)
-        assignment.state = AssignmentState.SUBMITTED
         assignment.result = fields["payload"]
-        assignment.result_shape = list(fields["shape"])
-        assignment.result_hash = fields["result_hash"]
-        assignment.signature = fields["signature"]
-        assignment.elapsed_ms = fields["elapsed_ms"]
-        assignment.submitted_at = timezone.now()
-        assignment.save()
-        if Job.objects.filter(subnet_id=job.subnet_id, state=JobState.QUEUED).exists():
-            # This answer frees a slot in the node's queue: place jobs that wait for one.
-            effects.queue_task_coalesced("dispatch_waiting", str(job.subnet_id))
-        complete = (
-            assignment.role == AssignmentRole.C  # the tie-breaker is in: adjudicate
-            or job.solo
-            or job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES)
-        )
-        if complete and assignment.role != AssignmentRole.C:
-            job_transition(job, JobState.VERIFYING, detail="solo result in" if job.solo else "both results in")
-        verify_here = complete and settings.VERIFY_IN_PLACE and verify.verification_is_quick(job)
-        if complete and not verify_here:
-            effects.queue_task("verify_job", str(job.id))
+        if p2p.job_is_p2p(job):
+            job.relay_bytes += len(fields["payload"])
+            job.save(update_fields=["relay_bytes"])
+        _submitted(job, assignment, fields)
+        verify_here = _job_complete(job, assignment)
     metrics.results_received.inc()
     if verify_here:
         # Comparing and settling costs less than a task's round trip through the broker:
         # done here, in a transaction of its own, right after the result is stored.
         verify.job_verify_now(job_id=job.id)
+    return assignment
+
+
+def commit_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
+    """A peer-to-peer result's commit (docs/p2p.md §4): the signed result message without
+    its bytes, which went to the user. Checked as far as the contract allows without them:
+    the assignment, the deadline, the input hash, a shape and size that fit the input
+    summary, and the signature; then the job goes on as when a result arrives."""
+    fields = _result_fields({**message, "data": ""})
+    fields["size"] = protocol.parse_int(message.get("size"), "size", low=0, high=MAX_COMMITTED_BYTES)
+    stats = _transport_stats(message.get("transport"))
+    with transaction.atomic():
+        assignment, job = _assignment_and_job_locked(node_id, fields)
+        if not p2p.job_is_p2p(job):
+            raise protocol.ProtocolError("bad_message", "a relay job's result carries its data: send result")
+        _check_open(job, assignment, node_id)
+        family = families.family_for(job.contract["task_type"])
+        _check_encoding_and_input(job, family, fields)
+        family.check_output_dim(fields["shape"], job.subnet.output_dim)
+        size = family.committed_size(fields["shape"], p2p.inputs_or_summary(job))
+        if size is not None and size != fields["size"]:
+            raise protocol.ProtocolError("bad_shape", f"a result of shape {list(fields['shape'])} is {size} bytes")
+        _check_signature(job, assignment, fields)
+        assignment.result = None
+        assignment.result_size = fields["size"]
+        assignment.transport_stats = stats
+        if stats.get("relayed"):
+            job.turn_bytes += stats["bytes_sent"] + stats["bytes_received"]
+            job.save(update_fields=["turn_bytes"])
+        _submitted(job, assignment, fields)
+        verify_here = _job_complete(job, assignment)
+    metrics.results_received.inc()
+    if verify_here:
+        verify.job_verify_now(job_id=job.id)
+    return assignment
+
+
+# The largest result a node may commit to: what the data channel carries (bim_core.peer).
+MAX_COMMITTED_BYTES = 64 * 2**20
+
+
+def _transport_stats(raw: Any) -> dict[str, Any]:
+    """The node's data channel figures, as it reports them (bounded, never trusted for pay)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise protocol.ProtocolError("bad_message", "transport must be an object")
+    relayed = raw.get("relayed", False)
+    if not isinstance(relayed, bool):
+        raise protocol.ProtocolError("bad_message", "transport.relayed must be a boolean")
+    stats: dict[str, Any] = {"relayed": relayed}
+    for key in ("bytes_sent", "bytes_received"):
+        stats[key] = protocol.parse_int(raw.get(key, 0), f"transport.{key}", low=0, high=2 * MAX_COMMITTED_BYTES)
+    return stats
+
+
+def _assignment_and_job_locked(node_id: object, fields: dict[str, Any]) -> tuple[Assignment, Job]:
+    assignment = Assignment.objects.select_for_update().filter(pk=fields["assignment_id"], node_id=node_id).first()
+    if assignment is None or str(assignment.job_id) != fields["job_id"]:
+        raise protocol.ProtocolError("not_assigned", "this job is not assigned to this node")
+    return assignment, job_locked(assignment.job_id)
+
+
+def _check_open(job: Job, assignment: Assignment, node_id: object) -> None:
+    if assignment.state != AssignmentState.DISPATCHED:
+        code = "already_submitted" if assignment.result_hash else "not_assigned"
+        raise protocol.ProtocolError(code, f"assignment is {assignment.state}")
+    accepting = JobState.ADJUDICATING if assignment.role == AssignmentRole.C else JobState.DISPATCHED
+    if job.state != accepting or job.expires_at <= timezone.now():
+        raise protocol.ProtocolError("deadline_passed", f"job is {job.state}")
+    if job_trusted_only(job) and not Node.objects.filter(pk=node_id, trusted=True).exists():
+        # Dispatch never offers such a job to this node; an offer made before its trust
+        # was withdrawn, or a forged assignment, still gets no result in.
+        raise protocol.ProtocolError(NOT_TRUSTED, "this job runs on a trusted subnet: registry-operated nodes only")
+
+
+def _submitted(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
+    assignment.state = AssignmentState.SUBMITTED
+    assignment.result_shape = list(fields["shape"])
+    assignment.result_hash = fields["result_hash"]
+    assignment.signature = fields["signature"]
+    assignment.elapsed_ms = fields["elapsed_ms"]
+    assignment.submitted_at = timezone.now()
+    assignment.save()
+    if Job.objects.filter(subnet_id=job.subnet_id, state=JobState.QUEUED).exists():
+        # This answer frees a slot in the node's queue: place jobs that wait for one.
+        effects.queue_task_coalesced("dispatch_waiting", str(job.subnet_id))
+
+
+def _job_complete(job: Job, assignment: Assignment) -> bool:
+    """After a result or commit: when the job's results are all in, move it to verifying and
+    queue the verification; returns whether to verify in place instead (after commit)."""
+    complete = (
+        assignment.role == AssignmentRole.C  # the tie-breaker is in: adjudicate
+        or job.solo
+        or job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES)
+    )
+    if complete and assignment.role != AssignmentRole.C:
+        job_transition(job, JobState.VERIFYING, detail="solo result in" if job.solo else "both results in")
+    verify_here = complete and settings.VERIFY_IN_PLACE and verify.verification_is_quick(job)
+    if complete and not verify_here:
+        effects.queue_task("verify_job", str(job.id))
+    return verify_here
+
+
+def _upload_record(job: Job, assignment: Assignment, fields: dict[str, Any], message: dict[str, Any]) -> Assignment:
+    """The bytes of a committed peer-to-peer result, which the registry asked for: they must
+    be what the node signed for (a node that cannot show them is struck, result_refused),
+    with the input when asked. Then the job is verified as a relay job would be."""
+    if job.state in TERMINAL_STATES:
+        raise protocol.ProtocolError("deadline_passed", f"job is {job.state}")
+    if fields["result_hash"] != assignment.result_hash or list(fields["shape"]) != assignment.result_shape:
+        raise protocol.ProtocolError("bad_result_hash", "an upload must be the committed result")
+    if "inputs" in message:
+        p2p.upload_inputs_record(job, message["inputs"])
+    _check_result(job, assignment, fields)
+    assignment.result = fields["payload"]
+    assignment.upload_reason, assignment.upload_due = "", None
+    assignment.save(update_fields=["result", "upload_reason", "upload_due"])
+    job.relay_bytes += len(fields["payload"])
+    job.save(update_fields=["relay_bytes"])
+    if job.state in (JobState.VERIFYING, JobState.ADJUDICATING) and not job.assignments.filter(
+        result__isnull=True, state=AssignmentState.SUBMITTED
+    ).exclude(upload_reason="").exists():
+        effects.queue_task("verify_job", str(job.id))
     return assignment
 
 
@@ -104,16 +203,14 @@ def _result_fields(message: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
-    family = families.family_for(job.contract["task_type"])
+def _check_encoding_and_input(job: Job, family: families.TaskFamily, fields: dict[str, Any]) -> None:
     if fields["encoding"] != family.encoding:
         raise protocol.ProtocolError("bad_message", f"a {family.task_type} result is encoded {family.encoding}")
     if fields["input_hash"] != job.contract["input_hash"]:
         raise protocol.ProtocolError("bad_input_hash", "input_hash does not match the job contract")
-    if protocol.sha256_hex(fields["payload"]) != fields["result_hash"]:
-        raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
-    family.check_output_dim(fields["shape"], job.subnet.output_dim)
-    family.decode_result(fields["payload"], fields["shape"], job.inputs)
+
+
+def _check_signature(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
     signed = protocol.result_message(
         job_id=str(job.id),
         assignment_id=str(assignment.id),
@@ -124,6 +221,16 @@ def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> N
     )
     if not protocol.signature_valid(assignment.session_key_pub, fields["signature"], signed):
         raise protocol.ProtocolError("bad_signature", "result signature does not verify with the session key")
+
+
+def _check_result(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
+    family = families.family_for(job.contract["task_type"])
+    _check_encoding_and_input(job, family, fields)
+    if protocol.sha256_hex(fields["payload"]) != fields["result_hash"]:
+        raise protocol.ProtocolError("bad_result_hash", "result_hash is not the SHA-256 of data")
+    family.check_output_dim(fields["shape"], job.subnet.output_dim)
+    family.decode_result(fields["payload"], fields["shape"], p2p.inputs_or_summary(job))
+    _check_signature(job, assignment, fields)
 
 
 # Refusals that prove the node sent a wrong answer to its own open assignment. The others
@@ -155,7 +262,7 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
             .first()
         )
         if assignment is None:
-            return False
+            return _upload_refused(node_id, assignment_id, code)
         job = job_locked(assignment.job_id)
         if job is None or job.state in TERMINAL_STATES:
             return False
@@ -170,6 +277,21 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
         reputation_record(node_ids=[node_id], outcome=0.0, subnet=job.subnet)
         node_strike(node_id=node_id, reason=f"result refused: {code}", job_id=job.pk, subnet=job.subnet)
     return True
+
+
+def _upload_refused(node_id: object, assignment_id: uuid.UUID, code: str) -> bool:
+    """A committed result's upload that proves misbehaviour (bytes that are not the
+    committed ones): its deadline is brought forward, so the sweeper strikes the node once
+    and fails the job it will not let be judged (p2p.uploads_overdue_fail)."""
+    if code not in MISBEHAVIOUR_CODES:
+        return False
+    return bool(
+        Assignment.objects.filter(
+            pk=assignment_id, node_id=node_id, state=AssignmentState.SUBMITTED, result__isnull=True
+        )
+        .exclude(upload_reason="")
+        .update(upload_due=timezone.now())
+    )
 
 
 PARTIAL_TTL_S = 600
@@ -232,6 +354,8 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
             return  # an offer that crossed the pause on the wire: the node did as told
         if reason.startswith(CONTENT_POLICY_PREFIX) and _content_refusal_upheld(job_id):
             return  # the contract's policy forbids the job: declining it is the node's right
+        if reason == p2p.INPUT_NOT_RECEIVED and Job.objects.filter(pk=job_id, transport="p2p", inputs={}).exists():
+            return  # its user never brought the input (no data channel, no fallback): no fault
         Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
 
 
@@ -251,6 +375,8 @@ def _content_refusal_upheld(job_id: object) -> bool:
     job = job_locked(job_id)
     if job is None or job.state in TERMINAL_STATES:
         return job is not None
+    if not job.inputs:
+        return False  # a peer-to-peer input the registry never saw: an ordinary give-up
     violation = content_policy.input_violation(job.contract.get("policy"), job.inputs)
     if violation is None:
         return False

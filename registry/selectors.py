@@ -33,7 +33,7 @@ def assignment_result(assignment: Assignment) -> Any:
     """A submitted result decoded by its job's task family (vectors, a generation, an image)."""
     job = assignment.job
     return families.family_for(job.contract["task_type"]).decode_result(
-        bytes(assignment.result), tuple(assignment.result_shape), job.inputs
+        bytes(assignment.result), tuple(assignment.result_shape), job.inputs or job.contract.get("input_summary") or {}
     )
 
 

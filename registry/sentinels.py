@@ -66,6 +66,11 @@ def sentinels_run(*, sample: int = 5) -> int:
     """Beat: check a random sample of settled user jobs not checked before."""
     unchecked = (
         Job.objects.filter(state=JobState.SETTLED, honeypot__isnull=True, sentinel_runs__isnull=True)
+        # A peer-to-peer job is re-run once the registry holds its input and a payload (an
+        # audit or a dispute uploaded them, docs/p2p.md); until then there is nothing to run.
+        .exclude(inputs={})
+        .filter(assignments__state=AssignmentState.AGREED, assignments__result__isnull=False)
+        .distinct()
         .select_related("subnet")
         .order_by("?")[:sample]
     )

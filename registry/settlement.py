@@ -10,7 +10,7 @@ from bim_core import families
 from bim_core.verification import Verdict
 from ledger import services as ledger
 
-from . import metrics, policy_enforcement, reputation, selectors
+from . import metrics, p2p, policy_enforcement, reputation, selectors
 from .jobs import job_transition
 from .models import (
     Assignment,
@@ -124,6 +124,8 @@ def _output_withheld(
     not receive, or the registry paying for it (a payout farm for prompts that steer the
     model into a blocked output); refusing both keeps every posting balanced, as a job with
     no majority does, and costs each node one job's compute (docs/content-policy.md)."""
+    if majority[0].result is None:
+        return False  # peer to peer, bytes never held: only without output rules (p2p.uploads_needed)
     violation = policy_enforcement.output_violation(job, selectors.assignment_result(majority[0]))
     if violation is None:
         return False
@@ -163,7 +165,9 @@ def _price_captured(job: Job, delivered: Assignment) -> int:
     units than the hold covers (a text job holds max_tokens and pays for the tokens
     generated); settlement releases the rest. Never more than the hold."""
     family = families.family_for(job.subnet.task_type)
-    used = family.used_units(job.inputs, selectors.assignment_result(delivered))
-    if not job.price_micro or used >= family.price_units(job.inputs):
+    sized = p2p.inputs_or_summary(job)
+    # From the signed shape: a peer-to-peer result's bytes may never have reached the registry.
+    used = family.used_units_of_shape(sized, tuple(delivered.result_shape or ()))
+    if not job.price_micro or used >= family.price_units(sized):
         return job.price_micro
     return min(job.price_micro, JobTerms.of_job(job).price_for(used))

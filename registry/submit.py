@@ -4,6 +4,7 @@ queue the dispatch. Idempotent per (user, idempotency key).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .models import (
     Job,
     JobEvent,
     JobState,
+    JobTransport,
 )
 from .terms import JobTerms
 
@@ -41,22 +43,40 @@ class JobRequest:
     """One job as a user asks for it."""
 
     subnet_slug: str
-    inputs: dict[str, Any]
+    inputs: dict[str, Any] | None
     idempotency_key: str
     session_key_pub: str | None = None
+    # A peer-to-peer job (docs/p2p.md): no inputs, their hash and summary instead.
+    transport: str = JobTransport.RELAY
+    input_hash: str | None = None
+    input_summary: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A request checked against its subnet: the inputs (relay) or nothing but their hash
+    and summary (peer to peer)."""
+
+    subnet: Subnet
+    inputs: dict[str, Any]
+    input_hash: str
+    input_summary: dict[str, int] | None  # set for a peer-to-peer job only
 
 
 def job_submit(
     *,
     user: AbstractBaseUser,
     subnet_slug: str,
-    inputs: dict[str, Any],
+    inputs: dict[str, Any] | None,
     idempotency_key: str,
     session_key_pub: str | None = None,
+    transport: str = JobTransport.RELAY,
+    input_hash: str | None = None,
+    input_summary: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
     """Create a job of the subnet's task family and hold its price. A repeated idempotency
     key returns the first job (created=False); the same key with different inputs is refused."""
-    request = JobRequest(subnet_slug, inputs, idempotency_key, session_key_pub)
+    request = JobRequest(subnet_slug, inputs, idempotency_key, session_key_pub, transport, input_hash, input_summary)
     return jobs_submit(user=user, requests=[request], label=lambda _: "")[0]
 
 
@@ -81,32 +101,42 @@ def jobs_submit(
     prepared = []
     for index, request in enumerate(requests):
         subnet = _subnet_taking_jobs(subnets.get(request.subnet_slug), request.subnet_slug, label(index))
-        prepared.append((subnet, _validated_inputs(subnet, request, label(index))))
+        prepared.append(_prepared(subnet, request, label(index)))
     existing = {job.idempotency_key: job for job in Job.objects.filter(user=user, idempotency_key__in=keys)}
     outcome: list[tuple[Job, bool] | None] = []
-    new = []
-    for index, (request, (subnet, inputs)) in enumerate(zip(requests, prepared)):
+    new: list[tuple[int, JobRequest, _Prepared]] = []
+    for index, (request, ready) in enumerate(zip(requests, prepared)):
         job = existing.get(request.idempotency_key)
         if job is not None:
-            outcome.append((_same_job_or_conflict(job, subnet, protocol.input_hash(inputs), label(index)), False))
+            outcome.append((_same_job_or_conflict(job, ready.subnet, ready.input_hash, label(index)), False))
             continue
         # A repeat returns its job as it was accepted; only new jobs meet today's policy.
-        policy_enforcement.inputs_check(subnet, inputs, label=label(index), index=index)
+        # A peer-to-peer job's inputs are the nodes' to check (its contract binds them to the
+        # policy); its summary is checked here.
+        policy_enforcement.inputs_check(
+            ready.subnet, ready.inputs, label=label(index), index=index, summary=ready.input_summary
+        )
         outcome.append(None)
-        new.append((index, request, subnet, inputs))
-    _data_terms_check(user, [(index, subnet) for index, _, subnet, _ in new], label)
-    for subnet in {subnet.pk: subnet for _, _, subnet, _ in new}.values():
+        new.append((index, request, ready))
+    _data_terms_check(user, [(index, ready.subnet) for index, _, ready in new], label)
+    for subnet in {ready.subnet.pk: ready.subnet for _, _, ready in new}.values():
         if not routing_index.subnet_has_nodes_online(subnet.pk):
             # Accepted, it would only wait for its deadline: say so now, with when to try again.
             raise ServiceError("no_capacity", f"no node serves {subnet.slug} now; try again later", status=503)
     if not new:
         return [o for o in outcome if o is not None]
-    rate_keys = _rate_take(user, [subnet for _, _, subnet, _ in new])
+    rate_keys = _rate_take(user, [ready.subnet for _, _, ready in new])
     try:
         with transaction.atomic():
             jobs = jobs_create(
                 user=user,
-                jobs=[_job_build(user, subnet, inputs, r.idempotency_key, r.session_key_pub) for _, r, subnet, inputs in new],
+                jobs=[
+                    _job_build(
+                        user, ready.subnet, ready.inputs, r.idempotency_key, r.session_key_pub,
+                        input_summary=ready.input_summary, input_hash=ready.input_hash,
+                    )
+                    for _, r, ready in new
+                ],
             )
     except IntegrityError:
         _rate_give_back(rate_keys)
@@ -117,9 +147,9 @@ def jobs_submit(
     except ServiceError:
         _rate_give_back(rate_keys)
         raise
-    for (index, _, subnet, _), job in zip(new, jobs):
+    for (index, _, ready), job in zip(new, jobs):
         outcome[index] = (job, True)
-        metrics.jobs_submitted.labels(subnet=subnet.slug).inc()
+        metrics.jobs_submitted.labels(subnet=ready.subnet.slug).inc()
     return [o for o in outcome if o is not None]
 
 
@@ -172,17 +202,35 @@ def _data_terms_check(user: AbstractBaseUser, jobs: list[tuple[int, Subnet]], la
             raise data_terms.data_terms_refusal(subnet, label(index))
 
 
-def _validated_inputs(subnet: Subnet, request: JobRequest, label: str) -> dict[str, Any]:
-    try:
-        inputs = families.family_for(subnet.task_type).validate_inputs(request.inputs, subnet.limits())
-    except families.InputInvalid as exc:
-        raise ServiceError("invalid_input", f"{label}{exc}") from None
+def _prepared(subnet: Subnet, request: JobRequest, label: str) -> _Prepared:
     if request.session_key_pub is not None:
         try:
             protocol.parse_public_key(request.session_key_pub)
         except protocol.ProtocolError as exc:
             raise ServiceError("invalid_session_key", f"{label}{exc.detail}") from None
-    return inputs
+    family = families.family_for(subnet.task_type)
+    if request.transport == JobTransport.P2P:
+        if request.inputs is not None:
+            raise ServiceError("invalid_input", f"{label}a peer-to-peer job sends input_hash and input_summary, never inputs")
+        if not isinstance(request.input_hash, str) or not HEX64.fullmatch(request.input_hash):
+            raise ServiceError("invalid_input", f"{label}input_hash must be 64 lowercase hex digits")
+        try:
+            summary = family.validate_summary(request.input_summary, subnet.limits())
+        except families.InputInvalid as exc:
+            raise ServiceError("invalid_input", f"{label}{exc}") from None
+        return _Prepared(subnet, {}, request.input_hash, summary)
+    if request.transport != JobTransport.RELAY:
+        raise ServiceError("invalid_transport", f"{label}transport is relay or p2p, not {request.transport!r}")
+    if request.inputs is None or request.input_hash is not None or request.input_summary is not None:
+        raise ServiceError("invalid_input", f"{label}a relay job sends inputs (input_hash and input_summary are for p2p)")
+    try:
+        inputs = family.validate_inputs(request.inputs, subnet.limits())
+    except families.InputInvalid as exc:
+        raise ServiceError("invalid_input", f"{label}{exc}") from None
+    return _Prepared(subnet, inputs, protocol.input_hash(inputs), None)
+
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _same_job_or_conflict(job: Job, subnet: Subnet, input_hash: str, label: str) -> Job:
@@ -214,8 +262,12 @@ def _job_build(
     idempotency_key: str,
     session_key_pub: str | None,
     honeypot: Honeypot | None = None,
+    *,
+    input_summary: dict[str, int] | None = None,
+    input_hash: str | None = None,
 ) -> Job:
-    """A queued job with its contract, not yet written."""
+    """A queued job with its contract, not yet written: a relay job from its inputs, a
+    peer-to-peer one from their hash and summary (`inputs` then {})."""
     job_id = uuid.uuid4()
     # The user's session key binds later peer-to-peer delivery to this job; a client that
     # brings none gets a fresh one so every contract names a session key.
@@ -231,14 +283,16 @@ def _job_build(
         determinism=subnet.determinism,
         tolerances=subnet.tolerances,
         preprocessing=subnet.preprocessing,
-        input_hash=protocol.input_hash(inputs),
+        input_hash=input_hash or protocol.input_hash(inputs),
         limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
         session_key_pub=session_key,
         trusted=subnet.trusted,
         policy=subnet.content_policy or None,
         license=license_terms(subnet),
+        input_summary=input_summary,
     )
     family = families.family_for(subnet.task_type)
+    sized = input_summary if input_summary is not None else inputs
     terms = JobTerms.of_subnet(subnet)
     return Job(
         id=job_id,
@@ -248,11 +302,12 @@ def _job_build(
         contract=contract,
         contract_hash=protocol.contract_hash(contract),
         inputs=inputs,
-        item_count=family.item_count(inputs),
-        price_micro=0 if honeypot is not None else terms.price_for(family.price_units(inputs)),
+        transport=JobTransport.RELAY if input_summary is None else JobTransport.P2P,
+        item_count=family.item_count(sized),
+        price_micro=0 if honeypot is not None else terms.price_for(family.price_units(sized)),
         terms=terms.as_dict(),
         honeypot=honeypot,
-        warnings=input_coverage_warnings(subnet, inputs) if honeypot is None else [],
+        warnings=input_coverage_warnings(subnet, inputs) if honeypot is None and inputs else [],
         expires_at=timezone.now() + timedelta(milliseconds=subnet.latency_ms),
     )
 

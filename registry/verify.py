@@ -14,12 +14,12 @@ from django.db.models.functions import Coalesce, Least
 
 from bim_core import families, protocol
 from bim_core.errors import ServiceError
-from bim_core.verification import Verdict, judge_rescored, verify_pair
+from bim_core.verification import Verdict, identical_verdict, judge_rescored, verify_pair
 from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import trusted_rescore
 
-from . import effects, honeypots, metrics, reputation, selectors
+from . import effects, honeypots, metrics, p2p, reputation, selectors
 from .jobs import PAIR_ROLES, job_locked, job_transition
 from .models import (
     AgreementStat,
@@ -53,10 +53,19 @@ def job_verify(*, job_id: object, may_rescore: bool = True) -> Job | None:
             return job_adjudicate(job, results)
         if job.state != JobState.VERIFYING:
             return job
+        if p2p.job_is_p2p(job) and p2p.payload_wait(job, list(results.values())):
+            return job  # peer to peer: the user's confirmation, or an upload, is still due
         if job.solo:
             job_settle_solo(job, results[AssignmentRole.A])
             return job
         a, b = results[AssignmentRole.A], results[AssignmentRole.B]
+        if a.result is None or b.result is None:
+            # Peer to peer, the same hash committed twice and delivered: the same bytes.
+            verdict = identical_verdict(job.subnet.task_type)
+            agreement_record(subnet=job.subnet, nodes=(a.node, b.node), verdict=verdict)
+            verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"], "transport": "p2p"}
+            job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement (peer to peer)")
+            return job
         if job.honeypot_id is not None:
             verification = honeypots.honeypot_judge(job, [a, b], rescored=rescored or {})
             job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
@@ -120,8 +129,8 @@ def _text_rescoring(job_id: object) -> dict[str, dict[str, Any]] | None:
         pair = [x for x in pair if x.result_hash != known]
     elif len(pair) != 2 or pair[0].result_hash == pair[1].result_hash:
         return None
-    if not pair:
-        return None
+    if not pair or any(x.result is None for x in pair):
+        return None  # a peer-to-peer payload not uploaded yet: job_verify asks for it
     margin = float(job.contract["tolerances"]["logit_margin"])
     evidence = {}
     for assignment in pair:
