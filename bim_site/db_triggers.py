@@ -23,17 +23,31 @@ $$ LANGUAGE plpgsql;
 
 
 def refuse_changes(
-    name: str, table: str, reason: str, *, columns: Sequence[str] = (), refuse_delete: bool = False
+    name: str,
+    table: str,
+    reason: str,
+    *,
+    columns: Sequence[str] = (),
+    refuse_delete: bool = False,
+    set_once: Sequence[str] = (),
+    replace: bool = False,
 ) -> migrations.RunPython:
     """A migration operation adding trigger `name`: UPDATE of `columns` (all columns when
-    empty) and, with `refuse_delete`, DELETE on `table` raise an integrity error."""
+    empty) and, with `refuse_delete`, DELETE on `table` raise an integrity error. A column
+    also in `set_once` is a JSON object that may be filled once while it is still `{}`
+    (a peer-to-peer job's inputs, which reach the registry only if it must see them).
+    `replace` drops an earlier trigger of that name first."""
 
     def forward(apps: object, schema_editor: object) -> None:
         vendor = schema_editor.connection.vendor
         if vendor == "postgresql":
-            statements = _postgres(name, table, reason, columns, refuse_delete)
+            statements = _postgres(name, table, reason, columns, refuse_delete, set_once)
+            if replace:
+                statements.insert(0, f"DROP TRIGGER IF EXISTS {name} ON {table}")
         elif vendor == "sqlite":
-            statements = _sqlite(name, table, reason, columns, refuse_delete)
+            statements = _sqlite(name, table, reason, columns, refuse_delete, set_once)
+            if replace:
+                statements[:0] = [f"DROP TRIGGER IF EXISTS {name}", f"DROP TRIGGER IF EXISTS {name}_delete"]
         else:
             raise NotImplementedError(f"no immutability trigger for {vendor}")
         for statement in statements:
@@ -76,6 +90,7 @@ class RefusedChange:
     reason: str
     columns: tuple[str, ...] = ()
     refuse_delete: bool = False
+    set_once: tuple[str, ...] = ()
 
 
 # Every trigger of the project, as its latest migration states it.
@@ -91,6 +106,7 @@ EVERY_TRIGGER = (
         "registry_job",
         "the job contract is immutable",
         columns=("contract", "contract_hash", "inputs", "price_micro", "user_id", "subnet_id"),
+        set_once=("inputs",),
     ),
 )
 
@@ -110,7 +126,9 @@ def triggers_reinstall(connection: Any) -> list[str]:
                 continue  # its app is not migrated yet
             for suffix in ("", "_delete"):
                 cursor.execute(f"DROP TRIGGER IF EXISTS {trigger.name}{suffix}")
-            for statement in _sqlite(trigger.name, trigger.table, trigger.reason, trigger.columns, trigger.refuse_delete):
+            for statement in _sqlite(
+                trigger.name, trigger.table, trigger.reason, trigger.columns, trigger.refuse_delete, trigger.set_once
+            ):
                 cursor.execute(statement)
             written.append(trigger.name)
         # The subnets app's own guard (no subnet active without a benchmark reference),
@@ -135,11 +153,16 @@ def _columns(connection: Any, cursor: Any, table: str) -> set[str]:
     return {column.name for column in connection.introspection.get_table_description(cursor, table)}
 
 
-def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:
+def _postgres(
+    name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool, set_once: Sequence[str] = ()
+) -> list[str]:
     events = "UPDATE" + (f" OF {', '.join(columns)}" if columns else "")
     if refuse_delete:
         events += " OR DELETE"
-    changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
+    changed = " OR ".join(
+        f"(OLD.{c} IS DISTINCT FROM NEW.{c} AND OLD.{c}::text <> '{{}}')" if c in set_once else f"OLD.{c} IS DISTINCT FROM NEW.{c}"
+        for c in columns
+    )
     # WHEN may not mention NEW for DELETE, so only a column list gets a WHEN clause.
     when = f" WHEN ({changed})" if columns and not refuse_delete else ""
     return [
@@ -149,9 +172,14 @@ def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse
     ]
 
 
-def _sqlite(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:
+def _sqlite(
+    name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool, set_once: Sequence[str] = ()
+) -> list[str]:
     of = f" OF {', '.join(columns)}" if columns else ""
-    when = " WHEN " + " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in columns) if columns else ""
+    changed = [
+        f"(OLD.{c} IS NOT NEW.{c} AND OLD.{c} <> '{{}}')" if c in set_once else f"OLD.{c} IS NOT NEW.{c}" for c in columns
+    ]
+    when = " WHEN " + " OR ".join(changed) if columns else ""
     statements = [
         f"CREATE TRIGGER {name} BEFORE UPDATE{of} ON {table} FOR EACH ROW{when} "
         f"BEGIN SELECT RAISE(ABORT, 'UPDATE on {table} refused: {reason}'); END"

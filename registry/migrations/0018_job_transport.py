@@ -2,6 +2,8 @@
 
 from django.db import migrations, models
 
+from bim_site.db_triggers import refuse_changes
+
 
 class Migration(migrations.Migration):
 
@@ -54,5 +56,15 @@ class Migration(migrations.Migration):
             model_name='job',
             name='turn_bytes',
             field=models.PositiveBigIntegerField(default=0),
+        ),
+        # A peer-to-peer job's inputs are {} until the registry must see them (a fallback,
+        # an upload): then filled once, and immutable like the rest of the contract.
+        refuse_changes(
+            "registry_job_contract_immutable",
+            "registry_job",
+            "the job contract is immutable",
+            columns=("contract", "contract_hash", "inputs", "price_micro", "user_id", "subnet_id"),
+            set_once=("inputs",),
+            replace=True,
         ),
     ]

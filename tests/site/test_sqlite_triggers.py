@@ -59,6 +59,8 @@ def a_row(database: sqlite3.Connection, table: str, **values: object) -> None:
         ("ledger_transfer", {"debit_id": 1, "credit_id": 2}, "DELETE FROM ledger_transfer"),
         ("registry_job", {}, "UPDATE registry_job SET price_micro = price_micro + 1"),
         ("registry_job", {}, "UPDATE registry_job SET contract = '{\"forged\": 1}'"),
+        # A job's inputs, once held, never change (a peer-to-peer job's may be filled once).
+        ("registry_job", {"inputs": '{"texts": ["a"]}'}, "UPDATE registry_job SET inputs = '{\"texts\": [\"b\"]}'"),
     ],
 )
 def test_the_embedded_database_refuses_the_forbidden_write(database, table, row, statement):
@@ -76,6 +78,8 @@ def test_the_embedded_database_allows_the_writes_the_registry_makes(database):
     try:
         a_row(database, "registry_job")
         database.execute("UPDATE registry_job SET state = 'expired'")  # state moves; the contract does not
+        # A peer-to-peer job's inputs ({} at submit) are filled once when the registry must see them.
+        database.execute("UPDATE registry_job SET inputs = '{\"texts\": [\"a\"]}'")
     finally:
         database.execute("ROLLBACK")
 
