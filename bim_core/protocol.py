@@ -77,6 +77,7 @@ ERROR_CODES = (
     "out_of_range",
     "rate_limited",
     "node_not_trusted",
+    "not_found",
 )
 
 
