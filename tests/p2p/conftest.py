@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bim_core.peer import allow_loopback
 from tests import turn
 
 
@@ -17,3 +18,9 @@ def turn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[turn.TurnS
         pytest.fail(str(exc), pytrace=False)
     yield server
     turn.stop(server)
+
+
+@pytest.fixture
+def loopback() -> None:
+    """Peers in these tests find each other on 127.0.0.1 (bim_core.peer.allow_loopback)."""
+    allow_loopback()
