@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from bim_core import families
@@ -16,7 +17,7 @@ from bim_core.verification import verify_pair
 from subnets.services import trusted_run
 
 from . import selectors
-from .models import AssignmentState, Dispute, Job, JobState, SentinelRun
+from .models import Assignment, AssignmentState, Dispute, Job, JobState, SentinelRun
 from .penalties import wrong_result_punish
 
 log = logging.getLogger("bim.registry.sentinels")
@@ -69,8 +70,9 @@ def sentinels_run(*, sample: int = 5) -> int:
         # A peer-to-peer job is re-run once the registry holds its input and a payload (an
         # audit or a dispute uploaded them, docs/p2p.md); until then there is nothing to run.
         .exclude(inputs={})
-        .filter(assignments__state=AssignmentState.AGREED, assignments__result__isnull=False)
-        .distinct()
+        .filter(
+            Exists(Assignment.objects.filter(job=OuterRef("pk"), state=AssignmentState.AGREED, result__isnull=False))
+        )
         .select_related("subnet")
         .order_by("?")[:sample]
     )
