@@ -28,7 +28,7 @@ from subnets.api import SubnetSerializer
 
 from . import jobs, presence, selectors, submit, withdrawals
 from .keys import registry_public_key
-from .models import Job, Node
+from .models import Job, JobTransport, Node
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -99,7 +99,7 @@ class JobSubmitSerializer(serializers.Serializer):
         '"max_tokens": N}, image {"image": "<base64 of an 8-bit RGB PNG>"}; not sent for a p2p job',
     )
     transport = serializers.ChoiceField(
-        choices=["relay", "p2p"], default="relay",
+        choices=JobTransport.choices, default=JobTransport.RELAY,
         help_text="p2p: the input and results go between you and the nodes (docs/p2p.md); send input_hash and "
         "input_summary instead of inputs",
     )
