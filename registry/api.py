@@ -182,8 +182,8 @@ class JobDetailSerializer(JobSummarySerializer):
 
     def get_result(self, job: Job) -> dict[str, Any] | None:
         assignment = selectors.job_delivered_assignment(job=job)
-        if assignment is None:
-            return None
+        if assignment is None or assignment.result is None:
+            return None  # unsettled, or peer to peer: the user holds the bytes, the receipt their hash
         family = families.family_for(job.contract["task_type"])
         return {
             "encoding": family.encoding,

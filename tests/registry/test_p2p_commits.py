@@ -76,6 +76,12 @@ def test_identical_commits_settle_once_the_user_confirms_delivery(p2p_job, djang
     assert not Assignment.objects.filter(job=job, result__isnull=False).exists()  # no payload ever held
     assert job.relay_bytes == 0 and job.inputs == {}
     assert Transfer.objects.filter(kind="capture", amount=job.price_micro).count() == 1
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    detail = client.get(f"/api/v1/jobs/{job.pk}/").json()
+    assert detail["state"] == "settled" and detail["result"] is None and detail["receipt"]["result_hash"] == result_hash
 
 
 def test_unconfirmed_delivery_makes_the_registry_fetch_and_deliver_the_payload(
