@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh and scripts/with_services.sh: make sure PostgreSQL and Redis
-# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL, and (for the tests) that promtool
-# and nginx are installed (bim_test_tools_ensure). Uses the machine's servers when they answer;
+# answer on 127.0.0.1 and export DATABASE_URL / REDIS_URL, and (for the tests) that promtool,
+# nginx and turnserver are installed (bim_test_tools_ensure). Uses the machine's servers when they answer;
 # otherwise starts throwaway ones from the installed binaries (installing the Debian packages
 # when it can), says so, and stops them on exit. Never falls back to
 # SQLite: the tests that need these services must run against them.
@@ -59,13 +59,20 @@ bim_services_stop() {
 # The tests' own tools, from Debian packages: promtool (package prometheus, without its
 # recommends: no node exporter) checks the alert rules and a live /metrics
 # (tests/site/test_monitoring.py); nginx checks deploy/nginx.conf and fronts daphne
-# (tests/site/test_nginx_conf.py). Those tests fail, never skip, when a tool is missing.
+# (tests/site/test_nginx_conf.py); turnserver (package coturn) is the TURN and STUN server of
+# the peer-to-peer tests (tests/turn.py, tests/p2p/). Those tests fail, never skip, when a tool
+# is missing. The tests start their own turnserver; the package's service, which systemd would
+# start listening on every interface, is stopped and disabled as it is installed.
 bim_test_tools_ensure() {
   local missing=()
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v turnserver >/dev/null || missing+=(coturn)
   [ ${#missing[@]} -eq 0 ] || _apt_install --no-install-recommends "${missing[@]}" \
     || echo "services: ${missing[*]} missing: their tests will fail" >&2
+  if [ ${#missing[@]} -gt 0 ] && [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now coturn >/dev/null 2>&1 || true
+  fi
 }
 
 bim_services_ensure() {
