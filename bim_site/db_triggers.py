@@ -23,17 +23,26 @@ $$ LANGUAGE plpgsql;
 
 
 def refuse_changes(
-    name: str, table: str, reason: str, *, columns: Sequence[str] = (), refuse_delete: bool = False
+    name: str,
+    table: str,
+    reason: str,
+    *,
+    columns: Sequence[str] = (),
+    refuse_delete: bool = False,
+    once_from: str | None = None,
 ) -> migrations.RunPython:
     """A migration operation adding trigger `name`: UPDATE of `columns` (all columns when
-    empty) and, with `refuse_delete`, DELETE on `table` raise an integrity error."""
+    empty) and, with `refuse_delete`, DELETE on `table` raise an integrity error. With
+    `once_from`, a column may still change while it holds that value (its text form), so
+    it is written once: a peer-to-peer job's inputs, {} until the user's fallback or a
+    node's upload brings them (docs/p2p.md)."""
 
     def forward(apps: object, schema_editor: object) -> None:
         vendor = schema_editor.connection.vendor
         if vendor == "postgresql":
-            statements = _postgres(name, table, reason, columns, refuse_delete)
+            statements = _postgres(name, table, reason, columns, refuse_delete, once_from)
         elif vendor == "sqlite":
-            statements = _sqlite(name, table, reason, columns, refuse_delete)
+            statements = _sqlite(name, table, reason, columns, refuse_delete, once_from)
         else:
             raise NotImplementedError(f"no immutability trigger for {vendor}")
         for statement in statements:
@@ -67,6 +76,11 @@ def refuse_changes_after_remake(
     return migrations.RunPython(forward, migrations.RunPython.noop)
 
 
+# A job's contract and what it was priced and charged on (registry migration 0019: its
+# inputs have a trigger of their own, registry_job_inputs_written_once).
+JOB_CONTRACT_COLUMNS = ("contract", "contract_hash", "price_micro", "user_id", "subnet_id")
+
+
 @dataclass(frozen=True)
 class RefusedChange:
     """A trigger the database keeps on a table, as its migration installed it."""
@@ -76,6 +90,7 @@ class RefusedChange:
     reason: str
     columns: tuple[str, ...] = ()
     refuse_delete: bool = False
+    once_from: str | None = None
 
 
 # Every trigger of the project, as its latest migration states it.
@@ -90,7 +105,14 @@ EVERY_TRIGGER = (
         "registry_job_contract_immutable",
         "registry_job",
         "the job contract is immutable",
-        columns=("contract", "contract_hash", "inputs", "price_micro", "user_id", "subnet_id"),
+        columns=JOB_CONTRACT_COLUMNS,
+    ),
+    RefusedChange(
+        "registry_job_inputs_written_once",
+        "registry_job",
+        "job inputs are written once",
+        columns=("inputs",),
+        once_from="{}",
     ),
 )
 
@@ -110,7 +132,9 @@ def triggers_reinstall(connection: Any) -> list[str]:
                 continue  # its app is not migrated yet
             for suffix in ("", "_delete"):
                 cursor.execute(f"DROP TRIGGER IF EXISTS {trigger.name}{suffix}")
-            for statement in _sqlite(trigger.name, trigger.table, trigger.reason, trigger.columns, trigger.refuse_delete):
+            for statement in _sqlite(
+                trigger.name, trigger.table, trigger.reason, trigger.columns, trigger.refuse_delete, trigger.once_from
+            ):
                 cursor.execute(statement)
             written.append(trigger.name)
         # The subnets app's own guard (no subnet active without a benchmark reference),
@@ -135,11 +159,16 @@ def _columns(connection: Any, cursor: Any, table: str) -> set[str]:
     return {column.name for column in connection.introspection.get_table_description(cursor, table)}
 
 
-def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:
+def _postgres(
+    name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool, once_from: str | None = None
+) -> list[str]:
     events = "UPDATE" + (f" OF {', '.join(columns)}" if columns else "")
     if refuse_delete:
         events += " OR DELETE"
-    changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
+    changed = " OR ".join(
+        f"(OLD.{c} IS DISTINCT FROM NEW.{c}" + (f" AND OLD.{c}::text <> '{once_from}')" if once_from is not None else ")")
+        for c in columns
+    )
     # WHEN may not mention NEW for DELETE, so only a column list gets a WHEN clause.
     when = f" WHEN ({changed})" if columns and not refuse_delete else ""
     return [
@@ -149,9 +178,15 @@ def _postgres(name: str, table: str, reason: str, columns: Sequence[str], refuse
     ]
 
 
-def _sqlite(name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool) -> list[str]:
+def _sqlite(
+    name: str, table: str, reason: str, columns: Sequence[str], refuse_delete: bool, once_from: str | None = None
+) -> list[str]:
     of = f" OF {', '.join(columns)}" if columns else ""
-    when = " WHEN " + " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in columns) if columns else ""
+    changed = " OR ".join(
+        f"(OLD.{c} IS NOT NEW.{c}" + (f" AND OLD.{c} IS NOT '{once_from}')" if once_from is not None else ")")
+        for c in columns
+    )
+    when = f" WHEN {changed}" if columns else ""
     statements = [
         f"CREATE TRIGGER {name} BEFORE UPDATE{of} ON {table} FOR EACH ROW{when} "
         f"BEGIN SELECT RAISE(ABORT, 'UPDATE on {table} refused: {reason}'); END"

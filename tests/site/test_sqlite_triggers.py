@@ -59,6 +59,7 @@ def a_row(database: sqlite3.Connection, table: str, **values: object) -> None:
         ("ledger_transfer", {"debit_id": 1, "credit_id": 2}, "DELETE FROM ledger_transfer"),
         ("registry_job", {}, "UPDATE registry_job SET price_micro = price_micro + 1"),
         ("registry_job", {}, "UPDATE registry_job SET contract = '{\"forged\": 1}'"),
+        ("registry_job", {"inputs": '{"texts": ["x"]}'}, "UPDATE registry_job SET inputs = '{\"texts\": [\"y\"]}'"),
     ],
 )
 def test_the_embedded_database_refuses_the_forbidden_write(database, table, row, statement):
@@ -76,6 +77,8 @@ def test_the_embedded_database_allows_the_writes_the_registry_makes(database):
     try:
         a_row(database, "registry_job")
         database.execute("UPDATE registry_job SET state = 'expired'")  # state moves; the contract does not
+        # A peer-to-peer job's inputs ({} at submit) are written when the user falls back.
+        database.execute("UPDATE registry_job SET inputs = '{\"texts\": [\"x\"]}'")
     finally:
         database.execute("ROLLBACK")
 
@@ -85,13 +88,19 @@ def test_every_migrate_puts_back_a_trigger_a_table_copy_dropped(embedded):
     SQLite and drops its triggers: the next `migrate` (its own run) puts them back."""
     database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
     database.execute("DROP TRIGGER registry_job_contract_immutable")
+    database.execute("DROP TRIGGER registry_job_inputs_written_once")
     database.execute("DROP TRIGGER ledger_transfer_append_only_delete")
     database.execute("DROP TRIGGER subnet_activation_guard")
     database.close()
     migrate(embedded)
     database = sqlite3.connect(embedded / "bim.sqlite3", isolation_level=None)
     triggers = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert {"registry_job_contract_immutable", "ledger_transfer_append_only_delete", "subnet_activation_guard"} <= triggers
+    assert {
+        "registry_job_contract_immutable",
+        "registry_job_inputs_written_once",
+        "ledger_transfer_append_only_delete",
+        "subnet_activation_guard",
+    } <= triggers
 
 
 def test_the_embedded_database_refuses_a_subnet_active_without_a_benchmark_reference(database):
