@@ -182,7 +182,9 @@ class JobDetailSerializer(JobSummarySerializer):
 
     def get_result(self, job: Job) -> dict[str, Any] | None:
         assignment = selectors.job_delivered_assignment(job=job)
-        if assignment is None:
+        if assignment is None or assignment.result is None:
+            # None as well for a peer-to-peer result whose bytes the registry never held:
+            # the user received them over a data channel (docs/p2p.md).
             return None
         family = families.family_for(job.contract["task_type"])
         return {
