@@ -2,9 +2,9 @@
 
     bim login [--url URL] [--key KEY]     (the key from --key, stdin, or a hidden prompt)
     bim logout
-    bim embed SUBNET [TEXT...] [--file TEXTS.txt...] [--batch-size N]
-    bim generate SUBNET PROMPT [--max-tokens N]
-    bim upscale SUBNET IN.png OUT.png
+    bim embed SUBNET [TEXT...] [--file TEXTS.txt...] [--batch-size N] [--p2p]
+    bim generate SUBNET PROMPT [--max-tokens N] [--p2p]
+    bim upscale SUBNET IN.png OUT.png [--p2p]
     bim job JOB_ID
     bim jobs [--limit N]
     bim cancel JOB_ID
@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes",
         action="store_true",
         help="acknowledge the subnet's data-handling terms without asking, if not yet (contributors see your jobs)",
+    )
+    submits.add_argument(
+        "--p2p",
+        action="store_true",
+        help="send the input to the nodes over WebRTC, not through the registry (docs/p2p.md); "
+        "falls back to the registry if no channel opens",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -331,13 +337,18 @@ def _embed(args: argparse.Namespace) -> Output:
         _usage_error("--batch-size must be at least 1")
     results = []
     with _progress(args, total=len(texts), unit="texts") as bar:
-        jobs = _client(args).embed_many(
-            args.subnet,
-            texts,
-            batch_size=args.batch_size,
-            timeout=args.timeout,
-            on_poll=lambda job: bar.set_postfix_str(f"job {len(results) + 1}: {job['state']}"),
-        )
+        client = _client(args)
+        if args.p2p:  # one job at a time, each bringing its texts to its nodes itself
+            batches = [texts[i : i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
+            jobs = (client.embed(args.subnet, batch, timeout=args.timeout, transport="p2p") for batch in batches)
+        else:
+            jobs = client.embed_many(
+                args.subnet,
+                texts,
+                batch_size=args.batch_size,
+                timeout=args.timeout,
+                on_poll=lambda job: bar.set_postfix_str(f"job {len(results) + 1}: {job['state']}"),
+            )
         for result in jobs:
             results.append(result)
             bar.update(len(result.vectors))
@@ -356,7 +367,7 @@ def _embed(args: argparse.Namespace) -> Output:
 
 def _generate(args: argparse.Namespace) -> Output:
     events = _client(args).generate(
-        args.subnet, args.prompt, args.max_tokens, stream=True, timeout=args.timeout
+        args.subnet, args.prompt, args.max_tokens, stream=True, timeout=args.timeout, transport=_transport(args)
     )
     for event in events:
         if isinstance(event, TextDelta):
@@ -373,13 +384,18 @@ def _upscale(args: argparse.Namespace) -> Output:
     png = _read(args.source, "the image", Path.read_bytes)
     with _progress(args, total=1, unit="image") as bar:
         result = _client(args).upscale(
-            args.subnet, png, timeout=args.timeout, on_poll=lambda job: bar.set_postfix_str(job["state"])
+            args.subnet, png, timeout=args.timeout, on_poll=lambda job: bar.set_postfix_str(job["state"]),
+            transport=_transport(args),
         )
         bar.update(1)
         bar.set_postfix_str("settled")
     args.target.write_bytes(result.png)
     height, width = result.pixels.shape[:2]
     return result.job, f"{_settled_line(result.job)}\nwrote {args.target} ({width}x{height})"
+
+
+def _transport(args: argparse.Namespace) -> str:
+    return "p2p" if args.p2p else "relay"
 
 
 def _job(args: argparse.Namespace) -> Output:

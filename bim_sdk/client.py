@@ -15,7 +15,8 @@ import numpy as np
 from bim_core import families, protocol
 from bim_core.http import HttpClient, HttpError
 
-from .receipts import verify_receipt
+from . import p2p
+from .receipts import delivered_result, verify_receipt
 
 TERMINAL = {"settled", "failed", "expired"}
 # API keys from /developer/ start so and go as `Authorization: Bearer`; anything else is a
@@ -55,6 +56,7 @@ class DataTermsNotAcknowledged(BimError):
 class EmbeddingResult:
     job: dict[str, Any]
     vectors: np.ndarray
+    p2p: p2p.Outcome | None = None  # how a peer-to-peer job went (None: relay)
 
     @property
     def receipt(self) -> dict[str, Any]:
@@ -71,6 +73,7 @@ class ImageResult:
     job: dict[str, Any]
     pixels: np.ndarray  # uint8 (2H, 2W, 3), the pixels the receipt's result_hash names
     png: bytes  # the same pixels as the registry delivered them, a lossless PNG
+    p2p: p2p.Outcome | None = None
 
     @property
     def receipt(self) -> dict[str, Any]:
@@ -95,6 +98,7 @@ class TextResult:
     text: str  # the verified text, the one the receipt's result_hash names
     tokens: list[int]
     finish: str  # "stop" (the model ended its answer) or "length" (max_tokens reached)
+    p2p: p2p.Outcome | None = None
 
     @property
     def receipt(self) -> dict[str, Any]:
@@ -160,11 +164,65 @@ class Client:
             self._registry_key = self._request("GET", "/api/v1/registry/")["receipt_key"]
         return self._registry_key
 
-    def submit(self, subnet: str, inputs: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(
+        self, subnet: str, inputs: dict[str, Any], *, idempotency_key: str | None = None, transport: str = "relay"
+    ) -> dict[str, Any]:
         """Submit a job with inputs as the subnet's task family takes them; the same
-        idempotency key (a fresh one when none is given) makes retries safe."""
-        body = {"subnet": subnet, "inputs": inputs, "idempotency_key": idempotency_key or str(uuid.uuid4())}
+        idempotency key (a fresh one when none is given) makes retries safe. With transport
+        "p2p" the registry gets only the inputs' hash and summary (docs/p2p.md): bring the
+        inputs to the job's nodes with `p2p_events`."""
+        body: dict[str, Any] = {"subnet": subnet, "idempotency_key": idempotency_key or str(uuid.uuid4())}
+        if transport == "p2p":
+            summary = p2p.family_of_inputs(inputs).input_summary(inputs)
+            body.update(transport="p2p", input_hash=protocol.input_hash(inputs), input_summary=summary)
+        elif transport == "relay":
+            body["inputs"] = inputs
+        else:
+            raise ValueError(f"transport is relay or p2p, not {transport!r}")
         return self._request("POST", "/api/v1/jobs/", json=body)
+
+    def p2p_events(
+        self,
+        job: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        timeout: float = 120.0,
+        connect_timeout: float = p2p.DEFAULT_CONNECT_TIMEOUT_S,
+        relay_fallback: bool = True,
+    ) -> Iterator[p2p.Partial | p2p.Outcome]:
+        """Bring a submitted peer-to-peer job's inputs to its nodes over data channels and
+        receive their results (bim_sdk.p2p): yields streamed text (`p2p.Partial`, unverified)
+        and ends with the `p2p.Outcome` once the job is settled, failed or expired. A node
+        whose channel does not open within `connect_timeout` s sends the inputs through the
+        registry after all (`relay_fallback`; off: BimError no_peer_connection)."""
+        try:
+            yield from p2p.exchange_events(
+                self._request,
+                ws_url=p2p.user_socket_url(self.http.base_url, self.http.token),
+                job=job,
+                inputs=inputs,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                relay_fallback=relay_fallback,
+            )
+        except p2p.PeerRefused as exc:
+            raise BimError(exc.status, exc.code, exc.detail) from None
+
+    def _p2p_run(self, subnet: str, inputs: dict[str, Any], key: str | None, options: dict[str, Any]) -> p2p.Outcome:
+        job = self.submit(subnet, inputs, idempotency_key=key, transport="p2p")
+        return deque(self.p2p_events(job, inputs, **options), maxlen=1)[0]  # type: ignore[return-value]
+
+    def _p2p_verified(self, outcome: p2p.Outcome, inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """The settled job and its receipt-verified result; a result that came only over a
+        channel is checked as received and written into the job as the registry would."""
+        job = outcome.job
+        if job["state"] != "settled":
+            raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
+        payload = outcome.payload_for(str((job.get("receipt") or {}).get("result_hash", "")))
+        result = verify_receipt(job, registry_key=self.registry_key(), inputs=inputs, payload=payload)
+        if job.get("result") is None:
+            job = {**job, "result": delivered_result(job, result)}
+        return job, result
 
     def submit_many(
         self, subnet: str, inputs: list[dict[str, Any]], *, idempotency_key: str | None = None
@@ -243,8 +301,16 @@ class Client:
         timeout: float = 120.0,
         idempotency_key: str | None = None,
         on_poll: OnPoll | None = None,
+        transport: str = "relay",
+        connect_timeout: float = p2p.DEFAULT_CONNECT_TIMEOUT_S,
     ) -> EmbeddingResult:
-        """Submit, wait for settlement and return receipt-verified vectors."""
+        """Submit, wait for settlement and return receipt-verified vectors. With transport
+        "p2p" the texts go to the nodes over data channels, never to the registry."""
+        if transport == "p2p":
+            inputs = {"texts": texts}
+            outcome = self._p2p_run(subnet, inputs, idempotency_key, {"timeout": timeout, "connect_timeout": connect_timeout})
+            job, vectors = self._p2p_verified(outcome, inputs)
+            return EmbeddingResult(job=job, vectors=vectors, p2p=outcome)
         job_id = self.submit_embeddings(subnet, texts, idempotency_key=idempotency_key)["id"]
         return self._embedding_result(job_id, texts, timeout=timeout, on_poll=on_poll)
 
@@ -300,11 +366,17 @@ class Client:
         timeout: float = 120.0,
         idempotency_key: str | None = None,
         on_poll: OnPoll | None = None,
+        transport: str = "relay",
+        connect_timeout: float = p2p.DEFAULT_CONNECT_TIMEOUT_S,
     ) -> ImageResult:
         """Submit an image to a 2x super-resolution subnet, wait for settlement and return
         the receipt-verified result. The subnet takes 8-bit RGB PNGs: any other image
         Pillow reads (palette, grey, alpha, 16-bit, JPEG) is converted first, alpha dropped."""
         inputs = {"image": protocol.b64encode(_rgb_png(png))}
+        if transport == "p2p":
+            outcome = self._p2p_run(subnet, inputs, idempotency_key, {"timeout": timeout, "connect_timeout": connect_timeout})
+            job, pixels = self._p2p_verified(outcome, inputs)
+            return ImageResult(job=job, pixels=pixels, png=protocol.b64decode(job["result"]["image"]), p2p=outcome)
         job_id = self.submit(subnet, inputs, idempotency_key=idempotency_key)["id"]
         job = self.wait(job_id, timeout=timeout, on_poll=on_poll)
         if job["state"] != "settled":
@@ -322,14 +394,20 @@ class Client:
         timeout: float = 120.0,
         poll: float = 0.1,
         idempotency_key: str | None = None,
+        transport: str = "relay",
+        connect_timeout: float = p2p.DEFAULT_CONNECT_TIMEOUT_S,
     ) -> TextResult | Iterator[TextDelta | TextResult]:
         """Generate text on a text subnet. Without `stream`, wait and return the
         receipt-verified result. With it, return an iterator of `TextDelta`s (the text a
         node streams, unverified) ending with the verified `TextResult`; the deltas are
         a preview and may differ from the verified text, which is the only answer paid for."""
         inputs = {"prompt": prompt, "max_tokens": max_tokens}
-        job_id = self.submit(subnet, inputs, idempotency_key=idempotency_key)["id"]
-        events = self._generate_events(job_id, inputs, timeout=timeout, poll=poll)
+        if transport == "p2p":
+            job = self.submit(subnet, inputs, idempotency_key=idempotency_key, transport="p2p")
+            events = self._p2p_generate_events(job, inputs, timeout=timeout, connect_timeout=connect_timeout)
+        else:
+            job_id = self.submit(subnet, inputs, idempotency_key=idempotency_key)["id"]
+            events = self._generate_events(job_id, inputs, timeout=timeout, poll=poll)
         if stream:
             return events
         return deque(events, maxlen=1)[0]
@@ -356,6 +434,21 @@ class Client:
             raise BimError(409, f"job_{job['state']}", job.get("failure_reason") or job["state"])
         result = verify_receipt(job, registry_key=self.registry_key(), inputs=inputs)
         yield TextResult(job=job, text=result["text"], tokens=list(result["tokens"]), finish=result["finish"])
+
+
+    def _p2p_generate_events(
+        self, job: dict[str, Any], inputs: dict[str, Any], **options: Any
+    ) -> Iterator[TextDelta | TextResult]:
+        shown = ""
+        for event in self.p2p_events(job, inputs, **options):
+            if isinstance(event, p2p.Partial):
+                # As from the relay: only growth is shown (the two nodes stream side by side).
+                if event.text.startswith(shown) and len(event.text) > len(shown):
+                    yield TextDelta(event.text[len(shown) :])
+                    shown = event.text
+                continue
+            settled, result = self._p2p_verified(event, inputs)
+            yield TextResult(settled, result["text"], list(result["tokens"]), result["finish"], p2p=event)
 
 
 def _rgb_png(image: bytes) -> bytes:

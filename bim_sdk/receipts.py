@@ -13,7 +13,12 @@ class ReceiptInvalid(Exception):
 
 
 def verify_receipt(
-    job: dict[str, Any], *, registry_key: str, inputs: dict[str, Any] | None = None, require_trusted: bool = False
+    job: dict[str, Any],
+    *,
+    registry_key: str,
+    inputs: dict[str, Any] | None = None,
+    require_trusted: bool = False,
+    payload: bytes | None = None,
 ) -> Any:
     """Check a settled job's receipt and return its result, decoded by the job's task family
     (vectors for embeddings). Raises ReceiptInvalid unless:
@@ -21,7 +26,11 @@ def verify_receipt(
     hash match it; the receipt's `trusted` is the contract's (and true, with `require_trusted`:
     the job ran on a trusted subnet, on registry-operated nodes only; `receipt_trusted`
     reports it); each node's long-term key certified its session key and that session key
-    signed its result; and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored")."""
+    signed its result; and the nodes are distinct (two of them, unless the receipt's path is "solo" or "rescored").
+
+    A peer-to-peer job's result may never have passed through the registry (its `result` is
+    null, docs/p2p.md): then `payload`, the bytes received over a node's data channel, is
+    checked instead: it must hash to the receipt's result_hash, which a signing node committed."""
     receipt = job.get("receipt") or {}
     if job.get("state") != "settled" or not receipt:
         raise ReceiptInvalid(f"job is {job.get('state')}, not settled")
@@ -59,6 +68,8 @@ def verify_receipt(
         _verify_node(node, body)
     delivered = job["result"]
     family = families.family_for(job["contract"]["task_type"])
+    if delivered is None:
+        return _verify_payload(job, body, family, inputs, payload)
     try:
         result = family.result_from_user(delivered)
     except (families.InputInvalid, protocol.ProtocolError) as exc:  # e.g. a delivered image that does not decode
@@ -69,6 +80,38 @@ def verify_receipt(
     if body["result_hash"] not in {n["result_hash"] for n in nodes}:
         raise ReceiptInvalid("delivered result is not one the nodes signed")
     return result
+
+
+def _verify_payload(
+    job: dict[str, Any], body: dict[str, Any], family: families.TaskFamily, inputs: dict[str, Any] | None, payload: bytes | None
+) -> Any:
+    if payload is None:
+        raise ReceiptInvalid("the result came peer to peer and the registry holds none: pass the payload received")
+    if protocol.sha256_hex(payload) != body["result_hash"]:
+        raise ReceiptInvalid("the payload received does not hash to the receipt's result_hash")
+    signer = next((n for n in body["nodes"] if n["result_hash"] == body["result_hash"]), None)
+    if signer is None:
+        raise ReceiptInvalid("delivered result is not one the nodes signed")
+    try:
+        # Decoded as the registry decodes results: against the inputs, or the contract's summary.
+        return family.decode_result(payload, tuple(signer["shape"]), inputs or job["contract"].get("input_summary") or {})
+    except (families.InputInvalid, protocol.ProtocolError, KeyError) as exc:
+        raise ReceiptInvalid(f"the payload received does not decode: {exc}") from None
+
+
+def delivered_result(job: dict[str, Any], result: Any) -> dict[str, Any]:
+    """A verified result in the form the job detail delivers it (`result`): what a peer-to-
+    peer job's detail lacks when its bytes never passed through the registry, so the job can
+    be kept and verified later (`bim verify`) like any other."""
+    receipt = job["receipt"]
+    signer = next(n for n in receipt["nodes"] if n["result_hash"] == receipt["result_hash"])
+    family = families.family_for(job["contract"]["task_type"])
+    return {
+        "encoding": family.encoding,
+        "shape": signer["shape"],
+        "result_hash": receipt["result_hash"],
+        **family.result_for_user(result),
+    }
 
 
 def receipt_trusted(job: dict[str, Any]) -> bool:

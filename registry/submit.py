@@ -4,6 +4,7 @@ queue the dispatch. Idempotent per (user, idempotency key).
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from .models import (
     JobTransport,
 )
 from .terms import JobTerms
+
+log = logging.getLogger("bim.registry")
 
 BATCH_MAX = protocol.JOBS_PER_BATCH_MAX
 
@@ -150,6 +153,9 @@ def jobs_submit(
     for (index, _, ready), job in zip(new, jobs):
         outcome[index] = (job, True)
         metrics.jobs_submitted.labels(subnet=ready.subnet.slug).inc()
+        if ready.input_summary is not None:
+            # All the registry ever knows of a peer-to-peer job's input (docs/p2p.md).
+            log.info("job %s: peer to peer, input_hash %s, summary %s", job.id, ready.input_hash, ready.input_summary)
     return [o for o in outcome if o is not None]
 
 

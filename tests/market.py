@@ -30,6 +30,7 @@ class MarketNode:
     subnet: str
     owner: str | None = None
     registry: int = 0
+    extra: tuple[str, ...] = ()  # more `bim_node` arguments (e.g. --no-webrtc)
 
 
 @contextmanager
@@ -87,6 +88,7 @@ def running_market(
                 token=tokens[spec.owner or name],
                 subnet=spec.subnet,
                 state_dir=tmp_path / "nodes",
+                extra=spec.extra,
             )
         # The registry refuses jobs for a subnet no node serves (503), so the test starts
         # once every node has its model, has benchmarked and said ready.
