@@ -268,23 +268,31 @@ class PeerJobs:
         try:
             ready = self.model.check_p2p_inputs(job, inputs)
         except JobRefusedError as exc:
-            await self._refuse(job, peer, exc)
+            # The input is the user's own (it has the contract's hash) yet breaks the contract:
+            # it goes to the registry as evidence, which checks the refusal as for a relay job.
+            bound = isinstance(inputs, dict) and _hash_of(inputs) == job.contract.get("input_hash")
+            await self._refuse(job, peer, exc, evidence=inputs if bound else None)
             return
         if peer is not None:
             self.open_peers[job.assignment_id] = peer
         log.info("job %s: input received %s", job.job_id, "peer to peer" if peer else "through the registry")
         await self.enqueue(ready)
 
-    async def _refuse(self, job: Job, peer: Peer | None, refusal: JobRefusedError) -> None:
+    async def _refuse(
+        self, job: Job, peer: Peer | None, refusal: JobRefusedError, *, evidence: dict[str, Any] | None = None
+    ) -> None:
         log.warning("job %s: refusing its input: %s", job.job_id, refusal)
         if peer is not None:
             with suppress(PeerError):
                 await asyncio.wait_for(peer.send({"kind": "input_refused", "reason": refusal.reason}), SEND_TIMEOUT_S)
             self._linger(peer)
-        await self._job_failed(job, refusal.reason)
+        await self._job_failed(job, refusal.reason, inputs=evidence)
 
-    async def _job_failed(self, job: Job, reason: str) -> None:
-        await self.send({"type": "job_failed", "assignment_id": job.assignment_id, "reason": reason})
+    async def _job_failed(self, job: Job, reason: str, *, inputs: dict[str, Any] | None = None) -> None:
+        message = {"type": "job_failed", "assignment_id": job.assignment_id, "reason": reason}
+        if inputs is not None:
+            message["inputs"] = inputs
+        await self.send(message)
 
     # The result ----------------------------------------------------------------------
 
@@ -366,3 +374,10 @@ class PeerJobs:
 async def _send_quietly(peer: Peer, header: dict[str, Any]) -> None:
     with suppress(PeerError):
         await peer.send(header)
+
+
+def _hash_of(inputs: dict[str, Any]) -> str | None:
+    try:
+        return protocol.input_hash(inputs)
+    except (TypeError, ValueError):  # not JSON the contract could name (NaN, a lone surrogate)
+        return None

@@ -220,7 +220,7 @@ class _Exchange:
             if self.failure is None:
                 code = exc.rcvd.code if exc.rcvd else None
                 if code == protocol.CLOSE_UNAUTHENTICATED:
-                    # registry.auth reads API tokens, not API keys (bim_...), on sockets.
+                    # An unknown, revoked or inactive token or API key.
                     raise PeerRefused(401, "unauthenticated", "the user socket refused this token") from None
                 raise PeerRefused(503, "user_socket_closed", f"the user socket closed ({code})") from None
         except TimeoutError:

@@ -469,6 +469,9 @@ P2P_DELIVERY_S = env_int("BIM_P2P_DELIVERY_S", 30)
 P2P_UPLOAD_S = env_int("BIM_P2P_UPLOAD_S", 30)
 # Basis points of peer-to-peer jobs whose payload and input are uploaded for audit (sentinels).
 P2P_AUDIT_BP = env_int("BIM_P2P_AUDIT_BP", 100)
+# Keys a websocket's ?token= may carry besides DRF tokens: a function each, key -> user or None
+# (the developer app's API keys, what SDK users hold).
+SOCKET_KEY_RESOLVERS = ["developer.keys.api_key_user"]
 # The user socket (/ws/user/): signalling only, so small frames at a modest rate.
 USER_SOCKET_MAX_MESSAGE_BYTES = env_int("BIM_USER_SOCKET_MAX_MESSAGE_BYTES", 80 * 1024)
 USER_SOCKET_RATE_PER_S = float(env_int("BIM_USER_SOCKET_RATE_PER_S", 20))

@@ -17,6 +17,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.utils.module_loading import import_string
 from rest_framework.authtoken.models import Token
 
 from .node_io import Coalesced
@@ -28,7 +29,18 @@ def _token(scope: dict[str, Any]) -> str:
 
 def _users_for_tokens(keys: Sequence[str]) -> list[Any]:
     users = {token.key: token.user for token in Token.objects.select_related("user").filter(key__any=set(keys))}
+    for key in set(keys) - users.keys():
+        # Not a DRF token: one of the other kinds of key the API takes (settings.SOCKET_KEY_RESOLVERS,
+        # the developer app's API keys), looked up by the app that owns them.
+        for resolve in _resolvers():
+            if (user := resolve(key)) is not None:
+                users[key] = user
+                break
     return [user if (user := users.get(key)) is not None and user.is_active else AnonymousUser() for key in keys]
+
+
+def _resolvers() -> list[Any]:
+    return [import_string(path) for path in settings.SOCKET_KEY_RESOLVERS]
 
 
 # Sockets opening at once (a registry restart) have their tokens looked up together.

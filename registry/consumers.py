@@ -327,6 +327,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             node_id=self.node_id,
             assignment_id=str(content.get("assignment_id", "")),
             reason=str(content.get("reason", ""))[:150],
+            inputs=content.get("inputs"),
         )
 
     # Events from the channel layer, one handler per type.

@@ -342,6 +342,40 @@ def upload_inputs_record(job: Job, raw: Any) -> None:
     job.save(update_fields=["inputs", "relay_bytes"])
 
 
+def refusal_evidence_record(job_id: Any, raw: Any) -> None:
+    """The input a node refused, sent as evidence: kept (once) if it is the contract's input,
+    so the refusal can be judged on it; anything else is ignored (the refusal is then an
+    ordinary give-up)."""
+    job = job_locked(job_id)
+    if job is None or not job_is_p2p(job) or job.inputs or job.state in TERMINAL_STATES:
+        return
+    try:
+        upload_inputs_record(job, raw)
+    except (protocol.ProtocolError, TypeError, ValueError):
+        log.info("job %s: a node's refusal came with inputs that are not the contract's", job_id)
+
+
+def input_refusal_upheld(job_id: Any) -> bool:
+    """A node refused a peer-to-peer job's input as not fitting its contract (form, limits or
+    input summary). On the input the registry now holds, it checks the same: upheld, the job
+    fails (the user's input broke its own contract) and its hold is released; not upheld, or
+    no input held, the refusal is an ordinary give-up."""
+    job = job_locked(job_id)
+    if job is None or job.state in TERMINAL_STATES or not job_is_p2p(job) or not job.inputs:
+        return job is not None and job.state in TERMINAL_STATES
+    family = families.family_for(job.contract["task_type"])
+    try:
+        inputs = family.validate_inputs(job.inputs, job.subnet.limits())
+        fits = family.input_summary(inputs) == job.contract["input_summary"]
+    except families.InputInvalid:
+        fits = False
+    if fits:
+        return False
+    log.warning("job %s: a node refused its input and the input does not fit the contract", job.id)
+    policy_enforcement.job_fail_for_content(job, reason="input_does_not_fit_contract")
+    return True
+
+
 def uploads_overdue_fail() -> int:
     """Verifying peer-to-peer jobs whose node did not upload a payload in time: that node
     signed for bytes it would not show, and is struck; the job cannot be judged, so it

@@ -328,12 +328,15 @@ def partial_record(*, node_id: object, message: dict[str, Any]) -> None:
         cache.set(key, {"text": text, "tokens": tokens, "role": open_assignment["role"]}, PARTIAL_TTL_S)
 
 
-def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> None:
+def assignment_give_up(*, node_id: object, assignment_id: str, reason: str, inputs: Any = None) -> None:
     """A node declines or fails a job before answering: its role goes to another node, and
     the node's record a failure, except for work of an earlier session given up as
     `lost_on_reconnect` (a node back after a disconnect it did not choose, `welcome` having
     listed work it no longer holds) and of a `content_policy:<rule>` decline the registry's
-    own check of the contract's policy upholds (the job then fails, nobody charged)."""
+    own check of the contract's policy upholds (the job then fails, nobody charged). A node
+    that refuses a peer-to-peer job's input sends that input as evidence (`inputs`, which must
+    hash to the contract's): the registry then judges the refusal on it; a refusal of bytes
+    that do not even hash to the contract (`bad_input_hash`) is no fault of the node."""
     try:
         assignment_uuid = uuid.UUID(str(assignment_id))
     except ValueError:
@@ -352,8 +355,14 @@ def assignment_give_up(*, node_id: object, assignment_id: str, reason: str) -> N
             return  # work of a session that ended without the node leaving it: no failure
         if reason == protocol.SUBNET_PAUSED and not _subnet_active(job_id):
             return  # an offer that crossed the pause on the wire: the node did as told
+        if inputs is not None and reason.startswith((CONTENT_POLICY_PREFIX, BAD_INPUT)):
+            p2p.refusal_evidence_record(job_id, inputs)
         if reason.startswith(CONTENT_POLICY_PREFIX) and _content_refusal_upheld(job_id):
             return  # the contract's policy forbids the job: declining it is the node's right
+        if reason == BAD_INPUT and p2p.input_refusal_upheld(job_id):
+            return  # the user's input does not fit its own contract: the job failed, no fault
+        if reason == "bad_input_hash" and Job.objects.filter(pk=job_id, transport="p2p", inputs={}).exists():
+            return  # bytes from the user that are not the contract's input: nothing the node did
         if reason == p2p.INPUT_NOT_RECEIVED and Job.objects.filter(pk=job_id, transport="p2p", inputs={}).exists():
             return  # its user never brought the input (no data channel, no fallback): no fault
         Node.objects.filter(pk=node_id).update(jobs_failed=F("jobs_failed") + 1)
@@ -364,6 +373,7 @@ def _subnet_active(job_id: object) -> bool:
 
 
 CONTENT_POLICY_PREFIX = "content_policy:"
+BAD_INPUT = "bad_input"
 
 
 def _content_refusal_upheld(job_id: object) -> bool:

@@ -73,12 +73,15 @@ class UserSocketConsumer(AsyncJsonWebsocketConsumer):
         try:
             await handler(content)
         except protocol.ProtocolError as exc:
-            await self.send_error(exc.code, exc.detail, content.get("job_id"))
+            await self.send_error(exc.code, exc.detail, content)
 
-    async def send_error(self, code: str, detail: str, job_id: Any = None) -> None:
+    async def send_error(self, code: str, detail: str, about: dict[str, Any] | None = None) -> None:
+        """An error, naming the job and assignment it is about (as sent, cut short) so a
+        client with many peers knows which offer was refused."""
         message = {"type": "error", "code": code, "detail": detail}
-        if isinstance(job_id, str):
-            message["job_id"] = job_id[:64]
+        for name in ("job_id", "assignment_id"):
+            if isinstance((about or {}).get(name), str):
+                message[name] = about[name][:64]
         await self.send_json(message)
 
     async def on_watch(self, content: dict[str, Any]) -> None:

@@ -204,7 +204,10 @@ def test_it_refuses_an_input_that_is_not_the_contracts_before_computing(
             header, payload = await user.receive(WAIT_S)
             failed = await receive(ws)
             assert header == {"kind": "input_refused", "reason": reason} and payload == b""
-            assert failed == {"type": "job_failed", "assignment_id": offer["assignment_id"], "reason": reason}
+            # The user's own input (it has the contract's hash) goes to the registry as the
+            # refusal's evidence; bytes that are not the contract's input do not.
+            evidence = {"inputs": inputs} if sent is None else {}
+            assert failed == {"type": "job_failed", "assignment_id": offer["assignment_id"], "reason": reason, **evidence}
             assert client.calls == []  # type: ignore[attr-defined]
             await user.close()
 

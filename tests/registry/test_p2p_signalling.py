@@ -116,13 +116,17 @@ def test_strangers_and_wrong_assignments_are_refused():
         owner = await user_socket(user)
         for message, code in (
             ({"type": "rtc_offer", "job_id": str(job.id), "assignment_id": str(job.id), "sdp": SDP}, "not_assigned"),
+            ({"type": "rtc_offer", "job_id": str(job.id), "assignment_id": assignment_id, "sdp": 7}, "bad_message"),
             ({"type": "rtc_offer", "job_id": str(job.id), "assignment_id": assignment_id, "sdp": "x" * 70_000}, "bad_message"),
             ({"type": "rtc_offer", "job_id": "not-a-uuid", "assignment_id": assignment_id, "sdp": SDP}, "bad_message"),
             ({"type": "rtc_ice", "job_id": str(job.id), "assignment_id": assignment_id, "candidate": "x"}, "bad_message"),
             ({"type": "teleport"}, "bad_message"),
         ):
             await owner.send_json_to(message)
-            assert (await owner.receive_json_from(timeout=5))["code"] == code
+            error = await owner.receive_json_from(timeout=5)
+            assert error["code"] == code
+            if isinstance(message.get("assignment_id"), str):
+                assert error["assignment_id"] == message["assignment_id"]  # which offer was refused
         # A node may answer only for its own assignment.
         (keys_a, socket_a, _), (keys_b, socket_b, offer_b) = offers.values()
         await socket_a.send_json_to({"type": "rtc_answer", "assignment_id": offer_b["assignment_id"], "sdp": SDP})
@@ -143,5 +147,24 @@ def test_the_user_socket_needs_a_login_and_closes_on_oversized_frames():
         socket = await user_socket(await database_sync_to_async(user_with_credits)(1))
         await socket.send_to(text_data="x" * 200_000)
         assert await closed_with(socket) == protocol.CLOSE_MESSAGE_TOO_BIG_APP
+
+    run(scenario)
+
+
+def test_an_api_key_opens_the_user_socket_and_a_revoked_one_does_not():
+    from developer.keys import api_key_create, api_key_revoke
+
+    async def scenario():
+        user = await database_sync_to_async(user_with_credits)(1)
+        row, key = await database_sync_to_async(api_key_create)(user=user, name="sdk")
+        socket = WebsocketCommunicator(application, f"/ws/user/?token={key}")
+        assert (await socket.connect(timeout=5))[0]
+        await socket.send_json_to({"type": "watch", "job_id": "00000000-0000-0000-0000-000000000000"})
+        assert (await socket.receive_json_from(timeout=5))["code"] == "not_found"  # authenticated, no such job
+        await socket.disconnect()
+        await database_sync_to_async(api_key_revoke)(user=user, key_id=row.pk)
+        revoked = WebsocketCommunicator(application, f"/ws/user/?token={key}")
+        assert (await revoked.connect(timeout=5))[0]
+        assert await closed_with(revoked) == protocol.CLOSE_UNAUTHENTICATED
 
     run(scenario)
