@@ -98,6 +98,7 @@ class _Waiting:
 
     job: Job
     ice_servers: list[dict[str, Any]]
+    relay_only: bool  # the registry's ICE transport policy is "relay": TURN candidates only
     offers: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     # Inputs the registry relayed after the user fell back (`job_inputs`).
     relayed: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -134,10 +135,10 @@ class PeerJobs:
 
     # Offers and signalling ------------------------------------------------------------
 
-    def offered(self, job: Job, ice_servers: Any) -> None:
+    def offered(self, job: Job, ice_servers: Any, ice_transport_policy: Any = "all") -> None:
         """A checked peer-to-peer offer (ServedModel.check_p2p_offer): wait for its input."""
         servers = [s for s in ice_servers if isinstance(s, dict) and "urls" in s] if isinstance(ice_servers, list) else []
-        waiting = _Waiting(job, servers)
+        waiting = _Waiting(job, servers, ice_transport_policy == "relay")
         waiting.task = asyncio.create_task(self._await_input(waiting))
         self.waiting[job.assignment_id] = waiting
 
@@ -230,7 +231,7 @@ class PeerJobs:
             peer: Peer | None = None
             kept = False
             try:
-                peer = waiting.peer = Peer(waiting.ice_servers)
+                peer = waiting.peer = Peer(waiting.ice_servers, relay_only=waiting.relay_only)
                 answer = await peer.answer({"type": "offer", "sdp": sdp})
                 await self.send({"type": "rtc_answer", "assignment_id": job.assignment_id, "sdp": answer["sdp"]})
                 await peer.wait_open(self.connect_timeout_s)

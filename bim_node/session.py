@@ -324,7 +324,7 @@ class NodeClient:
             await self._job_failed(conn, assignment_id, exc.reason)
             return
         if p2p:
-            conn.peer_jobs.offered(job, message.get("ice_servers"))
+            conn.peer_jobs.offered(job, message.get("ice_servers"), message.get("ice_transport_policy", "all"))
             return
         await conn.queue.put(job)
 

@@ -189,6 +189,7 @@ class _Exchange:
         self.emit = emit
         self.outcome = Outcome(job=job)
         self.ice_servers: list[dict[str, Any]] = []
+        self.relay_only = False  # the registry's ICE transport policy is "relay"
         self.answers: dict[str, asyncio.Future[str]] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Confirmations of results received (`delivered/`): finished even once the job ends.
@@ -248,6 +249,7 @@ class _Exchange:
             if kind == "peers":
                 self.watching = True
                 self.ice_servers = [s for s in message.get("ice_servers") or [] if isinstance(s, dict)]
+                self.relay_only = message.get("ice_transport_policy") == "relay"
                 if message.get("state") in TERMINAL:
                     return
                 for entry in message.get("peers") or []:
@@ -289,7 +291,7 @@ class _Exchange:
         from bim_core.peer import Peer, PeerError
 
         assignment_id, role = str(entry["assignment_id"]), str(entry.get("role", ""))
-        peer = Peer(self.ice_servers)
+        peer = Peer(self.ice_servers, relay_only=self.relay_only)
         try:
             try:
                 async with asyncio.timeout(self.connect_timeout):

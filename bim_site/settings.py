@@ -462,6 +462,11 @@ P2P_STUN_URLS = [u for u in env_str("BIM_STUN_URLS").split(",") if u.strip()]
 P2P_TURN_URLS = [u for u in env_str("BIM_TURN_URLS").split(",") if u.strip()]
 P2P_TURN_SECRET = env_str("BIM_TURN_SECRET")
 P2P_TURN_TTL_S = env_int("BIM_TURN_TTL_S", 3600)
+# "relay": peers use TURN only (WebRTC's iceTransportPolicy), so neither learns the other's
+# address; "all" (the default) lets them connect directly when they can.
+P2P_ICE_TRANSPORT_POLICY = env_str("BIM_ICE_TRANSPORT_POLICY", "all")
+if P2P_ICE_TRANSPORT_POLICY not in ("all", "relay"):
+    raise ImproperlyConfigured(f"BIM_ICE_TRANSPORT_POLICY={P2P_ICE_TRANSPORT_POLICY!r} is not all or relay")
 # A pair that committed the same hash settles once the user confirms receiving it; past this
 # many seconds without that, the registry fetches the payload itself and delivers it.
 P2P_DELIVERY_S = env_int("BIM_P2P_DELIVERY_S", 30)

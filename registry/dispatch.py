@@ -253,6 +253,7 @@ def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
         del message["inputs"]
         message["transport"] = "p2p"
         message["ice_servers"] = p2p.ice_servers_for(f"node-{assignment.node_id}")
+        message["ice_transport_policy"] = settings.P2P_ICE_TRANSPORT_POLICY
         p2p.peer_assigned_notify(job, assignment)
     return message
 

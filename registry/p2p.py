@@ -103,6 +103,7 @@ def signal_watch(*, user: Any, job_id: Any) -> dict[str, Any]:
         "job_id": str(job.id),
         "state": job.state,
         "ice_servers": ice_servers_for(f"user-{user.pk}"),
+        "ice_transport_policy": settings.P2P_ICE_TRANSPORT_POLICY,
         "peers": [peer_entry(a) for a in assignments],
     }
 

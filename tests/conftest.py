@@ -64,3 +64,17 @@ def _artifact_root(settings, tmp_path_factory):
 def _no_bim_login(monkeypatch, tmp_path_factory):
     """`bim` reads its stored login from $XDG_CONFIG_HOME/bim/: never the developer's own."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+
+
+@pytest.fixture(scope="session")
+def turn_server(tmp_path_factory: pytest.TempPathFactory):
+    """coturn on 127.0.0.1 with TURN REST credentials (tests/turn.py), for the peer-to-peer
+    tests; failing, never skipping, where turnserver is missing (the test tooling installs it)."""
+    from tests import turn
+
+    try:
+        server = turn.start(tmp_path_factory.mktemp("turn"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    turn.stop(server)

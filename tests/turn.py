@@ -70,6 +70,9 @@ def command_line(*, port: int, secret: str, min_port: int, max_port: int, workdi
         f"--log-file={workdir / 'turnserver.log'}",
         "--simple-log",
         "--no-stdout-log",
+        # Per-session lines, with each session's relayed bytes when it ends ("usage: ... rb=,
+        # sb="): what the tests compare the peers' own reports against.
+        "--verbose",
     ]
 
 
