@@ -139,13 +139,15 @@ def job_settle(
     split_bp: tuple[int, int, int],
     escrow: NodeEscrowRule,
     held: int | None = None,
+    surcharge: int = 0,
 ) -> list[Transfer]:
     """Capture `amount` of the job's hold and pay it out in one posting: the agreeing nodes
     (after a tie-break, the majority pair; the minority gets nothing; one node for a solo
     job, whose split gives node B nothing), the registry (remainder included), and each
     node's escrow share until its escrow reaches the requirement. When `held` is more than
-    `amount`, the rest of the hold is released in the same posting. Safe to call twice:
-    the second call returns the first call's transfers."""
+    `amount`, the rest of the hold is released in the same posting. `surcharge` (a
+    peer-to-peer job's relaying, which the registry pays for) is captured on top and paid to
+    the registry whole. Safe to call twice: the second call returns the first call's transfers."""
     if not 1 <= len(node_ids) <= 2 or (len(node_ids) == 1 and split_bp[1]):
         raise LedgerError("one or two nodes are paid, and a single node's split gives node B nothing")
     split = split_amount(amount, split_bp)
@@ -160,11 +162,14 @@ def job_settle(
         ]
     )
     earnings, escrows = node_accounts[: len(node_ids)], node_accounts[len(node_ids) :]
-    legs = [Leg(hold, clearing, amount, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
-    if held is not None and held > amount:
-        legs.append(Leg(hold, credits, held - amount, TransferKind.RELEASE, f"job:{job_id}:release", job_id, "rest of the hold"))
+    captured = amount + surcharge
+    legs = [Leg(hold, clearing, captured, TransferKind.CAPTURE, f"job:{job_id}:capture", job_id, "capture on settle")]
+    if held is not None and held > captured:
+        legs.append(Leg(hold, credits, held - captured, TransferKind.RELEASE, f"job:{job_id}:release", job_id, "rest of the hold"))
     if split.registry:
         legs.append(Leg(clearing, registry, split.registry, TransferKind.PAYOUT, f"job:{job_id}:payout:registry", job_id, "registry share"))
+    if surcharge:
+        legs.append(Leg(clearing, registry, surcharge, TransferKind.PAYOUT, f"job:{job_id}:payout:relay", job_id, "relay surcharge"))
     for role, share, earned, escrowed in zip("AB", (split.node_a, split.node_b), earnings, escrows):
         if not share:
             continue

@@ -28,7 +28,7 @@ from subnets.api import SubnetSerializer
 
 from . import jobs, presence, selectors, submit, withdrawals
 from .keys import registry_public_key
-from .models import Job, Node
+from .models import Job, JobTransport, Node
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -99,7 +99,7 @@ class JobSubmitSerializer(serializers.Serializer):
         '"max_tokens": N}, image {"image": "<base64 of an 8-bit RGB PNG>"}; not sent for a p2p job',
     )
     transport = serializers.ChoiceField(
-        choices=["relay", "p2p"], default="relay",
+        choices=JobTransport.choices, default=JobTransport.RELAY,
         help_text="p2p: the input and results go between you and the nodes (docs/p2p.md); send input_hash and "
         "input_summary instead of inputs",
     )
@@ -182,8 +182,8 @@ class JobDetailSerializer(JobSummarySerializer):
 
     def get_result(self, job: Job) -> dict[str, Any] | None:
         assignment = selectors.job_delivered_assignment(job=job)
-        if assignment is None:
-            return None
+        if assignment is None or assignment.result is None:
+            return None  # unsettled, or peer to peer: the user holds the bytes, the receipt their hash
         family = families.family_for(job.contract["task_type"])
         return {
             "encoding": family.encoding,

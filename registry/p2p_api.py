@@ -25,7 +25,7 @@ class JobDeliveredApi(APIView):
 
     @extend_schema(
         request=DeliveredSerializer,
-        responses={200: inline_serializer("Delivered", {"matched": serializers.BooleanField()}), 202: None},
+        responses={200: inline_serializer("DeliveryConfirmed", {"matched": serializers.BooleanField()}), 202: None},
     )
     def post(self, request: Request, job_id: str) -> Response:
         data = DeliveredSerializer(data=request.data)

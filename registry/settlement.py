@@ -149,6 +149,9 @@ def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[in
     if not amount:
         return []
     terms = JobTerms.of_job(job)
+    # A peer-to-peer job's relaying (TURN, as its nodes report it, and the registry relay),
+    # within the reserve its hold carries; a relay job is priced without it.
+    relayed = job.turn_bytes + job.relay_bytes if p2p.job_is_p2p(job) else 0
     return ledger.job_settle(
         job_id=job.id,
         user=job.user,
@@ -157,6 +160,7 @@ def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[in
         node_ids=tuple(x.node_id for x in paid),
         split_bp=split_bp,
         escrow=ledger.NodeEscrowRule(share_bp=terms.escrow_share_bp, required=terms.escrow_required_micro),
+        surcharge=terms.relay_surcharge(relayed) if relayed else 0,
     )
 
 
@@ -166,8 +170,11 @@ def _price_captured(job: Job, delivered: Assignment) -> int:
     generated); settlement releases the rest. Never more than the hold."""
     family = families.family_for(job.subnet.task_type)
     sized = p2p.inputs_or_summary(job)
+    terms = JobTerms.of_job(job)
+    # A peer-to-peer job's hold also reserves its relay surcharge, captured apart (_pay).
+    held = job.price_micro - (terms.relay_reserve_micro if p2p.job_is_p2p(job) and job.price_micro else 0)
     # From the signed shape: a peer-to-peer result's bytes may never have reached the registry.
     used = family.used_units_of_shape(sized, tuple(delivered.result_shape or ()))
     if not job.price_micro or used >= family.price_units(sized):
-        return job.price_micro
-    return min(job.price_micro, JobTerms.of_job(job).price_for(used))
+        return held
+    return min(held, terms.price_for(used))

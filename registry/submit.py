@@ -304,7 +304,9 @@ def _job_build(
         inputs=inputs,
         transport=JobTransport.RELAY if input_summary is None else JobTransport.P2P,
         item_count=family.item_count(sized),
-        price_micro=0 if honeypot is not None else terms.price_for(family.price_units(sized)),
+        price_micro=0
+        if honeypot is not None
+        else terms.price_for(family.price_units(sized)) + (terms.relay_reserve_micro if input_summary is not None else 0),
         terms=terms.as_dict(),
         honeypot=honeypot,
         warnings=input_coverage_warnings(subnet, inputs) if honeypot is None and inputs else [],

@@ -24,6 +24,9 @@ class JobTerms:
     escrow_share_bp: int
     escrow_required_micro: int
     solo_price_bp: int
+    # Absent from terms recorded before relay surcharges existed: none.
+    relay_surcharge_micro_per_mb: int = 0
+    relay_reserve_mb: int = 0
 
     @classmethod
     def of_subnet(cls, subnet: Subnet) -> JobTerms:
@@ -35,7 +38,7 @@ class JobTerms:
         subnet's current ones)."""
         if not job.terms:
             return cls.of_subnet(job.subnet)
-        return cls(**{name: int(job.terms[name]) for name in cls.__dataclass_fields__})
+        return cls(**{name: int(job.terms[name]) for name in cls.__dataclass_fields__ if name in job.terms})
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -46,3 +49,14 @@ class JobTerms:
 
     def price_for(self, units: int) -> int:
         return self.price_per_call_micro + self.price_per_item_micro * units
+
+    @property
+    def relay_reserve_micro(self) -> int:
+        """What a peer-to-peer job's hold adds for relaying: the most its surcharge can be."""
+        return self.relay_surcharge_micro_per_mb * self.relay_reserve_mb
+
+    def relay_surcharge(self, relayed_bytes: int) -> int:
+        """The surcharge for `relayed_bytes` (rounded up to the micro-credit), never more
+        than the hold reserved for it."""
+        owed = -(-relayed_bytes * self.relay_surcharge_micro_per_mb // 1_000_000)
+        return min(owed, self.relay_reserve_micro)

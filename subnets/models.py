@@ -85,6 +85,15 @@ class Subnet(models.Model):
     )
     price_per_call_micro = models.PositiveBigIntegerField(default=0)
     price_per_item_micro = models.PositiveBigIntegerField(default=0)
+    # Peer-to-peer jobs (docs/p2p.md §6): what a megabyte relayed for the job costs the user
+    # (TURN, or the registry relay after a fallback or an upload), paid to the registry,
+    # which pays for the relays; a p2p job's hold reserves `relay_reserve_mb` of it.
+    relay_surcharge_micro_per_mb = models.PositiveBigIntegerField(
+        default=0, help_text="micro-credits per MB relayed (TURN or registry) for a peer-to-peer job; 0: none"
+    )
+    relay_reserve_mb = models.PositiveIntegerField(
+        default=2, help_text="MB of relaying a peer-to-peer job's hold covers (the most its surcharge can be)"
+    )
     # Payout split in basis points; the database refuses a split that does not sum to 100 %.
     split_node_a_bp = models.PositiveIntegerField(default=4000)
     split_node_b_bp = models.PositiveIntegerField(default=4000)

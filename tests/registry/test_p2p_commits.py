@@ -76,6 +76,12 @@ def test_identical_commits_settle_once_the_user_confirms_delivery(p2p_job, djang
     assert not Assignment.objects.filter(job=job, result__isnull=False).exists()  # no payload ever held
     assert job.relay_bytes == 0 and job.inputs == {}
     assert Transfer.objects.filter(kind="capture", amount=job.price_micro).count() == 1
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    detail = client.get(f"/api/v1/jobs/{job.pk}/").json()
+    assert detail["state"] == "settled" and detail["result"] is None and detail["receipt"]["result_hash"] == result_hash
 
 
 def test_unconfirmed_delivery_makes_the_registry_fetch_and_deliver_the_payload(
@@ -249,3 +255,34 @@ def test_the_database_lets_a_p2p_job_inputs_be_filled_once_and_never_changed(p2p
     with pytest.raises(IntegrityError, match="immutable"), transaction.atomic():
         Job.objects.filter(pk=job.pk).update(inputs={"texts": ["forged"]})
     assert Job.objects.get(pk=job.pk).inputs == INPUTS
+
+
+def test_relayed_bytes_carry_the_subnets_surcharge_within_the_reserve_of_the_hold(
+    settings, django_capture_on_commit_callbacks
+):
+    settings.P2P_AUDIT_BP = 0
+    subnet = SubnetFactory(relay_surcharge_micro_per_mb=1_000, relay_reserve_mb=2)
+    nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
+    user = user_with_credits(5)
+    job = p2p_submit(user, subnet, INPUTS)
+    from registry.terms import JobTerms
+
+    units_price = JobTerms.of_subnet(subnet).price_for(2)
+    assert job.price_micro == units_price + 2_000  # the hold reserves 2 MB of relaying
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch.job_dispatch(job_id=job.id)
+    pair = {a.role: (a, nodes[a.node_id]) for a in Job.objects.get(pk=job.pk).assignments.all()}
+    vectors = unit_vectors(2)
+    relayed = {"relayed": True, "bytes_sent": 1_000_000, "bytes_received": 500_000}
+    commit(job, pair, "A", vectors, transport=relayed)
+    commit(job, pair, "B", vectors)
+    assert Job.objects.get(pk=job.pk).turn_bytes == 1_500_000
+    with django_capture_on_commit_callbacks(execute=True):
+        p2p.delivery_confirm(
+            user=user, job_id=job.pk, assignment_id=pair["A"][0].pk, result_hash=protocol.sha256_hex(protocol.encode_vectors(vectors))
+        )
+    job = Job.objects.get(pk=job.pk)
+    assert job.state == JobState.SETTLED
+    assert Transfer.objects.get(job_id=job.pk, kind="capture").amount == units_price + 1_500
+    assert Transfer.objects.get(job_id=job.pk, kind="release").amount == 500
+    assert Transfer.objects.get(idempotency_key=f"job:{job.pk}:payout:relay").amount == 1_500

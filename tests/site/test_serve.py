@@ -53,3 +53,19 @@ async def _retrying(port: int) -> int | str | None:
         except OSError:
             await asyncio.sleep(0.2)  # not listening yet
     raise AssertionError("the server never listened")
+
+
+def test_the_served_application_is_frozen_out_of_the_collectors_way():
+    """Once daphne has imported the application, its objects leave collection (gc.freeze)
+    and the first generation collects far less often: a reconnect storm spent 7-9 s in
+    full collections of a heap that lives as long as the process."""
+    import subprocess
+
+    probe = (
+        "import gc, json; from bim_site import serve; "
+        "serve.import_then_freeze('tests.site.ws_recorder_app:application'); "
+        "print(json.dumps([gc.get_freeze_count(), gc.get_threshold()[0]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=child_env(), capture_output=True, text=True, timeout=60, check=True)
+    frozen, gen0 = json.loads(out.stdout.strip().splitlines()[-1])
+    assert frozen > 10_000 and gen0 == 50_000
