@@ -47,13 +47,23 @@ class ScriptedPeerConnection {
   localDescription = null;
   nodeChannel = null;
 
+  static gathers = true; // false: gathering never completes on its own
+
   constructor(config) { this.config = config; ScriptedPeerConnection.made.push(this); }
   async setRemoteDescription(description) {
     if (!description.sdp.includes("m=application")) throw new Error("InvalidAccessError: no data channel section");
     this.remote = description;
   }
   async createAnswer() { return { type: "answer", sdp: "v=0\r\na=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n" }; }
-  async setLocalDescription(description) { this.localDescription = description; this.iceGatheringState = "complete"; }
+  async setLocalDescription(description) {
+    this.localDescription = description;
+    this.iceGatheringState = ScriptedPeerConnection.gathers ? "complete" : "gathering";
+  }
+  /** A browser's candidate events: a candidate, or null when gathering ends. */
+  gather(line) {
+    if (line === null) this.iceGatheringState = "complete";
+    this.onicecandidate({ candidate: line === null ? null : { toJSON: () => ({ candidate: line, sdpMid: "0", sdpMLineIndex: 0 }) } });
+  }
   async addIceCandidate(candidate) { this.candidates.push(candidate); }
   addEventListener() {}
   removeEventListener() {}
@@ -102,13 +112,14 @@ const inputFrame = (job, value = inputs) => [
 
 beforeEach(() => {
   ScriptedPeerConnection.made = [];
+  ScriptedPeerConnection.gathers = true;
   sent = [];
   queued = [];
   recorded = [];
   store = new ResultStore();
   p2p = new PeerJobs({
     send: (message) => sent.push(message), enqueue: (job) => queued.push(job), store, record: (f) => recorded.push(f),
-    RTCPeerConnectionImpl: ScriptedPeerConnection, lingerMs: 200, connectTimeoutMs: 500,
+    RTCPeerConnectionImpl: ScriptedPeerConnection, lingerMs: 200, connectTimeoutMs: 500, gatherMaxMs: 50,
   });
 });
 
@@ -157,6 +168,31 @@ describe("a peer-to-peer job", () => {
     assert.equal(pc.closed, false);
     framed.channel.close();
     await until(() => pc.closed);
+    assert.ok(recorded[0].closedAfterMs >= 0);
+  });
+
+  test("the answer carries every candidate; only when gathering outlasts gatherMaxMs do later ones trickle", async () => {
+    const job = await offeredJob();
+    const { pc } = await connected(job);
+    pc.gather(null); // the end of a gathering that completed before the answer went
+    assert.deepEqual(sent.map((m) => m.type), ["rtc_answer"]);
+
+    ScriptedPeerConnection.gathers = false;
+    const job2 = { ...job, assignmentId: "slow-gathering" };
+    p2p.offered(job2, []);
+    p2p.onRtcOffer({ assignment_id: job2.assignmentId, sdp: OFFER_SDP });
+    await until(() => ScriptedPeerConnection.made.length === 2);
+    await sleep(20);
+    assert.equal(sent.length, 1, "no answer before gatherMaxMs");
+    await sleep(60);
+    assert.deepEqual(sent.at(-1), { type: "rtc_answer", assignment_id: job2.assignmentId, sdp: ScriptedPeerConnection.made[1].localDescription.sdp });
+    const slow = ScriptedPeerConnection.made[1];
+    slow.gather("candidate:9 1 udp 9 192.0.2.9 9999 typ srflx raddr 0.0.0.0 rport 0");
+    slow.gather(null);
+    assert.deepEqual(sent.slice(-2), [
+      { type: "rtc_ice", assignment_id: job2.assignmentId, candidate: { candidate: "candidate:9 1 udp 9 192.0.2.9 9999 typ srflx raddr 0.0.0.0 rport 0", sdpMid: "0", sdpMLineIndex: 0 } },
+      { type: "rtc_ice", assignment_id: job2.assignmentId, candidate: { candidate: "" } },
+    ]);
   });
 
   test("a lingering connection the user never closes is closed after lingerMs", async () => {
@@ -249,8 +285,14 @@ describe("a peer-to-peer job", () => {
 });
 
 test("transportFigures reads the selected pair's candidate types and the bim channel's bytes", () => {
-  assert.deepEqual(transportFigures(chromiumStats({ sent: 3210, received: 1100 })), {
-    relayed: false, local_candidate: "host", remote_candidate: "host", bytes_sent: 3210, bytes_received: 1100,
+  assert.deepEqual(transportFigures(chromiumStats({ sent: 3210, received: 1100 }), { counted: { sent: 1, received: 2 } }), {
+    relayed: false, local_candidate: "host", remote_candidate: "host", bytes_sent: 3210, bytes_received: 1100, bytes_from: "getStats",
+  });
+  // A closed channel has no stats in Chromium: the framing's own counts stand in.
+  const closed = chromiumStats({ sent: 0, received: 0 });
+  closed.delete("D1");
+  assert.deepEqual(transportFigures(closed, { counted: { sent: 3210, received: 1100 } }), {
+    relayed: false, local_candidate: "host", remote_candidate: "host", bytes_sent: 3210, bytes_received: 1100, bytes_from: "framing",
   });
   assert.equal(transportFigures(chromiumStats({ sent: 1, received: 1, remote: "relay" })).relayed, true);
   // Without a transport naming the pair, the nominated and succeeded one.
@@ -258,6 +300,6 @@ test("transportFigures reads the selected pair's candidate types and the bim cha
   report.delete("T01");
   assert.equal(transportFigures(report).local_candidate, "srflx");
   assert.deepEqual(transportFigures(new Map()), {
-    relayed: false, local_candidate: null, remote_candidate: null, bytes_sent: 0, bytes_received: 0,
+    relayed: false, local_candidate: null, remote_candidate: null, bytes_sent: 0, bytes_received: 0, bytes_from: "none",
   });
 });

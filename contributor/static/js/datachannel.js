@@ -224,16 +224,6 @@ export class FramedChannel {
       if (this.failure) throw this.failure;
     }
   }
-
-  /** Resolves once the channel has handed every queued byte to the transport (or after
-   * `timeoutMs`): its byte counts are final then. */
-  async flushed(timeoutMs = 5000) {
-    await this.sending;
-    const deadline = Date.now() + timeoutMs;
-    while (this.channel.bufferedAmount > 0 && !this.failure && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-  }
 }
 
 /** The UTF-8 JSON a payload carries, or null when it is not UTF-8 JSON. */

@@ -31,8 +31,10 @@ export function iceServersOf(raw) {
 /** `result_commit`'s `transport` figures from an RTCStatsReport (a Map of stats by id): the
  * selected candidate pair's candidate types (`relayed` when either is a TURN relay) and the
  * data channel's payload bytes (RTCDataChannelStats: headers and binary frames, what
- * bim_core.peer counts). */
-export function transportFigures(report, label = LABEL) {
+ * bim_core.peer counts). Chromium drops a channel's stats once it closes, and the user may
+ * close it as soon as it has read the result: then the bytes are `counted` ({sent,
+ * received}: ./datachannel.js counts the same bytes), and `bytes_from` says which. */
+export function transportFigures(report, { label = LABEL, counted = null } = {}) {
   const stats = [...report.values()];
   const byId = new Map(stats.map((s) => [s.id, s]));
   const transport = stats.find((s) => s.type === "transport" && s.selectedCandidatePairId);
@@ -43,29 +45,28 @@ export function transportFigures(report, label = LABEL) {
     || stats.find((s) => s.type === "candidate-pair" && s.nominated && s.state === "succeeded");
   const local = pair ? byId.get(pair.localCandidateId)?.candidateType ?? null : null;
   const remote = pair ? byId.get(pair.remoteCandidateId)?.candidateType ?? null : null;
-  const channels = stats.filter((s) => s.type === "data-channel" && s.label === label);
-  const sum = (name) => channels.reduce((n, s) => n + (Number(s[name]) || 0), 0);
-  return {
-    relayed: local === "relay" || remote === "relay",
-    local_candidate: local,
-    remote_candidate: remote,
-    bytes_sent: sum("bytesSent"),
-    bytes_received: sum("bytesReceived"),
-  };
+  const channel = stats.find((s) => s.type === "data-channel" && s.label === label);
+  const bytes = channel
+    ? { bytes_sent: Number(channel.bytesSent) || 0, bytes_received: Number(channel.bytesReceived) || 0, bytes_from: "getStats" }
+    : { bytes_sent: counted?.sent ?? 0, bytes_received: counted?.received ?? 0, bytes_from: counted ? "framing" : "none" };
+  return { relayed: local === "relay" || remote === "relay", local_candidate: local, remote_candidate: remote, ...bytes };
 }
 
 export class PeerAnswer {
   /** `onCandidate(init)` hears of candidates found after the answer went (to trickle);
    * `onChannel(framed)` of the "bim" channel once it is open. */
-  constructor({ iceServers, onCandidate = () => {}, onChannel = () => {}, RTCPeerConnectionImpl = globalThis.RTCPeerConnection }) {
+  constructor({
+    iceServers, onCandidate = () => {}, onChannel = () => {}, RTCPeerConnectionImpl = globalThis.RTCPeerConnection, gatherMaxMs = GATHER_MAX_MS,
+  }) {
     if (typeof RTCPeerConnectionImpl !== "function") throw new Error("this browser has no WebRTC (RTCPeerConnection)");
     this.pc = new RTCPeerConnectionImpl({ iceServers: iceServersOf(iceServers) });
-    this.answered = false;
+    this.gatherMaxMs = gatherMaxMs;
+    this.trickling = false; // the answer went before gathering completed: later candidates follow it
     this.closed = false;
     this.framed = null;
     this.remoteSet = null; // resolves once the offer is set: candidates wait for it
     this.pc.onicecandidate = (event) => {
-      if (!this.answered) return; // in the answer's SDP
+      if (!this.trickling) return; // in the answer's SDP
       // null: gathering ended; `{candidate: ""}` says so to the other end (bim_core.peer).
       onCandidate(event.candidate ? event.candidate.toJSON() : { candidate: "" });
     };
@@ -87,14 +88,14 @@ export class PeerAnswer {
     await this.remoteSet;
     await this.pc.setLocalDescription(await this.pc.createAnswer());
     await this.gathered();
-    this.answered = true;
+    this.trickling = this.pc.iceGatheringState !== "complete";
     return this.pc.localDescription.sdp;
   }
 
   gathered() {
     if (this.pc.iceGatheringState === "complete") return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(done, GATHER_MAX_MS);
+      const timer = setTimeout(done, this.gatherMaxMs);
       const pc = this.pc;
       function done() {
         clearTimeout(timer);
@@ -116,11 +117,13 @@ export class PeerAnswer {
     await this.pc.addIceCandidate({ candidate: line, sdpMid, sdpMLineIndex });
   }
 
-  /** `result_commit`'s transport figures, read before close (a closed connection reports
-   * nothing). */
+  /** `result_commit`'s transport figures (transportFigures), read at once after the last
+   * frame is queued: Chromium counts a message's bytes when it is sent, and the channel's
+   * stats are gone once it closes. */
   async figures() {
-    if (this.closed) return { relayed: false, local_candidate: null, remote_candidate: null, bytes_sent: 0, bytes_received: 0 };
-    return transportFigures(await this.pc.getStats());
+    const counted = this.framed ? { sent: this.framed.bytesSent, received: this.framed.bytesReceived } : null;
+    if (this.closed) return transportFigures(new Map(), { counted });
+    return transportFigures(await this.pc.getStats(), { counted });
   }
 
   close() {

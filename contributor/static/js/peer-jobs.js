@@ -13,7 +13,7 @@
 
 import { FrameError, jsonFromBytes } from "./datachannel.js";
 import { JobRefused, checkP2pInputs } from "./jobs.js";
-import { PeerAnswer } from "./peer-answer.js";
+import { GATHER_MAX_MS, PeerAnswer } from "./peer-answer.js";
 
 export const INPUT_NOT_RECEIVED = "input_not_received";
 // The fields of a relay `result` that the data channel's `result` header carries (§3).
@@ -45,9 +45,9 @@ export class PeerJobs {
    * channel: set-up times and bytes) are for the person and the tests. */
   constructor({
     send, enqueue, store, log = () => {}, record = () => {}, RTCPeerConnectionImpl = globalThis.RTCPeerConnection,
-    connectTimeoutMs = CONNECT_TIMEOUT_MS, inputTimeoutMs = INPUT_TIMEOUT_MS, lingerMs = LINGER_MS,
+    connectTimeoutMs = CONNECT_TIMEOUT_MS, inputTimeoutMs = INPUT_TIMEOUT_MS, lingerMs = LINGER_MS, gatherMaxMs = GATHER_MAX_MS,
   }) {
-    Object.assign(this, { send, enqueue, store, log, record, RTCPeerConnectionImpl, connectTimeoutMs, inputTimeoutMs, lingerMs });
+    Object.assign(this, { send, enqueue, store, log, record, RTCPeerConnectionImpl, connectTimeoutMs, inputTimeoutMs, lingerMs, gatherMaxMs });
     this.waiting = new Map(); // assignment id -> offered job whose input has not come
     this.open = new Map(); // assignment id -> {peer, framed, figures}: input came, result goes back there
     this.lingering = new Set();
@@ -85,6 +85,7 @@ export class PeerJobs {
       peer = new PeerAnswer({
         iceServers: waiting.iceServers,
         RTCPeerConnectionImpl: this.RTCPeerConnectionImpl,
+        gatherMaxMs: this.gatherMaxMs,
         onCandidate: (candidate) => this.send({ type: "rtc_ice", assignment_id: job.assignmentId, candidate }),
         onChannel: (framed) => {
           figures.offerToOpenMs = sinceMs(started);
@@ -249,15 +250,18 @@ export class PeerJobs {
       const header = { kind: "result" };
       for (const name of RESULT_HEADER_FIELDS) header[name] = message[name];
       try {
-        await withTimeout(link.framed.send(header, payload).then(() => link.framed.flushed()), SEND_TIMEOUT_MS, "sending the result");
+        await withTimeout(link.framed.send(header, payload), SEND_TIMEOUT_MS, "sending the result");
       } catch (err) {
         // Committed all the same: the registry fetches the bytes when the user does not
         // confirm them (docs/p2p.md §4, case 2).
         this.log(`job ${job.jobId.slice(0, 8)}: the result did not reach the user over the channel: ${err.message || err}`, "warn");
       }
+      // At once: the user closes the channel as soon as it has the result (peer-answer.js).
       const figures = await link.peer.figures().catch(() => null);
       if (figures) transport = { relayed: figures.relayed, bytes_sent: figures.bytes_sent, bytes_received: figures.bytes_received };
-      this.record({ ...link.figures, ...figures, resultBytes: payload.length, counted: { sent: link.framed.bytesSent, received: link.framed.bytesReceived } });
+      // The same object stays in the record: linger() adds when the connection closed.
+      Object.assign(link.figures, figures, { resultBytes: payload.length, counted: { sent: link.framed.bytesSent, received: link.framed.bytesReceived } });
+      this.record(link.figures);
       this.linger(link);
     }
     const commit = { ...message, type: "result_commit", size: payload.length, transport };
@@ -275,7 +279,8 @@ export class PeerJobs {
   /** Close the connection once the user has closed the channel (it read everything), or
    * after `lingerMs`. */
   linger(link) {
-    const { peer, framed } = link;
+    const { peer, framed, figures } = link;
+    const started = performance.now();
     this.lingering.add(peer);
     const until = async () => {
       try {
@@ -285,6 +290,7 @@ export class PeerJobs {
     withTimeout(until(), this.lingerMs, "lingering").catch(() => {}).finally(() => {
       peer.close();
       this.lingering.delete(peer);
+      figures.closedAfterMs = sinceMs(started);
     });
   }
 
