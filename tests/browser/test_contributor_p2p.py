@@ -16,6 +16,8 @@ Two jobs, because the two paths of docs/p2p.md §4 differ in what the registry m
 2. Two browser pages of different owners, the Python node stopped: the same engine gives the
    same bytes, the user confirms the committed hash, the job settles on the commits alone, and
    the registry's database holds the job's input hash and nowhere its text.
+3. The same pages sent an input that is not the submitted one: both refuse it, to the user
+   (`input_refused`) and to the registry (`job_failed`).
 """
 
 from __future__ import annotations
@@ -253,10 +255,23 @@ def test_a_browser_node_answers_p2p_jobs_beside_a_python_node_and_the_registry_n
             "user": [vars_of(link) for link in links2],
         }
 
-        # What the registry's database holds: job 2's input hash, never its text; job 1's
-        # text, which the mismatch made the nodes upload (and which shows the search works).
+        # 3. An input that is not the one submitted: each page refuses it over its channel
+        # (input_refused) and gives the job back to the registry (job_failed).
+        marker3 = f"swapped-input-{uuid.uuid4().hex}"
+        job3 = submit_p2p(client, {"texts": ["What the user declared."]}, "p2p-browser-3")
+        swapped = {"texts": [f"What the user sent instead ({marker3})."]}
+        links3 = play_user(url, tokens["demo-user"], job3["id"], swapped)
+        assert [(link.header, link.payload) for link in links3] == [({"kind": "input_refused", "reason": "bad_input_hash"}, b"")] * 2
+        wait_until(lambda: not Assignment.objects.filter(job_id=job3["id"], state="dispatched").exists())
+        for page in (dana, erin):
+            assert any("refused its input" in line for line in page.evaluate("window.bim.log"))
+
+        # What the registry's database holds: job 2's input hash, never its text, nor job 3's
+        # refused one; job 1's text, which the mismatch made the nodes upload (and which shows
+        # that the search finds what is there).
         assert "registry_job" in database_rows_with(protocol.input_hash(inputs2))
         assert database_rows_with(marker2) == {}
+        assert database_rows_with(marker3) == {}
         assert "registry_job" in database_rows_with(marker1)
     except Exception:
         print(logs(group, console))
