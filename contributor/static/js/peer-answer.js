@@ -63,6 +63,7 @@ export class PeerAnswer {
     this.gatherMaxMs = gatherMaxMs;
     this.trickling = false; // the answer went before gathering completed: later candidates follow it
     this.closed = false;
+    this.opened = false; // the "bim" channel opened
     this.framed = null;
     this.remoteSet = null; // resolves once the offer is set: candidates wait for it
     this.pc.onicecandidate = (event) => {
@@ -76,7 +77,7 @@ export class PeerAnswer {
       // unread, so a second channel cannot interleave frames.
       if (this.framed || channel.label !== LABEL) { channel.close(); return; }
       this.framed = new FramedChannel(channel);
-      const open = () => onChannel(this.framed);
+      const open = () => { this.opened = true; onChannel(this.framed); };
       if (channel.readyState === "open") open();
       else channel.addEventListener("open", open, { once: true });
     };

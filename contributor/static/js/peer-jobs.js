@@ -105,7 +105,7 @@ export class PeerJobs {
       return;
     }
     setTimeout(() => {
-      if (waiting.peer === peer && !peer.framed) {
+      if (waiting.peer === peer && !peer.opened) {
         this.log(`job ${job.jobId.slice(0, 8)}: no data channel within ${this.connectTimeoutMs} ms; waiting for the relay`, "warn");
         this.giveUpPeer(waiting, peer);
       }
