@@ -7,7 +7,10 @@ import globals from "globals";
 
 const STATIC = "contributor/static";
 // Modules that run in the page and under Node 20 alike (tests/js/ imports them).
-const SHARED = ["protocol.js", "jobs.js", "session.js", "connection.js", "controls.js", "job-speed.js", "batching.js"].map((name) => `${STATIC}/js/${name}`);
+const SHARED = [
+  "protocol.js", "jobs.js", "session.js", "connection.js", "controls.js", "job-speed.js", "batching.js",
+  "datachannel.js", "peer-answer.js", "peer-jobs.js", "result-store.js",
+].map((name) => `${STATIC}/js/${name}`);
 // The page's Web Worker, and a store that the page, that worker and the Service Worker import.
 const WORKER = [`${STATIC}/js/engine-worker.js`, `${STATIC}/js/model-store.js`];
 

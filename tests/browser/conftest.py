@@ -5,6 +5,7 @@ Fixtures:
 - `browser`: headless Chromium, no GPU, loopback only (one for the package: closed, with
   Playwright, once the browser tests are done).
 - `webgpu_browser`: headless Chromium with SwiftShader's software WebGPU adapter (module).
+- `webrtc_browser`: headless Chromium whose WebRTC reaches aiortc on 127.0.0.1 (module).
 - `persistent_context`: a factory `persistent_context(profile_dir)` for profiles that must
   survive a restart (second-visit cache tests); every context it opens is closed after the test.
 - `page`: a fresh context + page of `browser`, console errors collected in `page.bim_console`.
@@ -59,6 +60,11 @@ QUIET_ARGS = [
 BROWSER_ARGS = ["--disable-gpu", *QUIET_ARGS]
 # No --disable-gpu here: SwiftShader gives a software WebGPU adapter.
 WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", *QUIET_ARGS]
+# WebRTC with aiortc on loopback: Chromium offers loopback candidates only when allowed, and
+# hides host addresses behind mDNS names (which aiortc cannot resolve) unless told not to;
+# it connects only with both.
+WEBRTC_ARGS = ["--allow-loopback-in-peer-connection"]
+WEBRTC_DISABLED_FEATURES = ["WebRtcHideLocalIpsWithMdns"]
 SUBNET = "minilm-embed"
 MANIFEST_PATH = f"/subnets/{SUBNET}/manifest.json"
 HARNESS_PATH = "/static/engine-test.html"
@@ -103,6 +109,34 @@ def webgpu_browser(playwright_instance: Any) -> Iterator[Any]:
     browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS, headless=True, timeout=60_000)
     yield browser
     browser.close()
+
+
+def disabled_features(browser: Any) -> list[str]:
+    """The features a running Chromium has disabled: those of its last --disable-features
+    switch, the only one Chromium reads (chrome://version shows its command line)."""
+    page = browser.new_page()
+    try:
+        page.goto("chrome://version")
+        command_line = page.locator("#command_line").inner_text()
+    finally:
+        page.close()
+    switches = [arg.split("=", 1)[1] for arg in command_line.split() if arg.startswith("--disable-features=")]
+    return switches[-1].split(",") if switches else []
+
+
+@pytest.fixture(scope="module")
+def webrtc_browser(playwright_instance: Any, browser: Any) -> Iterator[Any]:
+    """Chromium for peer-to-peer jobs with aiortc peers on 127.0.0.1. Playwright passes a
+    --disable-features of its own and Chromium reads only the last one, so ours repeats
+    Playwright's (read from the running `browser`) with WEBRTC_DISABLED_FEATURES added."""
+    features = [*disabled_features(browser), *WEBRTC_DISABLED_FEATURES]
+    args = [*BROWSER_ARGS, *WEBRTC_ARGS, f"--disable-features={','.join(features)}"]
+    launched = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=args, headless=True, timeout=60_000)
+    try:
+        assert set(features) <= set(disabled_features(launched)), "Chromium did not take the merged --disable-features"
+        yield launched
+    finally:
+        launched.close()
 
 
 def wait_for(page: Any, expression: str, *, timeout: float = 30_000) -> None:

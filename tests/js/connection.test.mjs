@@ -172,6 +172,35 @@ describe("a connection's life", () => {
     assert.equal(socket.ofType("result").length, 2);
   });
 
+  test("a peer-to-peer offer waits for its input, unrun; the relay's job_inputs runs it as a relay job", async () => {
+    await connected();
+    const hello = await handshake();
+    const contract = { ...JOB.contract, transport: "p2p", input_summary: { items: 2 } };
+    const offer = { ...JOB, contract, contract_hash: await protocol.contractHash(contract), transport: "p2p", ice_servers: [] };
+    delete offer.inputs;
+    socket.deliver(offer);
+    await until(() => recorder.named("jobMark").some(([, status]) => status === "waiting for input"), "waiting");
+    assert.equal(recorder.named("jobAdd")[0][0].items, 2);
+    assert.equal(engine.runs, 0);
+    socket.deliver({ type: "job_inputs", job_id: JOB.job_id, assignment_id: JOB.assignment_id, inputs: { texts: ["tampered", "inputs"] } });
+    await until(() => socket.ofType("job_failed").length === 1, "refused relayed inputs");
+    assert.equal(socket.ofType("job_failed")[0].reason, "bad_input_hash");
+    // Given up once: the honest inputs after it find nothing waiting.
+    socket.deliver({ type: "job_inputs", job_id: JOB.job_id, assignment_id: JOB.assignment_id, inputs: JOB.inputs });
+    const second = { ...offer, assignment_id: "0a0b0c0d-0000-4000-8000-000000000002" };
+    socket.deliver(second);
+    socket.deliver({ type: "job_inputs", job_id: JOB.job_id, assignment_id: second.assignment_id, inputs: JOB.inputs });
+    await until(() => socket.ofType("result").length === 1, "result");
+    const result = socket.ofType("result")[0];
+    assert.equal(result.assignment_id, second.assignment_id);
+    assert.equal(result.result_hash, embedding.fields.result_hash);
+    assert.equal(result.data, embedding.data);
+    const fields = { ...embedding.fields, assignment_id: second.assignment_id, contract_hash: offer.contract_hash, shape: result.shape };
+    assert.ok(await verify(hello.session_key_pub, result.signature, protocol.resultMessage(fields)));
+    assert.equal(engine.runs, 1);
+    assert.equal(socket.ofType("result_commit").length, 0);
+  });
+
   test("frames that are not JSON objects with a type are ignored", async () => {
     await connected();
     socket.deliver("not json");

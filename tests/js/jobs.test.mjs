@@ -63,6 +63,71 @@ describe("checkJob", () => {
   });
 });
 
+describe("peer-to-peer jobs", () => {
+  // The worked example's job as a peer-to-peer one: no inputs in the offer, the contract
+  // names the transport and the input summary (docs/p2p.md §1).
+  const p2pContract = { ...contract, transport: "p2p", input_summary: { items: 2 } };
+  const p2pOffer = async (changes = {}) => {
+    const c = { ...p2pContract, ...changes };
+    for (const [name, value] of Object.entries(changes)) if (value === undefined) delete c[name];
+    const offer = { ...honest, contract: c, contract_hash: await protocol.contractHash(c), transport: "p2p", ice_servers: [] };
+    delete offer.inputs;
+    return offer;
+  };
+  const refused = async (promise) => {
+    try {
+      await promise;
+    } catch (err) {
+      assert.ok(err instanceof jobs.JobRefused, String(err));
+      return err.reason;
+    }
+    return null;
+  };
+
+  test("an offer is checked without inputs and waits for them", async () => {
+    const offer = await p2pOffer();
+    const job = await jobs.checkP2pOffer(offer, loaded);
+    assert.equal(job.transport, "p2p");
+    assert.equal(job.texts, null);
+    assert.equal(job.items, 2);
+    assert.equal(job.contractHash, offer.contract_hash);
+    assert.equal(await refused(jobs.checkP2pOffer({ ...offer, contract_hash: contractHash }, loaded)), "bad_contract_hash");
+    assert.equal(await refused(jobs.checkP2pOffer(await p2pOffer({ transport: undefined }), loaded)), "bad_message");
+    assert.equal(await refused(jobs.checkP2pOffer(await p2pOffer({ input_summary: { items: 2, chars: 9 } }), loaded)), "bad_message");
+    assert.equal(await refused(jobs.checkP2pOffer(offer, { ...loaded, modelChecksum: "cd".repeat(32) })), "model_mismatch");
+  });
+
+  test("the user's inputs must be the contract's: form, hash, summary, policy", async () => {
+    const job = await jobs.checkP2pOffer(await p2pOffer(), loaded);
+    const ready = await jobs.checkP2pInputs(job, inputs);
+    assert.deepEqual(ready.texts, inputs.texts);
+    assert.deepEqual(ready.inputs, inputs);
+    const cases = [
+      [null, "bad_input"],
+      [["hello world"], "bad_input"],
+      [{ texts: inputs.texts, extra: 1 }, "bad_input"],
+      [{ texts: [] }, "bad_input"],
+      [{ texts: ["a", 3] }, "bad_input"],
+      [{ texts: ["   ", "x"] }, "bad_input"],
+      [{ texts: ["a\u0000b"] }, "bad_input"],
+      [{ texts: ["\uD800 a lone surrogate"] }, "bad_input"],
+      [{ texts: ["hello world", "Grüße aus Köln!"] }, "bad_input_hash"],
+    ];
+    for (const [given, reason] of cases) assert.equal(await refused(jobs.checkP2pInputs(job, given)), reason, JSON.stringify(given));
+    // More texts than the contract's limit, before any hashing.
+    const limited = await jobs.checkP2pOffer(await p2pOffer({ limits: { ...contract.limits, max_items: 1 } }), loaded);
+    assert.equal(await refused(jobs.checkP2pInputs(limited, inputs)), "bad_input");
+    // A summary that does not count these inputs: the user's submit lied to the registry.
+    const one = { texts: ["hello world"] };
+    const miscounted = await jobs.checkP2pOffer(await p2pOffer({ input_hash: await protocol.inputHash(one) }), loaded);
+    assert.equal(await refused(jobs.checkP2pInputs(miscounted, one)), "bad_input");
+    // The contract's content policy, which only the nodes can check on a peer-to-peer input.
+    const policy = { id: "p", version: 1, input: { blocked: [{ name: "no-koeln", patterns: ["köln"] }] } };
+    const guarded = await jobs.checkP2pOffer(await p2pOffer({ policy }), loaded);
+    assert.equal(await refused(jobs.checkP2pInputs(guarded, inputs)), "content_policy:no-koeln");
+  });
+});
+
 describe("benchmarkTask", () => {
   test("takes 1 to 20 runs of a non-empty list of texts", () => {
     const message = { type: "benchmark", benchmark_id: "b1", inputs: { texts: ["a", "b"] }, runs: 3 };

@@ -38,6 +38,8 @@ const state = {
   controls: null, pauseReasons: [], computedTodayMs: 0,
   // Speed: this browser's on real jobs (compute time only), and the registry's observation.
   jobSpeed: null, observedSpeed: null,
+  // Peer-to-peer jobs whose input came over a data channel: set-up times and bytes (connection.js).
+  peerJobs: [],
 };
 
 const log = (text, cls) => state.log.push(view.log(text, cls));

@@ -9,9 +9,10 @@
 // (window.bim). The socket class is a parameter so Node can drive the whole machine. The
 // work each socket carries is ./session.js's.
 
-import { JobRefused, benchmarkTask, checkJob } from "./jobs.js";
+import { JobRefused, benchmarkTask, checkJob, checkP2pOffer } from "./jobs.js";
 import { sessionKeyCertified } from "./keystore.js";
 import { LOST_ON_RECONNECT, PROTOCOL, SUBNET_PAUSED } from "./protocol.js";
+import { ResultStore } from "./result-store.js";
 import { Session, errorText } from "./session.js";
 
 // Close codes after which reconnecting cannot help (docs/protocol.md §6.1).
@@ -26,6 +27,8 @@ export const FATAL_CLOSE = {
 const FATAL_ERRORS = new Set(["license_not_accepted", "unknown_subnet", "model_mismatch"]);
 const DEFAULT_HEARTBEAT_S = 10;
 const BUSY_RESEND_MS = 500;
+// Peer-to-peer jobs' figures kept in state.peerJobs for the curious and the tests.
+const PEER_FIGURES_KEPT = 50;
 
 /** Capped exponential backoff with jitter (§7): 1 s × 2^failures, at most 60 s, times a
  * random factor in [0.5, 1). */
@@ -36,12 +39,23 @@ export class NodeConnection {
   /** `state` holds nodeId, key (the long-term pair), env, subnet and engine when connect()
    * is first called; `url` is the websocket's; `onComputed({kind, texts, ms})` hears of
    * every model call (./session.js). */
-  constructor({ state, view, url, WebSocketImpl = globalThis.WebSocket, onComputed = () => {} }) {
-    Object.assign(this, { state, view, url, WebSocketImpl, onComputed, current: null, failures: 0, reconnectTimer: null });
+  constructor({
+    state, view, url, WebSocketImpl = globalThis.WebSocket, RTCPeerConnectionImpl = globalThis.RTCPeerConnection, onComputed = () => {},
+  }) {
+    Object.assign(this, { state, view, url, WebSocketImpl, RTCPeerConnectionImpl, onComputed, current: null, failures: 0, reconnectTimer: null });
     this.disconnectWaiters = [];
+    // Committed peer-to-peer results outlive a socket: an upload may be asked for after a
+    // reconnect (./result-store.js).
+    this.resultStore = new ResultStore();
   }
 
   log(text, cls) { this.state.log.push(this.view.log(text, cls)); }
+
+  peerFigures(figures) {
+    const kept = (this.state.peerJobs ??= []);
+    kept.push(figures);
+    kept.splice(0, kept.length - PEER_FIGURES_KEPT);
+  }
 
   setPhase(text, dot) { this.state.phase = text; this.view.showConnection(text, dot); }
 
@@ -60,8 +74,10 @@ export class NodeConnection {
       engine: state.engine,
       report: {
         view: this.view, log: (text, cls) => this.log(text, cls), count: (name) => this.count(name),
-        computed: (work) => this.onComputed(work),
+        computed: (work) => this.onComputed(work), peer: (figures) => this.peerFigures(figures),
       },
+      store: this.resultStore,
+      RTCPeerConnectionImpl: this.RTCPeerConnectionImpl,
       // Pausing waits for the running task; the socket closes once the queue is dry.
       onIdle: () => { if (state.paused && this.current === session) session.ws.close(1000, "paused"); },
     });
@@ -132,8 +148,9 @@ export class NodeConnection {
       for (const resolve of this.disconnectWaiters.splice(0)) resolve();
     }
     // Jobs queued or running die with the socket: the next session key could not sign them,
-    // and the registry re-dispatches them.
+    // and the registry re-dispatches them. So do the peer connections of its jobs.
     session.abandonQueued();
+    session.peerJobs.close();
     if (FATAL_CLOSE[event.code]) {
       this.stop(`Closed by the registry (${event.code}): ${FATAL_CLOSE[event.code]}.`);
       return;
@@ -164,15 +181,27 @@ export class NodeConnection {
         this.log(`benchmark passed: ${Number(message.items_per_s).toFixed(1)} texts/s`, "ok");
         return;
       case "job": return this.onJob(session, message);
+      // Peer-to-peer jobs (docs/p2p.md): none of these waits on a peer, so the inbox moves on.
+      case "rtc_offer": return session.peerJobs.onRtcOffer(message);
+      case "rtc_ice": return session.peerJobs.onRtcIce(message);
+      case "job_inputs": return session.peerJobs.onJobInputs(message);
+      case "upload_request": {
+        const upload = session.peerJobs.onUploadRequest(message);
+        if (upload) session.unacknowledged.set(String(upload.assignment_id), { message: upload, resent: false, upload: true });
+        return;
+      }
       case "subnet_state": return this.onSubnetState(message);
       case "cancel":
         session.cancelled.add(String(message.assignment_id));
+        session.peerJobs.onCancel(String(message.assignment_id));
         this.view.jobMark(String(message.assignment_id), "cancelled");
         return;
       case "result_ok": {
         const id = String(message.assignment_id);
-        if (session.unacknowledged.delete(id)) this.count("accepted");
-        this.view.jobMark(id, "submitted");
+        const pending = session.unacknowledged.get(id);
+        // An upload's acknowledgement is not a second accepted job.
+        if (session.unacknowledged.delete(id) && !pending.upload) this.count("accepted");
+        if (!pending?.upload) this.view.jobMark(id, "submitted");
         return;
       }
       case "error": return this.onError(session, message);
@@ -267,10 +296,15 @@ export class NodeConnection {
       session.send({ type: "job_failed", assignment_id: assignmentId, reason: SUBNET_PAUSED });
       return;
     }
+    // A peer-to-peer offer has no inputs: its user brings them over a data channel.
+    const p2p = message.transport === "p2p" && !("inputs" in message);
+    const loaded = { modelChecksum: engine.modelChecksum, tokenizerChecksum: engine.manifest?.tokenizer_checksum };
     try {
-      const job = await checkJob(message, { modelChecksum: engine.modelChecksum, tokenizerChecksum: engine.manifest?.tokenizer_checksum });
+      const job = await (p2p ? checkP2pOffer : checkJob)(message, loaded);
       this.view.jobAdd(job);
-      session.enqueue(job);
+      if (!p2p) { session.enqueue(job); return; }
+      session.peerJobs.offered(job, message.ice_servers);
+      this.view.jobMark(assignmentId, "waiting for input");
     } catch (err) {
       if (!(err instanceof JobRefused)) throw err;
       this.log(`refused job ${assignmentId.slice(0, 8)}: ${err.message}`, "warn");

@@ -3,8 +3,11 @@
 // (max_concurrent 1: the model already uses every thread it has) and answered with messages
 // that session key signs. Everything here dies with the socket: the next session key could
 // not sign these results, and the registry re-dispatches the jobs (docs/protocol.md §4.4).
+// Peer-to-peer jobs wait for their input in ./peer-jobs.js, join the same work loop once it
+// came, and their result goes back to the user with a commit to the registry.
 
-import { buildBenchmarkResult, buildResult } from "./jobs.js";
+import { buildBenchmarkResult, signedResult } from "./jobs.js";
+import { PeerJobs } from "./peer-jobs.js";
 import { roundMs } from "./protocol.js";
 
 const SOCKET_OPEN = 1; // WebSocket.OPEN
@@ -21,12 +24,22 @@ export class Session {
   working = false;
   open = true;
 
-  /** `report` is what the person sees: {view, log(text, cls), count(name), computed(work)},
-   * where `computed` hears of each model call's time ({kind: "job"|"benchmark", texts, ms}:
-   * the volunteer's daily limit and the speed on real jobs count it); `onIdle` runs
-   * whenever the queue has run dry. */
-  constructor(ws, { engine, report, onIdle }) {
+  /** `report` is what the person sees: {view, log(text, cls), count(name), computed(work),
+   * peer(figures)}, where `computed` hears of each model call's time ({kind:
+   * "job"|"benchmark", texts, ms}: the volunteer's daily limit and the speed on real jobs
+   * count it) and `peer` of each peer-to-peer job's set-up times and bytes; `onIdle` runs
+   * whenever the queue has run dry. `store` keeps committed peer-to-peer results across
+   * sockets (./result-store.js). */
+  constructor(ws, { engine, report, onIdle, store, RTCPeerConnectionImpl }) {
     Object.assign(this, { ws, engine, report, onIdle });
+    this.peerJobs = new PeerJobs({
+      send: (message) => this.send(message),
+      enqueue: (job) => { report.view.jobMark(job.assignmentId, "queued"); this.enqueue(job); },
+      store,
+      log: report.log,
+      record: (figures) => report.peer?.(figures),
+      RTCPeerConnectionImpl,
+    });
   }
 
   send(message) {
@@ -40,7 +53,11 @@ export class Session {
 
   /** Drops the queued jobs (pause, or the socket closed): the registry re-dispatches them. */
   abandonQueued() {
-    for (const task of this.queue) if (task.kind === "job") this.report.view.jobMark(task.assignmentId, "abandoned");
+    for (const task of this.queue) {
+      if (task.kind !== "job") continue;
+      this.peerJobs.release(task.assignmentId);
+      this.report.view.jobMark(task.assignmentId, "abandoned");
+    }
     this.queue.length = 0;
   }
 
@@ -89,32 +106,40 @@ export class Session {
 
   async runJob(job) {
     const { view, log, count } = this.report;
-    if (this.cancelled.has(job.assignmentId)) return;
-    if (job.deadline !== null && job.deadline <= Date.now()) { this.failJob(job.assignmentId, "deadline_passed"); return; }
-    view.jobMark(job.assignmentId, "computing");
+    const id = job.assignmentId;
+    // A peer-to-peer job that ends here without a result closes its channel at once.
+    if (this.cancelled.has(id)) { this.peerJobs.release(id); return; }
+    if (job.deadline !== null && job.deadline <= Date.now()) { this.peerJobs.release(id); this.failJob(id, "deadline_passed"); return; }
+    view.jobMark(id, "computing");
     const started = performance.now();
-    let message;
+    let signed;
     try {
       const output = await this.engine.embed(job.texts);
       const ms = performance.now() - started;
       this.report.computed?.({ kind: "job", texts: job.texts.length, ms });
-      message = await buildResult(job, output, this.sessionKey, ms);
+      signed = await signedResult(job, output, this.sessionKey, ms);
     } catch (err) {
       log(`job ${job.jobId.slice(0, 8)} failed to compute: ${errorText(err)}`, "bad");
-      this.failJob(job.assignmentId, "compute_error");
+      this.peerJobs.release(id);
+      this.failJob(id, "compute_error");
       return;
     }
-    if (this.cancelled.has(job.assignmentId)) return;
+    if (this.cancelled.has(id)) { this.peerJobs.release(id); return; }
     if (!this.open) {
       // The socket (and its session key) went while this ran: the registry re-dispatches it.
-      view.jobMark(job.assignmentId, "abandoned");
+      this.peerJobs.release(id);
+      view.jobMark(id, "abandoned");
       return;
     }
-    this.unacknowledged.set(job.assignmentId, { message, resent: false });
+    // Peer to peer: the bytes go to the user, the registry gets the signed commit.
+    const p2p = job.transport === "p2p";
+    const message = p2p ? await this.peerJobs.deliver(job, signed.message, signed.payload) : signed.message;
+    this.unacknowledged.set(id, { message, resent: false });
     this.send(message);
     count("done");
-    view.jobMark(job.assignmentId, "sent", message.elapsed_ms);
+    view.jobMark(id, "sent", message.elapsed_ms);
     const n = job.texts.length;
-    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${n} text${n > 1 ? "s" : ""} in ${message.elapsed_ms} ms, signed and sent`);
+    const where = p2p ? "sent to its user, committed to the registry" : "signed and sent";
+    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${n} text${n > 1 ? "s" : ""} in ${message.elapsed_ms} ms, ${where}`);
   }
 }

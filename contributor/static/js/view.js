@@ -133,7 +133,8 @@ export function jobAdd(job) {
   body.querySelector("tr.empty")?.remove();
   const tr = document.createElement("tr");
   tr.dataset.assignment = job.assignmentId;
-  for (const text of [job.jobId.slice(0, 8), job.role, String(job.texts.length), "–", "queued"]) {
+  // A peer-to-peer job's texts come later; its contract says how many.
+  for (const text of [job.jobId.slice(0, 8), job.role, String(job.texts ? job.texts.length : job.items), "–", "queued"]) {
     const td = document.createElement("td");
     td.textContent = text;
     tr.append(td);
