@@ -85,14 +85,14 @@ class ScriptedPeerConnection {
 const p2pContract = { ...contract, transport: "p2p", input_summary: { items: 2 } };
 let p2p, sent, queued, recorded, store;
 
-async function offeredJob(deadline = Date.now() + 60_000) {
+async function offeredJob(deadline = Date.now() + 60_000, iceTransportPolicy = "all") {
   const message = {
     type: "job", assignment_id: embedding.fields.assignment_id, job_id: contract.job_id, role: "A", transport: "p2p",
     contract: p2pContract, contract_hash: await protocol.contractHash(p2pContract), ice_servers: ICE,
     deadline: new Date(deadline).toISOString(),
   };
   const job = await jobs.checkP2pOffer(message, { modelChecksum: contract.model_checksum });
-  p2p.offered(job, message.ice_servers);
+  p2p.offered(job, message.ice_servers, iceTransportPolicy);
   return job;
 }
 
@@ -130,6 +130,7 @@ describe("a peer-to-peer job", () => {
     const job = await offeredJob();
     const { pc, framed } = await connected(job);
     assert.deepEqual(pc.config.iceServers, ICE.slice(0, 2)); // the malformed entry dropped
+    assert.equal(pc.config.iceTransportPolicy, "all");
     assert.deepEqual(sent, [{ type: "rtc_answer", assignment_id: job.assignmentId, sdp: pc.localDescription.sdp }]);
     assert.equal(pc.remote.sdp, OFFER_SDP);
     // The user's trickled candidates reach the connection.
@@ -210,14 +211,22 @@ describe("a peer-to-peer job", () => {
     assert.ok(pc.closed);
   });
 
+  test("the registry's relay-only policy makes the page gather TURN candidates only", async () => {
+    const job = await offeredJob(Date.now() + 60_000, "relay");
+    const { pc } = await connected(job);
+    assert.equal(pc.config.iceTransportPolicy, "relay");
+  });
+
   test("an input that is not the contract's is refused to the user and to the registry", async () => {
+    // The input, when it is an object that may be the contract's, goes to the registry as the
+    // refusal's evidence (the registry keeps it only if it has the contract's hash).
     const cases = [
-      [(job) => inputFrame(job, { texts: ["hello world", "something else"] }), "bad_input_hash"],
-      [(job) => [{ kind: "input", job_id: job.jobId, assignment_id: "another" }, protocol.canonicalBytes(inputs)], "bad_input"],
-      [(job) => [{ kind: "input", job_id: job.jobId, assignment_id: job.assignmentId }, Uint8Array.of(0x7b, 0xff)], "bad_input"],
-      [(job) => inputFrame(job, { texts: "hello world" }), "bad_input"],
+      [(job) => inputFrame(job, { texts: ["hello world", "something else"] }), "bad_input_hash", {}],
+      [(job) => [{ kind: "input", job_id: job.jobId, assignment_id: "another" }, protocol.canonicalBytes(inputs)], "bad_input", {}],
+      [(job) => [{ kind: "input", job_id: job.jobId, assignment_id: job.assignmentId }, Uint8Array.of(0x7b, 0xff)], "bad_input", {}],
+      [(job) => inputFrame(job, { texts: "hello world" }), "bad_input", { inputs: { texts: "hello world" } }],
     ];
-    for (const [frame, reason] of cases) {
+    for (const [frame, reason, evidence] of cases) {
       sent.length = 0;
       const job = await offeredJob();
       const { framed } = await connected(job);
@@ -225,7 +234,7 @@ describe("a peer-to-peer job", () => {
       const refusal = await framed.receive(1000);
       assert.deepEqual(refusal.header, { kind: "input_refused", reason });
       await until(() => sent.some((m) => m.type === "job_failed"));
-      assert.deepEqual(sent.at(-1), { type: "job_failed", assignment_id: job.assignmentId, reason });
+      assert.deepEqual(sent.at(-1), { type: "job_failed", assignment_id: job.assignmentId, reason, ...evidence });
       assert.equal(queued.length, 0);
     }
   });

@@ -303,7 +303,7 @@ export class NodeConnection {
       const job = await (p2p ? checkP2pOffer : checkJob)(message, loaded);
       this.view.jobAdd(job);
       if (!p2p) { session.enqueue(job); return; }
-      session.peerJobs.offered(job, message.ice_servers);
+      session.peerJobs.offered(job, message.ice_servers, message.ice_transport_policy);
       this.view.jobMark(assignmentId, "waiting for input");
     } catch (err) {
       if (!(err instanceof JobRefused)) throw err;

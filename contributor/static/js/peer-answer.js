@@ -56,10 +56,10 @@ export class PeerAnswer {
   /** `onCandidate(init)` hears of candidates found after the answer went (to trickle);
    * `onChannel(framed)` of the "bim" channel once it is open. */
   constructor({
-    iceServers, onCandidate = () => {}, onChannel = () => {}, RTCPeerConnectionImpl = globalThis.RTCPeerConnection, gatherMaxMs = GATHER_MAX_MS,
+    iceServers, relayOnly = false, onCandidate = () => {}, onChannel = () => {}, RTCPeerConnectionImpl = globalThis.RTCPeerConnection, gatherMaxMs = GATHER_MAX_MS,
   }) {
     if (typeof RTCPeerConnectionImpl !== "function") throw new Error("this browser has no WebRTC (RTCPeerConnection)");
-    this.pc = new RTCPeerConnectionImpl({ iceServers: iceServersOf(iceServers) });
+    this.pc = new RTCPeerConnectionImpl({ iceServers: iceServersOf(iceServers), iceTransportPolicy: relayOnly ? "relay" : "all" });
     this.gatherMaxMs = gatherMaxMs;
     this.trickling = false; // the answer went before gathering completed: later candidates follow it
     this.closed = false;

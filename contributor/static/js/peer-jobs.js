@@ -57,9 +57,10 @@ export class PeerJobs {
 
   /** A checked peer-to-peer offer (checkP2pOffer): wait for its input, until the deadline
    * or INPUT_TIMEOUT_MS, whichever is sooner. */
-  offered(job, iceServers) {
+  offered(job, iceServers, iceTransportPolicy = "all") {
     const waitMs = Math.max(0, Math.min(this.inputTimeoutMs, job.deadline === null ? Infinity : job.deadline - Date.now()));
-    const waiting = { job, iceServers, peer: null, done: false };
+    const relayOnly = iceTransportPolicy === "relay"; // the operator's choice: TURN candidates only
+    const waiting = { job, iceServers, relayOnly, peer: null, done: false };
     waiting.timer = setTimeout(() => this.inputMissing(waiting), waitMs);
     this.waiting.set(job.assignmentId, waiting);
   }
@@ -84,6 +85,7 @@ export class PeerJobs {
     try {
       peer = new PeerAnswer({
         iceServers: waiting.iceServers,
+        relayOnly: waiting.relayOnly,
         RTCPeerConnectionImpl: this.RTCPeerConnectionImpl,
         gatherMaxMs: this.gatherMaxMs,
         onCandidate: (candidate) => this.send({ type: "rtc_ice", assignment_id: job.assignmentId, candidate }),
@@ -208,7 +210,10 @@ export class PeerJobs {
       ready = await checkP2pInputs(job, inputs);
     } catch (err) {
       if (!(err instanceof JobRefused)) throw err;
-      await this.refuse(job, link, err);
+      // The user's input that breaks its own contract goes to the registry as evidence: it
+      // judges the refusal on it (docs/p2p.md §3), keeping only an input with the contract's hash.
+      const evidence = err.reason !== "bad_input_hash" && inputs !== null && typeof inputs === "object" && !Array.isArray(inputs);
+      await this.refuse(job, link, err, evidence ? inputs : null);
       return;
     }
     if (link) this.open.set(job.assignmentId, link);
@@ -216,7 +221,7 @@ export class PeerJobs {
     this.enqueue(ready);
   }
 
-  async refuse(job, link, refusal) {
+  async refuse(job, link, refusal, evidence = null) {
     this.log(`job ${job.jobId.slice(0, 8)}: refused its input: ${refusal.message}`, "warn");
     if (link) {
       try {
@@ -224,7 +229,9 @@ export class PeerJobs {
       } catch { /* the user is gone: the registry hears of it all the same */ }
       this.linger(link);
     }
-    this.send({ type: "job_failed", assignment_id: job.assignmentId, reason: refusal.reason });
+    const failed = { type: "job_failed", assignment_id: job.assignmentId, reason: refusal.reason };
+    if (evidence !== null) failed.inputs = evidence;
+    this.send(failed);
   }
 
   inputMissing(waiting) {
