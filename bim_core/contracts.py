@@ -51,6 +51,9 @@ CONTRACT_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "max_items": {"type": "integer", "minimum": 1},
+                # A peer-to-peer job's per-item size limit, which its nodes check (the registry
+                # never sees the input); the subnet's max_chars_per_item.
+                "max_chars": {"type": "integer", "minimum": 1},
                 "max_tokens": {"type": "integer", "minimum": 1},
                 "max_steps": {"type": "integer", "minimum": 1},
                 "latency_ms": {"type": "integer", "minimum": 1},

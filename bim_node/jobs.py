@@ -137,7 +137,9 @@ class ServedModel:
                 inputs,
                 families.SubnetLimits(
                     max_items=int(limits.get("max_items") or 2**31),
-                    max_chars=2**31,
+                    # A peer-to-peer contract names the subnet's limit (its input never
+                    # reached the registry); a relay one was checked by the registry.
+                    max_chars=int(limits.get("max_chars") or 2**31),
                     preprocessing=dict(contract.get("preprocessing") or {}),
                 ),
             )

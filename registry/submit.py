@@ -290,7 +290,12 @@ def _job_build(
         tolerances=subnet.tolerances,
         preprocessing=subnet.preprocessing,
         input_hash=input_hash or protocol.input_hash(inputs),
-        limits={"max_items": subnet.max_items_per_job, "latency_ms": subnet.latency_ms},
+        limits={
+            "max_items": subnet.max_items_per_job,
+            "latency_ms": subnet.latency_ms,
+            # The nodes check a peer-to-peer input's sizes: the registry never sees it.
+            **({"max_chars": subnet.max_chars_per_item} if input_summary is not None else {}),
+        },
         session_key_pub=session_key,
         trusted=subnet.trusted,
         policy=subnet.content_policy or None,

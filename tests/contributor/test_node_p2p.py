@@ -273,6 +273,23 @@ def test_relayed_inputs_are_checked_against_the_contract_too() -> None:
     run(scenario)
 
 
+def test_a_text_over_the_contracts_max_chars_is_refused_with_the_input_as_evidence() -> None:
+    async def scenario() -> None:
+        async with p2p_node(webrtc=False) as (registry, client):
+            ws = await registry.next_connection()
+            await handshake(ws)
+            relay_job = job_message(["twelve chars"])
+            relay_job["contract"]["limits"] = {**relay_job["contract"]["limits"], "max_chars": 11}
+            offer, inputs = p2p_offer(relay_job)
+            await send(ws, offer)
+            await send(ws, {"type": "job_inputs", "job_id": offer["job_id"], "assignment_id": offer["assignment_id"], "inputs": inputs})
+            refused = await receive(ws)
+            assert (refused["reason"], refused["inputs"]) == ("bad_input", inputs)
+            assert client.calls == []  # type: ignore[attr-defined]
+
+    run(scenario)
+
+
 def test_streamed_text_goes_to_the_user_over_the_channel_not_to_the_registry() -> None:
     async def scenario() -> None:
         async with p2p_node(FakeTextRunner(), task_type="text") as (registry, _):

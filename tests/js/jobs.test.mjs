@@ -117,6 +117,11 @@ describe("peer-to-peer jobs", () => {
     // More texts than the contract's limit, before any hashing.
     const limited = await jobs.checkP2pOffer(await p2pOffer({ limits: { ...contract.limits, max_items: 1 } }), loaded);
     assert.equal(await refused(jobs.checkP2pInputs(limited, inputs)), "bad_input");
+    // A text longer than the contract's max_chars (code points, as the registry counts them).
+    const short = await jobs.checkP2pOffer(await p2pOffer({ limits: { ...contract.limits, max_chars: 11 } }), loaded);
+    assert.equal(await refused(jobs.checkP2pInputs(short, inputs)), "bad_input");
+    const roomy = await jobs.checkP2pOffer(await p2pOffer({ limits: { ...contract.limits, max_chars: 15 } }), loaded);
+    assert.notEqual(await refused(jobs.checkP2pInputs(roomy, inputs)), "bad_input");
     // A summary that does not count these inputs: the user's submit lied to the registry.
     const one = { texts: ["hello world"] };
     const miscounted = await jobs.checkP2pOffer(await p2pOffer({ input_hash: await protocol.inputHash(one) }), loaded);

@@ -47,6 +47,8 @@ def test_a_p2p_job_holds_its_price_from_the_summary_and_keeps_no_input(market):
     assert job.transport == "p2p" and job.inputs == {}
     assert job.contract["transport"] == "p2p" and job.contract["input_summary"] == {"items": 2}
     assert job.contract["input_hash"] == protocol.input_hash(INPUTS)
+    # The nodes check the sizes the registry cannot: the subnet's per-text limit is in the contract.
+    assert job.contract["limits"]["max_chars"] == subnet.max_chars_per_item
     assert job.item_count == 2 and job.price_micro == JobTerms.of_subnet(subnet).price_for(2)
     assert Transfer.objects.filter(kind="hold", amount=job.price_micro).count() == 1
     assert response.json()["transport"] == "p2p"

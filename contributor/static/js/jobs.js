@@ -78,6 +78,10 @@ export async function checkP2pInputs(job, inputs) {
   if (Number.isInteger(maxItems) && texts.length > maxItems) throw new JobRefused("bad_input", `at most ${maxItems} texts per job`);
   const bad = texts.findIndex((t) => !t.trim() || t.includes(NUL));
   if (bad >= 0) throw new JobRefused("bad_input", `texts[${bad}] must be a non-empty string without NUL characters`);
+  // The subnet's per-text limit, in code points as the registry counts them (never seen by it here).
+  const maxChars = job.contract.limits?.max_chars;
+  const long = Number.isInteger(maxChars) ? texts.findIndex((t) => [...t].length > maxChars) : -1;
+  if (long >= 0) throw new JobRefused("bad_input", `texts[${long}] exceeds ${maxChars} characters`);
   await checkInputHash(job.contract, inputs, "bad_input");
   if (canonicalJson(inputSummary(inputs)) !== canonicalJson(job.contract.input_summary)) {
     throw new JobRefused("bad_input", "inputs do not match contract.input_summary");
