@@ -211,6 +211,14 @@ describe("a peer-to-peer job", () => {
     assert.ok(pc.closed);
   });
 
+  test("an offer that arrives before its job is answered when the job comes", async () => {
+    p2p.onRtcOffer({ type: "rtc_offer", job_id: contract.job_id, assignment_id: embedding.fields.assignment_id, sdp: OFFER_SDP });
+    assert.equal(sent.length, 0);
+    await offeredJob();
+    await until(() => sent.some((m) => m.type === "rtc_answer"));
+    assert.equal(ScriptedPeerConnection.made.at(-1).remote.sdp, OFFER_SDP);
+  });
+
   test("the registry's relay-only policy makes the page gather TURN candidates only", async () => {
     const job = await offeredJob(Date.now() + 60_000, "relay");
     const { pc } = await connected(job);

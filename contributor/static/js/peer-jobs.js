@@ -29,6 +29,12 @@ export const LINGER_MS = 30_000;
 // A user that stops reading must not hold the work loop: the send gives up after this long
 // (the registry then fetches the committed bytes itself when the user does not confirm them).
 export const SEND_TIMEOUT_MS = 60_000;
+// A user's rtc_offer can reach the page before the job it is for: the registry lists the
+// job's nodes to its user once the assignment is committed, and the offer's way (user socket
+// -> registry -> page) is not ordered with the job's (worker -> page). Such an offer is kept
+// this long, EARLY_OFFERS at most, for its job to arrive (as the Python node does).
+export const EARLY_OFFER_TTL_MS = 30_000;
+export const EARLY_OFFERS = 64;
 
 const sinceMs = (start) => Math.round(performance.now() - start);
 
@@ -49,6 +55,7 @@ export class PeerJobs {
   }) {
     Object.assign(this, { send, enqueue, store, log, record, RTCPeerConnectionImpl, connectTimeoutMs, inputTimeoutMs, lingerMs, gatherMaxMs });
     this.waiting = new Map(); // assignment id -> offered job whose input has not come
+    this.earlyOffers = new Map(); // assignment id -> { at, sdp }: offers ahead of their job
     this.open = new Map(); // assignment id -> {peer, framed, figures}: input came, result goes back there
     this.lingering = new Set();
   }
@@ -63,12 +70,21 @@ export class PeerJobs {
     const waiting = { job, iceServers, relayOnly, peer: null, done: false };
     waiting.timer = setTimeout(() => this.inputMissing(waiting), waitMs);
     this.waiting.set(job.assignmentId, waiting);
+    const early = this.earlyOffers.get(job.assignmentId);
+    this.earlyOffers.delete(job.assignmentId);
+    if (early && Date.now() - early.at <= EARLY_OFFER_TTL_MS) this.answer(waiting, early.sdp);
   }
 
   onRtcOffer(message) {
-    const waiting = this.waiting.get(String(message.assignment_id));
-    if (!waiting || typeof message.sdp !== "string") {
-      this.log(`ignored an rtc_offer for ${String(message.assignment_id).slice(0, 8)}, which waits for no input`, "warn");
+    const assignmentId = String(message.assignment_id);
+    if (typeof message.sdp !== "string") return;
+    const waiting = this.waiting.get(assignmentId);
+    if (!waiting) {
+      // Ahead of its job, most likely: kept for it, the oldest dropped first.
+      this.log(`an rtc_offer for ${assignmentId.slice(0, 8)} came before its job: kept for it`);
+      this.earlyOffers.delete(assignmentId);
+      this.earlyOffers.set(assignmentId, { at: Date.now(), sdp: message.sdp });
+      while (this.earlyOffers.size > EARLY_OFFERS) this.earlyOffers.delete(this.earlyOffers.keys().next().value);
       return;
     }
     // A new offer replaces the attempt before it (the user's client retried).
