@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--source-ip", help="local address to connect from (e.g. 127.2.0.1 for a loopback demo)"
     )
+    parser.add_argument(
+        "--no-webrtc",
+        action="store_true",
+        default=_env_flag("BIM_NODE_NO_WEBRTC"),
+        help="ignore users' WebRTC offers: peer-to-peer jobs then reach this node through the "
+        "registry relay (default: $BIM_NODE_NO_WEBRTC)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.token:
@@ -55,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     return args
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def _default_os() -> str:
@@ -66,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if _env_flag("BIM_P2P_LOOPBACK"):
+        # Tests and one-machine demos: users and nodes on 127.0.0.1 only (bim_core.peer).
+        from bim_core.peer import allow_loopback
+
+        allow_loopback()
     try:
         return asyncio.run(_serve(prepare_node(args)))
     except (RegistryError, ArtifactError, KeyFileError, NodeFatalError) as exc:
@@ -131,6 +147,7 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
         compute=compute,
         task_type=task_type,
         source_ip=args.source_ip,
+        webrtc=not args.no_webrtc,
     )
 
 

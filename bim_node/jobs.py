@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,9 @@ class Job:
     contract_hash: str
     inputs: dict[str, Any]
     deadline: datetime | None
+    # "p2p": the inputs came (or will come) from the user over a data channel, and the result
+    # goes back the same way with a commit to the registry (docs/p2p.md).
+    transport: str = "relay"
 
 
 @dataclass(frozen=True)
@@ -62,32 +65,58 @@ class ServedModel:
     tokenizer_checksum: str | None = None
 
     def check_job(self, message: dict[str, Any]) -> Job:
-        """Everything a node can check before spending compute on a job."""
-        contract, contract_hash = message.get("contract"), message.get("contract_hash")
-        inputs, job_id = message.get("inputs"), message.get("job_id")
-        if not (
-            isinstance(contract, dict)
-            and isinstance(contract_hash, str)
-            and isinstance(job_id, str)
-            and isinstance(inputs, dict)
-        ):
+        """Everything a node can check before spending compute on a relay job (its inputs
+        came with the offer), in the order docs/protocol.md §4.4 lists."""
+        contract, contract_hash, job_id = self._offer_fields(message)
+        inputs = message.get("inputs")
+        if not isinstance(inputs, dict):
+            raise JobRefusedError("bad_message", "job lacks contract, contract_hash, job_id or inputs")
+        self._check_inputs(contract, inputs, reason="bad_message")
+        self._check_input_hash(contract, inputs, reason="bad_message")
+        self._check_contract(contract, contract_hash, job_id)
+        self._check_model(contract)
+        self._check_policy(contract)
+        self._check_input_policy(contract, inputs)
+        return self._job(message, contract, contract_hash, job_id, inputs)
+
+    def check_p2p_offer(self, message: dict[str, Any]) -> Job:
+        """A peer-to-peer offer (docs/p2p.md): everything but its inputs, which the user brings
+        over a data channel later (`check_p2p_inputs`). The Job's inputs are empty."""
+        contract, contract_hash, job_id = self._offer_fields(message)
+        self._check_contract(contract, contract_hash, job_id)
+        summary = contract.get("input_summary")
+        if contract.get("transport") != "p2p" or not isinstance(summary, dict) or set(summary) != self.family.summary_keys:
+            raise JobRefusedError("bad_message", "a peer-to-peer offer's contract has transport p2p and its input_summary")
+        self._check_model(contract)
+        self._check_policy(contract)
+        return self._job(message, contract, contract_hash, job_id, {}, transport="p2p")
+
+    def check_p2p_inputs(self, job: Job, inputs: Any) -> Job:
+        """The inputs a peer-to-peer job's user sent: the contract's (hash and summary), of the
+        family's form, within the contract's content policy. Refusals carry the reasons
+        docs/p2p.md §3 names (`bad_input`, `bad_input_hash`, `content_policy:<rule>`)."""
+        if not isinstance(inputs, dict):
+            raise JobRefusedError("bad_input", "inputs are not a JSON object")
+        self._check_inputs(job.contract, inputs, reason="bad_input")
+        self._check_input_hash(job.contract, inputs, reason="bad_input")
+        if self.family.input_summary(inputs) != job.contract.get("input_summary"):
+            raise JobRefusedError("bad_input", "inputs do not match contract.input_summary")
+        self._check_input_policy(job.contract, inputs)
+        return replace(job, inputs=inputs)
+
+    def _offer_fields(self, message: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+        contract, contract_hash, job_id = message.get("contract"), message.get("contract_hash"), message.get("job_id")
+        if not (isinstance(contract, dict) and isinstance(contract_hash, str) and isinstance(job_id, str)):
             raise JobRefusedError("bad_message", "job lacks contract, contract_hash, job_id or inputs")
         if contract.get("task_type", "embedding") != self.family.task_type:
             raise JobRefusedError("bad_message", f"this node runs {self.family.task_type} jobs")
-        self._check_inputs(contract, inputs)
-        try:
-            inputs_hash = protocol.input_hash(inputs)
-            actual_contract_hash = protocol.contract_hash(contract)
-        except ValueError as exc:  # NaN, infinity or a lone surrogate: no canonical JSON
-            raise JobRefusedError("bad_message", str(exc)) from exc
-        if inputs_hash != contract.get("input_hash"):
-            raise JobRefusedError("bad_input_hash", "inputs do not hash to contract.input_hash")
-        if actual_contract_hash != contract_hash:
-            raise JobRefusedError("bad_contract_hash", "contract does not hash to contract_hash")
-        if contract.get("job_id") != job_id:
-            raise JobRefusedError("bad_message", "contract.job_id differs from job_id")
-        self._check_model(contract)
-        self._check_policy(contract, inputs)
+        return contract, contract_hash, job_id
+
+    @staticmethod
+    def _job(
+        message: dict[str, Any], contract: dict[str, Any], contract_hash: str, job_id: str, inputs: dict[str, Any],
+        transport: str = "relay",
+    ) -> Job:
         return Job(
             assignment_id=str(message["assignment_id"]),
             job_id=job_id,
@@ -96,10 +125,11 @@ class ServedModel:
             contract_hash=contract_hash,
             inputs=inputs,
             deadline=parse_deadline(message.get("deadline")),
+            transport=transport,
         )
 
-    def _check_inputs(self, contract: dict[str, Any], inputs: dict[str, Any]) -> None:
-        # The registry validated the inputs against the subnet's limits; the node only
+    def _check_inputs(self, contract: dict[str, Any], inputs: dict[str, Any], *, reason: str) -> None:
+        # The registry validated relay inputs against the subnet's limits; the node only
         # makes sure they have the family's shape before spending compute on them.
         limits = contract.get("limits") if isinstance(contract.get("limits"), dict) else {}
         try:
@@ -112,11 +142,31 @@ class ServedModel:
                 ),
             )
         except (families.InputInvalid, TypeError, ValueError) as exc:
-            raise JobRefusedError("bad_message", str(exc)) from None
+            raise JobRefusedError(reason, str(exc)) from None
 
-    def _check_policy(self, contract: dict[str, Any], inputs: dict[str, Any]) -> None:
-        # The contract's content policy (docs/content-policy.md): a node may decline a job
-        # that breaks it, which costs it nothing when the registry's own check agrees.
+    @staticmethod
+    def _check_input_hash(contract: dict[str, Any], inputs: dict[str, Any], *, reason: str) -> None:
+        try:
+            inputs_hash = protocol.input_hash(inputs)
+        except ValueError as exc:  # NaN, infinity or a lone surrogate: no canonical JSON
+            raise JobRefusedError(reason, str(exc)) from exc
+        if inputs_hash != contract.get("input_hash"):
+            raise JobRefusedError("bad_input_hash", "inputs do not hash to contract.input_hash")
+
+    @staticmethod
+    def _check_contract(contract: dict[str, Any], contract_hash: str, job_id: str) -> None:
+        try:
+            actual_contract_hash = protocol.contract_hash(contract)
+        except ValueError as exc:
+            raise JobRefusedError("bad_message", str(exc)) from exc
+        if actual_contract_hash != contract_hash:
+            raise JobRefusedError("bad_contract_hash", "contract does not hash to contract_hash")
+        if contract.get("job_id") != job_id:
+            raise JobRefusedError("bad_message", "contract.job_id differs from job_id")
+
+    @staticmethod
+    def _check_policy(contract: dict[str, Any]) -> None:
+        # The contract's content policy (docs/content-policy.md) must be one this node reads.
         policy = contract.get("policy")
         if policy is None:
             return
@@ -124,7 +174,13 @@ class ServedModel:
             content_policy.validate_policy(policy)
         except content_policy.PolicyInvalid as exc:
             raise JobRefusedError("unsupported_contract", f"contract policy: {exc}") from None
-        violation = content_policy.input_violation(policy, inputs)
+
+    @staticmethod
+    def _check_input_policy(contract: dict[str, Any], inputs: dict[str, Any]) -> None:
+        # A node may decline a job that breaks the policy's input rules, which costs it
+        # nothing when the registry's own check agrees (for a peer-to-peer input the registry
+        # never saw, the nodes' check is the only one).
+        violation = content_policy.input_violation(contract.get("policy"), inputs)
         if violation is not None:
             raise JobRefusedError(violation.reason, violation.detail)
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from bim_core import families, protocol
 
 from .handshake import NodeFatalError, SessionError, handshake, parse, send
 from .jobs import BenchmarkTask, ComputeFn, Job, JobRefusedError, ServedModel
+from .p2p import PeerJobs, ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class _Connection:
     heartbeat_s: float
     queue: asyncio.Queue[Job | BenchmarkTask]
     cancelled: set[str]
+    # Peer-to-peer jobs (docs/p2p.md): waiting for their input, or holding its channel.
+    peer_jobs: PeerJobs
     # Results sent and not yet acknowledged, by assignment (or benchmark) id: resent once
     # when the registry answers `busy`.
     unacknowledged: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -79,6 +83,9 @@ class NodeClient:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         source_ip: str | None = None,
+        webrtc: bool = True,
+        p2p_connect_timeout_s: float = 10.0,
+        p2p_input_timeout_s: float = 120.0,
     ) -> None:
         self.ws_url = ws_url
         self.node_id = node_id
@@ -96,6 +103,12 @@ class NodeClient:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.source_ip = source_ip
+        # Off: a peer-to-peer job's offers are ignored, so its user falls back to the relay.
+        self.webrtc = webrtc
+        self.p2p_connect_timeout_s = p2p_connect_timeout_s
+        self.p2p_input_timeout_s = p2p_input_timeout_s
+        # Committed peer-to-peer results, for the registry's uploads; kept across reconnects.
+        self.result_store = ResultStore()
         self.ready = asyncio.Event()  # set on ready_ok, cleared when the socket drops
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -194,7 +207,17 @@ class NodeClient:
             timeout_s=self.handshake_timeout_s,
             release_listed_work=self.release_listed_work,
         )
-        conn = _Connection(ws, opened.session_key, opened.heartbeat_s, queue=asyncio.Queue(), cancelled=set())
+        queue: asyncio.Queue[Job | BenchmarkTask] = asyncio.Queue()
+        peer_jobs = PeerJobs(
+            model=self.model,
+            send=lambda message: send(ws, message),
+            enqueue=queue.put,
+            store=self.result_store,
+            webrtc=self.webrtc,
+            connect_timeout_s=self.p2p_connect_timeout_s,
+            input_timeout_s=self.p2p_input_timeout_s,
+        )
+        conn = _Connection(ws, opened.session_key, opened.heartbeat_s, queue=queue, cancelled=set(), peer_jobs=peer_jobs)
         self.subnet_state = opened.subnet_state
         welcomed.set()
         log.info("connected as node %s; heartbeat every %s s", self.node_id, conn.heartbeat_s)
@@ -211,8 +234,10 @@ class NodeClient:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await conn.peer_jobs.close()
 
     async def _receive(self, conn: _Connection) -> None:
+        peer_jobs = conn.peer_jobs
         async for raw in conn.ws:
             message = parse(raw)
             if message is None:
@@ -231,6 +256,16 @@ class NodeClient:
                 )
             elif kind == "cancel":
                 conn.cancelled.add(str(message.get("assignment_id")))
+                peer_jobs.on_cancel(str(message.get("assignment_id")))
+            elif kind == "rtc_offer":
+                peer_jobs.on_rtc_offer(message)
+            elif kind == "rtc_ice":
+                await peer_jobs.on_rtc_ice(message)
+            elif kind == "job_inputs":
+                peer_jobs.on_job_inputs(message)
+            elif kind == "upload_request":
+                if upload := await peer_jobs.on_upload_request(message):
+                    conn.unacknowledged[str(upload["assignment_id"])] = upload
             elif kind == "subnet_state":
                 self._on_subnet_state(message)
             elif kind == "ready_ok":
@@ -280,11 +315,16 @@ class NodeClient:
             log.info("declining assignment %s: subnet %s is %s", assignment_id, self.subnet, self.subnet_state)
             await self._job_failed(conn, assignment_id, protocol.SUBNET_PAUSED)
             return
+        # A peer-to-peer offer has no inputs: its user brings them (docs/p2p.md).
+        p2p = message.get("transport") == "p2p" and "inputs" not in message
         try:
-            job = self.model.check_job(message)
+            job = self.model.check_p2p_offer(message) if p2p else self.model.check_job(message)
         except JobRefusedError as exc:
             log.warning("refusing assignment %s: %s", assignment_id, exc)
             await self._job_failed(conn, assignment_id, exc.reason)
+            return
+        if p2p:
+            conn.peer_jobs.offered(job, message.get("ice_servers"))
             return
         await conn.queue.put(job)
 
@@ -323,28 +363,43 @@ class NodeClient:
                 except Exception:
                     log.exception("benchmark %s failed to compute", job.benchmark_id)
                 continue
-            if job.assignment_id in conn.cancelled:
-                log.info("job %s cancelled before it started", job.job_id)
-                continue
-            if job.deadline is not None and job.deadline <= datetime.now(UTC):
-                await self._job_failed(conn, job.assignment_id, "deadline_passed")
-                continue
-            started = time.monotonic()
             try:
-                result = await loop.run_in_executor(self._executor, self.model.compute_call(job, send_from_thread))
-                payload, shape = self.model.encoded(result, job.inputs)
-            except Exception:
-                log.exception("job %s failed to compute", job.job_id)
-                await self._job_failed(conn, job.assignment_id, "compute_error")
-                continue
-            elapsed_ms = round((time.monotonic() - started) * 1000)
-            if job.assignment_id in conn.cancelled:
-                continue  # cancelled while running: the registry no longer wants it
-            message = self.model.result_message(job, payload, shape, elapsed_ms, conn.session_key)
+                await self._run_job(conn, job, send_from_thread)
+            finally:
+                if job.transport == "p2p":
+                    conn.peer_jobs.release(job.assignment_id)  # no-op once its result went out
+
+    async def _run_job(self, conn: _Connection, job: Job, send_from_thread: Callable[[dict[str, Any]], None]) -> None:
+        loop = asyncio.get_running_loop()
+        peer_jobs = conn.peer_jobs
+        if job.assignment_id in conn.cancelled:
+            log.info("job %s cancelled before it started", job.job_id)
+            return
+        if job.deadline is not None and job.deadline <= datetime.now(UTC):
+            await self._job_failed(conn, job.assignment_id, "deadline_passed")
+            return
+        # A peer-to-peer job's streamed text goes to its user over the channel, not the registry.
+        send_partial = peer_jobs.partial_sender(job, loop) if job.transport == "p2p" else send_from_thread
+        started = time.monotonic()
+        try:
+            result = await loop.run_in_executor(self._executor, self.model.compute_call(job, send_partial))
+            payload, shape = self.model.encoded(result, job.inputs)
+        except Exception:
+            log.exception("job %s failed to compute", job.job_id)
+            await self._job_failed(conn, job.assignment_id, "compute_error")
+            return
+        elapsed_ms = round((time.monotonic() - started) * 1000)
+        if job.assignment_id in conn.cancelled:
+            return  # cancelled while running: the registry no longer wants it
+        message = self.model.result_message(job, payload, shape, elapsed_ms, conn.session_key)
+        if job.transport == "p2p":
+            message = await peer_jobs.deliver(job, message, payload)
+            conn.unacknowledged[job.assignment_id] = message
+        else:
             conn.unacknowledged[job.assignment_id] = message
             await send(conn.ws, message)
-            self.jobs_done += 1
-            log.info("job %s role %s %s %d ms", job.job_id, job.role, protocol.shape_text(shape), elapsed_ms)
+        self.jobs_done += 1
+        log.info("job %s role %s %s %d ms%s", job.job_id, job.role, protocol.shape_text(shape), elapsed_ms, " (p2p)" if job.transport == "p2p" else "")
 
     async def _job_failed(self, conn: _Connection, assignment_id: str, reason: str) -> None:
         self.jobs_failed += 1

@@ -23,7 +23,7 @@ cd "$WORK"
 SDK_MODULES="bim_sdk bim_sdk.client bim_sdk.config bim_sdk.receipts bim_sdk.cli bim_core.protocol bim_core.families bim_core.http bim_core.ice bim_core.peer"
 NODE_MODULES="bim_node bim_node.__main__ bim_node.artifacts bim_node.handshake bim_node.jobs bim_node.keys \
 bim_node.registry_api bim_node.session bim_core.runtimes.runners bim_core.runtimes.embedder \
-bim_core.runtimes.upscaler bim_core.runtimes.generator bim_core.contracts bim_core.ice bim_core.peer"
+bim_core.runtimes.upscaler bim_core.runtimes.generator bim_core.contracts bim_core.ice bim_core.peer bim_node.p2p"
 
 check_extra() {
     local extra="$1" command="$2" modules="$3" venv="$WORK/venv-$1"
