@@ -248,12 +248,12 @@ def load_vectors(path: Path) -> dict[str, np.ndarray]:
         return dict(zip(data["texts"].tolist(), data["vectors"].astype(np.float32)))
 
 
-def wait_for_nodes(count: int, group: ProcessGroup, timeout: float = 120.0) -> None:
-    """Until `count` simulated nodes are routable: ready (model checksum sent) and scored
-    by a passed benchmark."""
+def wait_for_nodes(count: int, group: ProcessGroup, timeout: float = 120.0, *, subnet: str = SUBNET) -> None:
+    """Until `count` simulated nodes are routable on `subnet`: ready (model checksum sent)
+    and scored by a passed benchmark."""
     from registry.models import NodeSubnet
 
-    routable = NodeSubnet.objects.filter(subnet__slug=SUBNET, ready_at__isnull=False, score__gt=0)
+    routable = NodeSubnet.objects.filter(subnet__slug=subnet, ready_at__isnull=False, score__gt=0)
     deadline = time.monotonic() + timeout
     while routable.count() < count:
         group.check_alive()

@@ -41,6 +41,12 @@ LINGER_S = 30.0
 # A user that stops reading must not hold a worker: the send gives up after this long (the
 # registry then fetches the committed bytes itself when the user does not confirm them).
 SEND_TIMEOUT_S = 60.0
+# A user's `rtc_offer` can reach the node before the `job` it is for: the registry lists the
+# job's nodes to its user as soon as the assignment is committed, and the offer's way (user
+# socket -> registry -> node) is not ordered with the job's (worker -> node). Such an offer
+# is kept this long (at most EARLY_OFFERS of them) for its job to arrive.
+EARLY_OFFER_TTL_S = 30.0
+EARLY_OFFERS = 64
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -131,6 +137,7 @@ class PeerJobs:
         self.input_timeout_s = input_timeout_s
         self.waiting: dict[str, _Waiting] = {}
         self.open_peers: dict[str, Peer] = {}  # jobs whose input came over a channel, until delivered
+        self.early_offers: OrderedDict[str, tuple[float, str]] = OrderedDict()  # assignment -> (when, sdp)
         self._lingering: set[asyncio.Task[None]] = set()
 
     # Offers and signalling ------------------------------------------------------------
@@ -139,6 +146,9 @@ class PeerJobs:
         """A checked peer-to-peer offer (ServedModel.check_p2p_offer): wait for its input."""
         servers = [s for s in ice_servers if isinstance(s, dict) and "urls" in s] if isinstance(ice_servers, list) else []
         waiting = _Waiting(job, servers, ice_transport_policy == "relay")
+        early = self.early_offers.pop(job.assignment_id, None)
+        if early is not None and time.monotonic() - early[0] <= EARLY_OFFER_TTL_S:
+            waiting.offers.put_nowait(early[1])
         waiting.task = asyncio.create_task(self._await_input(waiting))
         self.waiting[job.assignment_id] = waiting
 
@@ -147,9 +157,16 @@ class PeerJobs:
         if not self.webrtc:
             log.info("assignment %s: WebRTC is off on this node; ignoring the user's offer", assignment_id)
             return
+        if not isinstance(sdp, str):
+            return
         waiting = self.waiting.get(assignment_id)
-        if waiting is None or not isinstance(sdp, str):
-            log.info("ignoring an rtc_offer for assignment %s, which waits for no input", assignment_id)
+        if waiting is None:
+            # Ahead of its job, most likely (EARLY_OFFER_TTL_S): kept for it, oldest dropped first.
+            log.info("an rtc_offer for assignment %s, which waits for no input yet: kept for its job", assignment_id)
+            self.early_offers.pop(assignment_id, None)
+            self.early_offers[assignment_id] = (time.monotonic(), sdp)
+            while len(self.early_offers) > EARLY_OFFERS:
+                self.early_offers.popitem(last=False)
             return
         waiting.offers.put_nowait(sdp)
 

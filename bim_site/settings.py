@@ -246,7 +246,8 @@ else:
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis's, less the messages it drops when a socket closes mid-pop.
+            "BACKEND": "bim_site.channel_layer.RedisChannelLayer",
             "CONFIG": {
                 # redis-py 8 times out blocking reads after 5 s, which breaks channels-redis's
                 # receive loop and closes idle sockets: no read timeout.

@@ -114,10 +114,16 @@ def _transport_stats(raw: Any) -> dict[str, Any]:
 
 
 def _assignment_and_job_locked(node_id: object, fields: dict[str, Any]) -> tuple[Assignment, Job]:
-    assignment = Assignment.objects.select_for_update().filter(pk=fields["assignment_id"], node_id=node_id).first()
-    if assignment is None or str(assignment.job_id) != fields["job_id"]:
+    """The job's row, then the assignment's: the order of every other writer of a job and
+    its assignments (the user's delivery confirmation, verification, dispatch, the sweeper).
+    Assignment first, an upload racing the user's confirmation of the same result deadlocked
+    with it (bench/bandwidth.py, an audited P2P job)."""
+    assignments = Assignment.objects.filter(pk=fields["assignment_id"], node_id=node_id)
+    job_id = assignments.values_list("job_id", flat=True).first()
+    if job_id is None or str(job_id) != fields["job_id"]:
         raise protocol.ProtocolError("not_assigned", "this job is not assigned to this node")
-    return assignment, job_locked(assignment.job_id)
+    job = job_locked(job_id)
+    return assignments.select_for_update().get(), job
 
 
 def _check_open(job: Job, assignment: Assignment, node_id: object) -> None:
@@ -255,15 +261,13 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
     except ValueError:
         return False  # no assignment of this node named: nothing to take back
     with transaction.atomic():
-        # Locked in result_record's order (assignment, then job): no deadlock with it.
-        assignment = (
-            Assignment.objects.select_for_update()
-            .filter(pk=assignment_id, node_id=node_id, state=AssignmentState.DISPATCHED)
-            .first()
-        )
+        # Locked in result_record's order (job, then assignment): no deadlock with it.
+        open_assignment = Assignment.objects.filter(pk=assignment_id, node_id=node_id, state=AssignmentState.DISPATCHED)
+        job_id = open_assignment.values_list("job_id", flat=True).first()
+        job = job_locked(job_id) if job_id is not None else None
+        assignment = open_assignment.select_for_update().first() if job is not None else None
         if assignment is None:
             return _upload_refused(node_id, assignment_id, code)
-        job = job_locked(assignment.job_id)
         if job is None or job.state in TERMINAL_STATES:
             return False
         assignments_lose([(assignment.pk, job.pk)], f"result refused: {code}")
