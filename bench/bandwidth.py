@@ -11,7 +11,7 @@ framing included.
   job offered to both nodes with it, their results back over their sockets, the result in
   the job detail (`GET`, read once the job settled; the bench reads the job's state from the
   database meanwhile instead of polling, so no poll is counted on either path).
-- **P2P** (docs/p2p.md; `bench/p2p_user.py` plays the user): submit by input hash and
+- **P2P** (docs/p2p.md; the SDK's exchange, `bim_sdk.p2p`, plays the user): submit by input hash and
   summary, the user socket's signalling (watch, the offer and answer per node), the nodes'
   signed commits, the user's delivery confirmations, the job state pushed to the user and the
   job detail read once; input and results go over WebRTC data channels on loopback UDP,
@@ -64,7 +64,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, bench/ is on sys.path and bench/websockets.py would shadow the websockets
-# library that bench/p2p_user.py and the node client use: off the path, bench as a package.
+# library that the SDK and the node client use: off the path, bench as a package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
@@ -199,7 +199,6 @@ class JobRun:
     job_id: str
     state: str
     seconds: float
-    delivered_retries: int = 0
 
 
 def job_state_wait(job_id: str, timeout_s: float) -> str:
@@ -226,11 +225,13 @@ class Market:
 
     def __init__(self, *, http_url: str, ws_url: str, token: str, clients: int) -> None:
         from bim_core.http import HttpClient
+        from bim_sdk import Client
 
         self.ws_url = ws_url
         # One per concurrent job (Phases.measure runs at most `clients` at once): a
         # requests.Session is not for several threads at once.
         self.clients = [HttpClient(http_url, token, timeout=30.0, retries=0) for _ in range(clients)]
+        self.sdk_clients = [Client(http_url, token, timeout=30.0, retries=0) for _ in range(clients)]
         self.keys = 0
 
     def key(self, label: str) -> str:
@@ -252,16 +253,23 @@ class Market:
         return JobRun(job["id"], detail["state"], time.monotonic() - started)
 
     async def p2p(self, subnet: str, task_type: str, inputs: dict[str, Any], label: str) -> JobRun:
-        from bench.p2p_user import p2p_job_run
+        """The SDK's own exchange (bim_sdk.p2p), its user socket through the proxy's port of
+        its own, without the relay fallback: a channel that does not open fails the run (a
+        benchmark of the peer path must not measure the relay unseen)."""
+        from bim_sdk import p2p
 
-        http = self.clients.pop()
+        client = self.sdk_clients.pop()
         try:
-            run = await p2p_job_run(
-                http, self.ws_url, subnet=subnet, task_type=task_type, inputs=inputs, key=self.key(label), timeout_s=JOB_TIMEOUT_S
+            job = await asyncio.to_thread(client.submit, subnet, inputs, idempotency_key=self.key(label), transport="p2p")
+            outcome = await asyncio.to_thread(
+                p2p.exchange, client._request, ws_url=self.ws_url, job=job, inputs=inputs, timeout=JOB_TIMEOUT_S,
+                relay_fallback=False,
             )
         finally:
-            self.clients.append(http)
-        return JobRun(run.job["id"], run.job["state"], run.seconds, run.delivered_retries)
+            self.sdk_clients.append(client)
+        if outcome.job["state"] == "settled" and not all(r.checked for r in outcome.received):
+            raise RuntimeError(f"p2p job {job['id']}: a result over a channel did not check out")
+        return JobRun(outcome.job["id"], outcome.job["state"], outcome.seconds)
 
     async def run(self, path: str, subnet: str, task_type: str, inputs: dict[str, Any], label: str) -> JobRun:
         if path == "relay":
@@ -348,14 +356,12 @@ def per_job_row(phases: Phases, *, path: str, subnet: str, task_type: str, input
     """`len(inputs)` jobs one at a time, each its own phase: the median and spread of their
     bytes, by party too."""
     measured = []
-    retries = 0
     ids: list[str] = []
     for item in inputs:
         phase, (run,) = phases.measure(
             [lambda item=item: phases.market.run(path, subnet, task_type, item, label)], concurrency=1
         )
         measured.append(phase)
-        retries += run.delivered_retries
         ids.append(run.job_id)
     totals = [m["bytes"] for m in measured]
     return {
@@ -365,7 +371,6 @@ def per_job_row(phases: Phases, *, path: str, subnet: str, task_type: str, input
         "max": max(totals),
         "by_party": {p: int(statistics.median(m["by_party"][p] for m in measured)) for p in PARTIES},
         "seconds_per_job": round(statistics.median(m["seconds"] for m in measured), 3),
-        "delivered_retries": retries,
         "uploads": uploads_of(ids),
         "relay_bytes_recorded": relay_bytes_recorded(ids),
     }
@@ -414,7 +419,6 @@ def counts_phase(phases: Phases, args: argparse.Namespace, node_setup_bytes: int
                 "seconds": phase["seconds"],
                 "uploads": uploads_of(ids),
                 "relay_bytes_recorded": relay_bytes_recorded(ids),
-                "delivered_retries": sum(r.delivered_retries for r in runs),
             }
         log(
             f"{count} jobs: relay {row['relay']['registry_bytes']:,} B, p2p {row['p2p']['registry_bytes']:,} B "

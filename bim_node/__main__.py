@@ -121,6 +121,8 @@ def prepare_node(args: argparse.Namespace) -> NodeClient:
         "backend": "cpu",
         "gpu_family": args.gpu_family,
         "cpu_count": os.cpu_count() or 1,
+        # Without WebRTC, the registry sends peer-to-peer jobs elsewhere while it can.
+        "webrtc": not args.no_webrtc,
     }
     node = api.register_node(
         public_key=protocol.public_key_b64(key), name=args.name, subnets=[args.subnet], env=env

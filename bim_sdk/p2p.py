@@ -40,9 +40,8 @@ NO_PEER_CONNECTION = "no_peer_connection"
 # How often the job is read over HTTP while waiting: the socket's `job_state` says when it
 # ends, this only covers a socket that went quiet.
 POLL_S = 2.0
-# A result can reach the user before its node's commit reaches the registry: `delivered/`
-# is retried (409 not_committed) for this long.
-DELIVERY_RETRY_S = 15.0
+# How long ending the exchange waits for confirmations still on their way (`delivered/`).
+CONFIRM_WAIT_S = 15.0
 
 
 class PeerRefused(HttpError):
@@ -352,18 +351,13 @@ class _Exchange:
         task.add_done_callback(self.confirming.discard)
 
     async def _confirm(self, entry: dict[str, Any], result_hash: str) -> None:
+        """Once: a confirmation that overtakes the node's commit (it sends the user its bytes
+        first) is kept by the registry and judged when the commit arrives."""
         body = {"assignment_id": str(entry["assignment_id"]), "result_hash": result_hash}
-        deadline = time.monotonic() + DELIVERY_RETRY_S
-        while True:
-            try:
-                await asyncio.to_thread(self.request, "POST", f"/api/v1/jobs/{self.job_id}/delivered/", json=body)
-                return
-            except HttpError as exc:
-                # The node commits right after sending: its commit may still be on the way.
-                if exc.code != "not_committed" or time.monotonic() > deadline:
-                    log.warning("job %s: confirming node %s's result failed: %s", self.job_id, entry.get("role"), exc)
-                    return
-            await asyncio.sleep(0.2)
+        try:
+            await asyncio.to_thread(self.request, "POST", f"/api/v1/jobs/{self.job_id}/delivered/", json=body)
+        except HttpError as exc:
+            log.warning("job %s: confirming node %s's result failed: %s", self.job_id, entry.get("role"), exc)
 
     async def _fall_back(self, reason: str) -> None:
         """No channel: send the input through the registry (once per job), which relays it to
@@ -391,7 +385,7 @@ class _Exchange:
         with suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.confirming:
-            await asyncio.wait(list(self.confirming), timeout=DELIVERY_RETRY_S)
+            await asyncio.wait(list(self.confirming), timeout=CONFIRM_WAIT_S)
 
 
 def result_checked(job: dict[str, Any], entry: dict[str, Any], header: dict[str, Any], actual_hash: str) -> bool:

@@ -98,6 +98,10 @@ class ProcessGroup:
             argv += ["-B", "--schedule", str(self.log_dir / "celerybeat-schedule")]
         self.start(name, argv)
 
+    def start_honeypot_peer(self, registry: str) -> None:
+        """The registry's own user client for peer-to-peer honeypots (registry.honeypot_peer)."""
+        self.start("honeypot-peer", [sys.executable, "manage.py", "honeypot_peer", "--registry", registry])
+
     def start_node(
         self, name: str, *, registry: str, token: str, subnet: str, state_dir: Path, extra: Sequence[str] = ()
     ) -> None:

@@ -475,6 +475,14 @@ P2P_DELIVERY_S = env_int("BIM_P2P_DELIVERY_S", 30)
 P2P_UPLOAD_S = env_int("BIM_P2P_UPLOAD_S", 30)
 # Basis points of peer-to-peer jobs whose payload and input are uploaded for audit (sentinels).
 P2P_AUDIT_BP = env_int("BIM_P2P_AUDIT_BP", 100)
+# The TURN server's own figures (registry.turn_usage): coturn publishes each ended
+# allocation's bytes on this Redis (`--redis-statsdb`), `manage.py turn_usage` records them,
+# and with BIM_TURN_STATS on a job whose peers report relayed bytes waits this long at
+# verification for them, so settlement charges the smaller of the two figures.
+P2P_TURN_STATS = env_bool("BIM_TURN_STATS", False)
+P2P_TURN_STATS_REDIS_URL = env_str("BIM_TURN_STATS_REDIS_URL", REDIS_URL or "")
+P2P_TURN_REALM = env_str("BIM_TURN_REALM", "*")
+P2P_TURN_REPORT_S = env_int("BIM_TURN_REPORT_S", 10)
 # Keys a websocket's ?token= may carry besides DRF tokens: a function each, key -> user or None
 # (the developer app's API keys, what SDK users hold).
 SOCKET_KEY_RESOLVERS = ["developer.keys.api_key_user"]

@@ -242,6 +242,8 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
                 "assignments": opened.assignments,
             }
         )
+        for message in opened.uploads:
+            await self.send_json(message)
         log.info("node %s connected from %s", self.node_id, client_ip(self.scope))
 
     async def _replace(self, group: str, replaced: str) -> None:

@@ -185,14 +185,30 @@ def _pick_nodes(
     for _ in range(2):
         picks = _select_vouched_first(
             routing_index.routable_index(job.subnet_id), str(job.id), count,
-            had=had, saturated=saturated, distinct=distinct, partners=partners, trusted_only=trusted_only,
+            had=had, saturated=saturated + _without_webrtc(job), distinct=distinct, partners=partners, trusted_only=trusted_only,
         )
+        if len(picks) < count and _without_webrtc(job):
+            # Not enough nodes with WebRTC: one without, whose user falls back to the relay.
+            picks = _select_vouched_first(
+                routing_index.routable_index(job.subnet_id), str(job.id), count,
+                had=had, saturated=saturated, distinct=distinct, partners=partners, trusted_only=trusted_only,
+            )
         found = online.in_bulk([uuid.UUID(p.node_id) for p in picks])
         live = [found[uuid.UUID(p.node_id)] for p in picks if uuid.UUID(p.node_id) in found]
         if len(live) == len(picks):
             return live
         routing_index.index_forget(job.subnet_id)  # the index was stale: rebuild it once
     return live
+
+
+def _without_webrtc(job: Job) -> list[str]:
+    """Online nodes that said at registration they have no WebRTC, for a peer-to-peer job
+    whose input must come over a data channel (none held here): its user would wait out the
+    connection timeout before falling back to the relay. Relay jobs: none."""
+    if not p2p.job_is_p2p(job) or job.inputs:
+        return []
+    rows = Node.objects.filter(is_online=True, capabilities__webrtc=False, subnets=job.subnet_id)
+    return [str(pk) for pk in rows.values_list("pk", flat=True)]
 
 
 def _select_vouched_first(
@@ -252,7 +268,7 @@ def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
         # the ICE servers to answer the user's offer with instead.
         del message["inputs"]
         message["transport"] = "p2p"
-        message["ice_servers"] = p2p.ice_servers_for(f"node-{assignment.node_id}")
+        message["ice_servers"] = p2p.ice_servers_for(f"asg-{assignment.id}")
         message["ice_transport_policy"] = settings.P2P_ICE_TRANSPORT_POLICY
         p2p.peer_assigned_notify(job, assignment)
     return message

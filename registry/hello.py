@@ -25,6 +25,7 @@ from bim_core import protocol
 from subnets import selectors as subnet_selectors
 from subnets.models import Subnet
 
+from . import p2p
 from .cool_off import nodes_cooling_off_until
 from .models import Assignment, AssignmentState, Node, NodeSubnet
 from .presence import Connect, nodes_connect
@@ -55,6 +56,8 @@ class Hello:
     replaced: str = ""
     subnets: list[dict[str, str]] = field(default_factory=list)
     assignments: list[str] = field(default_factory=list)
+    # Upload requests (peer-to-peer payloads) not yet answered: sent again after `welcome`.
+    uploads: list[dict[str, Any]] = field(default_factory=list)
 
 
 def node_hello(request: HelloRequest) -> Hello:
@@ -98,10 +101,12 @@ def nodes_hello(requests: Sequence[HelloRequest]) -> list[Hello]:
         else:
             opened[index] = channel
     subnets, assignments = _welcome({node_ids[i] for i in opened})
+    uploads = p2p.uploads_outstanding({node_ids[i] for i in opened}) if opened else {}
     for index, channel in opened.items():
         node_id = node_ids[index]
         answers[index] = Hello(
-            node_id=str(node_id), replaced=channel, subnets=subnets.get(node_id, []), assignments=assignments.get(node_id, [])
+            node_id=str(node_id), replaced=channel, subnets=subnets.get(node_id, []),
+            assignments=assignments.get(node_id, []), uploads=uploads.get(node_id, []),
         )
     return [answers[index] for index in range(len(requests))]
 

@@ -26,7 +26,7 @@ from subnets.models import Subnet
 from subnets.services import trusted_run
 
 from . import reputation, selectors
-from .models import Assignment, AssignmentState, Honeypot, Job
+from .models import Assignment, AssignmentState, Honeypot, Job, JobState, JobTransport, ServiceHeartbeat
 from .penalties import wrong_result_punish
 from .submit import job_create
 
@@ -36,12 +36,47 @@ HONEYPOT_USERNAME = "bim-honeypots"
 
 
 def honeypot_user() -> AbstractBaseUser:
-    """The registry's own account that honeypot jobs belong to (it cannot log in)."""
-    user, created = get_user_model().objects.get_or_create(username=HONEYPOT_USERNAME, defaults={"is_active": False})
-    if created:
+    """The registry's own account that honeypot jobs belong to. It has no password (nobody
+    logs in as it); it is active because the honeypot peer brings peer-to-peer honeypots'
+    inputs as this user, through the user socket and API a user's client uses."""
+    user, created = get_user_model().objects.get_or_create(username=HONEYPOT_USERNAME)
+    if created or not user.is_active or user.has_usable_password():
         user.set_unusable_password()
-        user.save(update_fields=["password"])
+        user.is_active = True
+        user.save(update_fields=["password", "is_active"])
     return user
+
+
+# The honeypot peer (registry.honeypot_peer) says it runs every PEER_HEARTBEAT_S; honeypots
+# go peer to peer only while its word is fresher than PEER_STALE_S.
+PEER_NAME = "honeypot-peer"
+PEER_HEARTBEAT_S = 5
+PEER_STALE_S = 30
+
+
+def peer_heartbeat() -> None:
+    ServiceHeartbeat.objects.update_or_create(name=PEER_NAME, defaults={"seen_at": timezone.now()})
+
+
+def peer_alive() -> bool:
+    since = timezone.now() - timedelta(seconds=PEER_STALE_S)
+    return ServiceHeartbeat.objects.filter(name=PEER_NAME, seen_at__gte=since).exists()
+
+
+def peer_token() -> str:
+    """The honeypot account's API token, for the peer's user socket and API calls."""
+    from rest_framework.authtoken.models import Token
+
+    return Token.objects.get_or_create(user=honeypot_user())[0].key
+
+
+def peer_jobs_waiting() -> list[tuple[str, dict[str, Any], float]]:
+    """Peer-to-peer honeypots whose nodes wait for the input: (job id, inputs, seconds left)."""
+    now = timezone.now()
+    rows = Job.objects.filter(
+        honeypot__isnull=False, transport=JobTransport.P2P, state__in=[JobState.QUEUED, JobState.DISPATCHED]
+    ).values_list("id", "honeypot__inputs", "expires_at")
+    return [(str(job_id), inputs, (expires_at - now).total_seconds()) for job_id, inputs, expires_at in rows]
 
 
 def honeypot_pool_refresh(*, subnet: Subnet, pool: list[dict[str, Any]]) -> int:
@@ -57,8 +92,9 @@ def honeypot_pool_refresh(*, subnet: Subnet, pool: list[dict[str, Any]]) -> int:
     return len(pool)
 
 
-def honeypot_issue(*, subnet: Subnet) -> Job | None:
-    """Send one honeypot into the subnet, the least used of its pool for the current model."""
+def honeypot_issue(*, subnet: Subnet, peer_to_peer: bool = False) -> Job | None:
+    """Send one honeypot into the subnet, the least used of its pool for the current model;
+    `peer_to_peer`: as a P2P job whose inputs the honeypot peer brings over data channels."""
 
     with transaction.atomic():
         honeypot = (
@@ -77,20 +113,27 @@ def honeypot_issue(*, subnet: Subnet) -> Job | None:
             idempotency_key=f"honeypot:{uuid.uuid4()}",
             session_key_pub=None,
             honeypot=honeypot,
+            peer_to_peer=peer_to_peer,
         )
 
 
 def honeypots_issue_due(*, window_s: int = 60) -> int:
     """Beat: for each subnet, issue honeypot_rate × the user jobs of the last window (the
-    fractional part as a coin toss, so low-traffic subnets are still sampled)."""
+    fractional part as a coin toss, so low-traffic subnets are still sampled). Each travels
+    as the users' jobs of the window do: peer to peer in the share theirs did (while the
+    honeypot peer runs), so a node cannot be honest on one transport and cheat on the other."""
     since = timezone.now() - timedelta(seconds=window_s)
+    peer_runs = peer_alive()
     issued = 0
     for subnet in Subnet.objects.filter(state=Subnet.State.ACTIVE, honeypot_rate_bp__gt=0):
-        user_jobs = Job.objects.filter(subnet=subnet, created_at__gte=since, honeypot__isnull=True).count()
+        window = Job.objects.filter(subnet=subnet, created_at__gte=since, honeypot__isnull=True)
+        user_jobs = window.count()
+        p2p_share = window.filter(transport=JobTransport.P2P).count() / user_jobs if user_jobs else 0.0
         expected = user_jobs * subnet.honeypot_rate_bp / 10_000
         count = int(expected) + (random.random() < expected - int(expected))
         for _ in range(count):
-            issued += honeypot_issue(subnet=subnet) is not None
+            peer_to_peer = peer_runs and random.random() < p2p_share
+            issued += honeypot_issue(subnet=subnet, peer_to_peer=peer_to_peer) is not None
     return issued
 
 
@@ -104,11 +147,12 @@ def honeypot_judge(job: Job, results: list[Assignment], *, rescored: dict[str, d
     expected = families.family_for(job.subnet.task_type).decode_result(
         bytes(honeypot.result), tuple(honeypot.shape), honeypot.inputs
     )
+    # By result hash: of a peer-to-peer pair that committed the same hash the registry holds
+    # one payload (uploaded as for an audit), which is both nodes' result.
+    payloads = {a.result_hash: selectors.assignment_result(a) for a in results if a.result is not None}
     outcome = {}
     for assignment in results:
-        verdict = verify_pair(
-            job.subnet.task_type, selectors.assignment_result(assignment), expected, job.contract["tolerances"]
-        )
+        verdict = verify_pair(job.subnet.task_type, payloads[assignment.result_hash], expected, job.contract["tolerances"])
         outcome[assignment.role] = verdict.as_dict()
         evidence = (rescored or {}).get(assignment.result_hash)
         if not verdict.passed and evidence is not None:

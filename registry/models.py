@@ -228,10 +228,13 @@ class Assignment(models.Model):
     # Peer-to-peer jobs (docs/p2p.md): a committed result has its hash and signature but no
     # `result` until the registry asks for it (`upload_reason`, by `upload_due`); the user
     # confirms receiving it (`delivered_at`); the node's transport stats come with the commit.
+    # A confirmation can overtake the commit (the node sends the user its bytes first): its
+    # hash waits in `delivered_hash` and is judged when the commit arrives.
     result_size = models.PositiveIntegerField(null=True, blank=True)
     upload_reason = models.CharField(max_length=20, blank=True)
     upload_due = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    delivered_hash = models.CharField(max_length=64, blank=True)
     transport_stats = models.JSONField(default=dict, blank=True)
 
     class Meta:
@@ -333,6 +336,32 @@ class Honeypot(models.Model):
     model_checksum = models.CharField(max_length=64)
     uses = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+class ServiceHeartbeat(models.Model):
+    """When a registry-side service that is not a web or Celery process last said it runs
+    (the honeypot peer, registry.honeypot_peer): in the database, so every process sees it,
+    the embedded default's too."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    seen_at = models.DateTimeField()
+
+
+class TurnAllocation(models.Model):
+    """One TURN allocation's traffic as the TURN server itself reported it when the allocation
+    ended (coturn's statistics over Redis, registry.turn_usage): what bounds the relayed bytes
+    a peer-to-peer job's peers say they moved. Its username names the job or assignment whose
+    credential it was (registry.p2p.ice_servers_for)."""
+
+    username = models.CharField(max_length=120)
+    allocation = models.CharField(max_length=40)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="turn_allocations")
+    party = models.CharField(max_length=10, help_text="user or node")
+    bytes = models.PositiveBigIntegerField(help_text="received from and sent to the party by the TURN server")
+    reported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["username", "allocation"], name="turn_allocation_once")]
 
 
 class AgreementStat(models.Model):

@@ -40,6 +40,7 @@ UPLOAD_UNDELIVERED = "undelivered"  # the user did not confirm receiving it in t
 UPLOAD_DISPUTE = "dispute"  # the user says the bytes it got are not the committed ones
 UPLOAD_POLICY = "policy"  # the contract's output rules must be checked before delivery
 UPLOAD_AUDIT = "audit"  # drawn for audit: sentinels re-run it like a relay job
+UPLOAD_PARTNER_SILENT = "partner_silent"  # the other node did not upload: a tie-breaker decides
 
 # The `job_failed` reason of a node whose user never brought the input (no data channel and
 # no fallback): the node waited in vain, which costs it nothing.
@@ -59,7 +60,9 @@ def inputs_or_summary(job: Job) -> dict[str, Any]:
 
 def ice_servers_for(party: str) -> list[dict[str, Any]]:
     """STUN and TURN servers for one party, TURN credentials of its own (the TURN REST
-    convention: the shared secret stays here, coturn checks the HMAC)."""
+    convention: the shared secret stays here, coturn checks the HMAC). `party` is
+    `job-<job id>` for a job's user and `asg-<assignment id>` for a node, so the TURN
+    server's own figures name the job they are for (registry.turn_usage)."""
     return ice.ice_servers(
         stun_urls=settings.P2P_STUN_URLS,
         turn_urls=settings.P2P_TURN_URLS,
@@ -102,7 +105,7 @@ def signal_watch(*, user: Any, job_id: Any) -> dict[str, Any]:
         "type": "peers",
         "job_id": str(job.id),
         "state": job.state,
-        "ice_servers": ice_servers_for(f"user-{user.pk}"),
+        "ice_servers": ice_servers_for(f"job-{job.id}"),
         "ice_transport_policy": settings.P2P_ICE_TRANSPORT_POLICY,
         "peers": [peer_entry(a) for a in assignments],
     }
@@ -184,19 +187,29 @@ def _users_p2p_job_locked(user: Any, job_id: Any) -> Job:
     return job
 
 
-def delivery_confirm(*, user: Any, job_id: Any, assignment_id: Any, result_hash: str) -> bool:
+def delivery_confirm(*, user: Any, job_id: Any, assignment_id: Any, result_hash: str) -> bool | None:
     """The user received a result over the data channel. The committed hash: confirmed, and
     the job may settle. Another hash is the user's dispute of what that node sent: the
-    registry asks the node for its bytes and judges them itself. Returns whether it matched."""
+    registry asks the node for its bytes and judges them itself. Returns whether it matched;
+    None when the node's commit is not in yet (it sends the user its bytes first): the hash
+    is kept, once, and judged when the commit arrives (delivery_before_commit_apply)."""
     try:
         assignment_uuid = uuid.UUID(str(assignment_id))
     except ValueError:
         raise ServiceError("invalid", "assignment_id is not a UUID") from None
     with transaction.atomic():
         job = _users_p2p_job_locked(user, job_id)
-        assignment = job.assignments.filter(pk=assignment_uuid).exclude(result_hash="").first()
+        assignment = job.assignments.filter(pk=assignment_uuid).first()
         if assignment is None:
-            raise ServiceError("not_committed", "that node has committed no result for this job", status=409)
+            raise ServiceError("not_assigned", "no assignment of this job has that id", status=404)
+        if not assignment.result_hash:
+            if assignment.state != AssignmentState.DISPATCHED or job.state in TERMINAL_STATES:
+                raise ServiceError("not_committed", "that node committed no result and no longer holds the role", status=409)
+            if assignment.delivered_hash and assignment.delivered_hash != result_hash:
+                raise ServiceError("already_confirmed", "a confirmation of other bytes is kept for that node", status=409)
+            assignment.delivered_hash = result_hash
+            assignment.save(update_fields=["delivered_hash"])
+            return None
         if result_hash == assignment.result_hash:
             if assignment.delivered_at is None:
                 assignment.delivered_at = timezone.now()
@@ -210,6 +223,19 @@ def delivery_confirm(*, user: Any, job_id: Any, assignment_id: Any, result_hash:
         if job.state == JobState.VERIFYING:
             effects.queue_task("verify_job", str(job.id))  # after commit: it may settle now
     return matched
+
+
+def delivery_before_commit_apply(job: Job, assignment: Assignment) -> None:
+    """At a commit, in its transaction: the user's confirmation that came first is judged
+    now, as it would have been after the commit."""
+    if not assignment.delivered_hash:
+        return
+    if assignment.delivered_hash == assignment.result_hash:
+        assignment.delivered_at = timezone.now()
+        assignment.save(update_fields=["delivered_at"])
+    else:
+        log.info("job %s: the user disputes the bytes of assignment %s", job.id, assignment.id)
+        uploads_request(job, {assignment.pk: (UPLOAD_DISPUTE, False)})
 
 
 def inputs_fallback(*, user: Any, job_id: Any, inputs: Any, reason: str) -> Job:
@@ -283,7 +309,9 @@ def uploads_needed(job: Job, pair: list[Assignment]) -> dict[Any, tuple[str, boo
         return {a.pk: (UPLOAD_MISMATCH, True), b.pk: (UPLOAD_MISMATCH, True)}
     if _output_rules(job):
         return {a.pk: (UPLOAD_POLICY, False)}
-    if audit_drawn(job):
+    if audit_drawn(job) or job.honeypot_id is not None:
+        # A honeypot is judged on its bytes: asked for exactly as an audit draw is, after
+        # both nodes committed, so the request tells a node nothing it could still use.
         return {a.pk: (UPLOAD_AUDIT, True)}
     if not any(x.delivered_at for x in pair):
         due = (job.verifying_at or timezone.now()) + timedelta(seconds=settings.P2P_DELIVERY_S)
@@ -303,20 +331,39 @@ def uploads_request(job: Job, wanted: dict[Any, tuple[str, bool]]) -> int:
         reason, with_inputs = wanted[assignment.pk]
         assignment.upload_reason, assignment.upload_due = reason, due
         assignment.save(update_fields=["upload_reason", "upload_due"])
-        effects.send_to_node(
-            assignment.node_id,
-            {
-                "type": "job.offer",
-                "message": {
-                    "type": "upload_request",
-                    "job_id": str(job.id),
-                    "assignment_id": str(assignment.id),
-                    "reason": reason,
-                    "with_inputs": with_inputs and not job.inputs,
-                },
-            },
-        )
+        message = upload_request_message(job.id, assignment.id, reason, with_inputs=with_inputs and not job.inputs)
+        effects.send_to_node(assignment.node_id, {"type": "job.offer", "message": message})
         asked += 1
+    return asked
+
+
+# Reasons whose upload brings the input too (uploads_needed): the registry must compare or
+# re-run, not only hold the bytes.
+_WITH_INPUTS = frozenset({UPLOAD_MISMATCH, UPLOAD_AUDIT, UPLOAD_PARTNER_SILENT})
+
+
+def upload_request_message(job_id: Any, assignment_id: Any, reason: str, *, with_inputs: bool) -> dict[str, Any]:
+    return {
+        "type": "upload_request",
+        "job_id": str(job_id),
+        "assignment_id": str(assignment_id),
+        "reason": reason,
+        "with_inputs": with_inputs,
+    }
+
+
+def uploads_outstanding(node_ids: Any) -> dict[Any, list[dict[str, Any]]]:
+    """The upload requests each node has not answered, for a node that comes back: the first
+    went to a socket that may be gone (asked again after `welcome`, registry.hello)."""
+    rows = (
+        Assignment.objects.filter(node_id__in=list(node_ids), result__isnull=True, job__state__in=[JobState.VERIFYING, JobState.ADJUDICATING])
+        .exclude(upload_reason="")
+        .values_list("node_id", "job_id", "pk", "upload_reason", "job__inputs")
+    )
+    asked: dict[Any, list[dict[str, Any]]] = {}
+    for node_id, job_id, pk, reason, inputs in rows:
+        message = upload_request_message(job_id, pk, reason, with_inputs=reason in _WITH_INPUTS and not inputs)
+        asked.setdefault(node_id, []).append(message)
     return asked
 
 
@@ -377,10 +424,12 @@ def input_refusal_upheld(job_id: Any) -> bool:
     return True
 
 
-def uploads_overdue_fail() -> int:
+def uploads_overdue_handle() -> int:
     """Verifying peer-to-peer jobs whose node did not upload a payload in time: that node
-    signed for bytes it would not show, and is struck; the job cannot be judged, so it
-    fails with the user's hold released."""
+    signed for bytes it would not show; it is struck and loses its role. Its partner, who
+    committed in time, does not pay for it: the job goes on to a tie-breaker
+    (`tie_breaker_without_silent`), and fails, the user's hold released, only when neither
+    node shows its bytes. Returns how many jobs had a silent node."""
     from .reputation import node_strike, reputation_record
 
     overdue = (
@@ -391,14 +440,15 @@ def uploads_overdue_fail() -> int:
         .values_list("job_id", flat=True)
         .distinct()[:200]
     )
-    failed = 0
+    handled = 0
     for job_id in overdue:
         with transaction.atomic():
             job = job_locked(job_id)
             if job is None or job.state != JobState.VERIFYING:
                 continue
             silent = list(
-                job.assignments.filter(upload_due__lt=timezone.now(), result__isnull=True).exclude(upload_reason="")
+                job.assignments.filter(upload_due__lt=timezone.now(), result__isnull=True, state=AssignmentState.SUBMITTED)
+                .exclude(upload_reason="")
             )
             if not silent:
                 continue
@@ -406,12 +456,31 @@ def uploads_overdue_fail() -> int:
                 Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.DISAGREED)
                 reputation_record(node_ids=[assignment.node_id], outcome=0.0, subnet=job.subnet)
                 node_strike(node_id=assignment.node_id, reason="did not upload a committed result", job_id=job.pk, subnet=job.subnet)
-            reason = "a node did not upload its committed result"
-            job_transition(job, JobState.FAILED, detail=reason, failure_reason=reason)
-            if job.price_micro:
-                ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason=reason)
-            failed += 1
-    return failed
+            effects.queue_task("verify_job", str(job.pk))  # its partner goes on (verify.job_verify)
+            handled += 1
+    return handled
+
+
+def tie_breaker_without_silent(job: Job) -> None:
+    """A pair member was struck for not showing its committed bytes (the job is verifying,
+    locked, and no honeypot whose partner's bytes are in: verify.job_verify judges that). The partner's payload and the input go to a tie-breaker, which gets the input
+    over the relay: asked for first where the registry lacks them (`partner_silent`), then
+    the job adjudicates 2-of-3 without the silent node (verify.job_adjudicate)."""
+    partner = job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).first()
+    if partner is None or (partner.result is not None and not job.inputs):
+        # Nobody shows bytes to compare (or the input, to re-run, is nowhere): no verdict.
+        reason = "a node did not upload its committed result"
+        job_transition(job, JobState.FAILED, detail=reason, failure_reason=reason)
+        if job.price_micro:
+            ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason=reason)
+        return
+    if partner.result is None:
+        if not partner.upload_reason:
+            uploads_request(job, {partner.pk: (UPLOAD_PARTNER_SILENT, True)})
+        return  # its upload verifies the job again, which comes back here
+    detail = "the other node did not upload its committed result: a tie-breaker decides"
+    job_transition(job, JobState.ADJUDICATING, detail=detail)
+    effects.queue_task("dispatch_job", str(job.id))
 
 
 def pair_of(job: Job) -> list[Assignment]:

@@ -20,12 +20,16 @@ class DeliveredSerializer(serializers.Serializer):
 
 
 class JobDeliveredApi(APIView):
-    """200: the bytes received are the node's committed result; 202: they are not, and the
-    registry asks the node for them (the user's dispute)."""
+    """200 `matched` true: the bytes received are the node's committed result; 202 `matched`
+    false: they are not, and the registry asks the node for them (the user's dispute); 202
+    `matched` null: the node's commit is not in yet, the hash is kept and judged when it is."""
 
     @extend_schema(
         request=DeliveredSerializer,
-        responses={200: inline_serializer("DeliveryConfirmed", {"matched": serializers.BooleanField()}), 202: None},
+        responses={
+            200: inline_serializer("DeliveryConfirmed", {"matched": serializers.BooleanField()}),
+            202: inline_serializer("DeliveryDisputedOrKept", {"matched": serializers.BooleanField(allow_null=True)}),
+        },
     )
     def post(self, request: Request, job_id: str) -> Response:
         data = DeliveredSerializer(data=request.data)

@@ -87,6 +87,7 @@ def commit_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
             job.turn_bytes += stats["bytes_sent"] + stats["bytes_received"]
             job.save(update_fields=["turn_bytes"])
         _submitted(job, assignment, fields)
+        p2p.delivery_before_commit_apply(job, assignment)
         verify_here = _job_complete(job, assignment)
     metrics.results_received.inc()
     if verify_here:
@@ -286,7 +287,7 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
 def _upload_refused(node_id: object, assignment_id: uuid.UUID, code: str) -> bool:
     """A committed result's upload that proves misbehaviour (bytes that are not the
     committed ones): its deadline is brought forward, so the sweeper strikes the node once
-    and fails the job it will not let be judged (p2p.uploads_overdue_fail)."""
+    and fails the job it will not let be judged (p2p.uploads_overdue_handle)."""
     if code not in MISBEHAVIOUR_CODES:
         return False
     return bool(

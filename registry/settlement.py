@@ -10,7 +10,7 @@ from bim_core import families
 from bim_core.verification import Verdict
 from ledger import services as ledger
 
-from . import metrics, p2p, policy_enforcement, reputation, selectors
+from . import metrics, p2p, policy_enforcement, reputation, selectors, turn_usage
 from .jobs import job_transition
 from .models import (
     Assignment,
@@ -149,9 +149,10 @@ def _pay(job: Job, amount: int, paid: tuple[Assignment, ...], split_bp: tuple[in
     if not amount:
         return []
     terms = JobTerms.of_job(job)
-    # A peer-to-peer job's relaying (TURN, as its nodes report it, and the registry relay),
-    # within the reserve its hold carries; a relay job is priced without it.
-    relayed = job.turn_bytes + job.relay_bytes if p2p.job_is_p2p(job) else 0
+    # A peer-to-peer job's relaying (TURN, as its nodes report it bounded by what the TURN
+    # server reported, and the registry relay), within the reserve its hold carries; a
+    # relay job is priced without it.
+    relayed = turn_usage.turn_bytes_charged(job) + job.relay_bytes if p2p.job_is_p2p(job) else 0
     return ledger.job_settle(
         job_id=job.id,
         user=job.user,

@@ -255,10 +255,21 @@ def job_create(
     idempotency_key: str,
     session_key_pub: str | None,
     honeypot: Honeypot | None = None,
+    peer_to_peer: bool = False,
 ) -> Job:
     """Write a queued job with its contract, hold its price and queue its dispatch. A
-    honeypot is the registry's own job: free, and otherwise the same in every byte."""
-    return jobs_create(user=user, jobs=[_job_build(user, subnet, inputs, idempotency_key, session_key_pub, honeypot)])[0]
+    honeypot is the registry's own job: free, and otherwise the same in every byte.
+    `peer_to_peer`: the job keeps only the inputs' hash and summary, as a user's P2P submit
+    does (the registry's own honeypot peer brings the inputs, registry.honeypot_peer)."""
+    if peer_to_peer:
+        family = families.family_for(subnet.task_type)
+        job = _job_build(
+            user, subnet, {}, idempotency_key, session_key_pub, honeypot,
+            input_summary=family.input_summary(inputs), input_hash=protocol.input_hash(inputs),
+        )
+    else:
+        job = _job_build(user, subnet, inputs, idempotency_key, session_key_pub, honeypot)
+    return jobs_create(user=user, jobs=[job])[0]
 
 
 def _job_build(

@@ -60,7 +60,7 @@ def sweep() -> dict[str, int]:
         "jobs_expired": jobs_expire_overdue(),
         "assignments_made": jobs_dispatch_waiting(),
         "verifications_retried": jobs_verify_stalled(),
-        "uploads_overdue": p2p.uploads_overdue_fail(),
+        "uploads_overdue": p2p.uploads_overdue_handle(),
     }
 
 

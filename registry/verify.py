@@ -19,7 +19,7 @@ from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import trusted_rescore
 
-from . import effects, honeypots, metrics, p2p, reputation, selectors
+from . import effects, honeypots, metrics, p2p, reputation, selectors, turn_usage
 from .jobs import PAIR_ROLES, job_locked, job_transition
 from .models import (
     AgreementStat,
@@ -53,22 +53,33 @@ def job_verify(*, job_id: object, may_rescore: bool = True) -> Job | None:
             return job_adjudicate(job, results)
         if job.state != JobState.VERIFYING:
             return job
+        if p2p.job_is_p2p(job) and not job.solo and len(results) < len(PAIR_ROLES):
+            # A pair member did not show its committed bytes (struck): its partner goes on,
+            # to the honeypot's answer or to a tie-breaker.
+            if job.honeypot_id is not None and results and all(x.result is not None for x in results.values()):
+                verification = honeypots.honeypot_judge(job, list(results.values()), rescored=rescored or {})
+                job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
+            else:
+                p2p.tie_breaker_without_silent(job)
+            return job
         if p2p.job_is_p2p(job) and p2p.payload_wait(job, list(results.values())):
             return job  # peer to peer: the user's confirmation, or an upload, is still due
+        if p2p.job_is_p2p(job) and turn_usage.report_wait(job):
+            return job  # the TURN server's own figure of what it relayed is on its way
         if job.solo:
             job_settle_solo(job, results[AssignmentRole.A])
             return job
         a, b = results[AssignmentRole.A], results[AssignmentRole.B]
+        if job.honeypot_id is not None:
+            verification = honeypots.honeypot_judge(job, [a, b], rescored=rescored or {})
+            job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
+            return job
         if a.result is None or b.result is None:
             # Peer to peer, the same hash committed twice and delivered: the same bytes.
             verdict = identical_verdict(job.subnet.task_type)
             agreement_record(subnet=job.subnet, nodes=(a.node, b.node), verdict=verdict)
             verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"], "transport": "p2p"}
             job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement (peer to peer)")
-            return job
-        if job.honeypot_id is not None:
-            verification = honeypots.honeypot_judge(job, [a, b], rescored=rescored or {})
-            job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
             return job
         verdict = _compare(job, a, b)
         verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
@@ -126,16 +137,22 @@ def _text_rescoring(job_id: object) -> dict[str, dict[str, Any]] | None:
     pair = list(job.assignments.filter(state=AssignmentState.SUBMITTED, role__in=PAIR_ROLES))
     if job.honeypot is not None:
         known = protocol.sha256_hex(bytes(job.honeypot.result))
-        pair = [x for x in pair if x.result_hash != known]
+        # One per claimed sequence, one that holds its bytes where there is one (a
+        # peer-to-peer pair that committed the same hash uploaded it once).
+        claims = {x.result_hash: x for x in sorted(pair, key=lambda x: x.result is not None)}
+        pair = [x for x in claims.values() if x.result_hash != known]
     elif len(pair) != 2 or pair[0].result_hash == pair[1].result_hash:
         return None
     if not pair or any(x.result is None for x in pair):
         return None  # a peer-to-peer payload not uploaded yet: job_verify asks for it
     margin = float(job.contract["tolerances"]["logit_margin"])
+    # A peer-to-peer honeypot's job holds no inputs unless a node uploaded them: the
+    # registry's own copy is the same (its hash is the contract's).
+    inputs = job.honeypot.inputs if job.honeypot is not None else job.inputs
     evidence = {}
     for assignment in pair:
         try:
-            rescoring = trusted_rescore(job.subnet, job.inputs, selectors.assignment_result(assignment))
+            rescoring = trusted_rescore(job.subnet, inputs, selectors.assignment_result(assignment))
         except ServiceError as exc:
             log.warning("job %s: cannot re-score here (%s); a third node will break the tie", job.id, exc.detail)
             return None
@@ -182,11 +199,32 @@ def agreement_record(*, subnet: Subnet, nodes: tuple[Node, Node], verdict: Verdi
     )
 
 
+def _adjudicate_without_silent(job: Job, partner: Assignment, c: Assignment) -> Job:
+    """2-of-3 of a peer-to-peer job whose other pair member was struck for not uploading its
+    committed bytes (p2p.tie_breaker_without_silent): the partner and the tie-breaker agree,
+    and are paid as a pair, or the job fails with the user's hold released."""
+    verdict = _compare(job, partner, c)
+    verification = {**job.verification, "path": "2-of-3", "tie_break": {f"{partner.role.lower()}_c": verdict.as_dict()}}
+    if not verdict.passed:
+        Assignment.objects.filter(pk__in=[partner.pk, c.pk]).update(state=AssignmentState.DISAGREED)
+        job_transition(job, JobState.FAILED, detail="no majority", failure_reason="no majority", verification=verification)
+        if job.price_micro:
+            ledger.job_release(job_id=job.id, user=job.user, amount=job.price_micro, reason="no majority in tie-break")
+        reputation.reputation_record(node_ids=[partner.node_id, c.node_id], outcome=0.0, subnet=job.subnet)
+        return job
+    verification["majority"] = [partner.role, c.role]
+    job_settle_agreed(job, (partner, c), (), verdict, verification, detail="2-of-3, the other node did not upload")
+    return job
+
+
 def job_adjudicate(job: Job, results: dict[str, Assignment]) -> Job:
     """2-of-3: the tie-breaker sides with A or B. The majority pair is paid as a normal
     settlement; the minority gets nothing, a strike and a zero reputation outcome. If C
     agrees with neither, there is no majority: the job fails and the user is refunded."""
-    a, b, c = results[AssignmentRole.A], results[AssignmentRole.B], results[AssignmentRole.C]
+    c = results[AssignmentRole.C]
+    if AssignmentRole.A not in results or AssignmentRole.B not in results:
+        return _adjudicate_without_silent(job, results.get(AssignmentRole.A) or results[AssignmentRole.B], c)
+    a, b = results[AssignmentRole.A], results[AssignmentRole.B]
     with_a, with_b = _compare(job, a, c), _compare(job, b, c)
     verification = {
         **job.verification,

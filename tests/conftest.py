@@ -70,10 +70,13 @@ def _no_bim_login(monkeypatch, tmp_path_factory):
 def turn_server(tmp_path_factory: pytest.TempPathFactory):
     """coturn on 127.0.0.1 with TURN REST credentials (tests/turn.py), for the peer-to-peer
     tests; failing, never skipping, where turnserver is missing (the test tooling installs it)."""
+    from django.conf import settings
+
     from tests import turn
 
     try:
-        server = turn.start(tmp_path_factory.mktemp("turn"))
+        # With the tests' Redis, coturn publishes its allocations' bytes (registry.turn_usage).
+        server = turn.start(tmp_path_factory.mktemp("turn"), redis_url=settings.REDIS_URL or None)
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
     yield server

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REALM = "bim.test"
 # Relay ports per server: each allocation takes one, and a test makes a handful.
@@ -48,7 +49,9 @@ class TurnServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def command_line(*, port: int, secret: str, min_port: int, max_port: int, workdir: Path) -> list[str]:
+def command_line(
+    *, port: int, secret: str, min_port: int, max_port: int, workdir: Path, redis_url: str | None = None
+) -> list[str]:
     return [
         "turnserver",
         "-n",
@@ -73,10 +76,19 @@ def command_line(*, port: int, secret: str, min_port: int, max_port: int, workdi
         # Per-session lines, with each session's relayed bytes when it ends ("usage: ... rb=,
         # sb="): what the tests compare the peers' own reports against.
         "--verbose",
+        # Each ended allocation's bytes published on Redis (registry.turn_usage listens).
+        *([f"--redis-statsdb={statsdb(redis_url)}"] if redis_url else []),
     ]
 
 
-def start(workdir: Path) -> TurnServer:
+def statsdb(redis_url: str) -> str:
+    """coturn's connection string for a redis:// URL (its own key=value form)."""
+    parts = urlsplit(redis_url)
+    db = (parts.path or "/0").lstrip("/") or "0"
+    return f"ip={parts.hostname or '127.0.0.1'} port={parts.port or 6379} dbname={db} connect_timeout=30"
+
+
+def start(workdir: Path, *, redis_url: str | None = None) -> TurnServer:
     if shutil.which("turnserver") is None:
         raise RuntimeError(
             "turnserver is not installed (Debian package coturn): scripts/test.sh installs it "
@@ -87,7 +99,9 @@ def start(workdir: Path) -> TurnServer:
     # coturn moves on to another port of the block when one is taken.
     min_port = 40000 + secrets.randbelow(400) * 50
     secret = secrets.token_urlsafe(24)
-    args = command_line(port=port, secret=secret, min_port=min_port, max_port=min_port + RELAY_PORTS - 1, workdir=workdir)
+    args = command_line(
+        port=port, secret=secret, min_port=min_port, max_port=min_port + RELAY_PORTS - 1, workdir=workdir, redis_url=redis_url
+    )
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     server = TurnServer("127.0.0.1", port, secret, workdir / "turnserver.log", process)
     deadline = time.monotonic() + STARTUP_S

@@ -266,6 +266,28 @@ def test_a_browser_node_answers_p2p_jobs_beside_a_python_node_and_the_registry_n
         for page in (dana, erin):
             assert any("refused its input" in line for line in page.evaluate("window.bim.log"))
 
+        # 4. A page away between its commit and the registry's upload request: its store
+        # (IndexedDB) kept the committed result, and the request, sent while no socket of its
+        # was there, comes again after its next `welcome` (docs/p2p.md §4).
+        inputs4 = {"texts": [f"Kept across a reload ({uuid.uuid4().hex})."]}
+        job4 = submit_p2p(client, inputs4, "p2p-browser-4")
+        links4 = play_user(url, tokens["demo-user"], job4["id"], inputs4)  # not confirmed: it waits
+        wait_until(lambda: Job.objects.get(pk=job4["id"]).state == "verifying")
+        away = next(link for link in links4 if node_of(link).owner.username == "dana")
+        dana.goto("about:blank")
+        wait_until(lambda: not Node.objects.get(pk=node_of(away).pk).is_online, timeout=15)  # its socket closed
+        # The user disputes dana's bytes: the registry asks dana's node for them, and no socket hears it.
+        disputed = client.http.request(
+            "POST", f"/api/v1/jobs/{job4['id']}/delivered/", json={"assignment_id": away.assignment_id, "result_hash": "0" * 64}
+        )
+        assert disputed.status_code == 202 and disputed.json() == {"matched": False}
+        dana.goto(f"{url}/contribute/")
+        wait_until(lambda: Assignment.objects.get(pk=away.assignment_id).result is not None, timeout=120)
+        dana_log = dana.evaluate("window.bim.log")
+        assert any("from before for the registry's uploads" in line for line in dana_log), dana_log
+        assert any("uploading" in line and "(dispute)" in line for line in dana_log), dana_log
+        assert client.wait(job4["id"], timeout=120)["state"] == "settled"
+
         # What the registry's database holds: job 2's input hash, never its text, nor job 3's
         # refused one; job 1's text, which the mismatch made the nodes upload (and which shows
         # that the search finds what is there).

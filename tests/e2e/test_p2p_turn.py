@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 
 import numpy as np
@@ -16,9 +17,11 @@ import pytest
 from bim_core.peer import allow_loopback
 from bim_sdk import Client, verify_receipt
 from ledger.checks import ledger_violations
-from registry.models import AssignmentState, Job, JobState
+from registry import turn_usage
+from registry.models import AssignmentState, Job, JobState, TurnAllocation
 from subnets import defaults
 from tests.market import running_market
+from tests.turn import REALM
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -42,10 +45,16 @@ def test_a_relay_only_job_settles_through_coturn_and_records_the_relayed_bytes(t
         "BIM_ICE_TRANSPORT_POLICY": "relay",
         "BIM_TURN_URLS": ",".join(turn_server.turn_urls),
         "BIM_TURN_SECRET": turn_server.secret,
+        # coturn publishes each allocation's bytes on the tests' Redis; turn_usage records them
+        # and the job waits for them at verification (registry.turn_usage).
+        "BIM_TURN_STATS": "1",
+        "BIM_TURN_REALM": REALM,
     }
     texts = ["Relayed by coturn, never through the registry.", "A second text."]
     nodes = {"alice": EMBED, "bob": EMBED}
-    with running_market(tmp_path, contributors="alice,bob", nodes=nodes, **env) as (url, tokens, _):
+    with running_market(tmp_path, contributors="alice,bob", nodes=nodes, **env) as (url, tokens, group):
+        group.start("turn-usage", [sys.executable, "manage.py", "turn_usage"])
+        time.sleep(3)  # subscribed before coturn publishes (Redis pub/sub keeps nothing)
         client = Client(url, tokens["demo-user"], timeout=30)
         started = time.monotonic()
         result = client.embed(EMBED, texts, transport="p2p", timeout=120, connect_timeout=20)
@@ -70,5 +79,13 @@ def test_a_relay_only_job_settles_through_coturn_and_records_the_relayed_bytes(t
     assert "allocation" in log.lower()
     seen = turn_reported_bytes(log)
     assert seen >= reported, (seen, reported)
+    # The registry heard coturn's own figures before it settled: every allocation of the job
+    # (the user's, one per node, and each node's), and charged no more than they say.
+    allocations = list(TurnAllocation.objects.filter(job=job).values_list("party", "bytes"))
+    assert sorted(party for party, _ in allocations) == ["node", "node", "user", "user"], allocations
+    from_turn = turn_usage.turn_bytes_reported(job)
+    assert from_turn >= reported and turn_usage.turn_bytes_charged(job) == min(reported, from_turn)
+    assert job.turn_allocations.filter(reported_at__lte=job.finished_at).count() >= 2
     assert ledger_violations() == []
-    print("p2p e2e relay-only:", json.dumps({"settle_s": round(settle_s, 2), "turn_bytes": job.turn_bytes, "coturn_bytes": seen}))
+    print("p2p e2e relay-only:", json.dumps({"settle_s": round(settle_s, 2), "turn_bytes": job.turn_bytes,
+          "coturn_log_bytes": seen, "coturn_redis_bytes": from_turn, "allocations": allocations}))

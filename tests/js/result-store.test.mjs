@@ -42,3 +42,35 @@ test("forgets results older than its ttl", () => {
   assert.equal(store.size, 0);
   assert.equal(store.bytes, 0);
 });
+
+test("a backend sees every entry kept and dropped, and a new page restores what is still due", () => {
+  let now = 1_000;
+  const saved = new Map();
+  const backend = { put: (id, entry) => saved.set(id, { id, ...entry }), remove: (id) => saved.delete(id) };
+  const first = new ResultStore({ maxBytes: 150, ttlMs: 60_000, clock: () => now, backend }); // 52 bytes each
+  first.put("a", { data: "x".repeat(40) }, { texts: [] });
+  now += 10;
+  first.put("b", { data: "y".repeat(40) }, { texts: [] });
+  assert.deepEqual([...saved.keys()], ["a", "b"]);
+  now += 10;
+  first.put("c", { data: "z".repeat(40) }, { texts: [] }); // over 150 bytes: "a" goes, in the backend too
+  assert.deepEqual([...saved.keys()].sort(), ["b", "c"]);
+
+  // The page reloads: a new store, the backend's entries restored in age order.
+  now += 30_000;
+  const second = new ResultStore({ maxBytes: 150, ttlMs: 60_000, clock: () => now });
+  second.restore([...saved.values()].reverse());
+  assert.equal(second.get("b").message.data, "y".repeat(40));
+  assert.equal(second.get("c").message.data, "z".repeat(40));
+  assert.equal(second.get("a"), null);
+  // Past their age, restored entries go as kept ones do.
+  now += 40_000;
+  assert.equal(second.get("b"), null);
+});
+
+test("restore skips malformed entries a backend may hold", () => {
+  const store = new ResultStore({ clock: () => 5 });
+  store.restore([{ id: 7, at: 1, size: 1, message: {} }, { id: "ok", at: 2, size: 3, message: { data: "abc" } }, { id: "x", at: "no" }]);
+  assert.equal(store.size, 1);
+  assert.equal(store.get("ok").message.data, "abc");
+});

@@ -77,9 +77,10 @@ def test_an_offer_reaches_the_assigned_node_and_its_answer_the_user(settings):
         assert stun == {"urls": ["stun:127.0.0.1:3478"]}
         # The TURN REST credential: what coturn's --use-auth-secret recomputes.
         expected = base64.b64encode(hmac.new(b"s3cret", turn["username"].encode(), hashlib.sha1).digest()).decode()
-        assert turn["credential"] == expected and turn["username"].endswith(f":user-{user.pk}")
+        # Each credential names its job or assignment: the TURN server's figures say whose they are.
+        assert turn["credential"] == expected and turn["username"].endswith(f":job-{job.id}")
         assignment_id, (keys, node_socket, offer) = next(iter(offers.items()))
-        assert offer["ice_servers"][1]["username"].endswith(f":node-{keys.node.pk}")
+        assert offer["ice_servers"][1]["username"].endswith(f":asg-{assignment_id}")
         await socket.send_json_to({"type": "rtc_offer", "job_id": str(job.id), "assignment_id": assignment_id, "sdp": SDP})
         relayed = await node_socket.receive_json_from(timeout=5)
         assert relayed == {"type": "rtc_offer", "job_id": str(job.id), "assignment_id": assignment_id, "sdp": SDP}

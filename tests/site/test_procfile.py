@@ -60,9 +60,10 @@ def is_beat(command: list[str]) -> bool:
     return "beat" in command or "-B" in command or "--beat" in command
 
 
-def test_it_runs_daphne_the_workers_and_one_beat():
+def test_it_runs_daphne_the_workers_one_beat_and_the_p2p_helpers():
     found = processes()
-    assert set(found) == {"web", "worker", "beat"}
+    assert set(found) == {"web", "worker", "beat", "honeypot-peer", "turn-usage"}
+    assert found["honeypot-peer"][:3] == ["python", "manage.py", "honeypot_peer"]
     assert [name for name, command in found.items() if is_beat(command)] == ["beat"]
     # beat is not a flag of a process that may be scaled: its own process, running beat only.
     assert found["beat"][:4] == ["celery", "-A", "bim_site", "beat"]
@@ -88,7 +89,7 @@ def test_the_worker_consumes_every_queue_tasks_are_routed_to():
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("name", ["web", "worker", "beat"])
+@pytest.mark.parametrize("name", ["web", "worker", "beat", "honeypot-peer", "turn-usage"])
 def test_each_command_starts(tmp_path, name):
     """`--help` after the command's own arguments: the program exists, loads the project
     (celery -A bim_site) and accepts every option the line gives it."""

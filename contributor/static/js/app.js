@@ -13,6 +13,7 @@
 // connection whenever their reasons change, from the first moment on.
 
 import { NodeConnection } from "./connection.js";
+import { resultsRestore } from "./result-db.js";
 import { PAUSE_REASONS, VolunteerControls } from "./controls.js";
 import { createEngine } from "./engine.js";
 import { capabilitiesProbe, nodeEnv, requirementsMissing } from "./environment.js";
@@ -243,6 +244,7 @@ async function main() {
     view.showNodeId(state.nodeId);
     log(`registered as node ${state.nodeId.slice(0, 8)}`);
     refreshStatus(cfg);
+    await resultsRestore(connection.resultStore, log);
     connection.connect();
   } catch (err) {
     state.phase = "error";

@@ -69,5 +69,7 @@ export async function nodeEnv(engine) {
     backend: engine.backend,
     gpu_family: await gpuFamily(engine),
     cpu_count: seen.hardwareConcurrency || navigator.hardwareConcurrency || 1,
+    // Without it, the registry sends peer-to-peer jobs to other nodes while it can.
+    webrtc: typeof globalThis.RTCPeerConnection === "function",
   };
 }

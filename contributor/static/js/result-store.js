@@ -6,6 +6,11 @@
 // as bim_node/p2p.py's ResultStore does. Bounded by bytes and by age, oldest dropped first:
 // an upload comes within the job's lifetime, minutes at most, or never.
 //
+// It also outlives the page: with a `backend` (./result-db.js, IndexedDB) every entry kept
+// or dropped is written through, and `restore` loads them when the page starts again, so a
+// reload between a commit and its upload request costs the node no strike (the registry asks
+// again after the next `welcome`).
+//
 // Pure: runs under Node 20 for tests/js/.
 
 import { canonicalJson } from "./protocol.js";
@@ -14,8 +19,8 @@ export const DEFAULT_MAX_BYTES = 32 * 1024 * 1024;
 export const DEFAULT_TTL_MS = 10 * 60 * 1000;
 
 export class ResultStore {
-  constructor({ maxBytes = DEFAULT_MAX_BYTES, ttlMs = DEFAULT_TTL_MS, clock = () => Date.now() } = {}) {
-    Object.assign(this, { maxBytes, ttlMs, clock });
+  constructor({ maxBytes = DEFAULT_MAX_BYTES, ttlMs = DEFAULT_TTL_MS, clock = () => Date.now(), backend = null } = {}) {
+    Object.assign(this, { maxBytes, ttlMs, clock, backend });
     this.entries = new Map(); // assignment id -> {at, size, message, inputs}, oldest first
     this.bytes = 0;
   }
@@ -26,11 +31,26 @@ export class ResultStore {
     const size = String(message.data ?? "").length + canonicalJson(inputs).length;
     this.drop(assignmentId);
     if (size > this.maxBytes) return false;
-    this.entries.set(assignmentId, { at: this.clock(), size, message, inputs });
+    const entry = { at: this.clock(), size, message, inputs };
+    this.entries.set(assignmentId, entry);
     this.bytes += size;
+    this.backend?.put(assignmentId, entry);
     this.expire();
     while (this.bytes > this.maxBytes) this.drop(this.entries.keys().next().value);
     return true;
+  }
+
+  /** Entries a backend kept ({id, at, size, message, inputs}), oldest first, within the
+   * same age and byte bounds; those past them are dropped from the backend too. */
+  restore(saved) {
+    for (const { id, at, size, message, inputs } of [...saved].sort((a, b) => a.at - b.at)) {
+      if (typeof id !== "string" || !Number.isFinite(at) || !Number.isFinite(size) || !message) continue;
+      this.entries.delete(id);
+      this.entries.set(id, { at, size, message, inputs });
+      this.bytes += size;
+    }
+    this.expire();
+    while (this.bytes > this.maxBytes) this.drop(this.entries.keys().next().value);
   }
 
   /** {message, inputs}, or null when it was never kept, dropped or expired. */
@@ -58,5 +78,6 @@ export class ResultStore {
     if (!entry) return;
     this.entries.delete(assignmentId);
     this.bytes -= entry.size;
+    this.backend?.remove(assignmentId);
   }
 }
