@@ -25,7 +25,7 @@ from bim_core import protocol
 from subnets import selectors as subnet_selectors
 from subnets.models import Subnet
 
-from . import p2p
+from . import p2p_uploads
 from .cool_off import nodes_cooling_off_until
 from .models import Assignment, AssignmentState, Node, NodeSubnet
 from .presence import Connect, nodes_connect
@@ -101,7 +101,7 @@ def nodes_hello(requests: Sequence[HelloRequest]) -> list[Hello]:
         else:
             opened[index] = channel
     subnets, assignments = _welcome({node_ids[i] for i in opened})
-    uploads = p2p.uploads_outstanding({node_ids[i] for i in opened}) if opened else {}
+    uploads = p2p_uploads.uploads_outstanding({node_ids[i] for i in opened}) if opened else {}
     for index, channel in opened.items():
         node_id = node_ids[index]
         answers[index] = Hello(

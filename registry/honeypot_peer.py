@@ -7,7 +7,7 @@ It connects to the registry's public address with the honeypot account's token a
 each P2P honeypot's inputs through the SDK's own exchange (bim_sdk.p2p), the code every user
 runs, so nothing in its signalling or framing differs. The registry judges the results as it
 judges an audited job's: once both nodes have committed, node A uploads its payload
-(registry.p2p.uploads_needed), and a node that committed another hash uploads its own.
+(registry.p2p_uploads.uploads_needed), and a node that committed another hash uploads its own.
 
 `manage.py honeypot_peer --registry URL` runs it (Procfile `honeypot-peer`). It says it runs
 through a database heartbeat, and the beat issues honeypots peer to peer only while that is

@@ -17,7 +17,7 @@ from django.utils import timezone
 from bim_core import content_policy, families, protocol
 from subnets.models import Subnet
 
-from . import effects, metrics, p2p, policy_enforcement, selectors, verify
+from . import effects, metrics, p2p, p2p_uploads, policy_enforcement, selectors, verify
 from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition, job_trusted_only
 from .models import (
     TERMINAL_STATES,
@@ -178,7 +178,7 @@ def _upload_record(job: Job, assignment: Assignment, fields: dict[str, Any], mes
     if fields["result_hash"] != assignment.result_hash or list(fields["shape"]) != assignment.result_shape:
         raise protocol.ProtocolError("bad_result_hash", "an upload must be the committed result")
     if "inputs" in message:
-        p2p.upload_inputs_record(job, message["inputs"])
+        p2p_uploads.upload_inputs_record(job, message["inputs"])
     _check_result(job, assignment, fields)
     assignment.result = fields["payload"]
     assignment.upload_reason, assignment.upload_due = "", None
@@ -287,7 +287,7 @@ def result_refused(*, node_id: object, message: dict[str, Any], code: str) -> bo
 def _upload_refused(node_id: object, assignment_id: uuid.UUID, code: str) -> bool:
     """A committed result's upload that proves misbehaviour (bytes that are not the
     committed ones): its deadline is brought forward, so the sweeper strikes the node once
-    and fails the job it will not let be judged (p2p.uploads_overdue_handle)."""
+    and fails the job it will not let be judged (p2p_uploads.uploads_overdue_handle)."""
     if code not in MISBEHAVIOUR_CODES:
         return False
     return bool(

@@ -125,7 +125,7 @@ def _output_withheld(
     model into a blocked output); refusing both keeps every posting balanced, as a job with
     no majority does, and costs each node one job's compute (docs/content-policy.md)."""
     if majority[0].result is None:
-        return False  # peer to peer, bytes never held: only without output rules (p2p.uploads_needed)
+        return False  # peer to peer, bytes never held: only without output rules (p2p_uploads.uploads_needed)
     violation = policy_enforcement.output_violation(job, selectors.assignment_result(majority[0]))
     if violation is None:
         return False

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from . import p2p, presence
+from . import p2p_uploads, presence
 from .dispatch import jobs_dispatch_waiting
 from .jobs import job_expire, job_locked, job_step_isolated
 from .models import (
@@ -60,7 +60,7 @@ def sweep() -> dict[str, int]:
         "jobs_expired": jobs_expire_overdue(),
         "assignments_made": jobs_dispatch_waiting(),
         "verifications_retried": jobs_verify_stalled(),
-        "uploads_overdue": p2p.uploads_overdue_handle(),
+        "uploads_overdue": p2p_uploads.uploads_overdue_handle(),
     }
 
 

@@ -19,7 +19,7 @@ from ledger import services as ledger
 from subnets.models import Subnet
 from subnets.services import trusted_rescore
 
-from . import effects, honeypots, metrics, p2p, reputation, selectors, turn_usage
+from . import effects, honeypots, metrics, p2p, p2p_uploads, reputation, selectors, turn_usage
 from .jobs import PAIR_ROLES, job_locked, job_transition
 from .models import (
     AgreementStat,
@@ -60,9 +60,9 @@ def job_verify(*, job_id: object, may_rescore: bool = True) -> Job | None:
                 verification = honeypots.honeypot_judge(job, list(results.values()), rescored=rescored or {})
                 job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
             else:
-                p2p.tie_breaker_without_silent(job)
+                p2p_uploads.tie_breaker_without_silent(job)
             return job
-        if p2p.job_is_p2p(job) and p2p.payload_wait(job, list(results.values())):
+        if p2p.job_is_p2p(job) and p2p_uploads.payload_wait(job, list(results.values())):
             return job  # peer to peer: the user's confirmation, or an upload, is still due
         if p2p.job_is_p2p(job) and turn_usage.report_wait(job):
             return job  # the TURN server's own figure of what it relayed is on its way
@@ -201,7 +201,7 @@ def agreement_record(*, subnet: Subnet, nodes: tuple[Node, Node], verdict: Verdi
 
 def _adjudicate_without_silent(job: Job, partner: Assignment, c: Assignment) -> Job:
     """2-of-3 of a peer-to-peer job whose other pair member was struck for not uploading its
-    committed bytes (p2p.tie_breaker_without_silent): the partner and the tie-breaker agree,
+    committed bytes (p2p_uploads.tie_breaker_without_silent): the partner and the tie-breaker agree,
     and are paid as a pair, or the job fails with the user's hold released."""
     verdict = _compare(job, partner, c)
     verification = {**job.verification, "path": "2-of-3", "tie_break": {f"{partner.role.lower()}_c": verdict.as_dict()}}
