@@ -897,7 +897,7 @@ def main() -> None:
         help="fp32 MiniLM ONNX (bench/export_fp32_minilm.py); its row is left out when the file is missing",
     )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 60 texts, 3 images, 4 prompts of 6 tokens")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 60 texts, 3 images, 4 prompts of 4 tokens")
     args = parser.parse_args()
     if args.quick:
         # Every configuration and strategy still runs, on a few inputs, each as small as
@@ -905,7 +905,7 @@ def main() -> None:
         # text (a forger answers with another of its category), and four prompts give each
         # prompt another of its max_tokens (one in three asks for half) to replay.
         args.embedding_inputs, args.image_inputs, args.image_boundary_probes = 60, 3, 1
-        args.text_prompts, args.text_max_tokens = 4, 6
+        args.text_prompts, args.text_max_tokens = 4, 4
     out: dict[str, Any] = {"onnxruntime": ort.__version__, "families": {}}
     if "text" in args.families.split(","):
         from bim_core.runtimes.generator import RUNTIME
