@@ -510,7 +510,14 @@ class Clients:
     def __init__(self, count: int, world: dict[str, Any], conninfo: str, sync_commit: str) -> None:
         from django.db import connections
 
-        connections.close_all()  # no connection may cross the fork
+        # No connection may cross the fork: closing them only hands them back to the pool
+        # (settings: psycopg_pool per process), whose open sockets every child would then
+        # share with the parent and each other (interleaved replies, EMPTY_QUERY). Closing
+        # the pools leaves each child to open its own.
+        connections.close_all()
+        for conn in connections.all():
+            if hasattr(conn, "close_pool"):
+                conn.close_pool()
         ctx = mp.get_context("fork")
         self.outbox = ctx.Queue()
         self.inboxes = [ctx.Queue() for _ in range(count)]

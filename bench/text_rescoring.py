@@ -1,7 +1,7 @@
 """Text subnet: generation speed, what re-scoring costs against a full generation, and how
 far honest and forged tokens sit from the top logit under re-scoring.
 
-    .venv/bin/python bench/text_rescoring.py [--prompts 20] [--max-tokens 48]
+    .venv/bin/python bench/text_rescoring.py [--prompts 20] [--max-tokens 48] [--quick]
 
 For each prompt (instructions over sentences of scripts/demo_texts.txt) a node's greedy
 generation is timed, then the registry's teacher-forced pass over the same sequence. The
@@ -9,7 +9,7 @@ honest gaps (top logit - claimed logit) show the drift between llama.cpp's singl
 batched kernels that the subnet's logit_margin must cover; one random token substituted per
 sequence shows what a forger's token looks like, and re-scoring that forged twin right after
 the honest sequence (as the registry re-scores a pair) shows what reusing their shared prefix
-saves. Prints one JSON object.
+saves. Prints one JSON object. `--quick` (2 prompts, 8 tokens) is the smoke run `make test` runs.
 """
 
 from __future__ import annotations
@@ -42,14 +42,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 prompts, 8 tokens each")
     args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.max_tokens = 2, 8
     lines = [line.strip() for line in (ROOT / "scripts" / "demo_texts.txt").read_text().splitlines() if line.strip()]
     prompts = [f"{VERBS[i % len(VERBS)]} {line}" for i, line in enumerate(lines[: args.prompts])]
     model = packaged_file(defaults.TEXT_MODEL.package, defaults.TEXT_MODEL.path)
     preprocessing = defaults.text_subnet_settings()["preprocessing"]
     margin = defaults.text_subnet_settings()["tolerances"]["logit_margin"]
     rng = random.Random(7)
-    report: dict[str, object] = {"prompts": len(prompts), "max_tokens": args.max_tokens, "logit_margin": margin}
+    report: dict[str, object] = {
+        "prompts": len(prompts), "max_tokens": args.max_tokens, "logit_margin": margin, "quick": args.quick,
+    }
     sequences: dict[int, list[list[int]]] = {}
     for threads in (1, 2):
         generator = Generator.from_preprocessing(model, preprocessing, threads=threads)
