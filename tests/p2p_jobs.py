@@ -44,3 +44,9 @@ def upload_message(keys: NodeKeys, job: Job, assignment: Assignment, result: Any
     if inputs is not None:
         message["inputs"] = inputs
     return message
+
+
+
+def upload_requests(sent: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+    """The `upload_request` messages among what was sent."""
+    return [e["message"] for _, e in sent if e.get("message", {}).get("type") == "upload_request"]

@@ -13,23 +13,15 @@ from django.utils import timezone
 
 from bim_core import protocol
 from ledger.models import Transfer
-from registry import dispatch, effects, p2p, results, sweeper
+from registry import dispatch, p2p, results, sweeper
 from registry.models import Assignment, AssignmentState, Job, JobState, Node
 from registry.verify import job_verify
 from tests.factories import SubnetFactory, online_node, unit_vectors, user_with_credits
-from tests.p2p_jobs import commit_message, p2p_submit, upload_message
+from tests.p2p_jobs import commit_message, p2p_submit, upload_message, upload_requests
 
 pytestmark = pytest.mark.django_db
 
 INPUTS = {"texts": ["the registry never reads this", "nor this"]}
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    """Messages the registry sends to node groups and job groups (after commit)."""
-    out: list[tuple[str, dict]] = []
-    monkeypatch.setattr(effects, "group_send", lambda group, event: out.append((group, event)))
-    return out
 
 
 @pytest.fixture
@@ -48,10 +40,6 @@ def p2p_job(settings, django_capture_on_commit_callbacks):
 def commit(job, pair, role, vectors, **overrides):
     assignment, keys = pair[role]
     return results.commit_record(node_id=keys.node.pk, message=commit_message(keys, job, assignment, vectors, **overrides))
-
-
-def upload_requests(sent):
-    return [e["message"] for _, e in sent if e.get("message", {}).get("type") == "upload_request"]
 
 
 def test_the_offer_carries_no_input_and_the_user_learns_each_node(p2p_job, sent):

@@ -9,7 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from bim_core import protocol
-from registry import dispatch, effects, results
+from registry import dispatch, results
 from registry.models import Job, JobState
 from registry.verify import job_verify
 from tests.factories import SubnetFactory, online_node, unit_vectors, user_with_credits
@@ -18,13 +18,6 @@ from tests.p2p_jobs import commit_message, p2p_submit
 pytestmark = pytest.mark.django_db
 
 INPUTS = {"texts": ["sent before the commit", "and this"]}
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    out: list[tuple[str, dict]] = []
-    monkeypatch.setattr(effects, "group_send", lambda group, event: out.append((group, event)))
-    return out
 
 
 @pytest.fixture

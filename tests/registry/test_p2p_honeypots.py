@@ -11,23 +11,16 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from registry import dispatch, effects, honeypots, results, submit, sweeper
+from registry import dispatch, honeypots, results, submit, sweeper
 from registry.models import Assignment, AssignmentState, Honeypot, Job, JobState, JobTransport, ServiceHeartbeat, Strike
 from registry.verify import job_verify
 from tests.factories import SubnetFactory, online_node, unit_vectors, user_with_credits
-from tests.p2p_jobs import commit_message, p2p_submit, upload_message
+from tests.p2p_jobs import commit_message, p2p_submit, upload_message, upload_requests
 
 pytestmark = pytest.mark.django_db
 
 TEXTS = ["The library offers free language courses.", "Owls hunt mostly at night."]
 ANSWER = unit_vectors(2, seed=11)
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    out: list[tuple[str, dict]] = []
-    monkeypatch.setattr(effects, "group_send", lambda group, event: out.append((group, event)))
-    return out
 
 
 @pytest.fixture
@@ -44,10 +37,6 @@ def subnet(settings):
 @pytest.fixture
 def nodes(subnet):
     return {k.node.pk: k for k in (online_node(subnet) for _ in range(2))}
-
-
-def upload_requests(sent):
-    return [e["message"] for _, e in sent if e.get("message", {}).get("type") == "upload_request"]
 
 
 def dispatched(job, capture):

@@ -13,22 +13,15 @@ from django.utils import timezone
 
 from ledger.accounts import account_balance, account_get
 from ledger.models import AccountKind, Transfer
-from registry import dispatch, effects, results, sweeper
+from registry import dispatch, results, sweeper
 from registry.models import Assignment, Job, JobState, Node, Strike
 from registry.verify import job_verify
 from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
-from tests.p2p_jobs import commit_message, p2p_submit, upload_message
+from tests.p2p_jobs import commit_message, p2p_submit, upload_message, upload_requests
 
 pytestmark = pytest.mark.django_db
 
 INPUTS = {"texts": ["who pays for a silent node", "not its partner"]}
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    out: list[tuple[str, dict]] = []
-    monkeypatch.setattr(effects, "group_send", lambda group, event: out.append((group, event)))
-    return out
 
 
 @pytest.fixture
@@ -48,10 +41,6 @@ def earnings(node_id) -> int:
     return account_balance(account_get(AccountKind.NODE_EARNINGS, node_id=node_id)) + account_balance(
         account_get(AccountKind.NODE_ESCROW, node_id=node_id)
     )
-
-
-def upload_requests(sent):
-    return [e["message"] for _, e in sent if e.get("message", {}).get("type") == "upload_request"]
 
 
 def role(job, name):
