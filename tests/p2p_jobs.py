@@ -50,3 +50,20 @@ def upload_message(keys: NodeKeys, job: Job, assignment: Assignment, result: Any
 def upload_requests(sent: list[tuple[str, dict]]) -> list[dict[str, Any]]:
     """The `upload_request` messages among what was sent."""
     return [e["message"] for _, e in sent if e.get("message", {}).get("type") == "upload_request"]
+
+
+def p2p_job_dispatched(inputs: dict[str, Any], capture: Any, *, credits: int = 5) -> tuple[Job, dict[Any, Any], Any]:
+    """A P2P job of a fresh subnet dispatched to two online nodes of different owners:
+    (job, {role: (assignment, NodeKeys)}, its user). `capture` is pytest-django's
+    django_capture_on_commit_callbacks, so the offers go out."""
+    from registry import dispatch
+    from tests.factories import SubnetFactory, online_node, user_with_credits
+
+    subnet = SubnetFactory()
+    nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
+    user = user_with_credits(credits)
+    job = p2p_submit(user, subnet, inputs)
+    with capture(execute=True):
+        dispatch.job_dispatch(job_id=job.id)
+    job = Job.objects.get(pk=job.pk)
+    return job, {a.role: (a, nodes[a.node_id]) for a in job.assignments.all()}, user

@@ -17,7 +17,7 @@ from registry import dispatch, p2p, results, sweeper
 from registry.models import Assignment, AssignmentState, Job, JobState, Node
 from registry.verify import job_verify
 from tests.factories import SubnetFactory, online_node, unit_vectors, user_with_credits
-from tests.p2p_jobs import commit_message, p2p_submit, upload_message, upload_requests
+from tests.p2p_jobs import commit_message, p2p_job_dispatched, p2p_submit, upload_message, upload_requests
 
 pytestmark = pytest.mark.django_db
 
@@ -27,14 +27,7 @@ INPUTS = {"texts": ["the registry never reads this", "nor this"]}
 @pytest.fixture
 def p2p_job(settings, django_capture_on_commit_callbacks):
     settings.P2P_AUDIT_BP = 0
-    subnet = SubnetFactory()
-    nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
-    user = user_with_credits(5)
-    job = p2p_submit(user, subnet, INPUTS)
-    with django_capture_on_commit_callbacks(execute=True):
-        dispatch.job_dispatch(job_id=job.id)
-    pair = {a.role: (a, nodes[a.node_id]) for a in Job.objects.get(pk=job.pk).assignments.all()}
-    return Job.objects.get(pk=job.pk), pair, user
+    return p2p_job_dispatched(INPUTS, django_capture_on_commit_callbacks)
 
 
 def commit(job, pair, role, vectors, **overrides):

@@ -9,11 +9,11 @@ import pytest
 from rest_framework.test import APIClient
 
 from bim_core import protocol
-from registry import dispatch, results
+from registry import results
 from registry.models import Job, JobState
 from registry.verify import job_verify
-from tests.factories import SubnetFactory, online_node, unit_vectors, user_with_credits
-from tests.p2p_jobs import commit_message, p2p_submit
+from tests.factories import unit_vectors
+from tests.p2p_jobs import commit_message, p2p_job_dispatched
 
 pytestmark = pytest.mark.django_db
 
@@ -23,16 +23,10 @@ INPUTS = {"texts": ["sent before the commit", "and this"]}
 @pytest.fixture
 def p2p_job(settings, django_capture_on_commit_callbacks):
     settings.P2P_AUDIT_BP = 0
-    subnet = SubnetFactory()
-    nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
-    user = user_with_credits(5)
-    job = p2p_submit(user, subnet, INPUTS)
-    with django_capture_on_commit_callbacks(execute=True):
-        dispatch.job_dispatch(job_id=job.id)
-    pair = {a.role: (a, nodes[a.node_id]) for a in Job.objects.get(pk=job.pk).assignments.all()}
+    job, pair, user = p2p_job_dispatched(INPUTS, django_capture_on_commit_callbacks)
     api = APIClient()
     api.force_authenticate(user)
-    return Job.objects.get(pk=job.pk), pair, api
+    return job, pair, api
 
 
 def confirm(api, job, assignment, result_hash):
