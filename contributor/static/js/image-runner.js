@@ -21,7 +21,13 @@ export class InputRefused extends Error {
 /** Loads the model and warms it up at a full tile. Returns the runner: {info, upscale(imageB64)}. */
 export async function imageRunnerCreate(files, manifest, { backend, threads }) {
   const settings = upscaleSettings(manifest.preprocessing || {});
-  const loaded = await ortSession(files.model, { backend, threads });
+  // The waifu2x files declare their output as [batch, 3, height, width], the input's own
+  // symbolic sizes, though it is twice the window less the context. onnxruntime's CPU
+  // backends never rely on that; its WebGPU backend wraps convolutions in NHWC transposes and
+  // then plans to reuse the transposed input's buffer for the output ("Shape mismatch
+  // attempting to re-use buffer. {1,142,142,3} != {1,256,256,3}"). In NCHW there is no such
+  // transpose, and the model file (whose checksum the contract pins) stays as it is.
+  const loaded = await ortSession(files.model, { backend, threads, webgpuLayout: "NCHW" });
   const { ort, session } = loaded;
   const inputName = session.inputNames[0];
   const outputName = session.outputNames[0];

@@ -16,8 +16,10 @@ export async function pickBackend(requested) {
   return "wasm";
 }
 
-/** {ort, session, backend, threads, runtime} for the model bytes. */
-export async function ortSession(modelBytes, { backend = "auto", threads = 1 } = {}) {
+/** {ort, session, backend, threads, runtime} for the model bytes. `webgpuLayout` ("NCHW")
+ * keeps onnxruntime's WebGPU backend from converting convolutions to NHWC (see
+ * ./image-runner.js for why a model may need that). */
+export async function ortSession(modelBytes, { backend = "auto", threads = 1, webgpuLayout = null } = {}) {
   const used = await pickBackend(backend);
   // The WebGPU build also carries the WASM backend; the WASM-only build is the smaller
   // download and the binary whose output was measured against native onnxruntime.
@@ -28,7 +30,7 @@ export async function ortSession(modelBytes, { backend = "auto", threads = 1 } =
   ort.env.wasm.numThreads = usedThreads;
   ort.env.logLevel = "error";
   const session = await ort.InferenceSession.create(new Uint8Array(modelBytes), {
-    executionProviders: [used],
+    executionProviders: [used === "webgpu" && webgpuLayout ? { name: "webgpu", preferredLayout: webgpuLayout } : used],
     // Pinned like the Python node: the optimization level changes the last bits.
     graphOptimizationLevel: "all",
     executionMode: "sequential",
