@@ -120,6 +120,17 @@ describe("a peer-to-peer image job", () => {
     assert.equal(await reason(jobs.checkP2pInputs(lied, image.inputs)), "bad_input");
   });
 
+  test("the subnet's max_side decides, not a default: a 300 px image on a subnet of 512", async () => {
+    const c = { ...contract, transport: "p2p", preprocessing: { ...contract.preprocessing, max_side: 512 },
+      input_hash: await protocol.inputHash(image.wide), input_summary: { height: 4, width: 300 } };
+    const offer = { ...honest, contract: c, contract_hash: await protocol.contractHash(c), transport: "p2p" };
+    delete offer.inputs;
+    const job = await jobs.checkP2pOffer(offer, loaded);
+    assert.deepEqual((await jobs.checkP2pInputs(job, image.wide)).inputs, image.wide);
+    // The same image on the fixture's subnet (max_side 192) is refused.
+    assert.equal(await reason(jobs.checkJob(await withInputs(image.wide), loaded)), "bad_message");
+  });
+
   test("an offer whose summary is not an image's is refused", async () => {
     assert.equal(await reason(jobs.checkP2pOffer(await offerOf({ items: 1 }), loaded)), "bad_message");
     assert.equal(await reason(jobs.checkP2pOffer(await offerOf({ height: 0, width: 9 }), loaded)), "bad_message");

@@ -273,6 +273,7 @@ def _job_case() -> dict[str, Any]:
         "signature": protocol.sign(session, signed),
         "too_big": {"image": protocol.b64encode(families.png_encode(_pixels(12, 4, 193)))},
         "too_small": {"image": protocol.b64encode(families.png_encode(_pixels(13, 3, 8)))},
+        "wide": {"image": protocol.b64encode(families.png_encode(_pixels(14, 4, 300)))},
         "rgba": {"image": protocol.b64encode(rgba)},
     }
 

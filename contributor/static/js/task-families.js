@@ -65,39 +65,46 @@ const embedding = {
   },
 };
 
-/** {height, width} of an image job's PNG, within the contract's limits (ImageFamily's
- * validate_inputs up to decoding, which the engine's worker does before computing). */
-function imageSize(inputs, contract) {
+/** {height, width} from an image job's PNG header: strict base64, an 8-bit RGB PNG. */
+function imageDims(inputs) {
   const text = inputs.image;
   if (typeof text !== "string" || !text) throw new Error("image must be a base64 string of a PNG file");
-  const maxChars = contract.limits?.max_chars;
-  if (Number.isInteger(maxChars) && text.length > maxChars) throw new Error(`image exceeds ${maxChars} characters of base64`);
   let png;
   try {
     png = b64decode(text);
   } catch {
     throw new Error("image is not standard base64 (RFC 4648, with padding)");
   }
-  const { height, width } = pngSize(png);
+  return pngSize(png);
+}
+
+/** ImageFamily.validate_inputs up to decoding (which the engine's worker does before
+ * computing): only `image`, within the contract's max_chars and the subnet's sides. */
+function checkImageInputs(inputs, contract) {
+  onlyKeys(inputs, ["image"], "an image job");
+  const maxChars = contract.limits?.max_chars;
+  if (typeof inputs.image === "string" && Number.isInteger(maxChars) && inputs.image.length > maxChars) {
+    throw new Error(`image exceeds ${maxChars} characters of base64`);
+  }
+  const { height, width } = imageDims(inputs);
   const maxSide = Number(contract.preprocessing?.max_side ?? DEFAULT_MAX_SIDE);
   if (!(IMAGE_MIN_SIDE <= Math.min(height, width)) || Math.max(height, width) > maxSide) {
     throw new Error(`image is ${width}x${height}; each side must be ${IMAGE_MIN_SIDE} to ${maxSide} px`);
   }
-  return { height, width };
 }
 
 const image = {
   taskType: "image",
   unit: "images",
   summaryKeys: ["height", "width"],
-  checkRelayInputs(inputs, contract) {
-    this.checkInputs(inputs, contract);
+  // The registry validated a relay job's image too; the node checks it all the same, as the
+  // Python node does: decoding costs more than these checks.
+  checkRelayInputs: checkImageInputs,
+  checkInputs: checkImageInputs,
+  summary: (inputs) => {
+    const { height, width } = imageDims(inputs);
+    return { height, width };
   },
-  checkInputs(inputs, contract) {
-    onlyKeys(inputs, ["image"], "an image job");
-    imageSize(inputs, contract);
-  },
-  summary: (inputs) => imageSize(inputs, {}),
   checkSummary(summary) {
     if (!isCount(summary.height) || !isCount(summary.width)) throw new Error("input_summary.height and width must be positive integers");
   },
@@ -105,7 +112,7 @@ const image = {
   benchmarkInputs: (inputs) => (isObject(inputs) && typeof inputs.image === "string" && inputs.image ? { image: inputs.image } : null),
   compute: (engine, inputs) => engine.upscale(inputs.image),
   checkShape(shape, inputs) {
-    const { height, width } = imageSize(inputs, {});
+    const { height, width } = imageDims(inputs);
     if (shapeText(shape) !== shapeText([2 * height, 2 * width, 3])) {
       throw new Error(`compute returned ${shapeText(shape)} for a ${width}x${height} image`);
     }
