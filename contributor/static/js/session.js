@@ -9,6 +9,7 @@
 import { buildBenchmarkResult, computeTask, signedResult } from "./jobs.js";
 import { PeerJobs } from "./peer-jobs.js";
 import { roundMs } from "./protocol.js";
+import { unitOf } from "./task-families.js";
 
 const SOCKET_OPEN = 1; // WebSocket.OPEN
 
@@ -16,8 +17,8 @@ export const errorText = (err) => String(err?.message || err);
 
 /** "3 texts", "1 image": a task's items in its family's unit. */
 export function itemsText(task) {
-  const unit = task.taskType === "image" ? "image" : "text";
-  return `${task.items} ${unit}${task.items === 1 ? "" : "s"}`;
+  const unit = unitOf(task.taskType);
+  return `${task.items} ${task.items === 1 ? unit.replace(/s$/, "") : unit}`;
 }
 
 export class Session {
