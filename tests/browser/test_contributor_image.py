@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,6 @@ from ledger.checks import ledger_violations
 from registry.models import Assignment, AssignmentState, Benchmark, BenchmarkState, Node, NodeSubnet
 from subnets import defaults
 from tests.browser.conftest import sign_up, wait_for
-from tests.browser.test_contributor_e2e import _logs
 from tests.images import sample_image, waifu2x_model
 from tests.market import running_market
 
@@ -46,6 +46,12 @@ def market(tmp_path):
     """The seeded database, the registry, a worker and bob's Python image node on 127.1.0.1."""
     with running_market(tmp_path, contributors="bob", nodes={"bob": SLUG}) as (url, tokens, group):
         yield url, tokens, group
+
+
+def _logs(log_dir: Path, console: list[str]) -> str:
+    """The processes' log tails and the page's console, for a failure's report."""
+    tails = [f"--- {path.name}\n{path.read_text(errors='replace')[-2500:]}" for path in sorted(log_dir.glob("*.log"))]
+    return "\n".join([*tails, "--- browser console", *console[-60:]])
 
 
 def _routable(count: int) -> bool:
@@ -128,7 +134,7 @@ def test_an_image_job_settles_between_a_browser_and_a_python_node_of_another_own
         assert page.locator("#jobs-body tr .state-agreed").count() >= len(CROPS)
         assert "images/s" in page.locator("[data-testid=speed-jobs]").inner_text()
     except Exception:
-        print(_logs(group, console))
+        print(_logs(Path(group.log_dir), console))
         raise
     finally:
         context.close()
