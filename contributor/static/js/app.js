@@ -18,9 +18,10 @@ import { PAUSE_REASONS, VolunteerControls } from "./controls.js";
 import { createEngine } from "./engine.js";
 import { capabilitiesProbe, nodeEnv, requirementsMissing } from "./environment.js";
 import { JobSpeed } from "./job-speed.js";
-import { TASK_TYPE } from "./jobs.js";
+import { TASK_TYPES } from "./jobs.js";
 import { nodeKeyLoadOrCreate } from "./keystore.js";
 import { nodeRegister, statusFetch } from "./registry-api.js";
+import { unitOf } from "./task-families.js";
 import * as view from "./view.js";
 
 const STATUS_POLL_MS = 3000;
@@ -66,6 +67,7 @@ async function loadEngine(subnet, threads) {
   const cache = engine.cache || {};
   state.model = { checksum: engine.modelChecksum, fromCache: !!cache.fromCache, chunkRequests: cache.chunkRequests, bytes: cache.bytes };
   view.showModelLoaded(engine);
+  view.showSubnetPlan(subnet.slug, { backend: engine.backend, threads: engine.threads, runtime: engine.runtime });
   return engine;
 }
 
@@ -192,10 +194,10 @@ async function engineRestart() {
 }
 
 /** Every model call's time counts against the daily limit; jobs' also make the speed. */
-function computed({ kind, texts, ms }) {
+function computed({ kind, items, ms }) {
   controls.computeAdd(ms);
   if (kind !== "job") return;
-  jobSpeed.record(texts, ms);
+  jobSpeed.record(items, ms);
   state.jobSpeed = jobSpeed.summary();
   view.showJobSpeed(state.jobSpeed);
 }
@@ -217,16 +219,21 @@ async function main() {
   if (!caps.isolated) view.showNotIsolated();
   refreshStatus(cfg);
   setInterval(() => refreshStatus(cfg), STATUS_POLL_MS);
+  // Every subnet this browser can compute, with the backend it would run on (the engine's
+  // "auto": WebGPU where an adapter is given, else WASM with the volunteer's threads).
+  const computable = cfg.subnets.filter((s) => !s.unavailable && TASK_TYPES.includes(s.task_type));
+  const planned = caps.webgpuAdapter !== null ? { backend: "webgpu", threads: 1 } : { backend: "wasm", threads: isolated ? controls.settings.threads : 1 };
+  for (const s of computable) view.showSubnetPlan(s.slug, planned);
   // Opted in, computable here, and not held back by the registry (a changed license):
   // the dashboard's table says why any other subnet is not served.
-  const subnet = cfg.subnets.find((s) => s.opted_in && !s.unavailable && s.task_type === TASK_TYPE);
+  const subnet = computable.find((s) => s.opted_in);
   if (!subnet) {
     state.phase = "no subnet";
     view.notice("Opt into a subnet to start", "Review a subnet's model license below and accept it; this browser then fetches the model and starts computing.", "warning");
     return;
   }
   state.subnet = subnet;
-  view.showServing(subnet.slug);
+  view.showServing(subnet.slug, unitOf(subnet.task_type));
   connection = new NodeConnection({ state, view, url: socketUrl(cfg.socket_path), onComputed: computed });
   // The person's Pause is one reason among the controls'; Resume clears that one only.
   view.pauseButton({ onClick: () => controls.hold("user", !state.pauseReasons.includes("user")) });

@@ -1,11 +1,15 @@
 // The browser contributor's compute: a module Web Worker that loads the subnet's verified
-// model (js/model-store.js), tokenizes with @huggingface/tokenizers and runs onnxruntime-web
-// (WebGPU or WASM). The math is bim_core/runtimes/embedder.py's: the tokenizer.json's own
-// truncation and padding are overridden (the first max_tokens-1 ids, then [SEP]), inputs
-// padded with [PAD] per batch, mean pooling over the attention mask, L2 normalization,
-// float32 out. Messages: {id, op, args} in; {id, ok, result|error} or {type: "progress"} out.
+// model (js/model-store.js) and runs it with onnxruntime-web (WebGPU or WASM,
+// js/ort-session.js). Embedding subnets are computed here: the math is
+// bim_core/runtimes/embedder.py's: the tokenizer.json's own truncation and padding are
+// overridden (the first max_tokens-1 ids, then [SEP]), inputs padded with [PAD] per batch,
+// mean pooling over the attention mask, L2 normalization, float32 out. Image subnets are
+// js/image-runner.js's (upscaler.py's tiling). Messages: {id, op, args} in; {id, ok,
+// result|error} or {type: "progress"} out.
 import { batchPlan } from "./batching.js";
+import { imageRunnerCreate } from "./image-runner.js";
 import { modelLoad, DEFAULT_BUDGET_BYTES } from "./model-store.js";
+import { ortSession, tensorData } from "./ort-session.js";
 
 const VENDOR = new URL("../vendor/", import.meta.url);
 let batchSize = 32;
@@ -15,6 +19,7 @@ let session = null;
 let tokenizer = null;
 let state = null;
 let lowercases = false;
+let imageRunner = null;
 
 function normalizerLowercases(normalizer) {
   if (!normalizer) return false;
@@ -24,23 +29,21 @@ function normalizerLowercases(normalizer) {
   return false;
 } // {maxTokens, normalize, clsId, sepId, padId, inputNames, outputName}
 
-async function pickBackend(requested) {
-  if (requested === "wasm" || requested === "webgpu") return requested;
-  if (requested !== "auto") throw new Error(`unknown backend ${JSON.stringify(requested)}`);
-  try {
-    if (self.navigator.gpu && (await self.navigator.gpu.requestAdapter())) return "webgpu";
-  } catch (err) {
-    console.info("bim engine: no WebGPU adapter", err);
-  }
-  return "wasm";
-}
-
 async function init({ manifestUrl, backend = "auto", threads = 1, budgetBytes = DEFAULT_BUDGET_BYTES, expectedChecksum = "", batch = 32 }) {
   batchSize = Math.max(1, batch | 0);
   const progress = (p) => self.postMessage({ type: "progress", progress: p });
   const loaded = await modelLoad(new URL(manifestUrl, self.location.href).href, { budgetBytes, expectedChecksum, onProgress: progress });
   const { manifest, files } = loaded;
-  if (manifest.task_type !== "embedding") throw new Error(`this engine runs embedding subnets, not ${manifest.task_type}`);
+  const described = (info) => ({
+    ...info, taskType: manifest.task_type, modelChecksum: manifest.model_checksum, cache: loaded.cache, manifest: { ...manifest, artifacts: undefined },
+  });
+  if (manifest.task_type === "image") {
+    progress({ phase: "load", done: 0, total: 1, fromCache: loaded.cache.fromCache });
+    imageRunner = await imageRunnerCreate(files, manifest, { backend, threads });
+    progress({ phase: "load", done: 1, total: 1, fromCache: loaded.cache.fromCache });
+    return described(imageRunner.info);
+  }
+  if (manifest.task_type !== "embedding") throw new Error(`this engine runs embedding and image subnets, not ${manifest.task_type}`);
   if (!files.tokenizer) throw new Error("the manifest has no tokenizer artifact");
   const prep = manifest.preprocessing || {};
   if ((prep.pooling || "mean") !== "mean") throw new Error(`pooling ${JSON.stringify(prep.pooling)} is not supported (only "mean")`);
@@ -55,22 +58,8 @@ async function init({ manifestUrl, backend = "auto", threads = 1, budgetBytes = 
     return value === undefined ? fallback : value;
   };
 
-  const used = await pickBackend(backend);
-  // The WebGPU build also carries the WASM backend; the WASM-only build is the smaller
-  // download and the binary whose output was measured against native onnxruntime.
-  ort = await import(new URL(used === "webgpu" ? "ort/ort.webgpu.min.mjs" : "ort/ort.wasm.min.mjs", VENDOR).href);
-  ort.env.wasm.wasmPaths = new URL("ort/", VENDOR).href;
-  ort.env.wasm.proxy = false;
-  const usedThreads = self.crossOriginIsolated ? Math.max(1, threads | 0) : 1;
-  ort.env.wasm.numThreads = usedThreads;
-  ort.env.logLevel = "error";
-  session = await ort.InferenceSession.create(new Uint8Array(files.model), {
-    executionProviders: [used],
-    // Pinned like the Python node: the optimization level changes the last bits.
-    graphOptimizationLevel: "all",
-    executionMode: "sequential",
-    interOpNumThreads: 1,
-  });
+  const loadedSession = await ortSession(files.model, { backend, threads });
+  ({ ort, session } = loadedSession);
   state = {
     maxTokens: Number(prep.max_tokens ?? 256),
     normalize: prep.normalize === undefined ? true : Boolean(prep.normalize),
@@ -88,15 +77,8 @@ async function init({ manifestUrl, backend = "auto", threads = 1, budgetBytes = 
   // than the next; with this one, 0.1 to 0.3 s (Chromium 156, WASM, 1 and 2 threads).
   state.dim = (await embed({ texts: ["warm up", "warm up ".repeat(state.maxTokens)] })).dim;
   progress({ phase: "load", done: 2, total: 2, fromCache: loaded.cache.fromCache });
-  const versions = ort.env.versions || {};
-  return {
-    runtime: `onnxruntime-web-${versions.web || versions.common || "unknown"}`,
-    backend: used,
-    threads: used === "wasm" ? usedThreads : 1,
-    modelChecksum: manifest.model_checksum,
-    cache: loaded.cache,
-    manifest: { ...manifest, artifacts: undefined },
-  };
+  const { runtime, backend: used, threads: usedThreads } = loadedSession;
+  return described({ runtime, backend: used, threads: usedThreads });
 }
 
 function tokenize(texts) {
@@ -131,7 +113,7 @@ async function embedBatch(rows, out, indices, dim) {
   if (state.inputNames.has("token_type_ids")) feeds.token_type_ids = new ort.Tensor("int64", new BigInt64Array(n * width), shape);
   const results = await session.run(feeds, [state.outputName]);
   const hidden = results[state.outputName];
-  const hiddenData = hidden.data instanceof Float32Array ? hidden.data : await hidden.getData();
+  const hiddenData = await tensorData(hidden);
   const d = hidden.dims[2];
   if (dim.value === 0) dim.value = d;
   for (let r = 0; r < n; r++) {
@@ -170,22 +152,31 @@ async function embed({ texts }) {
   return { data, rows: texts.length, dim: dim.value };
 }
 
+async function upscale({ image }) {
+  if (!imageRunner) throw new Error("this engine does not run an image subnet");
+  return imageRunner.upscale(image);
+}
+
 async function close() {
   if (session) await session.release();
+  if (imageRunner) await imageRunner.close();
   session = null;
+  imageRunner = null;
   return true;
 }
 
-const handlers = { init, embed, close, tokenize: ({ texts }) => tokenize(texts) };
+const handlers = { init, embed, upscale, close, tokenize: ({ texts }) => tokenize(texts) };
 
 self.onmessage = async (event) => {
   const { id, op, args } = event.data;
   try {
     if (!handlers[op]) throw new Error(`unknown op ${op}`);
     const result = await handlers[op](args || {});
-    const transfer = result && result.data instanceof Float32Array ? [result.data.buffer] : [];
+    const transfer = result && ArrayBuffer.isView(result.data) ? [result.data.buffer] : [];
     self.postMessage({ id, ok: true, result }, transfer);
   } catch (err) {
-    self.postMessage({ id, ok: false, error: String(err && err.stack ? err.stack : err), message: String(err && err.message ? err.message : err) });
+    self.postMessage({
+      id, ok: false, error: String(err && err.stack ? err.stack : err), message: String(err && err.message ? err.message : err), code: err?.code,
+    });
   }
 };

@@ -4,9 +4,14 @@
 //   createEngine({manifestUrl, backend = "auto", threads, onProgress, budgetBytes, expectedChecksum})
 //     backend: "auto" (webgpu when navigator.gpu gives an adapter, else wasm) | "wasm" | "webgpu"
 //     onProgress({phase: "manifest"|"chunks"|"load"|"ready", done, total, fromCache})
-//     -> {runtime, backend, threads, modelChecksum, cache: {fromCache, chunkRequests, bytes},
+//     -> {runtime, backend, threads, taskType ("embedding" | "image", the manifest's), modelChecksum,
+//         cache: {fromCache, chunkRequests, bytes},
 //         async embed(texts) -> {data: Float32Array (rows*dim, row-major), rows, dim},
-//         async tokenize(texts) -> number[][] (the ids the model sees), async close()}
+//         async tokenize(texts) -> number[][] (the ids the model sees),
+//         async upscale(imageB64) -> {data: Uint8Array (height*width*3, row-major RGB), height, width}
+//           (an image subnet: the base64 PNG of a job's inputs, 2x; an image that does not
+//           decode rejects with an error whose `code` is "bad_input"),
+//         async close()}
 //   environment() -> {crossOriginIsolated, webgpu (navigator.gpu exists; an adapter may still be
 //                     missing: "auto" asks for one), hardwareConcurrency, userAgent}
 //   registerServiceWorker() -> the registration, or null where Service Workers are unavailable
@@ -66,6 +71,7 @@ export async function createEngine({ manifestUrl, backend = "auto", threads, onP
     else {
       const error = new Error(msg.message);
       error.workerStack = msg.error;
+      if (msg.code) error.code = msg.code;
       waiter.reject(error);
     }
   };
@@ -103,6 +109,7 @@ export async function createEngine({ manifestUrl, backend = "auto", threads, onP
     runtime: info.runtime,
     backend: info.backend,
     threads: info.threads,
+    taskType: info.taskType,
     modelChecksum: info.modelChecksum,
     cache,
     manifest: info.manifest,
@@ -111,6 +118,9 @@ export async function createEngine({ manifestUrl, backend = "auto", threads, onP
     },
     async tokenize(texts) {
       return call("tokenize", { texts });
+    },
+    async upscale(imageB64) {
+      return call("upscale", { image: imageB64 });
     },
     async close() {
       if (closed) return;

@@ -4,15 +4,20 @@
 // `benchmark`, and the signed `result` and `benchmark_result` answers, exactly as
 // bim_node/jobs.py makes them.
 //
+// What each task family's inputs and results must be is ./task-families.js's; the job's
+// family is the loaded engine's (`taskType`: "embedding" when not given).
+//
 // Pure, like ./protocol.js: runs under Node 20 for tests/js/.
 
 import { inputViolation } from "./policy.js";
 import {
-  b64encode, benchmarkMessage, canonicalJson, contractHash, encodeResult, inputHash, resultMessage, sha256Hex, shapeText, signB64,
+  b64encode, benchmarkMessage, canonicalJson, contractHash, encodeResult, inputHash, resultMessage, sha256Hex, signB64,
 } from "./protocol.js";
+import { BROWSER_FAMILIES, browserFamily } from "./task-families.js";
 
-/** The one task family this page's engine computes (./engine.js embeds texts). */
-export const TASK_TYPE = "embedding";
+/** The task families this page's engine computes (./engine.js): embeddings and images. */
+export const TASK_TYPES = Object.freeze(Object.keys(BROWSER_FAMILIES));
+const DEFAULT_TASK_TYPE = "embedding"; // a contract without task_type predates the families
 
 const MAX_BENCHMARK_RUNS = 20;
 
@@ -22,79 +27,83 @@ export class JobRefused extends Error {
 }
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
-const isTextList = (texts) => Array.isArray(texts) && texts.length > 0 && texts.every((t) => typeof t === "string");
+
+/** The family's check of `inputs`, a refusal with `reason` when they fail it. */
+function familyCheck(check, reason) {
+  try {
+    check();
+  } catch (err) {
+    throw new JobRefused(reason, String(err.message || err));
+  }
+}
+
+/** The loaded engine's family; the contract must name it. */
+function familyFor(contract, taskType) {
+  const family = browserFamily(taskType);
+  if ((contract.task_type ?? DEFAULT_TASK_TYPE) !== taskType) throw new JobRefused("bad_message", `this node runs ${taskType} jobs`);
+  return family;
+}
 
 /** The checks a node makes before spending compute (docs/protocol.md §4.4), in order. */
-export async function checkJob(message, { modelChecksum, tokenizerChecksum }) {
+export async function checkJob(message, { modelChecksum, tokenizerChecksum, taskType = DEFAULT_TASK_TYPE }) {
   const { contract, contract_hash: cHash, inputs, job_id: jobId } = message;
   if (!isObject(contract) || typeof cHash !== "string" || typeof jobId !== "string" || !isObject(inputs)) {
     throw new JobRefused("bad_message", "job lacks contract, contract_hash, job_id or inputs");
   }
-  // A contract without task_type predates the families: embeddings, as for the Python node.
-  if ((contract.task_type ?? TASK_TYPE) !== TASK_TYPE) throw new JobRefused("bad_message", `this node runs ${TASK_TYPE} jobs`);
-  if (!isTextList(inputs.texts)) throw new JobRefused("bad_message", "inputs.texts must be a non-empty list of strings");
+  const family = familyFor(contract, taskType);
+  familyCheck(() => family.checkRelayInputs(inputs, contract), "bad_message");
   await checkInputHash(contract, inputs, "bad_message");
   await checkContract(contract, cHash, jobId);
   checkModel(contract, { modelChecksum, tokenizerChecksum });
   checkInputPolicy(contract, inputs);
-  return { ...jobOf(message), texts: inputs.texts };
+  return { ...jobOf(message, family), ...withInputs(family, inputs) };
 }
 
 /** A peer-to-peer offer (docs/p2p.md): no inputs, which its user brings over a data channel
  * (checkP2pInputs, then); everything else is checked as for a relay job. */
-export async function checkP2pOffer(message, { modelChecksum, tokenizerChecksum }) {
+export async function checkP2pOffer(message, { modelChecksum, tokenizerChecksum, taskType = DEFAULT_TASK_TYPE }) {
   const { contract, contract_hash: cHash, job_id: jobId } = message;
   if (!isObject(contract) || typeof cHash !== "string" || typeof jobId !== "string") {
     throw new JobRefused("bad_message", "job lacks contract, contract_hash or job_id");
   }
-  if ((contract.task_type ?? TASK_TYPE) !== TASK_TYPE) throw new JobRefused("bad_message", `this node runs ${TASK_TYPE} jobs`);
+  const family = familyFor(contract, taskType);
   await checkContract(contract, cHash, jobId);
   const summary = contract.input_summary;
-  if (contract.transport !== "p2p" || !isObject(summary) || Object.keys(summary).join() !== "items" || !Number.isInteger(summary.items)) {
-    throw new JobRefused("bad_message", "a peer-to-peer offer's contract has transport p2p and an input_summary {items}");
+  const keys = isObject(summary) ? Object.keys(summary).sort().join() : null;
+  if (contract.transport !== "p2p" || keys !== family.summaryKeys.join()) {
+    throw new JobRefused("bad_message", `a peer-to-peer offer's contract has transport p2p and an input_summary {${family.summaryKeys.join(", ")}}`);
   }
+  familyCheck(() => family.checkSummary(summary), "bad_message");
   checkModel(contract, { modelChecksum, tokenizerChecksum });
-  return { ...jobOf(message), texts: null, items: summary.items, transport: "p2p" };
+  return { ...jobOf(message, family), texts: null, inputs: null, items: family.items(summary), transport: "p2p" };
 }
 
-/** What an embedding job's input summary is (bim_core/families.py, input_summary). */
-export const inputSummary = (inputs) => ({ items: inputs.texts.length });
-
-// A NUL cannot be stored (PostgreSQL refuses it), so the registry refuses it in every input:
-// bim_core.families.storable_text. A lone surrogate has no UTF-8: canonicalJson throws.
-const NUL = String.fromCharCode(0);
+/** What a job's input summary is (bim_core/families.py, input_summary), for its family. */
+export const inputSummary = (inputs, taskType = DEFAULT_TASK_TYPE) => browserFamily(taskType).summary(inputs);
 
 /** The inputs a peer-to-peer job's user sent, checked before computing (docs/p2p.md §1):
  * the family's form within the contract's limits, the contract's input hash and summary,
- * its content policy. Returns the job with its texts; refusals carry the reasons the
+ * its content policy. Returns the job with its inputs; refusals carry the reasons the
  * `input_refused` frame and `job_failed` report. */
 export async function checkP2pInputs(job, inputs) {
-  if (!isObject(inputs)) throw new JobRefused("bad_input", "inputs are not a JSON object");
-  const unknown = Object.keys(inputs).filter((k) => k !== "texts");
-  if (unknown.length) throw new JobRefused("bad_input", `an embedding job takes only texts, not ${unknown.join(", ")}`);
-  const { texts } = inputs;
-  if (!isTextList(texts)) throw new JobRefused("bad_input", "texts must be a non-empty list of strings");
-  const maxItems = job.contract.limits?.max_items;
-  if (Number.isInteger(maxItems) && texts.length > maxItems) throw new JobRefused("bad_input", `at most ${maxItems} texts per job`);
-  const bad = texts.findIndex((t) => !t.trim() || t.includes(NUL));
-  if (bad >= 0) throw new JobRefused("bad_input", `texts[${bad}] must be a non-empty string without NUL characters`);
-  // The subnet's per-text limit, in code points as the registry counts them (never seen by it here).
-  const maxChars = job.contract.limits?.max_chars;
-  const long = Number.isInteger(maxChars) ? texts.findIndex((t) => [...t].length > maxChars) : -1;
-  if (long >= 0) throw new JobRefused("bad_input", `texts[${long}] exceeds ${maxChars} characters`);
+  const family = browserFamily(job.taskType ?? DEFAULT_TASK_TYPE);
+  familyCheck(() => family.checkInputs(inputs, job.contract), "bad_input");
   await checkInputHash(job.contract, inputs, "bad_input");
-  if (canonicalJson(inputSummary(inputs)) !== canonicalJson(job.contract.input_summary)) {
+  if (canonicalJson(family.summary(inputs)) !== canonicalJson(job.contract.input_summary)) {
     throw new JobRefused("bad_input", "inputs do not match contract.input_summary");
   }
   checkInputPolicy(job.contract, inputs);
-  return { ...job, texts, inputs };
+  return { ...job, ...withInputs(family, inputs) };
 }
 
-function jobOf(message) {
+/** A job's inputs and what the page reads of them: their items, an embedding job's texts. */
+const withInputs = (family, inputs) => ({ texts: Array.isArray(inputs.texts) ? inputs.texts : null, inputs, items: family.items(inputs) });
+
+function jobOf(message, family) {
   const deadline = message.deadline == null ? null : Date.parse(message.deadline);
   if (deadline !== null && Number.isNaN(deadline)) throw new JobRefused("bad_message", "deadline is not ISO 8601");
   return {
-    kind: "job", assignmentId: message.assignment_id, jobId: message.job_id, role: String(message.role || ""),
+    kind: "job", taskType: family.taskType, assignmentId: message.assignment_id, jobId: message.job_id, role: String(message.role || ""),
     contract: message.contract, contractHash: message.contract_hash, deadline,
   };
 }
@@ -135,25 +144,31 @@ function checkInputPolicy(contract, inputs) {
 }
 
 /** A `benchmark` message as a task for the work queue, or null when it is malformed. */
-export function benchmarkTask(message) {
-  const texts = message.inputs?.texts;
+export function benchmarkTask(message, taskType = DEFAULT_TASK_TYPE) {
+  const family = browserFamily(taskType);
+  const inputs = family.benchmarkInputs(message.inputs);
   const runs = message.runs;
-  if (!isTextList(texts) || !(Number.isInteger(runs) && runs >= 1 && runs <= MAX_BENCHMARK_RUNS)) return null;
-  return { kind: "benchmark", benchmarkId: String(message.benchmark_id), texts, runs };
+  if (!inputs || !(Number.isInteger(runs) && runs >= 1 && runs <= MAX_BENCHMARK_RUNS)) return null;
+  return { kind: "benchmark", taskType, benchmarkId: String(message.benchmark_id), ...withInputs(family, inputs), runs };
 }
 
+/** The engine's output for a task (job or benchmark), with its family's engine call. */
+export const computeTask = (engine, task) => browserFamily(task.taskType ?? DEFAULT_TASK_TYPE).compute(engine, task.inputs ?? { texts: task.texts });
+
 /** The engine's output as the family encodes it, checked the way the registry will check it
- * (one row per text), so a broken engine fails here instead of earning a refusal. */
-function encodedFor(output, texts) {
-  const encoded = encodeResult(TASK_TYPE, output);
-  if (encoded.shape[0] !== texts.length) throw new Error(`compute returned ${shapeText(encoded.shape)} for ${texts.length} texts`);
+ * (one row per text, an image twice the input's size), so a broken engine fails here
+ * instead of earning a refusal. */
+function encodedFor(output, task) {
+  const taskType = task.taskType ?? DEFAULT_TASK_TYPE;
+  const encoded = encodeResult(taskType, output);
+  browserFamily(taskType).checkShape(encoded.shape, task.inputs ?? { texts: task.texts });
   return encoded;
 }
 
 /** The signed `result` for a checked job and the engine's output, with its payload bytes
  * (a peer-to-peer job sends those over its data channel). */
 export async function signedResult(job, output, sessionPrivateKey, elapsedMs) {
-  const { payload, shape, encoding } = encodedFor(output, job.texts);
+  const { payload, shape, encoding } = encodedFor(output, job);
   const fields = {
     job_id: job.jobId, assignment_id: job.assignmentId, contract_hash: job.contractHash,
     input_hash: String(job.contract.input_hash), result_hash: await sha256Hex(payload), shape,
@@ -171,7 +186,7 @@ export const buildResult = async (...args) => (await signedResult(...args)).mess
 
 /** The signed `benchmark_result`: the last run's output and every run's time (roundMs). */
 export async function buildBenchmarkResult(task, output, timings, sessionPrivateKey) {
-  const { payload, shape, encoding } = encodedFor(output, task.texts);
+  const { payload, shape, encoding } = encodedFor(output, task);
   const fields = { benchmark_id: task.benchmarkId, result_hash: await sha256Hex(payload), shape, timings_ms: timings };
   return {
     type: "benchmark_result", benchmark_id: task.benchmarkId, timings_ms: timings, shape,

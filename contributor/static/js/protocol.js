@@ -51,6 +51,18 @@ export function b64encode(bytes) {
   return btoa(s);
 }
 
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Strict standard base64 (protocol.b64decode: the alphabet, with padding, nothing else);
+ * throws on anything else. */
+export function b64decode(text) {
+  if (typeof text !== "string" || !BASE64.test(text)) throw new Error("invalid base64");
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
 export const inputHash = (inputs) => sha256Hex(canonicalBytes(inputs));
 export const contractHash = (contract) => sha256Hex(canonicalBytes(contract));
 

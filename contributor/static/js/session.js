@@ -6,13 +6,20 @@
 // Peer-to-peer jobs wait for their input in ./peer-jobs.js, join the same work loop once it
 // came, and their result goes back to the user with a commit to the registry.
 
-import { buildBenchmarkResult, signedResult } from "./jobs.js";
+import { buildBenchmarkResult, computeTask, signedResult } from "./jobs.js";
 import { PeerJobs } from "./peer-jobs.js";
 import { roundMs } from "./protocol.js";
+import { unitOf } from "./task-families.js";
 
 const SOCKET_OPEN = 1; // WebSocket.OPEN
 
 export const errorText = (err) => String(err?.message || err);
+
+/** "3 texts", "1 image": a task's items in its family's unit. */
+export function itemsText(task) {
+  const unit = unitOf(task.taskType);
+  return `${task.items} ${task.items === 1 ? unit.replace(/s$/, "") : unit}`;
+}
 
 export class Session {
   sessionKey = null; // set by the hello
@@ -26,7 +33,7 @@ export class Session {
 
   /** `report` is what the person sees: {view, log(text, cls), count(name), computed(work),
    * peer(figures)}, where `computed` hears of each model call's time ({kind:
-   * "job"|"benchmark", texts, ms}: the volunteer's daily limit and the speed on real jobs
+   * "job"|"benchmark", items, ms}: the volunteer's daily limit and the speed on real jobs
    * count it) and `peer` of each peer-to-peer job's set-up times and bytes; `onIdle` runs
    * whenever the queue has run dry. `store` keeps committed peer-to-peer results across
    * sockets (./result-store.js). */
@@ -83,16 +90,16 @@ export class Session {
 
   async runBenchmark(task) {
     const { view, log } = this.report;
-    view.showBenchmark(`running: ${task.runs} runs of ${task.texts.length} texts`);
+    view.showBenchmark(`running: ${task.runs} runs of ${itemsText(task)}`);
     const timings = [];
     let output = null;
     try {
       for (let i = 0; i < task.runs; i++) {
         const started = performance.now();
-        output = await this.engine.embed(task.texts);
+        output = await computeTask(this.engine, task);
         const ms = performance.now() - started;
         timings.push(roundMs(ms));
-        this.report.computed?.({ kind: "benchmark", texts: task.texts.length, ms });
+        this.report.computed?.({ kind: "benchmark", items: task.items, ms });
       }
       const message = await buildBenchmarkResult(task, output, timings, this.sessionKey);
       view.showBenchmarkRuns(timings);
@@ -114,14 +121,17 @@ export class Session {
     const started = performance.now();
     let signed;
     try {
-      const output = await this.engine.embed(job.texts);
+      const output = await computeTask(this.engine, job);
       const ms = performance.now() - started;
-      this.report.computed?.({ kind: "job", texts: job.texts.length, ms });
+      this.report.computed?.({ kind: "job", items: job.items, ms });
       signed = await signedResult(job, output, this.sessionKey, ms);
     } catch (err) {
-      log(`job ${job.jobId.slice(0, 8)} failed to compute: ${errorText(err)}`, "bad");
+      // An input the engine refused to read (an image that does not decode) is the job's
+      // fault, not the engine's: refused as the Python node refuses it before computing.
+      const refused = err?.code === "bad_input";
+      log(`job ${job.jobId.slice(0, 8)} ${refused ? "refused" : "failed to compute"}: ${errorText(err)}`, "bad");
       this.peerJobs.release(id);
-      this.failJob(id, "compute_error");
+      this.failJob(id, refused ? (job.transport === "p2p" ? "bad_input" : "bad_message") : "compute_error");
       return;
     }
     if (this.cancelled.has(id)) { this.peerJobs.release(id); return; }
@@ -138,8 +148,7 @@ export class Session {
     this.send(message);
     count("done");
     view.jobMark(id, "sent", message.elapsed_ms);
-    const n = job.texts.length;
     const where = p2p ? "sent to its user, committed to the registry" : "signed and sent";
-    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${n} text${n > 1 ? "s" : ""} in ${message.elapsed_ms} ms, ${where}`);
+    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${itemsText(job)} in ${message.elapsed_ms} ms, ${where}`);
   }
 }

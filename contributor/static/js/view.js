@@ -11,6 +11,8 @@ const MAX_JOB_ROWS = 50;
 const JOB_LABELS = { agreed: "verified ✓", submitted: "accepted, awaiting partner" };
 // Registry verdicts are final: a late local event never overwrites them.
 const FINAL_JOB_STATES = new Set(["agreed", "disagreed"]);
+// The subnet this browser computes, and what its speed counts ("texts", "images").
+const serving = { slug: null, unit: "texts", plan: "" };
 const MODEL_PHASES = {
   manifest: "fetching the manifest", chunks: "fetching and verifying chunks", load: "loading the model", ready: "ready",
 };
@@ -103,14 +105,35 @@ export function showModelLoaded(engine) {
 
 export const showNodeId = (nodeId) => setText("node-id", nodeId);
 
-/** Marks the subnets table's row of the subnet this browser computes. */
-export const showServing = (slug) => setText(`serving-${slug}`, "serving in this browser", "ok");
+/** Marks the subnets table's row of the subnet this browser computes; `unit` is what its
+ * speed figures count. */
+export function showServing(slug, unit = "texts") {
+  Object.assign(serving, { slug, unit });
+  setText(`serving-${slug}`, "serving in this browser", "ok");
+}
+
+const backendText = ({ backend, threads, runtime }) =>
+  `${backend === "webgpu" ? "WebGPU" : `WASM, ${threads} thread${threads > 1 ? "s" : ""}`}${runtime ? ` (${runtime})` : ""}`;
+
+/** The subnets table's backend cell of a subnet this browser can compute: the backend it
+ * would use ({backend, threads}), or the running engine's ({backend, threads, runtime}). */
+export function showSubnetPlan(slug, engine) {
+  if (slug === serving.slug) serving.plan = backendText(engine);
+  setText(`plan-${slug}`, backendText(engine), "");
+}
+
+/** The served subnet's backend cell with its benchmark speed. */
+function showServedSpeed(itemsPerS, note) {
+  if (!serving.slug || !serving.plan) return;
+  setText(`plan-${serving.slug}`, `${serving.plan}: ${Number(itemsPerS).toFixed(1)} ${serving.unit}/s${note}`, "ok");
+}
 
 /** The benchmark's state line; `cls` "ok" or "bad" once it is decided. */
 export const showBenchmark = (text, cls) => setText("bench-state", text, cls);
 
 export function showBenchmarkScore(itemsPerS, latencyP50Ms, note = "") {
-  setText("bench-ips", `${Number(itemsPerS).toFixed(1)} texts/s${note}`);
+  setText("bench-ips", `${Number(itemsPerS).toFixed(1)} ${serving.unit}/s${note}`);
+  showServedSpeed(itemsPerS, note || " (benchmark)");
   setText("bench-p50", `${Number(latencyP50Ms).toFixed(0)} ms`);
 }
 
@@ -216,14 +239,14 @@ export function showBattery(text, cls, { supported = true } = {}) {
   if (!supported) $("ctl-battery").disabled = true;
 }
 
-/** ./job-speed.js's summary: this browser's texts/s on real jobs, compute time only. */
+/** ./job-speed.js's summary: this browser's items/s on real jobs, compute time only. */
 export function showJobSpeed({ jobs, textsPerS }) {
   if (textsPerS == null) return;
-  setText("speed-jobs", `${textsPerS.toFixed(1)} texts/s (last ${jobs} job${jobs > 1 ? "s" : ""})`);
+  setText("speed-jobs", `${textsPerS.toFixed(1)} ${serving.unit}/s (last ${jobs} job${jobs > 1 ? "s" : ""})`);
 }
 
 /** The registry's own figure for real jobs (offer to result, on its clock). */
 export function showObservedSpeed(itemsPerS, latencyMs) {
   if (!itemsPerS) return;
-  setText("speed-observed", `${Number(itemsPerS).toFixed(1)} texts/s${latencyMs ? `, ${Number(latencyMs).toFixed(0)} ms a job` : ""}`);
+  setText("speed-observed", `${Number(itemsPerS).toFixed(1)} ${serving.unit}/s${latencyMs ? `, ${Number(latencyMs).toFixed(0)} ms a job` : ""}`);
 }
