@@ -32,7 +32,7 @@ describe("checkJob", () => {
     assert.deepEqual(
       { ...job, contract: undefined },
       { kind: "job", assignmentId: honest.assignment_id, jobId: contract.job_id, role: "A", contract: undefined,
-        contractHash, texts: inputs.texts, deadline: Date.parse(honest.deadline) },
+        contractHash, taskType: "embedding", inputs, texts: inputs.texts, deadline: Date.parse(honest.deadline) },
     );
     // No deadline is no deadline, and a contract without task_type is an embedding one.
     const untyped = { ...contract };
@@ -136,7 +136,10 @@ describe("peer-to-peer jobs", () => {
 describe("benchmarkTask", () => {
   test("takes 1 to 20 runs of a non-empty list of texts", () => {
     const message = { type: "benchmark", benchmark_id: "b1", inputs: { texts: ["a", "b"] }, runs: 3 };
-    assert.deepEqual(jobs.benchmarkTask(message), { kind: "benchmark", benchmarkId: "b1", texts: ["a", "b"], runs: 3 });
+    assert.deepEqual(
+      jobs.benchmarkTask(message),
+      { kind: "benchmark", benchmarkId: "b1", taskType: "embedding", inputs: message.inputs, texts: ["a", "b"], runs: 3 },
+    );
     for (const change of [{ runs: 0 }, { runs: 21 }, { runs: 2.5 }, { inputs: { texts: [] } }, { inputs: {} }, { inputs: null }]) {
       assert.equal(jobs.benchmarkTask({ ...message, ...change }), null, JSON.stringify(change));
     }

@@ -6,7 +6,8 @@
 // Worker), ./registry-api.js (registration and status over HTTP), ./connection.js (the
 // node websocket), ./controls.js (the volunteer's threads, pause conditions and daily
 // limit), ./job-speed.js (the speed on real jobs), ./view.js (the page); ./protocol.js and
-// ./jobs.js hold the bytes.
+// ./jobs.js hold the bytes. ./text-engine.js replaces ./engine.js for a text subnet
+// (llama.cpp in WebAssembly): ENGINES says which engine computes which task family.
 //
 // Order: check the browser, load or make the key, fetch and verify the subnet's model,
 // register, connect; poll the ledger status all along. The controls pause and resume the
@@ -17,10 +18,14 @@ import { PAUSE_REASONS, VolunteerControls } from "./controls.js";
 import { createEngine } from "./engine.js";
 import { capabilitiesProbe, nodeEnv, requirementsMissing } from "./environment.js";
 import { JobSpeed } from "./job-speed.js";
-import { TASK_TYPE } from "./jobs.js";
 import { nodeKeyLoadOrCreate } from "./keystore.js";
 import { nodeRegister, statusFetch } from "./registry-api.js";
+import { createTextEngine } from "./text-engine.js";
 import * as view from "./view.js";
+
+// The task families this page computes, each with its engine (contributor/selectors.py
+// BROWSER_TASK_TYPES says the same to the dashboard's table).
+export const ENGINES = { embedding: createEngine, text: createTextEngine };
 
 const STATUS_POLL_MS = 3000;
 // Timers sleep with the laptop and are throttled in hidden tabs: besides the one set for
@@ -51,7 +56,7 @@ const jobSpeed = new JobSpeed();
 
 async function loadEngine(subnet, threads) {
   view.showModelProgress({ phase: "manifest" });
-  const engine = await createEngine({
+  const engine = await ENGINES[subnet.task_type]({
     manifestUrl: subnet.manifest_url,
     threads,
     // The engine refuses a manifest naming another model than the one the registry lists.
@@ -218,7 +223,7 @@ async function main() {
   setInterval(() => refreshStatus(cfg), STATUS_POLL_MS);
   // Opted in, computable here, and not held back by the registry (a changed license):
   // the dashboard's table says why any other subnet is not served.
-  const subnet = cfg.subnets.find((s) => s.opted_in && !s.unavailable && s.task_type === TASK_TYPE);
+  const subnet = cfg.subnets.find((s) => s.opted_in && !s.unavailable && Object.hasOwn(ENGINES, s.task_type));
   if (!subnet) {
     state.phase = "no subnet";
     view.notice("Opt into a subnet to start", "Review a subnet's model license below and accept it; this browser then fetches the model and starts computing.", "warning");

@@ -9,7 +9,7 @@
 // (window.bim). The socket class is a parameter so Node can drive the whole machine. The
 // work each socket carries is ./session.js's.
 
-import { JobRefused, benchmarkTask, checkJob, checkP2pOffer } from "./jobs.js";
+import { JobRefused, benchmarkTask, checkJob, checkP2pOffer, taskItems } from "./jobs.js";
 import { sessionKeyCertified } from "./keystore.js";
 import { LOST_ON_RECONNECT, PROTOCOL, SUBNET_PAUSED } from "./protocol.js";
 import { ResultStore } from "./result-store.js";
@@ -178,7 +178,7 @@ export class NodeConnection {
         this.state.benchmark = { passed: true, itemsPerS: message.items_per_s, p50: message.latency_p50_ms, id: message.benchmark_id };
         this.view.showBenchmark("passed: outputs match the registry's reference", "ok");
         this.view.showBenchmarkScore(message.items_per_s, message.latency_p50_ms);
-        this.log(`benchmark passed: ${Number(message.items_per_s).toFixed(1)} texts/s`, "ok");
+        this.log(`benchmark passed: ${Number(message.items_per_s).toFixed(1)} ${this.state.engine?.taskType === "text" ? "prompts" : "texts"}/s`, "ok");
         return;
       case "job": return this.onJob(session, message);
       // Peer-to-peer jobs (docs/p2p.md): none of these waits on a peer, so the inbox moves on.
@@ -278,12 +278,12 @@ export class NodeConnection {
   }
 
   onBenchmark(session, message) {
-    const task = benchmarkTask(message);
+    const task = benchmarkTask(message, this.state.engine?.taskType);
     if (!task) {
       this.log("ignored a malformed benchmark", "warn");
       return;
     }
-    this.view.showBenchmark(`queued: ${task.runs} runs of ${task.texts.length} texts`);
+    this.view.showBenchmark(`queued: ${task.runs} runs of ${taskItems(task)} ${task.taskType === "text" ? "prompt" : "texts"}`);
     session.enqueue(task);
   }
 
@@ -298,7 +298,7 @@ export class NodeConnection {
     }
     // A peer-to-peer offer has no inputs: its user brings them over a data channel.
     const p2p = message.transport === "p2p" && !("inputs" in message);
-    const loaded = { modelChecksum: engine.modelChecksum, tokenizerChecksum: engine.manifest?.tokenizer_checksum };
+    const loaded = { modelChecksum: engine.modelChecksum, tokenizerChecksum: engine.manifest?.tokenizer_checksum, taskType: engine.taskType };
     try {
       const job = await (p2p ? checkP2pOffer : checkJob)(message, loaded);
       this.view.jobAdd(job);

@@ -10,8 +10,10 @@ import { inputViolation } from "./policy.js";
 import {
   b64encode, benchmarkMessage, canonicalJson, contractHash, encodeResult, inputHash, resultMessage, sha256Hex, shapeText, signB64,
 } from "./protocol.js";
+import { textContractRefusal, textInputsViolation, textLimits, textResultViolation } from "./text-jobs.js";
 
-/** The one task family this page's engine computes (./engine.js embeds texts). */
+/** The task family a job is of when its contract predates families, and the one ./engine.js
+ * computes; ./text-engine.js computes "text" (the engine's taskType says which). */
 export const TASK_TYPE = "embedding";
 
 const MAX_BENCHMARK_RUNS = 20;
@@ -24,29 +26,41 @@ export class JobRefused extends Error {
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const isTextList = (texts) => Array.isArray(texts) && texts.length > 0 && texts.every((t) => typeof t === "string");
 
-/** The checks a node makes before spending compute (docs/protocol.md §4.4), in order. */
-export async function checkJob(message, { modelChecksum, tokenizerChecksum }) {
+/** Why `inputs` are not of the family's form ("" when they are): what the Python node's
+ * _check_inputs refuses before anything else. */
+function inputsViolation(taskType, contract, inputs) {
+  if (taskType === "text") return textInputsViolation(inputs, textLimits(contract));
+  return isTextList(inputs.texts) ? "" : "inputs.texts must be a non-empty list of strings";
+}
+
+/** The checks a node makes before spending compute (docs/protocol.md §4.4), in order.
+ * `taskType` is the loaded engine's family. */
+export async function checkJob(message, { modelChecksum, tokenizerChecksum, taskType = TASK_TYPE }) {
   const { contract, contract_hash: cHash, inputs, job_id: jobId } = message;
   if (!isObject(contract) || typeof cHash !== "string" || typeof jobId !== "string" || !isObject(inputs)) {
     throw new JobRefused("bad_message", "job lacks contract, contract_hash, job_id or inputs");
   }
   // A contract without task_type predates the families: embeddings, as for the Python node.
-  if ((contract.task_type ?? TASK_TYPE) !== TASK_TYPE) throw new JobRefused("bad_message", `this node runs ${TASK_TYPE} jobs`);
-  if (!isTextList(inputs.texts)) throw new JobRefused("bad_message", "inputs.texts must be a non-empty list of strings");
+  if ((contract.task_type ?? TASK_TYPE) !== taskType) throw new JobRefused("bad_message", `this node runs ${taskType} jobs`);
+  const violation = inputsViolation(taskType, contract, inputs);
+  if (violation) throw new JobRefused("bad_message", violation);
   await checkInputHash(contract, inputs, "bad_message");
   await checkContract(contract, cHash, jobId);
-  checkModel(contract, { modelChecksum, tokenizerChecksum });
+  checkModel(contract, { modelChecksum, tokenizerChecksum, taskType });
   checkInputPolicy(contract, inputs);
-  return { ...jobOf(message), texts: inputs.texts };
+  return { ...jobOf(message), taskType, inputs, texts: taskType === "text" ? null : inputs.texts };
 }
 
 /** A peer-to-peer offer (docs/p2p.md): no inputs, which its user brings over a data channel
  * (checkP2pInputs, then); everything else is checked as for a relay job. */
-export async function checkP2pOffer(message, { modelChecksum, tokenizerChecksum }) {
+export async function checkP2pOffer(message, { modelChecksum, tokenizerChecksum, taskType = TASK_TYPE }) {
   const { contract, contract_hash: cHash, job_id: jobId } = message;
   if (!isObject(contract) || typeof cHash !== "string" || typeof jobId !== "string") {
     throw new JobRefused("bad_message", "job lacks contract, contract_hash or job_id");
   }
+  // Peer to peer, this page takes embedding jobs only: a text job's tokens would stream to
+  // its user over the data channel, which ./peer-jobs.js does not do yet.
+  if (taskType !== TASK_TYPE) throw new JobRefused("unsupported_contract", `this browser takes ${taskType} jobs through the registry only`);
   if ((contract.task_type ?? TASK_TYPE) !== TASK_TYPE) throw new JobRefused("bad_message", `this node runs ${TASK_TYPE} jobs`);
   await checkContract(contract, cHash, jobId);
   const summary = contract.input_summary;
@@ -120,11 +134,14 @@ async function checkContract(contract, cHash, jobId) {
   if (contract.job_id !== jobId) throw new JobRefused("bad_message", "contract.job_id differs from job_id");
 }
 
-function checkModel(contract, { modelChecksum, tokenizerChecksum }) {
+function checkModel(contract, { modelChecksum, tokenizerChecksum, taskType = TASK_TYPE }) {
   if (contract.model_checksum !== modelChecksum) throw new JobRefused("model_mismatch", "contract names another model");
   if (contract.tokenizer_checksum && tokenizerChecksum && contract.tokenizer_checksum !== tokenizerChecksum) {
     throw new JobRefused("model_mismatch", "contract names another tokenizer");
   }
+  // What the runner cannot run deterministically (text: sampled decoding), as the Python node.
+  const refusal = taskType === "text" ? textContractRefusal(contract) : "";
+  if (refusal) throw new JobRefused("unsupported_contract", refusal);
 }
 
 // The contract's content policy: a job that breaks it is declined, at no cost (§4.4). For a
@@ -134,26 +151,39 @@ function checkInputPolicy(contract, inputs) {
   if (violation) throw new JobRefused(`content_policy:${violation.rule}`, violation.detail);
 }
 
-/** A `benchmark` message as a task for the work queue, or null when it is malformed. */
-export function benchmarkTask(message) {
-  const texts = message.inputs?.texts;
+/** A `benchmark` message as a task for the work queue of an engine of `taskType`, or null
+ * when it is malformed. */
+export function benchmarkTask(message, taskType = TASK_TYPE) {
+  const inputs = message.inputs;
   const runs = message.runs;
-  if (!isTextList(texts) || !(Number.isInteger(runs) && runs >= 1 && runs <= MAX_BENCHMARK_RUNS)) return null;
-  return { kind: "benchmark", benchmarkId: String(message.benchmark_id), texts, runs };
+  if (!(Number.isInteger(runs) && runs >= 1 && runs <= MAX_BENCHMARK_RUNS)) return null;
+  const task = { kind: "benchmark", benchmarkId: String(message.benchmark_id), taskType, runs };
+  if (taskType === "text") return isObject(inputs) && !textInputsViolation(inputs) ? { ...task, inputs, texts: null } : null;
+  return isTextList(inputs?.texts) ? { ...task, inputs, texts: inputs.texts } : null;
 }
 
+/** How many items a task holds: texts to embed, or one prompt. */
+export const taskItems = (task) => (task.taskType === "text" ? 1 : task.texts.length);
+
 /** The engine's output as the family encodes it, checked the way the registry will check it
- * (one row per text), so a broken engine fails here instead of earning a refusal. */
-function encodedFor(output, texts) {
-  const encoded = encodeResult(TASK_TYPE, output);
-  if (encoded.shape[0] !== texts.length) throw new Error(`compute returned ${shapeText(encoded.shape)} for ${texts.length} texts`);
+ * (one row per text; a text result within max_tokens), so a broken engine fails here
+ * instead of earning a refusal. */
+function encodedFor(output, task) {
+  const taskType = task.taskType ?? TASK_TYPE;
+  const encoded = encodeResult(taskType, output);
+  if (taskType === "text") {
+    const violation = textResultViolation(output, task.inputs);
+    if (violation) throw new Error(`compute returned a result the registry would refuse: ${violation}`);
+    return encoded;
+  }
+  if (encoded.shape[0] !== task.texts.length) throw new Error(`compute returned ${shapeText(encoded.shape)} for ${task.texts.length} texts`);
   return encoded;
 }
 
 /** The signed `result` for a checked job and the engine's output, with its payload bytes
  * (a peer-to-peer job sends those over its data channel). */
 export async function signedResult(job, output, sessionPrivateKey, elapsedMs) {
-  const { payload, shape, encoding } = encodedFor(output, job.texts);
+  const { payload, shape, encoding } = encodedFor(output, job);
   const fields = {
     job_id: job.jobId, assignment_id: job.assignmentId, contract_hash: job.contractHash,
     input_hash: String(job.contract.input_hash), result_hash: await sha256Hex(payload), shape,
@@ -171,7 +201,7 @@ export const buildResult = async (...args) => (await signedResult(...args)).mess
 
 /** The signed `benchmark_result`: the last run's output and every run's time (roundMs). */
 export async function buildBenchmarkResult(task, output, timings, sessionPrivateKey) {
-  const { payload, shape, encoding } = encodedFor(output, task.texts);
+  const { payload, shape, encoding } = encodedFor(output, task);
   const fields = { benchmark_id: task.benchmarkId, result_hash: await sha256Hex(payload), shape, timings_ms: timings };
   return {
     type: "benchmark_result", benchmark_id: task.benchmarkId, timings_ms: timings, shape,

@@ -6,13 +6,36 @@
 // Peer-to-peer jobs wait for their input in ./peer-jobs.js, join the same work loop once it
 // came, and their result goes back to the user with a commit to the registry.
 
-import { buildBenchmarkResult, signedResult } from "./jobs.js";
+import { buildBenchmarkResult, signedResult, taskItems } from "./jobs.js";
 import { PeerJobs } from "./peer-jobs.js";
 import { roundMs } from "./protocol.js";
 
 const SOCKET_OPEN = 1; // WebSocket.OPEN
+// Streamed text (`partial`) at most this often per job, as the Python node (bim_node/jobs.py).
+export const PARTIAL_INTERVAL_MS = 100;
+// docs/protocol.md §4.3: a partial's text is at most this long.
+const PARTIAL_MAX_CHARS = 64_000;
 
 export const errorText = (err) => String(err?.message || err);
+
+/** One model call for a task on the engine of its family: an embedding engine embeds the
+ * texts, a text engine generates from the prompt (`onToken` hears each token). */
+export function compute(engine, task, onToken) {
+  if (task.taskType === "text") return engine.generate(task.inputs, onToken);
+  return engine.embed(task.texts);
+}
+
+/** The `onToken` of a relay text job: the text so far as a `partial` message, at most every
+ * PARTIAL_INTERVAL_MS (unsigned and unanswered; the registry shows it to the job's user). */
+export function partialSender(job, send, now = () => performance.now()) {
+  let last = -Infinity;
+  return ({ text, count }) => {
+    const at = now();
+    if (at - last < PARTIAL_INTERVAL_MS) return;
+    last = at;
+    send({ type: "partial", assignment_id: job.assignmentId, job_id: job.jobId, text: text.slice(0, PARTIAL_MAX_CHARS), tokens: count });
+  };
+}
 
 export class Session {
   sessionKey = null; // set by the hello
@@ -83,16 +106,16 @@ export class Session {
 
   async runBenchmark(task) {
     const { view, log } = this.report;
-    view.showBenchmark(`running: ${task.runs} runs of ${task.texts.length} texts`);
+    view.showBenchmark(`running: ${task.runs} runs of ${taskItems(task)} ${task.taskType === "text" ? "prompt" : "texts"}`);
     const timings = [];
     let output = null;
     try {
       for (let i = 0; i < task.runs; i++) {
         const started = performance.now();
-        output = await this.engine.embed(task.texts);
+        output = await compute(this.engine, task);
         const ms = performance.now() - started;
         timings.push(roundMs(ms));
-        this.report.computed?.({ kind: "benchmark", texts: task.texts.length, ms });
+        this.report.computed?.({ kind: "benchmark", texts: taskItems(task), ms });
       }
       const message = await buildBenchmarkResult(task, output, timings, this.sessionKey);
       view.showBenchmarkRuns(timings);
@@ -114,9 +137,10 @@ export class Session {
     const started = performance.now();
     let signed;
     try {
-      const output = await this.engine.embed(job.texts);
+      const streams = job.taskType === "text" && job.transport !== "p2p";
+      const output = await compute(this.engine, job, streams ? partialSender(job, (m) => this.send(m)) : undefined);
       const ms = performance.now() - started;
-      this.report.computed?.({ kind: "job", texts: job.texts.length, ms });
+      this.report.computed?.({ kind: "job", texts: taskItems(job), ms });
       signed = await signedResult(job, output, this.sessionKey, ms);
     } catch (err) {
       log(`job ${job.jobId.slice(0, 8)} failed to compute: ${errorText(err)}`, "bad");
@@ -138,8 +162,9 @@ export class Session {
     this.send(message);
     count("done");
     view.jobMark(id, "sent", message.elapsed_ms);
-    const n = job.texts.length;
+    const n = taskItems(job);
     const where = p2p ? "sent to its user, committed to the registry" : "signed and sent";
-    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${n} text${n > 1 ? "s" : ""} in ${message.elapsed_ms} ms, ${where}`);
+    const what = job.taskType === "text" ? `${message.shape[0]} tokens` : `${n} text${n > 1 ? "s" : ""}`;
+    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${what} in ${message.elapsed_ms} ms, ${where}`);
   }
 }
