@@ -23,21 +23,20 @@ from typing import Any
 
 TEXT_MANIFEST = "/subnets/smollm2-text/manifest.json"
 
-RUN_JS = """async ({url, prompts, threads, clear}) => {
+OPEN_JS = """async ({url, threads, clear}) => {
   if (clear) await bim.store.cacheClear();
   const t0 = performance.now();
-  const engine = await bim.createTextEngine({manifestUrl: url, threads});
-  const loadS = (performance.now() - t0) / 1000;
-  try {
-    const out = [];
-    for (const inputs of prompts) {
-      const started = performance.now();
-      const result = await engine.generate(inputs);
-      out.push({...result, seconds: (performance.now() - started) / 1000, promptIds: await engine.promptTokens(inputs.prompt)});
-    }
-    return {out, loadS, cache: engine.cache, threads: engine.threads, runtime: engine.runtime, env: bim.environment()};
-  } finally { await engine.close(); }
+  window.__textEngine = await bim.createTextEngine({manifestUrl: url, threads});
+  const e = window.__textEngine;
+  return {loadS: (performance.now() - t0) / 1000, cache: e.cache, threads: e.threads, runtime: e.runtime};
 }"""
+GENERATE_JS = """async (inputs) => {
+  const e = window.__textEngine;
+  const started = performance.now();
+  const result = await e.generate(inputs);
+  return {...result, seconds: (performance.now() - started) / 1000, promptIds: await e.promptTokens(inputs.prompt)};
+}"""
+CLOSE_JS = "() => window.__textEngine.close()"
 
 
 def log(message: str) -> None:
@@ -46,18 +45,40 @@ def log(message: str) -> None:
     print(f"browser_agreement: {message}", file=sys.stderr, flush=True)
 
 
-def browser_generate(page: Any, prompts: list[dict[str, Any]], *, threads: int, clear: bool) -> dict[str, Any]:
-    return dict(page.evaluate(RUN_JS, {"url": TEXT_MANIFEST, "prompts": prompts, "threads": threads, "clear": clear}))
+class BrowserText:
+    """A harness page holding one text engine (threads, cache cleared or not)."""
+
+    def __init__(self, page: Any, *, threads: int, clear: bool) -> None:
+        self.page = page
+        self.info = dict(page.evaluate(OPEN_JS, {"url": TEXT_MANIFEST, "threads": threads, "clear": clear}))
+
+    def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.page.evaluate(GENERATE_JS, inputs))
+
+    def close(self) -> None:
+        self.page.evaluate(CLOSE_JS)
 
 
-def native_generate(runner: Any, prompts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
-    runner({"prompt": "warm up", "max_tokens": 2})
-    out, total = [], 0.0
-    for inputs in prompts:
-        t0 = time.perf_counter()
-        out.append(runner(inputs))
-        total += time.perf_counter() - t0
-    return out, total
+def native_timed(runner: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The Python node's generation, with the time to its first token and after it."""
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    result = runner(inputs, on_partial=lambda _text, _tokens: marks.append(time.perf_counter()))
+    end = time.perf_counter()
+    first = marks[0] if marks else end
+    return {**result, "seconds": end - t0, "timings": {"promptMs": (first - t0) * 1000, "decodeMs": (end - first) * 1000}}
+
+
+def speed(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Generated tokens over the whole calls; the median time to the first token (the prompt's
+    pass); tokens after the first over the time after it (decoding alone)."""
+    tokens = sum(len(r["tokens"]) for r in runs)
+    decoded = sum(len(r["tokens"]) - 1 for r in runs)
+    return {
+        "tokens_per_s": round(tokens / sum(r["seconds"] for r in runs), 1),
+        "first_token_ms_median": round(statistics.median(r["timings"]["promptMs"] for r in runs), 1),
+        "decode_tokens_per_s": round(decoded / max(sum(r["timings"]["decodeMs"] for r in runs) / 1000, 1e-9), 1),
+    }
 
 
 def judge(runner: Any, inputs: dict[str, Any], result: dict[str, Any], margin: float) -> dict[str, Any]:
@@ -71,7 +92,8 @@ def judge(runner: Any, inputs: dict[str, Any], result: dict[str, Any], margin: f
 
 
 def text_part(page_factory: Any, *, prompts: list[dict[str, Any]], two_thread_prompts: int) -> dict[str, Any]:
-    """Run the comparison; `page_factory()` gives a fresh harness page (closed by the caller)."""
+    """Run the comparison; `page_factory()` gives a fresh harness page (closed by the caller).
+    Browser and native alternate prompt by prompt, so a busy machine slows both alike."""
     from bim_core.runtimes.generator import Generator, TextRunner
     from subnets import defaults
     from subnets.services import packaged_file
@@ -80,40 +102,51 @@ def text_part(page_factory: Any, *, prompts: list[dict[str, Any]], two_thread_pr
     margin = float(settings["tolerances"]["logit_margin"])
     model = Path(packaged_file(defaults.TEXT_MODEL.package, defaults.TEXT_MODEL.path))
     runner = TextRunner(Generator.from_preprocessing(model, settings["preprocessing"], threads=1))
+    runner({"prompt": "warm up", "max_tokens": 2})
 
-    log(f"text: native llama-cpp-python, 1 thread, {len(prompts)} prompts")
-    native, native_s = native_generate(runner, prompts)
-    log("text: browser wllama, 1 thread (empty cache, then cached)")
-    cold = browser_generate(page_factory(), prompts[:1], threads=1, clear=True)
-    one = browser_generate(page_factory(), prompts, threads=1, clear=False)
+    log("text: browser wllama from an empty cache")
+    cold = BrowserText(page_factory(), threads=1, clear=True)
+    cold.close()
+    one = BrowserText(page_factory(), threads=1, clear=False)
+    log(f"text: browser wllama and native llama-cpp-python, 1 thread each, alternating, {len(prompts)} prompts")
+    native, mine_1t = [], []
+    for k, inputs in enumerate(prompts):
+        native.append(native_timed(runner, inputs))
+        mine_1t.append(one(inputs))
+        if (k + 1) % 20 == 0:
+            log(f"text: {k + 1} of {len(prompts)}")
+    one.close()
     subset = prompts[:two_thread_prompts]
     log(f"text: browser wllama, 2 threads, {len(subset)} prompts")
-    two = browser_generate(page_factory(), subset, threads=2, clear=False)
+    two = BrowserText(page_factory(), threads=2, clear=False)
+    mine_2t = [two(inputs) for inputs in subset]
+    two.close()
 
     identical, rescored, browser_rejected, native_rejected, prompt_ids_equal, gaps = 0, 0, [], 0, 0, []
     first_divergence = []
-    for i, (inputs, mine, theirs) in enumerate(zip(prompts, one["out"], native, strict=True)):
+    for i, (inputs, mine, theirs) in enumerate(zip(prompts, mine_1t, native, strict=True)):
         prompt_ids_equal += mine["promptIds"] == runner.generator.prompt_tokens(inputs["prompt"])
         claimed = {"finish": mine["finish"], "text": mine["text"], "tokens": mine["tokens"]}
-        if claimed == theirs:
+        honest = {"finish": theirs["finish"], "text": theirs["text"], "tokens": theirs["tokens"]}
+        if claimed == honest:
             identical += 1
             continue
         rescored += 1
-        first_divergence.append(next((k for k, (a, b) in enumerate(zip(mine["tokens"], theirs["tokens"])) if a != b), min(len(mine["tokens"]), len(theirs["tokens"]))))
+        first_divergence.append(
+            next((k for k, (a, b) in enumerate(zip(mine["tokens"], theirs["tokens"])) if a != b), min(len(mine["tokens"]), len(theirs["tokens"])))
+        )
         verdict = judge(runner, inputs, claimed, margin)
         gaps.append(verdict["max_gap"])
         if not verdict["accepted"]:
             browser_rejected.append({"prompt": i, **{k: verdict[k] for k in ("max_gap", "failing", "problems")}})
-        native_rejected += not judge(runner, inputs, theirs, margin)["accepted"]
+        native_rejected += not judge(runner, inputs, honest, margin)["accepted"]
 
-    tokens = sum(len(r["tokens"]) for r in one["out"])
-    browser_1t_s = sum(r["seconds"] for r in one["out"])
-    subset_tokens = sum(len(r["tokens"]) for r in two["out"])
     n = len(prompts)
+    browser_1t, native_1t = speed(mine_1t), speed(native)
     return {
         "prompts": n,
         "max_tokens": sorted({p["max_tokens"] for p in prompts}),
-        "runtime": one["runtime"],
+        "runtime": one.info["runtime"],
         "logit_margin": margin,
         "prompt_ids_equal": prompt_ids_equal,
         "identical": identical,
@@ -125,16 +158,19 @@ def text_part(page_factory: Any, *, prompts: list[dict[str, Any]], two_thread_pr
         "browser_rejected": browser_rejected[:10],
         "rescored_max_gap": {"max": round(max(gaps), 4), "median": round(statistics.median(gaps), 4)} if gaps else None,
         "first_divergence_median": statistics.median(first_divergence) if first_divergence else None,
-        "generated_tokens": tokens,
-        "native_tokens_per_s_1_thread": round(sum(len(r["tokens"]) for r in native) / native_s, 1),
-        "browser_tokens_per_s_1_thread": round(tokens / browser_1t_s, 1),
-        "browser_tokens_per_s_2_threads": round(subset_tokens / sum(r["seconds"] for r in two["out"]), 1),
-        "browser_2_threads_used": two["threads"],
-        "browser_2t_tokens_equal_1t": sum(a["tokens"] == b["tokens"] for a, b in zip(two["out"], one["out"])),
+        "generated_tokens": sum(len(r["tokens"]) for r in mine_1t),
+        "native_1_thread": native_1t,
+        "browser_1_thread": browser_1t,
+        "browser_2_threads": speed(mine_2t),
+        "native_tokens_per_s_1_thread": native_1t["tokens_per_s"],
+        "browser_tokens_per_s_1_thread": browser_1t["tokens_per_s"],
+        "native_over_browser_1_thread": round(native_1t["tokens_per_s"] / browser_1t["tokens_per_s"], 2),
+        "native_over_browser_decode_1_thread": round(native_1t["decode_tokens_per_s"] / browser_1t["decode_tokens_per_s"], 2),
+        "browser_2_threads_used": two.info["threads"],
+        "browser_2t_tokens_equal_1t": sum(a["tokens"] == b["tokens"] for a, b in zip(mine_2t, mine_1t)),
         "browser_2t_prompts": len(subset),
-        "native_over_browser_1_thread": round((sum(len(r["tokens"]) for r in native) / native_s) / (tokens / browser_1t_s), 2),
-        "load_s_empty_cache": round(cold["loadS"], 2),
-        "load_s_cached": round(one["loadS"], 2),
-        "load_chunk_requests_empty_cache": cold["cache"]["chunkRequests"],
-        "model_bytes": cold["cache"]["bytes"],
+        "load_s_empty_cache": round(cold.info["loadS"], 2),
+        "load_s_cached": round(one.info["loadS"], 2),
+        "load_chunk_requests_empty_cache": cold.info["cache"]["chunkRequests"],
+        "model_bytes": cold.info["cache"]["bytes"],
     }

@@ -5,7 +5,7 @@
 //   createTextEngine({manifestUrl, threads = 1, onProgress, budgetBytes, expectedChecksum})
 //     -> {taskType: "text", runtime ("wllama-<version>"), backend ("wasm"), threads,
 //         modelChecksum, cache: {fromCache, chunkRequests, bytes}, manifest, settings,
-//         async generate({prompt, max_tokens}, onToken) -> {finish, text, tokens},
+//         async generate({prompt, max_tokens}, onToken) -> {finish, text, tokens, timings},
 //         async promptTokens(prompt) -> ids (tests), async close()}
 //   onToken({token, delta, text, count}) hears every generated token as it comes.
 //
@@ -75,9 +75,10 @@ export async function createTextEngine({ manifestUrl, threads = 1, onProgress = 
     cache,
     manifest: info.manifest,
     settings: info.settings,
+    // timings ({promptMs, decodeMs}) are for measurements; a result signs finish, text, tokens.
     async generate(inputs, onToken) {
-      const { finish, text, tokens } = await call("generate", { prompt: inputs.prompt, maxTokens: inputs.max_tokens }, onToken);
-      return { finish, text, tokens };
+      const { finish, text, tokens, timings } = await call("generate", { prompt: inputs.prompt, maxTokens: inputs.max_tokens }, onToken);
+      return { finish, text, tokens, timings };
     },
     async promptTokens(prompt) {
       return call("promptTokens", { prompt });

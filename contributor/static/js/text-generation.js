@@ -78,7 +78,8 @@ export function tokensText(pieces, tokens, bos = -1) {
 }
 
 /**
- * Greedy continuation of the chat-templated prompt: {finish, text, tokens, promptTokens}.
+ * Greedy continuation of the chat-templated prompt: {finish, text, tokens, promptTokens,
+ * timings: {promptMs (to the first token), decodeMs (the tokens after it)}}.
  * `onToken({token, delta, text, count})` after each token (the stop token's delta is empty),
  * for streaming; its text is unsigned, the result's is what the registry checks.
  */
@@ -88,6 +89,8 @@ export async function generate(model, { prompt, maxTokens, settings }, onToken =
   if (ids.length + maxTokens > settings.nCtx) {
     throw new Error(`${ids.length} prompt tokens + ${maxTokens} new ones exceed the context of ${settings.nCtx}`);
   }
+  const started = performance.now();
+  let firstAt = started;
   await model.reset();
   await model.feed(ids);
   const tokens = [];
@@ -97,6 +100,7 @@ export async function generate(model, { prompt, maxTokens, settings }, onToken =
   let finish = FINISH_LENGTH;
   for (;;) {
     const { token, piece } = await model.next();
+    if (!tokens.length) firstAt = performance.now();
     tokens.push(token);
     const stop = model.isStop(token);
     const delta = stop ? "" : stream.decode(pieceBytes(model, token, piece), { stream: true });
@@ -107,5 +111,6 @@ export async function generate(model, { prompt, maxTokens, settings }, onToken =
     if (tokens.length >= maxTokens) break;
     await model.feed([token]);
   }
-  return { finish, text: tokensText(pieces, tokens, model.bos), tokens, promptTokens: ids.length };
+  const timings = { promptMs: firstAt - started, decodeMs: performance.now() - firstAt };
+  return { finish, text: tokensText(pieces, tokens, model.bos), tokens, promptTokens: ids.length, timings };
 }
