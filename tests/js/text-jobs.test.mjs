@@ -124,12 +124,13 @@ describe("partials", () => {
     now += 1;
     onToken({ text: "Hello", count: 3 });
     now += PARTIAL_INTERVAL_MS;
-    onToken({ text: "x".repeat(70_000), count: 4 });
+    onToken({ text: "x".repeat(63_999) + "🚀".repeat(10), count: 4 });
     assert.deepEqual(sent.slice(0, 2), [
       { type: "partial", assignment_id: "a1", job_id: "j1", text: "He", tokens: 1 },
       { type: "partial", assignment_id: "a1", job_id: "j1", text: "Hello", tokens: 3 },
     ]);
     assert.equal(sent.length, 3);
-    assert.equal(sent[2].text.length, 64_000);
+    assert.equal([...sent[2].text].length, 64_000);
+    assert.ok(sent[2].text.endsWith("x🚀"));
   });
 });

@@ -33,7 +33,9 @@ export function partialSender(job, send, now = () => performance.now()) {
     const at = now();
     if (at - last < PARTIAL_INTERVAL_MS) return;
     last = at;
-    send({ type: "partial", assignment_id: job.assignmentId, job_id: job.jobId, text: text.slice(0, PARTIAL_MAX_CHARS), tokens: count });
+    // Cut by code points, as the registry counts them: never half of a surrogate pair.
+    const capped = text.length > PARTIAL_MAX_CHARS ? [...text].slice(0, PARTIAL_MAX_CHARS).join("") : text;
+    send({ type: "partial", assignment_id: job.assignmentId, job_id: job.jobId, text: capped, tokens: count });
   };
 }
 
