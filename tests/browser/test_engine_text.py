@@ -109,3 +109,43 @@ def test_the_gguf_comes_from_the_cache_next_time_and_a_small_budget_keeps_it_in_
     small = page.evaluate(GENERATE_JS, {**args, "budgetBytes": 50 << 20})
     assert small["cache"]["chunkRequests"] > 90 and small["out"][0]["tokens"] == first["out"][0]["tokens"]
     assert small["status"]["chunks"] == 0 and small["status"]["models"] == []
+
+
+def test_the_text_model_evicts_the_least_recently_used_model_to_stay_under_the_budget(page, live_registry):
+    open_harness(page, live_registry.url)
+    page.evaluate("bim.store.cacheClear()")
+    budget = 110 << 20  # the GGUF (~94 MiB) fits, the GGUF and MiniLM (~22 MiB) together do not
+    status = page.evaluate(
+        """async ({budget, text}) => {
+          const embed = await bim.createEngine({manifestUrl: "/subnets/minilm-embed/manifest.json", backend: "wasm", threads: 1, budgetBytes: budget});
+          await embed.close();
+          const before = await bim.store.cacheStatus();
+          const engine = await bim.createTextEngine({manifestUrl: text, threads: 1, budgetBytes: budget});
+          const after = await bim.store.cacheStatus();
+          await engine.close();
+          return {before, after, textChecksum: engine.modelChecksum};
+        }""",
+        {"budget": budget, "text": TEXT_MANIFEST},
+    )
+    assert [m["subnet"] for m in status["before"]["models"]] == ["minilm-embed"]
+    assert [(m["key"], m["complete"]) for m in status["after"]["models"]] == [(status["textChecksum"], True)]
+    assert status["after"]["bytes"] <= budget and status["after"]["bytes"] > 90_000_000
+    assert any("evicted model" in line for line in page.bim_console), page.bim_console[-5:]
+
+
+def test_the_text_engine_refuses_another_model_and_another_family(page, live_registry):
+    open_harness(page, live_registry.url)
+    refused = page.evaluate(
+        """async (text) => {
+          const reasons = [];
+          for (const args of [{manifestUrl: text, expectedChecksum: "0".repeat(64)},
+                              {manifestUrl: "/subnets/minilm-embed/manifest.json"}]) {
+            try { await (await bim.createTextEngine({threads: 1, ...args})).close(); reasons.push(""); }
+            catch (err) { reasons.push(err.message); }
+          }
+          return reasons;
+        }""",
+        TEXT_MANIFEST,
+    )
+    assert "differs from the subnet's" in refused[0]
+    assert refused[1] == "this engine runs text subnets, not embedding"
