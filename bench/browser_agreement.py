@@ -1,4 +1,4 @@
-"""Browser WASM vs native onnxruntime, per task family: how close, how fast.
+"""Browser WASM vs native runtimes, per task family: how close, how fast.
 
 Starts the registry on the embedded default (SQLite, `manage.py migrate` + `bim_seed` in a
 fresh state folder, daphne serving the real app and /static/), opens the engine harness page
@@ -18,15 +18,22 @@ upscales M photo crops of scikit-image's bundled photos (48 to 192 px a side, on
 Python node's runner (1 thread): the registry's verdict on each pair at the subnet's tau,
 SSIM, the share of bitwise-identical images, and images/s of each side.
 
+Text (`--families text`, the SmolLM2 subnet; bench/browser_text.py): llama.cpp in WebAssembly
+(wllama) against llama-cpp-python on bench/agreement.py's prompts, judged as the registry judges
+a pair (identical tokens, else re-scoring at the logit margin): identical share, re-scored
+share, false rejects after re-scoring, tokens/s (browser 1 and 2 threads, native 1 thread),
+load times.
+
 stdout: one JSON object. Embeddings' figures at its top level (min, p01, median cosine; the
 false-reject rate at the subnet's tau, per text and per job of 7 texts; sentences/s for
-browser 1 and 2 threads and native 1 thread), images' under "images", and the machine's
+browser 1 and 2 threads and native 1 thread), images' under "images", text's under "text", and the machine's
 load ("machine": CPUs, 1/5/15-minute load averages at the start and the end). Progress on
 stderr. State and logs in var/bench/browser_agreement/ (or --state-dir).
 
-    .venv/bin/python bench/browser_agreement.py [--families embeddings,images] [--texts 600] [--images 12] [--quick]
+    .venv/bin/python bench/browser_agreement.py [--families embeddings,images,text] [--texts 600] [--images 12]
+        [--prompts 100] [--text-max-tokens 32] [--quick]
 
-`--quick` (the test suite's smoke run): 14 texts, 2 small images.
+`--quick` (the test suite's smoke run): 14 texts, 2 small images, 4 prompts of 8 tokens.
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ from tests.browser.conftest import BROWSER_ARGS, CHROMIUM, HARNESS_PATH, MANIFES
 from tests.browser.corpus import corpus  # noqa: E402
 
 JOB_SIZE = 7  # texts per job in the README's demo
-FAMILIES = ("embeddings", "images")
+FAMILIES = ("embeddings", "images", "text")
 QUICK_TEXTS, QUICK_IMAGES = 14, 2
+QUICK_PROMPTS, QUICK_TEXT_TOKENS, QUICK_TWO_THREAD_PROMPTS = 4, 8, 2
 
 
 def log(message: str) -> None:
@@ -173,12 +181,38 @@ def embeddings_figures(texts: list[str], native: dict[str, Any], runs: dict[int,
     return out
 
 
+def text_part_run(page_for: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The text family's figures (bench/browser_text.py) on fresh harness pages."""
+    from bench.agreement import text_prompts
+    from bench.browser_text import text_part
+
+    prompts = [{**p, "max_tokens": args.text_max_tokens} for p in text_prompts(args.prompts, args.text_max_tokens, seed=11)]
+    closers: list[Any] = []
+
+    def new_page() -> Any:
+        page, close = page_for(1)
+        closers.append(close)
+        return page
+
+    try:
+        return text_part(new_page, prompts=prompts, two_thread_prompts=min(args.two_thread_prompts, len(prompts)))
+    finally:
+        for close in closers:
+            close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", default="embeddings", help=f"comma-separated, of: {', '.join(FAMILIES)}")
     parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--images", type=int, default=12)
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_TEXTS} texts, {QUICK_IMAGES} small images")
+    parser.add_argument("--prompts", type=int, default=100, help="text prompts (bench/agreement.py's)")
+    parser.add_argument("--text-max-tokens", type=int, default=32)
+    parser.add_argument("--two-thread-prompts", type=int, default=20, help="text prompts also run on 2 browser threads")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"a smoke run: {QUICK_TEXTS} texts, {QUICK_IMAGES} small images, {QUICK_PROMPTS} prompts of {QUICK_TEXT_TOKENS} tokens",
+    )
     parser.add_argument("--state-dir", type=Path, default=ROOT / "var" / "bench" / "browser_agreement")
     args = parser.parse_args()
     families = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -186,8 +220,9 @@ def main() -> None:
         parser.error(f"--families takes {', '.join(FAMILIES)}")
     if args.quick:
         args.texts, args.images = QUICK_TEXTS, QUICK_IMAGES
-    if args.texts < 1 or args.images < 1:
-        parser.error("--texts and --images must be at least 1")
+        args.prompts, args.text_max_tokens, args.two_thread_prompts = QUICK_PROMPTS, QUICK_TEXT_TOKENS, QUICK_TWO_THREAD_PROMPTS
+    if min(args.texts, args.images, args.prompts, args.text_max_tokens) < 1:
+        parser.error("--texts, --images, --prompts and --text-max-tokens must be at least 1")
 
     import django
 
@@ -202,9 +237,11 @@ def main() -> None:
 
     state = args.state_dir.resolve()
     log(f"registry on the embedded default in {state}")
-    group, url = start_registry(state, demo="images" in families)
+    # --demo: the image and text subnets (and their benchmark answers) come with the demo's.
+    group, url = start_registry(state, demo=bool({"images", "text"} & set(families)))
     runs: dict[int, dict[str, Any]] = {}
     images: dict[str, Any] = {}
+    text: dict[str, Any] = {}
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
@@ -212,7 +249,7 @@ def main() -> None:
 
                 def page_for(_threads: int) -> tuple[Any, Any]:
                     context = browser.new_context()
-                    context.set_default_timeout(600_000)
+                    context.set_default_timeout(1_800_000)  # a text part evaluates long generations
                     page = context.new_page()
                     page.goto(url + HARNESS_PATH)
                     page.wait_for_function("window.bimReady === true", timeout=30_000)
@@ -227,6 +264,8 @@ def main() -> None:
                     images = browser_images.images_part(
                         page_for, f"/subnets/{defaults.IMAGE_SLUG}/manifest.json", args.images, quick=args.quick, log=log
                     )
+                if "text" in families:
+                    text = text_part_run(page_for, args)
                 version = browser.version
             finally:
                 browser.close()
@@ -236,6 +275,8 @@ def main() -> None:
     out: dict[str, Any] = embeddings_figures(texts, native, runs, version) if texts else {"chromium": version}
     if images:
         out["images"] = images
+    if text:
+        out["text"] = text
     out["machine"] = {
         "cpus": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),

@@ -22,8 +22,9 @@ from subnets.models import EulaAcceptance, Subnet
 RECENT_ASSIGNMENTS = 50
 
 
-# The task families the dashboard's engine computes (js/jobs.js TASK_TYPES).
-BROWSER_TASK_TYPES = frozenset({"embedding", "image"})
+# The task families the dashboard's engines compute (js/app.js ENGINES, js/task-families.js:
+# embeddings and images with onnxruntime-web, text with llama.cpp in WebAssembly).
+BROWSER_TASK_TYPES = frozenset({"embedding", "image", "text"})
 
 
 def subnets_with_opt_in(*, user: AbstractBaseUser) -> list[dict[str, Any]]:

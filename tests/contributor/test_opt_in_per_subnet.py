@@ -118,6 +118,7 @@ def test_opting_in_twice_records_one_standing_acceptance(client, contributor, tw
 def test_the_dashboard_says_why_a_subnet_is_not_served(client, contributor, twins):
     first, second = twins
     text = SubnetFactory(slug="smol-text", task_type="text")
+    image = SubnetFactory(slug="upscale-image", task_type="image")
     _opt_in(client, first)
     _opt_in(client, second)
     # The second subnet moves to a new license version: the old acceptance no longer counts.
@@ -129,6 +130,8 @@ def test_the_dashboard_says_why_a_subnet_is_not_served(client, contributor, twin
     assert config["embed-first"]["unavailable"] == ""
     assert config["embed-second"]["opted_in"] is False
     assert "license changed to apache-2.0 2.1 since you accepted 2.0" in config["embed-second"]["unavailable"]
-    assert config["smol-text"]["unavailable"].startswith("browsers do not compute text jobs yet")
-    assert 'data-testid="unavailable-smol-text"' in page and 'data-testid="unavailable-embed-second"' in page
-    assert text.slug in page
+    # Browsers compute every family: text (llama.cpp in WebAssembly) and images too.
+    assert config["smol-text"]["unavailable"] == "" and config["smol-text"]["opted_in"] is False
+    assert config["upscale-image"]["unavailable"] == "" and config["upscale-image"]["opted_in"] is False
+    assert 'data-testid="unavailable-embed-second"' in page and 'data-testid="unavailable-upscale-image"' not in page
+    assert text.slug in page and image.slug in page

@@ -267,31 +267,57 @@ def test_a_text_honeypot_answer_that_differs_within_the_margin_is_not_punished()
     assert not Strike.objects.filter(job=job).exists()
 
 
+def text_benchmark_answer(subnet, claimed: dict, capture) -> tuple[object, dict]:
+    """A fresh node's benchmark of the subnet, answered with `claimed`, signed by the node."""
+    keys = online_node(subnet, benchmarked=False)
+    with capture(execute=True):
+        benchmark = benchmarks.benchmark_issue(link=NodeSubnet.objects.get(node=keys.node, subnet=subnet))
+    payload, shape = TEXT.encode_result(claimed)
+    signed = protocol.benchmark_message(
+        benchmark_id=str(benchmark.id), result_hash=protocol.sha256_hex(payload), shape=shape, timings_ms=[900.0, 800.0]
+    )
+    return keys, {
+        "type": "benchmark_result",
+        "benchmark_id": str(benchmark.id),
+        "encoding": TEXT.encoding,
+        "data": protocol.b64encode(payload),
+        "result_hash": protocol.sha256_hex(payload),
+        "shape": list(shape),
+        "timings_ms": [900.0, 800.0],
+        "signature": protocol.sign(keys.session, signed),
+    }
+
+
 def test_a_text_node_passes_the_benchmark_only_with_the_registrys_own_tokens(django_capture_on_commit_callbacks):
     subnet = text_subnet()
     reference = benchmark_reference_compute(subnet=subnet, inputs=defaults.TEXT_BENCHMARK_INPUTS)
     expected = honest(subnet, defaults.TEXT_BENCHMARK_INPUTS)
     assert TEXT.decode_result(bytes(reference.result), tuple(reference.shape), reference.inputs) == expected
     for claimed, passes in ((expected, True), (with_token(subnet, expected, 2, 1000), False)):
-        keys = online_node(subnet, benchmarked=False)
-        with django_capture_on_commit_callbacks(execute=True):
-            benchmark = benchmarks.benchmark_issue(link=NodeSubnet.objects.get(node=keys.node, subnet=subnet))
-        payload, shape = TEXT.encode_result(claimed)
-        signed = protocol.benchmark_message(
-            benchmark_id=str(benchmark.id), result_hash=protocol.sha256_hex(payload), shape=shape, timings_ms=[900.0, 800.0]
-        )
-        message = {
-            "type": "benchmark_result",
-            "benchmark_id": str(benchmark.id),
-            "encoding": TEXT.encoding,
-            "data": protocol.b64encode(payload),
-            "result_hash": protocol.sha256_hex(payload),
-            "shape": list(shape),
-            "timings_ms": [900.0, 800.0],
-            "signature": protocol.sign(keys.session, signed),
-        }
+        keys, message = text_benchmark_answer(subnet, claimed, django_capture_on_commit_callbacks)
         if passes:
             assert benchmarks.benchmark_record(node_id=keys.node.pk, message=message).state == BenchmarkState.PASSED
         else:
-            with pytest.raises(protocol.ProtocolError, match="benchmark_refused"):
+            with pytest.raises(protocol.ProtocolError, match="benchmark_refused.*re-scored: tokens at \\[2, "):
                 benchmarks.benchmark_record(node_id=keys.node.pk, message=message)
+
+
+def test_a_text_benchmark_that_differs_within_the_margin_passes_by_rescoring(django_capture_on_commit_callbacks):
+    # Another runtime of the same model (a browser's llama.cpp in WebAssembly) flips near-ties;
+    # a margin wide enough that a substituted ordinary token passes stands in for such a flip,
+    # as in test_both_sequences_within_the_margin_settle_as_honest_nondeterminism.
+    subnet = text_subnet(tolerances={"edit_distance": 0.1, "logit_margin": 100.0})
+    benchmark_reference_compute(subnet=subnet, inputs=defaults.TEXT_BENCHMARK_INPUTS)
+    expected = honest(subnet, defaults.TEXT_BENCHMARK_INPUTS)
+    flipped = with_token(subnet, expected, 2, 1000)
+    keys, message = text_benchmark_answer(subnet, flipped, django_capture_on_commit_callbacks)
+    benchmark = benchmarks.benchmark_record(node_id=keys.node.pk, message=message)
+    assert benchmark.state == BenchmarkState.PASSED and benchmark.items_per_s > 0
+    assert NodeSubnet.objects.get(node=keys.node, subnet=subnet).score > 0
+
+    # Within the margin is not enough: a stop token before the end fails whatever the logits.
+    stop_inside = {**expected, "tokens": [expected["tokens"][0], 2, *expected["tokens"][2:]]}
+    stop_inside["text"] = with_token(subnet, expected, 1, 2)["text"]
+    keys, message = text_benchmark_answer(subnet, stop_inside, django_capture_on_commit_callbacks)
+    with pytest.raises(protocol.ProtocolError, match="benchmark_refused.*re-scored: stop token at position 1"):
+        benchmarks.benchmark_record(node_id=keys.node.pk, message=message)

@@ -6,7 +6,8 @@
 // Worker), ./registry-api.js (registration and status over HTTP), ./connection.js (the
 // node websocket), ./controls.js (the volunteer's threads, pause conditions and daily
 // limit), ./job-speed.js (the speed on real jobs), ./view.js (the page); ./protocol.js and
-// ./jobs.js hold the bytes.
+// ./jobs.js hold the bytes. ./text-engine.js replaces ./engine.js for a text subnet
+// (llama.cpp in WebAssembly): ENGINES says which engine computes which task family.
 //
 // Order: check the browser, load or make the key, fetch and verify the subnet's model,
 // register, connect; poll the ledger status all along. The controls pause and resume the
@@ -22,7 +23,12 @@ import { TASK_TYPES } from "./jobs.js";
 import { nodeKeyLoadOrCreate } from "./keystore.js";
 import { nodeRegister, statusFetch } from "./registry-api.js";
 import { unitOf } from "./task-families.js";
+import { createTextEngine } from "./text-engine.js";
 import * as view from "./view.js";
+
+// The task families this page computes, each with its engine (contributor/selectors.py
+// BROWSER_TASK_TYPES says the same to the dashboard's table).
+export const ENGINES = { embedding: createEngine, image: createEngine, text: createTextEngine };
 
 const STATUS_POLL_MS = 3000;
 // Timers sleep with the laptop and are throttled in hidden tabs: besides the one set for
@@ -53,7 +59,7 @@ const jobSpeed = new JobSpeed();
 
 async function loadEngine(subnet, threads) {
   view.showModelProgress({ phase: "manifest" });
-  const engine = await createEngine({
+  const engine = await ENGINES[subnet.task_type]({
     manifestUrl: subnet.manifest_url,
     threads,
     // The engine refuses a manifest naming another model than the one the registry lists.
@@ -223,7 +229,8 @@ async function main() {
   // "auto": WebGPU where an adapter is given, else WASM with the volunteer's threads).
   const computable = cfg.subnets.filter((s) => !s.unavailable && TASK_TYPES.includes(s.task_type));
   const planned = caps.webgpuAdapter !== null ? { backend: "webgpu", threads: 1 } : { backend: "wasm", threads: isolated ? controls.settings.threads : 1 };
-  for (const s of computable) view.showSubnetPlan(s.slug, planned);
+  // The text engine (llama.cpp in WebAssembly) has no WebGPU backend.
+  for (const s of computable) view.showSubnetPlan(s.slug, s.task_type === "text" ? { ...planned, backend: "wasm" } : planned);
   // Opted in, computable here, and not held back by the registry (a changed license):
   // the dashboard's table says why any other subnet is not served.
   const subnet = computable.find((s) => s.opted_in);

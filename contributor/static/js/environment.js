@@ -69,7 +69,8 @@ export async function nodeEnv(engine) {
     backend: engine.backend,
     gpu_family: await gpuFamily(engine),
     cpu_count: seen.hardwareConcurrency || navigator.hardwareConcurrency || 1,
-    // Without it, the registry sends peer-to-peer jobs to other nodes while it can.
-    webrtc: typeof globalThis.RTCPeerConnection === "function",
+    // Without it, the registry sends peer-to-peer jobs to other nodes while it can; this page
+    // takes no peer-to-peer text jobs yet (./jobs.js), so a text engine says it has none.
+    webrtc: typeof globalThis.RTCPeerConnection === "function" && engine.taskType !== "text",
   };
 }

@@ -14,8 +14,10 @@ import {
   b64encode, benchmarkMessage, canonicalJson, contractHash, encodeResult, inputHash, resultMessage, sha256Hex, signB64,
 } from "./protocol.js";
 import { BROWSER_FAMILIES, browserFamily } from "./task-families.js";
+import { textContractRefusal } from "./text-jobs.js";
 
-/** The task families this page's engine computes (./engine.js): embeddings and images. */
+/** The task families this page computes: embeddings and images (./engine.js), text
+ * (./text-engine.js). */
 export const TASK_TYPES = Object.freeze(Object.keys(BROWSER_FAMILIES));
 const DEFAULT_TASK_TYPE = "embedding"; // a contract without task_type predates the families
 
@@ -54,7 +56,7 @@ export async function checkJob(message, { modelChecksum, tokenizerChecksum, task
   familyCheck(() => family.checkRelayInputs(inputs, contract), "bad_message");
   await checkInputHash(contract, inputs, "bad_message");
   await checkContract(contract, cHash, jobId);
-  checkModel(contract, { modelChecksum, tokenizerChecksum });
+  checkModel(contract, { modelChecksum, tokenizerChecksum, taskType });
   checkInputPolicy(contract, inputs);
   return { ...jobOf(message, family), ...withInputs(family, inputs) };
 }
@@ -67,6 +69,10 @@ export async function checkP2pOffer(message, { modelChecksum, tokenizerChecksum,
     throw new JobRefused("bad_message", "job lacks contract, contract_hash or job_id");
   }
   const family = familyFor(contract, taskType);
+  // Peer to peer, this page takes no text jobs: their tokens would stream to the user over
+  // the data channel, which ./peer-jobs.js does not do yet (the page says it has no WebRTC
+  // for them at registration, ./app.js, so the registry sends them elsewhere while it can).
+  if (taskType === "text") throw new JobRefused("unsupported_contract", "this browser takes text jobs through the registry only");
   await checkContract(contract, cHash, jobId);
   const summary = contract.input_summary;
   const keys = isObject(summary) ? Object.keys(summary).sort().join() : null;
@@ -129,11 +135,14 @@ async function checkContract(contract, cHash, jobId) {
   if (contract.job_id !== jobId) throw new JobRefused("bad_message", "contract.job_id differs from job_id");
 }
 
-function checkModel(contract, { modelChecksum, tokenizerChecksum }) {
+function checkModel(contract, { modelChecksum, tokenizerChecksum, taskType = DEFAULT_TASK_TYPE }) {
   if (contract.model_checksum !== modelChecksum) throw new JobRefused("model_mismatch", "contract names another model");
   if (contract.tokenizer_checksum && tokenizerChecksum && contract.tokenizer_checksum !== tokenizerChecksum) {
     throw new JobRefused("model_mismatch", "contract names another tokenizer");
   }
+  // What the runner cannot run deterministically (text: sampled decoding), as the Python node.
+  const refusal = taskType === "text" ? textContractRefusal(contract) : "";
+  if (refusal) throw new JobRefused("unsupported_contract", refusal);
 }
 
 // The contract's content policy: a job that breaks it is declined, at no cost (§4.4). For a
@@ -152,8 +161,10 @@ export function benchmarkTask(message, taskType = DEFAULT_TASK_TYPE) {
   return { kind: "benchmark", taskType, benchmarkId: String(message.benchmark_id), ...withInputs(family, inputs), runs };
 }
 
-/** The engine's output for a task (job or benchmark), with its family's engine call. */
-export const computeTask = (engine, task) => browserFamily(task.taskType ?? DEFAULT_TASK_TYPE).compute(engine, task.inputs ?? { texts: task.texts });
+/** The engine's output for a task (job or benchmark), with its family's engine call;
+ * `onToken` hears each token of a text generation (./session.js streams them). */
+export const computeTask = (engine, task, onToken) =>
+  browserFamily(task.taskType ?? DEFAULT_TASK_TYPE).compute(engine, task.inputs ?? { texts: task.texts }, onToken);
 
 /** The engine's output as the family encodes it, checked the way the registry will check it
  * (one row per text, an image twice the input's size), so a broken engine fails here
@@ -161,7 +172,7 @@ export const computeTask = (engine, task) => browserFamily(task.taskType ?? DEFA
 function encodedFor(output, task) {
   const taskType = task.taskType ?? DEFAULT_TASK_TYPE;
   const encoded = encodeResult(taskType, output);
-  browserFamily(taskType).checkShape(encoded.shape, task.inputs ?? { texts: task.texts });
+  browserFamily(taskType).checkOutput(output, encoded.shape, task.inputs ?? { texts: task.texts });
   return encoded;
 }
 

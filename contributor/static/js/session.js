@@ -12,6 +12,10 @@ import { roundMs } from "./protocol.js";
 import { unitOf } from "./task-families.js";
 
 const SOCKET_OPEN = 1; // WebSocket.OPEN
+// Streamed text (`partial`) at most this often per job, as the Python node (bim_node/jobs.py).
+export const PARTIAL_INTERVAL_MS = 100;
+// docs/protocol.md §4.3: a partial's text is at most this long.
+const PARTIAL_MAX_CHARS = 64_000;
 
 export const errorText = (err) => String(err?.message || err);
 
@@ -19,6 +23,20 @@ export const errorText = (err) => String(err?.message || err);
 export function itemsText(task) {
   const unit = unitOf(task.taskType);
   return `${task.items} ${task.items === 1 ? unit.replace(/s$/, "") : unit}`;
+}
+
+/** The `onToken` of a relay text job: the text so far as a `partial` message, at most every
+ * PARTIAL_INTERVAL_MS (unsigned and unanswered; the registry shows it to the job's user). */
+export function partialSender(job, send, now = () => performance.now()) {
+  let last = -Infinity;
+  return ({ text, count }) => {
+    const at = now();
+    if (at - last < PARTIAL_INTERVAL_MS) return;
+    last = at;
+    // Cut by code points, as the registry counts them: never half of a surrogate pair.
+    const capped = text.length > PARTIAL_MAX_CHARS ? [...text].slice(0, PARTIAL_MAX_CHARS).join("") : text;
+    send({ type: "partial", assignment_id: job.assignmentId, job_id: job.jobId, text: capped, tokens: count });
+  };
 }
 
 export class Session {
@@ -121,7 +139,8 @@ export class Session {
     const started = performance.now();
     let signed;
     try {
-      const output = await computeTask(this.engine, job);
+      const streams = job.taskType === "text" && job.transport !== "p2p";
+      const output = await computeTask(this.engine, job, streams ? partialSender(job, (m) => this.send(m)) : undefined);
       const ms = performance.now() - started;
       this.report.computed?.({ kind: "job", items: job.items, ms });
       signed = await signedResult(job, output, this.sessionKey, ms);
@@ -149,6 +168,7 @@ export class Session {
     count("done");
     view.jobMark(id, "sent", message.elapsed_ms);
     const where = p2p ? "sent to its user, committed to the registry" : "signed and sent";
-    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${itemsText(job)} in ${message.elapsed_ms} ms, ${where}`);
+    const what = job.taskType === "text" ? `${message.shape[0]} tokens` : itemsText(job);
+    log(`job ${job.jobId.slice(0, 8)} (${job.role}): ${what} in ${message.elapsed_ms} ms, ${where}`);
   }
 }

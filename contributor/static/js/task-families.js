@@ -13,6 +13,7 @@
 
 import { pngSize } from "./png.js";
 import { b64decode, shapeText } from "./protocol.js";
+import { textInputsViolation, textLimits, textResultViolation } from "./text-jobs.js";
 
 export const IMAGE_MIN_SIDE = 4; // families.IMAGE_MIN_SIDE
 const DEFAULT_MAX_SIDE = 256; // families.ImageFamily: the subnet's max_side, or this
@@ -60,7 +61,7 @@ const embedding = {
   /** The benchmark's inputs, or null when they are not this family's. */
   benchmarkInputs: (inputs) => (isTextList(inputs?.texts) ? { texts: inputs.texts } : null),
   compute: (engine, inputs) => engine.embed(inputs.texts),
-  checkShape(shape, inputs) {
+  checkOutput(_output, shape, inputs) {
     if (shape[0] !== inputs.texts.length) throw new Error(`compute returned ${shapeText(shape)} for ${inputs.texts.length} texts`);
   },
 };
@@ -111,7 +112,7 @@ const image = {
   items: () => 1,
   benchmarkInputs: (inputs) => (isObject(inputs) && typeof inputs.image === "string" && inputs.image ? { image: inputs.image } : null),
   compute: (engine, inputs) => engine.upscale(inputs.image),
-  checkShape(shape, inputs) {
+  checkOutput(_output, shape, inputs) {
     const { height, width } = imageDims(inputs);
     if (shapeText(shape) !== shapeText([2 * height, 2 * width, 3])) {
       throw new Error(`compute returned ${shapeText(shape)} for a ${width}x${height} image`);
@@ -119,8 +120,36 @@ const image = {
   },
 };
 
-/** The families the engine (./engine.js) computes, by task type. */
-export const BROWSER_FAMILIES = { embedding, image };
+/** Why a text job's inputs are refused, as an Error (./text-jobs.js says why, or ""). */
+function checkTextInputs(inputs, contract) {
+  const violation = textInputsViolation(inputs, textLimits(contract));
+  if (violation) throw new Error(violation);
+}
+
+const text = {
+  taskType: "text",
+  unit: "prompts",
+  summaryKeys: ["max_tokens"],
+  checkRelayInputs: checkTextInputs,
+  checkInputs: checkTextInputs,
+  summary: (inputs) => ({ max_tokens: inputs.max_tokens }),
+  checkSummary(summary) {
+    if (!isCount(summary.max_tokens)) throw new Error("input_summary.max_tokens must be a positive integer");
+  },
+  items: () => 1,
+  benchmarkInputs: (inputs) => (isObject(inputs) && !textInputsViolation(inputs) ? inputs : null),
+  // Greedy generation on ./text-engine.js; `onToken` hears the text so far (streamed as
+  // `partial` messages by ./session.js).
+  compute: (engine, inputs, onToken) => engine.generate(inputs, onToken),
+  checkOutput(output, _shape, inputs) {
+    const violation = textResultViolation(output, inputs);
+    if (violation) throw new Error(`compute returned a result the registry would refuse: ${violation}`);
+  },
+};
+
+/** The families this page computes, by task type: embeddings and images on ./engine.js,
+ * text on ./text-engine.js. */
+export const BROWSER_FAMILIES = { embedding, image, text };
 
 /** What a family's speed counts ("texts", "images"); embeddings' for an engine that does
  * not say (one older than the families). */

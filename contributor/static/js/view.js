@@ -157,7 +157,7 @@ export function jobAdd(job) {
   const tr = document.createElement("tr");
   tr.dataset.assignment = job.assignmentId;
   // A peer-to-peer job's texts come later; its contract says how many.
-  for (const text of [job.jobId.slice(0, 8), job.role, String(job.texts ? job.texts.length : job.items), "–", "queued"]) {
+  for (const text of [job.jobId.slice(0, 8), job.role, String(job.texts ? job.texts.length : job.items ?? 1), "–", "queued"]) {
     const td = document.createElement("td");
     td.textContent = text;
     tr.append(td);
