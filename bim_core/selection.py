@@ -37,6 +37,9 @@ class Candidate:
     # Operated by the registry (an operator's flag, never the node's word): the only nodes a
     # trusted subnet's jobs may go to (`trusted_only`).
     trusted: bool = False
+    # Said at registration it has no WebRTC (the node's word): a peer-to-peer job, whose
+    # input comes over a data channel, goes to such a node only when no other can take it.
+    webrtc: bool = True
 
 
 # The attributes a subnet's diversity policy may require to differ between a job's nodes.
@@ -72,6 +75,7 @@ class NodeIndex:
         self.weights = np.fromiter((c.weight for c in self.candidates), dtype=np.float64, count=count)
         self.position = {c.node_id: i for i, c in enumerate(self.candidates)}
         self.untrusted = np.fromiter((not c.trusted for c in self.candidates), dtype=bool, count=count)
+        self.without_webrtc = [c.node_id for c in self.candidates if not c.webrtc]
 
     def __len__(self) -> int:
         return len(self.candidates)

@@ -183,14 +183,18 @@ def _pick_nodes(
     # or others.
     live: list[Node] = []
     for _ in range(2):
+        index = routing_index.routable_index(job.subnet_id)
+        # A peer-to-peer job whose input comes over a data channel (none held here) goes to
+        # nodes with WebRTC first: one without would make its user wait out the connection
+        # timeout before falling back to the relay. Too few with it: one without.
+        without_webrtc = index.without_webrtc if p2p.job_is_p2p(job) and not job.inputs else []
         picks = _select_vouched_first(
-            routing_index.routable_index(job.subnet_id), str(job.id), count,
-            had=had, saturated=saturated + _without_webrtc(job), distinct=distinct, partners=partners, trusted_only=trusted_only,
+            index, str(job.id), count,
+            had=had, saturated=saturated + without_webrtc, distinct=distinct, partners=partners, trusted_only=trusted_only,
         )
-        if len(picks) < count and _without_webrtc(job):
-            # Not enough nodes with WebRTC: one without, whose user falls back to the relay.
+        if len(picks) < count and without_webrtc:
             picks = _select_vouched_first(
-                routing_index.routable_index(job.subnet_id), str(job.id), count,
+                index, str(job.id), count,
                 had=had, saturated=saturated, distinct=distinct, partners=partners, trusted_only=trusted_only,
             )
         found = online.in_bulk([uuid.UUID(p.node_id) for p in picks])
@@ -199,16 +203,6 @@ def _pick_nodes(
             return live
         routing_index.index_forget(job.subnet_id)  # the index was stale: rebuild it once
     return live
-
-
-def _without_webrtc(job: Job) -> list[str]:
-    """Online nodes that said at registration they have no WebRTC, for a peer-to-peer job
-    whose input must come over a data channel (none held here): its user would wait out the
-    connection timeout before falling back to the relay. Relay jobs: none."""
-    if not p2p.job_is_p2p(job) or job.inputs:
-        return []
-    rows = Node.objects.filter(is_online=True, capabilities__webrtc=False, subnets=job.subnet_id)
-    return [str(pk) for pk in rows.values_list("pk", flat=True)]
 
 
 def _select_vouched_first(

@@ -44,6 +44,7 @@ from .models import (
 )
 from .routing_index import (
     index_bump,
+    index_bump_for_node,
     nodes_fresh,
     nodes_last_seen,
     presence_key,
@@ -104,6 +105,9 @@ def node_register(
         node.save()
         for subnet in subnets:
             NodeSubnet.objects.get_or_create(node=node, subnet=subnet)
+        if not created:
+            # Routing reads these attributes (diversity, WebRTC) from its index.
+            index_bump_for_node(node.pk)
     return node, created
 
 

@@ -163,15 +163,15 @@ def index_forget(subnet_id: int | None = None) -> None:
         _indexes.pop(subnet_id, None)
 
 
-def subnet_has_nodes_online(subnet_id: int) -> bool:
+def subnet_has_nodes_online(subnet: Subnet) -> bool:
     """Whether any unbanned node registered for the subnet is connected (a trusted one for
     a trusted subnet): one that is, even while it fetches the model or runs its benchmark,
     will take the job within seconds; with none, a job would only wait for its deadline."""
     now = timezone.now()
-    links = NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).filter(
+    links = NodeSubnet.objects.filter(subnet_id=subnet.pk, node__is_online=True).filter(
         Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now)
     )
-    if Subnet.objects.filter(pk=subnet_id, trusted=True).exists():
+    if subnet.trusted:
         links = links.filter(node__trusted=True)
     return links.exists()
 
@@ -257,6 +257,7 @@ def candidate_for(node: Node, weight: float = 0.0) -> Candidate:
         gpu_family=node.gpu_family,
         vouched=node.jobs_agreed >= settings.NODE_VOUCHED_JOBS,
         trusted=node.trusted,
+        webrtc=node.capabilities.get("webrtc") is not False,
     )
 
 

@@ -123,7 +123,7 @@ def jobs_submit(
         new.append((index, request, ready))
     _data_terms_check(user, [(index, ready.subnet) for index, _, ready in new], label)
     for subnet in {ready.subnet.pk: ready.subnet for _, _, ready in new}.values():
-        if not routing_index.subnet_has_nodes_online(subnet.pk):
+        if not routing_index.subnet_has_nodes_online(subnet):
             # Accepted, it would only wait for its deadline: say so now, with when to try again.
             raise ServiceError("no_capacity", f"no node serves {subnet.slug} now; try again later", status=503)
     if not new:

@@ -256,3 +256,50 @@ def test_the_rest_of_a_job_may_still_change():
     job.refresh_from_db()
     assert (job.state, job.failure_reason, job.verification) == (JobState.VERIFYING, "test", {"passed": False})
     assert_unchanged(job)
+
+
+# ---------------------------------------------------------------- the fast validator
+
+
+def _mutations() -> Any:
+    """A valid contract with one field (or a nested field) replaced by arbitrary JSON, or
+    removed, or an unknown field added: the shapes a hostile or broken peer could send."""
+    from hypothesis import strategies as st
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=80),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+        max_leaves=6,
+    )
+    base = contract_fields(license={"slug": "apache-2.0", "version": "2.0"})
+    nested = {"determinism": ["temperature", "top_p", "seed"], "tolerances": ["cosine_min", "phash_max"],
+              "limits": ["max_items", "latency_ms", "max_chars"], "license": ["slug", "version"]}
+    replace_top = st.builds(lambda f, v: {**base, f: v}, st.sampled_from([*base, "transport", "input_summary", "policy"]), json_values)
+    replace_nested = st.sampled_from(sorted(nested)).flatmap(
+        lambda f: st.builds(lambda k, v: {**base, f: {**base[f], k: v}}, st.sampled_from(nested[f]), json_values)
+    )
+    hashes_nearly = st.builds(
+        lambda f, suffix: {**base, f: "ab" * 32 + suffix}, st.sampled_from(["model_checksum", "input_hash"]), st.sampled_from(["\n", " ", "0", ""])
+    )
+    key_nearly = st.builds(lambda suffix: {**base, "session_key_pub": SESSION_KEY + suffix}, st.sampled_from(["\n", " ", "=", ""]))
+    removed = st.sampled_from(sorted(base)).map(lambda f: {k: v for k, v in base.items() if k != f})
+    return replace_top | replace_nested | hashes_nearly | key_nearly | removed
+
+
+def test_the_fast_validator_passes_nothing_jsonschema_refuses():
+    """validate_contract asks jsonschema-rs first and trusts its "valid": sound only while
+    every contract it passes, jsonschema passes too (the refusals and their messages are
+    jsonschema's). Checked on every refusal case above and on generated hostile shapes."""
+    from hypothesis import given, settings
+
+    from bim_core.contracts import _FAST_VALIDATOR, _VALIDATOR
+
+    @settings(max_examples=600, deadline=None, database=None)
+    @given(_mutations())
+    def check(contract: dict[str, Any]) -> None:
+        if _FAST_VALIDATOR.is_valid(contract):
+            assert _VALIDATOR.is_valid(contract), contract
+
+    check()
+    for contract in (contract_fields(model_checksum="AB" * 32), contract_fields(session_key_pub="x"), {**contract_fields(), "price": 0}):
+        assert not _FAST_VALIDATOR.is_valid(contract)

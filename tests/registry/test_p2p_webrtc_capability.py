@@ -70,3 +70,26 @@ def test_registration_keeps_the_nodes_word_on_webrtc():
         env={"os": "linux", "webrtc": False}, subnet_slugs=[subnet.slug], ip="10.9.9.9",
     )
     assert node.capabilities["webrtc"] is False
+
+
+def test_a_node_that_registers_again_without_webrtc_is_routed_by_its_new_word(settings, django_capture_on_commit_callbacks):
+    """The capability lives in the routing index (no query per placement); registering
+    again bumps the index, so a cached one does not keep the node's old word."""
+    from bim_core import protocol
+    from registry import routing_index
+
+    settings.P2P_AUDIT_BP = 0
+    subnet = SubnetFactory()
+    capable = [online_node(subnet) for _ in range(2)]
+    others = [online_node(subnet) for _ in range(3)]
+    assert len(routing_index.routable_index(subnet.pk).without_webrtc) == 0  # built and cached
+    for keys in others:
+        with django_capture_on_commit_callbacks(execute=True):
+            presence.node_register(
+                owner=keys.node.owner, public_key=protocol.public_key_b64(keys.long_term), name="n",
+                env={"os": keys.node.os, "webrtc": False}, subnet_slugs=[subnet.slug], ip=keys.node.ip,
+            )
+    assert len(routing_index.routable_index(subnet.pk).without_webrtc) == 3
+    job = p2p_submit(user_with_credits(5), subnet, INPUTS)
+    dispatch.job_dispatch(job_id=job.id)
+    assert nodes_of(job) == {k.node.pk for k in capable}
