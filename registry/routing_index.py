@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Case, Count, F, FloatField, Q, Value, When
 from django.utils import timezone
 
 from bim_core import scoring
@@ -330,24 +330,31 @@ def _routing_weight(
 def speed_observe(*, assignment_id: object) -> None:
     """An accepted result: fold the time from offer to result, on the registry's clock, into
     the node's exponentially weighted speed for the subnet (NODE_SPEED_EWMA_ALPHA). What a
-    node reports about its own speed never enters routing once it has done real jobs."""
-    assignment = (
-        Assignment.objects.select_related("job").filter(pk=assignment_id, submitted_at__isnull=False).first()
+    node reports about its own speed never enters routing once it has done real jobs.
+    One UPDATE computes scoring.ewma in SQL, the same floating-point steps: a node's
+    results, which arrive together, never wait on one another for a row lock held across
+    round trips."""
+    row = (
+        Assignment.objects.filter(pk=assignment_id, submitted_at__isnull=False)
+        .values("node_id", "submitted_at", "dispatched_at", "job__item_count", "job__subnet_id")
+        .first()
     )
-    if assignment is None:
+    if row is None:
         return
-    elapsed_ms = max(1.0, (assignment.submitted_at - assignment.dispatched_at).total_seconds() * 1000)
-    items = assignment.job.item_count
+    elapsed_ms = max(1.0, (row["submitted_at"] - row["dispatched_at"]).total_seconds() * 1000)
     alpha = settings.NODE_SPEED_EWMA_ALPHA
-    with transaction.atomic():
-        link = (
-            NodeSubnet.objects.select_for_update()
-            .filter(node_id=assignment.node_id, subnet_id=assignment.job.subnet_id)
-            .first()
-        )
-        if link is None:
-            return
-        speed = items * 1000.0 / elapsed_ms
-        link.observed_items_per_s = scoring.ewma(link.observed_items_per_s, speed, alpha)
-        link.observed_latency_ms = scoring.ewma(link.observed_latency_ms, elapsed_ms, alpha)
-        link.save(update_fields=["observed_items_per_s", "observed_latency_ms"])
+    NodeSubnet.objects.filter(node_id=row["node_id"], subnet_id=row["job__subnet_id"]).update(
+        observed_items_per_s=_ewma_sql("observed_items_per_s", row["job__item_count"] * 1000.0 / elapsed_ms, alpha),
+        observed_latency_ms=_ewma_sql("observed_latency_ms", elapsed_ms, alpha),
+    )
+
+
+def _ewma_sql(field: str, sample: float, alpha: float) -> Case:
+    """scoring.ewma(field, sample, alpha) as an expression of the row's current value.
+    Only the product with the row's value is left to SQL: two literals multiplied there
+    would be PostgreSQL numerics, exact, then rounded once, not Python's two roundings."""
+    return Case(
+        When(**{f"{field}__isnull": True}, then=Value(sample)),
+        default=Value(1 - alpha) * F(field) + Value(alpha * sample),
+        output_field=FloatField(),
+    )

@@ -131,3 +131,33 @@ def test_routing_follows_the_speed_the_registry_observes_on_real_jobs():
     Node.objects.filter(pk__in=[nodes["A"].node.pk, nodes["B"].node.pk]).update(is_online=True, last_seen=timezone.now())
     NodeSubnet.objects.filter(node__in=[nodes["A"].node, nodes["B"].node]).update(ready_at=timezone.now())
     assert weight_of(subnet, nodes["A"]) > weight_of(subnet, nodes["B"])
+
+
+@pytest.mark.django_db
+def test_the_observed_speed_is_scoring_ewma_to_the_last_bit(settings):
+    """speed_observe computes the moving average in SQL (one UPDATE, no row lock held
+    across round trips): it must be scoring.ewma's number exactly, sample after sample."""
+    from bim_core import scoring
+    from registry import dispatch, submit
+    from registry.models import AssignmentState
+    from tests.factories import user_with_credits
+
+    settings.NODE_SPEED_EWMA_ALPHA = 0.3
+    subnet = SubnetFactory()
+    keys, _ = online_node(subnet), online_node(subnet)
+    user = user_with_credits(5)
+    expected_speed = expected_latency = None
+    for i, seconds in enumerate((0.7, 0.13, 2.9, 0.4)):
+        job, _ = submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": TEXTS[: i + 1]}, idempotency_key=f"k{i}")
+        dispatch.job_dispatch(job_id=job.id)
+        assignment = Assignment.objects.select_related("job").get(job=job, node=keys.node)
+        now = timezone.now()
+        Assignment.objects.filter(job=job).update(
+            state=AssignmentState.SUBMITTED, dispatched_at=now - timedelta(seconds=seconds), submitted_at=now
+        )
+        routing_index.speed_observe(assignment_id=assignment.pk)
+        elapsed_ms = max(1.0, timedelta(seconds=seconds).total_seconds() * 1000)
+        expected_speed = scoring.ewma(expected_speed, assignment.job.item_count * 1000.0 / elapsed_ms, 0.3)
+        expected_latency = scoring.ewma(expected_latency, elapsed_ms, 0.3)
+        link = NodeSubnet.objects.get(node=keys.node, subnet=subnet)
+        assert (link.observed_items_per_s, link.observed_latency_ms) == (expected_speed, expected_latency)
