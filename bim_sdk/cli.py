@@ -42,9 +42,10 @@ from tqdm import tqdm
 
 from bim_core import protocol
 
-from .client import DEFAULT_BATCH_SIZE, BimError, Client, DataTermsNotAcknowledged, TextDelta
+from .client import DEFAULT_BATCH_SIZE, BimError, Client, DataTermsNotAcknowledged
 from .config import ConfigUnreadable, config_load, config_path, config_remove, config_save, credentials_resolve
 from .receipts import ReceiptInvalid, verify_receipt
+from .results import TextDelta
 
 # Exit statuses (docs/developers.md keeps the table): argparse exits 2 for usage errors itself.
 EXIT_REFUSED = 1  # the registry refused the request, or the job ended unsettled
