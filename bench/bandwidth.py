@@ -71,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 from bench import counting_proxy, sim_node, throughput  # noqa: E402
 from bench.throughput import database_recreate, django_setup, redis_flush, wait_for_nodes, with_path  # noqa: E402
 from bim_core import families, protocol  # noqa: E402
+from bim_core.png import png_encode  # noqa: E402
 from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
 
 SUBNET = "bench-image-2x"
@@ -131,7 +132,7 @@ def noise_inputs(side: int, seed: int) -> dict[str, str]:
     """An s x s noise PNG, as an image job's user sends it: incompressible, so its size is
     its pixels' (3 s^2 bytes, 4 s^2 of base64)."""
     pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    return {"image": protocol.b64encode(families.png_encode(pixels))}
+    return {"image": protocol.b64encode(png_encode(pixels))}
 
 
 def bench_subnet_create() -> None:

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from bim_core import families, protocol
+from bim_core import protocol
 from bim_core.http import HttpClient, HttpError
+from bim_core.job_inputs import InputInvalid
+from bim_core.png import png_encode, png_size
 
 from . import p2p
 from .receipts import delivered_result, verify_receipt
@@ -396,10 +398,10 @@ def _rgb_png(image: bytes) -> bytes:
     """An 8-bit RGB PNG goes as it is (its base64 is the input the receipt hashes); any other
     image is converted once, here, so the user can check the receipt against what was sent."""
     try:
-        families.png_size(image)
+        png_size(image)
         return image
-    except families.InputInvalid:
+    except InputInvalid:
         from PIL import Image
 
         with Image.open(io.BytesIO(image)) as opened:
-            return families.png_encode(np.asarray(opened.convert("RGB")))
+            return png_encode(np.asarray(opened.convert("RGB")))
