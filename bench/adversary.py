@@ -58,7 +58,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.hostile_node import STRATEGIES  # noqa: E402
-from bench.throughput import database_recreate, django_setup, redis_flush, seed, with_path  # noqa: E402
+from bench.market import database_recreate, django_setup, redis_flush, with_path  # noqa: E402
+from bench.throughput import seed  # noqa: E402
 from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
 
 SUBNET = "minilm-embed"

@@ -49,7 +49,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -68,13 +67,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench import counting_proxy, sim_node, throughput  # noqa: E402
-from bench.throughput import database_recreate, django_setup, redis_flush, wait_for_nodes, with_path  # noqa: E402
+from bench import counting_proxy, market, sim_node  # noqa: E402
 from bim_core import families, protocol  # noqa: E402
-from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
+from bim_core.png import png_encode  # noqa: E402
+from bim_site.processes import ProcessGroup, free_port  # noqa: E402
 
 SUBNET = "bench-image-2x"
-EMBEDDING_SUBNET = throughput.SUBNET  # minilm-embed, seeded by bim_seed
 MAX_SIDE = 256
 SIDES = (4, 8, 16, 32, 64, 128, 256)  # payload about 16 s^2 bytes: 0.3 KiB ... 1 MiB, x4 a step
 STATE = ROOT / "var" / "bench" / "bandwidth"
@@ -87,10 +85,6 @@ MAX_MESSAGE_BYTES = 4 * 2**20
 PARTIES = ("node", "user_http", "user_ws")
 EMBEDDING_TEXTS_PER_JOB = 4
 JOB_TIMEOUT_S = 90.0
-
-
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,7 +125,7 @@ def noise_inputs(side: int, seed: int) -> dict[str, str]:
     """An s x s noise PNG, as an image job's user sends it: incompressible, so its size is
     its pixels' (3 s^2 bytes, 4 s^2 of base64)."""
     pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    return {"image": protocol.b64encode(families.png_encode(pixels))}
+    return {"image": protocol.b64encode(png_encode(pixels))}
 
 
 def bench_subnet_create() -> None:
@@ -177,10 +171,10 @@ def seed(contributors: list[str], *, embedding: bool) -> dict[str, Any]:
     call_command("migrate", "--noinput", verbosity=0)
     if embedding:
         call_command("bim_seed", stdout=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
-        Subnet.objects.filter(slug=EMBEDDING_SUBNET).update(honeypot_rate_bp=0)
+        Subnet.objects.filter(slug=market.EMBEDDING_SUBNET).update(honeypot_rate_bp=0)
     bench_subnet_create()
-    registry_private_key()  # made before any child starts (throughput.seed says why)
-    user_token = throughput.extra_users(1, credits=100_000)[0]
+    registry_private_key()  # made before any child starts (bench/throughput.py's seed says why)
+    user_token = market.extra_users(1, credits=100_000)[0]
     tokens = {name: Token.objects.create(user=get_user_model().objects.create(username=name)).key for name in contributors}
     return {"user": user_token, "contributors": tokens}
 
@@ -219,7 +213,7 @@ def job_state_wait(job_id: str, timeout_s: float) -> str:
         close_old_connections()
 
 
-class Market:
+class BenchUser:
     """The user's side of the bench: HTTP clients through the proxy's user port, the user
     socket's URL through its own."""
 
@@ -293,9 +287,9 @@ def payload_bytes(task_type: str, inputs: dict[str, Any]) -> tuple[int, int]:
 class Phases:
     """Runs jobs and reads what they cost off the proxy's counters."""
 
-    def __init__(self, proxy: counting_proxy.CountingProxy, market: Market, group: ProcessGroup) -> None:
+    def __init__(self, proxy: counting_proxy.CountingProxy, user: BenchUser, group: ProcessGroup) -> None:
         self.proxy = proxy
-        self.market = market
+        self.user = user
         self.group = group
         self.job_ids: list[str] = []
         self.unsettled: list[str] = []
@@ -319,7 +313,7 @@ class Phases:
         runs = asyncio.run(all_jobs())
         seconds = time.monotonic() - started
         if not self.proxy.settle():
-            log("traffic did not stop within 5 s of a phase's end; counting what passed until then")
+            market.log("traffic did not stop within 5 s of a phase's end; counting what passed until then")
         spent = self.proxy.since(before)
         for run in runs:
             self.job_ids.append(run.job_id)
@@ -359,7 +353,7 @@ def per_job_row(phases: Phases, *, path: str, subnet: str, task_type: str, input
     ids: list[str] = []
     for item in inputs:
         phase, (run,) = phases.measure(
-            [lambda item=item: phases.market.run(path, subnet, task_type, item, label)], concurrency=1
+            [lambda item=item: phases.user.run(path, subnet, task_type, item, label)], concurrency=1
         )
         measured.append(phase)
         ids.append(run.job_id)
@@ -388,7 +382,7 @@ def sizes_phase(phases: Phases, args: argparse.Namespace) -> list[dict[str, Any]
             row[path] = per_job_row(phases, path=path, subnet=SUBNET, task_type="image", inputs=mine, label=f"s{side}-{path}")
             row[path]["ratio_to_payload"] = round(row[path]["registry_bytes_per_job"] / row["payload_bytes"], 4)
         row["p2p_over_relay"] = round(row["p2p"]["registry_bytes_per_job"] / row["relay"]["registry_bytes_per_job"], 4)
-        log(
+        market.log(
             f"side {side} (payload {row['payload_bytes']:,} B): relay {row['relay']['registry_bytes_per_job']:,} B/job, "
             f"p2p {row['p2p']['registry_bytes_per_job']:,} B/job"
         )
@@ -407,7 +401,7 @@ def counts_phase(phases: Phases, args: argparse.Namespace, node_setup_bytes: int
             sent, output = payload_bytes("image", inputs[0])
             label = f"n{count}-{path}"
             phase, runs = phases.measure(
-                [lambda item=item: phases.market.run(path, SUBNET, "image", item, label) for item in inputs],
+                [lambda item=item: phases.user.run(path, SUBNET, "image", item, label) for item in inputs],
                 concurrency=args.concurrency,
             )
             ids = [r.job_id for r in runs]
@@ -420,7 +414,7 @@ def counts_phase(phases: Phases, args: argparse.Namespace, node_setup_bytes: int
                 "uploads": uploads_of(ids),
                 "relay_bytes_recorded": relay_bytes_recorded(ids),
             }
-        log(
+        market.log(
             f"{count} jobs: relay {row['relay']['registry_bytes']:,} B, p2p {row['p2p']['registry_bytes']:,} B "
             f"(node setup, once: {node_setup_bytes:,} B)"
         )
@@ -429,16 +423,16 @@ def counts_phase(phases: Phases, args: argparse.Namespace, node_setup_bytes: int
 
 
 def embedding_phase(phases: Phases, args: argparse.Namespace) -> dict[str, Any]:
-    batches = throughput.job_texts(2 * args.embedding_jobs, EMBEDDING_TEXTS_PER_JOB)
+    batches = market.job_texts(2 * args.embedding_jobs, EMBEDDING_TEXTS_PER_JOB)
     inputs = [{"texts": batch} for batch in batches]
     sent, output = payload_bytes("embedding", inputs[0])
     row: dict[str, Any] = {"texts_per_job": EMBEDDING_TEXTS_PER_JOB, "input_bytes": sent, "output_bytes": output, "payload_bytes": sent + output}
     for index, path in enumerate(("relay", "p2p")):
         mine = inputs[index * args.embedding_jobs : (index + 1) * args.embedding_jobs]
-        row[path] = per_job_row(phases, path=path, subnet=EMBEDDING_SUBNET, task_type="embedding", inputs=mine, label=f"embed-{path}")
+        row[path] = per_job_row(phases, path=path, subnet=market.EMBEDDING_SUBNET, task_type="embedding", inputs=mine, label=f"embed-{path}")
         row[path]["ratio_to_payload"] = round(row[path]["registry_bytes_per_job"] / row["payload_bytes"], 4)
     row["p2p_over_relay"] = round(row["p2p"]["registry_bytes_per_job"] / row["relay"]["registry_bytes_per_job"], 4)
-    log(f"embedding: relay {row['relay']['registry_bytes_per_job']:,} B/job, p2p {row['p2p']['registry_bytes_per_job']:,} B/job")
+    market.log(f"embedding: relay {row['relay']['registry_bytes_per_job']:,} B/job, p2p {row['p2p']['registry_bytes_per_job']:,} B/job")
     return row
 
 
@@ -493,21 +487,12 @@ def plot(sizes: list[dict[str, Any]], embedding: dict[str, Any] | None, path: Pa
 
 
 def final_checks(phases: Phases) -> dict[str, Any]:
-    from django.db.models import Count
-
-    from ledger.checks import ledger_violations
-    from registry.models import Job, JobState
-
-    states = dict(Job.objects.values_list("state").annotate(n=Count("pk")))
-    total = sum(states.values())
-    violations = ledger_violations()
+    books = market.jobs_and_ledger()
+    settled_all = books["jobs_settled"] == books["jobs_total"] > 0
     return {
-        "jobs_total": total,
-        "jobs_settled": states.get(JobState.SETTLED, 0),
-        "job_states": states,
+        **books,
         "unsettled": phases.unsettled[:20],
-        "ledger_violations": violations[:20],
-        "ok": not violations and not phases.unsettled and states.get(JobState.SETTLED, 0) == total > 0,
+        "ok": not books["ledger_violations"] and not phases.unsettled and settled_all,
     }
 
 
@@ -515,18 +500,10 @@ def final_checks(phases: Phases) -> dict[str, Any]:
 
 
 def start_node(group: ProcessGroup, name: str, *, url: str, token: str, subnet: str, index: int, extra: list[str]) -> None:
-    group.start(
-        name,
-        [
-            sys.executable, str(ROOT / "bench" / "sim_node.py"),
-            "--registry", url, "--token", token, "--subnet", subnet, "--name", name,
-            "--key-file", str(RUN_DIR / "nodes" / f"{name}.key"),
-            # One /24 each (the routing policy keeps a job's two nodes apart by IP block); the
-            # proxy connects to daphne from the same address.
-            "--source-ip", f"127.0.{index}.1",
-            "--log-level", "INFO",  # a line per job in var/bench/bandwidth/run/logs/
-            *extra,
-        ],
+    # The proxy connects to daphne from the node's address (127.0.`index`.1) too.
+    market.sim_node_start(
+        group, name, url=url, token=token, subnet=subnet, ip_block=index,
+        extra=["--log-level", "INFO", *extra],  # a line per job in var/bench/bandwidth/run/logs/
     )
 
 
@@ -540,16 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so children stop in `finally`
     started = time.perf_counter()
     load_start = os.getloadavg()
-    base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bim")
-    database_url = with_path(base_db, f"/{args.database}")
-    redis_url = with_path(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9"), f"/{args.redis_db}")
-
-    shutil.rmtree(RUN_DIR, ignore_errors=True)
-    RUN_DIR.mkdir(parents=True)
-    log(f"database {args.database} recreated, Redis db {args.redis_db} flushed; state in {RUN_DIR}")
-    database_recreate(database_url)
-    redis_flush(redis_url)
-    django_setup(database_url, run_dir=RUN_DIR, artifact_root=ARTIFACT_ROOT)
+    services = market.services_reset(database=args.database, redis_db=args.redis_db, run_dir=RUN_DIR, artifact_root=ARTIFACT_ROOT)
+    redis_url = services.redis_url
     from bim_core.peer import allow_loopback
 
     allow_loopback()  # the user's peers and the nodes' meet on 127.0.0.1
@@ -559,21 +528,13 @@ def main(argv: list[str] | None = None) -> int:
     seeded = seed(image_nodes + embed_nodes, embedding=embedding)
     vectors_path = None
     if embedding:
-        texts = throughput.job_texts(2 * args.embedding_jobs, EMBEDDING_TEXTS_PER_JOB)
-        vectors_path = throughput.bench_vectors([t for batch in texts for t in batch])
-    log(f"seeded in {time.perf_counter() - started:.1f} s; starting daphne, a worker (no beat) and the nodes")
+        texts = market.job_texts(2 * args.embedding_jobs, EMBEDDING_TEXTS_PER_JOB)
+        vectors_path = market.bench_vectors([t for batch in texts for t in batch])
+    market.log(f"seeded in {time.perf_counter() - started:.1f} s; starting daphne, a worker (no beat) and the nodes")
 
-    env = child_env(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        BIM_CHANNEL_PREFIX=CHANNEL_PREFIX,
-        BIM_VAR_DIR=str(RUN_DIR),
-        BIM_ARTIFACT_ROOT=str(ARTIFACT_ROOT),
-        BIM_NODE_MAX_MESSAGE_BYTES=str(MAX_MESSAGE_BYTES),
-        BIM_P2P_LOOPBACK="1",
-        DJANGO_SETTINGS_MODULE="bim_site.settings",
+    group = services.process_group(
+        channel_prefix=CHANNEL_PREFIX, BIM_NODE_MAX_MESSAGE_BYTES=str(MAX_MESSAGE_BYTES), BIM_P2P_LOOPBACK="1"
     )
-    group = ProcessGroup(log_dir=RUN_DIR / "logs", env=env)
     port = free_port()
     proxy = counting_proxy.CountingProxy(("127.0.0.1", port))
     ports = {party: proxy.listen(party) for party in PARTIES}
@@ -590,24 +551,24 @@ def main(argv: list[str] | None = None) -> int:
             before = proxy.snapshot()
             extra = ["--upscale", "--fetch-model", str(RUN_DIR / "models" / name)]
             start_node(group, name, url=node_url, token=seeded["contributors"][name], subnet=SUBNET, index=index, extra=extra)
-            wait_for_nodes(index, group, subnet=SUBNET)
+            market.wait_for_nodes(index, group, subnet=SUBNET)
             proxy.settle()
             node_setup.append(counting_proxy.total(proxy.since(before)))
         for index, name in enumerate(embed_nodes, start=len(image_nodes) + 1):
             extra = ["--vectors", str(vectors_path)]
-            start_node(group, name, url=node_url, token=seeded["contributors"][name], subnet=EMBEDDING_SUBNET, index=index, extra=extra)
+            start_node(group, name, url=node_url, token=seeded["contributors"][name], subnet=market.EMBEDDING_SUBNET, index=index, extra=extra)
         if embed_nodes:
-            wait_for_nodes(len(embed_nodes), group, subnet=EMBEDDING_SUBNET)
+            market.wait_for_nodes(len(embed_nodes), group, subnet=market.EMBEDDING_SUBNET)
         proxy.settle()
-        log(f"nodes ready; setup of each image node {node_setup} B (model {model_bytes():,} B)")
+        market.log(f"nodes ready; setup of each image node {node_setup} B (model {model_bytes():,} B)")
 
-        market = Market(
+        user = BenchUser(
             http_url=f"http://127.0.0.1:{ports['user_http']}",
             ws_url=f"ws://127.0.0.1:{ports['user_ws']}/ws/user/?token={seeded['user']}",
             token=seeded["user"],
             clients=args.concurrency,
         )
-        phases = Phases(proxy, market, group)
+        phases = Phases(proxy, user, group)
         background = None
         if args.idle_s:
             before = proxy.snapshot()
@@ -620,17 +581,17 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes_per_s": round(idle / args.idle_s, 1),
                 "bytes_per_node_per_s": round(idle / args.idle_s / nodes, 1),
             }
-            log(f"idle: {idle} B in {args.idle_s} s from {nodes} nodes (heartbeats, keepalives)")
+            market.log(f"idle: {idle} B in {args.idle_s} s from {nodes} nodes (heartbeats, keepalives)")
         # Unmeasured: a first job of each path (connections, caches, the nodes' first work).
         for path in ("relay", "p2p"):
-            phases.measure([lambda path=path: market.run(path, SUBNET, "image", noise_inputs(16, seed=7 + len(path)), "warmup")], 1)
+            phases.measure([lambda path=path: user.run(path, SUBNET, "image", noise_inputs(16, seed=7 + len(path)), "warmup")], 1)
         sizes = sizes_phase(phases, args)
         counts = counts_phase(phases, args, sum(node_setup))
         embed = embedding_phase(phases, args) if embedding else None
     finally:
         group.stop()
         proxy.close()
-        redis_flush(redis_url)
+        market.redis_flush(redis_url)
     checks = final_checks(phases) if phases is not None else {"ok": False}
     plotted = plot(sizes, embed, args.plot) if args.plot is not None else None
     report = {
@@ -663,11 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         "embedding": embed,
         "plot": plotted,
         **({} if plotted or args.plot is None else {"plot_skipped": "matplotlib is not installed in this venv"}),
-        "checks": checks,
-        "seconds_total": round(time.perf_counter() - started, 1),
     }
-    print(json.dumps(report, indent=2))
-    return 0 if checks["ok"] else 1
+    return market.report_print(report, checks=checks, started=started)
 
 
 if __name__ == "__main__":

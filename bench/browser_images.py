@@ -63,7 +63,7 @@ def photo_crops(count: int, *, quick: bool, seed: int = 17) -> list[np.ndarray]:
 def job_inputs(images: list[np.ndarray]) -> list[dict[str, str]]:
     """Each image as an image job's inputs: base64 of a PNG (Pillow's encoder)."""
     from bim_core import protocol
-    from bim_core.families import png_encode
+    from bim_core.png import png_encode
 
     return [{"image": protocol.b64encode(png_encode(image))} for image in images]
 

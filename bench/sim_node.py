@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bim_core import families, protocol  # noqa: E402
+from bim_core import protocol  # noqa: E402
+from bim_core.png import png_decode  # noqa: E402
 from bim_node.artifacts import ArtifactError, fetch_model  # noqa: E402
 from bim_node.keys import KeyFileError, load_or_create_key  # noqa: E402
 from bim_node.registry_api import RegistryApi, RegistryError, websocket_url  # noqa: E402
@@ -70,7 +71,7 @@ class PrecomputedVectors:
 def upscale_2x(inputs: dict[str, str]) -> np.ndarray:
     """Nearest-neighbour 2x of the job's PNG: the image family's result shape and size at
     no model's cost."""
-    pixels = families.png_decode(protocol.b64decode(inputs["image"]))
+    pixels = png_decode(protocol.b64decode(inputs["image"]))
     return pixels.repeat(2, axis=0).repeat(2, axis=1)
 
 

@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import io
 import json
 import os
 import queue
 import re
-import shutil
 import signal
 import statistics
 import sys
@@ -47,32 +45,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-
-from bim_core.money import MICRO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bim_site.processes import ProcessGroup, child_env, free_port  # noqa: E402
+from bench.market import (  # noqa: E402
+    EMBEDDING_SUBNET,
+    bench_vectors,
+    extra_users,
+    job_texts,
+    jobs_and_ledger,
+    log,
+    redis_flush,
+    report_print,
+    services_reset,
+    sim_node_start,
+    wait_for_nodes,
+)
+from bim_site.processes import ProcessGroup, free_port  # noqa: E402
 
-SUBNET = "minilm-embed"
+SUBNET = EMBEDDING_SUBNET
 BASELINE_SUBNET = "bench-inprocess"  # a copy of SUBNET that only the in-process nodes serve
 STATE = ROOT / "var" / "bench" / "throughput"
 RUN_DIR = STATE / "run"  # BIM_VAR_DIR of this invocation: logs, keys, celerybeat schedule
 SQL_STATS_DIR = RUN_DIR / "sqlstats"  # statements counted by daphne and the worker (bim_site/sqlstats.py)
-CACHE_DIR = STATE / "cache"  # precomputed vectors, kept between invocations
 ARTIFACT_ROOT = STATE / "artifacts"  # model chunks (content-addressed, so kept too)
-TEXTS_FILE = ROOT / "scripts" / "demo_texts.txt"
 CHANNEL_PREFIX = "bimbench"
 POLL_S = 0.02
 HEARTBEAT_S = 10  # BIM_NODE_HEARTBEAT_S of the simulated nodes; the in-process ones refresh as often
-
-
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,46 +123,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- services and setup
 
 
-def with_path(url: str, path: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def database_recreate(bench_url: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    name = urlsplit(bench_url).path.lstrip("/")
-    conninfo = with_path(bench_url, "/postgres").replace("postgres://", "postgresql://", 1)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def redis_flush(redis_url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-
-
-def django_setup(database_url: str, *, run_dir: Path = RUN_DIR, artifact_root: Path = ARTIFACT_ROOT) -> None:
-    """This process talks to the bench database only. Without REDIS_URL its settings use
-    eager Celery and the in-memory channel layer, and the baseline patches both out."""
-    os.environ.pop("REDIS_URL", None)
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="bim_site.settings",
-        DATABASE_URL=database_url,
-        BIM_VAR_DIR=str(run_dir),
-        BIM_ARTIFACT_ROOT=str(artifact_root),
-    )
-    import django
-
-    django.setup()
-    from bim_site import sqlstats
-
-    sqlstats.install()  # this process's statements: the in-process baseline's and --backlog's
-
-
 def seed(contributors: list[str], credits: int) -> dict[str, Any]:
     from django.core.management import call_command
 
@@ -192,89 +154,9 @@ def _lift_rate_limit() -> None:
     subnet_policy_set(subnet=subnet, policy=policy)
 
 
-def extra_users(count: int, credits: int) -> list[str]:
-    """API tokens of `count` more paying users, funded like the seeded one."""
-    from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
-
-    from ledger.services import credits_top_up
-    from subnets.data_terms import data_terms_acknowledge
-    from subnets.models import Subnet
-
-    tokens = []
-    for index in range(count):
-        user = get_user_model().objects.create(username=f"bench-user-{index}")
-        credits_top_up(user=user, amount=credits * MICRO, idempotency_key=f"bench-seed:{user.pk}")
-        # Users of the market, like the seeded one: they acknowledged the subnets' data terms.
-        for subnet in Subnet.objects.all():
-            data_terms_acknowledge(user=user, subnet=subnet, version=subnet.data_terms_version, ip=None)
-        tokens.append(Token.objects.create(user=user).key)
-    return tokens
-
-
-def job_texts(count: int, per_job: int) -> list[list[str]]:
-    texts = [line for line in TEXTS_FILE.read_text().splitlines() if line.strip()]
-    return [[texts[(i * per_job + j) % len(texts)] for j in range(per_job)] for i in range(count)]
-
-
-def bench_vectors(texts: list[str]) -> Path:
-    """The subnet model's embeddings of `texts` and of the benchmark suite, computed once
-    and cached under var/bench/throughput/cache/. The model and tokenizer files must hash
-    to what the subnet pins, so the vectors are the ones an honest node would send."""
-    from registry.models import Honeypot
-    from subnets import defaults
-    from subnets.models import BenchmarkInput, BenchmarkReference, Subnet
-    from subnets.services import packaged_file
-
-    subnet = Subnet.objects.get(slug=SUBNET)
-    # Nodes must pass the subnet's benchmark (any suite of its pool) before they get jobs,
-    # and answer honeypots like any other job: their texts are precomputed too.
-    known = [r.inputs for r in BenchmarkReference.objects.filter(subnet=subnet)]
-    known += [i.inputs for i in BenchmarkInput.objects.filter(reference__subnet=subnet)]
-    known += [h.inputs for h in Honeypot.objects.filter(subnet=subnet)]
-    texts = sorted(set(texts) | {text for inputs in known for text in inputs.get("texts", [])})
-    key = hashlib.sha256(
-        json.dumps([subnet.model_checksum, subnet.tokenizer_checksum, subnet.preprocessing, texts]).encode()
-    ).hexdigest()[:16]
-    path = CACHE_DIR / f"vectors-{key}.npz"
-    if path.exists():
-        return path
-    from bim_core.runtimes.embedder import Embedder
-
-    model = packaged_file(defaults.EMBEDDINGS_MODEL.package, defaults.EMBEDDINGS_MODEL.path)
-    tokenizer = packaged_file(defaults.EMBEDDINGS_TOKENIZER.package, defaults.EMBEDDINGS_TOKENIZER.path)
-    for file, pinned in ((model, subnet.model_checksum), (tokenizer, subnet.tokenizer_checksum)):
-        if pinned and hashlib.sha256(file.read_bytes()).hexdigest() != pinned:
-            raise RuntimeError(f"{file} does not hash to the subnet's pinned {pinned}")
-    log(f"precomputing {len(texts)} embeddings with the subnet's model into {path}")
-    vectors = Embedder.from_preprocessing(model, tokenizer, subnet.preprocessing)(texts)
-    norms = np.linalg.norm(vectors, axis=1)
-    if not np.all(np.abs(norms - 1) < 1e-3):
-        raise RuntimeError(f"precomputed vectors are not unit-norm (norms {norms.min()}..{norms.max()})")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, texts=np.array(texts), vectors=vectors.astype(np.float32))
-    os.replace(tmp, path)
-    return path
-
-
 def load_vectors(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as data:
         return dict(zip(data["texts"].tolist(), data["vectors"].astype(np.float32)))
-
-
-def wait_for_nodes(count: int, group: ProcessGroup, timeout: float = 120.0, *, subnet: str = SUBNET) -> None:
-    """Until `count` simulated nodes are routable on `subnet`: ready (model checksum sent)
-    and scored by a passed benchmark."""
-    from registry.models import NodeSubnet
-
-    routable = NodeSubnet.objects.filter(subnet__slug=subnet, ready_at__isnull=False, score__gt=0)
-    deadline = time.monotonic() + timeout
-    while routable.count() < count:
-        group.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fewer than {count} simulated nodes routable after {timeout} s")
-        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------- CPU accounting
@@ -761,24 +643,14 @@ def median_of(rows: list[dict[str, Any]], *path: str) -> float | None:
 
 def final_checks(*, expected_runs: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Every job this invocation submitted settled, the ledger balances, and every run ran."""
-    from django.db.models import Count
-
-    from ledger.checks import ledger_violations
-    from registry.models import Job, JobState
-
-    states = dict(Job.objects.values_list("state").annotate(n=Count("pk")))
-    total = sum(states.values())
-    violations = ledger_violations()
+    books = jobs_and_ledger()
     complete = len(runs) == expected_runs and not any(
         "error" in r["end_to_end"] or "error" in r["submissions"] for r in runs
     )
     return {
-        "jobs_total": total,
-        "jobs_settled": states.get(JobState.SETTLED, 0),
-        "job_states": states,
-        "ledger_violations": violations[:20],
+        **books,
         "runs_complete": complete,
-        "ok": complete and not violations and states.get(JobState.SETTLED, 0) == total,
+        "ok": complete and not books["ledger_violations"] and books["jobs_settled"] == books["jobs_total"],
     }
 
 
@@ -855,16 +727,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the children are stopped in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()
-    base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bim")
-    database_url = with_path(base_db, f"/{args.database}")
-    redis_url = with_path(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9"), f"/{args.redis_db}")
-
-    shutil.rmtree(RUN_DIR, ignore_errors=True)
-    RUN_DIR.mkdir(parents=True)
-    log(f"database {args.database} recreated, Redis db {args.redis_db} flushed; state in {RUN_DIR}")
-    database_recreate(database_url)
-    redis_flush(redis_url)
-    django_setup(database_url)
+    services = services_reset(
+        database=args.database, redis_db=args.redis_db, run_dir=RUN_DIR, artifact_root=ARTIFACT_ROOT
+    )
+    redis_url = services.redis_url
 
     contributors = [f"sim-{chr(ord('a') + i)}" if i < 26 else f"sim-{i}" for i in range(args.nodes)]
     from subnets.defaults import embeddings_subnet_settings
@@ -885,46 +751,18 @@ def main(argv: list[str] | None = None) -> int:
     vectors = load_vectors(vectors_path)
     log(f"seeded in {time.perf_counter() - started:.1f} s; starting daphne, a worker and {args.nodes} simulated nodes")
 
-    env = child_env(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        BIM_CHANNEL_PREFIX=CHANNEL_PREFIX,
-        BIM_VAR_DIR=str(RUN_DIR),
-        BIM_ARTIFACT_ROOT=str(ARTIFACT_ROOT),
-        BIM_NODE_HEARTBEAT_S=str(HEARTBEAT_S),
-        BIM_SQL_STATS_DIR=str(SQL_STATS_DIR),
-        DJANGO_SETTINGS_MODULE="bim_site.settings",
+    group = services.process_group(
+        channel_prefix=CHANNEL_PREFIX, BIM_NODE_HEARTBEAT_S=str(HEARTBEAT_S), BIM_SQL_STATS_DIR=str(SQL_STATS_DIR)
     )
-    group = ProcessGroup(log_dir=RUN_DIR / "logs", env=env)
     runs: list[dict[str, Any]] = []
     warmup: dict[str, Any] = {}
     try:
         url = group.start_registry(free_port())
         group.start_worker(beat=not args.no_beat, concurrency=args.worker_concurrency)
         for index, name in enumerate(contributors):
-            group.start(
-                name,
-                [
-                    sys.executable,
-                    str(ROOT / "bench" / "sim_node.py"),
-                    "--registry",
-                    url,
-                    "--token",
-                    seeded["contributors"][name]["token"],
-                    "--subnet",
-                    SUBNET,
-                    "--name",
-                    name,
-                    "--key-file",
-                    str(RUN_DIR / "nodes" / f"{name}.key"),
-                    "--vectors",
-                    str(vectors_path),
-                    # One /24 each: the subnet's routing policy keeps a job's two nodes
-                    # apart by IP block, and all of 127/8 is this machine.
-                    "--source-ip",
-                    f"127.0.{index + 1}.1",
-                ],
-            )
+            token = seeded["contributors"][name]["token"]
+            extra = ["--vectors", str(vectors_path)]
+            sim_node_start(group, name, url=url, token=token, subnet=SUBNET, ip_block=index + 1, extra=extra)
         wait_for_nodes(args.nodes, group)
         pids = {name: child.pid for name, child in group.children}
         meter = CpuMeter(
@@ -1083,11 +921,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "warmup": warmup,
         "runs": runs,
-        "checks": checks,
-        "seconds_total": round(time.perf_counter() - started, 1),
     }
-    print(json.dumps(report, indent=2))
-    return 0 if checks["ok"] else 1
+    return report_print(report, checks=checks, started=started)
 
 
 if __name__ == "__main__":

@@ -726,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.client is not None:
         return client_main(args.client)
-    from bench.throughput import CpuMeter, database_recreate, redis_flush, service_pids, with_path
+    from bench.market import database_recreate, redis_flush, with_path
+    from bench.throughput import CpuMeter, service_pids
     from bim_site.processes import ProcessGroup, child_env, free_port
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -25,25 +25,13 @@ task type. A new family is one class here, one verifier there, and a runner in t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from . import protocol
-
-
-class InputInvalid(ValueError):
-    """The user's inputs do not fit the subnet; the message says why."""
-
-
-@dataclass(frozen=True)
-class SubnetLimits:
-    """What a subnet allows per job, whatever its family."""
-
-    max_items: int
-    max_chars: int
-    preprocessing: dict[str, Any]
+from .job_inputs import InputInvalid, SubnetLimits, storable_text
+from .png import png_decode, png_encode, png_size
 
 
 class TaskFamily:
@@ -133,19 +121,6 @@ class TaskFamily:
     def receipt_measured(self, worst: float | None, tolerances: dict[str, Any]) -> dict[str, Any]:
         """What a receipt says was measured against which tolerance."""
         return {"worst": worst, "tolerances": tolerances}
-
-
-def storable_text(text: str) -> bool:
-    """Whether a string can be stored and hashed as it is: UTF-8 encodable (no lone
-    surrogate, which JSON's \\uD800 escapes can carry) and free of NUL, which PostgreSQL's
-    text and jsonb columns refuse. Checked here so every database refuses the same inputs."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _names(keys: set[Any]) -> str:
@@ -325,50 +300,7 @@ class TextFamily(TaskFamily):
 
 
 IMAGE_ENCODING = "rgb8"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_MIN_SIDE = 4  # a 2x result of 8 px still has room for SSIM's window
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    """(height, width) from a PNG's header, without decoding it (so an oversized image is
-    refused before it costs memory). Only 8-bit truecolor (RGB, no alpha) is accepted:
-    every decoder, browser or Python, then sees the same samples."""
-    if len(png) < 33 or png[:8] != PNG_SIGNATURE or png[12:16] != b"IHDR":
-        raise InputInvalid("image must be a PNG file")
-    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    bit_depth, color_type = png[24], png[25]
-    if (bit_depth, color_type) != (8, 2):
-        raise InputInvalid("image must be an 8-bit RGB PNG (no alpha, palette, grey or 16-bit)")
-    return height, width
-
-
-def png_decode(png: bytes) -> np.ndarray:
-    """The PNG's pixels as uint8 (H, W, 3). Raw samples: gamma and colour profiles in the
-    file are ignored, as the contract's nodes ignore them."""
-    import io
-
-    from PIL import Image  # only image jobs pay for Pillow
-
-    height, width = png_size(png)
-    try:
-        with Image.open(io.BytesIO(png)) as image:
-            image.load()
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputInvalid(f"image does not decode: {exc}") from None
-    if pixels.shape != (height, width, 3):
-        raise InputInvalid(f"image decodes to {pixels.shape}, not its header's {(height, width, 3)}")
-    return pixels
-
-
-def png_encode(pixels: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="RGB").save(out, format="PNG")
-    return out.getvalue()
 
 
 def _image_pixels(result: Any) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bim_core import content_policy, families, protocol
+from bim_core.job_inputs import InputInvalid, SubnetLimits
 
 ComputeFn = Callable[..., Any]
 # Streamed text (`partial`) at most this often per job: a few tokens per message.
@@ -135,7 +136,7 @@ class ServedModel:
         try:
             self.family.validate_inputs(
                 inputs,
-                families.SubnetLimits(
+                SubnetLimits(
                     max_items=int(limits.get("max_items") or 2**31),
                     # A peer-to-peer contract names the subnet's limit (its input never
                     # reached the registry); a relay one was checked by the registry.
@@ -143,7 +144,7 @@ class ServedModel:
                     preprocessing=dict(contract.get("preprocessing") or {}),
                 ),
             )
-        except (families.InputInvalid, TypeError, ValueError) as exc:
+        except (InputInvalid, TypeError, ValueError) as exc:
             raise JobRefusedError(reason, str(exc)) from None
 
     @staticmethod

@@ -7,16 +7,18 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bim_core import families, protocol
+from bim_core import protocol
 from bim_core.http import HttpClient, HttpError
+from bim_core.job_inputs import InputInvalid
+from bim_core.png import png_encode, png_size
 
 from . import p2p
 from .receipts import delivered_result, verify_receipt
+from .results import EmbeddingResult, ImageResult, TextDelta, TextResult
 
 TERMINAL = {"settled", "failed", "expired"}
 # API keys from /developer/ start so and go as `Authorization: Bearer`; anything else is a
@@ -50,64 +52,6 @@ class DataTermsNotAcknowledged(BimError):
         self.terms_version: int | None = body.get("terms_version")
         self.terms_url: str = str(body.get("terms_url", ""))
         self.acknowledge_url: str = str(body.get("acknowledge_url", ""))
-
-
-@dataclass(frozen=True)
-class EmbeddingResult:
-    job: dict[str, Any]
-    vectors: np.ndarray
-    p2p: p2p.Outcome | None = None  # how a peer-to-peer job went (None: relay)
-
-    @property
-    def receipt(self) -> dict[str, Any]:
-        return self.job["receipt"]
-
-    @property
-    def trusted(self) -> bool:
-        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
-        return bool(self.job["receipt"].get("trusted", False))
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    job: dict[str, Any]
-    pixels: np.ndarray  # uint8 (2H, 2W, 3), the pixels the receipt's result_hash names
-    png: bytes  # the same pixels as the registry delivered them, a lossless PNG
-    p2p: p2p.Outcome | None = None
-
-    @property
-    def receipt(self) -> dict[str, Any]:
-        return self.job["receipt"]
-
-    @property
-    def trusted(self) -> bool:
-        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
-        return bool(self.job["receipt"].get("trusted", False))
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """Text a node streamed while generating: unverified, shown as it arrives."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class TextResult:
-    job: dict[str, Any]
-    text: str  # the verified text, the one the receipt's result_hash names
-    tokens: list[int]
-    finish: str  # "stop" (the model ended its answer) or "length" (max_tokens reached)
-    p2p: p2p.Outcome | None = None
-
-    @property
-    def receipt(self) -> dict[str, Any]:
-        return self.job["receipt"]
-
-    @property
-    def trusted(self) -> bool:
-        """Ran on a trusted subnet (registry-operated nodes), as the verified receipt says."""
-        return bool(self.job["receipt"].get("trusted", False))
 
 
 class Client:
@@ -435,7 +379,6 @@ class Client:
         result = verify_receipt(job, registry_key=self.registry_key(), inputs=inputs)
         yield TextResult(job=job, text=result["text"], tokens=list(result["tokens"]), finish=result["finish"])
 
-
     def _p2p_generate_events(
         self, job: dict[str, Any], inputs: dict[str, Any], **options: Any
     ) -> Iterator[TextDelta | TextResult]:
@@ -455,10 +398,10 @@ def _rgb_png(image: bytes) -> bytes:
     """An 8-bit RGB PNG goes as it is (its base64 is the input the receipt hashes); any other
     image is converted once, here, so the user can check the receipt against what was sent."""
     try:
-        families.png_size(image)
+        png_size(image)
         return image
-    except families.InputInvalid:
+    except InputInvalid:
         from PIL import Image
 
         with Image.open(io.BytesIO(image)) as opened:
-            return families.png_encode(np.asarray(opened.convert("RGB")))
+            return png_encode(np.asarray(opened.convert("RGB")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bim_core import content_policy, families, protocol
+from bim_core.job_inputs import InputInvalid
 
 
 class ReceiptInvalid(Exception):
@@ -72,7 +73,7 @@ def verify_receipt(
         return _verify_payload(job, body, family, inputs, payload)
     try:
         result = family.result_from_user(delivered)
-    except (families.InputInvalid, protocol.ProtocolError) as exc:  # e.g. a delivered image that does not decode
+    except (InputInvalid, protocol.ProtocolError) as exc:  # e.g. a delivered image that does not decode
         raise ReceiptInvalid(f"delivered result does not decode: {exc}") from None
     payload, _shape = family.encode_result(result)
     if protocol.sha256_hex(payload) != body["result_hash"] or delivered["result_hash"] != body["result_hash"]:
@@ -95,7 +96,7 @@ def _verify_payload(
     try:
         # Decoded as the registry decodes results: against the inputs, or the contract's summary.
         return family.decode_result(payload, tuple(signer["shape"]), inputs or job["contract"].get("input_summary") or {})
-    except (families.InputInvalid, protocol.ProtocolError, KeyError) as exc:
+    except (InputInvalid, protocol.ProtocolError, KeyError) as exc:
         raise ReceiptInvalid(f"the payload received does not decode: {exc}") from None
 
 

@@ -1,4 +1,4 @@
-"""BIM settings: one file, typed environment helpers that fail loudly.
+"""BIM settings, read from the environment by typed helpers that fail loudly (bim_site/env.py).
 
 Two modes, chosen by the environment alone:
 - embedded default (no DATABASE_URL / REDIS_URL): SQLite, the in-memory channel
@@ -17,50 +17,12 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from bim_core.net import parse_networks
+from bim_site.env import env_bool, env_int, env_rate, env_required, env_str
+
+# Peer-to-peer jobs, TURN and the user socket (docs/p2p.md) have their own module.
+from bim_site.settings_p2p import *  # noqa: F403
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
-
-
-def env_bool(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    if value.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if value.lower() in {"0", "false", "no", "off", ""}:
-        return False
-    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean")
-
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
-
-
-def env_rate(name: str, default: str) -> str:
-    """A DRF throttle rate: a count per s, m, h or d (`600/min`, `20/s`)."""
-    value = env_str(name, default)
-    count, _, period = value.partition("/")
-    if not count.isdigit() or not period or period[0] not in "smhd":
-        raise ImproperlyConfigured(f"{name}={value!r} is not a rate like 600/min")
-    return value
-
-
-def env_required(name: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise ImproperlyConfigured(f"{name} must be set when BIM_PRODUCTION=1 (docs/operations.md)")
-    return value
-
 
 # Production mode is explicit, not guessed from DATABASE_URL: the tests, the benchmarks and
 # the browser tests' registry run on PostgreSQL with throwaway settings, and a deployment
@@ -446,50 +408,18 @@ NODE_HEARTBEAT_COST = env_int("BIM_NODE_HEARTBEAT_COST", 25)
 # A node cut off for a flood or an oversized frame may not say hello again for this long.
 NODE_CUT_OFF_COOL_OFF_S = env_int("BIM_NODE_CUT_OFF_COOL_OFF_S", 30)
 # Heartbeats update presence in the cache; the node's row gets last_seen at most this often.
+NODE_LAST_SEEN_DB_INTERVAL_S = env_int("BIM_NODE_LAST_SEEN_DB_INTERVAL_S", 300)
 # Certified session keys are remembered this long (refusing reuse); older ones are pruned daily.
 SESSION_KEY_RETENTION_DAYS = env_int("BIM_SESSION_KEY_RETENTION_DAYS", 30)
-NODE_LAST_SEEN_DB_INTERVAL_S = env_int("BIM_NODE_LAST_SEEN_DB_INTERVAL_S", 300)
 # A benchmark's reported run times may not add up to less than the registry observed
 # (issue to answer, its own clock) minus this allowance for transport; less is clamped up.
 NODE_BENCHMARK_TRANSPORT_MS = env_int("BIM_NODE_BENCHMARK_TRANSPORT_MS", 50)
 # Weight of the latest job in a node's observed speed (exponentially weighted average).
 NODE_SPEED_EWMA_ALPHA = 0.2
 
-# Peer-to-peer jobs (docs/p2p.md). ICE servers handed to users and nodes: STUN URLs and TURN
-# URLs (comma-separated, e.g. "turn:turn.example.org:3478?transport=udp"); TURN credentials
-# follow the TURN REST convention from the secret coturn shares (--static-auth-secret),
-# valid this many seconds.
-P2P_STUN_URLS = [u for u in env_str("BIM_STUN_URLS").split(",") if u.strip()]
-P2P_TURN_URLS = [u for u in env_str("BIM_TURN_URLS").split(",") if u.strip()]
-P2P_TURN_SECRET = env_str("BIM_TURN_SECRET")
-P2P_TURN_TTL_S = env_int("BIM_TURN_TTL_S", 3600)
-# "relay": peers use TURN only (WebRTC's iceTransportPolicy), so neither learns the other's
-# address; "all" (the default) lets them connect directly when they can.
-P2P_ICE_TRANSPORT_POLICY = env_str("BIM_ICE_TRANSPORT_POLICY", "all")
-if P2P_ICE_TRANSPORT_POLICY not in ("all", "relay"):
-    raise ImproperlyConfigured(f"BIM_ICE_TRANSPORT_POLICY={P2P_ICE_TRANSPORT_POLICY!r} is not all or relay")
-# A pair that committed the same hash settles once the user confirms receiving it; past this
-# many seconds without that, the registry fetches the payload itself and delivers it.
-P2P_DELIVERY_S = env_int("BIM_P2P_DELIVERY_S", 30)
-# A node asked for a committed payload has this long to upload it, or is struck.
-P2P_UPLOAD_S = env_int("BIM_P2P_UPLOAD_S", 30)
-# Basis points of peer-to-peer jobs whose payload and input are uploaded for audit (sentinels).
-P2P_AUDIT_BP = env_int("BIM_P2P_AUDIT_BP", 100)
-# The TURN server's own figures (registry.turn_usage): coturn publishes each ended
-# allocation's bytes on this Redis (`--redis-statsdb`), `manage.py turn_usage` records them,
-# and with BIM_TURN_STATS on a job whose peers report relayed bytes waits this long at
-# verification for them, so settlement charges the smaller of the two figures.
-P2P_TURN_STATS = env_bool("BIM_TURN_STATS", False)
-P2P_TURN_STATS_REDIS_URL = env_str("BIM_TURN_STATS_REDIS_URL", REDIS_URL or "")
-P2P_TURN_REALM = env_str("BIM_TURN_REALM", "*")
-P2P_TURN_REPORT_S = env_int("BIM_TURN_REPORT_S", 10)
 # Keys a websocket's ?token= may carry besides DRF tokens: a function each, key -> user or None
 # (the developer app's API keys, what SDK users hold).
 SOCKET_KEY_RESOLVERS = ["developer.keys.api_key_user"]
-# The user socket (/ws/user/): signalling only, so small frames at a modest rate.
-USER_SOCKET_MAX_MESSAGE_BYTES = env_int("BIM_USER_SOCKET_MAX_MESSAGE_BYTES", 80 * 1024)
-USER_SOCKET_RATE_PER_S = float(env_int("BIM_USER_SOCKET_RATE_PER_S", 20))
-USER_SOCKET_RATE_BURST = float(env_int("BIM_USER_SOCKET_RATE_BURST", 100))
 
 LOGGING = {
     "version": 1,

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from bim_core import content_policy, families, ice, protocol
 from bim_core.errors import ServiceError
+from bim_core.job_inputs import InputInvalid
 
 from . import effects, p2p_uploads, policy_enforcement
 from .jobs import PAIR_ROLES, job_locked
@@ -238,7 +239,7 @@ def inputs_fallback(*, user: Any, job_id: Any, inputs: Any, reason: str) -> Job:
             raise ServiceError("invalid_input", "inputs must be an object")
         try:
             inputs = family.validate_inputs(inputs, job.subnet.limits())
-        except families.InputInvalid as exc:
+        except InputInvalid as exc:
             raise ServiceError("invalid_input", str(exc)) from None
         if protocol.input_hash(inputs) != job.contract["input_hash"]:
             raise ServiceError("input_hash_mismatch", "these inputs do not hash to the job's input_hash", status=409)
@@ -302,7 +303,7 @@ def input_refusal_upheld(job_id: Any) -> bool:
     try:
         inputs = family.validate_inputs(job.inputs, job.subnet.limits())
         fits = family.input_summary(inputs) == job.contract["input_summary"]
-    except families.InputInvalid:
+    except InputInvalid:
         fits = False
     if fits:
         return False

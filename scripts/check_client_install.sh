@@ -20,7 +20,7 @@ mkdir "$WORK/src"
 cd "$WORK"
 
 # A module list the extra must import (every module it ships that its users run).
-SDK_MODULES="bim_sdk bim_sdk.client bim_sdk.config bim_sdk.receipts bim_sdk.cli bim_sdk.p2p bim_core.protocol bim_core.families bim_core.http bim_core.ice bim_core.peer"
+SDK_MODULES="bim_sdk bim_sdk.client bim_sdk.results bim_sdk.config bim_sdk.receipts bim_sdk.cli bim_sdk.cli_commands bim_sdk.cli_errors bim_sdk.p2p bim_core.protocol bim_core.families bim_core.job_inputs bim_core.png bim_core.http bim_core.ice bim_core.peer"
 NODE_MODULES="bim_node bim_node.__main__ bim_node.artifacts bim_node.handshake bim_node.jobs bim_node.keys \
 bim_node.registry_api bim_node.session bim_core.runtimes.runners bim_core.runtimes.embedder \
 bim_core.runtimes.upscaler bim_core.runtimes.generator bim_core.contracts bim_core.ice bim_core.peer bim_node.p2p"

@@ -146,7 +146,7 @@ def run_image_jobs(client: Client, seed: dict, group: ProcessGroup, names: dict[
     node on one core), each settled by two nodes whose images agree to SSIM >= tau."""
     from skimage import data
 
-    from bim_core.families import png_encode
+    from bim_core.png import png_encode
     from bim_core.protocol import b64encode
 
     photos = ["astronaut", "chelsea", "coffee", "rocket"]

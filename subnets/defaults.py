@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from bim_core.families import png_encode
+from bim_core.png import png_encode
 from bim_core.protocol import b64encode
 
 from .services import ModelSource

@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import Q
 
 from bim_core.content_policy import PolicyInvalid, validate_policy
-from bim_core.families import SubnetLimits
+from bim_core.job_inputs import SubnetLimits
 
 
 class License(models.Model):

@@ -22,7 +22,8 @@ from rest_framework.authtoken.models import Token
 import bim_core.http
 from bim_core import protocol
 from bim_core.money import MICRO
-from bim_sdk.cli import EXIT_AUTH, EXIT_RECEIPT_INVALID, EXIT_REFUSED, EXIT_UNREACHABLE, main
+from bim_sdk.cli import main
+from bim_sdk.cli_errors import EXIT_AUTH, EXIT_RECEIPT_INVALID, EXIT_REFUSED, EXIT_UNREACHABLE
 from registry.models import Job, NodeSubnet
 from registry.submit import job_submit
 from tests.factories import SubnetFactory, online_node, settle, unit_vectors, user_with_credits

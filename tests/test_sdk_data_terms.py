@@ -14,7 +14,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from bim_sdk import BimError, Client, DataTermsNotAcknowledged
-from bim_sdk.cli import EXIT_REFUSED, EXIT_UNREACHABLE
+from bim_sdk.cli_errors import EXIT_REFUSED, EXIT_UNREACHABLE
 from registry.models import Job
 from subnets import data_terms
 from subnets.lifecycle import subnet_data_terms_set

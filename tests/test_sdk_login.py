@@ -18,7 +18,7 @@ from rest_framework.authtoken.models import Token
 
 import bim_core.http
 from bim_core.money import MICRO
-from bim_sdk.cli import EXIT_AUTH, EXIT_UNREACHABLE
+from bim_sdk.cli_errors import EXIT_AUTH, EXIT_UNREACHABLE
 from bim_sdk.config import Credentials, config_path, config_save, credentials_resolve
 from developer.keys import api_key_create, api_key_revoke
 from tests.factories import user_with_credits

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bim_core.families import png_decode
+from bim_core.png import png_decode
 from bim_core.protocol import b64decode
 
 Runner = Callable[[dict[str, Any]], Any]

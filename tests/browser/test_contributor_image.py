@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bim_core import protocol
-from bim_core.families import png_encode
+from bim_core.png import png_encode
 from bim_core.runtimes.upscaler import Upscaler
 from bim_core.verification import verify_image_pair
 from bim_sdk import Client, verify_receipt

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bim_core import protocol
-from bim_core.families import png_encode
+from bim_core.png import png_encode
 from bim_core.runtimes.upscaler import Upscaler
 from bim_core.verification import verify_image_pair
 from subnets import defaults

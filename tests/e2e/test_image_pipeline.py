@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bim_core.families import png_encode
+from bim_core.png import png_encode
 from bim_core.runtimes.upscaler import Upscaler
 from bim_core.verification import verify_image_pair
 from bim_sdk import Client

@@ -1,5 +1,5 @@
 """Ground truth for the browser's image family: what Pillow decodes from PNG files (the
-registry's and the Python node's `bim_core.families.png_decode`), how
+registry's and the Python node's `bim_core.png.png_decode`), how
 `bim_core.runtimes.upscaler.Upscaler` tiles, pads and quantizes around a model call, and an
 image job's contract and result as bim_core builds them. Written to
 tests/js/fixtures/images.json for tests/js/png.test.mjs, upscale.test.mjs and
@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from bim_core import families, protocol
+from bim_core.job_inputs import InputInvalid
+from bim_core.png import PNG_SIGNATURE, png_decode, png_encode
 from bim_core.runtimes.upscaler import VARIANTS, Upscaler, _spans
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "images.json"
@@ -92,7 +94,7 @@ def png_by_hand(
     step = -(-len(data) // idat_parts)
     idats = [_chunk(b"IDAT", data[i : i + step]) for i in range(0, len(data), step)]
     header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1 if interlace else 0))
-    return families.PNG_SIGNATURE + header + b"".join(extra_chunks) + b"".join(idats) + _chunk(b"IEND", b"")
+    return PNG_SIGNATURE + header + b"".join(extra_chunks) + b"".join(idats) + _chunk(b"IEND", b"")
 
 
 def _pixels(seed: int, height: int, width: int) -> np.ndarray:
@@ -105,7 +107,7 @@ def _png_cases() -> dict[str, Any]:
     gamma = _chunk(b"gAMA", struct.pack(">I", 100000))  # gamma 1.0 in the file: ignored by both
     text = _chunk(b"tEXt", b"Comment\x00a browser decodes raw samples")
     good = [
-        ("pillow 64x48", families.png_encode(_pixels(1, 48, 64))),
+        ("pillow 64x48", png_encode(_pixels(1, 48, 64))),
         ("every filter 13x9", png_by_hand(_pixels(2, 9, 13))),
         ("every filter, starting at paeth, 7x5", png_by_hand(_pixels(3, 5, 7), first_filter=4)),
         ("adam7 13x11", png_by_hand(_pixels(4, 11, 13), interlace=True)),
@@ -116,13 +118,13 @@ def _png_cases() -> dict[str, Any]:
     ]
     cases = []
     for name, png in good:
-        pixels = families.png_decode(png)
+        pixels = png_decode(png)
         cases.append({"name": name, "png": protocol.b64encode(png), "height": pixels.shape[0], "width": pixels.shape[1], "pixels_hex": pixels.tobytes().hex()})
 
     base = _pixels(9, 6, 8)
     whole = png_by_hand(base)
-    rgba = families.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 6, 8, 6, 0, 0, 0)) + whole[33:]
-    bad_crc = families.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 6, 8, 2, 0, 0, 0), crc=1) + whole[33:]
+    rgba = PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 6, 8, 6, 0, 0, 0)) + whole[33:]
+    bad_crc = PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 6, 8, 2, 0, 0, 0), crc=1) + whole[33:]
     idat_at = whole.index(b"IDAT") - 4
     idat_length = struct.unpack(">I", whole[idat_at : idat_at + 4])[0]
     truncated_stream = zlib.compress(_filtered(base.reshape(6, 24), 0))[:-20]
@@ -142,8 +144,8 @@ def _png_cases() -> dict[str, Any]:
     refusals = []
     for name, png in refused:
         try:
-            families.png_decode(png)
-        except families.InputInvalid:
+            png_decode(png)
+        except InputInvalid:
             refusals.append({"name": name, "png": protocol.b64encode(png)})
         else:  # pragma: no cover - the fixture would be wrong
             raise AssertionError(f"Pillow decodes {name!r}: not a refusal case")
@@ -235,7 +237,7 @@ def _quantize_cases() -> dict[str, Any]:
 
 def _job_case() -> dict[str, Any]:
     pixels = _pixels(11, 6, 9)
-    inputs = {"image": protocol.b64encode(families.png_encode(pixels))}
+    inputs = {"image": protocol.b64encode(png_encode(pixels))}
     contract = {
         "job_id": "3f2e1d0c-b9a8-4765-8432-10fedcba9876",
         "subnet": "waifu2x-upconv7-2x",
@@ -261,7 +263,7 @@ def _job_case() -> dict[str, Any]:
     }
     session = protocol.private_key_from_b64(protocol.b64encode(SESSION_SEED))
     signed = protocol.result_message(**{**fields, "shape": shape})
-    rgba = families.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 9, 6, 8, 6, 0, 0, 0)) + families.png_encode(pixels)[33:]
+    rgba = PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 9, 6, 8, 6, 0, 0, 0)) + png_encode(pixels)[33:]
     return {
         "inputs": inputs,
         "summary": family.input_summary(inputs),
@@ -271,9 +273,9 @@ def _job_case() -> dict[str, Any]:
         "fields": fields,
         "data": protocol.b64encode(payload),
         "signature": protocol.sign(session, signed),
-        "too_big": {"image": protocol.b64encode(families.png_encode(_pixels(12, 4, 193)))},
-        "too_small": {"image": protocol.b64encode(families.png_encode(_pixels(13, 3, 8)))},
-        "wide": {"image": protocol.b64encode(families.png_encode(_pixels(14, 4, 300)))},
+        "too_big": {"image": protocol.b64encode(png_encode(_pixels(12, 4, 193)))},
+        "too_small": {"image": protocol.b64encode(png_encode(_pixels(13, 3, 8)))},
+        "wide": {"image": protocol.b64encode(png_encode(_pixels(14, 4, 300)))},
         "rgba": {"image": protocol.b64encode(rgba)},
     }
 

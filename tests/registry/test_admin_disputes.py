@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from bim_core import protocol
-from bim_core.families import png_encode
+from bim_core.png import png_encode
 from bim_core.verification import verify_embedding_pair
 from registry import dispatch, submit
 from registry.models import Assignment, Dispute, SentinelRun

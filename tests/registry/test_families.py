@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bim_core import families, protocol
-from bim_core.families import InputInvalid, SubnetLimits
+from bim_core.job_inputs import InputInvalid, SubnetLimits
 
 LIMITS = SubnetLimits(max_items=3, max_chars=10, preprocessing={})
 EMBEDDING = families.family_for("embedding")

@@ -16,7 +16,8 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from bim_core import families, protocol
-from bim_core.families import InputInvalid, SubnetLimits, png_decode, png_encode
+from bim_core.job_inputs import InputInvalid, SubnetLimits
+from bim_core.png import png_decode, png_encode
 from bim_core.runtimes.upscaler import Upscaler
 from bim_sdk import ReceiptInvalid, verify_receipt
 from bim_sdk.client import _rgb_png

@@ -8,6 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from bim_core import families, protocol
+from bim_core.png import png_encode
 from ledger.models import Transfer
 from registry.models import Job
 from registry.terms import JobTerms
@@ -102,7 +103,7 @@ def test_every_family_summarises_its_inputs_and_reads_the_summary_as_it_reads_in
     embedding = families.family_for("embedding")
     assert embedding.item_count({"items": 3}) == embedding.item_count({"texts": ["a", "b", "c"]}) == 3
     image = families.family_for("image")
-    png = families.png_encode(__import__("numpy").zeros((5, 6, 3), dtype="uint8"))
+    png = png_encode(__import__("numpy").zeros((5, 6, 3), dtype="uint8"))
     assert image.input_summary({"image": protocol.b64encode(png)}) == {"height": 5, "width": 6}
     assert image.committed_size((10, 12, 3), {"height": 5, "width": 6}) == 360
     with pytest.raises(protocol.ProtocolError):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from bim_core import families, protocol
+from bim_core.job_inputs import InputInvalid, SubnetLimits
 
 TEXT = families.family_for("text")
-LIMITS = families.SubnetLimits(max_items=1, max_chars=100, preprocessing={"max_new_tokens": 64})
+LIMITS = SubnetLimits(max_items=1, max_chars=100, preprocessing={"max_new_tokens": 64})
 INPUTS = {"prompt": "Say hello.", "max_tokens": 8}
 
 
@@ -23,7 +24,7 @@ def test_inputs_are_a_prompt_and_max_tokens_within_the_subnets_limits():
         ({"prompt": "é" * 51, "max_tokens": 8}, "100 bytes"),  # 51 characters, 102 bytes
         ({"prompt": "hi", "max_tokens": 8, "temperature": 1}, "only prompt and max_tokens"),
     ]:
-        with pytest.raises(families.InputInvalid, match=message):
+        with pytest.raises(InputInvalid, match=message):
             TEXT.validate_inputs(raw, LIMITS)
 
 

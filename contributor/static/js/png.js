@@ -1,4 +1,4 @@
-// PNG decoding for image jobs, as bim_core/families.py's png_size and png_decode read a
+// PNG decoding for image jobs, as bim_core/png.py's png_size and png_decode read a
 // file: only 8-bit truecolour (RGB, no alpha), raw samples (gamma, colour profiles and a
 // tRNS colour ignored), so that every node, browser or Python (Pillow), sees the same
 // pixels. The browser's own decoders (<img>, createImageBitmap, a canvas) are not used:
@@ -26,7 +26,7 @@ const u32 = (bytes, at) => ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[a
 const chunkType = (bytes, at) => String.fromCharCode(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]);
 
 /** {height, width} from the header alone, refusing anything but 8-bit RGB: the checks of
- * families.png_size, in its order and with its messages. */
+ * bim_core.png.png_size, in its order and with its messages. */
 export function pngSize(bytes) {
   if (bytes.length < 33 || !PNG_SIGNATURE.every((b, i) => bytes[i] === b) || chunkType(bytes, 12) !== "IHDR") {
     throw new PngError("image must be a PNG file");

@@ -21,7 +21,7 @@ const DEFAULT_MAX_SIDE = 256; // families.ImageFamily: the subnet's max_side, or
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const isTextList = (texts) => Array.isArray(texts) && texts.length > 0 && texts.every((t) => typeof t === "string");
 // A NUL cannot be stored (PostgreSQL refuses it), so the registry refuses it in every input:
-// bim_core.families.storable_text. A lone surrogate has no UTF-8: canonicalJson throws.
+// bim_core.job_inputs.storable_text. A lone surrogate has no UTF-8: canonicalJson throws.
 const NUL = String.fromCharCode(0);
 const isCount = (n) => Number.isInteger(n) && n >= 1;
 
