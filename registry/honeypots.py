@@ -151,6 +151,7 @@ def honeypot_judge(job: Job, results: list[Assignment], *, rescored: dict[str, d
     # one payload (uploaded as for an audit), which is both nodes' result.
     payloads = {a.result_hash: selectors.assignment_result(a) for a in results if a.result is not None}
     outcome = {}
+    verdicts = {}
     for assignment in results:
         verdict = verify_pair(job.subnet.task_type, payloads[assignment.result_hash], expected, job.contract["tolerances"])
         outcome[assignment.role] = verdict.as_dict()
@@ -160,6 +161,11 @@ def honeypot_judge(job: Job, results: list[Assignment], *, rescored: dict[str, d
             if evidence["accepted"]:
                 verdict = Verdict(True, verdict.metric, verdict.worst, "differs, but re-scoring accepted every token")
                 outcome[assignment.role].update(verdict.as_dict())
+        verdicts[assignment.pk] = verdict
+    # Node rows are locked in the order of their keys, as every other writer does
+    # (reputation_record): two honeypots sharing two nodes in opposite roles deadlocked.
+    for assignment in sorted(results, key=lambda a: str(a.node_id)):
+        verdict = verdicts[assignment.pk]
         if verdict.passed:
             Assignment.objects.filter(pk=assignment.pk).update(state=AssignmentState.AGREED)
             reputation.reputation_record(node_ids=[assignment.node_id], outcome=1.0, subnet=job.subnet)

@@ -123,3 +123,33 @@ def test_the_beat_issues_honeypots_at_the_subnet_rate(subnet):
         submit.job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": [f"text {i}"]}, idempotency_key=f"k{i}")
     assert honeypots.honeypots_issue_due() == 4  # rate 100 % in this subnet
     assert Job.objects.filter(honeypot__isnull=False).count() == 4
+
+
+@pytest.mark.parametrize("failing_role", [None, "A", "B"])
+def test_judging_a_honeypot_locks_its_nodes_in_key_order(subnet, failing_role):
+    """Every writer locks node rows in the order of their keys (reputation_record); two
+    honeypots judged at once whose nodes sat in opposite roles deadlocked when the judge
+    took them role by role. Whatever the roles and verdicts, the locks come sorted."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    pool = {k.node.pk: k for k in (online_node(subnet) for _ in range(2))}
+    expected = unit_vectors(3, seed=11)
+    for _ in range(3):  # the roles fall by rendezvous: some run has A on the larger key
+        job = honeypots.honeypot_issue(subnet=subnet)
+        dispatch.job_dispatch(job_id=job.id)
+        with CaptureQueriesContext(connection) as queries:  # the last result verifies in place
+            for assignment in job.assignments.all():
+                vectors = unit_vectors(3, seed=99) if assignment.role == failing_role else expected
+                keys = pool[assignment.node_id]
+                result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
+            verify.job_verify(job_id=job.id)
+        assert Job.objects.get(pk=job.pk).verification["path"] == "honeypot"
+        locked = [
+            node_id
+            for q in queries.captured_queries
+            if q["sql"].startswith('SELECT "registry_node"') and "FOR UPDATE" in q["sql"]
+            for node_id in (str(pk) for pk in pool)
+            if node_id.replace("-", "") in q["sql"].replace("-", "")
+        ]
+        assert len(locked) >= 2 and locked == sorted(locked), locked
