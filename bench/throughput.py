@@ -101,6 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--submit-concurrency", type=int, default=16, help="threads sending them (16)")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="end to end: offer jobs at this many per second, paced (0: as fast as the submitters go); "
+        "the settle latency at a rate the registry sustains is its own delay, not a backlog's wait",
+    )
+    parser.add_argument(
         "--backlog",
         action="store_true",
         help="measure only the dispatcher's cost per job against the backlog (bench/dispatch_backlog.py)",
@@ -115,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.backlog_sizes, args.backlog_repeats = "10,300", 5
     if args.nodes < 2:
         parser.error("--nodes must be at least 2: a job needs two nodes of different owners")
+    if args.rate < 0:
+        parser.error("--rate must be >= 0")
     if min(args.runs, args.jobs, args.texts_per_job, args.submitters, args.users, args.worker_concurrency) < 1:
         parser.error("--runs, --jobs, --texts-per-job, --submitters, --users and --worker-concurrency must be >= 1")
     return args
@@ -427,9 +436,12 @@ def run_end_to_end(
     meter: CpuMeter,
     nodes: int,
     redis_url: str,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
     """Submit every batch from `submitters` threads and wait until every job is settled,
-    failed or expired; a run that cannot finish says why in "error" instead of raising."""
+    failed or expired; a run that cannot finish says why in "error" instead of raising.
+    With `rate`, job i is sent no earlier than i / rate seconds after the start (an open
+    loop: a late submitter sends at once)."""
     from django.db.models import Count, Q
 
     from bim_sdk import Client
@@ -447,7 +459,8 @@ def run_end_to_end(
         work.put(index)
     submit_s: list[float] = []
     errors: list[str] = []
-    start = threading.Barrier(submitters + 1)
+    started: list[float] = []
+    start = threading.Barrier(submitters + 1, action=lambda: started.append(time.perf_counter()))
 
     def submitter(token: str) -> None:
         client = Client(url, token, timeout=60)
@@ -457,6 +470,8 @@ def run_end_to_end(
                 index = work.get_nowait()
             except queue.Empty:
                 return
+            if rate:
+                time.sleep(max(0.0, started[0] + index / rate - time.perf_counter()))
             began = time.perf_counter()
             try:
                 client.submit_embeddings(SUBNET, batches[index], idempotency_key=f"{prefix}{index}")
@@ -513,6 +528,7 @@ def run_end_to_end(
         "states": job_states(prefix),
         "seconds": round(elapsed, 3),
         "jobs_per_s": round(counts["settled"] / elapsed, 2),
+        "offered_jobs_per_s": rate or None,
         "latency_ms_p50": percentile_ms(latencies, 50),
         "latency_ms_p95": percentile_ms(latencies, 95),
         "submit_http_ms_p50": percentile_ms(submit_s, 50),
@@ -804,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
                 meter=meter,
                 nodes=args.nodes,
                 redis_url=redis_url,
+                rate=args.rate,
             )
             ratio = round(end_to_end["jobs_per_s"] / in_process["jobs_per_s"], 3)
             submissions = (
@@ -862,6 +879,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "submit_jobs": args.submit_jobs,
             "submit_concurrency": args.submit_concurrency,
+            "rate": args.rate or None,
             "load_average": os.getloadavg(),
         },
         "median": {

@@ -6,7 +6,7 @@ from billing import api as billing_api
 from bim_site.metrics import metrics
 from developer import openai_api
 from registry import api as registry_api
-from registry import p2p_api
+from registry import api_market, p2p_api
 from subnets import api as subnets_api
 from subnets import views as subnets_views
 
@@ -17,11 +17,11 @@ api_v1 = [
     path("jobs/<uuid:job_id>/cancel/", registry_api.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/delivered/", p2p_api.JobDeliveredApi.as_view(), name="job-delivered"),
     path("jobs/<uuid:job_id>/inputs/", p2p_api.JobInputsApi.as_view(), name="job-inputs"),
-    path("balance/", registry_api.BalanceApi.as_view(), name="balance"),
-    path("withdrawals/", registry_api.WithdrawalListCreateApi.as_view(), name="withdrawals"),
-    path("nodes/", registry_api.NodeRegisterApi.as_view(), name="nodes"),
-    path("registry/", registry_api.RegistryInfoApi.as_view(), name="registry-info"),
-    path("subnets/", registry_api.SubnetListApi.as_view(), name="subnets"),
+    path("balance/", api_market.BalanceApi.as_view(), name="balance"),
+    path("withdrawals/", api_market.WithdrawalListCreateApi.as_view(), name="withdrawals"),
+    path("nodes/", api_market.NodeRegisterApi.as_view(), name="nodes"),
+    path("registry/", api_market.RegistryInfoApi.as_view(), name="registry-info"),
+    path("subnets/", api_market.SubnetListApi.as_view(), name="subnets"),
     path("subnets/<slug:slug>/accept-license/", subnets_api.EulaAcceptApi.as_view(), name="accept-license"),
     path("subnets/<slug:slug>/data-terms/", subnets_api.DataTermsApi.as_view(), name="subnet-data-terms"),
     path("payments/checkout/", billing_api.CheckoutApi.as_view(), name="payments-checkout"),

@@ -13,8 +13,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 
 def test_throughput_quick_runs_clean():
-    report = bench_quick("throughput.py", database_suffix="_throughput", timeout=400)
+    # Paced (--rate): 30 jobs offered at 20 a second cannot settle faster than that.
+    report = bench_quick("throughput.py", "--rate", "20", database_suffix="_throughput", timeout=400)
     assert report["checks"]["ok"], report["checks"]
+    assert report["config"]["rate"] == 20.0 and report["median"]["end_to_end_jobs_per_s"] <= 20 * 1.05
     assert report["checks"]["jobs_settled"] == report["checks"]["jobs_total"] > 0
     median = report["median"]
     assert median["end_to_end_jobs_per_s"] > 0 and median["in_process_jobs_per_s"] > 0
