@@ -58,14 +58,18 @@ def subnet_opt_out(*, user: AbstractBaseUser, subnet_slug: str) -> int:
 
 def browser_env(env: dict[str, Any]) -> dict[str, Any]:
     """The environment fingerprint a browser node registers and sends in every hello,
-    normalized: an unknown backend or OS is recorded as such, never as free text."""
+    normalized: an unknown backend or OS is recorded as such, never as free text. `webrtc`
+    (a boolean, as a bim-node sends it) is kept: dispatch gives a peer-to-peer job to a node
+    without WebRTC only when too few others can take it (docs/p2p.md §5)."""
     backend = str(env.get("backend", ""))
     os_name = str(env.get("os", "unknown")).lower()
     try:
         cpu_count = max(1, min(1024, int(env.get("cpu_count", 1))))
     except (TypeError, ValueError):
         cpu_count = 1
+    webrtc = env.get("webrtc")
     return {
+        **({"webrtc": webrtc} if isinstance(webrtc, bool) else {}),
         "os": os_name if os_name in BROWSER_OS else "unknown",
         "runtime": str(env.get("runtime", ""))[:50],
         "backend": backend if backend in BROWSER_BACKENDS else "unknown",

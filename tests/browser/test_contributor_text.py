@@ -8,7 +8,12 @@ registry's benchmark and computes text jobs paired with a headless Python node o
 owner (llama-cpp-python) on another loopback /24. Each job settles with a verified receipt
 naming the browser: 2-of-2 where the two runtimes generated the same tokens, by the
 registry's re-scoring where they did not. The browser streamed its tokens as `partial`
-messages while it generated, as the Python node does."""
+messages while it generated, as the Python node does.
+
+Peer to peer (docs/p2p.md), the same pair takes a text job the SDK's exchange submits by input
+hash and summary: the prompt reaches each node over its data channel, the browser streams its
+tokens to the user as `partial` frames and then the `result` frame, and the registry gets only
+the signed commits (and, the subnet's policy having output rules, node A's text)."""
 
 from __future__ import annotations
 
@@ -17,11 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from bim_core import protocol
+from bim_core.peer import allow_loopback
 from bim_core.runtimes.generator import Generator
-from bim_sdk import Client, verify_receipt
+from bim_sdk import Client, TextDelta, TextResult, verify_receipt
 from ledger.checks import ledger_violations
 from registry import selectors
-from registry.models import Assignment, AssignmentState, Benchmark, BenchmarkState, Node
+from registry.models import Assignment, AssignmentState, Benchmark, BenchmarkState, Job, Node
 from subnets import defaults
 from subnets.services import packaged_file
 from tests.browser.conftest import sign_up, wait_for
@@ -47,6 +54,22 @@ WebSocket.prototype.send = function (data) {
     if (m.type === "result") window.__bimSent.push({type: m.type, job_id: m.job_id, shape: m.shape});
   } catch (err) { /* not JSON: not ours to record */ }
   return send.call(this, data);
+};
+"""
+
+
+# The page's data channel frames (headers only): what it streamed to the user, in order.
+RECORD_CHANNEL = """
+window.__bimChannel = [];
+const channelSend = RTCDataChannel.prototype.send;
+RTCDataChannel.prototype.send = function (data) {
+  if (typeof data === "string") {
+    try {
+      const h = JSON.parse(data);
+      window.__bimChannel.push({kind: h.kind, text: h.text, tokens: h.tokens, job_id: h.job_id, result_hash: h.result_hash});
+    } catch (err) { /* not a header */ }
+  }
+  return channelSend.call(this, data);
 };
 """
 
@@ -124,3 +147,99 @@ def test_a_browser_generates_text_jobs_with_llama_cpp_in_webassembly_and_is_paid
         assert [m["shape"] for m in sent if m["type"] == "result" and m["job_id"] == final["id"]] == [[len(generated["tokens"])]]
     assert ledger_violations() == []
     print(json.dumps({"browser_node": state["nodeId"], "paths": paths, "model_bytes": state["model"]["bytes"]}))
+
+
+def _text_contributor(page, url: str) -> dict:
+    """Sign up, opt into the text subnet, load and benchmark the GGUF: the page's state."""
+    sign_up(page, url, "erin", PASSWORD)
+    wait_for(page, "window.bim && window.bim.phase === 'no subnet'")
+    page.click(f"[data-testid=opt-in-{SLUG}]")
+    page.check("#id_accept")
+    page.click("[data-testid=accept-license]")
+    page.wait_for_url(f"{url}/contribute/")
+    wait_for(page, "window.bim && window.bim.benchmark && window.bim.benchmark.passed === true", timeout=300_000)
+    wait_for(page, "window.bim.phase.startsWith('ready on')", timeout=60_000)
+    return page.evaluate("({nodeId: bim.nodeId, env: bim.env})")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_browser_streams_a_p2p_text_job_to_the_user_beside_a_python_node(tmp_path, webrtc_browser):
+    allow_loopback()  # this process is the user: its SDK's peers use 127.0.0.1
+    inputs = {"prompt": "Name three colours of the rainbow.", "max_tokens": 8}
+    env = {"BIM_P2P_LOOPBACK": "1", "BIM_P2P_AUDIT_BP": "0"}
+    with running_market(tmp_path, contributors="bob", nodes={"bob": SLUG}, **env) as (url, tokens, group):
+        context = webrtc_browser.new_context()
+        page = context.new_page()
+        console: list[str] = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        page.add_init_script(RECORD_SENT)
+        page.add_init_script(RECORD_CHANNEL)
+        page.set_default_timeout(30_000)
+        try:
+            state = _text_contributor(page, url)
+            assert state["env"]["webrtc"] is True  # the text engine says so: P2P text jobs may come
+            assert Node.objects.get(pk=state["nodeId"]).capabilities.get("webrtc") is True
+
+            client = Client(url, tokens["demo-user"], timeout=30)
+            events = list(client.generate(SLUG, inputs["prompt"], inputs["max_tokens"], stream=True, timeout=240, transport="p2p"))
+            registry_key = client.registry_key()
+            sent = page.evaluate("window.__bimSent")
+            frames = page.evaluate("window.__bimChannel")
+            log = page.evaluate("window.bim.log")
+        except Exception:
+            print(_logs(group, console))
+            raise
+        finally:
+            context.close()
+
+    *deltas, final = events
+    assert isinstance(final, TextResult) and deltas and all(isinstance(d, TextDelta) for d in deltas)
+    outcome = final.p2p
+    assert outcome is not None and outcome.fallback_reason == "" and outcome.refusals == {}
+    assert len(outcome.opened) == 2 and len(outcome.received) == 2 and all(r.checked for r in outcome.received)
+    job_id = final.job["id"]
+    assert final.job["state"] == "settled"
+    receipt = final.receipt
+    assert state["nodeId"] in {n["node_id"] for n in receipt["nodes"]}, receipt
+    verified = verify_receipt(
+        final.job, registry_key=registry_key, inputs=inputs, payload=outcome.payload_for(receipt["result_hash"])
+    )
+    assert verified["text"] == final.text
+
+    mine = Assignment.objects.select_related("job").get(job_id=job_id, node_id=state["nodeId"])
+    assert mine.state == AssignmentState.AGREED and mine.transport_stats["relayed"] is False
+    from_browser = next(r for r in outcome.received if r.assignment_id == str(mine.pk))
+    generated = json.loads(from_browser.payload)
+    # The browser streamed its text over the channel: partial frames growing towards its
+    # result's text, all before the result frame; none of it went to the registry.
+    kinds = [f["kind"] for f in frames]
+    assert kinds.count("result") == 1 and kinds.index("result") == len(kinds) - 1, kinds
+    partials = [f for f in frames if f["kind"] == "partial"]
+    assert partials and all(generated["text"].startswith(p["text"]) for p in partials), (partials, generated)
+    assert [p["tokens"] for p in partials] == sorted(p["tokens"] for p in partials)
+    # Nothing streamed to the registry; a result with its text went there only as an upload it
+    # asked for (node A's text, for the output rules; both, on a mismatch).
+    assert [m for m in sent if m["type"] == "partial" and m["job_id"] == job_id] == []
+    uploads = [line for line in log if f"uploading {str(mine.pk)[:8]}'s result" in line]
+    assert len([m for m in sent if m["type"] == "result" and m["job_id"] == job_id]) == len(uploads), (sent, log)
+    assert any(f"job {job_id[:8]}" in line and "input received peer to peer" in line for line in log), log
+
+    # 2-of-2 where both runtimes generated the same tokens: the prompt never reached the
+    # registry (node A's text did, for the output rules); re-scored where they differed, which
+    # asks both nodes for their text and the prompt (docs/p2p.md §4).
+    path = receipt["verification"]["path"]
+    job = Job.objects.get(pk=job_id)
+    assert job.transport == "p2p" and job.fallback_reason == ""
+    if path == "2-of-2":
+        assert job.inputs == {}
+        assert job.assignments.filter(state=AssignmentState.AGREED, result__isnull=False).count() == 1
+    else:
+        assert path == "rescored", receipt["verification"]
+        assert job.inputs == inputs
+    assert protocol.input_hash(inputs) == job.contract["input_hash"]
+    assert ledger_violations() == []
+    print(json.dumps({
+        "path": path, "browser_role": mine.role, "uploads": uploads, "deltas": len(deltas), "browser_partials": len(partials),
+        "sdk_s": round(outcome.seconds, 2),
+    }))

@@ -211,6 +211,19 @@ def test_a_browser_cannot_register_for_a_subnet_before_opting_in(client, contrib
     assert again.status_code == 200 and again.json()["id"] == str(node.pk)
 
 
+def test_a_browser_says_whether_it_has_webrtc_and_routing_reads_it(client, contributor, subnet):
+    """env.webrtc (a browser without RTCPeerConnection says false) is kept, as a bim-node's
+    is, so dispatch gives peer-to-peer jobs to other nodes first; anything but a boolean is
+    dropped."""
+    client.post(reverse("contributor:opt-in", args=[subnet.slug]), {"license_version": "2.0", "accept": "on"})
+    base = {"os": "linux", "runtime": "wllama-2.3.7", "backend": "wasm", "gpu_family": "none", "cpu_count": 2}
+    for webrtc, kept in ((True, {"webrtc": True}), (False, {"webrtc": False}), ("yes", {})):
+        body = {"public_key": _key(), "subnets": [subnet.slug], "env": {**base, "webrtc": webrtc}}
+        created = client.post(reverse("contributor:node-register"), json.dumps(body), content_type="application/json")
+        assert created.status_code == 201, created.content
+        assert Node.objects.get(pk=created.json()["id"]).capabilities == {"cpu_count": 2, "client": "browser", **kept}
+
+
 def test_registration_refuses_a_foreign_key_bad_input_and_unknown_subnets(client, contributor, subnet):
     client.post(reverse("contributor:opt-in", args=[subnet.slug]), {"license_version": "2.0", "accept": "on"})
     other = online_node(subnet)

@@ -32,3 +32,20 @@ test("Node's WebCrypto and WebAssembly pass the probe", async () => {
   assert.equal(caps.wasm, true);
   assert.equal(environment.requirementsMissing(caps), null);
 });
+
+test("env says webrtc when the browser has RTCPeerConnection, for every task family", async () => {
+  const saved = { navigator: globalThis.navigator, RTCPeerConnection: globalThis.RTCPeerConnection };
+  Object.defineProperty(globalThis, "navigator", { value: { userAgent: "X11; Linux x86_64", hardwareConcurrency: 4 }, configurable: true, writable: true });
+  try {
+    for (const taskType of ["embedding", "image", "text"]) {
+      const engine = { runtime: "test-1", backend: "wasm", taskType };
+      globalThis.RTCPeerConnection = function RTCPeerConnection() {};
+      assert.equal((await environment.nodeEnv(engine)).webrtc, true, taskType);
+      delete globalThis.RTCPeerConnection;
+      assert.equal((await environment.nodeEnv(engine)).webrtc, false, taskType);
+    }
+  } finally {
+    Object.defineProperty(globalThis, "navigator", { value: saved.navigator, configurable: true, writable: true });
+    if (saved.RTCPeerConnection) globalThis.RTCPeerConnection = saved.RTCPeerConnection;
+  }
+});

@@ -15,6 +15,7 @@ const protocol = await import(js("protocol.js"));
 const { transportFigures } = await import(js("peer-answer.js"));
 const { PeerJobs, RESULT_HEADER_FIELDS } = await import(js("peer-jobs.js"));
 const { ResultStore } = await import(js("result-store.js"));
+const { PARTIAL_INTERVAL_MS, Session, partialSender } = await import(js("session.js"));
 
 const { contract, inputs } = fixture.hashes;
 const embedding = fixture.results.find((c) => c.task_type === "embedding");
@@ -318,5 +319,193 @@ test("transportFigures reads the selected pair's candidate types and the bim cha
   assert.equal(transportFigures(report).local_candidate, "srflx");
   assert.deepEqual(transportFigures(new Map()), {
     relayed: false, local_candidate: null, remote_candidate: null, bytes_sent: 0, bytes_received: 0, bytes_from: "none",
+  });
+});
+
+// A text job peer to peer, as bim_node/p2p.py serves one: the prompt comes over the channel
+// and is checked as the relay path checks it, the tokens stream to the user as `partial`
+// frames (never to the registry), then the `result` frame, and the registry gets the commit.
+describe("a peer-to-peer text job", () => {
+  const MODEL = "ab".repeat(32);
+  const loaded = { modelChecksum: MODEL, taskType: "text" };
+  const PROMPT = { prompt: "Say hi in German.", max_tokens: 3 };
+  const POLICY = {
+    input: { max_chars: 200, blocked: [{ name: "example.weapons", patterns: ["\\bnerve agent\\b"] }] },
+    output: { max_tokens: 5, max_chars: 4000 },
+  };
+  const GENERATED = { finish: "length", text: "Hallo, Welt", tokens: [11, 12, 13] };
+
+  /** The contract of a text job its user declared `declared` for (hash and summary). */
+  async function textContract(declared = PROMPT, changes = {}) {
+    return {
+      job_id: "0c9d7e4a-3b21-4f8e-a6d5-1f2e3d4c5b01", task_type: "text", model_checksum: MODEL,
+      input_hash: await protocol.inputHash(declared), determinism: { seed: 0, temperature: 0, top_p: 1 },
+      preprocessing: { max_new_tokens: 256, n_ctx: 2048 }, limits: { max_items: 1, max_chars: 2000 }, policy: POLICY,
+      transport: "p2p", input_summary: { max_tokens: declared.max_tokens }, ...changes,
+    };
+  }
+
+  async function textOffer(textC, assignmentId = "7e6d5c4b-3a29-4187-9f6e-5d4c3b2a1908") {
+    return {
+      type: "job", assignment_id: assignmentId, job_id: textC.job_id, role: "A", transport: "p2p",
+      contract: textC, contract_hash: await protocol.contractHash(textC), ice_servers: [], deadline: new Date(Date.now() + 60_000).toISOString(),
+    };
+  }
+
+  async function refusal(promise) {
+    try { await promise; } catch (err) { assert.ok(err instanceof jobs.JobRefused, String(err)); return err.reason; }
+    return null;
+  }
+
+  /** A text engine that streams each token's text so far, `gapMs` apart. */
+  const textEngine = (gapMs = 0) => ({
+    taskType: "text",
+    async generate(prompt, onToken) {
+      let text = "";
+      for (const [i, piece] of ["Hallo", ", ", "Welt"].entries()) {
+        if (i) await sleep(gapMs);
+        text += piece;
+        onToken({ token: GENERATED.tokens[i], delta: piece, text, count: i + 1 });
+      }
+      assert.equal(prompt.max_tokens, 3);
+      return GENERATED;
+    },
+  });
+
+  function textSession(engine) {
+    const socket = { readyState: 1, sent: [], send(text) { this.sent.push(JSON.parse(text)); } };
+    const report = { view: { jobMark() {} }, log() {}, count() {}, computed() {}, peer: (f) => recorded.push(f) };
+    const session = new Session(socket, { engine, report, onIdle() {}, store, RTCPeerConnectionImpl: ScriptedPeerConnection });
+    return { session, socket };
+  }
+
+  test("the offer is taken; one the page cannot run deterministically is not", async () => {
+    const job = await jobs.checkP2pOffer(await textOffer(await textContract()), loaded);
+    assert.deepEqual([job.taskType, job.transport, job.inputs, job.items], ["text", "p2p", null, 1]);
+    const sampled = await textContract(PROMPT, { determinism: { seed: 0, temperature: 0.7, top_p: 1 } });
+    assert.equal(await refusal(jobs.checkP2pOffer(await textOffer(sampled), loaded)), "unsupported_contract");
+    const noSummary = await textContract(PROMPT, { input_summary: { items: 1 } });
+    assert.equal(await refusal(jobs.checkP2pOffer(await textOffer(noSummary), loaded)), "bad_message");
+  });
+
+  test("tokens stream to the user as partial frames, the result follows, the registry gets only the commit", async () => {
+    const { session, socket } = textSession(textEngine(PARTIAL_INTERVAL_MS + 20));
+    session.sessionKey = (await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign"])).privateKey;
+    const job = await jobs.checkP2pOffer(await textOffer(await textContract()), loaded);
+    p2p = session.peerJobs; // closed by afterEach
+    sent = socket.sent;
+    p2p.offered(job, [], "all");
+    const { framed } = await connected(job);
+    await framed.send(...inputFrame(job, PROMPT));
+
+    const frames = [];
+    for (;;) {
+      const message = await framed.receive(5000);
+      frames.push(message);
+      if (message.header.kind === "result") break;
+    }
+    const partials = frames.filter((m) => m.header.kind === "partial");
+    assert.deepEqual(partials.map((m) => m.header), [
+      { kind: "partial", text: "Hallo", tokens: 1 }, { kind: "partial", text: "Hallo, ", tokens: 2 }, { kind: "partial", text: "Hallo, Welt", tokens: 3 },
+    ]);
+    assert.ok(partials.every((m) => m.payload.length === 0));
+    assert.equal(frames.at(-1), frames.find((m) => m.header.kind === "result"), "the result comes last");
+    const result = frames.at(-1);
+    assert.deepEqual(JSON.parse(new TextDecoder().decode(result.payload)), GENERATED);
+    assert.equal(await protocol.sha256Hex(result.payload), result.header.result_hash);
+    assert.deepEqual(result.header.shape, [3]);
+    assert.equal(result.header.encoding, "json");
+
+    await until(() => socket.sent.some((m) => m.type === "result_commit"));
+    const commit = socket.sent.find((m) => m.type === "result_commit");
+    assert.equal(commit.result_hash, result.header.result_hash);
+    assert.equal(commit.data, undefined);
+    assert.equal(commit.size, result.payload.length);
+    // The registry saw no text: no partial, no result with data.
+    assert.deepEqual(socket.sent.filter((m) => m.type === "partial" || m.type === "result"), []);
+    // Kept for the registry's upload: the contract's output rules make it ask for node A's text.
+    const upload = p2p.onUploadRequest({ assignment_id: job.assignmentId, reason: "policy", with_inputs: false });
+    assert.equal(upload.type, "result");
+    assert.deepEqual(JSON.parse(Buffer.from(upload.data, "base64").toString()), GENERATED);
+    assert.equal(upload.inputs, undefined);
+  });
+
+  test("partials are at most every PARTIAL_INTERVAL_MS; one too large for a header is left out", async () => {
+    const job = await jobs.checkP2pOffer(await textOffer(await textContract()), loaded);
+    p2p.offered(job, [], "all");
+    const { framed } = await connected(job);
+    await framed.send(...inputFrame(job, PROMPT));
+    await until(() => queued.length === 1);
+    let now = 0;
+    const onToken = partialSender(queued[0], (m) => p2p.sendPartial(m), () => now);
+    onToken({ text: "He", count: 1 });
+    onToken({ text: "Hel", count: 2 }); // too soon
+    now += PARTIAL_INTERVAL_MS;
+    onToken({ text: "é".repeat(40_000), count: 3 }); // 80,000 bytes of UTF-8: no header holds it
+    now += PARTIAL_INTERVAL_MS;
+    onToken({ text: "Hello", count: 4 });
+    const session = await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign"]);
+    const { message, payload } = await jobs.signedResult(queued[0], GENERATED, session.privateKey, 5);
+    await p2p.deliver(queued[0], message, payload);
+    const kinds = [];
+    for (;;) {
+      const { header } = await framed.receive(1000);
+      kinds.push(header.kind === "partial" ? header.text : header.kind);
+      if (header.kind === "result") break;
+    }
+    assert.deepEqual(kinds, ["He", "Hello", "result"]);
+    // A partial for a job without an open channel (its input came through the relay) goes nowhere.
+    assert.equal(p2p.sendPartial({ type: "partial", assignment_id: "no-channel", job_id: job.jobId, text: "x", tokens: 1 }), false);
+  });
+
+  test("a bad prompt is refused with the relay path's reasons (bad_input for its form), to the user and the registry", async () => {
+    const blocked = { prompt: "How is a nerve agent made?", max_tokens: 3 };
+    const cases = [
+      // [declared (the contract's hash and summary), sent, P2P reason, relay reason]
+      [{ prompt: " \u3000\n", max_tokens: 3 }, null, "bad_input", "bad_message"],
+      [{ prompt: `a${String.fromCharCode(0)}b`, max_tokens: 3 }, null, "bad_input", "bad_message"],
+      [{ prompt: "Hi", max_tokens: 3, stop: ["\n"] }, null, "bad_input", "bad_message"],
+      [{ prompt: "Hi", max_tokens: 257 }, null, "bad_input", "bad_message"],
+      [{ prompt: "x".repeat(2001), max_tokens: 3 }, null, "bad_input", "bad_message"],
+      [PROMPT, { prompt: "Say hi in French.", max_tokens: 3 }, "bad_input_hash", "bad_input_hash"],
+      [blocked, null, "content_policy:example.weapons", "content_policy:example.weapons"],
+      [{ prompt: "Count to six.", max_tokens: 6 }, null, "content_policy:output.max_tokens", "content_policy:output.max_tokens"],
+    ];
+    for (const [declared, sentInstead, reason, relayReason] of cases) {
+      sent.length = 0;
+      const declaredC = await textContract(declared);
+      const offer = await textOffer(declaredC);
+      // The relay path, given the same contract and inputs, refuses them for the same reason.
+      const relay = { ...offer, contract: { ...declaredC } };
+      delete relay.contract.transport;
+      delete relay.contract.input_summary;
+      relay.contract_hash = await protocol.contractHash(relay.contract);
+      assert.equal(await refusal(jobs.checkJob({ ...relay, inputs: sentInstead ?? declared }, loaded)), relayReason, JSON.stringify(declared));
+
+      const job = await jobs.checkP2pOffer(offer, loaded);
+      p2p.offered(job, [], "all");
+      const { framed } = await connected(job);
+      await framed.send(...inputFrame(job, sentInstead ?? declared));
+      assert.deepEqual((await framed.receive(1000)).header, { kind: "input_refused", reason }, JSON.stringify(declared));
+      await until(() => sent.some((m) => m.type === "job_failed"));
+      // The user's own input (the contract's hash) goes to the registry as evidence.
+      const evidence = sentInstead ? {} : { inputs: declared };
+      assert.deepEqual(sent.at(-1), { type: "job_failed", assignment_id: job.assignmentId, reason, ...evidence });
+      assert.equal(queued.length, 0);
+    }
+  });
+
+  test("the relay's job_inputs runs it as a relay job, whose partials go to the registry", async () => {
+    const { session, socket } = textSession(textEngine());
+    session.sessionKey = (await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign"])).privateKey;
+    const job = await jobs.checkP2pOffer(await textOffer(await textContract()), loaded);
+    p2p = session.peerJobs;
+    p2p.offered(job, [], "all");
+    p2p.onJobInputs({ type: "job_inputs", job_id: job.jobId, assignment_id: job.assignmentId, inputs: PROMPT });
+    await until(() => socket.sent.some((m) => m.type === "result"));
+    assert.deepEqual(socket.sent.filter((m) => m.type === "partial").map((m) => m.text), ["Hallo"]);
+    const result = socket.sent.find((m) => m.type === "result");
+    assert.deepEqual(JSON.parse(Buffer.from(result.data, "base64").toString()), GENERATED);
+    assert.equal(socket.sent.some((m) => m.type === "result_commit"), false);
   });
 });

@@ -61,9 +61,13 @@ describe("a text job", () => {
     assert.equal(await reason(jobs.checkJob(lower, loaded)), "bad_message");
     // A text contract is not an embedding engine's job, and the other way round.
     assert.equal(await reason(jobs.checkJob(await textJob(), { modelChecksum: MODEL })), "bad_message");
-    // Peer to peer, a browser takes text jobs through the registry only (for now).
-    const p2p = await textJob();
-    assert.equal(await reason(jobs.checkP2pOffer({ ...p2p, inputs: undefined }, loaded)), "unsupported_contract");
+    // Peer to peer too: the offer (no inputs) is checked as a relay job's contract is
+    // (tests/js/peer-jobs.test.mjs runs one through).
+    const p2p = await textJob({ contractChanges: { transport: "p2p", input_summary: { max_tokens: 6 } } });
+    const offered = await jobs.checkP2pOffer({ ...p2p, inputs: undefined }, loaded);
+    assert.deepEqual([offered.taskType, offered.transport, offered.inputs], ["text", "p2p", null]);
+    const sampled = await textJob({ contractChanges: { transport: "p2p", input_summary: { max_tokens: 6 }, determinism: { seed: 0, temperature: 0.7, top_p: 1 } } });
+    assert.equal(await reason(jobs.checkP2pOffer({ ...sampled, inputs: undefined }, loaded)), "unsupported_contract");
   });
 
   test("inputs are checked as the registry checks them (bytes of UTF-8, Python's whitespace)", () => {

@@ -69,8 +69,8 @@ export async function nodeEnv(engine) {
     backend: engine.backend,
     gpu_family: await gpuFamily(engine),
     cpu_count: seen.hardwareConcurrency || navigator.hardwareConcurrency || 1,
-    // Without it, the registry sends peer-to-peer jobs to other nodes while it can; this page
-    // takes no peer-to-peer text jobs yet (./jobs.js), so a text engine says it has none.
-    webrtc: typeof globalThis.RTCPeerConnection === "function" && engine.taskType !== "text",
+    // Without it, the registry sends peer-to-peer jobs to other nodes while it can. Every
+    // family this page computes takes them (./peer-jobs.js; text streams over the channel).
+    webrtc: typeof globalThis.RTCPeerConnection === "function",
   };
 }

@@ -69,10 +69,6 @@ export async function checkP2pOffer(message, { modelChecksum, tokenizerChecksum,
     throw new JobRefused("bad_message", "job lacks contract, contract_hash or job_id");
   }
   const family = familyFor(contract, taskType);
-  // Peer to peer, this page takes no text jobs: their tokens would stream to the user over
-  // the data channel, which ./peer-jobs.js does not do yet (the page says it has no WebRTC
-  // for them at registration, ./app.js, so the registry sends them elsewhere while it can).
-  if (taskType === "text") throw new JobRefused("unsupported_contract", "this browser takes text jobs through the registry only");
   await checkContract(contract, cHash, jobId);
   const summary = contract.input_summary;
   const keys = isObject(summary) ? Object.keys(summary).sort().join() : null;
@@ -80,7 +76,7 @@ export async function checkP2pOffer(message, { modelChecksum, tokenizerChecksum,
     throw new JobRefused("bad_message", `a peer-to-peer offer's contract has transport p2p and an input_summary {${family.summaryKeys.join(", ")}}`);
   }
   familyCheck(() => family.checkSummary(summary), "bad_message");
-  checkModel(contract, { modelChecksum, tokenizerChecksum });
+  checkModel(contract, { modelChecksum, tokenizerChecksum, taskType });
   return { ...jobOf(message, family), texts: null, inputs: null, items: family.items(summary), transport: "p2p" };
 }
 

@@ -4,7 +4,8 @@
 // `input` frame from the data channel and checks it (./jobs.js); once the work loop
 // (./session.js) has computed it, the result goes back over the same channel and only a
 // signed commit to the registry, the bytes kept (./result-store.js) in case the registry asks
-// for them (`upload_request`). When the user falls back to the registry relay (`job_inputs`)
+// for them (`upload_request`). A text job streams its tokens to the user over the channel
+// first (`partial` frames, sendPartial). When the user falls back to the registry relay (`job_inputs`)
 // the job runs as a relay job; when no input comes by the deadline the page gives the job
 // back (`input_not_received`, which costs it nothing).
 //
@@ -259,6 +260,24 @@ export class PeerJobs {
   }
 
   // The result ------------------------------------------------------------------------
+
+  /** A text job's streamed text (./session.js partialSender's `partial` message) to its user
+   * over the channel, as a `partial` frame (docs/p2p.md §3), never to the registry, which
+   * must not see a peer-to-peer job's output. Framed sends queue in order, so every partial
+   * reaches the user before the `result`. Unsigned and unanswered: a partial that cannot go
+   * (no open channel, a header over 64 KiB, the user gone) is left out, as the Python node's
+   * is. Returns whether it was queued. */
+  sendPartial(message) {
+    const link = this.open.get(String(message.assignment_id));
+    if (!link) return false;
+    try {
+      link.framed.send({ kind: "partial", text: message.text, tokens: message.tokens }).catch(() => {});
+    } catch (err) {
+      if (!(err instanceof FrameError)) throw err;
+      return false;
+    }
+    return true;
+  }
 
   /** Send a computed result to the user over its channel and keep it for an upload; returns
    * the commit for the registry (docs/p2p.md §4), which the caller sends as it sends a relay

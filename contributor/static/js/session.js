@@ -25,8 +25,9 @@ export function itemsText(task) {
   return `${task.items} ${task.items === 1 ? unit.replace(/s$/, "") : unit}`;
 }
 
-/** The `onToken` of a relay text job: the text so far as a `partial` message, at most every
- * PARTIAL_INTERVAL_MS (unsigned and unanswered; the registry shows it to the job's user). */
+/** The `onToken` of a text job: the text so far as a `partial` message, at most every
+ * PARTIAL_INTERVAL_MS (unsigned and unanswered), for `send`: the registry, which shows it to
+ * the job's user, or peer to peer the user's channel (./peer-jobs.js sendPartial). */
 export function partialSender(job, send, now = () => performance.now()) {
   let last = -Infinity;
   return ({ text, count }) => {
@@ -139,8 +140,9 @@ export class Session {
     const started = performance.now();
     let signed;
     try {
-      const streams = job.taskType === "text" && job.transport !== "p2p";
-      const output = await computeTask(this.engine, job, streams ? partialSender(job, (m) => this.send(m)) : undefined);
+      // Streamed text goes to the registry, or peer to peer to the user over the channel.
+      const streamTo = job.transport === "p2p" ? (m) => this.peerJobs.sendPartial(m) : (m) => this.send(m);
+      const output = await computeTask(this.engine, job, job.taskType === "text" ? partialSender(job, streamTo) : undefined);
       const ms = performance.now() - started;
       this.report.computed?.({ kind: "job", items: job.items, ms });
       signed = await signedResult(job, output, this.sessionKey, ms);
