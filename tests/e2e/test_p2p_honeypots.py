@@ -36,6 +36,10 @@ def wait_until(condition, timeout: float, group) -> None:
         time.sleep(0.2)
 
 
+def peer_log_text(tmp_path) -> str:
+    return (tmp_path / "logs" / "honeypot-peer.log").read_text(errors="replace")
+
+
 def issue_in_the_registry(group, slug: str) -> str:
     """Issue a P2P honeypot as the registry's beat does, in a process of the registry's
     (its channel layer and broker: this test process runs Celery eagerly)."""
@@ -62,7 +66,14 @@ def test_a_p2p_honeypot_reaches_its_nodes_over_data_channels_and_is_judged(tmp_p
         trap = Job.objects.get(pk=issue_in_the_registry(group, EMBED))
         wait_until(lambda: Job.objects.get(pk=trap.pk).state in TERMINAL_STATES, 90, group)
         settle_s = time.monotonic() - started
-    peer_log = (tmp_path / "logs" / "honeypot-peer.log").read_text(errors="replace")
+        # The peer learns the outcome on its next poll: leaving the market first would stop
+        # daphne under it (a loaded machine polls late). The assertion below says if it never does.
+        logged = f"honeypot job {trap.pk}: settled (peer to peer)"
+        try:
+            wait_until(lambda: logged in peer_log_text(tmp_path), 30, group)
+        except TimeoutError:
+            pass
+    peer_log = peer_log_text(tmp_path)
 
     trap = Job.objects.get(pk=trap.pk)
     assert trap.state == JobState.SETTLED and trap.verification["path"] == "honeypot", trap.verification
@@ -77,7 +88,7 @@ def test_a_p2p_honeypot_reaches_its_nodes_over_data_channels_and_is_judged(tmp_p
     assert pair[0].result is not None and pair[1].result is None
     assert trap.inputs == subnet.honeypots.get(pk=trap.honeypot_id).inputs
     assert not Strike.objects.filter(job=trap).exists()
-    assert f"honeypot job {trap.pk}: settled (peer to peer)" in peer_log
+    assert logged in peer_log
     assert ledger_violations() == []
     print("p2p honeypot:", json.dumps({"settle_s": round(settle_s, 2), "relay_bytes": trap.relay_bytes,
           "transport": [a.transport_stats for a in pair]}))
