@@ -4,12 +4,13 @@
 // bim_core/runtimes/embedder.py's: the tokenizer.json's own truncation and padding are
 // overridden (the first max_tokens-1 ids, then [SEP]), inputs padded with [PAD] per batch,
 // mean pooling over the attention mask, L2 normalization, float32 out. Image subnets are
-// js/image-runner.js's (upscaler.py's tiling). Messages: {id, op, args} in; {id, ok,
-// result|error} or {type: "progress"} out.
+// js/image-runner.js's (upscaler.py's tiling). Requests and answers as ./worker-rpc.js
+// defines them, plus {type: "progress"} out.
 import { batchPlan } from "./batching.js";
 import { imageRunnerCreate } from "./image-runner.js";
 import { modelLoad, DEFAULT_BUDGET_BYTES } from "./model-store.js";
 import { ortSession, tensorData } from "./ort-session.js";
+import { workerServe } from "./worker-rpc.js";
 
 const VENDOR = new URL("../vendor/", import.meta.url);
 let batchSize = 32;
@@ -165,18 +166,4 @@ async function close() {
   return true;
 }
 
-const handlers = { init, embed, upscale, close, tokenize: ({ texts }) => tokenize(texts) };
-
-self.onmessage = async (event) => {
-  const { id, op, args } = event.data;
-  try {
-    if (!handlers[op]) throw new Error(`unknown op ${op}`);
-    const result = await handlers[op](args || {});
-    const transfer = result && ArrayBuffer.isView(result.data) ? [result.data.buffer] : [];
-    self.postMessage({ id, ok: true, result }, transfer);
-  } catch (err) {
-    self.postMessage({
-      id, ok: false, error: String(err && err.stack ? err.stack : err), message: String(err && err.message ? err.message : err), code: err?.code,
-    });
-  }
-};
+workerServe(self, { init, embed, upscale, close, tokenize: ({ texts }) => tokenize(texts) });

@@ -3,11 +3,12 @@
 // file against the manifest's, cached under the byte budget) and runs it with wllama
 // (llama.cpp in WebAssembly, which starts a worker of its own). Generation follows
 // ./text-generation.js under the subnet's pinned settings: context, prompt batch size, chat
-// template, greedy decoding. Messages: {id, op, args} in; {id, ok, result|error},
+// template, greedy decoding. Requests and answers as ./worker-rpc.js defines them, plus
 // {type: "progress"} and {type: "token", id, ...} (streamed tokens of request id) out.
 import { controlTokens } from "./gguf.js";
 import { DEFAULT_BUDGET_BYTES, modelLoad } from "./model-store.js";
 import { generate, generationSettings, promptTokens } from "./text-generation.js";
+import { workerServe } from "./worker-rpc.js";
 
 const VENDOR = new URL("../vendor/wllama/", import.meta.url);
 // The sampler as argmax: temperature 0 keeps the first maximum in id order (the lowest id on
@@ -97,19 +98,9 @@ async function close() {
   return true;
 }
 
-const handlers = {
-  init: (_id, args) => init(args),
-  generate: run,
-  promptTokens: (_id, { prompt }) => promptTokens(model, prompt, settings.systemPrompt),
-  close: () => close(),
-};
-
-self.onmessage = async (event) => {
-  const { id, op, args } = event.data;
-  try {
-    if (!handlers[op]) throw new Error(`unknown op ${op}`);
-    self.postMessage({ id, ok: true, result: await handlers[op](id, args || {}) });
-  } catch (err) {
-    self.postMessage({ id, ok: false, error: String(err && err.stack ? err.stack : err), message: String(err && err.message ? err.message : err) });
-  }
-};
+workerServe(self, {
+  init,
+  generate: (args, id) => run(id, args),
+  promptTokens: ({ prompt }) => promptTokens(model, prompt, settings.systemPrompt),
+  close,
+});
