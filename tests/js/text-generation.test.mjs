@@ -59,6 +59,9 @@ describe("generate", () => {
     const out = await gen.generate(model, { prompt: "p", maxTokens: 2, settings: SETTINGS });
     assert.deepEqual([out.finish, out.text, out.tokens], ["length", "ab", [10, 11]]);
     assert.deepEqual(model.calls.at(-1), ["feed", 1]); // the last token is not fed
+    // For measurements, not part of the result: the prompt's ids, the pass to the first token, the rest.
+    assert.deepEqual(Object.keys(out.timings), ["tokenizeMs", "promptMs", "decodeMs"]);
+    assert.ok(Object.values(out.timings).every((ms) => ms >= 0));
   });
 
   test("control tokens render as no text; a BOS first drops the leading space", async () => {

@@ -96,7 +96,7 @@ function tokenize(texts) {
   });
 }
 
-async function embedBatch(rows, out, indices, dim) {
+async function embedBatch(rows, out, indices, dim, timings) {
   const width = Math.max(...rows.map((r) => r.length));
   const n = rows.length;
   const inputIds = new BigInt64Array(n * width).fill(BigInt(state.padId));
@@ -112,9 +112,11 @@ async function embedBatch(rows, out, indices, dim) {
   if (state.inputNames.has("input_ids")) feeds.input_ids = new ort.Tensor("int64", inputIds, shape);
   if (state.inputNames.has("attention_mask")) feeds.attention_mask = new ort.Tensor("int64", mask, shape);
   if (state.inputNames.has("token_type_ids")) feeds.token_type_ids = new ort.Tensor("int64", new BigInt64Array(n * width), shape);
+  const ran = performance.now();
   const results = await session.run(feeds, [state.outputName]);
   const hidden = results[state.outputName];
   const hiddenData = await tensorData(hidden);
+  timings.modelMs += performance.now() - ran;
   const d = hidden.dims[2];
   if (dim.value === 0) dim.value = d;
   for (let r = 0; r < n; r++) {
@@ -141,16 +143,20 @@ async function embed({ texts }) {
   if (!session) throw new Error("engine not initialised");
   if (!Array.isArray(texts) || texts.some((t) => typeof t !== "string")) throw new Error("texts must be a list of strings");
   if (texts.length === 0) return { data: new Float32Array(0), rows: 0, dim: state.dim || 0 };
+  const started = performance.now();
   const encodings = tokenize(texts);
+  // For measurements: tokenizing, the model calls, the rest (inputs, pooling, assembly).
+  const timings = { tokenizeMs: performance.now() - started, modelMs: 0, poolMs: 0 };
   const rowsOut = new Map();
   const dim = { value: 0 };
   // Calls of similar lengths, so that no call pads short texts to a long one's width.
   for (const batch of batchPlan(encodings.map((ids) => ids.length), { maxBatch: batchSize })) {
-    await embedBatch(batch.map((i) => encodings[i]), rowsOut, batch, dim);
+    await embedBatch(batch.map((i) => encodings[i]), rowsOut, batch, dim, timings);
   }
   const data = new Float32Array(texts.length * dim.value);
   for (let i = 0; i < texts.length; i++) data.set(rowsOut.get(i), i * dim.value);
-  return { data, rows: texts.length, dim: dim.value };
+  timings.poolMs = performance.now() - started - timings.tokenizeMs - timings.modelMs;
+  return { data, rows: texts.length, dim: dim.value, timings };
 }
 
 async function upscale({ image }) {

@@ -6,9 +6,11 @@
 //     onProgress({phase: "manifest"|"chunks"|"load"|"ready", done, total, fromCache})
 //     -> {runtime, backend, threads, taskType ("embedding" | "image", the manifest's), modelChecksum,
 //         cache: {fromCache, chunkRequests, bytes},
-//         async embed(texts) -> {data: Float32Array (rows*dim, row-major), rows, dim},
+//         async embed(texts) -> {data: Float32Array (rows*dim, row-major), rows, dim,
+//           timings: {tokenizeMs, modelMs, poolMs} (for measurements; not part of a result)},
 //         async tokenize(texts) -> number[][] (the ids the model sees),
-//         async upscale(imageB64) -> {data: Uint8Array (height*width*3, row-major RGB), height, width}
+//         async upscale(imageB64) -> {data: Uint8Array (height*width*3, row-major RGB), height, width,
+//           timings: {decodeMs, modelMs, tilingMs}}
 //           (an image subnet: the base64 PNG of a job's inputs, 2x; an image that does not
 //           decode rejects with an error whose `code` is "bad_input"),
 //         async close()}

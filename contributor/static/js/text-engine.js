@@ -40,7 +40,7 @@ export async function createTextEngine({ manifestUrl, threads = 1, onProgress = 
     cache,
     manifest: info.manifest,
     settings: info.settings,
-    // timings ({promptMs, decodeMs}) are for measurements; a result signs finish, text, tokens.
+    // timings ({tokenizeMs, promptMs, decodeMs}) are for measurements; a result signs finish, text, tokens.
     async generate(inputs, onToken) {
       const heard = onToken && ((msg) => onToken({ token: msg.token, delta: msg.delta, text: msg.text, count: msg.count }));
       const { finish, text, tokens, timings } = await call("generate", { prompt: inputs.prompt, maxTokens: inputs.max_tokens }, heard);

@@ -79,13 +79,16 @@ export function tokensText(pieces, tokens, bos = -1) {
 
 /**
  * Greedy continuation of the chat-templated prompt: {finish, text, tokens, promptTokens,
- * timings: {promptMs (to the first token), decodeMs (the tokens after it)}}.
+ * timings: {tokenizeMs (the prompt's ids), promptMs (from there to the first token),
+ * decodeMs (the tokens after it)}}.
  * `onToken({token, delta, text, count})` after each token (the stop token's delta is empty),
  * for streaming; its text is unsigned, the result's is what the registry checks.
  */
 export async function generate(model, { prompt, maxTokens, settings }, onToken = () => {}) {
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new Error("max_tokens must be a positive integer");
+  const tokenizing = performance.now();
   const ids = await promptTokens(model, prompt, settings.systemPrompt);
+  const tokenizeMs = performance.now() - tokenizing;
   if (ids.length + maxTokens > settings.nCtx) {
     throw new Error(`${ids.length} prompt tokens + ${maxTokens} new ones exceed the context of ${settings.nCtx}`);
   }
@@ -111,6 +114,6 @@ export async function generate(model, { prompt, maxTokens, settings }, onToken =
     if (tokens.length >= maxTokens) break;
     await model.feed([token]);
   }
-  const timings = { promptMs: firstAt - started, decodeMs: performance.now() - firstAt };
+  const timings = { tokenizeMs, promptMs: firstAt - started, decodeMs: performance.now() - firstAt };
   return { finish, text: tokensText(pieces, tokens, model.bos), tokens, promptTokens: ids.length, timings };
 }
