@@ -50,12 +50,28 @@ async function init({ manifestUrl, threads = 1, budgetBytes = DEFAULT_BUDGET_BYT
   });
   files.model = null;
   await wllama.samplingInit(GREEDY);
+  // The ids the context holds, in order, so a job's prompt reuses the prefix it shares
+  // with the last one (./text-generation.js prefill); emptied first, so a failed call
+  // leaves nothing to reuse.
+  let cached = [];
   model = {
     control,
     bos: wllama.getBOS(),
+    get cached() { return cached; },
     tokenize: (text, special) => wllama.tokenize(text, special),
-    reset: () => wllama.kvClear(),
-    feed: (ids) => wllama.decode(ids, {}),
+    reset: async () => { cached = []; await wllama.kvClear(); },
+    keep: async (n) => {
+      const kept = cached.slice(0, n);
+      cached = [];
+      await wllama.kvRemove(n, -1);
+      cached = kept;
+    },
+    feed: async (ids) => {
+      const before = cached;
+      cached = [];
+      await wllama.decode(ids, {});
+      cached = before.concat(ids);
+    },
     next: () => wllama.samplingSample(),
     isStop: (token) => wllama.isTokenEOG(token),
   };
