@@ -9,7 +9,7 @@ const STATIC = "contributor/static";
 // Modules that run in the page and under Node 20 alike (tests/js/ imports them).
 const SHARED = [
   "protocol.js", "jobs.js", "session.js", "connection.js", "controls.js", "job-speed.js", "batching.js",
-  "datachannel.js", "peer-answer.js", "peer-jobs.js", "result-store.js", "png.js", "upscale.js",
+  "datachannel.js", "peer-answer.js", "peer-jobs.js", "result-store.js", "png.js", "upscale.js", "worker-rpc.js",
 ].map((name) => `${STATIC}/js/${name}`);
 // The page's Web Worker, and a store that the page, that worker and the Service Worker import.
 const WORKER = [`${STATIC}/js/engine-worker.js`, `${STATIC}/js/image-runner.js`, `${STATIC}/js/ort-session.js`, `${STATIC}/js/model-store.js`];

@@ -24,26 +24,54 @@ QUICK_SIZES = [(32, 32), (40, 56)]
 
 UPSCALE_JS = """async ({url, pngs, backend, threads}) => {
   const engine = await bim.createEngine({manifestUrl: url, backend, threads});
+  const { encodeResult } = await import("/static/js/protocol.js");
   const b64 = (bytes) => {
     let s = "";
     for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
     return btoa(s);
   };
   try {
+    // Warm-up, as the native side's: the first image, untimed (JIT tiers, allocations).
+    encodeResult("image", await engine.upscale(pngs[0]));
     const out = [];
+    const phases = {decodeMs: 0, modelMs: 0, tilingMs: 0, transferMs: 0, encodeMs: 0};
     let seconds = 0;
     for (const png of pngs) {
       const t0 = performance.now();
       const result = await engine.upscale(png);
-      seconds += (performance.now() - t0) / 1000;
+      const t1 = performance.now();
+      encodeResult("image", result);  // what the page does with it before signing
+      const t2 = performance.now();
+      seconds += (t2 - t0) / 1000;
+      const {decodeMs, modelMs, tilingMs} = result.timings;
+      Object.assign(phases, {decodeMs: phases.decodeMs + decodeMs, modelMs: phases.modelMs + modelMs, tilingMs: phases.tilingMs + tilingMs,
+        transferMs: phases.transferMs + (t1 - t0) - (decodeMs + modelMs + tilingMs), encodeMs: phases.encodeMs + (t2 - t1)});
       out.push({height: result.height, width: result.width, pixels: b64(result.data)});
     }
-    return {seconds, out, taskType: engine.taskType, backend: engine.backend, threads: engine.threads,
+    return {seconds, phases, out, taskType: engine.taskType, backend: engine.backend, threads: engine.threads,
             runtime: engine.runtime, env: bim.environment()};
   } finally {
     await engine.close();
   }
 }"""
+
+
+class TimedSession:
+    """An onnxruntime session whose `run` calls are timed (the native side's model phase)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.seconds = 0.0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.session.run(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
 
 
 def photo_crops(count: int, *, quick: bool, seed: int = 17) -> list[np.ndarray]:
@@ -68,17 +96,32 @@ def job_inputs(images: list[np.ndarray]) -> list[dict[str, str]]:
     return [{"image": protocol.b64encode(png_encode(image))} for image in images]
 
 
-def native_run(inputs: list[dict[str, str]]) -> tuple[list[np.ndarray], float]:
-    """The Python node's runner (PNG decoding included), 1 thread, after a warm-up."""
-    from bim_core.runtimes.runners import runner_load
+def native_run(inputs: list[dict[str, str]]) -> tuple[list[np.ndarray], float, dict[str, float]]:
+    """The Python node's image runner (runners._image_runner: PNG decoding, then the
+    upscaler), 1 thread, after a warm-up on the first image; the results, the seconds and
+    the phases' milliseconds (decoding, model calls, the rest)."""
+    from bim_core import protocol
+    from bim_core.families import png_decode
+    from bim_core.runtimes.upscaler import Upscaler
     from subnets import defaults
     from tests.images import waifu2x_model
 
-    runner = runner_load("image", {"model": waifu2x_model()}, defaults.image_subnet_settings()["preprocessing"], threads=1)
-    runner(inputs[0])
+    upscaler = Upscaler.from_preprocessing(waifu2x_model(), defaults.image_subnet_settings()["preprocessing"], threads=1)
+    timed = TimedSession(upscaler.session)
+    upscaler.session = timed
+    upscaler(png_decode(protocol.b64decode(inputs[0]["image"])))
+    timed.seconds = 0.0
+    decode_s = 0.0
+    results = []
     started = time.perf_counter()
-    results = [runner(job) for job in inputs]
-    return results, time.perf_counter() - started
+    for job in inputs:
+        t0 = time.perf_counter()
+        image = png_decode(protocol.b64decode(job["image"]))
+        decode_s += time.perf_counter() - t0
+        results.append(upscaler(image))
+    seconds = time.perf_counter() - started
+    phases = {"decodeMs": decode_s * 1000, "modelMs": timed.seconds * 1000, "tilingMs": (seconds - decode_s - timed.seconds) * 1000}
+    return results, seconds, phases
 
 
 def browser_run(page: Any, manifest_path: str, inputs: list[dict[str, str]], threads: int) -> dict[str, Any]:
@@ -126,7 +169,7 @@ def images_part(page_for: Any, manifest_path: str, count: int, *, quick: bool, l
     images = photo_crops(count, quick=quick)
     inputs = job_inputs(images)
     log(f"images: native onnxruntime, 1 thread, {len(images)} images")
-    native, native_s = native_run(inputs)
+    native, native_s, native_phases = native_run(inputs)
     runs: dict[int, dict[str, Any]] = {}
     for threads in (1, 2):
         page, close = page_for(threads)
@@ -155,4 +198,12 @@ def images_part(page_for: Any, manifest_path: str, count: int, *, quick: bool, l
     out["browser_1t_speed_over_native_1t"] = round(native_s / runs[1]["seconds"], 3)
     out["wasm_1t_equals_2t_bitwise"] = all(np.array_equal(a, b) for a, b in zip(runs[1]["images"], runs[2]["images"], strict=True))
     out["seconds"] = {"native_1t": round(native_s, 3), "browser_1t": round(runs[1]["seconds"], 3), "browser_2t": round(runs[2]["seconds"], 3)}
+    # Where the time goes, per image (ms): PNG decoding, the model calls, the rest of the
+    # upscale (padding, windows, assembly, quantization); the browser also pays the worker's
+    # message (transfer) and the page's result encoding (encodeResult, before signing).
+    def per_image(phases: dict[str, float]) -> dict[str, float]:
+        return {k: round(v / len(images), 1) for k, v in phases.items()}
+
+    out["phases_ms_per_image"] = {"native_1t": per_image(native_phases), **{f"browser_{t}t": per_image(r["phases"]) for t, r in runs.items()}}
+    out["model_only_browser_1t_speed_over_native_1t"] = round(native_phases["modelMs"] / runs[1]["phases"]["modelMs"], 3)
     return out

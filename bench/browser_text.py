@@ -74,11 +74,14 @@ def speed(runs: list[dict[str, Any]]) -> dict[str, float]:
     pass); tokens after the first over the time after it (decoding alone)."""
     tokens = sum(len(r["tokens"]) for r in runs)
     decoded = sum(len(r["tokens"]) - 1 for r in runs)
-    return {
+    out = {
         "tokens_per_s": round(tokens / sum(r["seconds"] for r in runs), 1),
         "first_token_ms_median": round(statistics.median(r["timings"]["promptMs"] for r in runs), 1),
         "decode_tokens_per_s": round(decoded / max(sum(r["timings"]["decodeMs"] for r in runs) / 1000, 1e-9), 1),
     }
+    if all("tokenizeMs" in r["timings"] for r in runs):  # the browser's: the prompt's ids, apart
+        out["tokenize_ms_median"] = round(statistics.median(r["timings"]["tokenizeMs"] for r in runs), 2)
+    return out
 
 
 def judge(runner: Any, inputs: dict[str, Any], result: dict[str, Any], margin: float) -> dict[str, Any]:
@@ -102,12 +105,14 @@ def text_part(page_factory: Any, *, prompts: list[dict[str, Any]], two_thread_pr
     margin = float(settings["tolerances"]["logit_margin"])
     model = Path(packaged_file(defaults.TEXT_MODEL.package, defaults.TEXT_MODEL.path))
     runner = TextRunner(Generator.from_preprocessing(model, settings["preprocessing"], threads=1))
-    runner({"prompt": "warm up", "max_tokens": 2})
 
     log("text: browser wllama from an empty cache")
     cold = BrowserText(page_factory(), threads=1, clear=True)
     cold.close()
     one = BrowserText(page_factory(), threads=1, clear=False)
+    # Both sides warmed alike on the first prompt, untimed (JIT tiers, buffers at full size).
+    native_timed(runner, prompts[0])
+    one(prompts[0])
     log(f"text: browser wllama and native llama-cpp-python, 1 thread each, alternating, {len(prompts)} prompts")
     native, mine_1t = [], []
     for k, inputs in enumerate(prompts):
@@ -119,6 +124,7 @@ def text_part(page_factory: Any, *, prompts: list[dict[str, Any]], two_thread_pr
     subset = prompts[:two_thread_prompts]
     log(f"text: browser wllama, 2 threads, {len(subset)} prompts")
     two = BrowserText(page_factory(), threads=2, clear=False)
+    two(prompts[0])
     mine_2t = [two(inputs) for inputs in subset]
     two.close()
 

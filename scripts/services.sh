@@ -60,7 +60,7 @@ bim_services_stop() {
 # recommends: no node exporter) checks the alert rules and a live /metrics
 # (tests/site/test_monitoring.py); nginx checks deploy/nginx.conf and fronts daphne
 # (tests/site/test_nginx_conf.py); turnserver (package coturn) is the TURN and STUN server of
-# the peer-to-peer tests (tests/turn.py, tests/p2p/). Those tests fail, never skip, when a tool
+# the peer-to-peer tests (tests/turn.py, tests/p2p/); clang and lld build bench/simd_width.c. Those tests fail, never skip, when a tool
 # is missing. The tests start their own turnserver; the package's service, which systemd would
 # start listening on every interface, is stopped and disabled as it is installed.
 bim_test_tools_ensure() {
@@ -68,6 +68,10 @@ bim_test_tools_ensure() {
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
   command -v turnserver >/dev/null || missing+=(coturn)
+  # clang and wasm-ld build bench/simd_width.c natively and for WebAssembly
+  # (tests/test_bench_simd_width_quick.py).
+  command -v clang >/dev/null || missing+=(clang)
+  command -v wasm-ld >/dev/null || missing+=(lld)
   [ ${#missing[@]} -eq 0 ] || _apt_install --no-install-recommends "${missing[@]}" \
     || echo "services: ${missing[*]} missing: their tests will fail" >&2
   if [ ${#missing[@]} -gt 0 ] && [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then

@@ -43,6 +43,12 @@ def test_browser_agreement_quick_runs_every_family(tmp_path):
     assert images["native_images_per_s_1_thread"] > 0 and images["browser_images_per_s_1_thread"] > 0
     assert images["browser_1t_speed_over_native_1t"] > 0
     assert report["machine"]["cpus"] >= 1 and len(report["machine"]["load_avg_1_5_15_min_start"]) == 3
+    # Where the time goes, per side.
+    assert set(report["phases_ms"]) == {"native_1t", "browser_1t", "browser_2t"}
+    assert set(report["phases_ms"]["browser_1t"]) == {"tokenizeMs", "modelMs", "poolMs", "transferMs"}
+    assert report["model_only_browser_1t_speed_over_native_1t"] > 0
+    assert set(images["phases_ms_per_image"]["native_1t"]) == {"decodeMs", "modelMs", "tilingMs"}
+    assert set(images["phases_ms_per_image"]["browser_1t"]) == {"decodeMs", "modelMs", "tilingMs", "transferMs", "encodeMs"}
 
     text = report["text"]
     assert text["runtime"].startswith("wllama-") and text["prompts"] == 4 and text["max_tokens"] == [8]
@@ -50,5 +56,6 @@ def test_browser_agreement_quick_runs_every_family(tmp_path):
     assert text["identical_share"] + text["rescored_share"] == pytest.approx(1.0)
     assert text["false_rejects_after_rescoring"] == 0 and text["native_sequence_rejected"] == 0
     assert text["browser_tokens_per_s_1_thread"] > 0 and text["native_tokens_per_s_1_thread"] > 0
+    assert text["browser_1_thread"]["tokenize_ms_median"] >= 0
     assert text["browser_2t_prompts"] == 2 and text["browser_2_threads_used"] == 2
     assert text["load_chunk_requests_empty_cache"] > 90 and text["model_bytes"] > 90_000_000

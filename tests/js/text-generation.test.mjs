@@ -59,6 +59,10 @@ describe("generate", () => {
     const out = await gen.generate(model, { prompt: "p", maxTokens: 2, settings: SETTINGS });
     assert.deepEqual([out.finish, out.text, out.tokens], ["length", "ab", [10, 11]]);
     assert.deepEqual(model.calls.at(-1), ["feed", 1]); // the last token is not fed
+    // For measurements, not part of the result: the prompt's ids, the pass to the first token, the rest.
+    assert.deepEqual(Object.keys(out.timings), ["tokenizeMs", "promptMs", "decodeMs", "reusedTokens"]);
+    assert.ok(Object.values(out.timings).every((ms) => ms >= 0));
+    assert.equal(out.timings.reusedTokens, 0, "a model without keep/cached starts from an empty context");
   });
 
   test("control tokens render as no text; a BOS first drops the leading space", async () => {
@@ -102,5 +106,73 @@ describe("pinned parameters", () => {
     assert.equal(gen.generationSettings({ n_ctx: 2048, system_prompt: "S" }).systemPrompt, "S");
     assert.throws(() => gen.generationSettings({ chat_template: "llama3" }), /not supported/);
     assert.throws(() => gen.generationSettings({ n_batch: 0 }), /positive integer/);
+  });
+});
+
+describe("prefill", () => {
+  /** A model that records its calls and holds its context's ids, as ./text-worker.js's does. */
+  function caching() {
+    const calls = [];
+    let cached = [];
+    return {
+      calls,
+      get cached() { return cached; },
+      reset: async () => { calls.push(["reset"]); cached = []; },
+      keep: async (n) => { calls.push(["keep", n]); cached = cached.slice(0, n); },
+      feed: async (ids) => { calls.push(["feed", [...ids]]); cached = cached.concat(ids); },
+    };
+  }
+
+  test("feeds only what follows the prefix the context already holds", async () => {
+    const model = caching();
+    assert.equal(await gen.prefill(model, [1, 2, 3, 4]), 0);
+    await model.feed([9]); // a generated token, fed after the prompt
+    assert.equal(await gen.prefill(model, [1, 2, 5]), 2);
+    assert.deepEqual(model.calls, [["reset"], ["feed", [1, 2, 3, 4]], ["feed", [9]], ["keep", 2], ["feed", [5]]]);
+    assert.deepEqual(model.cached, [1, 2, 5]);
+  });
+
+  test("the same prompt again still feeds its last id, so its logits are fresh", async () => {
+    const model = caching();
+    await gen.prefill(model, [1, 2, 3]);
+    model.calls.length = 0;
+    assert.equal(await gen.prefill(model, [1, 2, 3]), 2);
+    assert.deepEqual(model.calls, [["keep", 2], ["feed", [3]]]);
+  });
+
+  test("nothing in common, or a model that cannot cut its context: an empty context first", async () => {
+    const model = caching();
+    await gen.prefill(model, [1, 2, 3]);
+    model.calls.length = 0;
+    assert.equal(await gen.prefill(model, [7, 2, 3]), 0);
+    assert.deepEqual(model.calls, [["reset"], ["feed", [7, 2, 3]]]);
+
+    const plain = scripted([]);
+    await plain.feed([1, 2, 3]);
+    assert.equal(await gen.prefill(plain, [1, 2, 3, 4]), 0);
+    assert.deepEqual(plain.calls.slice(1), [["reset"], ["feed", 4]]);
+  });
+
+  test("generate keeps the template's head from the last job, and its result is the same", async () => {
+    const script = [{ token: 10, bytes: "a" }, { token: 2, bytes: "" }];
+    const expected = await gen.generate(scripted(script), { prompt: "second", maxTokens: 4, settings: SETTINGS });
+    // The scripted model with a context: three jobs' worth of script.
+    const model = scripted([...script, ...script, ...script]);
+    let cached = [];
+    const { feed, reset } = model;
+    Object.defineProperty(model, "cached", { get: () => cached });
+    model.feed = async (ids) => { await feed(ids); cached = cached.concat(ids); };
+    model.reset = async () => { await reset(); cached = []; };
+    model.keep = async (n) => { model.calls.push(["keep", n]); cached = cached.slice(0, n); };
+    await gen.generate(model, { prompt: "first", maxTokens: 4, settings: SETTINGS });
+    const again = await gen.generate(model, { prompt: "second", maxTokens: 4, settings: SETTINGS });
+    const head = [...`<|im_start|>system\n${SETTINGS.systemPrompt}<|im_end|>\n<|im_start|>user\n`].length;
+    assert.equal(again.timings.reusedTokens, head);
+    assert.deepEqual(model.calls.filter((c) => c[0] !== "feed" || c[1] > 1).slice(-2), [["keep", head], ["feed", again.promptTokens - head]]);
+    assert.deepEqual([again.finish, again.text, again.tokens], [expected.finish, expected.text, expected.tokens]);
+
+    // The same prompt again (a benchmark's runs) keeps the head only: its own text is fed again.
+    const third = await gen.generate(model, { prompt: "second", maxTokens: 4, settings: SETTINGS });
+    assert.equal(third.timings.reusedTokens, head);
   });
 });

@@ -4,12 +4,13 @@
 // bim_core/runtimes/embedder.py's: the tokenizer.json's own truncation and padding are
 // overridden (the first max_tokens-1 ids, then [SEP]), inputs padded with [PAD] per batch,
 // mean pooling over the attention mask, L2 normalization, float32 out. Image subnets are
-// js/image-runner.js's (upscaler.py's tiling). Messages: {id, op, args} in; {id, ok,
-// result|error} or {type: "progress"} out.
+// js/image-runner.js's (upscaler.py's tiling). Requests and answers as ./worker-rpc.js
+// defines them, plus {type: "progress"} out.
 import { batchPlan } from "./batching.js";
 import { imageRunnerCreate } from "./image-runner.js";
 import { modelLoad, DEFAULT_BUDGET_BYTES } from "./model-store.js";
 import { ortSession, tensorData } from "./ort-session.js";
+import { workerServe } from "./worker-rpc.js";
 
 const VENDOR = new URL("../vendor/", import.meta.url);
 let batchSize = 32;
@@ -95,7 +96,7 @@ function tokenize(texts) {
   });
 }
 
-async function embedBatch(rows, out, indices, dim) {
+async function embedBatch(rows, out, indices, dim, timings) {
   const width = Math.max(...rows.map((r) => r.length));
   const n = rows.length;
   const inputIds = new BigInt64Array(n * width).fill(BigInt(state.padId));
@@ -111,9 +112,11 @@ async function embedBatch(rows, out, indices, dim) {
   if (state.inputNames.has("input_ids")) feeds.input_ids = new ort.Tensor("int64", inputIds, shape);
   if (state.inputNames.has("attention_mask")) feeds.attention_mask = new ort.Tensor("int64", mask, shape);
   if (state.inputNames.has("token_type_ids")) feeds.token_type_ids = new ort.Tensor("int64", new BigInt64Array(n * width), shape);
+  const ran = performance.now();
   const results = await session.run(feeds, [state.outputName]);
   const hidden = results[state.outputName];
   const hiddenData = await tensorData(hidden);
+  timings.modelMs += performance.now() - ran;
   const d = hidden.dims[2];
   if (dim.value === 0) dim.value = d;
   for (let r = 0; r < n; r++) {
@@ -140,16 +143,20 @@ async function embed({ texts }) {
   if (!session) throw new Error("engine not initialised");
   if (!Array.isArray(texts) || texts.some((t) => typeof t !== "string")) throw new Error("texts must be a list of strings");
   if (texts.length === 0) return { data: new Float32Array(0), rows: 0, dim: state.dim || 0 };
+  const started = performance.now();
   const encodings = tokenize(texts);
+  // For measurements: tokenizing, the model calls, the rest (inputs, pooling, assembly).
+  const timings = { tokenizeMs: performance.now() - started, modelMs: 0, poolMs: 0 };
   const rowsOut = new Map();
   const dim = { value: 0 };
   // Calls of similar lengths, so that no call pads short texts to a long one's width.
   for (const batch of batchPlan(encodings.map((ids) => ids.length), { maxBatch: batchSize })) {
-    await embedBatch(batch.map((i) => encodings[i]), rowsOut, batch, dim);
+    await embedBatch(batch.map((i) => encodings[i]), rowsOut, batch, dim, timings);
   }
   const data = new Float32Array(texts.length * dim.value);
   for (let i = 0; i < texts.length; i++) data.set(rowsOut.get(i), i * dim.value);
-  return { data, rows: texts.length, dim: dim.value };
+  timings.poolMs = performance.now() - started - timings.tokenizeMs - timings.modelMs;
+  return { data, rows: texts.length, dim: dim.value, timings };
 }
 
 async function upscale({ image }) {
@@ -165,18 +172,4 @@ async function close() {
   return true;
 }
 
-const handlers = { init, embed, upscale, close, tokenize: ({ texts }) => tokenize(texts) };
-
-self.onmessage = async (event) => {
-  const { id, op, args } = event.data;
-  try {
-    if (!handlers[op]) throw new Error(`unknown op ${op}`);
-    const result = await handlers[op](args || {});
-    const transfer = result && ArrayBuffer.isView(result.data) ? [result.data.buffer] : [];
-    self.postMessage({ id, ok: true, result }, transfer);
-  } catch (err) {
-    self.postMessage({
-      id, ok: false, error: String(err && err.stack ? err.stack : err), message: String(err && err.message ? err.message : err), code: err?.code,
-    });
-  }
-};
+workerServe(self, { init, embed, upscale, close, tokenize: ({ texts }) => tokenize(texts) });

@@ -6,15 +6,19 @@
 //     onProgress({phase: "manifest"|"chunks"|"load"|"ready", done, total, fromCache})
 //     -> {runtime, backend, threads, taskType ("embedding" | "image", the manifest's), modelChecksum,
 //         cache: {fromCache, chunkRequests, bytes},
-//         async embed(texts) -> {data: Float32Array (rows*dim, row-major), rows, dim},
+//         async embed(texts) -> {data: Float32Array (rows*dim, row-major), rows, dim,
+//           timings: {tokenizeMs, modelMs, poolMs} (for measurements; not part of a result)},
 //         async tokenize(texts) -> number[][] (the ids the model sees),
-//         async upscale(imageB64) -> {data: Uint8Array (height*width*3, row-major RGB), height, width}
+//         async upscale(imageB64) -> {data: Uint8Array (height*width*3, row-major RGB), height, width,
+//           timings: {decodeMs, modelMs, tilingMs}}
 //           (an image subnet: the base64 PNG of a job's inputs, 2x; an image that does not
 //           decode rejects with an error whose `code` is "bad_input"),
 //         async close()}
 //   environment() -> {crossOriginIsolated, webgpu (navigator.gpu exists; an adapter may still be
 //                     missing: "auto" asks for one), hardwareConcurrency, userAgent}
 //   registerServiceWorker() -> the registration, or null where Service Workers are unavailable
+
+import { workerClient } from "./worker-rpc.js";
 
 const SW_URL = new URL("../sw.js", import.meta.url);
 
@@ -55,39 +59,7 @@ export async function createEngine({ manifestUrl, backend = "auto", threads, onP
   // browser may say no, and the engine then simply downloads again next time).
   try { await navigator.storage?.persist?.(); } catch { /* not granted */ }
   const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { type: "module", name: "bim-engine" });
-  const pending = new Map();
-  let nextId = 1;
-  let closed = false;
-  worker.onmessage = (event) => {
-    const msg = event.data;
-    if (msg.type === "progress") {
-      try { onProgress(msg.progress); } catch (err) { console.error(err); }
-      return;
-    }
-    const waiter = pending.get(msg.id);
-    if (!waiter) return;
-    pending.delete(msg.id);
-    if (msg.ok) waiter.resolve(msg.result);
-    else {
-      const error = new Error(msg.message);
-      error.workerStack = msg.error;
-      if (msg.code) error.code = msg.code;
-      waiter.reject(error);
-    }
-  };
-  worker.onerror = (event) => {
-    const error = new Error(`engine worker failed: ${event.message || "error"}`);
-    for (const waiter of pending.values()) waiter.reject(error);
-    pending.clear();
-  };
-  const call = (op, args) => {
-    if (closed) return Promise.reject(new Error("engine closed"));
-    return new Promise((resolve, reject) => {
-      const id = nextId++;
-      pending.set(id, { resolve, reject });
-      worker.postMessage({ id, op, args });
-    });
-  };
+  const { call, close, terminate } = workerClient(worker, { name: "engine", onProgress });
 
   let info;
   try {
@@ -100,7 +72,7 @@ export async function createEngine({ manifestUrl, backend = "auto", threads, onP
       batch,
     });
   } catch (err) {
-    worker.terminate();
+    terminate();
     throw err;
   }
   const cache = { fromCache: info.cache.fromCache, chunkRequests: info.cache.chunkRequests, bytes: info.cache.bytes };
@@ -122,13 +94,6 @@ export async function createEngine({ manifestUrl, backend = "auto", threads, onP
     async upscale(imageB64) {
       return call("upscale", { image: imageB64 });
     },
-    async close() {
-      if (closed) return;
-      try { await call("close", {}); } catch { /* terminating anyway */ }
-      closed = true;
-      worker.terminate();
-      for (const waiter of pending.values()) waiter.reject(new Error("engine closed"));
-      pending.clear();
-    },
+    close,
   };
 }

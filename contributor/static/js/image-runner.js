@@ -38,14 +38,27 @@ export async function imageRunnerCreate(files, manifest, { backend, threads }) {
     return { data: await tensorData(output), dims: [...output.dims] };
   }
 
+  /** The result's pixels, and `timings` (ms) for measurements: decoding the PNG, the model
+   * calls, and the rest (padding, windows, assembly, quantization). */
   async function upscale(imageB64) {
+    const started = performance.now();
     let image;
     try {
       image = await pngDecode(b64decode(imageB64), { maxSide: settings.maxSide });
     } catch (err) {
       throw new InputRefused(`image: ${err.message}`);
     }
-    return upscalePixels(image, runWindow, settings);
+    const decoded = performance.now();
+    let modelMs = 0;
+    const timedWindow = async (data, dims) => {
+      const t0 = performance.now();
+      const result = await runWindow(data, dims);
+      modelMs += performance.now() - t0;
+      return result;
+    };
+    const out = await upscalePixels(image, timedWindow, settings);
+    const tilingMs = performance.now() - decoded - modelMs;
+    return { ...out, timings: { decodeMs: decoded - started, modelMs, tilingMs } };
   }
 
   // Warm-up before the page says `ready`: onnxruntime's arena grows to a full window, so

@@ -13,55 +13,20 @@
 // thread its output was measured against the Python node (bench/browser_agreement.py).
 
 import { registerServiceWorker } from "./engine.js";
+import { workerClient } from "./worker-rpc.js";
 
 export async function createTextEngine({ manifestUrl, threads = 1, onProgress = () => {}, budgetBytes, expectedChecksum = "" } = {}) {
   if (!manifestUrl) throw new Error("createTextEngine needs a manifestUrl");
   await registerServiceWorker();
   try { await navigator.storage?.persist?.(); } catch { /* not granted */ }
   const worker = new Worker(new URL("./text-worker.js", import.meta.url), { type: "module", name: "bim-text-engine" });
-  const pending = new Map();
-  let nextId = 1;
-  let closed = false;
-  worker.onmessage = (event) => {
-    const msg = event.data;
-    if (msg.type === "progress") {
-      try { onProgress(msg.progress); } catch (err) { console.error(err); }
-      return;
-    }
-    const waiter = pending.get(msg.id);
-    if (!waiter) return;
-    if (msg.type === "token") {
-      const { token, delta, text, count } = msg;
-      try { waiter.onToken?.({ token, delta, text, count }); } catch (err) { console.error(err); }
-      return;
-    }
-    pending.delete(msg.id);
-    if (msg.ok) waiter.resolve(msg.result);
-    else {
-      const error = new Error(msg.message);
-      error.workerStack = msg.error;
-      waiter.reject(error);
-    }
-  };
-  worker.onerror = (event) => {
-    const error = new Error(`text engine worker failed: ${event.message || "error"}`);
-    for (const waiter of pending.values()) waiter.reject(error);
-    pending.clear();
-  };
-  const call = (op, args, onToken) => {
-    if (closed) return Promise.reject(new Error("engine closed"));
-    return new Promise((resolve, reject) => {
-      const id = nextId++;
-      pending.set(id, { resolve, reject, onToken });
-      worker.postMessage({ id, op, args });
-    });
-  };
+  const { call, close, terminate } = workerClient(worker, { name: "text engine", onProgress });
 
   let info;
   try {
     info = await call("init", { manifestUrl: new URL(manifestUrl, location.href).href, threads, budgetBytes, expectedChecksum });
   } catch (err) {
-    worker.terminate();
+    terminate();
     throw err;
   }
   const cache = { fromCache: info.cache.fromCache, chunkRequests: info.cache.chunkRequests, bytes: info.cache.bytes };
@@ -75,21 +40,15 @@ export async function createTextEngine({ manifestUrl, threads = 1, onProgress = 
     cache,
     manifest: info.manifest,
     settings: info.settings,
-    // timings ({promptMs, decodeMs}) are for measurements; a result signs finish, text, tokens.
+    // timings ({tokenizeMs, promptMs, decodeMs}) are for measurements; a result signs finish, text, tokens.
     async generate(inputs, onToken) {
-      const { finish, text, tokens, timings } = await call("generate", { prompt: inputs.prompt, maxTokens: inputs.max_tokens }, onToken);
+      const heard = onToken && ((msg) => onToken({ token: msg.token, delta: msg.delta, text: msg.text, count: msg.count }));
+      const { finish, text, tokens, timings } = await call("generate", { prompt: inputs.prompt, maxTokens: inputs.max_tokens }, heard);
       return { finish, text, tokens, timings };
     },
     async promptTokens(prompt) {
       return call("promptTokens", { prompt });
     },
-    async close() {
-      if (closed) return;
-      try { await call("close", {}); } catch { /* terminating anyway */ }
-      closed = true;
-      worker.terminate();
-      for (const waiter of pending.values()) waiter.reject(new Error("engine closed"));
-      pending.clear();
-    },
+    close,
   };
 }

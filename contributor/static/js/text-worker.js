@@ -3,11 +3,12 @@
 // file against the manifest's, cached under the byte budget) and runs it with wllama
 // (llama.cpp in WebAssembly, which starts a worker of its own). Generation follows
 // ./text-generation.js under the subnet's pinned settings: context, prompt batch size, chat
-// template, greedy decoding. Messages: {id, op, args} in; {id, ok, result|error},
+// template, greedy decoding. Requests and answers as ./worker-rpc.js defines them, plus
 // {type: "progress"} and {type: "token", id, ...} (streamed tokens of request id) out.
 import { controlTokens } from "./gguf.js";
 import { DEFAULT_BUDGET_BYTES, modelLoad } from "./model-store.js";
 import { generate, generationSettings, promptTokens } from "./text-generation.js";
+import { workerServe } from "./worker-rpc.js";
 
 const VENDOR = new URL("../vendor/wllama/", import.meta.url);
 // The sampler as argmax: temperature 0 keeps the first maximum in id order (the lowest id on
@@ -49,12 +50,28 @@ async function init({ manifestUrl, threads = 1, budgetBytes = DEFAULT_BUDGET_BYT
   });
   files.model = null;
   await wllama.samplingInit(GREEDY);
+  // The ids the context holds, in order, so a job's prompt reuses the prefix it shares
+  // with the last one (./text-generation.js prefill); emptied first, so a failed call
+  // leaves nothing to reuse.
+  let cached = [];
   model = {
     control,
     bos: wllama.getBOS(),
+    get cached() { return cached; },
     tokenize: (text, special) => wllama.tokenize(text, special),
-    reset: () => wllama.kvClear(),
-    feed: (ids) => wllama.decode(ids, {}),
+    reset: async () => { cached = []; await wllama.kvClear(); },
+    keep: async (n) => {
+      const kept = cached.slice(0, n);
+      cached = [];
+      await wllama.kvRemove(n, -1);
+      cached = kept;
+    },
+    feed: async (ids) => {
+      const before = cached;
+      cached = [];
+      await wllama.decode(ids, {});
+      cached = before.concat(ids);
+    },
     next: () => wllama.samplingSample(),
     isStop: (token) => wllama.isTokenEOG(token),
   };
@@ -97,19 +114,9 @@ async function close() {
   return true;
 }
 
-const handlers = {
-  init: (_id, args) => init(args),
-  generate: run,
-  promptTokens: (_id, { prompt }) => promptTokens(model, prompt, settings.systemPrompt),
-  close: () => close(),
-};
-
-self.onmessage = async (event) => {
-  const { id, op, args } = event.data;
-  try {
-    if (!handlers[op]) throw new Error(`unknown op ${op}`);
-    self.postMessage({ id, ok: true, result: await handlers[op](id, args || {}) });
-  } catch (err) {
-    self.postMessage({ id, ok: false, error: String(err && err.stack ? err.stack : err), message: String(err && err.message ? err.message : err) });
-  }
-};
+workerServe(self, {
+  init,
+  generate: (args, id) => run(id, args),
+  promptTokens: ({ prompt }) => promptTokens(model, prompt, settings.systemPrompt),
+  close,
+});
