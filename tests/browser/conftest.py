@@ -160,7 +160,17 @@ def sign_up(page: Any, url: str, username: str, password: str) -> None:
     page.wait_for_url(f"{url}/contribute/")
 
 
-def _watch_console(page: Any) -> list[str]:
+def opt_in(page: Any, url: str, slug: str) -> None:
+    """From the contributor dashboard, opt into `slug`: accept its license and land back on
+    the dashboard, which then loads the subnet's model and runs its benchmark."""
+    page.click(f"[data-testid=opt-in-{slug}]")
+    page.check("#id_accept")
+    page.click("[data-testid=accept-license]")
+    page.wait_for_url(f"{url}/contribute/")
+
+
+def watch_console(page: Any) -> list[str]:
+    """The page's console messages and uncaught errors, as they come (for failure reports)."""
     lines: list[str] = []
     page.on("console", lambda msg: lines.append(f"{msg.type}: {msg.text}"))
     page.on("pageerror", lambda err: lines.append(f"pageerror: {err}"))
@@ -172,7 +182,7 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context()
     context.set_default_timeout(120_000)
     page = context.new_page()
-    page.bim_console = _watch_console(page)
+    page.bim_console = watch_console(page)
     yield page
     context.close()
 
@@ -200,7 +210,7 @@ def persistent_context(playwright_instance: Any) -> Iterator[Callable[..., Any]]
 def open_harness(page: Any, base_url: str) -> Any:
     """Load the engine harness page (window.bim = engine.js + model-store.js) and wait for it."""
     if not hasattr(page, "bim_console"):
-        page.bim_console = _watch_console(page)
+        page.bim_console = watch_console(page)
     page.goto(base_url + HARNESS_PATH)
     page.wait_for_function("window.bimReady === true", timeout=30_000)
     return page

@@ -26,7 +26,7 @@ from bim_sdk import Client, verify_receipt
 from ledger.checks import ledger_violations
 from registry.models import Assignment, AssignmentState, Benchmark, BenchmarkState, Node, NodeSubnet
 from subnets import defaults
-from tests.browser.conftest import sign_up, wait_for
+from tests.browser.conftest import opt_in, sign_up, wait_for, watch_console
 from tests.images import sample_image, waifu2x_model
 from tests.market import running_market
 
@@ -64,9 +64,7 @@ def test_an_image_job_settles_between_a_browser_and_a_python_node_of_another_own
     url, tokens, group = market
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
-    console: list[str] = []
-    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    console = watch_console(page)
     page.set_default_timeout(30_000)
     try:
         sign_up(page, url, "iris", PASSWORD)
@@ -75,10 +73,7 @@ def test_an_image_job_settles_between_a_browser_and_a_python_node_of_another_own
         assert page.locator(f"[data-testid=plan-{SLUG}]").inner_text().startswith("WASM")
         assert page.locator(f"[data-testid=unavailable-{SLUG}]").count() == 0
 
-        page.click(f"[data-testid=opt-in-{SLUG}]")
-        page.check("#id_accept")
-        page.click("[data-testid=accept-license]")
-        page.wait_for_url(f"{url}/contribute/")
+        opt_in(page, url, SLUG)
 
         # The model fetched through the verified chunk path; the registry's image benchmark
         # (a 96 x 128 photo crop, checked against its reference within tau) passed.

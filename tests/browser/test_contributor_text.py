@@ -31,7 +31,7 @@ from registry import selectors
 from registry.models import Assignment, AssignmentState, Benchmark, BenchmarkState, Job, Node
 from subnets import defaults
 from subnets.services import packaged_file
-from tests.browser.conftest import sign_up, wait_for
+from tests.browser.conftest import opt_in, sign_up, wait_for, watch_console
 from tests.market import running_market
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -84,19 +84,14 @@ def test_a_browser_generates_text_jobs_with_llama_cpp_in_webassembly_and_is_paid
     with running_market(tmp_path, contributors="bob", nodes={"bob": SLUG}) as (url, tokens, group):
         context = browser.new_context()
         page = context.new_page()
-        console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        console = watch_console(page)
         page.add_init_script(RECORD_SENT)
         page.set_default_timeout(30_000)
         try:
             sign_up(page, url, "erin", PASSWORD)
             wait_for(page, "window.bim && window.bim.phase === 'no subnet'")
             assert page.locator(f"[data-testid=unavailable-{SLUG}]").count() == 0
-            page.click(f"[data-testid=opt-in-{SLUG}]")
-            page.check("#id_accept")
-            page.click("[data-testid=accept-license]")
-            page.wait_for_url(f"{url}/contribute/")
+            opt_in(page, url, SLUG)
 
             # The GGUF fetched and verified chunk by chunk, loaded into wllama, benchmarked.
             wait_for(page, "window.bim && window.bim.benchmark && window.bim.benchmark.passed === true", timeout=300_000)
@@ -153,10 +148,7 @@ def _text_contributor(page, url: str) -> dict:
     """Sign up, opt into the text subnet, load and benchmark the GGUF: the page's state."""
     sign_up(page, url, "erin", PASSWORD)
     wait_for(page, "window.bim && window.bim.phase === 'no subnet'")
-    page.click(f"[data-testid=opt-in-{SLUG}]")
-    page.check("#id_accept")
-    page.click("[data-testid=accept-license]")
-    page.wait_for_url(f"{url}/contribute/")
+    opt_in(page, url, SLUG)
     wait_for(page, "window.bim && window.bim.benchmark && window.bim.benchmark.passed === true", timeout=300_000)
     wait_for(page, "window.bim.phase.startsWith('ready on')", timeout=60_000)
     return page.evaluate("({nodeId: bim.nodeId, env: bim.env})")
@@ -170,9 +162,7 @@ def test_a_browser_streams_a_p2p_text_job_to_the_user_beside_a_python_node(tmp_p
     with running_market(tmp_path, contributors="bob", nodes={"bob": SLUG}, **env) as (url, tokens, group):
         context = webrtc_browser.new_context()
         page = context.new_page()
-        console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        console = watch_console(page)
         page.add_init_script(RECORD_SENT)
         page.add_init_script(RECORD_CHANNEL)
         page.set_default_timeout(30_000)

@@ -45,6 +45,28 @@ export async function registerServiceWorker({ timeoutMs = 3000 } = {}) {
   }
 }
 
+/** An engine's Web Worker (`script`) started and initialized, as every engine starts one:
+ * sw.js registered, persistent storage asked for (best effort: the browser may say no, and
+ * the engine then simply downloads again next time), the worker's "init" run with `init`
+ * (its manifestUrl made absolute), the worker terminated if that fails, "ready" reported.
+ * -> {call, close, info (init's answer), cache: {fromCache, chunkRequests, bytes}} */
+export async function startEngineWorker(script, { workerName, engineName, onProgress, init }) {
+  await registerServiceWorker();
+  try { await navigator.storage?.persist?.(); } catch { /* not granted */ }
+  const worker = new Worker(script, { type: "module", name: workerName });
+  const { call, close, terminate } = workerClient(worker, { name: engineName, onProgress });
+  let info;
+  try {
+    info = await call("init", { ...init, manifestUrl: new URL(init.manifestUrl, location.href).href });
+  } catch (err) {
+    terminate();
+    throw err;
+  }
+  const cache = { fromCache: info.cache.fromCache, chunkRequests: info.cache.chunkRequests, bytes: info.cache.bytes };
+  onProgress({ phase: "ready", done: 1, total: 1, fromCache: cache.fromCache });
+  return { call, close, info, cache };
+}
+
 /** Half the logical cores, at most 4: onnxruntime-web's own default (and ./controls.js's).
  * Every core was the default before, which left none to the page and the browser. */
 function defaultThreads() {
@@ -54,29 +76,12 @@ function defaultThreads() {
 
 export async function createEngine({ manifestUrl, backend = "auto", threads, onProgress = () => {}, budgetBytes, expectedChecksum = "", batch } = {}) {
   if (!manifestUrl) throw new Error("createEngine needs a manifestUrl");
-  await registerServiceWorker();
-  // Ask that the model cache not be dropped under storage pressure (best effort; the
-  // browser may say no, and the engine then simply downloads again next time).
-  try { await navigator.storage?.persist?.(); } catch { /* not granted */ }
-  const worker = new Worker(new URL("./engine-worker.js", import.meta.url), { type: "module", name: "bim-engine" });
-  const { call, close, terminate } = workerClient(worker, { name: "engine", onProgress });
-
-  let info;
-  try {
-    info = await call("init", {
-      manifestUrl: new URL(manifestUrl, location.href).href,
-      backend,
-      threads: threads ?? defaultThreads(),
-      budgetBytes,
-      expectedChecksum,
-      batch,
-    });
-  } catch (err) {
-    terminate();
-    throw err;
-  }
-  const cache = { fromCache: info.cache.fromCache, chunkRequests: info.cache.chunkRequests, bytes: info.cache.bytes };
-  onProgress({ phase: "ready", done: 1, total: 1, fromCache: cache.fromCache });
+  const { call, close, info, cache } = await startEngineWorker(new URL("./engine-worker.js", import.meta.url), {
+    workerName: "bim-engine",
+    engineName: "engine",
+    onProgress,
+    init: { manifestUrl, backend, threads: threads ?? defaultThreads(), budgetBytes, expectedChecksum, batch },
+  });
   return {
     runtime: info.runtime,
     backend: info.backend,

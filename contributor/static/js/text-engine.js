@@ -12,25 +12,16 @@
 // Threads: 1 unless asked. wllama's threaded build needs cross-origin isolation; on one
 // thread its output was measured against the Python node (bench/browser_agreement.py).
 
-import { registerServiceWorker } from "./engine.js";
-import { workerClient } from "./worker-rpc.js";
+import { startEngineWorker } from "./engine.js";
 
 export async function createTextEngine({ manifestUrl, threads = 1, onProgress = () => {}, budgetBytes, expectedChecksum = "" } = {}) {
   if (!manifestUrl) throw new Error("createTextEngine needs a manifestUrl");
-  await registerServiceWorker();
-  try { await navigator.storage?.persist?.(); } catch { /* not granted */ }
-  const worker = new Worker(new URL("./text-worker.js", import.meta.url), { type: "module", name: "bim-text-engine" });
-  const { call, close, terminate } = workerClient(worker, { name: "text engine", onProgress });
-
-  let info;
-  try {
-    info = await call("init", { manifestUrl: new URL(manifestUrl, location.href).href, threads, budgetBytes, expectedChecksum });
-  } catch (err) {
-    terminate();
-    throw err;
-  }
-  const cache = { fromCache: info.cache.fromCache, chunkRequests: info.cache.chunkRequests, bytes: info.cache.bytes };
-  onProgress({ phase: "ready", done: 1, total: 1, fromCache: cache.fromCache });
+  const { call, close, info, cache } = await startEngineWorker(new URL("./text-worker.js", import.meta.url), {
+    workerName: "bim-text-engine",
+    engineName: "text engine",
+    onProgress,
+    init: { manifestUrl, threads, budgetBytes, expectedChecksum },
+  });
   return {
     taskType: "text",
     runtime: info.runtime,
