@@ -21,7 +21,7 @@ from django.utils import timezone
 from bim_core import protocol
 from bim_core.net import client_ip
 
-from . import benchmarks, cool_off, hello, metrics, p2p, presence, reputation, results, routing_index, tasks
+from . import benchmarks, cool_off, hello, metrics, p2p, presence, reputation, results, tasks
 from .node_io import Coalesced, db, group_change, layer
 
 log = logging.getLogger("bim.registry.ws")
@@ -292,7 +292,6 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await db(results.result_refused)(node_id=self.node_id, message=content, code=exc.code)
             raise
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
-        await db(routing_index.speed_observe)(assignment_id=assignment.id)
 
     async def on_result_commit(self, content: dict[str, Any]) -> None:
         content = {**content, "elapsed_ms": protocol.parse_elapsed_ms(content.get("elapsed_ms"))}
@@ -302,7 +301,6 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
             await db(results.result_refused)(node_id=self.node_id, message=content, code=exc.code)
             raise
         await self.send_json({"type": "result_ok", "assignment_id": str(assignment.id)})
-        await db(routing_index.speed_observe)(assignment_id=assignment.id)
 
     async def on_signal(self, content: dict[str, Any]) -> None:
         # An answer or a candidate for the user of one of this node's peer-to-peer jobs.

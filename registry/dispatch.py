@@ -91,7 +91,8 @@ def _job_dispatch_locked(job: Job, batch: DispatchBatch) -> list[Assignment]:
     if job.expires_at <= timezone.now():
         job_expire(job)
         return []
-    assignments = list(job.assignments.select_related("node"))
+    # A queued job has none: its first assignments move it to dispatched in one step.
+    assignments = [] if job.state == JobState.QUEUED else list(job.assignments.select_related("node"))
     active = [a for a in assignments if a.state in OPEN_ASSIGNMENT_STATES]
     if job.solo and job.state == JobState.DISPATCHED:
         # Its trusted node vanished: a replacement is not trusted, so back to a pair.

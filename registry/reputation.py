@@ -6,8 +6,9 @@ clearing of strikes are in `registry.sanctions`.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import F
@@ -22,6 +23,7 @@ from .models import (
     NodeSubnet,
     Strike,
 )
+from .prepared import PreparedQuery, PreparedUpdate
 from .routing_index import index_bump_for_node
 
 log = logging.getLogger("bim.registry.reputation")
@@ -31,16 +33,34 @@ def reputation_record(*, node_ids: Sequence[object], outcome: float, subnet: Sub
     """Apply one job's outcome (1 consensus winner, 0 minority or failed honeypot)."""
     policy = scoring.ReputationPolicy.from_dict(subnet.reputation_policy)
     now = timezone.now()
-    for node in Node.objects.select_for_update().filter(pk__in=node_ids).order_by("pk"):
+    # In key order, as every writer of several node rows locks them.
+    nodes = (
+        _pair_locked.all(*node_ids)
+        if len(node_ids) == 2
+        else Node.objects.select_for_update().filter(pk__in=node_ids).order_by("pk")
+    )
+    for node in nodes:
         idle_h = (now - node.last_job_at).total_seconds() / 3600 if node.last_job_at else 0.0
         reputation = scoring.reputation_after_idle(node.reputation, idle_h=idle_h, policy=policy)
         agreed = node.jobs_agreed + (1 if outcome >= 1 else 0)
-        node.reputation = scoring.reputation_after_job(reputation, outcome, jobs_done=agreed, policy=policy)
-        node.jobs_agreed = agreed
-        node.jobs_failed += 0 if outcome >= 1 else 1
-        node.last_job_at = now
-        node.save(update_fields=["reputation", "jobs_agreed", "jobs_failed", "last_job_at"])
+        failed = node.jobs_failed + (0 if outcome >= 1 else 1)
+        after = scoring.reputation_after_job(reputation, outcome, jobs_done=agreed, policy=policy)
+        _record_update.run(node.pk, after, agreed, failed, now)
     NodeSubnet.objects.filter(node_id__in=node_ids, subnet=subnet).update(jobs_since_benchmark=F("jobs_since_benchmark") + 1)
+
+
+# Prepared (registry.prepared): a settled pair's two nodes, every job.
+_pair_locked = PreparedQuery(
+    lambda first, second: Node.objects.select_for_update().filter(pk__in=[first, second]).order_by("pk"),
+    (uuid.UUID, uuid.UUID),
+)
+_record_update = PreparedUpdate(
+    lambda node_id, reputation, agreed, failed, at: (
+        Node.objects.filter(pk=node_id),
+        {"reputation": reputation, "jobs_agreed": agreed, "jobs_failed": failed, "last_job_at": at},
+    ),
+    (uuid.UUID, float, int, int, datetime),
+)
 
 
 def node_strike(*, node_id: object, reason: str, job_id: object | None = None, subnet: Subnet | None = None) -> Strike:

@@ -11,13 +11,14 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from bim_core import content_policy, families, protocol
 from subnets.models import Subnet
 
-from . import effects, metrics, p2p, p2p_uploads, policy_enforcement, selectors, verify
+from . import effects, metrics, p2p, p2p_uploads, policy_enforcement, routing_index, selectors, verify
 from .jobs import PAIR_ROLES, assignments_lose, job_locked, job_transition, job_trusted_only
 from .models import (
     TERMINAL_STATES,
@@ -28,6 +29,7 @@ from .models import (
     JobState,
     Node,
 )
+from .prepared import PreparedQuery
 from .reputation import node_strike, reputation_record
 
 log = logging.getLogger("bim.registry")
@@ -50,13 +52,14 @@ def result_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         if p2p.job_is_p2p(job):
             job.relay_bytes += len(fields["payload"])
             job.save(update_fields=["relay_bytes"])
-        _submitted(job, assignment, fields)
+        _submitted(job, assignment, fields, also=("result",))
         verify_here = _job_complete(job, assignment)
     metrics.results_received.inc()
     if verify_here:
         # Comparing and settling costs less than a task's round trip through the broker:
         # done here, in a transaction of its own, right after the result is stored.
         verify.job_verify_now(job_id=job.id)
+    _speed_observe(job, assignment)
     return assignment
 
 
@@ -86,13 +89,24 @@ def commit_record(*, node_id: object, message: dict[str, Any]) -> Assignment:
         if stats.get("relayed"):
             job.turn_bytes += stats["bytes_sent"] + stats["bytes_received"]
             job.save(update_fields=["turn_bytes"])
-        _submitted(job, assignment, fields)
+        _submitted(job, assignment, fields, also=("result", "result_size", "transport_stats"))
         p2p.delivery_before_commit_apply(job, assignment)
         verify_here = _job_complete(job, assignment)
     metrics.results_received.inc()
     if verify_here:
         verify.job_verify_now(job_id=job.id)
+    _speed_observe(job, assignment)
     return assignment
+
+
+def _speed_observe(job: Job, assignment: Assignment) -> None:
+    routing_index.speed_observe(
+        node_id=assignment.node_id,
+        subnet_id=job.subnet_id,
+        items=job.item_count,
+        dispatched_at=assignment.dispatched_at,
+        submitted_at=assignment.submitted_at,
+    )
 
 
 # The largest result a node may commit to: what the data channel carries (bim_core.peer).
@@ -114,17 +128,51 @@ def _transport_stats(raw: Any) -> dict[str, Any]:
     return stats
 
 
+# The job found through this node's assignment (ids that do not belong together lock
+# nothing), then the assignment: prepared (registry.prepared), two for every result.
+_job_of_assignment_locked = PreparedQuery(
+    lambda job_id, assignment_id, node_id: Job.objects.select_for_update(no_key=True, of=("self",))
+    .select_related("subnet", "user")
+    .filter(pk=job_id, assignments__pk=assignment_id, assignments__node_id=node_id),
+    (uuid.UUID, uuid.UUID, uuid.UUID),
+)
+# With how many of its pair partners have submitted (`partner_results`, for `_job_complete`):
+# an assignment becomes submitted only under its job's lock, so the count holds while we
+# hold it.
+_assignment_locked = PreparedQuery(
+    lambda assignment_id: Assignment.objects.select_for_update(of=("self",))
+    .annotate(
+        partner_results=Coalesce(
+            Subquery(
+                Assignment.objects.filter(
+                    job_id=OuterRef("job_id"), role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED
+                )
+                .exclude(pk=OuterRef("pk"))
+                .values("job_id")
+                .annotate(count=Count("pk"))
+                .values("count")
+            ),
+            0,
+        )
+    )
+    .filter(pk=assignment_id),
+    (uuid.UUID,),
+)
+# Whether the subnet has jobs waiting for a free offer slot (`_submitted`).
+_one_queued_job = PreparedQuery(
+    lambda subnet_id: Job.objects.filter(subnet_id=subnet_id, state=JobState.QUEUED).only("pk")[:1], (int,)
+)
+
+
 def _assignment_and_job_locked(node_id: object, fields: dict[str, Any]) -> tuple[Assignment, Job]:
     """The job's row, then the assignment's: the order of every other writer of a job and
     its assignments (the user's delivery confirmation, verification, dispatch, the sweeper).
     Assignment first, an upload racing the user's confirmation of the same result deadlocked
     with it (bench/bandwidth.py, an audited P2P job)."""
-    assignments = Assignment.objects.filter(pk=fields["assignment_id"], node_id=node_id)
-    job_id = assignments.values_list("job_id", flat=True).first()
-    if job_id is None or str(job_id) != fields["job_id"]:
+    job = _job_of_assignment_locked.first(fields["job_id"], fields["assignment_id"], node_id)
+    if job is None:
         raise protocol.ProtocolError("not_assigned", "this job is not assigned to this node")
-    job = job_locked(job_id)
-    return assignments.select_for_update().get(), job
+    return _assignment_locked.all(fields["assignment_id"])[0], job
 
 
 def _check_open(job: Job, assignment: Assignment, node_id: object) -> None:
@@ -140,15 +188,18 @@ def _check_open(job: Job, assignment: Assignment, node_id: object) -> None:
         raise protocol.ProtocolError(NOT_TRUSTED, "this job runs on a trusted subnet: registry-operated nodes only")
 
 
-def _submitted(job: Job, assignment: Assignment, fields: dict[str, Any]) -> None:
+def _submitted(job: Job, assignment: Assignment, fields: dict[str, Any], *, also: tuple[str, ...]) -> None:
+    """Store the assignment as submitted: these fields, and those the caller set (`also`)."""
     assignment.state = AssignmentState.SUBMITTED
     assignment.result_shape = list(fields["shape"])
     assignment.result_hash = fields["result_hash"]
     assignment.signature = fields["signature"]
     assignment.elapsed_ms = fields["elapsed_ms"]
     assignment.submitted_at = timezone.now()
-    assignment.save()
-    if Job.objects.filter(subnet_id=job.subnet_id, state=JobState.QUEUED).exists():
+    assignment.save(
+        update_fields=["state", "result_shape", "result_hash", "signature", "elapsed_ms", "submitted_at", *also]
+    )
+    if _one_queued_job.all(job.subnet_id):
         # This answer frees a slot in the node's queue: place jobs that wait for one.
         effects.queue_task_coalesced("dispatch_waiting", str(job.subnet_id))
 
@@ -159,7 +210,7 @@ def _job_complete(job: Job, assignment: Assignment) -> bool:
     complete = (
         assignment.role == AssignmentRole.C  # the tie-breaker is in: adjudicate
         or job.solo
-        or job.assignments.filter(role__in=PAIR_ROLES, state=AssignmentState.SUBMITTED).count() == len(PAIR_ROLES)
+        or (assignment.role in PAIR_ROLES and assignment.partner_results + 1 == len(PAIR_ROLES))
     )
     if complete and assignment.role != AssignmentRole.C:
         job_transition(job, JobState.VERIFYING, detail="solo result in" if job.solo else "both results in")

@@ -6,6 +6,7 @@ process memory in embedded mode) or when it is older than INDEX_MAX_AGE_S.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from .models import (
     Node,
     NodeSubnet,
 )
+from .prepared import PreparedUpdate
 
 
 def index_bump_for_node(node_id: object) -> None:
@@ -196,10 +198,11 @@ def offer_slots(subnet_id: int) -> dict[str, OfferSlots]:
     runs at once, never more than its probation allows (`probation_offers`). Where the
     subnet's policy says so (`queue_depth_below_escrow` > 0), a node whose escrow is still
     below the requirement gets that shorter queue: until it has something to lose, it
-    carries less work. Four queries, whatever the backlog."""
+    carries less work. Two queries (three with that policy), whatever the backlog."""
     links = list(
         NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).values_list(
-            "node_id", "max_concurrent", "items_per_s", "node__jobs_agreed"
+            "node_id", "max_concurrent", "items_per_s", "node__jobs_agreed",
+            "subnet__escrow_required_micro", "subnet__queue_depth_below_escrow",
         )
     )
     if not links:
@@ -210,16 +213,14 @@ def offer_slots(subnet_id: int) -> dict[str, OfferSlots]:
         .annotate(open=Count("pk"))
         .values_list("node_id", "open")
     )
-    required, short_depth = Subnet.objects.values_list("escrow_required_micro", "queue_depth_below_escrow").get(
-        pk=subnet_id
-    )
+    required, short_depth = links[0][4:6]
     escrowed = (
         ledger_selectors.nodes_with_escrow(node_ids=[link[0] for link in links], required=required)
         if short_depth and required
         else set()
     )
     slots = {}
-    for node_id, max_concurrent, items_per_s, jobs_agreed in links:
+    for node_id, max_concurrent, items_per_s, jobs_agreed, *_ in links:
         restricted = short_depth and required and node_id not in escrowed
         depth = short_depth if restricted else settings.NODE_QUEUE_DEPTH
         slots[str(node_id)] = OfferSlots(
@@ -327,34 +328,40 @@ def _routing_weight(
     return scoring.routing_weight(base, reputation, active_strikes=link.active_strikes, policy=policy)
 
 
-def speed_observe(*, assignment_id: object) -> None:
-    """An accepted result: fold the time from offer to result, on the registry's clock, into
-    the node's exponentially weighted speed for the subnet (NODE_SPEED_EWMA_ALPHA). What a
-    node reports about its own speed never enters routing once it has done real jobs.
-    One UPDATE computes scoring.ewma in SQL, the same floating-point steps: a node's
-    results, which arrive together, never wait on one another for a row lock held across
-    round trips."""
-    row = (
-        Assignment.objects.filter(pk=assignment_id, submitted_at__isnull=False)
-        .values("node_id", "submitted_at", "dispatched_at", "job__item_count", "job__subnet_id")
-        .first()
-    )
-    if row is None:
-        return
-    elapsed_ms = max(1.0, (row["submitted_at"] - row["dispatched_at"]).total_seconds() * 1000)
+def speed_observe(*, node_id: object, subnet_id: int, items: int, dispatched_at: datetime, submitted_at: datetime) -> None:
+    """An accepted result (`registry.results`, once it is stored): fold the time from offer
+    to result, on the registry's clock, into the node's exponentially weighted speed for the
+    subnet (NODE_SPEED_EWMA_ALPHA). What a node reports about its own speed never enters
+    routing once it has done real jobs. One UPDATE computes scoring.ewma in SQL, the same
+    floating-point steps: a node's results, which arrive together, never wait on one
+    another for a row lock held across round trips."""
+    elapsed_ms = max(1.0, (submitted_at - dispatched_at).total_seconds() * 1000)
     alpha = settings.NODE_SPEED_EWMA_ALPHA
-    NodeSubnet.objects.filter(node_id=row["node_id"], subnet_id=row["job__subnet_id"]).update(
-        observed_items_per_s=_ewma_sql("observed_items_per_s", row["job__item_count"] * 1000.0 / elapsed_ms, alpha),
-        observed_latency_ms=_ewma_sql("observed_latency_ms", elapsed_ms, alpha),
-    )
+    speed = items * 1000.0 / elapsed_ms
+    _speeds_update.run(node_id, subnet_id, speed, alpha * speed, elapsed_ms, alpha * elapsed_ms, 1 - alpha)
 
 
-def _ewma_sql(field: str, sample: float, alpha: float) -> Case:
-    """scoring.ewma(field, sample, alpha) as an expression of the row's current value.
-    Only the product with the row's value is left to SQL: two literals multiplied there
-    would be PostgreSQL numerics, exact, then rounded once, not Python's two roundings."""
+def _ewma_sql(field: str, sample: float, alpha_sample: float, keep: float) -> Case:
+    """scoring.ewma(field, sample, alpha) as an expression of the row's current value, with
+    alpha_sample = alpha * sample and keep = 1 - alpha formed in Python: two literals
+    multiplied in SQL would be PostgreSQL numerics, exact, then rounded once, not Python's
+    two roundings."""
     return Case(
         When(**{f"{field}__isnull": True}, then=Value(sample)),
-        default=Value(1 - alpha) * F(field) + Value(alpha * sample),
+        default=Value(keep) * F(field) + Value(alpha_sample),
         output_field=FloatField(),
     )
+
+
+# Prepared (registry.prepared): once per result, and compiling the CASEs cost more than
+# running them.
+_speeds_update = PreparedUpdate(
+    lambda node_id, subnet_id, speed, alpha_speed, latency, alpha_latency, keep: (
+        NodeSubnet.objects.filter(node_id=node_id, subnet_id=subnet_id),
+        {
+            "observed_items_per_s": _ewma_sql("observed_items_per_s", speed, alpha_speed, keep),
+            "observed_latency_ms": _ewma_sql("observed_latency_ms", latency, alpha_latency, keep),
+        },
+    ),
+    (uuid.UUID, int, float, float, float, float, float),
+)

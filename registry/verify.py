@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from typing import Any
 
 from django.db import transaction
@@ -30,9 +31,17 @@ from .models import (
     JobState,
     Node,
 )
+from .prepared import PreparedQuery
 from .settlement import job_settle_agreed, job_settle_rescored, job_settle_solo
 
 log = logging.getLogger("bim.registry.verify")
+
+
+# Prepared (registry.prepared): read once for every job verified.
+_submitted_with_nodes = PreparedQuery(
+    lambda job_id: Assignment.objects.filter(job_id=job_id, state=AssignmentState.SUBMITTED).select_related("node"),
+    (uuid.UUID,),
+)
 
 
 def job_verify(*, job_id: object, may_rescore: bool = True) -> Job | None:
@@ -46,9 +55,9 @@ def job_verify(*, job_id: object, may_rescore: bool = True) -> Job | None:
         job = job_locked(job_id)
         if job is None:
             return None
-        results = {
-            a.role: a for a in job.assignments.filter(state=AssignmentState.SUBMITTED).select_related("node")
-        }
+        results = {a.role: a for a in _submitted_with_nodes.all(job.pk)}
+        for assignment in results.values():
+            assignment.job = job  # as job.assignments gives them: no read of the job again
         if job.state == JobState.ADJUDICATING and AssignmentRole.C in results:
             return job_adjudicate(job, results)
         if job.state != JobState.VERIFYING:
@@ -190,13 +199,17 @@ def agreement_record(*, subnet: Subnet, nodes: tuple[Node, Node], verdict: Verdi
     if verdict.worst is None:
         return
     env_a, env_b = sorted(node_environment(n) for n in nodes)
-    stat, _ = AgreementStat.objects.get_or_create(subnet=subnet, env_a=env_a, env_b=env_b)
-    AgreementStat.objects.filter(pk=stat.pk).update(
-        samples=F("samples") + 1,
-        passed=F("passed") + int(verdict.passed),
-        sum_similarity=F("sum_similarity") + verdict.worst,
-        min_similarity=Coalesce(Least("min_similarity", Value(verdict.worst)), Value(verdict.worst)),
-    )
+    pair = AgreementStat.objects.filter(subnet=subnet, env_a=env_a, env_b=env_b)
+    added = {
+        "samples": F("samples") + 1,
+        "passed": F("passed") + int(verdict.passed),
+        "sum_similarity": F("sum_similarity") + verdict.worst,
+        "min_similarity": Coalesce(Least("min_similarity", Value(verdict.worst)), Value(verdict.worst)),
+    }
+    # The row exists but for a pair of environments' first comparison: one statement then.
+    if not pair.update(**added):
+        AgreementStat.objects.get_or_create(subnet=subnet, env_a=env_a, env_b=env_b)
+        pair.update(**added)
 
 
 def _adjudicate_without_silent(job: Job, partner: Assignment, c: Assignment) -> Job:

@@ -155,7 +155,14 @@ def test_the_observed_speed_is_scoring_ewma_to_the_last_bit(settings):
         Assignment.objects.filter(job=job).update(
             state=AssignmentState.SUBMITTED, dispatched_at=now - timedelta(seconds=seconds), submitted_at=now
         )
-        routing_index.speed_observe(assignment_id=assignment.pk)
+        assignment.refresh_from_db()
+        routing_index.speed_observe(
+            node_id=keys.node.pk,
+            subnet_id=subnet.pk,
+            items=job.item_count,
+            dispatched_at=assignment.dispatched_at,
+            submitted_at=assignment.submitted_at,
+        )
         elapsed_ms = max(1.0, timedelta(seconds=seconds).total_seconds() * 1000)
         expected_speed = scoring.ewma(expected_speed, assignment.job.item_count * 1000.0 / elapsed_ms, 0.3)
         expected_latency = scoring.ewma(expected_latency, elapsed_ms, 0.3)

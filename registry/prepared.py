@@ -1,0 +1,190 @@
+"""Hot statements compiled once. Django builds a queryset's SQL anew on every evaluation;
+for `job_locked` (a job with its subnet and user, row-locked: four times per job) that was
+more than half of the call's CPU, 0.68 of 1.19 ms, and an UPDATE with a CASE expression
+(`routing_index.speed_observe`, once per result) cost more to compile than to run
+(docs/benchmarks.md, issue 13).
+
+`PreparedQuery` and `PreparedUpdate` compile their statement once per thread and database,
+with marker values where the arguments go, then run that SQL with the real arguments. A
+query's instances are built the way Django's ModelIterable builds them (the same
+converters, the same select_related population, annotations set as attributes).
+tests/registry/test_prepared.py holds both to the ORM's own results.
+
+A statement's `build` must take as an argument everything that varies between calls (a
+setting read there would be frozen at the first call). Only what the hot path needs: arguments that are UUIDs, ints, floats or datetimes, bound as
+parameters of the statement. Where the database adapts an argument so that its marker
+cannot be found among the parameters (SQLite stores datetimes as text), the statement is
+simply built by the ORM on every call, as before. A select_for_update query must run
+inside a transaction, as the ORM requires.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from django.core.exceptions import ValidationError
+from django.db import connections, models
+from django.db.models.query import get_related_populators
+from django.db.models.sql.subqueries import UpdateQuery
+from django.db.transaction import TransactionManagementError
+
+M = TypeVar("M", bound=models.Model)
+
+Kind = type[uuid.UUID] | type[int] | type[float] | type[datetime]
+_random = random.SystemRandom()
+
+
+def _marker(kind: Kind) -> object:
+    """A value that no real argument or constant of the statement will equal."""
+    if kind is uuid.UUID:
+        return uuid.uuid4()
+    if kind is int:
+        return _random.getrandbits(52) + 2**52
+    if kind is float:
+        return _random.random() + 7_777_777.0
+    if kind is datetime:
+        return datetime(2999, 1, 1, tzinfo=UTC) + timedelta(microseconds=_random.getrandbits(40))
+    raise TypeError(f"a prepared statement takes no {kind} argument")
+
+
+def _argument(kind: Kind, value: object) -> object:
+    """The value as the ORM would accept it, or TypeError / ValueError."""
+    if kind is uuid.UUID:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{value!r} is not a number")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{value!r} is not a {kind.__name__}")
+    return value
+
+
+class _Slots:
+    """Where each argument goes among a compiled statement's parameters, and in which form
+    (a UUID, or its hex on databases without a uuid type). `found` is False when a marker is
+    missing: the database adapted it, and the statement cannot be reused."""
+
+    def __init__(self, params: Any, markers: tuple[object, ...]) -> None:
+        self.params = list(params)
+        self.slots: list[tuple[int, int, bool]] = []
+        for position, param in enumerate(self.params):
+            for index, marker in enumerate(markers):
+                as_hex = isinstance(marker, uuid.UUID) and param == marker.hex
+                if (type(param) is type(marker) and param == marker) or as_hex:
+                    self.slots.append((position, index, as_hex))
+        self.found = sorted({index for _, index, _ in self.slots}) == list(range(len(markers)))
+
+    def fill(self, arguments: list[Any]) -> list[Any]:
+        params = list(self.params)
+        for position, index, as_hex in self.slots:
+            params[position] = arguments[index].hex if as_hex else arguments[index]
+        return params
+
+
+class _Prepared:
+    """What both kinds share: the arguments' kinds, and one compiled form per thread and
+    database (a compiler belongs to its thread's connection)."""
+
+    def __init__(self, kinds: tuple[Kind, ...]) -> None:
+        self.kinds = kinds
+        self._local = threading.local()
+
+    def _arguments(self, values: tuple[object, ...]) -> list[Any]:
+        try:
+            return [_argument(kind, value) for kind, value in zip(self.kinds, values, strict=True)]
+        except (TypeError, ValueError) as exc:  # as the ORM refuses it
+            raise ValidationError(f"not a valid argument: {exc}", code="invalid") from exc
+
+    def _compiled(self, alias: str, compile: Callable[[str, tuple[object, ...]], Any]) -> Any:
+        cache = self._local.__dict__.setdefault("by_alias", {})
+        if alias not in cache:
+            cache[alias] = compile(alias, tuple(_marker(kind) for kind in self.kinds))
+        return cache[alias]
+
+
+class _CompiledQuery:
+    def __init__(self, queryset: models.QuerySet[Any], markers: tuple[object, ...]) -> None:
+        compiler = queryset.query.get_compiler(using=queryset.db)
+        self.sql, params = compiler.as_sql()
+        self.slots = _Slots(params, markers)
+        self.locks = bool(queryset.query.select_for_update) and compiler.connection.features.has_select_for_update
+        select, klass_info = compiler.select, compiler.klass_info
+        self.model = klass_info["model"]
+        fields = klass_info["select_fields"]
+        self.start, self.end = fields[0], fields[-1] + 1
+        self.init_list = [column[0].target.attname for column in select[self.start : self.end]]
+        self.populators = get_related_populators(klass_info, select, queryset.db)
+        self.annotations = list(compiler.annotation_col_map.items())
+        self.compiler = compiler
+        self.converters = compiler.get_converters([column[0] for column in select[: compiler.col_count]])
+
+
+class PreparedQuery(_Prepared, Generic[M]):
+    """`PreparedQuery(build, (uuid.UUID,)).all(job_id)` is `list(build(job_id))`, compiled
+    once; the tuple gives each argument's kind."""
+
+    def __init__(self, build: Callable[..., models.QuerySet[M]], kinds: tuple[Kind, ...]) -> None:
+        super().__init__(kinds)
+        self.build = build
+
+    def all(self, *values: object, using: str = "default") -> list[M]:
+        if any(value is None for value in values):
+            return []  # the ids of rows that exist are never null: as the ORM's filter(pk=None)
+        arguments = self._arguments(values)
+        compiled = self._compiled(using, lambda alias, markers: _CompiledQuery(self.build(*markers).using(alias), markers))
+        if not compiled.slots.found:
+            return list(self.build(*arguments).using(using))
+        connection = connections[using]
+        if compiled.locks and connection.get_autocommit():
+            raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
+        with connection.cursor() as cursor:
+            cursor.execute(compiled.sql, compiled.slots.fill(arguments))
+            rows = cursor.fetchall()
+        if compiled.converters:
+            rows = compiled.compiler.apply_converters(rows, compiled.converters)
+        objects = []
+        for row in rows:
+            instance = compiled.model.from_db(using, compiled.init_list, row[compiled.start : compiled.end])
+            for populator in compiled.populators:
+                populator.populate(row, instance)
+            for name, position in compiled.annotations:
+                setattr(instance, name, row[position])
+            objects.append(instance)
+        return objects
+
+    def first(self, *values: object, using: str = "default") -> M | None:
+        found = self.all(*values, using=using)
+        return found[0] if found else None
+
+
+class PreparedUpdate(_Prepared):
+    """`PreparedUpdate(build, kinds).run(*args)` is `queryset.update(**changes)` for
+    `queryset, changes = build(*args)`, compiled once; returns the rows changed."""
+
+    def __init__(self, build: Callable[..., tuple[models.QuerySet[Any], dict[str, Any]]], kinds: tuple[Kind, ...]) -> None:
+        super().__init__(kinds)
+        self.build = build
+
+    def _compile(self, alias: str, markers: tuple[object, ...]) -> tuple[str, _Slots]:
+        queryset, changes = self.build(*markers)
+        # What QuerySet.update does before it runs the statement.
+        query = queryset.query.chain(UpdateQuery)
+        query.add_update_values(changes)
+        sql, params = query.get_compiler(alias).as_sql()
+        return sql, _Slots(params, markers)
+
+    def run(self, *values: object, using: str = "default") -> int:
+        arguments = self._arguments(values)
+        sql, slots = self._compiled(using, self._compile)
+        if not slots.found:
+            queryset, changes = self.build(*arguments)
+            return queryset.using(using).update(**changes)
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql, slots.fill(arguments))
+            return cursor.rowcount

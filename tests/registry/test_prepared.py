@@ -1,0 +1,135 @@
+"""A prepared statement (registry.prepared) does what the ORM does with the same queryset:
+a query returns the same instances, field by field, with their select_related rows and
+annotations, refuses what the ORM refuses and still locks the row it reads; an update
+changes the same rows."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, connection, connections, transaction
+from django.db.models import Count
+from django.db.transaction import TransactionManagementError
+from django.utils import timezone
+
+from registry.jobs import job_locked
+from registry.models import Job, Node
+from registry.prepared import PreparedQuery, PreparedUpdate
+from registry.submit import job_submit
+from tests.factories import SubnetFactory, online_node, user_with_credits
+
+pytestmark = pytest.mark.django_db
+
+
+def fields_of(instance) -> dict[str, object]:
+    return {field.attname: getattr(instance, field.attname) for field in instance._meta.concrete_fields}
+
+
+@pytest.fixture
+def job():
+    subnet = SubnetFactory()
+    online_node(subnet)
+    created, _ = job_submit(
+        user=user_with_credits(10), subnet_slug=subnet.slug, inputs={"texts": ["prepared"]}, idempotency_key="p"
+    )
+    return created
+
+
+def test_a_locked_job_is_what_the_orm_reads_with_its_subnet_and_user(job):
+    with transaction.atomic():
+        prepared = job_locked(str(job.pk))  # a string id too, as the ORM takes it
+        orm = Job.objects.select_for_update(of=("self",)).select_related("subnet", "user").get(pk=job.pk)
+    assert fields_of(prepared) == fields_of(orm)
+    assert isinstance(prepared.contract, dict) and prepared.contract == orm.contract
+    with connections["default"].execute_wrapper(lambda *args: pytest.fail("the subnet and user were not loaded")):
+        assert fields_of(prepared.subnet) == fields_of(orm.subnet)
+        assert fields_of(prepared.user) == fields_of(orm.user)
+    assert prepared._state.adding is False and prepared._state.db == "default"
+
+
+def test_an_unknown_job_is_none_and_a_malformed_id_is_refused_as_the_orm_refuses_it(job):
+    with transaction.atomic():
+        assert job_locked(uuid.uuid4()) is None
+        with pytest.raises(ValidationError):
+            Job.objects.filter(pk="not-a-uuid").first()
+        with pytest.raises(ValidationError):
+            job_locked("not-a-uuid")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_locking_outside_a_transaction_is_refused(job):
+    with pytest.raises(TransactionManagementError):
+        Job.objects.select_for_update().filter(pk=job.pk).first()
+    with pytest.raises(TransactionManagementError):
+        job_locked(job.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_job_row_is_locked_until_the_transaction_ends(job):
+    if connection.vendor != "postgresql":
+        pytest.fail("row locks are a PostgreSQL test: run it with DATABASE_URL set")
+    outcome: list[str] = []
+
+    def other_writer() -> None:
+        try:
+            with transaction.atomic():
+                Job.objects.select_for_update(nowait=True).filter(pk=job.pk).first()
+            outcome.append("locked it")
+        except DatabaseError:
+            outcome.append("refused")
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        assert job_locked(job.pk) is not None
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        thread.join(10)
+    assert outcome == ["refused"]
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    thread.join(10)
+    assert outcome == ["refused", "locked it"]
+
+
+def test_a_prepared_update_changes_what_the_orms_update_changes(job):
+    node = online_node(job.subnet).node
+    at = timezone.now() - timedelta(minutes=3)
+    update = PreparedUpdate(
+        lambda pk, reputation, agreed, when: (
+            Node.objects.filter(pk=pk),
+            {"reputation": reputation, "jobs_agreed": agreed, "last_job_at": when},
+        ),
+        (uuid.UUID, float, int, datetime),
+    )
+    assert update.run(node.pk, 0.4375, 12, at) == 1
+    node.refresh_from_db()
+    assert (node.reputation, node.jobs_agreed, node.last_job_at) == (0.4375, 12, at)
+    assert update.run(str(node.pk), 0.25, 13, at) == 1  # compiled once, run again with new values
+    node.refresh_from_db()
+    assert (node.reputation, node.jobs_agreed) == (0.25, 13)
+    assert update.run(uuid.uuid4(), 0.9, 1, at) == 0
+    with pytest.raises(ValidationError):
+        update.run(node.pk, "0.9", 1, at)
+
+
+def test_an_argument_the_database_adapts_is_built_by_the_orm_on_every_call(job):
+    """Here the UUID becomes text in the SQL, so its marker is not among the parameters."""
+    nodes = [online_node(job.subnet).node for _ in range(2)]
+    for node in nodes:
+        Node.objects.filter(pk=node.pk).update(name=str(node.pk))
+    by_name = PreparedQuery(lambda pk: Node.objects.filter(name=str(pk)), (uuid.UUID,))
+    assert [n.pk for n in by_name.all(nodes[0].pk)] == [nodes[0].pk]
+    assert [n.pk for n in by_name.all(nodes[1].pk)] == [nodes[1].pk]
+
+
+def test_annotations_are_set_as_the_orm_sets_them(job):
+    counted = PreparedQuery(
+        lambda pk: Job.objects.filter(pk=pk).annotate(event_count=Count("events")), (uuid.UUID,)
+    )
+    [prepared] = counted.all(job.pk)
+    assert prepared.event_count == Job.objects.annotate(event_count=Count("events")).get(pk=job.pk).event_count >= 1
