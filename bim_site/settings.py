@@ -13,13 +13,13 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from bim_core.net import parse_networks
 from bim_site.env import env_bool, env_int, env_rate, env_required, env_str
 
 # Peer-to-peer jobs, TURN and the user socket (docs/p2p.md) have their own module.
+from bim_site.settings_db import databases
 from bim_site.settings_p2p import *  # noqa: F403
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -175,35 +175,7 @@ EMBEDDED = not DATABASE_URL and not REDIS_URL
 
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-if DATABASE_URL:
-    # A connection pool per process (psycopg_pool through Django's "pool" option): a new
-    # PostgreSQL connection per request or task cost a quarter of a job's CPU in
-    # bench/throughput.py, and persistent per-thread connections under ASGI (a thread per
-    # request) ran PostgreSQL out of clients at 16 concurrent submissions. A request that
-    # finds every connection busy waits for one (BIM_DB_POOL_TIMEOUT_S) instead of failing;
-    # a connection is checked before it is lent (health checks: the pool's
-    # check_connection), so a restarted server costs no request.
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 1,
-        "max_size": env_int("BIM_DB_POOL_MAX", 8),
-        "timeout": env_int("BIM_DB_POOL_TIMEOUT_S", 20),
-    }
-else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": env_str("BIM_SQLITE_PATH", str(VAR_DIR / "bim.sqlite3")),
-            # Daphne serves sockets and HTTP from threads: wait for the write lock instead of
-            # failing, take it at BEGIN so read-then-write transactions cannot deadlock, and
-            # let readers run beside the writer.
-            "OPTIONS": {
-                "timeout": 30,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
-        }
-    }
+DATABASES = databases(DATABASE_URL, VAR_DIR)
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
