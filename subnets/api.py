@@ -123,7 +123,9 @@ class DataTermsApi(APIView):
         )
         return Response(DataTermsSerializer(_data_terms_body(subnet, acknowledgement)).data, status=201 if created else 200)
 
-    @extend_schema(request=None, responses=DataTermsSerializer)
+    # Answered 200 with the terms as they now stand (withdrawn), not drf-spectacular's
+    # default 204 for a DELETE: the schema must say so.
+    @extend_schema(request=None, responses={200: DataTermsSerializer})
     def delete(self, request: Request, slug: str) -> Response:
         subnet = selectors.subnet_get_active(slug=slug)
         data_terms.data_terms_withdraw(user=request.user, subnet=subnet)
