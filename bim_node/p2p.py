@@ -31,7 +31,7 @@ from .jobs import Job, JobRefusedError, ServedModel
 log = logging.getLogger(__name__)
 
 # The `job_failed` reason when the user brought no input in time (no channel, no fallback):
-# the registry does not hold it against the node (registry.results.assignment_give_up).
+# the registry does not hold it against the node (registry.give_up.assignment_give_up).
 INPUT_NOT_RECEIVED = "input_not_received"
 # The fields of a relay `result` that the data channel's `result` header carries (docs/p2p.md §3).
 RESULT_HEADER_FIELDS = ("job_id", "assignment_id", "input_hash", "result_hash", "shape", "encoding", "signature")

@@ -21,7 +21,7 @@ from django.utils import timezone
 from bim_core import protocol
 from bim_core.net import client_ip
 
-from . import benchmarks, cool_off, hello, metrics, p2p, presence, reputation, results, tasks
+from . import benchmarks, cool_off, give_up, hello, metrics, p2p, presence, reputation, results, tasks
 from .node_io import Coalesced, db, group_change, layer
 
 log = logging.getLogger("bim.registry.ws")
@@ -323,7 +323,7 @@ class NodeConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def on_job_failed(self, content: dict[str, Any]) -> None:
-        await db(results.assignment_give_up)(
+        await db(give_up.assignment_give_up)(
             node_id=self.node_id,
             assignment_id=str(content.get("assignment_id", "")),
             reason=str(content.get("reason", ""))[:150],

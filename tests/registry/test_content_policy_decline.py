@@ -9,7 +9,7 @@ import pytest
 
 from ledger import selectors as ledger_selectors
 from ledger.models import Transfer
-from registry import dispatch, results, submit
+from registry import dispatch, give_up, submit
 from registry.models import AssignmentState, JobState, Node, Strike
 from tests.factories import SubnetFactory, online_node, user_with_credits
 
@@ -45,7 +45,7 @@ def test_a_decline_the_registry_upholds_fails_the_job_at_no_cost_to_anyone(djang
     before = {node_id: record(node_id) for node_id in pool}
 
     with django_capture_on_commit_callbacks(execute=True):
-        results.assignment_give_up(
+        give_up.assignment_give_up(
             node_id=decliner, assignment_id=str(by_role["A"].pk), reason="content_policy:example.weapons"
         )
 
@@ -65,7 +65,7 @@ def test_a_decline_the_policy_does_not_support_is_an_ordinary_give_up(django_cap
     failed_before = record(decliner)[0]
 
     with django_capture_on_commit_callbacks(execute=True):
-        results.assignment_give_up(
+        give_up.assignment_give_up(
             node_id=decliner, assignment_id=str(by_role["A"].pk), reason="content_policy:example.weapons"
         )
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from bim_core import protocol
 from ledger.models import Transfer
-from registry import dispatch, p2p, results, sweeper
+from registry import dispatch, give_up, p2p, results, sweeper
 from registry.models import Assignment, AssignmentState, Job, JobState, Node
 from registry.verify import job_verify
 from tests.factories import SubnetFactory, online_node, unit_vectors, user_with_credits
@@ -219,7 +219,7 @@ def test_a_relay_job_takes_no_commit():
 def test_a_node_whose_user_never_brought_the_input_gives_up_without_blame(p2p_job):
     job, pair, _ = p2p_job
     assignment, keys = pair["A"]
-    results.assignment_give_up(node_id=keys.node.pk, assignment_id=str(assignment.pk), reason=p2p.INPUT_NOT_RECEIVED)
+    give_up.assignment_give_up(node_id=keys.node.pk, assignment_id=str(assignment.pk), reason=p2p.INPUT_NOT_RECEIVED)
     node = Node.objects.get(pk=keys.node.pk)
     assert node.jobs_failed == 0 and node.strikes == 0
     assert Assignment.objects.get(pk=assignment.pk).state == AssignmentState.LOST

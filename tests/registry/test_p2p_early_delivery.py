@@ -9,7 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from bim_core import protocol
-from registry import results
+from registry import give_up, results
 from registry.models import Job, JobState
 from registry.verify import job_verify
 from tests.factories import unit_vectors
@@ -87,6 +87,6 @@ def test_a_second_early_confirmation_may_not_change_the_first(p2p_job):
 def test_a_role_given_up_without_a_commit_takes_no_confirmation(p2p_job):
     job, pair, api = p2p_job
     assignment, keys = pair["A"]
-    results.assignment_give_up(node_id=keys.node.pk, assignment_id=str(assignment.pk), reason="input_not_received")
+    give_up.assignment_give_up(node_id=keys.node.pk, assignment_id=str(assignment.pk), reason="input_not_received")
     answer = confirm(api, job, assignment, "1" * 64)
     assert answer.status_code == 409 and answer.json()["code"] == "not_committed"

@@ -9,7 +9,7 @@ import pytest
 
 from bim_core import protocol
 from ledger.models import Transfer
-from registry import dispatch, results, submit
+from registry import dispatch, give_up, submit
 from registry.models import Assignment, AssignmentState, Job, JobState, Node
 from tests.factories import SubnetFactory, online_node, user_with_credits
 
@@ -36,7 +36,7 @@ def offered(inputs, *, summary=None, policy=None):
 
 
 def refuse(assignment, reason, inputs=None):
-    results.assignment_give_up(node_id=assignment.node_id, assignment_id=str(assignment.pk), reason=reason, inputs=inputs)
+    give_up.assignment_give_up(node_id=assignment.node_id, assignment_id=str(assignment.pk), reason=reason, inputs=inputs)
     return Node.objects.get(pk=assignment.node_id), Job.objects.get(pk=assignment.job_id)
 
 

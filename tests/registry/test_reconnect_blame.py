@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from bim_core import protocol
-from registry import dispatch, presence, results, sweeper
+from registry import dispatch, give_up, presence, sweeper
 from registry.models import Assignment, AssignmentState, Node, Strike
 from tests.factories import SubnetFactory, online_node
 from tests.registry.test_hostile_nodes import dispatched, submit
@@ -103,7 +103,7 @@ def test_giving_up_work_of_the_current_session_is_a_failure_whatever_the_reason(
     with django_capture_on_commit_callbacks(execute=True):
         dispatch.job_dispatch(job_id=job.id)
     mine = job.assignments.get(node=keys.node)
-    results.assignment_give_up(node_id=keys.node.pk, assignment_id=str(mine.pk), reason=protocol.LOST_ON_RECONNECT)
+    give_up.assignment_give_up(node_id=keys.node.pk, assignment_id=str(mine.pk), reason=protocol.LOST_ON_RECONNECT)
     assert _record(keys.node.pk) == (1, 0)
     assert _record(other.node.pk) == (0, 0)
 
