@@ -123,10 +123,13 @@ def text_part(page_factory: Any, *, prompts: list[dict[str, Any]], two_thread_pr
     one.close()
     subset = prompts[:two_thread_prompts]
     log(f"text: browser wllama, 2 threads, {len(subset)} prompts")
-    two = BrowserText(page_factory(), threads=2, clear=False)
-    two(prompts[0])
-    mine_2t = [two(inputs) for inputs in subset]
-    two.close()
+    mine_2t, two_threads_used = [], 0
+    if subset:  # --two-thread-prompts 0 skips the part
+        two = BrowserText(page_factory(), threads=2, clear=False)
+        two(prompts[0])
+        mine_2t = [two(inputs) for inputs in subset]
+        two.close()
+        two_threads_used = two.info["threads"]
 
     identical, rescored, browser_rejected, native_rejected, prompt_ids_equal, gaps = 0, 0, [], 0, 0, []
     first_divergence = []
@@ -167,12 +170,12 @@ def text_part(page_factory: Any, *, prompts: list[dict[str, Any]], two_thread_pr
         "generated_tokens": sum(len(r["tokens"]) for r in mine_1t),
         "native_1_thread": native_1t,
         "browser_1_thread": browser_1t,
-        "browser_2_threads": speed(mine_2t),
+        "browser_2_threads": speed(mine_2t) if mine_2t else None,
         "native_tokens_per_s_1_thread": native_1t["tokens_per_s"],
         "browser_tokens_per_s_1_thread": browser_1t["tokens_per_s"],
         "native_over_browser_1_thread": round(native_1t["tokens_per_s"] / browser_1t["tokens_per_s"], 2),
         "native_over_browser_decode_1_thread": round(native_1t["decode_tokens_per_s"] / browser_1t["decode_tokens_per_s"], 2),
-        "browser_2_threads_used": two.info["threads"],
+        "browser_2_threads_used": two_threads_used,
         "browser_2t_tokens_equal_1t": sum(a["tokens"] == b["tokens"] for a, b in zip(mine_2t, mine_1t)),
         "browser_2t_prompts": len(subset),
         "load_s_empty_cache": round(cold.info["loadS"], 2),
