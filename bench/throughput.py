@@ -101,6 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--submit-concurrency", type=int, default=16, help="threads sending them (16)")
     parser.add_argument(
+        "--submit-rate",
+        type=float,
+        default=200.0,
+        help="also send --submit-jobs single submissions offered at this many per second, latency from each "
+        "one's due time (bench/submission_rates.py; issue 13's target, 200; 0: not run)",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -118,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.jobs, args.nodes, args.submitters, args.warmup = 1, 30, 2, 2, 3
-        args.submit_jobs, args.submit_concurrency = 20, 4
+        args.submit_jobs, args.submit_concurrency, args.submit_rate = 20, 4, 20.0
         args.backlog_sizes, args.backlog_repeats = "10,300", 5
     if args.nodes < 2:
         parser.error("--nodes must be at least 2: a job needs two nodes of different owners")
@@ -679,7 +686,7 @@ def run_submissions(
     import submission_rates
 
     out: dict[str, Any] = {}
-    for phase, count in (("single", args.submit_jobs), ("batch", 2 * args.submit_jobs)):
+    for phase, count, rate in submission_phases(args):
         phase_prefix = f"{prefix}{phase}-"
         row = submission_rates.measure(
             url,
@@ -689,6 +696,7 @@ def run_submissions(
             prefix=phase_prefix,
             concurrency=args.submit_concurrency,
             batched=phase == "batch",
+            rate=rate,
         )
         waited = time.perf_counter()
         unfinished = wait_finished(phase_prefix, count, timeout=args.timeout, group=group)
@@ -698,6 +706,14 @@ def run_submissions(
             out["error"] = f"{phase} submissions: statuses {row['statuses']}, {unfinished} jobs unfinished"
             break
     return out
+
+
+def submission_phases(args: argparse.Namespace) -> list[tuple[str, int, float | None]]:
+    """(phase, jobs, offered rate or None) of each run's submission measurements."""
+    phases: list[tuple[str, int, float | None]] = [("single", args.submit_jobs, None)]
+    if args.submit_rate:
+        phases.append(("single_paced", args.submit_jobs, args.submit_rate))
+    return [*phases, ("batch", 2 * args.submit_jobs, None)]
 
 
 def wait_finished(prefix: str, count: int, *, timeout: float, group: ProcessGroup) -> int:
@@ -753,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prices = embeddings_subnet_settings()
     job_price = prices["price_per_call_micro"] + prices["price_per_item_micro"] * args.texts_per_job
-    jobs_needed = 2 * (args.runs * args.jobs + args.warmup) + 3 * args.runs * args.submit_jobs
+    jobs_needed = 2 * (args.runs * args.jobs + args.warmup) + args.runs * sum(n for _, n, _ in submission_phases(args))
     credits = 100 + jobs_needed * job_price // 1_000_000
     seeded = seed(contributors, credits=credits)
     from django.contrib.auth import get_user_model
@@ -842,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(p50 {end_to_end['latency_ms_p50']} ms), in process {in_process['jobs_per_s']} jobs/s, "
                 f"ratio {ratio}; incidents {end_to_end['incidents']}"
             )
-            for phase in ("single", "batch"):
+            for phase, _, _ in submission_phases(args):
                 if phase in submissions:
                     row = submissions[phase]
                     log(
@@ -879,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "submit_jobs": args.submit_jobs,
             "submit_concurrency": args.submit_concurrency,
+            "submit_rate": args.submit_rate or None,
             "rate": args.rate or None,
             "load_average": os.getloadavg(),
         },
@@ -894,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
                     key: median_of(runs, "submissions", phase, key)
                     for key in ("jobs_per_s", "requests_per_s", "request_ms_p50", "request_ms_p99", "http_5xx")
                 }
-                for phase in ("single", "batch")
+                for phase, _, _ in submission_phases(args)
             },
             "in_process_job_ms_p50": median_of(runs, "in_process", "job_ms_p50"),
             "end_to_end_cpu_cores": {label: median_of(runs, "end_to_end", "cpu_cores", label) for label in cpu_labels},

@@ -275,7 +275,7 @@ LOGIN_REDIRECT_URL = "contributor:dashboard"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "developer.auth.ApiKeyAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "registry.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

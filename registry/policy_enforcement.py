@@ -8,18 +8,16 @@ its content releases the user's whole hold, pays no node and strikes none.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import cache
 
 from bim_core import content_policy, families
 from bim_core.errors import ServiceError
 from ledger import services as ledger
 from subnets.models import Subnet
 
-from . import effects
+from . import effects, rate_window
 from .jobs import job_transition
 from .models import AssignmentState, Job, JobState
 
@@ -45,10 +43,6 @@ def inputs_check(
         )
 
 
-def _rate_key(subnet: Subnet, user: AbstractBaseUser, window: int) -> str:
-    return f"policy-rate:{subnet.pk}:{user.pk}:{window}"
-
-
 def rate_take(*, user: AbstractBaseUser, subnet: Subnet, count: int) -> str | None:
     """Count `count` new jobs against the policy's jobs per minute (a fixed window in the
     cache, shared by every registry process through Redis; per process in embedded mode).
@@ -57,33 +51,21 @@ def rate_take(*, user: AbstractBaseUser, subnet: Subnet, count: int) -> str | No
     limit = content_policy.jobs_per_minute(subnet.content_policy)
     if limit is None or count <= 0:
         return None
-    now = time.time()
-    key = _rate_key(subnet, user, int(now // RATE_WINDOW_S))
-    cache.add(key, 0, RATE_WINDOW_S * 2)
-    try:
-        taken = cache.incr(key, count)
-    except ValueError:  # expired between add and incr
-        cache.set(key, count, RATE_WINDOW_S * 2)
-        taken = count
-    if taken > limit:
-        cache.decr(key, count)  # a refused submit uses none of the allowance
-        retry_after = max(1, int(RATE_WINDOW_S - now % RATE_WINDOW_S) + 1)
+    window = rate_window.window_count(f"policy:{subnet.pk}:{user.pk}", count, window_s=RATE_WINDOW_S)
+    if window.count > limit:
+        rate_window.window_give_back(window.key, count)  # a refused submit uses none of the allowance
         raise ServiceError(
             "rate_limited_by_policy",
-            f"{subnet.slug}'s content policy allows {limit} jobs a minute per user; try again in {retry_after} s",
+            f"{subnet.slug}'s content policy allows {limit} jobs a minute per user; try again in {window.retry_after_s} s",
             status=429,
-            extra={"rule": "rate_limit.jobs_per_minute", "retry_after_s": retry_after},
+            extra={"rule": "rate_limit.jobs_per_minute", "retry_after_s": window.retry_after_s},
         )
-    return key
+    return window.key
 
 
 def rate_give_back(key: str | None, count: int) -> None:
-    if key is None:
-        return
-    try:
-        cache.decr(key, count)
-    except ValueError:
-        pass  # the window ended meanwhile: nothing left to give back
+    if key is not None:
+        rate_window.window_give_back(key, count)
 
 
 def job_fail_for_content(job: Job, *, reason: str, **fields: Any) -> None:

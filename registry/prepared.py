@@ -11,7 +11,8 @@ converters, the same select_related population, annotations set as attributes).
 tests/registry/test_prepared.py holds both to the ORM's own results.
 
 A statement's `build` must take as an argument everything that varies between calls (a
-setting read there would be frozen at the first call). Only what the hot path needs: arguments that are UUIDs, ints, floats or datetimes, bound as
+setting read there would be frozen at the first call). Only what the hot path needs: arguments that are UUIDs, ints, floats, datetimes or strings,
+bound as
 parameters of the statement. Where the database adapts an argument so that its marker
 cannot be found among the parameters (SQLite stores datetimes as text), the statement is
 simply built by the ORM on every call, as before. A select_for_update query must run
@@ -35,7 +36,7 @@ from django.db.transaction import TransactionManagementError
 
 M = TypeVar("M", bound=models.Model)
 
-Kind = type[uuid.UUID] | type[int] | type[float] | type[datetime]
+Kind = type[uuid.UUID] | type[int] | type[float] | type[datetime] | type[str]
 _random = random.SystemRandom()
 
 
@@ -49,6 +50,8 @@ def _marker(kind: Kind) -> object:
         return _random.random() + 7_777_777.0
     if kind is datetime:
         return datetime(2999, 1, 1, tzinfo=UTC) + timedelta(microseconds=_random.getrandbits(40))
+    if kind is str:
+        return f"prepared-marker-{uuid.uuid4().hex}"
     raise TypeError(f"a prepared statement takes no {kind} argument")
 
 
@@ -62,6 +65,8 @@ def _argument(kind: Kind, value: object) -> object:
         return float(value)
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{value!r} is not a {kind.__name__}")
+    if kind is str and "\x00" in value:
+        raise ValueError("a string argument holds no NUL character")  # PostgreSQL's text cannot
     return value
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Case, Count, F, FloatField, Q, Value, When
+from django.db.models import Case, Count, F, FloatField, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from bim_core import scoring
@@ -28,7 +28,7 @@ from .models import (
     Node,
     NodeSubnet,
 )
-from .prepared import PreparedUpdate
+from .prepared import PreparedQuery, PreparedUpdate
 
 
 def index_bump_for_node(node_id: object) -> None:
@@ -165,17 +165,25 @@ def index_forget(subnet_id: int | None = None) -> None:
         _indexes.pop(subnet_id, None)
 
 
+def _nodes_online(*, trusted: bool) -> PreparedQuery[NodeSubnet]:
+    def build(subnet_id: int, now: datetime) -> QuerySet[NodeSubnet]:
+        links = NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).filter(
+            Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now)
+        )
+        return (links.filter(node__trusted=True) if trusted else links).only("pk")[:1]
+
+    return PreparedQuery(build, (int, datetime))
+
+
+# Asked at every submit: compiled once (registry.prepared).
+_any_node_online = {False: _nodes_online(trusted=False), True: _nodes_online(trusted=True)}
+
+
 def subnet_has_nodes_online(subnet: Subnet) -> bool:
     """Whether any unbanned node registered for the subnet is connected (a trusted one for
     a trusted subnet): one that is, even while it fetches the model or runs its benchmark,
     will take the job within seconds; with none, a job would only wait for its deadline."""
-    now = timezone.now()
-    links = NodeSubnet.objects.filter(subnet_id=subnet.pk, node__is_online=True).filter(
-        Q(node__banned_until__isnull=True) | Q(node__banned_until__lt=now)
-    )
-    if subnet.trusted:
-        links = links.filter(node__trusted=True)
-    return links.exists()
+    return bool(_any_node_online[bool(subnet.trusted)].all(subnet.pk, timezone.now()))
 
 
 @dataclass

@@ -96,15 +96,18 @@ def job_settle_agreed(
     amount = _price_captured(job, majority[0])
     transfers = _pay(job, amount, majority, split_bp)
     Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
-    reputation.reputation_record(node_ids=[x.node_id for x in majority], outcome=1.0, subnet=job.subnet)
     for loser in struck:
         Assignment.objects.filter(pk=loser.pk).update(state=AssignmentState.DISAGREED)
-        reputation.reputation_record(node_ids=[loser.node_id], outcome=0.0, subnet=job.subnet)
-        reputation.node_strike(node_id=loser.node_id, reason=strike_reason, job_id=job.id, subnet=job.subnet)
     receipt = receipt_build(
         job, list(majority), verdict, transfers, verification["path"], verification.get("rescoring")
     )
     job_transition(job, JobState.SETTLED, detail=detail, verification=verification, receipt=receipt)
+    # The nodes' rows, which every settlement of theirs locks, last: held from here to the
+    # commit, not across the receipt's signature (issue 13's lock waits).
+    reputation.reputation_record(node_ids=[x.node_id for x in majority], outcome=1.0, subnet=job.subnet)
+    for loser in struck:
+        reputation.reputation_record(node_ids=[loser.node_id], outcome=0.0, subnet=job.subnet)
+        reputation.node_strike(node_id=loser.node_id, reason=strike_reason, job_id=job.id, subnet=job.subnet)
     metrics.job_settled_record(subnet_slug=job.subnet.slug, created_at=job.created_at)
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import transaction
@@ -51,55 +54,60 @@ def job_verify(*, job_id: object, may_rescore: bool = True) -> Job | None:
     row is locked (a model pass takes a second or more) and settled on that evidence;
     `may_rescore=False` says the caller knows no re-scoring can apply (saves its read)."""
     rescored = _text_rescoring(job_id) if may_rescore else None
-    with transaction.atomic():
-        job = job_locked(job_id)
-        if job is None:
-            return None
-        results = {a.role: a for a in _submitted_with_nodes.all(job.pk)}
-        for assignment in results.values():
-            assignment.job = job  # as job.assignments gives them: no read of the job again
-        if job.state == JobState.ADJUDICATING and AssignmentRole.C in results:
-            return job_adjudicate(job, results)
-        if job.state != JobState.VERIFYING:
-            return job
-        if p2p.job_is_p2p(job) and not job.solo and len(results) < len(PAIR_ROLES):
-            # A pair member did not show its committed bytes (struck): its partner goes on,
-            # to the honeypot's answer or to a tie-breaker.
-            if job.honeypot_id is not None and results and all(x.result is not None for x in results.values()):
-                verification = honeypots.honeypot_judge(job, list(results.values()), rescored=rescored or {})
-                job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
-            else:
-                p2p_uploads.tie_breaker_without_silent(job)
-            return job
-        if p2p.job_is_p2p(job) and p2p_uploads.payload_wait(job, list(results.values())):
-            return job  # peer to peer: the user's confirmation, or an upload, is still due
-        if p2p.job_is_p2p(job) and turn_usage.report_wait(job):
-            return job  # the TURN server's own figure of what it relayed is on its way
-        if job.solo:
-            job_settle_solo(job, results[AssignmentRole.A])
-            return job
-        a, b = results[AssignmentRole.A], results[AssignmentRole.B]
-        if job.honeypot_id is not None:
-            verification = honeypots.honeypot_judge(job, [a, b], rescored=rescored or {})
+    with transaction.atomic(), _agreements_last():
+        return _job_verify_locked(job_id, rescored)
+
+
+def _job_verify_locked(job_id: object, rescored: dict[str, dict[str, Any]] | None) -> Job | None:
+    """job_verify's work, in its transaction."""
+    job = job_locked(job_id)
+    if job is None:
+        return None
+    results = {a.role: a for a in _submitted_with_nodes.all(job.pk)}
+    for assignment in results.values():
+        assignment.job = job  # as job.assignments gives them: no read of the job again
+    if job.state == JobState.ADJUDICATING and AssignmentRole.C in results:
+        return job_adjudicate(job, results)
+    if job.state != JobState.VERIFYING:
+        return job
+    if p2p.job_is_p2p(job) and not job.solo and len(results) < len(PAIR_ROLES):
+        # A pair member did not show its committed bytes (struck): its partner goes on,
+        # to the honeypot's answer or to a tie-breaker.
+        if job.honeypot_id is not None and results and all(x.result is not None for x in results.values()):
+            verification = honeypots.honeypot_judge(job, list(results.values()), rescored=rescored or {})
             job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
-            return job
-        if a.result is None or b.result is None:
-            # Peer to peer, the same hash committed twice and delivered: the same bytes.
-            verdict = identical_verdict(job.subnet.task_type)
-            agreement_record(subnet=job.subnet, nodes=(a.node, b.node), verdict=verdict)
-            verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"], "transport": "p2p"}
-            job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement (peer to peer)")
-            return job
-        verdict = _compare(job, a, b)
-        verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
-        if not verdict.passed and rescored is not None and {a.result_hash, b.result_hash} <= rescored.keys():
-            job_settle_rescored(job, (a, b), verdict, verification, rescored)
-            return job
-        if not verdict.passed:
-            job_transition(job, JobState.ADJUDICATING, detail=verdict.reason, verification=verification)
-            effects.queue_task("dispatch_job", str(job.id))
-            return job
-        job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement")
+        else:
+            p2p_uploads.tie_breaker_without_silent(job)
+        return job
+    if p2p.job_is_p2p(job) and p2p_uploads.payload_wait(job, list(results.values())):
+        return job  # peer to peer: the user's confirmation, or an upload, is still due
+    if p2p.job_is_p2p(job) and turn_usage.report_wait(job):
+        return job  # the TURN server's own figure of what it relayed is on its way
+    if job.solo:
+        job_settle_solo(job, results[AssignmentRole.A])
+        return job
+    a, b = results[AssignmentRole.A], results[AssignmentRole.B]
+    if job.honeypot_id is not None:
+        verification = honeypots.honeypot_judge(job, [a, b], rescored=rescored or {})
+        job_transition(job, JobState.SETTLED, detail="honeypot checked", verification=verification)
+        return job
+    if a.result is None or b.result is None:
+        # Peer to peer, the same hash committed twice and delivered: the same bytes.
+        verdict = identical_verdict(job.subnet.task_type)
+        agreement_record(subnet=job.subnet, nodes=(a.node, b.node), verdict=verdict)
+        verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"], "transport": "p2p"}
+        job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement (peer to peer)")
+        return job
+    verdict = _compare(job, a, b)
+    verification = {"path": "2-of-2", **verdict.as_dict(), "threshold": job.contract["tolerances"]}
+    if not verdict.passed and rescored is not None and {a.result_hash, b.result_hash} <= rescored.keys():
+        job_settle_rescored(job, (a, b), verdict, verification, rescored)
+        return job
+    if not verdict.passed:
+        job_transition(job, JobState.ADJUDICATING, detail=verdict.reason, verification=verification)
+        effects.queue_task("dispatch_job", str(job.id))
+        return job
+    job_settle_agreed(job, (a, b), (), verdict, verification, detail="2-of-2 agreement")
     return job
 
 
@@ -194,17 +202,50 @@ def node_environment(node: Node) -> str:
     return f"{node.runtime or '?'}/{node.backend or '?'}/{node.gpu_family or '?'}"
 
 
+# Samples job_verify records last in its transaction (`_agreements_last`).
+_deferred_agreements: ContextVar[list[tuple[Subnet, str, str, bool, float]] | None] = ContextVar(
+    "deferred_agreements", default=None
+)
+
+
+@contextmanager
+def _agreements_last() -> Iterator[None]:
+    """Record the agreement samples of a verification as the last statements of its
+    transaction. One row per subnet and pair of environments takes every settlement's
+    sample: updated first, it stayed locked while the settlement went on (the ledger
+    posting, reputations, the receipt's signature), and settlements queued behind each
+    other on it (the most waited-for lock in bench/throughput.py, issue 13). Last, it is
+    held for the commit alone."""
+    token = _deferred_agreements.set([])
+    try:
+        yield
+        for sample in _deferred_agreements.get() or []:
+            _agreement_add(*sample)
+    finally:
+        _deferred_agreements.reset(token)
+
+
 def agreement_record(*, subnet: Subnet, nodes: tuple[Node, Node], verdict: Verdict) -> None:
-    """Add one compared pair to its environments' agreement statistics."""
+    """Add one compared pair to its environments' agreement statistics (within job_verify,
+    at the end of its transaction)."""
     if verdict.worst is None:
         return
     env_a, env_b = sorted(node_environment(n) for n in nodes)
+    sample = (subnet, env_a, env_b, verdict.passed, verdict.worst)
+    deferred = _deferred_agreements.get()
+    if deferred is not None:
+        deferred.append(sample)
+    else:
+        _agreement_add(*sample)
+
+
+def _agreement_add(subnet: Subnet, env_a: str, env_b: str, passed: bool, worst: float) -> None:
     pair = AgreementStat.objects.filter(subnet=subnet, env_a=env_a, env_b=env_b)
     added = {
         "samples": F("samples") + 1,
-        "passed": F("passed") + int(verdict.passed),
-        "sum_similarity": F("sum_similarity") + verdict.worst,
-        "min_similarity": Coalesce(Least("min_similarity", Value(verdict.worst)), Value(verdict.worst)),
+        "passed": F("passed") + int(passed),
+        "sum_similarity": F("sum_similarity") + worst,
+        "min_similarity": Coalesce(Least("min_similarity", Value(worst)), Value(worst)),
     }
     # The row exists but for a pair of environments' first comparison: one statement then.
     if not pair.update(**added):

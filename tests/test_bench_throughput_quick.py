@@ -21,9 +21,11 @@ def test_throughput_quick_runs_clean():
     median = report["median"]
     assert median["end_to_end_jobs_per_s"] > 0 and median["in_process_jobs_per_s"] > 0
     # Submissions one by one and in batches, all accepted, none a 5xx; their jobs settled too.
-    for phase in ("single", "batch"):
+    for phase in ("single", "single_paced", "batch"):
         assert median["submissions"][phase]["jobs_per_s"] > 0
         assert median["submissions"][phase]["http_5xx"] == 0
+    # Offered at 20 a second (--quick): sent no faster than that.
+    assert report["config"]["submit_rate"] == 20.0 and median["submissions"]["single_paced"]["jobs_per_s"] <= 20 * 1.05
     # The per-job counts come from the children (bim_site/sqlstats.py) and PostgreSQL.
     assert median["end_to_end_postgres"]["statements_per_job"] > 0
     assert median["end_to_end_postgres"]["transactions_per_job"] > 0

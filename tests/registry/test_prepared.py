@@ -20,6 +20,7 @@ from registry.jobs import job_locked
 from registry.models import Job, Node
 from registry.prepared import PreparedQuery, PreparedUpdate
 from registry.submit import job_submit
+from subnets.models import Subnet
 from tests.factories import SubnetFactory, online_node, user_with_credits
 
 pytestmark = pytest.mark.django_db
@@ -133,3 +134,18 @@ def test_annotations_are_set_as_the_orm_sets_them(job):
     )
     [prepared] = counted.all(job.pk)
     assert prepared.event_count == Job.objects.annotate(event_count=Count("events")).get(pk=job.pk).event_count >= 1
+
+
+def test_a_string_argument_finds_what_the_orms_filter_finds(job):
+    """A subnet by its slug (every submit), with its license, as the ORM reads it; a slug
+    with a NUL character, which PostgreSQL's text cannot hold, is refused as invalid."""
+    by_slug = PreparedQuery(lambda slug: Subnet.objects.filter(slug=slug).select_related("license"), (str,))
+    [prepared] = by_slug.all(job.subnet.slug)
+    orm = Subnet.objects.select_related("license").get(slug=job.subnet.slug)
+    assert fields_of(prepared) == fields_of(orm)
+    assert by_slug.all(job.subnet.slug + "-other") == []
+    assert by_slug.all("prepared-marker-" + uuid.uuid4().hex) == []  # a value shaped like the marker is an argument
+    with pytest.raises(ValidationError):
+        by_slug.all("nul\x00slug")
+    with pytest.raises(ValidationError):
+        by_slug.all(7)

@@ -4,8 +4,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+
 import pytest
 from django.core.cache import cache
+from django.db import connections
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -66,3 +70,31 @@ def test_the_default_rates_are_high_enough_for_a_burst(settings):
     client = token_client(UserFactory())
     assert all(client.get("/api/v1/balance/").status_code == 200 for _ in range(100))
     cache.clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_are_each_counted(low_rates, settings):
+    """A burst of parallel requests past the rate: exactly the rate's worth get through.
+    A count read and written back by each request (DRF's own history list) loses the
+    updates of requests that overlap, and lets a burst far past the limit."""
+    settings.BIM_API_THROTTLE_RATES = {"user": "8/min", "anon": "2/min"}
+    token, _ = Token.objects.get_or_create(user=UserFactory())
+    start = threading.Barrier(24)
+    statuses: list[int] = []
+
+    def request() -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        start.wait()
+        try:
+            statuses.append(client.get("/api/v1/balance/").status_code)
+        finally:
+            connections.close_all()  # back to the pool, for the threads still waiting
+
+    threads = [threading.Thread(target=request) for _ in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(statuses) == [200] * 8 + [429] * 16, Counter(statuses)
