@@ -11,9 +11,9 @@ converters, the same select_related population, annotations set as attributes).
 tests/registry/test_prepared.py holds both to the ORM's own results.
 
 A statement's `build` must take as an argument everything that varies between calls (a
-setting read there would be frozen at the first call). Only what the hot path needs: arguments that are UUIDs, ints, floats, datetimes or strings,
-bound as
-parameters of the statement. Where the database adapts an argument so that its marker
+setting read there would be frozen at the first call). Only what the hot path needs:
+arguments that are UUIDs, ints, floats, datetimes or strings, bound as parameters of the
+statement. Where the database adapts an argument so that its marker
 cannot be found among the parameters (SQLite stores datetimes as text), the statement is
 simply built by the ORM on every call, as before. A select_for_update query must run
 inside a transaction, as the ORM requires.

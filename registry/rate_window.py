@@ -35,7 +35,7 @@ def window_count(name: str, increment: int, *, window_s: int) -> Window:
     now = time.time()
     key = f"rate:{name}:{int(now // window_s)}"
     ttl = 2 * window_s  # outlives its window, whatever the clocks of the processes say
-    backend = caches["default"]  # `cache` is a proxy to it
+    backend = caches["default"]  # what `cache` proxies to: its class says which path
     if isinstance(backend, RedisCache):
         full_key = backend.make_and_validate_key(key)
         client = backend._cache.get_client(full_key, write=True)  # the backend's pooled client
@@ -44,12 +44,12 @@ def window_count(name: str, increment: int, *, window_s: int) -> Window:
         pipeline.expire(full_key, ttl, nx=True)
         count = int(pipeline.execute()[0])
     else:
-        cache.add(key, 0, ttl)
+        backend.add(key, 0, ttl)
         try:
-            count = cache.incr(key, increment)
+            count = backend.incr(key, increment)
         except ValueError:  # expired between add and incr
-            cache.add(key, 0, ttl)
-            count = cache.incr(key, increment)
+            backend.add(key, 0, ttl)
+            count = backend.incr(key, increment)
     return Window(key=key, count=count, retry_after_s=max(1, int(window_s - now % window_s) + 1))
 
 

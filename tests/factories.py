@@ -212,8 +212,9 @@ def result_message(
     return message
 
 
-def settle(job_id: str, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> None:
-    """Run a submitted job through dispatch, both nodes' signed results and verification."""
+def answer(job_id: object, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> None:
+    """Dispatch a submitted job and record both nodes' signed results (verification is
+    the caller's, or in place where the settings say so)."""
     job = Job.objects.get(pk=job_id)
     dispatch.job_dispatch(job_id=job.id)
     by_node = {n.node.pk: n for n in nodes}
@@ -221,7 +222,12 @@ def settle(job_id: str, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> 
         vectors = vectors_a if assignment.role == "A" else vectors_b
         keys = by_node[assignment.node_id]
         result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
-    verify.job_verify(job_id=job.id)
+
+
+def settle(job_id: str, nodes, vectors_a: np.ndarray, vectors_b: np.ndarray) -> None:
+    """Run a submitted job through dispatch, both nodes' signed results and verification."""
+    answer(job_id, nodes, vectors_a, vectors_b)
+    verify.job_verify(job_id=job_id)
 
 
 def node_vanish(node_id: object) -> None:

@@ -10,11 +10,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from registry import dispatch, submit
+from registry import submit
 from registry.models import AgreementStat, Job, JobState
-from registry.results import result_record
 from registry.verify import job_verify
-from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
+from tests.factories import SubnetFactory, answer, online_node, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
 
@@ -34,12 +33,9 @@ def writes(statements: list[str]) -> list[str]:
 def test_a_settlement_writes_the_shared_rows_last(settings):
     settings.VERIFY_IN_PLACE = False  # the test verifies, and watches
     subnet = SubnetFactory()
-    nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
+    nodes = [online_node(subnet) for _ in range(2)]
     job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a"]}, idempotency_key="k")
-    dispatch.job_dispatch(job_id=job.id)
-    for assignment in job.assignments.all():
-        keys = nodes[assignment.node_id]
-        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(1)))
+    answer(job.id, nodes, unit_vectors(1), unit_vectors(1))
 
     with CaptureQueriesContext(connection) as captured:
         job_verify(job_id=job.id)

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from registry import dispatch, submit
+from registry import submit
 from registry.models import Job, JobState
-from registry.results import result_record
-from tests.factories import SubnetFactory, online_node, result_message, unit_vectors, user_with_credits
+from tests.factories import SubnetFactory, answer, online_node, unit_vectors, user_with_credits
 
 pytestmark = pytest.mark.django_db
 
 
 def answered_job():
     subnet = SubnetFactory()
-    nodes = {n.node.pk: n for n in (online_node(subnet) for _ in range(2))}
+    nodes = [online_node(subnet) for _ in range(2)]
     job, _ = submit.job_submit(user=user_with_credits(5), subnet_slug=subnet.slug, inputs={"texts": ["a"]}, idempotency_key="p")
-    dispatch.job_dispatch(job_id=job.id)
-    for assignment in job.assignments.all():
-        keys = nodes[assignment.node_id]
-        result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, unit_vectors(1)))
+    answer(job.id, nodes, unit_vectors(1), unit_vectors(1))
     return job
 
 
