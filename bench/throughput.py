@@ -62,6 +62,7 @@ from bench.market import (  # noqa: E402
     report_print,
     services_reset,
     sim_node_start,
+    vacuum_when_autovacuum_is_off,
     wait_for_nodes,
 )
 from bim_site.processes import ProcessGroup, free_port  # noqa: E402
@@ -823,7 +824,9 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url=redis_url,
             )
             warmup = {k: warmup[k] for k in ("settled", "states", "seconds", "incidents", "error") if k in warmup}
+        vacuumed = False
         for run in range(args.runs):
+            vacuumed = vacuum_when_autovacuum_is_off()
             in_process = baseline.run(batches=batches, prefix=f"run{run}-inproc-", vectors=vectors, meter=meter)
             end_to_end = run_end_to_end(
                 url=url,
@@ -898,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
             "submit_rate": args.submit_rate or None,
             "rate": args.rate or None,
             "load_average": os.getloadavg(),
+            "vacuumed_before_each_run": vacuumed,
         },
         "median": {
             "end_to_end_jobs_per_s": median_of(runs, "end_to_end", "jobs_per_s"),

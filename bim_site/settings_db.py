@@ -32,9 +32,11 @@ def databases(database_url: str, var_dir: Path) -> dict[str, Any]:
     # bench/throughput.py, and persistent per-thread connections under ASGI (a thread per
     # request) ran PostgreSQL out of clients at 16 concurrent submissions. A request that
     # finds every connection busy waits for one (BIM_DB_POOL_TIMEOUT_S) instead of failing;
-    # a connection is checked before it is lent (health checks: the pool's
-    # check_connection), so a restarted server costs no request.
-    default = dj_database_url.parse(database_url, conn_max_age=0, conn_health_checks=True)
+    # a connection whose server went away is not lent (bim_site.postgresql: its socket is
+    # polled, and only one with something to read is checked with a query), so a restarted
+    # server costs no request.
+    default = dj_database_url.parse(database_url, conn_max_age=0, conn_health_checks=False)
+    default["ENGINE"] = "bim_site.postgresql"
     options = default.setdefault("OPTIONS", {})
     options["pool"] = {
         "min_size": 1,
@@ -50,4 +52,11 @@ def databases(database_url: str, var_dir: Path) -> dict[str, Any]:
     if threshold > 0:
         options["server_side_binding"] = True
         options["prepare_threshold"] = threshold
+        # ... and each run planned for its arguments. Django binds a query's constants as
+        # parameters too (`state = $1`), and after five runs PostgreSQL may keep a generic
+        # plan, blind to them: "is any job of this subnet queued?", asked at every result,
+        # became a sequential scan of every job (LIMIT 1, none queued), and each run of
+        # bench/throughput.py was slower than the one before. Parsing is still saved; the
+        # ledger's posting function keeps its own generic plans (ledger migration 0006).
+        options["options"] = f"{options.get('options', '')} -c plan_cache_mode=force_custom_plan".strip()
     return {"default": default}

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from bim_core.selection import DIVERSITY_ATTRIBUTES, Candidate, NodeIndex
@@ -34,6 +34,7 @@ from .models import (
     JobState,
     Node,
 )
+from .prepared import PreparedQuery
 
 
 def job_dispatch(*, job_id: object) -> list[Assignment]:
@@ -54,7 +55,9 @@ def job_dispatch(*, job_id: object) -> list[Assignment]:
 
 class DispatchBatch:
     """What placing jobs of one subnet reads once, however many jobs it places in one
-    transaction: every online node's offer queue (read when first needed). Offers made in
+    transaction: every online node's offer queue, the subnet's routing index and the rows
+    of the nodes picked (each read when first needed; reading the index's version and the
+    nodes job by job was a fifth of the worker's CPU in bench/throughput.py). Offers made in
     the batch are counted as they are made, so a node's queue fills within the batch as it
     would across calls. The nodes' offer counters are written once, by `flush`, in
     primary-key order: updated job by job, two batches (or a batch and a settlement, which
@@ -63,6 +66,8 @@ class DispatchBatch:
     def __init__(self, subnet_id: int) -> None:
         self.subnet_id = subnet_id
         self._slots: dict[str, routing_index.OfferSlots] | None = None
+        self._index: NodeIndex | None = None
+        self._online: dict[uuid.UUID, Node] = {}
         self.offers: Counter[uuid.UUID] = Counter()
 
     @property
@@ -70,6 +75,25 @@ class DispatchBatch:
         if self._slots is None:
             self._slots = routing_index.offer_slots(self.subnet_id)
         return self._slots
+
+    def index(self) -> NodeIndex:
+        if self._index is None:
+            self._index = routing_index.routable_index(self.subnet_id)
+        return self._index
+
+    def index_stale(self) -> None:
+        """A pick was not online after all: rebuild the index from the database."""
+        routing_index.index_forget(self.subnet_id)
+        self._index = None
+
+    def online_nodes(self, node_ids: list[uuid.UUID], *, trusted_only: bool) -> dict[uuid.UUID, Node]:
+        """The rows of those nodes that are online (and trusted, with `trusted_only`), read
+        once in the batch: a node found online stays so for the batch's snapshot."""
+        unread = [pk for pk in node_ids if pk not in self._online]
+        if unread:
+            self._online.update(Node.objects.filter(is_online=True).in_bulk(unread))
+        found = {pk: self._online[pk] for pk in node_ids if pk in self._online}
+        return {pk: node for pk, node in found.items() if node.trusted or not trusted_only}
 
     def saturated(self) -> list[str]:
         return [node_id for node_id, slots in self.slots.items() if slots.full]
@@ -101,7 +125,7 @@ def _job_dispatch_locked(job: Job, batch: DispatchBatch) -> list[Assignment]:
     missing = [role for role in ROLES_BY_STATE[job.state] if role not in {a.role for a in active}]
     if not missing:
         return []
-    picks = _pick_nodes(job, assignments, active, len(missing), batch.saturated())
+    picks = _pick_nodes(job, assignments, active, len(missing), batch)
     if job.state == JobState.QUEUED and picks and _runs_solo(job, picks[0]):
         job.solo = True
         job.save(update_fields=["solo"])
@@ -166,7 +190,7 @@ def _runs_solo(job: Job, node: Node) -> bool:
 
 
 def _pick_nodes(
-    job: Job, assignments: list[Assignment], active: list[Assignment], count: int, saturated: list[str]
+    job: Job, assignments: list[Assignment], active: list[Assignment], count: int, batch: DispatchBatch
 ) -> list[Node]:
     """Nodes for the missing roles, by weighted rendezvous hashing over the subnet's routing
     index under its diversity policy: never a node the job had, and nothing the policy
@@ -179,12 +203,12 @@ def _pick_nodes(
     # selection filters, and the rows are read again, so trust withdrawn since the index
     # was built takes effect now. None available: the job waits, or expires as any other.
     trusted_only = job_trusted_only(job)
-    online = Node.objects.filter(is_online=True, **({"trusted": True} if trusted_only else {}))
     # Nodes with a full queue (`saturated`) get no more offers now; the job waits for them
     # or others.
+    saturated = batch.saturated()
     live: list[Node] = []
     for _ in range(2):
-        index = routing_index.routable_index(job.subnet_id)
+        index = batch.index()
         # A peer-to-peer job whose input comes over a data channel (none held here) goes to
         # nodes with WebRTC first: one without would make its user wait out the connection
         # timeout before falling back to the relay. Too few with it: one without.
@@ -198,11 +222,11 @@ def _pick_nodes(
                 index, str(job.id), count,
                 had=had, saturated=saturated, distinct=distinct, partners=partners, trusted_only=trusted_only,
             )
-        found = online.in_bulk([uuid.UUID(p.node_id) for p in picks])
+        found = batch.online_nodes([uuid.UUID(p.node_id) for p in picks], trusted_only=trusted_only)
         live = [found[uuid.UUID(p.node_id)] for p in picks if uuid.UUID(p.node_id) in found]
         if len(live) == len(picks):
             return live
-        routing_index.index_forget(job.subnet_id)  # the index was stale: rebuild it once
+        batch.index_stale()  # rebuilt once
     return live
 
 
@@ -315,25 +339,40 @@ def _subnet_dispatch_waiting(subnet_id: int) -> int:
             return placed
 
 
+# Both reads of every dispatcher run, compiled once (registry.prepared): building them
+# was a tenth of the worker's CPU in bench/throughput.py, where a run places a few jobs.
+_short_handed = PreparedQuery(
+    lambda subnet_id: Job.objects.filter(subnet_id=subnet_id, state__in=(JobState.DISPATCHED, JobState.ADJUDICATING))
+    .annotate(open_roles=Count("assignments", filter=Q(assignments__state__in=OPEN_ASSIGNMENT_STATES)))
+    .filter(
+        Q(state=JobState.DISPATCHED, open_roles__lt=len(PAIR_ROLES))
+        | Q(state=JobState.ADJUDICATING, open_roles__lt=len(PAIR_ROLES) + 1)
+    )
+    .order_by("created_at")
+    .only("pk")[:500],
+    (int,),
+)
+
+
+def _locked() -> QuerySet[Job]:
+    return Job.objects.select_for_update(skip_locked=True, no_key=True, of=("self",)).select_related("subnet", "user")
+
+
+_queued_locked = PreparedQuery(
+    lambda subnet_id: _locked().filter(subnet_id=subnet_id, state=JobState.QUEUED).order_by("created_at")[:DISPATCH_BATCH],
+    (int,),
+)
+
+
 def _short_handed_job_ids(subnet_id: int) -> list[object]:
     """Jobs under way that miss a role: a node vanished or gave up, or a tie-breaker is due.
     As many as are in flight, never the queued backlog."""
-    return list(
-        Job.objects.filter(subnet_id=subnet_id, state__in=(JobState.DISPATCHED, JobState.ADJUDICATING))
-        .annotate(open_roles=Count("assignments", filter=Q(assignments__state__in=OPEN_ASSIGNMENT_STATES)))
-        .filter(
-            Q(state=JobState.DISPATCHED, open_roles__lt=len(PAIR_ROLES))
-            | Q(state=JobState.ADJUDICATING, open_roles__lt=len(PAIR_ROLES) + 1)
-        )
-        .order_by("created_at")
-        .values_list("id", flat=True)[:500]
-    )
+    return [job.pk for job in _short_handed.all(subnet_id)]
 
 
 def _waiting_locked(subnet_id: int, job_ids: list[object]) -> list[Job]:
     """The next batch, row-locked; rows another dispatcher holds are skipped (it places
     them), so two workers running this share the backlog instead of queueing on it."""
-    locked = Job.objects.select_for_update(skip_locked=True, no_key=True, of=("self",)).select_related("subnet", "user")
     if job_ids:
-        return list(locked.filter(pk__in=job_ids, state__in=ROLES_BY_STATE.keys()).order_by("created_at"))
-    return list(locked.filter(subnet_id=subnet_id, state=JobState.QUEUED).order_by("created_at")[:DISPATCH_BATCH])
+        return list(_locked().filter(pk__in=job_ids, state__in=ROLES_BY_STATE.keys()).order_by("created_at"))
+    return _queued_locked.all(subnet_id)

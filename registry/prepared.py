@@ -4,8 +4,10 @@ more than half of the call's CPU, 0.68 of 1.19 ms, and an UPDATE with a CASE exp
 (`routing_index.speed_observe`, once per result) cost more to compile than to run
 (docs/benchmarks.md, issue 13).
 
-`PreparedQuery` and `PreparedUpdate` compile their statement once per thread and database,
-with marker values where the arguments go, then run that SQL with the real arguments. A
+`PreparedQuery` and `PreparedUpdate` compile their statement once per process and database,
+with marker values where the arguments go, then run that SQL with the real arguments. Once
+per process, not per thread: Django's ASGI handler runs each request's sync code on a thread
+of its own, so a form kept per thread was compiled again on every request. A
 query's instances are built the way Django's ModelIterable builds them (the same
 converters, the same select_related population, annotations set as attributes).
 tests/registry/test_prepared.py holds both to the ORM's own results.
@@ -22,7 +24,6 @@ inside a transaction, as the ORM requires.
 from __future__ import annotations
 
 import random
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -70,35 +71,60 @@ def _argument(kind: Kind, value: object) -> object:
     return value
 
 
+def _form(param: object, marker: object) -> Callable[[Any], Any] | None:
+    """How an argument becomes the parameter that `param` is, when `param` is `marker` as
+    the backend adapted it: itself; a UUID's hex (databases without a uuid type); an int in
+    the integer wrapper psycopg binds an integer column's value with (Int4 for an
+    IntegerField), so the statement keeps the parameter types the ORM gives it. None when
+    `param` is not that marker."""
+    if type(param) is type(marker) and param == marker:
+        return _as_is
+    if isinstance(marker, uuid.UUID) and param == marker.hex:
+        return _uuid_hex
+    if type(marker) is int and isinstance(param, int) and not isinstance(param, bool) and int(param) == marker:
+        return type(param)
+    return None
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _uuid_hex(value: uuid.UUID) -> str:
+    return value.hex
+
+
 class _Slots:
     """Where each argument goes among a compiled statement's parameters, and in which form
-    (a UUID, or its hex on databases without a uuid type). `found` is False when a marker is
-    missing: the database adapted it, and the statement cannot be reused."""
+    (`_form`). `found` is False when a marker is missing: the database adapted it in a way
+    not known here, and the statement cannot be reused."""
 
     def __init__(self, params: Any, markers: tuple[object, ...]) -> None:
         self.params = list(params)
-        self.slots: list[tuple[int, int, bool]] = []
+        self.slots: list[tuple[int, int, Callable[[Any], Any]]] = []
         for position, param in enumerate(self.params):
             for index, marker in enumerate(markers):
-                as_hex = isinstance(marker, uuid.UUID) and param == marker.hex
-                if (type(param) is type(marker) and param == marker) or as_hex:
-                    self.slots.append((position, index, as_hex))
+                form = _form(param, marker)
+                if form is not None:
+                    self.slots.append((position, index, form))
         self.found = sorted({index for _, index, _ in self.slots}) == list(range(len(markers)))
 
     def fill(self, arguments: list[Any]) -> list[Any]:
         params = list(self.params)
-        for position, index, as_hex in self.slots:
-            params[position] = arguments[index].hex if as_hex else arguments[index]
+        for position, index, form in self.slots:
+            params[position] = form(arguments[index])
         return params
 
 
 class _Prepared:
-    """What both kinds share: the arguments' kinds, and one compiled form per thread and
-    database (a compiler belongs to its thread's connection)."""
+    """What both kinds share: the arguments' kinds, and one compiled form per database alias,
+    shared by every thread. A compiled form is read-only data (the SQL, where the arguments
+    go, how rows become instances); what needs a thread's own connection (the cursor, the
+    converters' connection argument) is taken at each run."""
 
     def __init__(self, kinds: tuple[Kind, ...]) -> None:
         self.kinds = kinds
-        self._local = threading.local()
+        self._by_alias: dict[str, Any] = {}
 
     def _arguments(self, values: tuple[object, ...]) -> list[Any]:
         try:
@@ -107,10 +133,11 @@ class _Prepared:
             raise ValidationError(f"not a valid argument: {exc}", code="invalid") from exc
 
     def _compiled(self, alias: str, compile: Callable[[str, tuple[object, ...]], Any]) -> Any:
-        cache = self._local.__dict__.setdefault("by_alias", {})
-        if alias not in cache:
-            cache[alias] = compile(alias, tuple(_marker(kind) for kind in self.kinds))
-        return cache[alias]
+        compiled = self._by_alias.get(alias)
+        if compiled is None:
+            # Two threads may both compile it first: the forms are equal, either one is kept.
+            compiled = self._by_alias.setdefault(alias, compile(alias, tuple(_marker(kind) for kind in self.kinds)))
+        return compiled
 
 
 class _CompiledQuery:
@@ -126,8 +153,20 @@ class _CompiledQuery:
         self.init_list = [column[0].target.attname for column in select[self.start : self.end]]
         self.populators = get_related_populators(klass_info, select, queryset.db)
         self.annotations = list(compiler.annotation_col_map.items())
-        self.compiler = compiler
-        self.converters = compiler.get_converters([column[0] for column in select[: compiler.col_count]])
+        self.converters = list(compiler.get_converters([column[0] for column in select[: compiler.col_count]]).items())
+
+    def convert(self, rows: list[Any], connection: Any) -> list[Any]:
+        """What SQLCompiler.apply_converters does, with the running thread's connection."""
+        converted = []
+        for row in rows:
+            row = list(row)
+            for position, (converters, expression) in self.converters:
+                value = row[position]
+                for converter in converters:
+                    value = converter(value, expression, connection)
+                row[position] = value
+            converted.append(row)
+        return converted
 
 
 class PreparedQuery(_Prepared, Generic[M]):
@@ -152,7 +191,7 @@ class PreparedQuery(_Prepared, Generic[M]):
             cursor.execute(compiled.sql, compiled.slots.fill(arguments))
             rows = cursor.fetchall()
         if compiled.converters:
-            rows = compiled.compiler.apply_converters(rows, compiled.converters)
+            rows = compiled.convert(rows, connection)
         objects = []
         for row in rows:
             instance = compiled.model.from_db(using, compiled.init_list, row[compiled.start : compiled.end])

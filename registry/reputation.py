@@ -46,13 +46,23 @@ def reputation_record(*, node_ids: Sequence[object], outcome: float, subnet: Sub
         failed = node.jobs_failed + (0 if outcome >= 1 else 1)
         after = scoring.reputation_after_job(reputation, outcome, jobs_done=agreed, policy=policy)
         _record_update.run(node.pk, after, agreed, failed, now)
-    NodeSubnet.objects.filter(node_id__in=node_ids, subnet=subnet).update(jobs_since_benchmark=F("jobs_since_benchmark") + 1)
+    if len(node_ids) == 2:
+        _pair_benchmark_count.run(*node_ids, subnet.pk)
+    else:
+        NodeSubnet.objects.filter(node_id__in=node_ids, subnet=subnet).update(jobs_since_benchmark=F("jobs_since_benchmark") + 1)
 
 
 # Prepared (registry.prepared): a settled pair's two nodes, every job.
 _pair_locked = PreparedQuery(
     lambda first, second: Node.objects.select_for_update().filter(pk__in=[first, second]).order_by("pk"),
     (uuid.UUID, uuid.UUID),
+)
+_pair_benchmark_count = PreparedUpdate(
+    lambda first, second, subnet_id: (
+        NodeSubnet.objects.filter(node_id__in=[first, second], subnet_id=subnet_id),
+        {"jobs_since_benchmark": F("jobs_since_benchmark") + 1},
+    ),
+    (uuid.UUID, uuid.UUID, int),
 )
 _record_update = PreparedUpdate(
     lambda node_id, reputation, agreed, failed, at: (

@@ -242,10 +242,13 @@ def _tokenizer_artifact(subnet_id: int, tokenizer_checksum: str) -> tuple[str, s
 
 
 @functools.lru_cache(maxsize=8)
-def _tokenizer(path: str, checksum: str) -> Any:
+def _tokenizer(source: str, checksum: str) -> Any:
+    """The tokenizer artifact `source` ("package:path"), loaded once per process and pinned
+    checksum: locating the package walks sys.path, and submit asks for every job."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(path)
+    package, _, path = source.partition(":")
+    tokenizer = Tokenizer.from_file(str(packaged_file(package, path)))
     # The shipped tokenizer.json pads to 128: count only the text's own tokens.
     tokenizer.no_padding()
     tokenizer.no_truncation()
@@ -258,8 +261,7 @@ def input_token_count(subnet: Subnet, texts: Sequence[str]) -> int | None:
     artifact = subnet.artifacts.filter(role=Artifact.Role.TOKENIZER).first()
     if not family_for(subnet.task_type).tokenized_texts or artifact is None:
         return None
-    package, _, path = artifact.source.partition(":")
-    tokenizer = _tokenizer(str(packaged_file(package, path)), artifact.sha256)
+    tokenizer = _tokenizer(artifact.source, artifact.sha256)
     return sum(len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False))
 
 
@@ -274,9 +276,7 @@ def input_coverage_warnings(subnet: Subnet, inputs: dict[str, Any], *, threshold
     artifact = _tokenizer_artifact(subnet.pk, subnet.tokenizer_checksum)
     if artifact is None:
         return []
-    source, sha256 = artifact
-    package, _, path = source.partition(":")
-    tokenizer = _tokenizer(str(packaged_file(package, path)), sha256)
+    tokenizer = _tokenizer(*artifact)
     unknown = tokenizer.token_to_id("[UNK]")
     warnings = []
     for index, text in enumerate(texts):

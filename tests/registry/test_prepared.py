@@ -149,3 +149,58 @@ def test_a_string_argument_finds_what_the_orms_filter_finds(job):
         by_slug.all("nul\x00slug")
     with pytest.raises(ValidationError):
         by_slug.all(7)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_is_compiled_once_whichever_thread_runs_it(job):
+    """Django's ASGI handler runs each request's sync code on a thread of its own (asgiref's
+    executor per request): a form compiled per thread was compiled again on every request."""
+    built: list[object] = []
+
+    def by_pk(pk):
+        built.append(pk)
+        return Job.objects.filter(pk=pk).select_related("subnet")
+
+    def job_expiry(pk, expires_at):
+        built.append(pk)
+        return Job.objects.filter(pk=pk), {"expires_at": expires_at}
+
+    query = PreparedQuery(by_pk, (uuid.UUID,))
+    update = PreparedUpdate(job_expiry, (uuid.UUID, datetime))
+    found: list[tuple[uuid.UUID, str, int]] = []
+
+    def request() -> None:
+        try:
+            [row] = query.all(job.pk)
+            found.append((row.pk, row.subnet.slug, update.run(job.pk, job.expires_at)))
+        finally:
+            connections.close_all()
+
+    for _ in range(3):
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join(10)
+    assert found == [(job.pk, job.subnet.slug, 1)] * 3
+    assert len(built) == 2  # one compile of each statement, for all three threads
+
+
+def test_an_integer_columns_argument_is_bound_as_the_orm_binds_it_and_compiled_once(job):
+    """Django's psycopg backend wraps a value for an integer column in psycopg's Int4: the
+    marker was not found among the parameters, and the statement (a settled node's
+    reputation, two per job) was built by the ORM on every call."""
+    node = online_node(job.subnet).node
+    built: list[object] = []
+
+    def counters(pk, agreed, failed):
+        built.append(pk)
+        return Node.objects.filter(pk=pk), {"jobs_agreed": agreed, "jobs_failed": failed}
+
+    update = PreparedUpdate(counters, (uuid.UUID, int, int))
+    for agreed in (3, 4, 2**31 - 1):
+        assert update.run(node.pk, agreed, 1) == 1
+        node.refresh_from_db()
+        assert (node.jobs_agreed, node.jobs_failed) == (agreed, 1)
+    assert len(built) == 1
+    with pytest.raises(DatabaseError):  # out of the column's range, as the ORM's update refuses it
+        with transaction.atomic():
+            update.run(node.pk, 2**31, 1)

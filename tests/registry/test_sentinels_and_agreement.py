@@ -3,6 +3,7 @@ and every verified pair feeds the per-environment agreement statistics."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -103,3 +104,18 @@ def test_texts_the_tokenizer_cannot_read_are_flagged_at_submit(real_subnet):
     job, _ = submit.job_submit(user=user, subnet_slug=real_subnet.slug, inputs={"texts": texts}, idempotency_key="runes")
     assert len(job.warnings) == 1 and job.warnings[0].startswith("texts[1]:")
     assert "unknown to the model's tokenizer" in job.warnings[0]
+
+
+def test_the_tokenizer_is_found_once_not_on_every_submit(real_subnet, monkeypatch):
+    """Locating the tokenizer's package walks sys.path (3 % of daphne's CPU in
+    bench/throughput.py when each submit did it): it is found once per process."""
+    online_node(real_subnet, ready=False)
+    user = user_with_credits(5)
+    submit.job_submit(user=user, subnet_slug=real_subnet.slug, inputs={"texts": ["warm"]}, idempotency_key="t0")
+    lookups: list[str] = []
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: lookups.append(name) or find_spec(name, *a))
+    for index, text in enumerate(["The bridge held.", "ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ"]):
+        job, _ = submit.job_submit(user=user, subnet_slug=real_subnet.slug, inputs={"texts": [text]}, idempotency_key=f"t{index + 1}")
+        assert len(job.warnings) == index  # still read with the subnet's tokenizer
+    assert lookups == []
