@@ -42,5 +42,5 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 return connection
             except psycopg.Error:
                 connection.close()
-                connection._pool.putconn(connection)
+                self.pool.putconn(connection)
         return super().get_new_connection(conn_params)
