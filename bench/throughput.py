@@ -302,14 +302,21 @@ def pg_per_job(before: dict[str, Any], after: dict[str, Any], jobs: int, own_que
 
 def statements_and_connections(redis_url: str) -> dict[str, int]:
     """Statements the children ran (bim_site/sqlstats.py; their files are rewritten twice
-    a second, so read after a pause) and connections Redis has accepted in all."""
+    a second, so read after a pause), connections Redis has accepted in all, and Celery
+    tasks published (kombu's Redis transport publishes with LPUSH; nothing else here does)."""
     import redis
 
     from bim_site import sqlstats
 
     time.sleep(sqlstats.WRITE_EVERY_S * 2)
-    received = redis.Redis.from_url(redis_url).info("stats")["total_connections_received"]
-    return {"statements": sqlstats.statements_in(SQL_STATS_DIR), "redis_connections": int(received)}
+    client = redis.Redis.from_url(redis_url)
+    received = client.info("stats")["total_connections_received"]
+    published = client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+    return {
+        "statements": sqlstats.statements_in(SQL_STATS_DIR),
+        "redis_connections": int(received),
+        "celery_tasks": int(published),
+    }
 
 
 def per_job_counts(before: dict[str, int], after: dict[str, int], jobs: int) -> dict[str, float]:
@@ -318,6 +325,7 @@ def per_job_counts(before: dict[str, int], after: dict[str, int], jobs: int) -> 
         "statements_per_job": round((after["statements"] - before["statements"]) / jobs, 1),
         # Less the one this bench opens to read the counter.
         "redis_connections_per_job": round((after["redis_connections"] - before["redis_connections"] - 1) / jobs, 2),
+        "celery_tasks_per_job": round((after["celery_tasks"] - before["celery_tasks"]) / jobs, 2),
     }
 
 
@@ -935,6 +943,7 @@ def main(argv: list[str] | None = None) -> int:
                         "sessions_per_job",
                         "transactions_per_job",
                         "redis_connections_per_job",
+                        "celery_tasks_per_job",
                         "active_ms_per_job",
                     )
                 },

@@ -11,10 +11,10 @@ from typing import Any
 
 import redis.exceptions
 from asgiref.sync import async_to_sync
-from celery import current_app
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.core.cache import cache
 from django.db import transaction
+
+from . import coalesced
 
 log = logging.getLogger("bim.registry.effects")
 
@@ -84,36 +84,13 @@ def _send_loop() -> asyncio.AbstractEventLoop:
 
 
 def queue_task(task_name: str, *args: str) -> None:
-    """After commit, queue a registry task (run inline in eager mode).
-
-    The task is looked up by name in Celery's registry, the way `send_task` addresses it,
-    so the services that queue tasks never import the tasks that call them."""
-    task = current_app.tasks[f"registry.tasks.{task_name}"]
+    """After commit, queue a registry task (run inline in eager mode)."""
+    task = coalesced.task_named(task_name)
     transaction.on_commit(lambda: task.delay(*args))
 
 
-# How long a coalesced task's mark may outlive a worker that died before running it.
-COALESCE_MARK_S = 5
-
-
 def queue_task_coalesced(task_name: str, *args: str) -> None:
-    """After commit, queue a task unless the same call is already queued and not yet
-    started: a burst of events (every result freeing an offer slot, every submission)
-    becomes one run that handles them all. The task calls `coalesced_task_started` first,
-    so an event that arrives while it runs queues one more run, and none is missed."""
-    key = _coalesce_key(task_name, args)
-    task = current_app.tasks[f"registry.tasks.{task_name}"]
-
-    def queue() -> None:
-        if cache.add(key, 1, COALESCE_MARK_S):
-            task.delay(*args)
-
-    transaction.on_commit(queue)
-
-
-def coalesced_task_started(task_name: str, *args: str) -> None:
-    cache.delete(_coalesce_key(task_name, args))
-
-
-def _coalesce_key(task_name: str, args: tuple[str, ...]) -> str:
-    return "queued:" + ":".join((task_name, *args))
+    """After commit, wake the task's coalesced run (`registry.coalesced`): a burst of events
+    (every result freeing an offer slot, every submission) is handled by one run, which
+    drains them while they keep coming."""
+    transaction.on_commit(lambda: coalesced.wake(task_name, *args))

@@ -4,7 +4,7 @@ more than half of the call's CPU, 0.68 of 1.19 ms, and an UPDATE with a CASE exp
 (`routing_index.speed_observe`, once per result) cost more to compile than to run
 (docs/benchmarks.md, issue 13).
 
-`PreparedQuery` and `PreparedUpdate` compile their statement once per process and database,
+`PreparedQuery`, `PreparedRows` (a `values_list`) and `PreparedUpdate` compile their statement once per process and database,
 with marker values where the arguments go, then run that SQL with the real arguments. Once
 per process, not per thread: Django's ASGI handler runs each request's sync code on a thread
 of its own, so a form kept per thread was compiled again on every request. A
@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import connections, models
-from django.db.models.query import get_related_populators
+from django.db.models.query import ValuesListIterable, get_related_populators
 from django.db.models.sql.subqueries import UpdateQuery
 from django.db.transaction import TransactionManagementError
 
@@ -156,17 +156,21 @@ class _CompiledQuery:
         self.converters = list(compiler.get_converters([column[0] for column in select[: compiler.col_count]]).items())
 
     def convert(self, rows: list[Any], connection: Any) -> list[Any]:
-        """What SQLCompiler.apply_converters does, with the running thread's connection."""
-        converted = []
-        for row in rows:
-            row = list(row)
-            for position, (converters, expression) in self.converters:
-                value = row[position]
-                for converter in converters:
-                    value = converter(value, expression, connection)
-                row[position] = value
-            converted.append(row)
-        return converted
+        return _convert(rows, self.converters, connection)
+
+
+def _convert(rows: list[Any], converters: list[Any], connection: Any) -> list[list[Any]]:
+    """What SQLCompiler.apply_converters does, with the running thread's connection."""
+    converted = []
+    for row in rows:
+        row = list(row)
+        for position, (functions, expression) in converters:
+            value = row[position]
+            for function in functions:
+                value = function(value, expression, connection)
+            row[position] = value
+        converted.append(row)
+    return converted
 
 
 class PreparedQuery(_Prepared, Generic[M]):
@@ -205,6 +209,39 @@ class PreparedQuery(_Prepared, Generic[M]):
     def first(self, *values: object, using: str = "default") -> M | None:
         found = self.all(*values, using=using)
         return found[0] if found else None
+
+
+class _CompiledRows:
+    def __init__(self, queryset: models.QuerySet[Any], markers: tuple[object, ...]) -> None:
+        if queryset._iterable_class is not ValuesListIterable:
+            raise TypeError("PreparedRows takes a values_list queryset (tuples: not flat, not named)")
+        compiler = queryset.query.get_compiler(using=queryset.db)
+        self.sql, params = compiler.as_sql()
+        self.slots = _Slots(params, markers)
+        self.width = compiler.col_count  # extra columns (an ordering's) are cut off, as results_iter does
+        self.converters = list(compiler.get_converters([column[0] for column in compiler.select[: self.width]]).items())
+
+
+class PreparedRows(_Prepared):
+    """`PreparedRows(build, kinds).all(*args)` is `list(build(*args))` for a `values_list`
+    queryset (tuples, not flat), compiled once."""
+
+    def __init__(self, build: Callable[..., models.QuerySet[Any]], kinds: tuple[Kind, ...]) -> None:
+        super().__init__(kinds)
+        self.build = build
+
+    def all(self, *values: object, using: str = "default") -> list[tuple[Any, ...]]:
+        arguments = self._arguments(values)
+        compiled = self._compiled(using, lambda alias, markers: _CompiledRows(self.build(*markers).using(alias), markers))
+        if not compiled.slots.found:
+            return list(self.build(*arguments).using(using))
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            cursor.execute(compiled.sql, compiled.slots.fill(arguments))
+            rows = [row[: compiled.width] for row in cursor.fetchall()]
+        if compiled.converters:
+            rows = _convert(rows, compiled.converters, connection)
+        return [tuple(row) for row in rows]
 
 
 class PreparedUpdate(_Prepared):

@@ -28,7 +28,8 @@ from .models import (
     Node,
     NodeSubnet,
 )
-from .prepared import PreparedQuery, PreparedUpdate
+from .prepared import PreparedQuery, PreparedRows, PreparedUpdate
+from .redis_client import redis_client
 
 
 def index_bump_for_node(node_id: object) -> None:
@@ -37,18 +38,15 @@ def index_bump_for_node(node_id: object) -> None:
 
 
 # Per process: index versions when there is no Redis (embedded mode: one process), the
-# built indexes, and the Redis client that shares versions between processes.
+# and the built indexes (versions are shared between processes through Redis).
 _local_versions: dict[int, int] = {}
 
 
 _indexes: dict[int, tuple[int, float, NodeIndex]] = {}
 
 
-_client: Any = None
-
-
 def index_version(subnet_id: int) -> int:
-    client = _redis_client()
+    client = redis_client()
     if client is None:
         return _local_versions.get(subnet_id, 0)
     return int(client.get(f"{settings.INDEX_KEY_PREFIX}:{subnet_id}") or 0)
@@ -58,24 +56,13 @@ def index_bump(subnet_id: int) -> None:
     """After commit, tell every dispatcher that the subnet's routable set changed."""
 
     def bump() -> None:
-        client = _redis_client()
+        client = redis_client()
         if client is None:
             _local_versions[subnet_id] = _local_versions.get(subnet_id, 0) + 1
         else:
             client.incr(f"{settings.INDEX_KEY_PREFIX}:{subnet_id}")
 
     transaction.on_commit(bump)
-
-
-def _redis_client() -> Any:
-    if not settings.REDIS_URL:
-        return None
-    global _client
-    if _client is None:
-        import redis
-
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-    return _client
 
 
 # Liveness (registry.presence writes it): heartbeats update a cache entry per node, and the
@@ -207,20 +194,10 @@ def offer_slots(subnet_id: int) -> dict[str, OfferSlots]:
     subnet's policy says so (`queue_depth_below_escrow` > 0), a node whose escrow is still
     below the requirement gets that shorter queue: until it has something to lose, it
     carries less work. Two queries (three with that policy), whatever the backlog."""
-    links = list(
-        NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).values_list(
-            "node_id", "max_concurrent", "items_per_s", "node__jobs_agreed",
-            "subnet__escrow_required_micro", "subnet__queue_depth_below_escrow",
-        )
-    )
+    links = _offer_links.all(subnet_id)
     if not links:
         return {}
-    open_offers = dict(
-        Assignment.objects.filter(state=AssignmentState.DISPATCHED, job__subnet_id=subnet_id)
-        .values("node_id")
-        .annotate(open=Count("pk"))
-        .values_list("node_id", "open")
-    )
+    open_offers = dict(_open_offers.all(subnet_id))
     required, short_depth = links[0][4:6]
     escrowed = (
         ledger_selectors.nodes_with_escrow(node_ids=[link[0] for link in links], required=required)
@@ -238,6 +215,23 @@ def offer_slots(subnet_id: int) -> dict[str, OfferSlots]:
             max_concurrent=max(1, max_concurrent or 1),
         )
     return slots
+
+
+# Both read by every dispatcher pass: compiled once (registry.prepared).
+_offer_links = PreparedRows(
+    lambda subnet_id: NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).values_list(
+        "node_id", "max_concurrent", "items_per_s", "node__jobs_agreed",
+        "subnet__escrow_required_micro", "subnet__queue_depth_below_escrow",
+    ),
+    (int,),
+)
+_open_offers = PreparedRows(
+    lambda subnet_id: Assignment.objects.filter(state=AssignmentState.DISPATCHED, job__subnet_id=subnet_id)
+    .values("node_id")
+    .annotate(open=Count("pk"))
+    .values_list("node_id", "open"),
+    (int,),
+)
 
 
 def saturated_node_ids(subnet_id: int) -> list[str]:

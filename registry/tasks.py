@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import OperationalError
 from django.utils.module_loading import import_string
 
-from . import benchmarks, dispatch, effects, honeypots, lifecycle, presence, sentinels, sweeper, verify
+from . import benchmarks, coalesced, dispatch, honeypots, lifecycle, presence, sentinels, sweeper, verify
 
 # Tasks are idempotent, so a deadlock victim or a dropped connection is simply run again.
 retried = shared_task(autoretry_for=(OperationalError,), retry_backoff=0.2, max_retries=5)
@@ -23,8 +23,7 @@ def dispatch_job(job_id: str) -> None:
 
 @retried
 def dispatch_waiting(subnet_id: str) -> None:
-    effects.coalesced_task_started("dispatch_waiting", subnet_id)
-    dispatch.jobs_dispatch_waiting(subnet_id=int(subnet_id))
+    coalesced.drain("dispatch_waiting", (subnet_id,), lambda: dispatch.jobs_dispatch_waiting(subnet_id=int(subnet_id)))
 
 
 @shared_task

@@ -77,22 +77,6 @@ def test_placing_one_job_costs_the_same_whatever_the_backlog(settings):
     assert costs[60] == costs[10], costs
 
 
-def test_a_burst_of_events_queues_one_dispatcher_run_until_it_starts(django_capture_on_commit_callbacks):
-    task = mock.Mock()
-    with mock.patch.dict("celery.current_app.tasks", {"registry.tasks.dispatch_waiting": task}):
-        with django_capture_on_commit_callbacks(execute=True):
-            for _ in range(5):
-                effects.queue_task_coalesced("dispatch_waiting", "7")
-        assert task.delay.call_count == 1
-        effects.coalesced_task_started("dispatch_waiting", "7")
-        with django_capture_on_commit_callbacks(execute=True):
-            effects.queue_task_coalesced("dispatch_waiting", "7")  # an event while it runs: one more run
-            effects.queue_task_coalesced("dispatch_waiting", "8")  # another subnet: its own run
-    assert [c.args for c in task.delay.call_args_list] == [("7",), ("7",), ("8",)]
-    effects.coalesced_task_started("dispatch_waiting", "7")
-    effects.coalesced_task_started("dispatch_waiting", "8")
-
-
 def test_submitting_places_the_job_through_the_dispatcher_run(django_capture_on_commit_callbacks):
     subnet = SubnetFactory()
     for _ in range(2):

@@ -17,8 +17,8 @@ from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from registry.jobs import job_locked
-from registry.models import Job, Node
-from registry.prepared import PreparedQuery, PreparedUpdate
+from registry.models import Job, Node, NodeSubnet
+from registry.prepared import PreparedQuery, PreparedRows, PreparedUpdate
 from registry.submit import job_submit
 from subnets.models import Subnet
 from tests.factories import SubnetFactory, online_node, user_with_credits
@@ -204,3 +204,29 @@ def test_an_integer_columns_argument_is_bound_as_the_orm_binds_it_and_compiled_o
     with pytest.raises(DatabaseError):  # out of the column's range, as the ORM's update refuses it
         with transaction.atomic():
             update.run(node.pk, 2**31, 1)
+
+
+def test_prepared_rows_are_what_the_orms_values_list_reads_compiled_once(job):
+    """The dispatcher's reads of every online node's queue (registry.routing_index.offer_slots)
+    run on every pass: a values_list with a join, and one grouped with an annotation."""
+    online_node(job.subnet)
+    built: list[object] = []
+
+    def links(subnet_id):
+        built.append(subnet_id)
+        return NodeSubnet.objects.filter(subnet_id=subnet_id, node__is_online=True).values_list(
+            "node_id", "items_per_s", "node__jobs_agreed", "subnet__escrow_required_micro"
+        ).order_by("node__created_at")
+
+    def per_state(subnet_id):
+        built.append(subnet_id)
+        return Job.objects.filter(subnet_id=subnet_id).values("state").annotate(jobs=Count("pk")).values_list("state", "jobs")
+
+    prepared_links, prepared_states = PreparedRows(links, (int,)), PreparedRows(per_state, (int,))
+    for _ in range(2):
+        assert prepared_links.all(job.subnet_id) == list(links(job.subnet_id))
+        assert sorted(prepared_states.all(job.subnet_id)) == sorted(per_state(job.subnet_id)) == [(job.state, 1)]
+    assert all(isinstance(row[0], uuid.UUID) for row in prepared_links.all(job.subnet_id))  # converted as the ORM does
+    assert len(built) == 2 + 4  # one compile each; the rest are the ORM's own reads above
+    with pytest.raises(TypeError):
+        PreparedRows(lambda pk: Job.objects.filter(subnet_id=pk).values_list("pk", flat=True), (int,)).all(job.subnet_id)
