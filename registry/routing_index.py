@@ -37,8 +37,8 @@ def index_bump_for_node(node_id: object) -> None:
         index_bump(subnet_id)
 
 
-# Per process: index versions when there is no Redis (embedded mode: one process), the
-# and the built indexes (versions are shared between processes through Redis).
+# Per process: index versions when there is no Redis (embedded mode: one process; with
+# Redis the versions are shared between processes there), and the built indexes.
 _local_versions: dict[int, int] = {}
 
 
