@@ -1,11 +1,16 @@
 import mimetypes
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bim_site.settings")
-# Django must be set up before the consumers (and their models) are imported.
-django_asgi_app = get_asgi_application()
+# Django must be set up before the consumers (and their models) are imported: what
+# django.core.asgi.get_asgi_application does, with the registry's handler.
+django.setup(set_prefix=False)
+
+from bim_site.http_handler import RegistryASGIHandler  # noqa: E402
+
+django_asgi_app = RegistryASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402

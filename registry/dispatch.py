@@ -4,6 +4,7 @@ over the subnet's routing index, under its diversity policy and adaptive replica
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
 from collections import Counter
@@ -94,6 +95,10 @@ class DispatchBatch:
             self._online.update(Node.objects.filter(is_online=True).in_bulk(unread))
         found = {pk: self._online[pk] for pk in node_ids if pk in self._online}
         return {pk: node for pk, node in found.items() if node.trusted or not trusted_only}
+
+    def free_slots(self) -> int:
+        """Offers the online nodes can still take: at most this many jobs can be placed."""
+        return sum(max(0, slots.limit - slots.open) for slots in self.slots.values())
 
     def saturated(self) -> list[str]:
         return [node_id for node_id, slots in self.slots.items() if slots.full]
@@ -296,6 +301,8 @@ def _job_message(job: Job, assignment: Assignment) -> dict[str, Any]:
 # Jobs placed per transaction by `jobs_dispatch_waiting`: one commit and one read of the
 # nodes' queues for up to this many jobs, short enough that the rows stay locked briefly.
 DISPATCH_BATCH = 50
+# Queued jobs in a row that find no node: the pass ends there, the rest would not either.
+MISSES_ENDING_A_PASS = 3
 
 
 def jobs_dispatch_waiting(*, subnet_id: int | None = None) -> int:
@@ -319,23 +326,30 @@ def _subnet_dispatch_waiting(subnet_id: int) -> int:
     while True:
         repairs, short_handed = short_handed[:DISPATCH_BATCH], short_handed[DISPATCH_BATCH:]
         with transaction.atomic():
-            waiting = _waiting_locked(subnet_id, repairs)
-            if not waiting and repairs:
-                continue  # repaired or taken meanwhile: on to the rest
-            if not waiting:
-                return placed
             batch = DispatchBatch(subnet_id)
+            if repairs:
+                waiting, read = _repairs_locked(repairs), DISPATCH_BATCH
+                if not waiting:
+                    continue  # repaired or taken meanwhile: on to the rest
+            else:
+                # No more queued jobs than the free offer slots can take (each job takes at
+                # least one), and the few misses that end the pass: the rows read per job
+                # placed do not grow with the backlog.
+                read = min(DISPATCH_BATCH, batch.free_slots() + MISSES_ENDING_A_PASS)
+                waiting = _queued_locked(read).all(subnet_id) if read > MISSES_ENDING_A_PASS else []
+                if not waiting:
+                    return placed
             misses = 0
             for job in waiting:
                 made = job_step_isolated(job.pk, "dispatch", lambda job=job, batch=batch: _job_dispatch_locked(job, batch)) or []
                 placed += len(made)
                 # Once a few in a row find no capacity, the rest will not either.
                 misses = 0 if made else misses + 1
-                if misses == 3 and not repairs:
+                if misses == MISSES_ENDING_A_PASS and not repairs:
                     batch.flush()
                     return placed
             batch.flush()
-        if not repairs and len(waiting) < DISPATCH_BATCH:
+        if not repairs and len(waiting) < read:
             return placed
 
 
@@ -358,10 +372,14 @@ def _locked() -> QuerySet[Job]:
     return Job.objects.select_for_update(skip_locked=True, no_key=True, of=("self",)).select_related("subnet", "user")
 
 
-_queued_locked = PreparedQuery(
-    lambda subnet_id: _locked().filter(subnet_id=subnet_id, state=JobState.QUEUED).order_by("created_at")[:DISPATCH_BATCH],
-    (int,),
-)
+@functools.cache
+def _queued_locked(limit: int) -> PreparedQuery[Job]:
+    """The oldest `limit` queued jobs of a subnet, row-locked (one compiled statement per
+    limit: a LIMIT is part of the SQL, not a parameter)."""
+    return PreparedQuery(
+        lambda subnet_id: _locked().filter(subnet_id=subnet_id, state=JobState.QUEUED).order_by("created_at")[:limit],
+        (int,),
+    )
 
 
 def _short_handed_job_ids(subnet_id: int) -> list[object]:
@@ -370,9 +388,8 @@ def _short_handed_job_ids(subnet_id: int) -> list[object]:
     return [job.pk for job in _short_handed.all(subnet_id)]
 
 
-def _waiting_locked(subnet_id: int, job_ids: list[object]) -> list[Job]:
-    """The next batch, row-locked; rows another dispatcher holds are skipped (it places
-    them), so two workers running this share the backlog instead of queueing on it."""
-    if job_ids:
-        return list(_locked().filter(pk__in=job_ids, state__in=ROLES_BY_STATE.keys()).order_by("created_at"))
-    return _queued_locked.all(subnet_id)
+def _repairs_locked(job_ids: list[object]) -> list[Job]:
+    """Those of the jobs still under way, row-locked; rows another dispatcher holds are
+    skipped (it places them), so two workers running this share the work instead of
+    queueing on it (as the queued jobs of `_queued_locked`)."""
+    return list(_locked().filter(pk__in=job_ids, state__in=ROLES_BY_STATE.keys()).order_by("created_at"))

@@ -10,6 +10,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from ledger.checks import ledger_violations
+from ledger.models import Transfer, TransferKind
 from registry import dispatch, effects
 from registry.models import Assignment, AssignmentState, Job, JobState
 from registry.results import result_record
@@ -77,6 +79,31 @@ def test_placing_one_job_costs_the_same_whatever_the_backlog(settings):
     assert costs[60] == costs[10], costs
 
 
+def test_a_run_reads_no_more_queued_jobs_than_the_free_offer_slots_can_take(settings):
+    # Reading a full batch of 50 to place one job made a placement cost more with 10,000
+    # jobs waiting than with 10 (bench/throughput.py --backlog).
+    settings.NODE_QUEUE_DEPTH = 64
+    subnet = SubnetFactory()
+    for _ in range(2):
+        online_node(subnet)  # probation: 2 open offers each, 4 free slots
+    queued_jobs(user_with_credits(100), subnet, 60)
+    reads = []
+    queued_locked = dispatch._queued_locked
+
+    def spy(limit):
+        prepared = queued_locked(limit)
+        return mock.Mock(all=lambda subnet_id: reads.append(prepared.all(subnet_id)) or reads[-1])
+
+    with mock.patch.object(dispatch, "_queued_locked", spy):
+        assert dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk) == 4
+        assert [len(rows) for rows in reads] == [4 + dispatch.MISSES_ENDING_A_PASS]
+
+        reads.clear()  # every queue full: not one queued row is read (or locked)
+        assert dispatch.jobs_dispatch_waiting(subnet_id=subnet.pk) == 0
+        assert reads == []
+    assert Job.objects.filter(subnet=subnet, state=JobState.QUEUED).count() == 58
+
+
 def test_submitting_places_the_job_through_the_dispatcher_run(django_capture_on_commit_callbacks):
     subnet = SubnetFactory()
     for _ in range(2):
@@ -121,8 +148,9 @@ def test_a_failure_verifying_in_place_leaves_the_job_to_the_verify_task():
     dispatch.job_dispatch(job_id=job.id)
     vectors = unit_vectors(1)
 
+    # Verification fails late: after the ledger posting and the move to settled.
     with (
-        mock.patch("registry.verify.job_verify", side_effect=RuntimeError("boom")),
+        mock.patch("registry.reputation.reputation_record", side_effect=RuntimeError("boom")),
         mock.patch.object(effects, "queue_task") as queued,
     ):
         for assignment in job.assignments.all():
@@ -130,8 +158,12 @@ def test_a_failure_verifying_in_place_leaves_the_job_to_the_verify_task():
             result_record(node_id=keys.node.pk, message=result_message(keys, job, assignment, vectors))
 
     job.refresh_from_db()
-    assert job.state == JobState.VERIFYING  # both results kept
+    assert job.state == JobState.VERIFYING  # what verifying wrote is undone...
+    assert not Transfer.objects.filter(job_id=job.id).exclude(kind=TransferKind.HOLD).exists()
+    # ... and both results are kept, for the worker's task to verify.
+    assert set(job.assignments.values_list("state", flat=True)) == {AssignmentState.SUBMITTED}
     assert ("verify_job", str(job.id)) in [c.args for c in queued.call_args_list]
+    assert ledger_violations() == []
 
 
 def test_a_batch_reads_the_routing_index_and_its_nodes_once_not_per_job(settings):
