@@ -107,7 +107,7 @@ def jobs_submit(
     for index, request in enumerate(requests):
         subnet = _subnet_taking_jobs(subnets.get(request.subnet_slug), request.subnet_slug, label(index))
         prepared.append(_prepared(subnet, request, label(index)))
-    existing = {job.idempotency_key: job for job in Job.objects.filter(user=user, idempotency_key__in=keys)}
+    existing = _jobs_already_taken(user, keys)
     outcome: list[tuple[Job, bool] | None] = []
     new: list[tuple[int, JobRequest, _Prepared]] = []
     for index, (request, ready) in enumerate(zip(requests, prepared)):
@@ -159,6 +159,21 @@ def jobs_submit(
             # All the registry ever knows of a peer-to-peer job's input (docs/p2p.md).
             log.info("job %s: peer to peer, input_hash %s, summary %s", job.id, ready.input_hash, ready.input_summary)
     return [o for o in outcome if o is not None]
+
+
+# A single submission's repeat check, compiled once (registry.prepared).
+_job_already_taken = PreparedQuery(
+    lambda user_id, key: Job.objects.filter(user_id=user_id, idempotency_key=key), (int, str)
+)
+
+
+def _jobs_already_taken(user: AbstractBaseUser, keys: list[str]) -> dict[str, Job]:
+    """The user's jobs submitted before under these idempotency keys, by key."""
+    if len(keys) == 1:
+        found = _job_already_taken.all(user.pk, keys[0])
+    else:
+        found = list(Job.objects.filter(user=user, idempotency_key__in=keys))
+    return {job.idempotency_key: job for job in found}
 
 
 _public_subnet = PreparedQuery(

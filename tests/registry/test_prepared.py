@@ -230,3 +230,26 @@ def test_prepared_rows_are_what_the_orms_values_list_reads_compiled_once(job):
     assert len(built) == 2 + 4  # one compile each; the rest are the ORM's own reads above
     with pytest.raises(TypeError):
         PreparedRows(lambda pk: Job.objects.filter(subnet_id=pk).values_list("pk", flat=True), (int,)).all(job.subnet_id)
+
+
+def test_a_single_submissions_repeat_check_is_compiled_once(job, monkeypatch):
+    # Before, the ORM built this query anew on every single submission.
+    from django.db.models.sql.compiler import SQLCompiler
+
+    compiled: list[str] = []
+    as_sql = SQLCompiler.as_sql
+
+    def recording(self, *args, **kwargs):
+        sql, params = as_sql(self, *args, **kwargs)
+        compiled.append(sql)
+        return sql, params
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", recording)
+    for _ in range(2):
+        again, created = job_submit(user=job.user, subnet_slug=job.subnet.slug, inputs={"texts": ["prepared"]}, idempotency_key="p")
+        assert (again.pk, created) == (job.pk, False)
+
+    repeat_checks = [sql for sql in compiled if '"idempotency_key"' in sql and sql.startswith("SELECT")]
+    assert len(repeat_checks) <= 1  # the first call may compile it; the second does not
+    other, created = job_submit(user=job.user, subnet_slug=job.subnet.slug, inputs={"texts": ["x"]}, idempotency_key="q")
+    assert created and other.pk != job.pk
