@@ -198,10 +198,11 @@ if REDIS_URL:
     # serves the user's GET.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "bim_site.redis_pool.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("BIM_CHANNEL_PREFIX", "bim"),
-            # One pool per process, not one per cache object (one per request or socket).
+            # One pool and one client per process, not per cache object (one per request or
+            # socket) or per call.
             "OPTIONS": {
                 "pool_class": "bim_site.redis_pool.SharedConnectionPool",
                 "max_connections": env_int("BIM_REDIS_POOL_MAX", 50),

@@ -29,7 +29,7 @@ from .models import (
     JobEvent,
     JobState,
 )
-from .prepared import PreparedQuery
+from .prepared import PreparedQuery, fields_save
 
 log = logging.getLogger("bim.registry")
 
@@ -77,7 +77,7 @@ def job_transition(job: Job, to_state: str, *, detail: str = "", **fields: Any) 
         fields["finished_at"] = now
     for name, value in fields.items():
         setattr(job, name, value)
-    job.save(update_fields=["state", *fields])
+    fields_save(job, ("state", *fields))
     JobEvent.objects.create(job=job, from_state=from_state, to_state=to_state, detail=detail[:300])
     if to_state in TERMINAL_STATES and job.transport == "p2p":
         # The user's client holds data channels open for the job: it may close them now.

@@ -14,8 +14,9 @@ tests/registry/test_prepared.py holds both to the ORM's own results.
 
 A statement's `build` must take as an argument everything that varies between calls (a
 setting read there would be frozen at the first call). Only what the hot path needs:
-arguments that are UUIDs, ints, floats, datetimes or strings, bound as parameters of the
-statement. Where the database adapts an argument so that its marker
+arguments that are UUIDs, ints, floats, datetimes, strings, bytes or JSON values (dicts,
+lists), bound as parameters of the statement. `fields_save` is `Model.save(update_fields=...)`
+on such a statement. Where the database adapts an argument so that its marker
 cannot be found among the parameters (SQLite stores datetimes as text), the statement is
 simply built by the ORM on every call, as before. A select_for_update query must run
 inside a transaction, as the ORM requires.
@@ -23,6 +24,8 @@ inside a transaction, as the ORM requires.
 
 from __future__ import annotations
 
+import copy
+import functools
 import random
 import uuid
 from collections.abc import Callable
@@ -30,14 +33,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import ValidationError
-from django.db import connections, models
+from django.db import DatabaseError, connections, models
 from django.db.models.query import ValuesListIterable, get_related_populators
 from django.db.models.sql.subqueries import UpdateQuery
 from django.db.transaction import TransactionManagementError
 
 M = TypeVar("M", bound=models.Model)
 
-Kind = type[uuid.UUID] | type[int] | type[float] | type[datetime] | type[str]
+Kind = type[uuid.UUID] | type[int] | type[float] | type[datetime] | type[str] | type[bytes] | type[dict] | type[list]
 _random = random.SystemRandom()
 
 
@@ -53,6 +56,12 @@ def _marker(kind: Kind) -> object:
         return datetime(2999, 1, 1, tzinfo=UTC) + timedelta(microseconds=_random.getrandbits(40))
     if kind is str:
         return f"prepared-marker-{uuid.uuid4().hex}"
+    if kind is bytes:
+        return f"prepared-marker-{uuid.uuid4().hex}".encode()
+    if kind is dict:
+        return {"prepared-marker": uuid.uuid4().hex}
+    if kind is list:
+        return ["prepared-marker", uuid.uuid4().hex]
     raise TypeError(f"a prepared statement takes no {kind} argument")
 
 
@@ -83,7 +92,22 @@ def _form(param: object, marker: object) -> Callable[[Any], Any] | None:
         return _uuid_hex
     if type(marker) is int and isinstance(param, int) and not isinstance(param, bool) and int(param) == marker:
         return type(param)
+    wrapped = getattr(param, "obj", None)
+    if type(marker) in (bytes, dict, list) and type(wrapped) is type(marker) and wrapped == marker:
+        return _Rewrapped(param)  # psycopg's Jsonb (with the field's encoder) or Binary
     return None
+
+
+class _Rewrapped:
+    """An argument in the wrapper the backend put the marker in."""
+
+    def __init__(self, template: Any) -> None:
+        self.template = template
+
+    def __call__(self, value: Any) -> Any:
+        wrapper = copy.copy(self.template)
+        wrapper.obj = value
+        return wrapper
 
 
 def _as_is(value: Any) -> Any:
@@ -269,3 +293,35 @@ class PreparedUpdate(_Prepared):
         with connections[using].cursor() as cursor:
             cursor.execute(sql, slots.fill(arguments))
             return cursor.rowcount
+
+
+def fields_save(instance: models.Model, names: tuple[str, ...]) -> None:
+    """`instance.save(update_fields=names)` through a statement compiled once per model, set
+    of fields and kinds of their values: a job's transitions and an assignment's result are
+    the hottest writes. A value of no kind here (None, a related row) goes through the ORM.
+    Unlike Model.save it sends no pre_save or post_save signal: no model written so has a
+    receiver."""
+    values = [getattr(instance, name) for name in names]
+    kinds = tuple(_kind_of(value) for value in values)
+    if None in kinds:
+        instance.save(update_fields=list(names))
+    elif not _fields_update(type(instance), names, kinds).run(instance.pk, *values, using=instance._state.db or "default"):
+        raise DatabaseError("Save with update_fields did not affect any rows.")  # as Model.save says it
+
+
+def _kind_of(value: object) -> Kind | None:
+    if isinstance(value, bool):
+        return None
+    return next((kind for kind in (str, int, float, datetime, bytes, dict, list) if isinstance(value, kind)), None)
+
+
+@functools.cache
+def _fields_update(model: type[models.Model], names: tuple[str, ...], kinds: tuple[Kind, ...]) -> PreparedUpdate:
+    pk_kind = _kind_of_field(model._meta.pk)
+    return PreparedUpdate(
+        lambda pk, *values: (model._default_manager.filter(pk=pk), dict(zip(names, values, strict=True))), (pk_kind, *kinds)
+    )
+
+
+def _kind_of_field(field: models.Field) -> Kind:
+    return uuid.UUID if isinstance(field, models.UUIDField) else int

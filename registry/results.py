@@ -29,7 +29,7 @@ from .models import (
     JobState,
     Node,
 )
-from .prepared import PreparedQuery
+from .prepared import PreparedQuery, fields_save
 from .reputation import node_strike, reputation_record
 
 log = logging.getLogger("bim.registry")
@@ -196,9 +196,7 @@ def _submitted(job: Job, assignment: Assignment, fields: dict[str, Any], *, also
     assignment.signature = fields["signature"]
     assignment.elapsed_ms = fields["elapsed_ms"]
     assignment.submitted_at = timezone.now()
-    assignment.save(
-        update_fields=["state", "result_shape", "result_hash", "signature", "elapsed_ms", "submitted_at", *also]
-    )
+    fields_save(assignment, ("state", "result_shape", "result_hash", "signature", "elapsed_ms", "submitted_at", *also))
     if _one_queued_job.all(job.subnet_id):
         # This answer frees a slot in the node's queue: place jobs that wait for one.
         effects.queue_task_coalesced("dispatch_waiting", str(job.subnet_id))

@@ -4,6 +4,7 @@ strike the minority; fail and refund when nobody can be trusted.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from bim_core import families
@@ -18,6 +19,7 @@ from .models import (
     Job,
     JobState,
 )
+from .prepared import PreparedUpdate
 from .receipts import receipt_build
 from .terms import JobTerms
 
@@ -95,7 +97,9 @@ def job_settle_agreed(
     split_bp = terms.split_bp if len(majority) == 2 else (terms.split_node_a_bp, 0, 10_000 - terms.split_node_a_bp)
     amount = _price_captured(job, majority[0])
     transfers = _pay(job, amount, majority, split_bp)
-    Assignment.objects.filter(pk__in=[x.pk for x in majority]).update(state=AssignmentState.AGREED)
+    # A majority is two nodes (2 of 2, 2 of 3) or one (a pair settled by re-scoring), whose
+    # id then goes twice.
+    _assignments_agreed.run(majority[0].pk, majority[-1].pk)
     for loser in struck:
         Assignment.objects.filter(pk=loser.pk).update(state=AssignmentState.DISAGREED)
     receipt = receipt_build(
@@ -109,6 +113,13 @@ def job_settle_agreed(
         reputation.reputation_record(node_ids=[loser.node_id], outcome=0.0, subnet=job.subnet)
         reputation.node_strike(node_id=loser.node_id, reason=strike_reason, job_id=job.id, subnet=job.subnet)
     metrics.job_settled_record(subnet_slug=job.subnet.slug, created_at=job.created_at)
+
+
+# Once per settled job, compiled once (registry.prepared).
+_assignments_agreed = PreparedUpdate(
+    lambda first, second: (Assignment.objects.filter(pk__in=[first, second]), {"state": AssignmentState.AGREED}),
+    (uuid.UUID, uuid.UUID),
+)
 
 
 def _output_withheld(

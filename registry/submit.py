@@ -35,7 +35,7 @@ from .models import (
     JobState,
     JobTransport,
 )
-from .prepared import PreparedQuery
+from .prepared import PreparedQuery, PreparedRows
 from .terms import JobTerms
 
 log = logging.getLogger("bim.registry")
@@ -233,10 +233,22 @@ def _data_terms_check(user: AbstractBaseUser, jobs: list[tuple[int, Subnet]], la
     terms the user has not acknowledged (contributors see its inputs and outputs), naming
     the first job at fault. A repeat of a job already taken is not asked again."""
     subnets = {subnet.pk: subnet for _, subnet in jobs}
-    acknowledged = data_terms.data_terms_acknowledged_many(user=user, subnets=subnets.values())
+    if len(subnets) == 1:
+        [subnet_id] = subnets
+        rows = _acknowledged_versions.all(user.pk, subnet_id)
+        acknowledged = data_terms.data_terms_acknowledged_among(subnets.values(), rows)
+    else:
+        acknowledged = data_terms.data_terms_acknowledged_many(user=user, subnets=subnets.values())
     for index, subnet in jobs:
         if subnet.pk not in acknowledged:
             raise data_terms.data_terms_refusal(subnet, label(index))
+
+
+# A single subnet's data-terms check (every single submission's), compiled once; which
+# acknowledgements stand is subnets.data_terms' rule.
+_acknowledged_versions = PreparedRows(
+    lambda user_id, subnet_id: data_terms.acknowledged_versions(user_id=user_id, subnet_ids=[subnet_id]), (int, int)
+)
 
 
 def _prepared(subnet: Subnet, request: JobRequest, label: str) -> _Prepared:

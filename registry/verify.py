@@ -34,7 +34,7 @@ from .models import (
     JobState,
     Node,
 )
-from .prepared import PreparedQuery
+from .prepared import PreparedQuery, PreparedUpdate
 from .settlement import job_settle_agreed, job_settle_rescored, job_settle_solo
 
 log = logging.getLogger("bim.registry.verify")
@@ -240,17 +240,25 @@ def agreement_record(*, subnet: Subnet, nodes: tuple[Node, Node], verdict: Verdi
 
 
 def _agreement_add(subnet: Subnet, env_a: str, env_b: str, passed: bool, worst: float) -> None:
-    pair = AgreementStat.objects.filter(subnet=subnet, env_a=env_a, env_b=env_b)
-    added = {
-        "samples": F("samples") + 1,
-        "passed": F("passed") + int(passed),
-        "sum_similarity": F("sum_similarity") + worst,
-        "min_similarity": Coalesce(Least("min_similarity", Value(worst)), Value(worst)),
-    }
     # The row exists but for a pair of environments' first comparison: one statement then.
-    if not pair.update(**added):
+    if not _agreement_update.run(subnet.pk, env_a, env_b, int(passed), worst):
         AgreementStat.objects.get_or_create(subnet=subnet, env_a=env_a, env_b=env_b)
-        pair.update(**added)
+        _agreement_update.run(subnet.pk, env_a, env_b, int(passed), worst)
+
+
+# Once per verified pair, compiled once (registry.prepared).
+_agreement_update = PreparedUpdate(
+    lambda subnet_id, env_a, env_b, passed, worst: (
+        AgreementStat.objects.filter(subnet_id=subnet_id, env_a=env_a, env_b=env_b),
+        {
+            "samples": F("samples") + 1,
+            "passed": F("passed") + passed,
+            "sum_similarity": F("sum_similarity") + worst,
+            "min_similarity": Coalesce(Least("min_similarity", Value(worst)), Value(worst)),
+        },
+    ),
+    (int, str, str, int, float),
+)
 
 
 def _adjudicate_without_silent(job: Job, partner: Assignment, c: Assignment) -> Job:

@@ -123,13 +123,26 @@ def data_terms_acknowledged(*, user: AbstractBaseUser, subnet: Subnet) -> bool:
 def data_terms_acknowledged_many(*, user: AbstractBaseUser, subnets: Iterable[Subnet]) -> set[int]:
     """Ids of those `subnets` whose current terms `user` acknowledged, in one query (a batch
     submit names many subnets)."""
-    versions = {subnet.pk: subnet.data_terms_version for subnet in subnets}
-    if not versions:
+    subnets = list(subnets)
+    if not subnets:
         return set()
-    rows = UserDataAcknowledgement.objects.filter(
-        user=user, subnet_id__in=versions, withdrawn_at__isnull=True
+    rows = acknowledged_versions(user_id=user.pk, subnet_ids=[subnet.pk for subnet in subnets])
+    return data_terms_acknowledged_among(subnets, rows)
+
+
+def acknowledged_versions(*, user_id: int, subnet_ids: list[int]) -> QuerySet[UserDataAcknowledgement, tuple[int, int]]:
+    """(subnet id, terms version) of the user's standing acknowledgements on these subnets,
+    for `data_terms_acknowledged_among` (registry.submit compiles a single subnet's once)."""
+    return UserDataAcknowledgement.objects.filter(
+        user_id=user_id, subnet_id__in=subnet_ids, withdrawn_at__isnull=True
     ).values_list("subnet_id", "terms_version")
-    return {subnet_id for subnet_id, version in rows if versions[subnet_id] == version}
+
+
+def data_terms_acknowledged_among(subnets: Iterable[Subnet], rows: Iterable[tuple[int, int]]) -> set[int]:
+    """Ids of those `subnets` whose current terms version is among `acknowledged_versions`'
+    rows: an acknowledgement of an older version does not stand."""
+    versions = {subnet.pk: subnet.data_terms_version for subnet in subnets}
+    return {subnet_id for subnet_id, version in rows if versions.get(subnet_id) == version}
 
 
 def data_terms_refusal(subnet: Subnet, label: str = "") -> ServiceError:

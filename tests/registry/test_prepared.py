@@ -13,6 +13,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import Count
+from django.db.models.sql.compiler import SQLCompiler, SQLUpdateCompiler
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
@@ -24,6 +25,20 @@ from subnets.models import Subnet
 from tests.factories import SubnetFactory, online_node, user_with_credits
 
 pytestmark = pytest.mark.django_db
+
+
+def statements_compiled(monkeypatch, compiler: type) -> list[str]:
+    """The SQL of every statement `compiler` (the ORM's) builds from here on."""
+    compiled: list[str] = []
+    as_sql = compiler.as_sql
+
+    def recording(self, *args, **kwargs):
+        sql, params = as_sql(self, *args, **kwargs)
+        compiled.append(sql)
+        return sql, params
+
+    monkeypatch.setattr(compiler, "as_sql", recording)
+    return compiled
 
 
 def fields_of(instance) -> dict[str, object]:
@@ -234,17 +249,7 @@ def test_prepared_rows_are_what_the_orms_values_list_reads_compiled_once(job):
 
 def test_a_single_submissions_repeat_check_is_compiled_once(job, monkeypatch):
     # Before, the ORM built this query anew on every single submission.
-    from django.db.models.sql.compiler import SQLCompiler
-
-    compiled: list[str] = []
-    as_sql = SQLCompiler.as_sql
-
-    def recording(self, *args, **kwargs):
-        sql, params = as_sql(self, *args, **kwargs)
-        compiled.append(sql)
-        return sql, params
-
-    monkeypatch.setattr(SQLCompiler, "as_sql", recording)
+    compiled = statements_compiled(monkeypatch, SQLCompiler)
     for _ in range(2):
         again, created = job_submit(user=job.user, subnet_slug=job.subnet.slug, inputs={"texts": ["prepared"]}, idempotency_key="p")
         assert (again.pk, created) == (job.pk, False)
@@ -253,3 +258,135 @@ def test_a_single_submissions_repeat_check_is_compiled_once(job, monkeypatch):
     assert len(repeat_checks) <= 1  # the first call may compile it; the second does not
     other, created = job_submit(user=job.user, subnet_slug=job.subnet.slug, inputs={"texts": ["x"]}, idempotency_key="q")
     assert created and other.pk != job.pk
+
+
+def test_a_single_submissions_data_terms_check_is_compiled_once(job, monkeypatch):
+    # Before, the ORM built "which of these subnets' terms has this user acknowledged?" anew
+    # on every single submission.
+    compiled = statements_compiled(monkeypatch, SQLCompiler)
+    for key in ("d1", "d2", "d3"):
+        _, created = job_submit(user=job.user, subnet_slug=job.subnet.slug, inputs={"texts": [key]}, idempotency_key=key)
+        assert created
+
+    acknowledgement_reads = [sql for sql in compiled if "dataacknowledgement" in sql.lower() and sql.startswith("SELECT")]
+    assert len(acknowledgement_reads) <= 1  # the first call may compile it; the others do not
+
+
+def test_a_pairs_agreement_statistics_update_is_compiled_once(monkeypatch):
+    # Before, the ORM built the F()/Least() update anew for every verified job.
+    from registry.models import AgreementStat
+    from registry.verify import _agreement_add
+
+    subnet = SubnetFactory()
+    _agreement_add(subnet, "cpu", "gpu", True, 0.99)  # the row is made; the update may be compiled
+    compiled = statements_compiled(monkeypatch, SQLUpdateCompiler)
+    for passed, worst in [(False, 0.5), (True, 0.97)]:
+        _agreement_add(subnet, "cpu", "gpu", passed, worst)
+    _agreement_add(subnet, "cpu", "wasm", True, 0.9)  # a new pair: its row is made first
+
+    updates = [sql for sql in compiled if sql.startswith("UPDATE") and "agreementstat" in sql.lower()]
+    assert updates == []  # compiled before; on the ORM, one build per call
+    stats = {(s.env_a, s.env_b): s for s in AgreementStat.objects.filter(subnet=subnet)}
+    pair = stats[("cpu", "gpu")]
+    assert (pair.samples, pair.passed, pair.min_similarity) == (3, 2, 0.5)
+    assert pair.sum_similarity == pytest.approx(0.99 + 0.5 + 0.97)
+    new = stats[("cpu", "wasm")]
+    assert (new.samples, new.passed, new.sum_similarity, new.min_similarity) == (1, 1, 0.9, 0.9)
+
+
+def test_a_prepared_update_writes_a_json_argument_as_the_orm_does(job):
+    update = PreparedUpdate(lambda pk, verification: (Job.objects.filter(pk=pk), {"verification": verification}), (uuid.UUID, dict))
+    for verification in [{"method": "cosine", "worst": 0.99, "nested": {"a": [1, 2]}}, {"other": "é\u2028", "n": None}]:
+        assert update.run(job.pk, verification) == 1
+        job.refresh_from_db()
+        assert job.verification == verification
+    with pytest.raises(ValidationError):
+        update.run(job.pk, ["a list is not this statement's kind"])
+
+
+def test_a_jobs_transitions_are_written_by_statements_compiled_once(monkeypatch):
+    # Before, each transition's job.save(update_fields=...) was built by the ORM anew.
+    from ledger import services as ledger
+    from registry.jobs import job_transition
+    from registry.models import JobEvent, JobState
+
+    subnet = SubnetFactory()
+    online_node(subnet)
+    user = user_with_credits(10)
+    jobs = [job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": [k]}, idempotency_key=k)[0] for k in "ab"]
+
+    def walk(job):
+        with transaction.atomic():
+            locked = job_locked(job.pk)
+            job_transition(locked, JobState.DISPATCHED, detail="nodes x")
+            job_transition(locked, JobState.VERIFYING, detail="both results in")
+            job_transition(locked, JobState.FAILED, detail="no majority", failure_reason="no majority", verification={"worst": str(job.pk)})
+            ledger.job_release(job_id=job.pk, user=job.user, amount=job.price_micro, reason="no majority")
+
+    walk(jobs[0])  # the statements may be compiled here
+    compiled = statements_compiled(monkeypatch, SQLUpdateCompiler)
+    walk(jobs[1])
+    assert [sql for sql in compiled if 'UPDATE "registry_job"' in sql] == []
+    for job in jobs:
+        job.refresh_from_db()
+        assert (job.state, job.failure_reason, job.verification) == (JobState.FAILED, "no majority", {"worst": str(job.pk)})
+        assert None not in (job.dispatched_at, job.verifying_at, job.finished_at)
+        events = list(JobEvent.objects.filter(job=job).order_by("pk").values_list("to_state", flat=True))
+        assert events == [JobState.QUEUED, JobState.DISPATCHED, JobState.VERIFYING, JobState.FAILED]
+
+
+def test_fields_save_writes_what_model_save_writes(job, monkeypatch):
+    from registry.models import Assignment, AssignmentRole
+    from registry.prepared import fields_save
+
+    node = online_node(job.subnet).node
+    assignment = Assignment.objects.create(job=job, node=node, role=AssignmentRole.A)
+    assignment.state, assignment.result, assignment.result_shape = "submitted", b"\x00\x01bytes", [4, 384]
+    assignment.result_hash, assignment.elapsed_ms, assignment.submitted_at = "ab" * 32, 17, timezone.now()
+    names = ("state", "result", "result_shape", "result_hash", "elapsed_ms", "submitted_at")
+    fields_save(assignment, names)
+    stored = Assignment.objects.get(pk=assignment.pk)
+    assert [getattr(stored, name) for name in names[:1]] + [bytes(stored.result)] + [
+        getattr(stored, name) for name in names[2:]
+    ] == [getattr(assignment, name) for name in names]
+
+    saved: list[object] = []
+    model_save = Assignment.save
+    monkeypatch.setattr(Assignment, "save", lambda self, **kw: saved.append(kw) or model_save(self, **kw))
+    assignment.result = None  # a NULL has no kind here: the ORM writes it
+    fields_save(assignment, ("result",))
+    assert saved == [{"update_fields": ["result"]}] and Assignment.objects.get(pk=assignment.pk).result is None
+    assignment.elapsed_ms = 18
+    fields_save(assignment, ("elapsed_ms",))
+    assert len(saved) == 1 and Assignment.objects.get(pk=assignment.pk).elapsed_ms == 18
+    Assignment.objects.filter(pk=assignment.pk).delete()
+    with pytest.raises(DatabaseError):
+        fields_save(assignment, ("elapsed_ms",))  # as Model.save refuses a row that is gone
+
+
+def test_a_settlements_writes_are_compiled_once(monkeypatch):
+    # Before, the ORM built each of these anew for every job: the assignment's stored result,
+    # the job's moves to verifying and settled, the majority marked agreed.
+    import numpy as np
+
+    from registry.models import Assignment, JobState
+    from tests.factories import served_subnet, settle, unit_vectors
+
+    subnet = served_subnet()
+    nodes = [online_node(subnet) for _ in range(3)]
+    user = user_with_credits(10)
+    vectors = unit_vectors(2)
+
+    def settled(key: str) -> Job:
+        job, _ = job_submit(user=user, subnet_slug=subnet.slug, inputs={"texts": ["one", key]}, idempotency_key=key)
+        settle(str(job.pk), nodes, vectors, vectors.astype(np.float32))
+        return Job.objects.get(pk=job.pk)
+
+    assert settled("first").state == JobState.SETTLED  # the statements may be compiled here
+    compiled = statements_compiled(monkeypatch, SQLUpdateCompiler)
+    job = settled("second")
+    assert job.state == JobState.SETTLED and job.receipt and job.verification
+    assert [sql for sql in compiled if 'UPDATE "registry_job"' in sql or 'UPDATE "registry_assignment"' in sql] == []
+    states = sorted(Assignment.objects.filter(job=job).values_list("role", "state"))
+    assert states == [("A", "agreed"), ("B", "agreed")]
+    assert all(a.result_hash and a.signature and a.submitted_at for a in Assignment.objects.filter(job=job))
