@@ -92,9 +92,11 @@ def _form(param: object, marker: object) -> Callable[[Any], Any] | None:
         return _uuid_hex
     if type(marker) is int and isinstance(param, int) and not isinstance(param, bool) and int(param) == marker:
         return type(param)
+    # psycopg's Jsonb (with the field's encoder) or Binary. Not SQLite's Binary, a memoryview,
+    # whose `obj` cannot be replaced: a statement with one is built by the ORM every time.
     wrapped = getattr(param, "obj", None)
     if type(marker) in (bytes, dict, list) and type(wrapped) is type(marker) and wrapped == marker:
-        return _Rewrapped(param)  # psycopg's Jsonb (with the field's encoder) or Binary
+        return None if isinstance(param, memoryview) else _Rewrapped(param)
     return None
 
 

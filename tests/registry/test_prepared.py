@@ -390,3 +390,27 @@ def test_a_settlements_writes_are_compiled_once(monkeypatch):
     states = sorted(Assignment.objects.filter(job=job).values_list("role", "state"))
     assert states == [("A", "agreed"), ("B", "agreed")]
     assert all(a.result_hash and a.signature and a.submitted_at for a in Assignment.objects.filter(job=job))
+
+
+def test_a_bytes_argument_in_a_wrapper_that_cannot_be_refilled_is_built_by_the_orm():
+    # SQLite binds bytes as a memoryview, whose `obj` is the marker but cannot be replaced:
+    # the statement is then built by the ORM on every call, as for SQLite's datetimes.
+    from psycopg import Binary
+
+    from registry.prepared import _form, _marker
+
+    marker = _marker(bytes)
+    assert _form(memoryview(marker), marker) is None
+    refill = _form(Binary(marker), marker)
+    assert refill is not None and refill(b"\x00result").obj == b"\x00result"
+
+
+def test_fields_save_of_bytes_alone_writes_them(job):
+    from registry.models import Assignment, AssignmentRole
+    from registry.prepared import fields_save
+
+    assignment = Assignment.objects.create(job=job, node=online_node(job.subnet).node, role=AssignmentRole.A)
+    for payload in (b"\x00first", b"second\xff"):
+        assignment.result = payload
+        fields_save(assignment, ("result",))
+        assert bytes(Assignment.objects.get(pk=assignment.pk).result) == payload
