@@ -303,7 +303,7 @@ def embedding_texts(count: int, seed: int) -> tuple[list[str], list[str], list[t
     """Real texts: Django's own translation catalogs (98 languages, shipped in the venv),
     sampled evenly across languages, plus rare CJK (Extension B) strings, without exact
     duplicates. Category: "unk-heavy" when the tokenizer maps at least half of the tokens
-    to [UNK] (the rule of subnets.services.input_coverage_warnings), else "regular".
+    to [UNK] (the rule of subnets.tokenizing.input_coverage_warnings), else "regular".
     Returns the token ids too: texts with equal ids have one right answer."""
     from tokenizers import Tokenizer
 

@@ -31,7 +31,7 @@ from registry.models import TERMINAL_STATES, Job, JobState
 from registry.selectors import partial_key
 from registry.submit import job_submit
 from subnets import selectors as subnet_selectors
-from subnets.services import input_token_count
+from subnets.tokenizing import input_token_count
 
 from .keys import api_key_user
 from .openai_shapes import (

@@ -25,7 +25,7 @@ from ledger import services as ledger
 from subnets import data_terms
 from subnets.licensing import license_terms
 from subnets.models import Subnet
-from subnets.services import input_coverage_warnings
+from subnets.tokenizing import input_coverage_warnings
 
 from . import effects, metrics, policy_enforcement, routing_index
 from .models import (

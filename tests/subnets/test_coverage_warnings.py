@@ -1,6 +1,6 @@
 """An embedding job's coverage warnings (texts its tokenizer mostly maps to [UNK]) are the
 tokenizer's own, whether a text is encoded or passed by the ASCII rule
-(subnets.services.ascii_word_limit_of), which spares encoding the texts that cannot hold
+(subnets.tokenizing.ascii_word_limit_of), which spares encoding the texts that cannot hold
 an unknown token."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from django.core.management import call_command
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from subnets import services
+from subnets import tokenizing
 from subnets.models import Subnet
 
 pytestmark = pytest.mark.django_db
@@ -55,20 +55,20 @@ def hostile_texts() -> list[str]:
 
 def test_warnings_are_the_tokenizers_own_for_every_text(real_subnet, monkeypatch):
     texts = hostile_texts()
-    fast = [services.input_coverage_warnings(real_subnet, {"texts": [text]}) for text in texts]
-    monkeypatch.setattr(services, "_ascii_word_limit", lambda *_: 0)  # every text encoded
-    encoded = [services.input_coverage_warnings(real_subnet, {"texts": [text]}) for text in texts]
+    fast = [tokenizing.input_coverage_warnings(real_subnet, {"texts": [text]}) for text in texts]
+    monkeypatch.setattr(tokenizing, "_ascii_word_limit", lambda *_: 0)  # every text encoded
+    encoded = [tokenizing.input_coverage_warnings(real_subnet, {"texts": [text]}) for text in texts]
     assert fast == encoded
     warned = {text for text, warnings in zip(texts, encoded) if warnings}
     assert {"a" * 101, "word " + "b" * 101, "a" * 60 + "\x1f" + "a" * 60, "ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ"} <= warned
 
 
 def test_plain_ascii_text_is_not_encoded(real_subnet, monkeypatch):
-    artifact = services._tokenizer_artifact(real_subnet.pk, real_subnet.tokenizer_checksum)
-    counting = CountingTokenizer(services._tokenizer(*artifact))
-    monkeypatch.setattr(services, "_tokenizer", lambda *_: counting)
+    artifact = tokenizing._tokenizer_artifact(real_subnet.pk, real_subnet.tokenizer_checksum)
+    counting = CountingTokenizer(tokenizing._tokenizer(*artifact))
+    monkeypatch.setattr(tokenizing, "_tokenizer", lambda *_: counting)
     texts = ["The bridge inspection found no structural damage.", "b" * 101, "ᚠᚢᚦᚨᚱᚲ"]
-    warnings = services.input_coverage_warnings(real_subnet, {"texts": texts})
+    warnings = tokenizing.input_coverage_warnings(real_subnet, {"texts": texts})
     assert counting.encoded == texts[1:]  # before: all three
     assert [w.split(":")[0] for w in warnings] == ["texts[1]", "texts[2]"]
 
@@ -77,12 +77,12 @@ def test_a_tokenizer_of_another_shape_encodes_every_text():
     bert = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1, "##a": 2}, unk_token="[UNK]"))
     bert.normalizer = normalizers.BertNormalizer()
     bert.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    assert services.ascii_word_limit_of(bert) == 0  # its vocabulary lacks most of ASCII
+    assert tokenizing.ascii_word_limit_of(bert) == 0  # its vocabulary lacks most of ASCII
     vocab = {"[UNK]": 0, **{c: i + 1 for i, c in enumerate(string.printable.strip())}}
     vocab.update({f"##{c}": len(vocab) + i for i, c in enumerate(string.ascii_lowercase + string.digits)})
     whitespace = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=50))
     whitespace.normalizer = normalizers.BertNormalizer()
     whitespace.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert services.ascii_word_limit_of(whitespace) == 0  # not BERT's pre-tokenizer
+    assert tokenizing.ascii_word_limit_of(whitespace) == 0  # not BERT's pre-tokenizer
     whitespace.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    assert services.ascii_word_limit_of(whitespace) == 50
+    assert tokenizing.ascii_word_limit_of(whitespace) == 50
